@@ -1,0 +1,25 @@
+"""promptq's producer: what a web app or a script imports to submit prompt jobs and read results.
+
+    from producer import Producer, SyncProducer, JobResult
+
+It never imports openai or the worker.
+"""
+
+from __future__ import annotations
+
+from producer.client import JobNotFoundError, Producer, ProducerConfig, SyncProducer
+from producer.contract import JobError, JobResult, Usage
+from producer.env import ConfigError
+from producer.validation import InvalidJobError
+
+__all__ = [
+    "ConfigError",
+    "InvalidJobError",
+    "JobError",
+    "JobNotFoundError",
+    "JobResult",
+    "Producer",
+    "ProducerConfig",
+    "SyncProducer",
+    "Usage",
+]

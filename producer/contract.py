@@ -1,0 +1,187 @@
+"""The promptq contract: queue and key names, the job record and the result document.
+
+Standard library only. The producer, the worker and any other program that reads Redis (in any
+language) agree through what is written here; nothing else in the code base spells a key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Literal, cast, get_args
+
+__all__ = [
+    "ARQ_IN_PROGRESS_KEY_PREFIX",
+    "ARQ_JOB_KEY_PREFIX",
+    "ARQ_RETRY_KEY_PREFIX",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_REDIS_URL",
+    "DEFAULT_RESULT_TTL_S",
+    "JOB_FUNCTION",
+    "QUEUE_NAME",
+    "RESULT_KEY_PREFIX",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "JobError",
+    "JobResult",
+    "Status",
+    "Usage",
+    "dumps",
+    "encode_job",
+    "loads",
+    "result_key",
+]
+
+# -- names -------------------------------------------------------------------------------------
+QUEUE_NAME: Final = "promptq:queue"
+"""The arq queue (a sorted set of job ids scored by the time they may run, in ms)."""
+RESULT_KEY_PREFIX: Final = "promptq:result:"
+"""``promptq:result:{job_id}`` holds the result document (JSON), written at submit."""
+JOB_FUNCTION: Final = "run_prompt"
+"""The arq function name every promptq job is enqueued under."""
+
+# arq's own bookkeeping keys; arq fixes these names, they are listed here so nothing else spells them.
+ARQ_JOB_KEY_PREFIX: Final = "arq:job:"
+ARQ_IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
+ARQ_RETRY_KEY_PREFIX: Final = "arq:retry:"
+
+DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+DEFAULT_RESULT_TTL_S: Final = 86_400
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 1_048_576
+
+
+def result_key(job_id: str) -> str:
+    return RESULT_KEY_PREFIX + job_id
+
+
+# -- JSON codec --------------------------------------------------------------------------------
+def dumps(obj: Any) -> str:
+    """Compact, strict JSON (no NaN or Infinity), as every promptq value in Redis is written."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def loads(raw: str | bytes) -> Any:
+    return json.loads(raw)
+
+
+def encode_job(payload_json: str, enqueued_at_ms: int) -> str:
+    """The job record arq reads at ``arq:job:{job_id}``: arq's field names, JSON instead of pickle.
+
+    ``payload_json`` is the already encoded payload, the job function's one argument.
+    """
+    return f'{{"t":null,"f":"{JOB_FUNCTION}","a":[{payload_json}],"k":{{}},"et":{int(enqueued_at_ms)}}}'
+
+
+# -- the result document -----------------------------------------------------------------------
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: Final[frozenset[str]] = frozenset(get_args(Status))
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as the API reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why the job failed (or why its last attempt failed, while a retry waits)."""
+
+    type: str
+    """A short class name: ``rate_limited``, ``server_error``, ``bad_request``, ``invalid_payload``..."""
+    message: str
+    status_code: int | None
+    """The API's HTTP status, when the API answered."""
+    retryable: bool
+    """True when the failure was transient (the job failed because its tries ran out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """The result document at ``promptq:result:{job_id}``; timestamps are Unix time in seconds."""
+
+    job_id: str
+    status: Status
+    attempts: int = 0
+    """API calls started for this job so far."""
+    model: str | None = None
+    content: str | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: JobError | None = None
+    metadata: dict[str, Any] | None = None
+    """The caller's ``metadata``, echoed."""
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    """When the latest attempt started."""
+    finished_at: float | None = None
+    latency_ms: int | None = None
+    """Duration of the latest attempt, from its start until its result was known."""
+
+    @property
+    def done(self) -> bool:
+        """True once the status is terminal: ``succeeded``, ``failed`` or ``cancelled``."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return dumps(self.to_doc())
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> JobResult:
+        if not isinstance(doc, dict):
+            raise ValueError("result document is not a JSON object")
+        status = doc.get("status")
+        if status not in STATUSES:
+            raise ValueError(f"result document has an unknown status: {status!r}")
+        job_id = doc.get("job_id")
+        if not isinstance(job_id, str):
+            raise ValueError("result document has no job_id")
+        usage, error = doc.get("usage"), doc.get("error")
+        return cls(
+            job_id=job_id,
+            status=cast(Status, status),
+            attempts=int(doc.get("attempts") or 0),
+            model=doc.get("model"),
+            content=doc.get("content"),
+            finish_reason=doc.get("finish_reason"),
+            usage=_usage(usage) if isinstance(usage, dict) else None,
+            error=_error(error) if isinstance(error, dict) else None,
+            metadata=doc.get("metadata"),
+            enqueued_at=doc.get("enqueued_at"),
+            started_at=doc.get("started_at"),
+            finished_at=doc.get("finished_at"),
+            latency_ms=doc.get("latency_ms"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobResult:
+        return cls.from_doc(loads(raw))
+
+
+def _usage(doc: dict[str, Any]) -> Usage:
+    return Usage(
+        prompt_tokens=int(doc.get("prompt_tokens") or 0),
+        completion_tokens=int(doc.get("completion_tokens") or 0),
+        total_tokens=int(doc.get("total_tokens") or 0),
+    )
+
+
+def _error(doc: dict[str, Any]) -> JobError:
+    status_code = doc.get("status_code")
+    return JobError(
+        type=str(doc.get("type") or "error"),
+        message=str(doc.get("message") or ""),
+        status_code=int(status_code) if status_code is not None else None,
+        retryable=bool(doc.get("retryable")),
+    )

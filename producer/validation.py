@@ -1,0 +1,228 @@
+"""What a prompt job may contain, checked before anything is written (standard library only).
+
+The producer validates at submit; the worker validates again what it reads from the queue, since
+another client or an older version may have written it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+
+__all__ = ["PASS_THROUGH_PARAMS", "InvalidJobError", "PromptJob", "new_job_id"]
+
+
+class InvalidJobError(ValueError):
+    """A job was refused before anything was written; the message names the problem."""
+
+
+ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
+MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@/+=#~-]{1,200}")
+
+
+def _number(lo: float, hi: float) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return _is_number(v) and lo <= v <= hi
+
+    return check
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _stop(v: Any) -> bool:
+    if isinstance(v, str):
+        return bool(v)
+    return isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(s, str) and s for s in v)
+
+
+# Chat Completions parameters passed through to the API, each with what it accepts.
+# ``extra_body`` carries anything else a server understands (vLLM's ``top_k``, for example).
+PASS_THROUGH_PARAMS: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "temperature": ("a number from 0 to 2", _number(0, 2)),
+    "top_p": ("a number from 0 to 1", _number(0, 1)),
+    "max_tokens": ("a positive integer", _positive_int),
+    "max_completion_tokens": ("a positive integer", _positive_int),
+    "stop": ("a non-empty string or a list of 1 to 4 of them", _stop),
+    "seed": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "presence_penalty": ("a number from -2 to 2", _number(-2, 2)),
+    "frequency_penalty": ("a number from -2 to 2", _number(-2, 2)),
+    "logit_bias": ("an object", lambda v: isinstance(v, dict)),
+    "logprobs": ("a boolean", lambda v: isinstance(v, bool)),
+    "top_logprobs": ("an integer from 0 to 20", lambda v: isinstance(v, int) and 0 <= v <= 20),
+    "response_format": ("an object", lambda v: isinstance(v, dict) and "type" in v),
+    "tools": ("a list of objects", lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v)),
+    "tool_choice": ("a string or an object", lambda v: isinstance(v, str | dict)),
+    "parallel_tool_calls": ("a boolean", lambda v: isinstance(v, bool)),
+    "user": ("a string", lambda v: isinstance(v, str)),
+    "reasoning_effort": ("a string", lambda v: isinstance(v, str)),
+    "service_tier": ("a string", lambda v: isinstance(v, str)),
+    "extra_body": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class PromptJob:
+    """One validated Chat Completions request, as it travels through the queue."""
+
+    job_id: str
+    messages: list[dict[str, Any]]
+    model: str | None
+    params: dict[str, Any]
+    metadata: dict[str, Any] | None
+    payload_json: str
+    """The payload as it is stored (and as its size was checked)."""
+
+    @classmethod
+    def build(
+        cls,
+        prompt: str | None = None,
+        *,
+        messages: Any = None,
+        model: str | None = None,
+        job_id: str | None = None,
+        metadata: Any = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        **params: Any,
+    ) -> PromptJob:
+        """Validate a submit call; raise :class:`InvalidJobError` naming the first problem."""
+        if (prompt is None) == (messages is None):
+            raise InvalidJobError("give exactly one of prompt or messages")
+        if prompt is not None:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidJobError("prompt must be a non-empty string")
+            messages = [{"role": "user", "content": prompt}]
+        if job_id is None:
+            job_id = new_job_id()
+        elif not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+            raise InvalidJobError(f"job_id {job_id!r} must be 1 to 200 characters of letters, digits and _.:@/+=#~-")
+        payload: dict[str, Any] = {"messages": _messages(messages), "model": _model(model)}
+        if params:
+            payload["params"] = _params(params)
+        if metadata is not None:
+            payload["metadata"] = _metadata(metadata)
+        return cls._checked(job_id, payload, max_payload_bytes)
+
+    @classmethod
+    def from_payload(cls, job_id: str, payload: Any, max_payload_bytes: int) -> PromptJob:
+        """Validate a payload read from the queue (the worker's side of :meth:`build`)."""
+        if not isinstance(payload, dict):
+            raise InvalidJobError("job payload is not a JSON object")
+        unknown = set(payload) - {"messages", "model", "params", "metadata"}
+        if unknown:
+            raise InvalidJobError(f"job payload has unknown fields: {', '.join(sorted(unknown))}")
+        params = payload.get("params") or {}
+        if not isinstance(params, dict):
+            raise InvalidJobError("params must be an object")
+        return cls.build(
+            messages=payload.get("messages"),
+            model=payload.get("model"),
+            job_id=job_id,
+            metadata=payload.get("metadata"),
+            max_payload_bytes=max_payload_bytes,
+            **params,
+        )
+
+    @classmethod
+    def _checked(cls, job_id: str, payload: dict[str, Any], max_payload_bytes: int) -> PromptJob:
+        try:
+            payload_json = dumps(payload)
+        except (TypeError, ValueError) as e:
+            part = "metadata" if "metadata" in payload and not _serialisable(payload["metadata"]) else "params"
+            raise InvalidJobError(f"{part} must be JSON-serialisable: {e}") from None
+        size = len(payload_json.encode())
+        if size > max_payload_bytes:
+            raise InvalidJobError(
+                f"payload is {size} bytes, over the limit of {max_payload_bytes} (PROMPTQ_MAX_PAYLOAD_BYTES)"
+            )
+        return cls(
+            job_id=job_id,
+            messages=payload["messages"],
+            model=payload["model"],
+            params=payload.get("params", {}),
+            metadata=payload.get("metadata"),
+            payload_json=payload_json,
+        )
+
+
+def _serialisable(value: Any) -> bool:
+    try:
+        dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _model(model: Any) -> str | None:
+    if model is None:
+        return None
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidJobError("model must be a non-empty string")
+    return model
+
+
+def _params(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        spec = PASS_THROUGH_PARAMS.get(name)
+        if spec is None:
+            hint = "; stream and n are not supported" if name in {"stream", "n"} else ""
+            raise InvalidJobError(f"unknown parameter {name!r} (pass server-specific ones in extra_body){hint}")
+        if value is None:
+            continue
+        expected, check = spec
+        if not check(value):
+            raise InvalidJobError(f"{name} must be {expected}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidJobError("metadata must be a dict with string keys")
+    return metadata
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidJobError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidJobError(f"{where} must be an object with role and content")
+        unknown = set(m) - MESSAGE_KEYS
+        if unknown:
+            raise InvalidJobError(f"{where} has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise InvalidJobError(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}")
+        content = m.get("content")
+        if role == "assistant" and content is None and m.get("tool_calls"):
+            continue
+        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise InvalidJobError(f"{where} (role tool) needs a tool_call_id string")
+        if isinstance(content, str):
+            if not content.strip():
+                raise InvalidJobError(f"{where}.content must not be empty")
+        elif isinstance(content, list):
+            if not content or not all(isinstance(p, dict) and "type" in p for p in content):
+                raise InvalidJobError(f"{where}.content must be a non-empty list of parts with a type")
+        else:
+            raise InvalidJobError(f"{where}.content must be a string or a list of content parts")
+    return messages

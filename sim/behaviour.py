@@ -1,0 +1,138 @@
+"""What the simulator answers: its knobs, its replies, its rate limit and its counters."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RequestBucket", "SimConfig", "SimStats", "chance", "count_tokens", "message_text", "reply_text"]
+
+
+@dataclass
+class SimConfig:
+    """Every knob, settable at start (``python -m sim --help``) or at run time (``POST /_sim/config``)."""
+
+    latency_ms: float = 0.0
+    """Time before the answer (for a stream: before the first chunk)."""
+    chunk_delay_ms: float = 0.0
+    """Time between streamed chunks."""
+    reply: str = "echo"
+    """``echo`` (the last user message), ``demo`` (short canned answers) or any other text, sent as is."""
+    require_api_key: str | None = None
+    """When set, requests without ``Authorization: Bearer <this>`` get 401."""
+    error_rate: float = 0.0
+    """Share of completion requests answered with a status from ``error_statuses``."""
+    error_statuses: list[int] = field(default_factory=lambda: [500])
+    error_code: str | None = None
+    """The error body's ``code`` (``insufficient_quota`` with status 429, for example)."""
+    retry_after_ms: int | None = None
+    """Sent as ``retry-after-ms`` and ``retry-after`` with injected errors."""
+    reset_rate: float = 0.0
+    """Share of requests whose connection is closed without an answer."""
+    hang_rate: float = 0.0
+    """Share of requests never answered (until the client gives up)."""
+    malformed_rate: float = 0.0
+    """Share of requests answered 200 with a body that is not JSON."""
+    rpm: int | None = None
+    """Requests per minute; above it, 429 with ``retry-after-ms`` and ``x-ratelimit-*`` headers."""
+    rpm_burst: int | None = None
+    """Requests the limit lets through at once (default: one second's worth), as OpenAI enforces a
+    per-minute limit over shorter periods."""
+    seed: int | None = None
+
+    def update(self, changes: dict[str, Any]) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown simulator settings: {', '.join(sorted(unknown))}")
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    """Chat Completion requests received."""
+    completions: int = 0
+    """Requests answered 200 with a completion (what a real API would bill)."""
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+
+    def count(self, bucket: dict[str, int], key: str) -> None:
+        bucket[key] = bucket.get(key, 0) + 1
+
+
+class RequestBucket:
+    """A token bucket: ``rpm`` per minute refilled continuously, at most ``burst`` at once."""
+
+    def __init__(self, rpm: int, burst: int | None) -> None:
+        self.rpm = rpm
+        self.rate_per_s = rpm / 60.0
+        self.burst = burst or max(1, math.ceil(self.rate_per_s))
+        self.tokens = float(self.burst)
+        self.updated_s = time.monotonic()
+
+    def take(self) -> float:
+        """0 when the request may go; else the seconds until it could."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated_s) * self.rate_per_s)
+        self.updated_s = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate_per_s
+
+    def remaining(self) -> int:
+        return int(self.tokens)
+
+
+DEMO_ANSWERS = {
+    "capital of vietnam": "The capital of Vietnam is Hanoi.",
+    "joke about ai": "Why did the neural network break up with the dataset? It found it too biased.",
+    "theory of relativity": (
+        "Relativity says the laws of physics are the same for everyone moving steadily, light always travels "
+        "at the same speed, and so time and distance stretch or shrink depending on how fast you move; mass "
+        "and energy are two forms of the same thing (E = mc²), and gravity is the bending of space-time."
+    ),
+    "http request in python": (
+        "Use the standard library: `urllib.request.urlopen('https://example.com').read()`, or the popular "
+        "requests package: `requests.get('https://example.com').text`."
+    ),
+}
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def reply_text(mode: str, messages: list[dict[str, Any]]) -> str:
+    last_user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    if mode == "echo":
+        return last_user
+    if mode == "demo":
+        lowered = last_user.lower()
+        for needle, answer in DEMO_ANSWERS.items():
+            if needle in lowered:
+                return answer
+        return f"(simulated answer to a {len(last_user)}-character prompt)"
+    return mode
+
+
+def count_tokens(text: str) -> int:
+    """A rough count (about four characters a token), enough for usage figures."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def chance(rng: random.Random, rate: float) -> bool:
+    return rate > 0 and rng.random() < rate

@@ -1,0 +1,311 @@
+"""An OpenAI-compatible HTTP server for the demo, the tests and the benchmarks.
+
+HTTP/1.1 with keep-alive on plain asyncio streams (no framework, so faults such as a reset
+connection or a hang are exact). Routes:
+
+- ``POST /v1/chat/completions`` (plain and ``stream: true``, with ``usage``), ``GET /v1/models``;
+- ``GET /_sim/stats`` (requests, completions, in flight, peak in flight, statuses, faults),
+  ``POST /_sim/reset`` (zero the counters), ``POST /_sim/config`` (change knobs, JSON), ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+import random
+import time
+from typing import Any
+
+from sim.behaviour import RequestBucket, SimConfig, SimStats, chance, count_tokens, reply_text
+
+__all__ = ["Simulator"]
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class Request:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+
+    @property
+    def keep_alive(self) -> bool:
+        return self.headers.get("connection", "").lower() != "close"
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if length > MAX_BODY_BYTES:
+        return None
+    body = await reader.readexactly(length) if length else b""
+    return Request(method, path.split("?", 1)[0], headers, body)
+
+
+class Simulator:
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.stats = SimStats()
+        self.rng = random.Random(self.config.seed)
+        self._ids = itertools.count(1)
+        self._bucket: RequestBucket | None = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen; return the port (useful with ``port=0``)."""
+        self._server = await asyncio.start_server(self._serve, host, port, backlog=4096)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (request := await read_request(reader)) is not None:
+                if not await self._dispatch(request, reader, writer) or not request.keep_alive:
+                    break
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dispatch(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection must close."""
+        route = (req.method, req.path)
+        if route == ("POST", "/v1/chat/completions"):
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+            try:
+                return await self._completion(req, reader, writer)
+            finally:
+                self.stats.in_flight -= 1
+        # the routes below are not counted in the statistics
+        if route == ("GET", "/v1/models"):
+            models = [{"id": m, "object": "model", "owned_by": "promptq-sim"} for m in ("gpt-4o-mini", "gpt-4o")]
+            await self._json(writer, 200, {"object": "list", "data": models}, counted=False)
+        elif route == ("GET", "/_sim/stats"):
+            await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
+        elif route == ("POST", "/_sim/reset"):
+            self.stats = SimStats()
+            await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
+        elif route == ("POST", "/_sim/config"):
+            try:
+                self.config.update(json.loads(req.body or b"{}"))
+            except (ValueError, TypeError) as e:
+                await self._json(writer, 400, {"error": str(e)}, counted=False)
+                return True
+            self.rng = random.Random(self.config.seed)
+            self._bucket = None
+            await self._json(writer, 200, dataclasses.asdict(self.config), counted=False)
+        elif route == ("GET", "/healthz"):
+            await self._json(writer, 200, {"ok": True}, counted=False)
+        else:
+            await self._error(writer, 404, f"no route {req.method} {req.path}", "invalid_request_error")
+        return True
+
+    async def _completion(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        cfg = self.config
+        if cfg.require_api_key and req.headers.get("authorization") != f"Bearer {cfg.require_api_key}":
+            await self._error(writer, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return True
+        try:
+            body = json.loads(req.body)
+            messages, model = body["messages"], body["model"]
+            if not isinstance(messages, list) or not isinstance(model, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            await self._error(writer, 400, "body must be JSON with messages and model", "invalid_request_error")
+            return True
+        if (wait_s := self._rate_limit_wait_s()) > 0:
+            self.stats.count(self.stats.faults, "rpm_limited")
+            await self._error(
+                writer,
+                429,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+                self._limit_headers(wait_s),
+            )
+            return True
+        if chance(self.rng, cfg.reset_rate):
+            self.stats.count(self.stats.faults, "reset")
+            return False
+        if chance(self.rng, cfg.hang_rate):
+            self.stats.count(self.stats.faults, "hang")
+            with contextlib.suppress(ConnectionError):
+                await reader.read()  # until the client gives up and closes
+            return False
+        if cfg.latency_ms > 0:
+            await asyncio.sleep(cfg.latency_ms / 1000)
+        if chance(self.rng, cfg.error_rate):
+            status = self.rng.choice(cfg.error_statuses)
+            self.stats.count(self.stats.faults, f"error_{status}")
+            headers = {}
+            if cfg.retry_after_ms is not None:
+                headers = {
+                    "retry-after-ms": str(cfg.retry_after_ms),
+                    "retry-after": str(math.ceil(cfg.retry_after_ms / 1000)),
+                }
+            await self._error(writer, status, f"simulated error {status}", "server_error", cfg.error_code, headers)
+            return True
+        if chance(self.rng, cfg.malformed_rate):
+            self.stats.count(self.stats.faults, "malformed")
+            await self._send(writer, 200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
+            return True
+        self.stats.completions += 1
+        if body.get("stream"):
+            await self._stream(writer, body)
+        else:
+            await self._json(writer, 200, self._completion_body(body), self._limit_headers(0))
+        return True
+
+    def _answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+        text = reply_text(self.config.reply, body["messages"])
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if isinstance(limit, int) and count_tokens(text) > limit:
+            text, finish = text[: limit * 4], "length"
+        prompt_tokens = sum(count_tokens(str(m.get("content") or "")) + 3 for m in body["messages"])
+        completion_tokens = count_tokens(text)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return text, finish, usage
+
+    def _completion_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        text, finish, usage = self._answer(body)
+        return {
+            "id": f"chatcmpl-sim-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": "promptq-sim",
+            "usage": usage,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": finish,
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                }
+            ],
+        }
+
+    async def _stream(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        text, finish, usage = self._answer(body)
+        base = {
+            "id": f"chatcmpl-sim-{next(self._ids)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": "promptq-sim",
+        }
+        self.stats.count(self.stats.by_status, "200")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+
+        def event(data: str) -> None:
+            payload = f"data: {data}\n\n".encode()
+            writer.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+
+        pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
+        for i, piece in enumerate(pieces):
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            event(json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+            await writer.drain()
+            if self.config.chunk_delay_ms > 0:
+                await asyncio.sleep(self.config.chunk_delay_ms / 1000)
+        event(json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event(json.dumps({**base, "choices": [], "usage": usage}))
+        event("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    def _rate_limit_wait_s(self) -> float:
+        rpm = self.config.rpm
+        if not rpm:
+            return 0.0
+        if self._bucket is None or self._bucket.rpm != rpm:
+            self._bucket = RequestBucket(rpm, self.config.rpm_burst)
+        return self._bucket.take()
+
+    def _limit_headers(self, wait_s: float) -> dict[str, str]:
+        if self._bucket is None or not self.config.rpm:
+            return {}
+        headers = {
+            "x-ratelimit-limit-requests": str(self.config.rpm),
+            "x-ratelimit-remaining-requests": str(self._bucket.remaining()),
+            "x-ratelimit-reset-requests": f"{math.ceil(wait_s * 1000)}ms",
+        }
+        if wait_s > 0:
+            headers |= {"retry-after-ms": str(math.ceil(wait_s * 1000)), "retry-after": str(math.ceil(wait_s))}
+        return headers
+
+    async def _error(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+        await self._json(writer, status, body, headers)
+
+    async def _json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        *,
+        counted: bool = True,
+    ) -> None:
+        await self._send(writer, status, json.dumps(body).encode(), "application/json", headers, counted=counted)
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        *,
+        counted: bool = True,
+    ) -> None:
+        if counted:
+            self.stats.count(self.stats.by_status, str(status))
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+            f"content-type: {content_type}",
+            f"content-length: {len(body)}",
+            f"x-request-id: req-sim-{next(self._ids)}",
+        ]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        await writer.drain()

@@ -1,0 +1,89 @@
+"""The worker's configuration: read from the environment once, validated, frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
+from producer.env import ConfigError, env_choice, env_float, env_int, env_redis_url, env_str
+
+__all__ = ["ENV_NAMES", "ConfigError", "WorkerConfig"]
+
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+UNUSED_API_KEY = "unused"
+"""Sent when OPENAI_BASE_URL points at a local server and no key is set (they ignore it)."""
+
+ENV_NAMES = (
+    "REDIS_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "PROMPTQ_MODEL",
+    "PROMPTQ_MAX_JOBS",
+    "PROMPTQ_REQUEST_TIMEOUT_S",
+    "PROMPTQ_JOB_TIMEOUT_S",
+    "PROMPTQ_MAX_TRIES",
+    "PROMPTQ_RESULT_TTL_S",
+    "PROMPTQ_MAX_PAYLOAD_BYTES",
+    "PROMPTQ_POLL_DELAY_S",
+    "PROMPTQ_LOG_FORMAT",
+    "PROMPTQ_LOG_LEVEL",
+)
+"""Every variable the worker reads (the README and compose.yaml are checked against this list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    redis_url: str = DEFAULT_REDIS_URL
+    openai_api_key: str = field(default=UNUSED_API_KEY, repr=False)
+    openai_base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    max_jobs: int = 16
+    request_timeout_s: float = 120.0
+    job_timeout_s: float = 130.0
+    max_tries: int = 5
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    poll_delay_s: float = 0.1
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
+        """Read and check every variable; raise :class:`ConfigError` naming the first bad one."""
+        env = os.environ if env is None else env
+        d = cls()
+        base_url = env_str(env, "OPENAI_BASE_URL")
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"OPENAI_BASE_URL must be an http:// or https:// URL, got {base_url!r}")
+        api_key = env_str(env, "OPENAI_API_KEY")
+        if api_key is None:
+            if base_url is None:
+                raise ConfigError(
+                    "OPENAI_API_KEY is not set (set it, or set OPENAI_BASE_URL to a server that needs no key)"
+                )
+            api_key = UNUSED_API_KEY
+        request_timeout_s = env_float(env, "PROMPTQ_REQUEST_TIMEOUT_S", d.request_timeout_s)
+        job_timeout_s = env_float(env, "PROMPTQ_JOB_TIMEOUT_S", request_timeout_s + 10)
+        if job_timeout_s <= request_timeout_s:
+            raise ConfigError(
+                f"PROMPTQ_JOB_TIMEOUT_S ({job_timeout_s:g}) must be greater than "
+                f"PROMPTQ_REQUEST_TIMEOUT_S ({request_timeout_s:g})"
+            )
+        return cls(
+            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
+            openai_api_key=api_key,
+            openai_base_url=base_url,
+            model=env_str(env, "PROMPTQ_MODEL", d.model) or d.model,
+            max_jobs=env_int(env, "PROMPTQ_MAX_JOBS", d.max_jobs),
+            request_timeout_s=request_timeout_s,
+            job_timeout_s=job_timeout_s,
+            max_tries=env_int(env, "PROMPTQ_MAX_TRIES", d.max_tries),
+            result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", d.result_ttl_s),
+            max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", d.max_payload_bytes),
+            poll_delay_s=env_float(env, "PROMPTQ_POLL_DELAY_S", d.poll_delay_s),
+            log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
+            log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
+        )

@@ -1,0 +1,152 @@
+"""The arq job: claim the result document, call the API once, write the outcome.
+
+Every outcome ends in the result document. The job function itself decides about retries (arq's
+``max_tries`` is only a backstop) and bounds each attempt by ``PROMPTQ_JOB_TIMEOUT_S`` before arq's
+own timeout could fire, since arq would fail the job without writing the document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import openai
+import structlog
+from arq import Retry
+
+from producer.contract import JobResult
+from producer.validation import InvalidJobError, PromptJob
+from worker import llm
+from worker.config import WorkerConfig
+from worker.logs import get_logger
+from worker.retry import backoff_s
+from worker.store import ResultStore
+
+__all__ = ["WorkerState", "run_prompt"]
+
+log = get_logger("promptq.job")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """What every job of one worker process shares (``ctx["promptq"]``)."""
+
+    config: WorkerConfig
+    client: openai.AsyncOpenAI
+    store: ResultStore
+
+
+def _now_s() -> float:
+    return round(time.time(), 3)
+
+
+def _enqueued_at(ctx: dict[str, Any]) -> float | None:
+    enqueued: datetime | None = ctx.get("enqueue_time")
+    return round(enqueued.timestamp(), 3) if enqueued and enqueued.timestamp() > 0 else None
+
+
+async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
+    """Run one prompt job (the function every promptq job is enqueued under)."""
+    state: WorkerState = ctx["promptq"]
+    config = state.config
+    job_id: str = ctx["job_id"]
+    attempt: int = ctx["job_try"]
+    structlog.contextvars.bind_contextvars(job_id=job_id, attempt=attempt)
+    base = JobResult(job_id=job_id, status="running", attempts=attempt, enqueued_at=_enqueued_at(ctx))
+
+    try:
+        job = PromptJob.from_payload(job_id, payload, config.max_payload_bytes)
+    except InvalidJobError as e:
+        error = llm.LLMError("invalid_payload", str(e), retryable=False)
+        return await _finish(state, base, started_s=time.monotonic(), error=error)
+
+    base = dataclasses.replace(base, model=job.model or config.model, metadata=job.metadata, started_at=_now_s())
+    if attempt > config.max_tries:  # a worker died during each of the earlier attempts
+        error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
+        return await _finish(state, base, started_s=time.monotonic(), error=error)
+    stored = await state.store.start(base)
+    if stored is not None:
+        log.info("job.skipped", reason="result already stored", status=stored.status)
+        return None
+
+    started_s = time.monotonic()
+    assert base.model is not None
+    try:
+        async with asyncio.timeout(config.job_timeout_s):
+            completion = await llm.complete(state.client, job, base.model)
+    except (llm.LLMError, TimeoutError) as e:
+        error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
+        if error.retryable and attempt < config.max_tries:
+            return await _retry(state, base, started_s, error)
+        return await _finish(state, base, started_s=started_s, error=error)
+    await _finish(state, base, started_s=started_s, completion=completion)
+
+
+def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:
+    message = f"the attempt took longer than PROMPTQ_JOB_TIMEOUT_S ({config.job_timeout_s:g} s)"
+    return llm.LLMError("timeout", message, retryable=True)
+
+
+async def _retry(state: WorkerState, base: JobResult, started_s: float, error: llm.LLMError) -> None:
+    delay_s = backoff_s(base.attempts, error.retry_after_s)
+    queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
+    await state.store.requeue(queued)
+    log.info(
+        "job.retrying",
+        error_type=error.type,
+        status_code=error.status_code,
+        delay_ms=round(delay_s * 1000),
+        retry_after_ms=None if error.retry_after_s is None else round(error.retry_after_s * 1000),
+    )
+    raise Retry(defer=delay_s)
+
+
+def _ms_since(started_s: float) -> int:
+    return round((time.monotonic() - started_s) * 1000)
+
+
+async def _finish(
+    state: WorkerState,
+    base: JobResult,
+    *,
+    started_s: float,
+    completion: llm.Completion | None = None,
+    error: llm.LLMError | None = None,
+) -> None:
+    """Write the terminal document and log the job's one canonical line."""
+    final = dataclasses.replace(
+        base,
+        status="succeeded" if completion else "failed",
+        content=completion.content if completion else None,
+        finish_reason=completion.finish_reason if completion else None,
+        usage=completion.usage if completion else None,
+        error=error.to_error() if error else None,
+        finished_at=_now_s(),
+        latency_ms=_ms_since(started_s),
+    )
+    await asyncio.shield(state.store.finish(final))
+    usage = final.usage
+    log.info(
+        "job.finished",
+        status=final.status,
+        model=final.model,
+        attempts=final.attempts,
+        latency_ms=final.latency_ms,
+        queued_ms=_queued_ms(final),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        finish_reason=final.finish_reason,
+        error_type=error.type if error else None,
+        status_code=error.status_code if error else None,
+    )
+
+
+def _queued_ms(result: JobResult) -> int | None:
+    if result.enqueued_at is None or result.started_at is None:
+        return None
+    return max(0, round((result.started_at - result.enqueued_at) * 1000))

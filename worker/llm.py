@@ -1,0 +1,115 @@
+"""The only module that imports openai: the client, the request, and what its errors mean.
+
+Errors are turned into :class:`LLMError`, which says whether another attempt could succeed
+(``retryable``) and how long the server asked us to wait (``retry_after_s``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from producer.contract import JobError, Usage
+from producer.validation import PromptJob
+from worker.config import WorkerConfig
+from worker.retry import retry_after_s
+
+__all__ = ["Completion", "LLMError", "classify", "complete", "make_client"]
+
+
+def make_client(config: WorkerConfig) -> openai.AsyncOpenAI:
+    """One client per worker process; the worker owns retries, so the client makes none."""
+    return openai.AsyncOpenAI(
+        api_key=config.openai_api_key,
+        base_url=config.openai_base_url,
+        max_retries=0,
+        timeout=config.request_timeout_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str | None
+    finish_reason: str | None
+    usage: Usage | None
+
+
+class LLMError(Exception):
+    """One failed attempt, classified."""
+
+    def __init__(
+        self,
+        type_: str,
+        message: str,
+        *,
+        retryable: bool,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.type, self.message, self.retryable = type_, message, retryable
+        self.status_code, self.retry_after_s = status_code, retry_after_s
+
+    def to_error(self) -> JobError:
+        return JobError(type=self.type, message=self.message, status_code=self.status_code, retryable=self.retryable)
+
+
+# status code -> (error type, retryable). 429 depends on the body's code: see classify().
+STATUS_CLASSES: dict[int, tuple[str, bool]] = {
+    400: ("bad_request", False),
+    401: ("authentication", False),
+    403: ("permission_denied", False),
+    404: ("not_found", False),
+    408: ("request_timeout", True),
+    409: ("conflict", True),
+    422: ("unprocessable_entity", False),
+    429: ("rate_limited", True),
+}
+
+
+def classify(status_code: int, code: str | None = None) -> tuple[str, bool]:
+    """The error type and whether to retry, for an HTTP error status (and the body's ``code``)."""
+    if status_code == 429 and code == "insufficient_quota":
+        return "insufficient_quota", False
+    if status_code in STATUS_CLASSES:
+        return STATUS_CLASSES[status_code]
+    if status_code >= 500:
+        return "server_error", True
+    return "client_error", False
+
+
+async def complete(client: openai.AsyncOpenAI, job: PromptJob, model: str) -> Completion:
+    """Run one Chat Completions request; raise :class:`LLMError` for any failure."""
+    params: dict[str, Any] = dict(job.params)
+    try:
+        response = await client.chat.completions.create(
+            model=model,
+            messages=job.messages,  # type: ignore[arg-type]  # validated in producer.validation
+            **params,
+        )
+    except openai.APIStatusError as e:
+        type_, retryable = classify(e.status_code, e.code)
+        raise LLMError(
+            type_,
+            e.message,
+            retryable=retryable,
+            status_code=e.status_code,
+            retry_after_s=retry_after_s(e.response.headers),
+        ) from e
+    except openai.APITimeoutError as e:
+        raise LLMError("timeout", "the API did not answer within PROMPTQ_REQUEST_TIMEOUT_S", retryable=True) from e
+    except openai.APIConnectionError as e:
+        raise LLMError("connection_error", f"could not reach the API: {e.message}", retryable=True) from e
+    except (openai.APIError, ValueError) as e:  # a body that is not a Chat Completion
+        raise LLMError("bad_response", f"the API answered with an unreadable body: {e}", retryable=True) from e
+    if not getattr(response, "choices", None):
+        raise LLMError("bad_response", "the API answered without choices", retryable=True)
+    choice = response.choices[0]
+    u = response.usage
+    return Completion(
+        content=choice.message.content,
+        finish_reason=choice.finish_reason,
+        usage=Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens) if u else None,
+    )

@@ -1,0 +1,120 @@
+"""``arq worker.Settings``: the arq worker settings, built from the environment.
+
+The worker reads jobs as JSON (never pickle), runs ``run_prompt`` with ``PROMPTQ_MAX_JOBS`` slots,
+shares one ``AsyncOpenAI`` client per process (made at start-up, closed at shutdown) and keeps no
+arq result of its own: the result document is promptq's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import func
+from redis.asyncio.connection import SSLConnection, parse_url
+
+from producer.contract import JOB_FUNCTION, QUEUE_NAME
+from producer.env import redact_url
+from worker import llm
+from worker.config import WorkerConfig
+from worker.jobs import WorkerState, run_prompt
+from worker.logs import configure_logging, get_logger
+from worker.store import ResultStore
+
+__all__ = ["make_settings", "settings_kwargs"]
+
+log = get_logger("promptq.worker")
+
+ARQ_TIMEOUT_MARGIN_S = 10.0
+"""arq's own job timeout sits this far above ``PROMPTQ_JOB_TIMEOUT_S``, which fires first."""
+ARQ_MAX_TRIES_MARGIN = 10
+"""arq's own try limit is a backstop this far above ``PROMPTQ_MAX_TRIES``, which the job enforces."""
+POISON_FUNCTION_ARGS: dict[str, Any] = {"t": None, "f": JOB_FUNCTION, "k": {}, "et": 0}
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq's connection settings from a URL (credentials, TLS and database included)."""
+    kw: dict[str, Any] = dict(parse_url(url))
+    return RedisSettings(
+        host=kw.get("host", "localhost"),
+        port=int(kw.get("port", 6379)),
+        unix_socket_path=kw.get("path"),
+        database=int(kw.get("db", 0)),
+        username=kw.get("username"),
+        password=kw.get("password"),
+        ssl=kw.get("connection_class") is SSLConnection,
+    )
+
+
+def job_serializer(obj: Any) -> bytes:
+    """arq's job and failure records as JSON; what JSON cannot hold is written as its repr."""
+    return json.dumps(obj, separators=(",", ":"), default=repr).encode()
+
+
+def job_deserializer(raw: bytes) -> Any:
+    """arq's job records from JSON. A record that cannot be read still reaches ``run_prompt``,
+    which fails the job with a clear error instead of leaving its document queued."""
+    try:
+        record = json.loads(raw)
+        if isinstance(record, dict) and {"f", "a", "k", "et"} <= record.keys():
+            return record
+        reason = "job record is not an arq job object"
+    except ValueError as e:
+        reason = f"job record is not JSON: {e}"
+    return {**POISON_FUNCTION_ARGS, "a": [{"undecodable": reason}]}
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    config: WorkerConfig = ctx["config"]
+    ctx["promptq"] = WorkerState(
+        config=config,
+        client=llm.make_client(config),
+        store=ResultStore(ctx["redis"], config.result_ttl_s),
+    )
+    log.info(
+        "worker.started",
+        redis_url=redact_url(config.redis_url),
+        api_base_url=config.openai_base_url or "https://api.openai.com/v1",
+        model=config.model,
+        max_jobs=config.max_jobs,
+    )
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    state: WorkerState | None = ctx.get("promptq")
+    if state is not None:
+        await state.client.close()
+    log.info("worker.stopped")
+
+
+def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` (the attributes of ``Settings``)."""
+    return {
+        "functions": [
+            func(
+                run_prompt,
+                name=JOB_FUNCTION,
+                timeout=config.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+                max_tries=config.max_tries + ARQ_MAX_TRIES_MARGIN,
+            )
+        ],
+        "queue_name": QUEUE_NAME,
+        "redis_settings": redis_settings(config.redis_url),
+        "max_jobs": config.max_jobs,
+        "job_timeout": config.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+        "keep_result": 0,
+        "poll_delay": config.poll_delay_s,
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "ctx": {"config": config},
+    }
+
+
+def make_settings(config: WorkerConfig | None = None) -> type:
+    """A ``Settings`` class for ``arq``, from ``config`` or the environment."""
+    config = config or WorkerConfig.from_env()
+    configure_logging(config.log_format, config.log_level)
+    return type("Settings", (), settings_kwargs(config))
