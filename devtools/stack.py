@@ -1,0 +1,200 @@
+"""Local processes for the demo, the tests and the benchmarks: Redis, the simulator, arq workers.
+
+Each is a context manager that stops what it started. Nothing here is imported by the product.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from urllib.request import Request, urlopen
+
+import redis
+
+from sim.behaviour import SimConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_REDIS_HELP = (
+    "no Redis answers at {url} and the redis-server binary is not installed.\n"
+    "Install one (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis), or start one in "
+    "Docker with `docker compose up -d redis`, or point REDIS_URL at a running server."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def wait_until(check: object, timeout_s: float, what: str, interval_s: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s} s")
+
+
+class Proc:
+    """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str] | None = None, log_path: Path | None = None) -> None:
+        self.argv = argv
+        self.env = {**os.environ, **(env or {})}
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="promptq-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
+        self._log: IO[bytes] | None = None
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.popen is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait()
+        if self._log:
+            self._log.close()
+        return self.popen.returncode
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class RedisServer(Proc):
+    """A throw-away ``redis-server`` on a free port (no persistence unless asked)."""
+
+    def __init__(self, *extra_args: str, port: int | None = None, data_dir: Path | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = port or free_port()
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="promptq-redis-"))
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir)]
+        argv += ["--save", "", "--appendonly", "no", *extra_args]
+        super().__init__(argv, log_path=self.data_dir / "redis.log")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        super().start()
+        wait_until(self._answers, 10, "redis-server")
+        return self
+
+    def _answers(self) -> bool:
+        """Any reply to PING counts (``-NOAUTH`` too, for a server with a password)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+
+class Simulator(Proc):
+    """``python -m sim`` on a free port; ``base_url`` is what OPENAI_BASE_URL takes."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        super().__init__([sys.executable, "-m", "sim", "--port", str(self.port), *args])
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> Self:
+        super().start()
+        wait_until(lambda: "listening on" in self.output(), 10, "simulator")
+        return self
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        with urlopen(request, timeout=5) as response:
+            result: dict[str, Any] = json.loads(response.read())
+        return result
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change knobs (see ``sim.behaviour.SimConfig``); the others keep their value."""
+        return self._call("POST", "/_sim/config", settings)
+
+    def reset(self) -> None:
+        """Every knob back to its default, counters to zero."""
+        self.configure(**dataclasses.asdict(SimConfig()))
+        self._call("POST", "/_sim/reset", {})
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/_sim/stats")
+
+
+class Worker(Proc):
+    """``arq worker.Settings`` with the given environment; ready once it logs ``worker.started``."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path | None = None) -> None:
+        arq = str(Path(sys.executable).with_name("arq"))
+        super().__init__([arq, "worker.Settings"], env={"PROMPTQ_LOG_FORMAT": "json", **env}, log_path=log_path)
+
+    def start(self) -> Self:
+        super().start()
+        wait_until(lambda: "worker.started" in self.output() or not self.alive(), 20, "worker")
+        if not self.alive():
+            raise RuntimeError(f"worker exited at start:\n{self.output()}")
+        return self
+
+
+@contextlib.contextmanager
+def redis_url_for(url: str) -> Iterator[str]:
+    """``url`` when a Redis answers there; else a local ``redis-server`` started for the duration."""
+    if redis_answers(url):
+        yield url
+        return
+    if shutil.which("redis-server") is None:
+        raise SystemExit(NO_REDIS_HELP.format(url=url))
+    with RedisServer() as server:
+        yield server.url

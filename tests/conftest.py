@@ -1,0 +1,110 @@
+"""Shared fixtures: a real Redis, the simulator over real HTTP, workers in-process or as processes.
+
+Redis: ``PROMPTQ_TEST_REDIS_URL`` if set; else a throw-away ``redis-server`` on a free port when the
+binary exists; else database 15 of the Redis at ``REDIS_URL``. Each test starts from an empty
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from arq.worker import Worker
+
+from devtools.stack import RedisServer, Simulator, redis_answers
+from producer import Producer, SyncProducer
+from producer.client import ProducerConfig
+from worker.config import WorkerConfig
+from worker.settings import settings_kwargs
+
+TEST_API_KEY = "sk-test-SECRET-KEY-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    if url := os.environ.get("PROMPTQ_TEST_REDIS_URL"):
+        yield url
+    elif shutil.which("redis-server"):
+        with RedisServer() as server:
+            yield server.url
+    else:
+        url = os.environ.get("REDIS_URL", "redis://localhost:6379/0").rsplit("/", 1)[0] + "/15"
+        if not redis_answers(url):
+            pytest.fail(f"no redis-server binary and no Redis at {url}: run `make redis`")
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sim_process() -> Iterator[Simulator]:
+    with Simulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(sim_process: Simulator) -> Simulator:
+    """The simulator with default knobs (echo replies, no latency, no faults) and zeroed counters."""
+    sim_process.reset()
+    return sim_process
+
+
+@pytest.fixture
+def worker_config(redis_url: str, sim: Simulator) -> WorkerConfig:
+    return WorkerConfig(
+        redis_url=redis_url,
+        openai_api_key=TEST_API_KEY,
+        openai_base_url=sim.base_url,
+        request_timeout_s=5,
+        job_timeout_s=8,
+        poll_delay_s=0.02,
+        max_tries=3,
+    )
+
+
+@pytest.fixture
+async def producer(redis_url: str) -> AsyncIterator[Producer]:
+    async with Producer(config=ProducerConfig(redis_url=redis_url)) as p:
+        yield p
+
+
+@pytest.fixture
+def sync_producer(redis_url: str) -> Iterator[SyncProducer]:
+    with SyncProducer(config=ProducerConfig(redis_url=redis_url)) as p:
+        yield p
+
+
+def make_worker(config: WorkerConfig, **overrides: Any) -> Worker:
+    """An in-process arq worker with promptq's settings (burst: it stops when the queue is empty)."""
+    kwargs = {**settings_kwargs(config), "burst": True, "handle_signals": False, **overrides}
+    return Worker(**kwargs)
+
+
+async def run_burst(config: WorkerConfig, **overrides: Any) -> Worker:
+    """Run an in-process worker until the queue is empty (deferred retries included)."""
+    worker = make_worker(config, **overrides)
+    try:
+        await asyncio.wait_for(worker.main(), 30)
+    finally:
+        await worker.close()
+    return worker

@@ -1,0 +1,62 @@
+"""Worker and producer configuration from the environment: defaults, and errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from producer.client import ProducerConfig
+from producer.env import ConfigError, redact_url
+from worker.config import UNUSED_API_KEY, WorkerConfig
+
+BASE = {"OPENAI_API_KEY": "sk-x"}
+
+
+def test_defaults_work_on_a_laptop() -> None:
+    c = WorkerConfig.from_env(BASE)
+    assert (c.redis_url, c.model, c.max_jobs, c.max_tries) == ("redis://localhost:6379/0", "gpt-4o-mini", 16, 5)
+    assert (c.request_timeout_s, c.job_timeout_s, c.result_ttl_s) == (120, 130, 86_400)
+    assert c.openai_base_url is None
+    assert "sk-x" not in repr(c)
+
+
+def test_a_local_server_needs_no_key() -> None:
+    c = WorkerConfig.from_env({"OPENAI_BASE_URL": "http://localhost:11434/v1"})
+    assert c.openai_api_key == UNUSED_API_KEY
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "OPENAI_API_KEY is not set"),
+        ({**BASE, "PROMPTQ_MAX_JOBS": "many"}, "PROMPTQ_MAX_JOBS must be an integer, got 'many'"),
+        ({**BASE, "PROMPTQ_MAX_JOBS": "0"}, "PROMPTQ_MAX_JOBS must be at least 1"),
+        ({**BASE, "PROMPTQ_MAX_TRIES": "-1"}, "PROMPTQ_MAX_TRIES must be at least 1"),
+        ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "soon"}, "PROMPTQ_REQUEST_TIMEOUT_S must be a number"),
+        ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "0"}, "PROMPTQ_REQUEST_TIMEOUT_S must be greater than 0"),
+        ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "60", "PROMPTQ_JOB_TIMEOUT_S": "30"}, "PROMPTQ_JOB_TIMEOUT_S (30)"),
+        ({**BASE, "PROMPTQ_LOG_FORMAT": "xml"}, "PROMPTQ_LOG_FORMAT must be one of auto, json, console"),
+        ({**BASE, "PROMPTQ_LOG_LEVEL": "loud"}, "PROMPTQ_LOG_LEVEL must be one of"),
+        ({**BASE, "REDIS_URL": "http://x"}, "REDIS_URL must start with redis://"),
+        ({**BASE, "OPENAI_BASE_URL": "localhost:8000"}, "OPENAI_BASE_URL must be an http"),
+        ({**BASE, "PROMPTQ_RESULT_TTL_S": "1.5"}, "PROMPTQ_RESULT_TTL_S must be an integer"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        WorkerConfig.from_env(env)
+    assert message in str(e.value)
+
+
+def test_producer_config_from_env() -> None:
+    c = ProducerConfig.from_env({"REDIS_URL": "redis://r:1/2", "PROMPTQ_MAX_PAYLOAD_BYTES": "10"})
+    assert (c.redis_url, c.max_payload_bytes, c.result_ttl_s) == ("redis://r:1/2", 10, 86_400)
+    with pytest.raises(ConfigError, match="PROMPTQ_RESULT_TTL_S"):
+        ProducerConfig.from_env({"PROMPTQ_RESULT_TTL_S": "x"})
+
+
+def test_passwords_are_redacted_from_urls_in_messages() -> None:
+    assert redact_url("redis://user:hunter2@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    with pytest.raises(ConfigError) as e:
+        WorkerConfig.from_env({**BASE, "REDIS_URL": "http://user:hunter2@host"})
+    assert "hunter2" not in str(e.value)

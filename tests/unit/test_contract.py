@@ -1,0 +1,72 @@
+"""The result document and the job record, as other programs read them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from arq.jobs import deserialize_job_raw
+
+from producer.contract import JOB_FUNCTION, QUEUE_NAME, JobError, JobResult, Usage, encode_job, result_key
+
+DOCUMENTED_FIELDS = [
+    "job_id",
+    "status",
+    "attempts",
+    "model",
+    "content",
+    "finish_reason",
+    "usage",
+    "error",
+    "metadata",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "latency_ms",
+]
+
+
+def test_names() -> None:
+    assert QUEUE_NAME == "promptq:queue"
+    assert result_key("abc") == "promptq:result:abc"
+
+
+def test_result_document_has_exactly_the_documented_fields_and_round_trips() -> None:
+    r = JobResult(
+        job_id="j1",
+        status="failed",
+        attempts=2,
+        model="gpt-4o-mini",
+        usage=Usage(1, 2, 3),
+        error=JobError("server_error", "boom", 500, True),
+        metadata={"user": 7},
+        enqueued_at=1.5,
+        started_at=2.0,
+        finished_at=2.5,
+        latency_ms=500,
+    )
+    doc = json.loads(r.to_json())
+    assert list(doc) == DOCUMENTED_FIELDS
+    assert doc["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert doc["error"] == {"type": "server_error", "message": "boom", "status_code": 500, "retryable": True}
+    assert JobResult.from_json(r.to_json()) == r
+    assert r.done and not r.ok
+    assert [f.name for f in dataclasses.fields(JobResult)] == DOCUMENTED_FIELDS
+
+
+def test_reading_tolerates_extra_fields_and_refuses_nonsense() -> None:
+    doc = {"job_id": "j", "status": "queued", "future_field": 1, "usage": {"prompt_tokens": 1, "extra": 2}}
+    r = JobResult.from_doc(doc)
+    assert r.usage == Usage(1, 0, 0) and not r.done
+    with pytest.raises(ValueError, match="unknown status"):
+        JobResult.from_doc({"job_id": "j", "status": "exploded"})
+    with pytest.raises(ValueError, match="not a JSON object"):
+        JobResult.from_doc([1])
+
+
+def test_job_record_is_json_that_arq_reads() -> None:
+    raw = encode_job('{"messages":[{"role":"user","content":"hi"}],"model":null}', 1234)
+    function, args, kwargs, job_try, enqueued_ms = deserialize_job_raw(raw.encode(), deserializer=json.loads)
+    assert (function, kwargs, job_try, enqueued_ms) == (JOB_FUNCTION, {}, None, 1234)
+    assert args == [{"messages": [{"role": "user", "content": "hi"}], "model": None}]

@@ -1,0 +1,111 @@
+"""Every refusal at submit names the problem; valid jobs keep what they were given."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from producer.contract import dumps
+from producer.validation import InvalidJobError, PromptJob
+
+BAD: list[tuple[dict[str, Any], str]] = [
+    ({}, "exactly one of prompt or messages"),
+    ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "exactly one of prompt or messages"),
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": "   "}, "prompt must be a non-empty string"),
+    ({"prompt": 42}, "prompt must be a non-empty string"),
+    ({"messages": []}, "messages must be a non-empty list"),
+    ({"messages": "hi"}, "messages must be a non-empty list"),
+    ({"messages": ["hi"]}, "messages[0] must be an object"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role must be one of"),
+    ({"messages": [{"content": "hi"}]}, "messages[0].role must be one of"),
+    ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content must not be empty"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content must be a string or a list"),
+    ({"messages": [{"role": "user", "content": []}]}, "non-empty list of parts"),
+    ({"messages": [{"role": "user", "content": "a", "colour": 1}]}, "messages[0] has unknown fields: colour"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "needs a tool_call_id"),
+    ({"prompt": "hi", "model": ""}, "model must be a non-empty string"),
+    ({"prompt": "hi", "job_id": ""}, "job_id ''"),
+    ({"prompt": "hi", "job_id": "has space"}, "job_id 'has space'"),
+    ({"prompt": "hi", "job_id": "x" * 201}, "1 to 200 characters"),
+    ({"prompt": "hi", "temperature": 3}, "temperature must be a number from 0 to 2"),
+    ({"prompt": "hi", "temperature": float("nan")}, "temperature must be a number from 0 to 2"),
+    ({"prompt": "hi", "temperature": True}, "temperature must be a number from 0 to 2"),
+    ({"prompt": "hi", "max_tokens": 0}, "max_tokens must be a positive integer"),
+    ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "stop must be"),
+    ({"prompt": "hi", "temprature": 0.5}, "unknown parameter 'temprature'"),
+    ({"prompt": "hi", "stream": True}, "stream and n are not supported"),
+    ({"prompt": "hi", "metadata": ["not", "a", "dict"]}, "metadata must be a dict with string keys"),
+    ({"prompt": "hi", "metadata": {1: "x"}}, "metadata must be a dict with string keys"),
+    ({"prompt": "hi", "metadata": {"when": object()}}, "metadata must be JSON-serialisable"),
+    ({"prompt": "hi", "extra_body": {"top_k": {1, 2}}}, "params must be JSON-serialisable"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_refused_with_a_message_naming_the_problem(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidJobError) as e:
+        PromptJob.build(**kwargs)
+    assert message in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_payload_over_the_limit_is_refused() -> None:
+    with pytest.raises(InvalidJobError, match=r"over the limit of 1000 \(PROMPTQ_MAX_PAYLOAD_BYTES\)"):
+        PromptJob.build("x" * 2000, max_payload_bytes=1000)
+    assert PromptJob.build("x" * 900, max_payload_bytes=1000)
+
+
+def test_prompt_becomes_one_user_message_and_parameters_pass_through() -> None:
+    job = PromptJob.build(
+        "What is the capital of Vietnam?",
+        model="gpt-4o-mini",
+        job_id="order-42",
+        metadata={"user": 7},
+        temperature=0.7,
+        max_tokens=50,
+        stop=["\n"],
+        extra_body={"top_k": 5},
+        seed=None,
+    )
+    assert job.job_id == "order-42"
+    assert job.messages == [{"role": "user", "content": "What is the capital of Vietnam?"}]
+    assert job.params == {"temperature": 0.7, "max_tokens": 50, "stop": ["\n"], "extra_body": {"top_k": 5}}
+    assert json.loads(job.payload_json) == {
+        "messages": job.messages,
+        "model": "gpt-4o-mini",
+        "params": job.params,
+        "metadata": {"user": 7},
+    }
+
+
+def test_generated_ids_are_unique() -> None:
+    assert len({PromptJob.build("hi").job_id for _ in range(100)}) == 100
+
+
+def test_assistant_tool_calls_and_tool_messages_are_accepted() -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert PromptJob.build(messages=messages).messages == messages
+
+
+def test_worker_side_validation_round_trips_and_refuses_strangers() -> None:
+    job = PromptJob.build("hi", temperature=0.1, metadata={"a": [1, 2, []]})
+    again = PromptJob.from_payload(job.job_id, json.loads(job.payload_json), 10_000)
+    assert again == job
+    with pytest.raises(InvalidJobError, match="unknown fields: prompt_text"):
+        PromptJob.from_payload("j", {"prompt_text": "hi"}, 10_000)
+    with pytest.raises(InvalidJobError, match="not a JSON object"):
+        PromptJob.from_payload("j", ["hi"], 10_000)
+
+
+def test_payload_json_is_compact_and_strict() -> None:
+    job = PromptJob.build("héllo")
+    assert job.payload_json == dumps(json.loads(job.payload_json))
+    assert " " not in job.payload_json.replace("héllo", "")
