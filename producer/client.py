@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, cast
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from producer.contract import (
     ARQ_JOB_KEY_PREFIX,
@@ -70,7 +71,7 @@ class ProducerConfig:
         )
 
 
-SubmitCall = tuple[list[str], list[str | int]]
+SubmitCall = tuple[list[str], list[str]]
 
 
 class _Jobs:
@@ -96,6 +97,15 @@ class _Jobs:
                 raise InvalidJobError(f"item {i}: {e}") from None
         return jobs
 
+    def chunks(self, jobs: list[PromptJob]) -> Iterator[list[SubmitCall]]:
+        """The submit script's arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
+
+        Re-sending a chunk is safe: the script writes nothing for an id it already knows.
+        """
+        now_s = time.time()
+        for start in range(0, len(jobs), SUBMIT_CHUNK):
+            yield [self.submit_call(job, now_s) for job in jobs[start : start + SUBMIT_CHUNK]]
+
     def submit_call(self, job: PromptJob, now_s: float) -> SubmitCall:
         now_ms = int(now_s * 1000)
         queued = JobResult(
@@ -103,7 +113,7 @@ class _Jobs:
         )
         ttl_ms = max(self.config.result_ttl_s, MIN_QUEUED_TTL_S) * 1000
         keys = [result_key(job.job_id), ARQ_JOB_KEY_PREFIX + job.job_id, QUEUE_NAME]
-        args: list[str | int] = [job.job_id, encode_job(job.payload_json, now_ms), now_ms, queued.to_json(), ttl_ms]
+        args = [job.job_id, encode_job(job.payload_json, now_ms), str(now_ms), queued.to_json(), str(ttl_ms)]
         return keys, args
 
 
@@ -198,13 +208,16 @@ class Producer:
         whole call before anything is written.
         """
         jobs = self._jobs.build_many(items)
-        now_s = time.time()
-        for start in range(0, len(jobs), SUBMIT_CHUNK):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job in jobs[start : start + SUBMIT_CHUNK]:
-                    keys, args = self._jobs.submit_call(job, now_s)
-                    await self._submit(keys=keys, args=args, client=pipe)
-                await pipe.execute()
+        for calls in self._jobs.chunks(jobs):
+            for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+                    try:
+                        await pipe.execute()
+                        break
+                    except NoScriptError:
+                        await self.redis.script_load(SUBMIT_LUA)
         return [job.job_id for job in jobs]
 
     async def get(self, job_id: str) -> JobResult | None:
@@ -264,13 +277,16 @@ class SyncProducer:
     def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """See :meth:`Producer.submit_many`."""
         jobs = self._jobs.build_many(items)
-        now_s = time.time()
-        for start in range(0, len(jobs), SUBMIT_CHUNK):
-            with self.redis.pipeline(transaction=False) as pipe:
-                for job in jobs[start : start + SUBMIT_CHUNK]:
-                    keys, args = self._jobs.submit_call(job, now_s)
-                    self._submit(keys=keys, args=args, client=pipe)
-                pipe.execute()
+        for calls in self._jobs.chunks(jobs):
+            for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+                    try:
+                        pipe.execute()
+                        break
+                    except NoScriptError:
+                        self.redis.script_load(SUBMIT_LUA)
         return [job.job_id for job in jobs]
 
     def get(self, job_id: str) -> JobResult | None:

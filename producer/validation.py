@@ -102,6 +102,7 @@ class PromptJob:
         **params: Any,
     ) -> PromptJob:
         """Validate a submit call; raise :class:`InvalidJobError` naming the first problem."""
+        checked_params = _params(params)  # first: a misspelt ``promt=`` is named as such
         if (prompt is None) == (messages is None):
             raise InvalidJobError("give exactly one of prompt or messages")
         if prompt is not None:
@@ -113,8 +114,8 @@ class PromptJob:
         elif not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
             raise InvalidJobError(f"job_id {job_id!r} must be 1 to 200 characters of letters, digits and _.:@/+=#~-")
         payload: dict[str, Any] = {"messages": _messages(messages), "model": _model(model)}
-        if params:
-            payload["params"] = _params(params)
+        if checked_params:
+            payload["params"] = checked_params
         if metadata is not None:
             payload["metadata"] = _metadata(metadata)
         return cls._checked(job_id, payload, max_payload_bytes)

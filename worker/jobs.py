@@ -26,7 +26,10 @@ from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.store import ResultStore
 
-__all__ = ["WorkerState", "run_prompt"]
+__all__ = ["UNDECODABLE", "WorkerState", "run_prompt"]
+
+UNDECODABLE = "promptq.undecodable"
+"""The payload key under which the job deserializer hands over a record it could not read."""
 
 log = get_logger("promptq.job")
 
@@ -59,6 +62,8 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     base = JobResult(job_id=job_id, status="running", attempts=attempt, enqueued_at=_enqueued_at(ctx))
 
     try:
+        if isinstance(payload, dict) and UNDECODABLE in payload:
+            raise InvalidJobError(str(payload[UNDECODABLE]))
         job = PromptJob.from_payload(job_id, payload, config.max_payload_bytes)
     except InvalidJobError as e:
         error = llm.LLMError("invalid_payload", str(e), retryable=False)

@@ -18,7 +18,7 @@ from producer.contract import JOB_FUNCTION, QUEUE_NAME
 from producer.env import redact_url
 from worker import llm
 from worker.config import WorkerConfig
-from worker.jobs import WorkerState, run_prompt
+from worker.jobs import UNDECODABLE, WorkerState, run_prompt
 from worker.logs import configure_logging, get_logger
 from worker.store import ResultStore
 
@@ -62,7 +62,7 @@ def job_deserializer(raw: bytes) -> Any:
         reason = "job record is not an arq job object"
     except ValueError as e:
         reason = f"job record is not JSON: {e}"
-    return {**POISON_FUNCTION_ARGS, "a": [{"undecodable": reason}]}
+    return {**POISON_FUNCTION_ARGS, "a": [{UNDECODABLE: reason}]}
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 from arq.jobs import deserialize_job_raw
@@ -67,6 +68,7 @@ def test_reading_tolerates_extra_fields_and_refuses_nonsense() -> None:
 
 def test_job_record_is_json_that_arq_reads() -> None:
     raw = encode_job('{"messages":[{"role":"user","content":"hi"}],"model":null}', 1234)
-    function, args, kwargs, job_try, enqueued_ms = deserialize_job_raw(raw.encode(), deserializer=json.loads)
+    decoded: tuple[Any, ...] = deserialize_job_raw(raw.encode(), deserializer=json.loads)
+    function, args, kwargs, job_try, enqueued_ms = decoded
     assert (function, kwargs, job_try, enqueued_ms) == (JOB_FUNCTION, {}, None, 1234)
-    assert args == [{"messages": [{"role": "user", "content": "hi"}], "model": None}]
+    assert list(args) == [{"messages": [{"role": "user", "content": "hi"}], "model": None}]

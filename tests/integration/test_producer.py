@@ -1,0 +1,138 @@
+"""The producer against a real Redis: what submit writes, idempotency, refusals, get and wait."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from producer import InvalidJobError, JobNotFoundError, Producer, SyncProducer
+from producer.client import SUBMIT_CHUNK, ProducerConfig
+from producer.contract import ARQ_JOB_KEY_PREFIX, JOB_FUNCTION, QUEUE_NAME, result_key
+
+
+class CountingConnection(redis.asyncio.Connection):
+    """Counts the writes to the socket: one per round trip (a pipeline is one write)."""
+
+    writes = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).writes += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_submit_writes_the_queued_document_the_job_record_and_the_queue_entry(
+    producer: Producer, sync_redis: redis.Redis
+) -> None:
+    job_id = await producer.submit("What is the capital of Vietnam?", model="m1", metadata={"u": 7}, temperature=0.2)
+    doc = json.loads(sync_redis.get(result_key(job_id)))  # type: ignore[arg-type]
+    assert doc["status"] == "queued" and doc["job_id"] == job_id and doc["model"] == "m1"
+    assert doc["metadata"] == {"u": 7} and doc["attempts"] == 0 and doc["enqueued_at"] > 0
+    record = json.loads(sync_redis.get(ARQ_JOB_KEY_PREFIX + job_id))  # type: ignore[arg-type]
+    assert record["f"] == JOB_FUNCTION
+    assert record["a"][0]["params"] == {"temperature": 0.2}
+    assert sync_redis.zscore(QUEUE_NAME, job_id) is not None
+    assert 86_000 < int(sync_redis.ttl(result_key(job_id))) <= 86_400  # type: ignore[arg-type]
+    result = await producer.get(job_id)
+    assert result is not None and result.status == "queued" and not result.done
+
+
+async def test_submitting_a_known_id_enqueues_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
+    assert await producer.submit("first", job_id="order-42") == "order-42"
+    before = sync_redis.get(ARQ_JOB_KEY_PREFIX + "order-42")
+    assert await producer.submit("second", job_id="order-42") == "order-42"
+    assert sync_redis.get(ARQ_JOB_KEY_PREFIX + "order-42") == before
+    assert sync_redis.zcard(QUEUE_NAME) == 1
+    # finished: only the result document is left; the id is still taken
+    sync_redis.delete(ARQ_JOB_KEY_PREFIX + "order-42")
+    sync_redis.zrem(QUEUE_NAME, "order-42")
+    assert await producer.submit_many([{"prompt": "third", "job_id": "order-42"}]) == ["order-42"]
+    assert sync_redis.zcard(QUEUE_NAME) == 0
+
+
+async def test_bad_input_writes_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
+    with pytest.raises(InvalidJobError, match="unknown parameter"):
+        await producer.submit("hi", temprature=1)
+    with pytest.raises(InvalidJobError, match=r"item 2: messages\[0\].role"):
+        await producer.submit_many(["ok", "fine", {"messages": [{"role": "bot", "content": "x"}]}])
+    with pytest.raises(InvalidJobError, match="item 1: must be a prompt string"):
+        await producer.submit_many(["ok", 42])  # type: ignore[list-item]
+    with pytest.raises(InvalidJobError, match="item 0: unknown parameter 'promt'"):
+        await producer.submit_many([{"promt": "typo"}])
+    assert sync_redis.dbsize() == 0
+
+
+async def test_payload_limit_is_read_from_the_config(redis_url: str, sync_redis: redis.Redis) -> None:
+    async with Producer(config=ProducerConfig(redis_url=redis_url, max_payload_bytes=200)) as p:
+        with pytest.raises(InvalidJobError, match="PROMPTQ_MAX_PAYLOAD_BYTES"):
+            await p.submit("x" * 300)
+    assert sync_redis.dbsize() == 0
+
+
+async def test_submit_many_sends_a_thousand_jobs_per_round_trip(redis_url: str, sync_redis: redis.Redis) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
+    try:
+        producer = Producer(client=client)
+        await producer.submit("warm up: loads the script")
+        CountingConnection.writes = 0
+        ids = await producer.submit_many([f"prompt {i}" for i in range(2 * SUBMIT_CHUNK + 1)])
+        assert CountingConnection.writes == 3  # three chunks
+        assert len(set(ids)) == 2 * SUBMIT_CHUNK + 1
+        assert sync_redis.zcard(QUEUE_NAME) == 2 * SUBMIT_CHUNK + 2
+        sync_redis.script_flush()  # as after a Redis restart: reloaded once, then the chunk again
+        CountingConnection.writes = 0
+        assert len(await producer.submit_many(["after flush"])) == 1
+        assert CountingConnection.writes == 3
+        assert sync_redis.zcard(QUEUE_NAME) == 2 * SUBMIT_CHUNK + 3
+    finally:
+        await client.aclose()
+
+
+async def test_submit_many_keeps_order_and_accepts_every_submit_argument(producer: Producer) -> None:
+    ids = await producer.submit_many(
+        ["a", {"messages": [{"role": "user", "content": "b"}], "model": "m", "job_id": "b-1", "max_tokens": 5}]
+    )
+    assert ids[1] == "b-1"
+    r = await producer.get("b-1")
+    assert r is not None and r.model == "m"
+
+
+async def test_get_and_wait_on_unknown_ids(producer: Producer) -> None:
+    assert await producer.get("nope") is None
+    with pytest.raises(JobNotFoundError):
+        await producer.wait("nope", timeout=1)
+
+
+async def test_wait_times_out_while_the_job_is_queued(producer: Producer) -> None:
+    job_id = await producer.submit("nobody will run this")
+    with pytest.raises(TimeoutError, match=r"still queued after 0\.2 s"):
+        await producer.wait(job_id, timeout=0.2)
+
+
+def test_sync_producer_has_the_same_behaviour(sync_producer: SyncProducer, sync_redis: redis.Redis) -> None:
+    job_id = sync_producer.submit("hello", job_id="s-1")
+    assert sync_producer.submit("again", job_id="s-1") == "s-1"
+    assert sync_producer.submit_many(["x", "y"])[0] != job_id
+    assert sync_redis.zcard(QUEUE_NAME) == 3
+    r = sync_producer.get(job_id)
+    assert r is not None and r.status == "queued"
+    assert sync_producer.get("nope") is None
+    with pytest.raises(TimeoutError):
+        sync_producer.wait(job_id, timeout=0.1)
+    with pytest.raises(InvalidJobError):
+        sync_producer.submit("")
+
+
+def test_importing_the_producer_imports_neither_openai_nor_the_worker() -> None:
+    code = (
+        "import sys, producer\n"
+        "from producer import Producer, SyncProducer, JobResult\n"
+        "bad = [m for m in sys.modules if m == 'openai' or m.startswith(('openai.', 'worker'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
