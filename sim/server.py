@@ -168,7 +168,8 @@ class Simulator:
                     "retry-after-ms": str(cfg.retry_after_ms),
                     "retry-after": str(math.ceil(cfg.retry_after_ms / 1000)),
                 }
-            await self._error(writer, status, f"simulated error {status}", "server_error", cfg.error_code, headers)
+            type_, code = _error_kind(status, cfg.error_code)
+            await self._error(writer, status, f"simulated error {status}", type_, code, headers)
             return True
         if chance(self.rng, cfg.malformed_rate):
             self.stats.count(self.stats.faults, "malformed")
@@ -309,3 +310,15 @@ class Simulator:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         await writer.drain()
+
+
+def _error_kind(status: int, code: str | None) -> tuple[str, str | None]:
+    """The error body's ``type`` and ``code`` for an injected status, as the OpenAI API sends them."""
+    if status == 429:
+        code = code or "rate_limit_exceeded"
+        return ("insufficient_quota" if code == "insufficient_quota" else "requests"), code
+    if status == 401:
+        return "invalid_request_error", code or "invalid_api_key"
+    if status >= 500:
+        return "server_error", code
+    return "invalid_request_error", code

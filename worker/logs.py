@@ -22,7 +22,7 @@ ARQ_JOB_START = "%6.2fs → %s(%s)%s"
 """arq 0.28's job-start line; its third argument is the job's arguments (the prompt)."""
 ARQ_JOB_LINES = frozenset({ARQ_JOB_START, "%6.2fs ← %s ● %s", "%6.2fs ↻ %s retrying job in %0.2fs"})
 """arq's routine per-job lines; promptq's own ``job.*`` lines say the same without the arguments."""
-QUIET_LOGGERS = ("openai", "httpx", "httpcore", "httpx2")
+QUIET_LOGGERS = ("openai", "httpx", "httpcore", "httpx2", "httpcore2")
 
 
 class ArqJobLines(logging.Filter):

@@ -1,0 +1,124 @@
+"""The simulator, spoken to by the real openai client over HTTP, as the worker speaks to it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from devtools.stack import Simulator
+from tests.conftest import TEST_API_KEY
+
+QUESTION = "What is the capital of Vietnam?"
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+
+
+@pytest.fixture
+async def client(sim: Simulator) -> AsyncIterator[openai.AsyncOpenAI]:
+    c = openai.AsyncOpenAI(api_key=TEST_API_KEY, base_url=sim.base_url, max_retries=0, timeout=5)
+    yield c
+    await c.close()
+
+
+async def test_a_completion_echoes_with_usage(client: openai.AsyncOpenAI) -> None:
+    r = await client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert r.choices[0].message.content == QUESTION
+    assert r.choices[0].message.role == "assistant" and r.choices[0].finish_reason == "stop"
+    assert r.model == "gpt-4o-mini" and r.id
+    assert r.usage is not None and r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+async def test_max_tokens_cuts_the_reply(client: openai.AsyncOpenAI) -> None:
+    r = await client.chat.completions.create(model="m", messages=USER, max_tokens=2)
+    assert r.choices[0].finish_reason == "length" and r.usage is not None and r.usage.completion_tokens == 2
+
+
+async def test_streaming_gives_the_same_text_in_chunks_then_usage(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="m",
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    deltas, usage, finish = [], None, None
+    async for chunk in stream:
+        if chunk.choices:
+            deltas.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert len([d for d in deltas if d]) > 1
+    assert "".join(deltas) == QUESTION and finish == "stop"
+    assert usage is not None and usage.completion_tokens > 0
+
+
+async def test_models_are_listed(client: openai.AsyncOpenAI) -> None:
+    models = [m.id async for m in client.models.list()]
+    assert "gpt-4o-mini" in models
+
+
+async def test_a_wrong_key_is_refused(sim: Simulator) -> None:
+    sim.configure(require_api_key="sk-right")
+    async with openai.AsyncOpenAI(api_key="sk-wrong", base_url=sim.base_url, max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError):
+            await c.chat.completions.create(model="m", messages=USER)
+
+
+async def test_a_429_carries_the_advised_wait(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(error_rate=1.0, error_statuses=[429], retry_after_ms=1500)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="m", messages=USER)
+    headers = caught.value.response.headers
+    assert headers["retry-after-ms"] == "1500" and headers["retry-after"] == "2"
+    assert caught.value.code == "rate_limit_exceeded"
+    assert sim.stats()["by_status"] == {"429": 1} and sim.stats()["completions"] == 0
+
+
+async def test_insufficient_quota_is_a_429_with_its_code(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(error_rate=1.0, error_statuses=[429], error_code="insufficient_quota")
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="m", messages=USER)
+    assert caught.value.code == "insufficient_quota"
+
+
+async def test_the_rpm_limit_answers_429_with_rate_limit_headers(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(rpm=60, rpm_burst=2)  # one a second, two at once
+    for _ in range(2):
+        await client.chat.completions.create(model="m", messages=USER)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="m", messages=USER)
+    headers = caught.value.response.headers
+    assert headers["x-ratelimit-limit-requests"] == "60" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert 0 < int(headers["retry-after-ms"]) <= 1000
+
+
+async def test_faults_reach_the_client_as_the_real_errors(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(reset_rate=1.0)
+    with pytest.raises(openai.APIConnectionError):
+        await client.chat.completions.create(model="m", messages=USER)
+    sim.configure(reset_rate=0.0, malformed_rate=1.0)
+    with pytest.raises((openai.APIError, ValueError)):  # openai 3 lets the JSONDecodeError through
+        await client.chat.completions.create(model="m", messages=USER)
+    sim.configure(malformed_rate=0.0, hang_rate=1.0)
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        await client.with_options(timeout=0.3).chat.completions.create(model="m", messages=USER)
+    assert time.monotonic() - started < 3
+    assert sim.stats()["faults"] == {"reset": 1, "malformed": 1, "hang": 1}
+
+
+async def test_the_error_rate_is_a_share_of_requests(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(error_rate=0.5, error_statuses=[500, 503], seed=7)
+    statuses = []
+    for _ in range(60):
+        try:
+            await client.chat.completions.create(model="m", messages=USER)
+            statuses.append(200)
+        except openai.InternalServerError as e:
+            statuses.append(e.status_code)
+    assert 15 <= statuses.count(200) <= 45
+    assert set(statuses) == {200, 500, 503}
