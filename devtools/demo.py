@@ -3,10 +3,14 @@
 Redis at REDIS_URL (default redis://localhost:6379/0), or a local redis-server started for the run;
 the bundled simulator unless OPENAI_API_KEY is set (then the real API, model PROMPTQ_MODEL); one
 ``arq worker.Settings`` process. Whatever the demo started, it stops.
+
+``--submit-only`` starts nothing: it submits to the Redis at REDIS_URL and waits for workers that
+already run there (the compose ``demo`` service).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -58,7 +62,11 @@ async def submit_and_wait(redis_url: str) -> bool:
     return all(r.ok for r in results)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--submit-only", action="store_true", help="use running workers at REDIS_URL")
+    if parser.parse_args(argv).submit_only:
+        return 0 if asyncio.run(submit_and_wait(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))) else 1
     with redis_url_for(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)) as redis_url, api_env() as env:
         print(f"Redis: {redis_url}")
         with Worker({**env, "REDIS_URL": redis_url}) as worker:

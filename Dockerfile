@@ -1,0 +1,19 @@
+# The promptq image: the worker (`arq worker.Settings`, the default command), the producer package,
+# the simulator (`python -m sim`) and the demo (`python -m devtools.demo --submit-only`).
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY producer ./producer
+COPY worker ./worker
+COPY sim ./sim
+RUN pip install . && rm -rf build *.egg-info
+COPY devtools ./devtools
+
+USER nobody
+CMD ["arq", "worker.Settings"]

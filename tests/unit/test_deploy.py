@@ -1,0 +1,81 @@
+"""compose.yaml and the Dockerfile say what the code does (no Docker engine here to run them)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.config import ENV_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return loaded
+
+
+def _dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def test_compose_has_the_services() -> None:
+    services = _compose()["services"]
+    assert {"redis", "worker", "demo"} <= services.keys()
+    assert services["demo"]["profiles"] == ["demo"]
+
+
+def test_redis_is_pinned_persistent_and_health_checked() -> None:
+    redis = _compose()["services"]["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-[a-z]+)?", redis["image"]), "a pinned version, not latest"
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] in {"everysec", "always"}
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    assert "redis-cli" in redis["healthcheck"]["test"]
+
+
+def test_the_worker_service_runs_arq_with_known_settings_and_scales() -> None:
+    services = _compose()["services"]
+    worker = services["worker"]
+    assert worker["build"] == "." and (ROOT / "Dockerfile").exists()
+    assert worker["command"] == ["arq", "worker.Settings"]
+    unknown = set(worker["environment"]) - set(ENV_NAMES)
+    assert not unknown, f"compose sets variables the worker does not read: {unknown}"
+    assert worker["environment"]["REDIS_URL"].startswith("redis://redis:")
+    assert "container_name" not in worker and "ports" not in worker, "--scale worker=N needs neither"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        env = service.get("environment", {})
+        assert not any("sk-" in str(v) for v in env.values()), f"{name}: no key in compose.yaml"
+
+
+def test_the_simulator_and_demo_commands_exist() -> None:
+    services = _compose()["services"]
+    for name in ("sim", "demo"):
+        command = services[name]["command"]
+        assert command[:2] == ["python", "-m"]
+        done = subprocess.run(
+            [sys.executable, "-m", command[2], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        for flag in (arg for arg in command[3:] if arg.startswith("--")):
+            assert flag in done.stdout, f"{name}: {flag} is not an option of {command[2]}"
+
+
+def test_the_dockerfile_installs_every_package_and_runs_the_worker() -> None:
+    dockerfile = _dockerfile()
+    assert re.search(r"^FROM python:3\.1[1-9][\d.]*-slim", dockerfile, re.M), "a pinned Python >= 3.11"
+    assert 'CMD ["arq", "worker.Settings"]' in dockerfile
+    assert re.search(r"^USER (?!root)", dockerfile, re.M)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.removesuffix("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) ", dockerfile, re.M))
+    assert {p for p in packages if "." not in p} <= copied
+    assert "devtools" in copied, "the compose demo runs devtools.demo"
