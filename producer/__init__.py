@@ -7,7 +7,14 @@ It never imports openai or the worker.
 
 from __future__ import annotations
 
-from producer.client import JobNotFoundError, Producer, ProducerConfig, SyncProducer
+from producer.client import (
+    JobNotFoundError,
+    Producer,
+    ProducerConfig,
+    QueueUnavailableError,
+    RetryRefusedError,
+    SyncProducer,
+)
 from producer.contract import JobError, JobResult, Usage
 from producer.env import ConfigError
 from producer.validation import InvalidJobError
@@ -20,6 +27,8 @@ __all__ = [
     "JobResult",
     "Producer",
     "ProducerConfig",
+    "QueueUnavailableError",
+    "RetryRefusedError",
     "SyncProducer",
     "Usage",
 ]

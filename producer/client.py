@@ -6,10 +6,9 @@ Neither imports openai or the worker: a web app needs only Redis and this packag
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -17,36 +16,19 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from producer.contract import (
-    ARQ_JOB_KEY_PREFIX,
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    DEFAULT_REDIS_URL,
-    DEFAULT_RESULT_TTL_S,
-    QUEUE_NAME,
-    JobResult,
-    encode_job,
-    result_key,
-)
-from producer.env import env_int, env_redis_url
-from producer.validation import InvalidJobError, PromptJob
+from producer.calls import RETRY_LUA, SUBMIT_LUA, Calls, ProducerConfig, RetryRefusedError
+from producer.contract import FAILED_SET, JobResult, result_key
+from producer.env import redact_url
 
-__all__ = ["JobNotFoundError", "Producer", "ProducerConfig", "SyncProducer"]
+__all__ = [
+    "JobNotFoundError",
+    "Producer",
+    "ProducerConfig",
+    "QueueUnavailableError",
+    "RetryRefusedError",
+    "SyncProducer",
+]
 
-# Writes the queued result document, arq's job record and the queue entry together, unless the id
-# is already known (queued, running, or finished and not yet expired): then it writes nothing.
-# KEYS: result document, arq job record, queue.
-# ARGV: job id, job record, queue score (ms), queued document, time to live of both keys (ms).
-SUBMIT_LUA = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-return 1
-"""
-SUBMIT_CHUNK = 1_000
-"""Jobs sent in one pipelined round trip by ``submit_many``."""
-MIN_QUEUED_TTL_S = 86_400
-"""A queued job and its document live at least this long, however short the result TTL."""
 DEFAULT_WAIT_TIMEOUT_S = 60.0
 
 
@@ -54,67 +36,17 @@ class JobNotFoundError(LookupError):
     """No result document exists for this job id (never submitted, or expired)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProducerConfig:
-    redis_url: str = DEFAULT_REDIS_URL
-    result_ttl_s: int = DEFAULT_RESULT_TTL_S
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
-        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S`` and ``PROMPTQ_MAX_PAYLOAD_BYTES``."""
-        env = os.environ if env is None else env
-        return cls(
-            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
-            result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
-            max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
-        )
+class QueueUnavailableError(ConnectionError):
+    """Redis did not answer: nothing was submitted (or read). The message says where it looked."""
 
 
-SubmitCall = tuple[list[str], list[str]]
-
-
-class _Jobs:
-    """What both producers share: validation and the submit script's arguments."""
-
-    def __init__(self, config: ProducerConfig) -> None:
-        self.config = config
-
-    def build(self, prompt: str | None = None, **kwargs: Any) -> PromptJob:
-        return PromptJob.build(prompt, max_payload_bytes=self.config.max_payload_bytes, **kwargs)
-
-    def build_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[PromptJob]:
-        jobs = []
-        for i, item in enumerate(items):
-            try:
-                if isinstance(item, str):
-                    jobs.append(self.build(item))
-                elif isinstance(item, Mapping):
-                    jobs.append(self.build(**item))
-                else:
-                    raise InvalidJobError("must be a prompt string or a dict of submit arguments")
-            except (InvalidJobError, TypeError) as e:
-                raise InvalidJobError(f"item {i}: {e}") from None
-        return jobs
-
-    def chunks(self, jobs: list[PromptJob]) -> Iterator[list[SubmitCall]]:
-        """The submit script's arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
-
-        Re-sending a chunk is safe: the script writes nothing for an id it already knows.
-        """
-        now_s = time.time()
-        for start in range(0, len(jobs), SUBMIT_CHUNK):
-            yield [self.submit_call(job, now_s) for job in jobs[start : start + SUBMIT_CHUNK]]
-
-    def submit_call(self, job: PromptJob, now_s: float) -> SubmitCall:
-        now_ms = int(now_s * 1000)
-        queued = JobResult(
-            job_id=job.job_id, status="queued", model=job.model, metadata=job.metadata, enqueued_at=round(now_s, 3)
-        )
-        ttl_ms = max(self.config.result_ttl_s, MIN_QUEUED_TTL_S) * 1000
-        keys = [result_key(job.job_id), ARQ_JOB_KEY_PREFIX + job.job_id, QUEUE_NAME]
-        args = [job.job_id, encode_job(job.payload_json, now_ms), str(now_ms), queued.to_json(), str(ttl_ms)]
-        return keys, args
+@contextlib.contextmanager
+def _redis_errors(config: ProducerConfig) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        where = redact_url(config.redis_url)
+        raise QueueUnavailableError(f"Redis at {where} is unavailable: {e}") from e
 
 
 class _Waiter:
@@ -159,6 +91,7 @@ class Producer:
 
     ``Producer()`` reads ``REDIS_URL`` (default ``redis://localhost:6379/0``); pass ``redis_url`` or a
     ready ``redis.asyncio.Redis`` client to override. Use it as ``async with Producer() as p:``.
+    Every method raises :class:`QueueUnavailableError` when Redis does not answer.
     """
 
     def __init__(
@@ -168,14 +101,15 @@ class Producer:
         config: ProducerConfig | None = None,
         client: redis.asyncio.Redis | None = None,
     ) -> None:
-        self._jobs = _Jobs(_config(redis_url, config))
+        self._calls = Calls(_config(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else redis.asyncio.Redis.from_url(self.config.redis_url)
         self._submit = self.redis.register_script(SUBMIT_LUA)
+        self._retry = self.redis.register_script(RETRY_LUA)
 
     @property
     def config(self) -> ProducerConfig:
-        return self._jobs.config
+        return self._calls.config
 
     async def __aenter__(self) -> Self:
         return self
@@ -196,9 +130,10 @@ class Producer:
         an id already queued, running or finished is returned as is, nothing enqueued), ``metadata``,
         and Chat Completions parameters (``temperature``, ``max_tokens``, ...).
         """
-        job = self._jobs.build(prompt, **kwargs)
-        keys, args = self._jobs.submit_call(job, time.time())
-        await self._submit(keys=keys, args=args)
+        job = self._calls.build(prompt, **kwargs)
+        keys, args = self._calls.submit(job, time.time())
+        with _redis_errors(self.config):
+            await self._submit(keys=keys, args=args)
         return job.job_id
 
     async def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
@@ -207,22 +142,24 @@ class Producer:
         An item is a prompt string or a dict of :meth:`submit` arguments. One bad item refuses the
         whole call before anything is written.
         """
-        jobs = self._jobs.build_many(items)
-        for calls in self._jobs.chunks(jobs):
-            for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
-                    try:
-                        await pipe.execute()
-                        break
-                    except NoScriptError:
-                        await self.redis.script_load(SUBMIT_LUA)
+        jobs = self._calls.build_many(items)
+        with _redis_errors(self.config):
+            for calls in self._calls.chunks(jobs):
+                for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for keys, args in calls:
+                            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+                        try:
+                            await pipe.execute()
+                            break
+                        except NoScriptError:
+                            await self.redis.script_load(SUBMIT_LUA)
         return [job.job_id for job in jobs]
 
     async def get(self, job_id: str) -> JobResult | None:
         """The job's result document now, or None for an unknown (or expired) id."""
-        return _parse(await self.redis.get(result_key(job_id)))
+        with _redis_errors(self.config):
+            return _parse(await self.redis.get(result_key(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:  # noqa: ASYNC109
         """Return the result once its status is terminal; raise ``TimeoutError`` after ``timeout`` s."""
@@ -231,6 +168,25 @@ class Producer:
             await asyncio.sleep(delay_s)
         assert result is not None
         return result
+
+    async def failed(self, limit: int = 100) -> list[JobResult]:
+        """The most recently failed jobs, newest first (those whose result has not expired)."""
+        with _redis_errors(self.config):
+            ids = await self.redis.zrevrange(FAILED_SET, 0, _last_index(limit))
+            docs = await self.redis.mget([result_key(i.decode()) for i in ids]) if ids else []
+        return _failed(docs)
+
+    async def retry(self, job_id: str) -> str:
+        """Put a failed job back in the queue (same id, same request, tries counted afresh).
+
+        Raises :class:`RetryRefusedError` (a ``ValueError``) if the job is not failed or its request
+        has expired. Retrying an id twice queues it once.
+        """
+        with _redis_errors(self.config):
+            doc, record = await self.redis.mget(Calls.retry_reads(job_id))
+            keys, args = self._calls.retry(job_id, doc, record, time.time())
+            _retried(job_id, await self._retry(keys=keys, args=args))
+        return job_id
 
 
 class SyncProducer:
@@ -246,14 +202,15 @@ class SyncProducer:
         config: ProducerConfig | None = None,
         client: redis.Redis | None = None,
     ) -> None:
-        self._jobs = _Jobs(_config(redis_url, config))
+        self._calls = Calls(_config(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else redis.Redis.from_url(self.config.redis_url)
         self._submit = self.redis.register_script(SUBMIT_LUA)
+        self._retry = self.redis.register_script(RETRY_LUA)
 
     @property
     def config(self) -> ProducerConfig:
-        return self._jobs.config
+        return self._calls.config
 
     def __enter__(self) -> Self:
         return self
@@ -269,29 +226,32 @@ class SyncProducer:
 
     def submit(self, prompt: str | None = None, **kwargs: Any) -> str:
         """See :meth:`Producer.submit`."""
-        job = self._jobs.build(prompt, **kwargs)
-        keys, args = self._jobs.submit_call(job, time.time())
-        self._submit(keys=keys, args=args)
+        job = self._calls.build(prompt, **kwargs)
+        keys, args = self._calls.submit(job, time.time())
+        with _redis_errors(self.config):
+            self._submit(keys=keys, args=args)
         return job.job_id
 
     def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """See :meth:`Producer.submit_many`."""
-        jobs = self._jobs.build_many(items)
-        for calls in self._jobs.chunks(jobs):
-            for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
-                    try:
-                        pipe.execute()
-                        break
-                    except NoScriptError:
-                        self.redis.script_load(SUBMIT_LUA)
+        jobs = self._calls.build_many(items)
+        with _redis_errors(self.config):
+            for calls in self._calls.chunks(jobs):
+                for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
+                    with self.redis.pipeline(transaction=False) as pipe:
+                        for keys, args in calls:
+                            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+                        try:
+                            pipe.execute()
+                            break
+                        except NoScriptError:
+                            self.redis.script_load(SUBMIT_LUA)
         return [job.job_id for job in jobs]
 
     def get(self, job_id: str) -> JobResult | None:
         """See :meth:`Producer.get`."""
-        return _parse(cast("bytes | None", self.redis.get(result_key(job_id))))
+        with _redis_errors(self.config):
+            return _parse(cast("bytes | None", self.redis.get(result_key(job_id))))
 
     def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
         """See :meth:`Producer.wait`."""
@@ -300,3 +260,36 @@ class SyncProducer:
             time.sleep(delay_s)
         assert result is not None
         return result
+
+    def failed(self, limit: int = 100) -> list[JobResult]:
+        """See :meth:`Producer.failed`."""
+        with _redis_errors(self.config):
+            ids = cast("list[bytes]", self.redis.zrevrange(FAILED_SET, 0, _last_index(limit)))
+            docs = cast("list[bytes | None]", self.redis.mget([result_key(i.decode()) for i in ids])) if ids else []
+        return _failed(docs)
+
+    def retry(self, job_id: str) -> str:
+        """See :meth:`Producer.retry`."""
+        with _redis_errors(self.config):
+            doc, record = cast("list[bytes | None]", self.redis.mget(Calls.retry_reads(job_id)))
+            keys, args = self._calls.retry(job_id, doc, record, time.time())
+            _retried(job_id, self._retry(keys=keys, args=args))
+        return job_id
+
+
+def _last_index(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    return limit - 1
+
+
+def _failed(docs: Iterable[bytes | None]) -> list[JobResult]:
+    return [r for r in map(_parse, docs) if r is not None and r.status == "failed"]
+
+
+def _retried(job_id: str, outcome: Any) -> None:
+    """The retry script's answer; a race lost to another retry or to expiry is refused clearly."""
+    if outcome in (b"unknown", "unknown"):
+        raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
+    if outcome in (b"not_failed", "not_failed"):
+        raise RetryRefusedError(f"job {job_id!r} is no longer failed (retried already?)")

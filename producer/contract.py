@@ -17,6 +17,9 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_REDIS_URL",
     "DEFAULT_RESULT_TTL_S",
+    "FAILED_JOB_KEY_PREFIX",
+    "FAILED_SET",
+    "FAILED_SET_MAX",
     "JOB_FUNCTION",
     "QUEUE_NAME",
     "RESULT_KEY_PREFIX",
@@ -37,6 +40,11 @@ QUEUE_NAME: Final = "promptq:queue"
 """The arq queue (a sorted set of job ids scored by the time they may run, in ms)."""
 RESULT_KEY_PREFIX: Final = "promptq:result:"
 """``promptq:result:{job_id}`` holds the result document (JSON), written at submit."""
+FAILED_SET: Final = "promptq:failed"
+"""A sorted set of failed job ids scored by the time they failed (ms), the newest ``FAILED_SET_MAX`` kept."""
+FAILED_SET_MAX: Final = 10_000
+FAILED_JOB_KEY_PREFIX: Final = "promptq:failed-job:"
+"""``promptq:failed-job:{job_id}``: a failed job's arq record, kept as long as its result for a retry."""
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
 

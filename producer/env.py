@@ -30,7 +30,9 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1
     return value
 
 
-def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def env_float(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0, or_equal: bool = False
+) -> float:
     raw = env_str(env, name)
     if raw is None:
         return default
@@ -38,8 +40,9 @@ def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: flo
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value > minimum:
-        raise ConfigError(f"{name} must be greater than {minimum:g}, got {raw}")
+    if not (value >= minimum if or_equal else value > minimum) or value == float("inf"):
+        bound = "at least" if or_equal else "greater than"
+        raise ConfigError(f"{name} must be a finite number {bound} {minimum:g}, got {raw}")
     return value
 
 

@@ -28,6 +28,8 @@ ENV_NAMES = (
     "PROMPTQ_RESULT_TTL_S",
     "PROMPTQ_MAX_PAYLOAD_BYTES",
     "PROMPTQ_POLL_DELAY_S",
+    "PROMPTQ_LEASE_S",
+    "PROMPTQ_SHUTDOWN_GRACE_S",
     "PROMPTQ_LOG_FORMAT",
     "PROMPTQ_LOG_LEVEL",
 )
@@ -47,6 +49,10 @@ class WorkerConfig:
     result_ttl_s: int = DEFAULT_RESULT_TTL_S
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     poll_delay_s: float = 0.1
+    lease_s: float = 15.0
+    """A dead worker's job may run again this long after its last renewal."""
+    shutdown_grace_s: float = 25.0
+    """After SIGTERM, in-flight calls get this long to finish before they are put back."""
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -84,6 +90,8 @@ class WorkerConfig:
             result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", d.result_ttl_s),
             max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", d.max_payload_bytes),
             poll_delay_s=env_float(env, "PROMPTQ_POLL_DELAY_S", d.poll_delay_s),
+            lease_s=env_float(env, "PROMPTQ_LEASE_S", d.lease_s, minimum=1.0, or_equal=True),
+            shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
         )

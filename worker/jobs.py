@@ -22,6 +22,7 @@ from producer.contract import JobResult
 from producer.validation import InvalidJobError, PromptJob
 from worker import llm
 from worker.config import WorkerConfig
+from worker.lease import Leases
 from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.store import ResultStore
@@ -41,6 +42,7 @@ class WorkerState:
     config: WorkerConfig
     client: openai.AsyncOpenAI
     store: ResultStore
+    leases: Leases
 
 
 def _now_s() -> float:
@@ -81,8 +83,14 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     started_s = time.monotonic()
     assert base.model is not None
     try:
-        async with asyncio.timeout(config.job_timeout_s):
-            completion = await llm.complete(state.client, job, base.model)
+        with state.leases.holding(job_id):
+            async with asyncio.timeout(config.job_timeout_s):
+                completion = await llm.complete(state.client, job, base.model)
+    except asyncio.CancelledError:
+        # A shutdown past its grace period (our own timeout, which fires before arq's, raises
+        # TimeoutError instead): put the job back as it was, without spending a try.
+        await asyncio.shield(_release(state, base))
+        raise
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
         if error.retryable and attempt < config.max_tries:
@@ -108,6 +116,12 @@ async def _retry(state: WorkerState, base: JobResult, started_s: float, error: l
         retry_after_ms=None if error.retry_after_s is None else round(error.retry_after_s * 1000),
     )
     raise Retry(defer=delay_s)
+
+
+async def _release(state: WorkerState, base: JobResult) -> None:
+    queued = dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None)
+    await state.store.release(queued)
+    log.info("job.released", reason="shutdown")
 
 
 def _ms_since(started_s: float) -> int:

@@ -10,41 +10,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import func
-from redis.asyncio.connection import SSLConnection, parse_url
 
 from producer.contract import JOB_FUNCTION, QUEUE_NAME
 from producer.env import redact_url
 from worker import llm
 from worker.config import WorkerConfig
 from worker.jobs import UNDECODABLE, WorkerState, run_prompt
+from worker.lease import Leases
 from worker.logs import configure_logging, get_logger
+from worker.redis_conn import redis_settings
 from worker.store import ResultStore
 
 __all__ = ["make_settings", "settings_kwargs"]
 
 log = get_logger("promptq.worker")
 
-ARQ_TIMEOUT_MARGIN_S = 10.0
-"""arq's own job timeout sits this far above ``PROMPTQ_JOB_TIMEOUT_S``, which fires first."""
+ARQ_TIMEOUT_MARGIN_S = 60.0
+"""arq's own job timeout sits this far above ``PROMPTQ_JOB_TIMEOUT_S``, which fires first: arq's
+timeout would end the job without its result, so it is kept out of reach of a Redis outage too."""
 ARQ_MAX_TRIES_MARGIN = 10
 """arq's own try limit is a backstop this far above ``PROMPTQ_MAX_TRIES``, which the job enforces."""
 POISON_FUNCTION_ARGS: dict[str, Any] = {"t": None, "f": JOB_FUNCTION, "k": {}, "et": 0}
-
-
-def redis_settings(url: str) -> RedisSettings:
-    """arq's connection settings from a URL (credentials, TLS and database included)."""
-    kw: dict[str, Any] = dict(parse_url(url))
-    return RedisSettings(
-        host=kw.get("host", "localhost"),
-        port=int(kw.get("port", 6379)),
-        unix_socket_path=kw.get("path"),
-        database=int(kw.get("db", 0)),
-        username=kw.get("username"),
-        password=kw.get("password"),
-        ssl=kw.get("connection_class") is SSLConnection,
-    )
 
 
 def job_serializer(obj: Any) -> bytes:
@@ -67,10 +54,13 @@ def job_deserializer(raw: bytes) -> Any:
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     config: WorkerConfig = ctx["config"]
+    leases = Leases(ctx["redis"], config.lease_s)
+    leases.start()
     ctx["promptq"] = WorkerState(
         config=config,
         client=llm.make_client(config),
-        store=ResultStore(ctx["redis"], config.result_ttl_s),
+        store=ResultStore(ctx["redis"], config.result_ttl_s, config.lease_s),
+        leases=leases,
     )
     log.info(
         "worker.started",
@@ -84,6 +74,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
 async def on_shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get("promptq")
     if state is not None:
+        await state.leases.stop()
         await state.client.close()
     log.info("worker.stopped")
 
@@ -105,6 +96,9 @@ def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
         "job_timeout": config.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,
         "keep_result": 0,
         "poll_delay": config.poll_delay_s,
+        # SIGTERM: take no new job, give in-flight calls the grace period, then cancel (jobs.run_prompt
+        # puts a cancelled job back without spending a try).
+        "job_completion_wait": config.shutdown_grace_s,
         "job_serializer": job_serializer,
         "job_deserializer": job_deserializer,
         "on_startup": on_startup,

@@ -3,12 +3,15 @@
 - ``start``: ``queued`` -> ``running``, unless the document is already terminal (then the job must
   not call the API again: it returns the stored result instead).
 - ``requeue``: back to ``queued`` with the failed attempt's error, while a retry waits.
+- ``release``: back to ``queued`` when a shutdown interrupts the call, giving back arq's try.
 - ``finish``: the terminal document, written together with the removal of arq's bookkeeping for
-  the job, so that no redelivery can run it again once its result is stored.
+  the job, so that no redelivery can run it again once its result is stored; a failed job's id
+  joins the failed set and its request is kept for ``Producer.retry``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,6 +20,9 @@ from producer.contract import (
     ARQ_IN_PROGRESS_KEY_PREFIX,
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
+    FAILED_JOB_KEY_PREFIX,
+    FAILED_SET,
+    FAILED_SET_MAX,
     QUEUE_NAME,
     TERMINAL_STATUSES,
     JobResult,
@@ -27,27 +33,47 @@ __all__ = ["ResultStore"]
 
 _TERMINAL_LUA_SET = "{" + ", ".join(f"{s} = true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
-# KEYS: result document. ARGV: new document, time to live (ms) if there is none yet (else it is kept).
-# Returns the stored document when it is already terminal (and writes nothing), else nil.
-_WRITE_UNLESS_TERMINAL_LUA = f"""
+# Shared head of the scripts below: KEYS[1] is the result document, ARGV[1] the new document,
+# ARGV[2] its time to live (ms) if there is none yet (else the current one is kept). A terminal
+# document is returned as is and nothing is written.
+_UNLESS_TERMINAL_LUA = f"""
 local terminal = {_TERMINAL_LUA_SET}
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, doc = pcall(cjson.decode, current)
   if ok and type(doc) == 'table' and terminal[doc['status']] then return current end
-end
-if current then
   redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-return false
 """
 
-# KEYS: result document, arq job record, arq in-progress key, arq retry counter, queue.
-# ARGV: terminal document, time to live (ms), job id.
+_REQUEUE_LUA = _UNLESS_TERMINAL_LUA + "return false"
+
+# KEYS[2]: arq's in-progress key, shortened to the lease (ARGV[3], ms).
+_START_LUA = _UNLESS_TERMINAL_LUA + "redis.call('PEXPIRE', KEYS[2], ARGV[3])\nreturn false"
+
+# KEYS[2]: arq's try counter, which arq raised when it started the job.
+_RELEASE_LUA = (
+    _UNLESS_TERMINAL_LUA
+    + """
+local tries = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tries > 0 then redis.call('DECR', KEYS[2]) end
+return false"""
+)
+
+# KEYS: result document, arq job record, arq in-progress key, arq try counter, queue, failed set,
+# kept job record. ARGV: terminal document, time to live (ms), job id, failed ('1' or '0'), time of
+# the failure (ms), size of the failed set.
+# A failed job's record is kept beside its result (for Producer.retry) and its id joins the failed set.
 _FINISH_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[4] == '1' then
+  local record = redis.call('GET', KEYS[2])
+  if record then redis.call('SET', KEYS[7], record, 'PX', ARGV[2]) end
+  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[3])
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -(tonumber(ARGV[6]) + 1))
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[3])
 return 1
@@ -55,19 +81,31 @@ return 1
 
 
 class ResultStore:
-    def __init__(self, redis: Redis, result_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, result_ttl_s: int, lease_s: float) -> None:
         self.redis = redis
         self.result_ttl_ms = result_ttl_s * 1000
-        self._write_unless_terminal = redis.register_script(_WRITE_UNLESS_TERMINAL_LUA)
+        self.lease_ms = max(1, round(lease_s * 1000))
+        self._start = redis.register_script(_START_LUA)
+        self._requeue = redis.register_script(_REQUEUE_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
         self._finish = redis.register_script(_FINISH_LUA)
 
     async def start(self, running: JobResult) -> JobResult | None:
-        """Mark the job running; return the stored result instead if it is already terminal."""
-        return await self._unless_terminal(running)
+        """Mark the job running and shorten arq's in-progress key to the lease; return the stored
+        result instead (and change nothing) if it is already terminal."""
+        keys = [result_key(running.job_id), ARQ_IN_PROGRESS_KEY_PREFIX + running.job_id]
+        return _parse(await self._start(keys=keys, args=[running.to_json(), self.result_ttl_ms, self.lease_ms]))
 
     async def requeue(self, queued: JobResult) -> JobResult | None:
         """Mark the job queued again (a retry waits); a terminal document is left alone."""
-        return await self._unless_terminal(queued)
+        return _parse(
+            await self._requeue(keys=[result_key(queued.job_id)], args=[queued.to_json(), self.result_ttl_ms])
+        )
+
+    async def release(self, queued: JobResult) -> JobResult | None:
+        """Mark the job queued again after an interrupted attempt and give back arq's try for it."""
+        keys = [result_key(queued.job_id), ARQ_RETRY_KEY_PREFIX + queued.job_id]
+        return _parse(await self._release(keys=keys, args=[queued.to_json(), self.result_ttl_ms]))
 
     async def finish(self, final: JobResult) -> None:
         job_id = final.job_id
@@ -77,11 +115,14 @@ class ResultStore:
             ARQ_IN_PROGRESS_KEY_PREFIX + job_id,
             ARQ_RETRY_KEY_PREFIX + job_id,
             QUEUE_NAME,
+            FAILED_SET,
+            FAILED_JOB_KEY_PREFIX + job_id,
         ]
-        await self._finish(keys=keys, args=[final.to_json(), self.result_ttl_ms, job_id])
+        failed = "1" if final.status == "failed" else "0"
+        now_ms = int(time.time() * 1000)
+        args: list[str | int] = [final.to_json(), self.result_ttl_ms, job_id, failed, now_ms, FAILED_SET_MAX]
+        await self._finish(keys=keys, args=args)
 
-    async def _unless_terminal(self, doc: JobResult) -> JobResult | None:
-        stored: Any = await self._write_unless_terminal(
-            keys=[result_key(doc.job_id)], args=[doc.to_json(), self.result_ttl_ms]
-        )
-        return JobResult.from_json(stored) if stored else None
+
+def _parse(stored: Any) -> JobResult | None:
+    return JobResult.from_json(stored) if stored else None

@@ -12,7 +12,7 @@ import redis
 import redis.asyncio
 
 from producer import InvalidJobError, JobNotFoundError, Producer, SyncProducer
-from producer.client import SUBMIT_CHUNK, ProducerConfig
+from producer.calls import SUBMIT_CHUNK, ProducerConfig
 from producer.contract import ARQ_JOB_KEY_PREFIX, JOB_FUNCTION, QUEUE_NAME, result_key
 
 

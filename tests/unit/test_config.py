@@ -32,13 +32,20 @@ def test_a_local_server_needs_no_key() -> None:
         ({**BASE, "PROMPTQ_MAX_JOBS": "0"}, "PROMPTQ_MAX_JOBS must be at least 1"),
         ({**BASE, "PROMPTQ_MAX_TRIES": "-1"}, "PROMPTQ_MAX_TRIES must be at least 1"),
         ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "soon"}, "PROMPTQ_REQUEST_TIMEOUT_S must be a number"),
-        ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "0"}, "PROMPTQ_REQUEST_TIMEOUT_S must be greater than 0"),
+        (
+            {**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "0"},
+            "PROMPTQ_REQUEST_TIMEOUT_S must be a finite number greater than 0",
+        ),
         ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "60", "PROMPTQ_JOB_TIMEOUT_S": "30"}, "PROMPTQ_JOB_TIMEOUT_S (30)"),
         ({**BASE, "PROMPTQ_LOG_FORMAT": "xml"}, "PROMPTQ_LOG_FORMAT must be one of auto, json, console"),
         ({**BASE, "PROMPTQ_LOG_LEVEL": "loud"}, "PROMPTQ_LOG_LEVEL must be one of"),
         ({**BASE, "REDIS_URL": "http://x"}, "REDIS_URL must start with redis://"),
         ({**BASE, "OPENAI_BASE_URL": "localhost:8000"}, "OPENAI_BASE_URL must be an http"),
         ({**BASE, "PROMPTQ_RESULT_TTL_S": "1.5"}, "PROMPTQ_RESULT_TTL_S must be an integer"),
+        ({**BASE, "PROMPTQ_LEASE_S": "0.5"}, "PROMPTQ_LEASE_S must be a finite number at least 1"),
+        ({**BASE, "PROMPTQ_SHUTDOWN_GRACE_S": "-1"}, "PROMPTQ_SHUTDOWN_GRACE_S must be a finite number at least 0"),
+        ({**BASE, "PROMPTQ_SHUTDOWN_GRACE_S": "inf"}, "PROMPTQ_SHUTDOWN_GRACE_S must be a finite number"),
+        ({**BASE, "PROMPTQ_POLL_DELAY_S": "nan"}, "PROMPTQ_POLL_DELAY_S must be a finite number"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:

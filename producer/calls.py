@@ -1,0 +1,173 @@
+"""The producer's Redis calls, without the I/O: its settings, its Lua scripts and their arguments.
+
+``Producer`` and ``SyncProducer`` send what this module builds, so both behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from producer.contract import (
+    ARQ_JOB_KEY_PREFIX,
+    ARQ_RETRY_KEY_PREFIX,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_REDIS_URL,
+    DEFAULT_RESULT_TTL_S,
+    FAILED_JOB_KEY_PREFIX,
+    FAILED_SET,
+    QUEUE_NAME,
+    JobResult,
+    encode_job,
+    result_key,
+)
+from producer.env import env_int, env_redis_url
+from producer.validation import InvalidJobError, PromptJob
+
+__all__ = ["RETRY_LUA", "SUBMIT_CHUNK", "SUBMIT_LUA", "Calls", "ProducerConfig", "RetryRefusedError"]
+
+# Writes the queued result document, arq's job record and the queue entry together, unless the id
+# is already known (queued, running, or finished and not yet expired): then it writes nothing.
+# KEYS: result document, arq job record, queue.
+# ARGV: job id, job record, queue score (ms), queued document, time to live of both keys (ms).
+SUBMIT_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+return 1
+"""
+
+# Puts a failed job back in the queue, if it is still failed and still unqueued (a second retry of
+# the same id finds it queued and does nothing).
+# KEYS: result document, kept job record, arq job record, arq try counter, queue, failed set.
+# ARGV: job id, job record, queue score (ms), queued document, time to live (ms).
+RETRY_LUA = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 'unknown' end
+if cjson.decode(current)['status'] ~= 'failed' then return 'not_failed' end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'not_failed' end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
+redis.call('DEL', KEYS[2], KEYS[4])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+return 'ok'
+"""
+
+SUBMIT_CHUNK = 1_000
+"""Jobs sent in one pipelined round trip by ``submit_many``."""
+MIN_QUEUED_TTL_S = 86_400
+"""A queued job and its document live at least this long, however short the result TTL."""
+
+Call = tuple[list[str], list[str]]
+
+
+class RetryRefusedError(ValueError):
+    """``retry`` was asked for a job that is not failed, or whose request is no longer kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    redis_url: str = DEFAULT_REDIS_URL
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
+        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S`` and ``PROMPTQ_MAX_PAYLOAD_BYTES``."""
+        env = os.environ if env is None else env
+        return cls(
+            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
+            result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
+            max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
+        )
+
+
+class Calls:
+    """Validation, and the arguments of each script, for one producer's settings."""
+
+    def __init__(self, config: ProducerConfig) -> None:
+        self.config = config
+        self.queued_ttl_ms = max(config.result_ttl_s, MIN_QUEUED_TTL_S) * 1000
+
+    def build(self, prompt: str | None = None, **kwargs: Any) -> PromptJob:
+        return PromptJob.build(prompt, max_payload_bytes=self.config.max_payload_bytes, **kwargs)
+
+    def build_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[PromptJob]:
+        jobs = []
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, str):
+                    jobs.append(self.build(item))
+                elif isinstance(item, Mapping):
+                    jobs.append(self.build(**item))
+                else:
+                    raise InvalidJobError("must be a prompt string or a dict of submit arguments")
+            except (InvalidJobError, TypeError) as e:
+                raise InvalidJobError(f"item {i}: {e}") from None
+        return jobs
+
+    def chunks(self, jobs: list[PromptJob]) -> Iterator[list[Call]]:
+        """The submit script's arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
+
+        Re-sending a chunk is safe: the script writes nothing for an id it already knows.
+        """
+        now_s = time.time()
+        for start in range(0, len(jobs), SUBMIT_CHUNK):
+            yield [self.submit(job, now_s) for job in jobs[start : start + SUBMIT_CHUNK]]
+
+    def submit(self, job: PromptJob, now_s: float) -> Call:
+        now_ms = int(now_s * 1000)
+        queued = JobResult(
+            job_id=job.job_id, status="queued", model=job.model, metadata=job.metadata, enqueued_at=round(now_s, 3)
+        )
+        keys = [result_key(job.job_id), ARQ_JOB_KEY_PREFIX + job.job_id, QUEUE_NAME]
+        args = [
+            job.job_id,
+            encode_job(job.payload_json, now_ms),
+            str(now_ms),
+            queued.to_json(),
+            str(self.queued_ttl_ms),
+        ]
+        return keys, args
+
+    @staticmethod
+    def retry_reads(job_id: str) -> list[str]:
+        """The keys ``retry`` reads first: the result document and the kept job record."""
+        return [result_key(job_id), FAILED_JOB_KEY_PREFIX + job_id]
+
+    def retry(self, job_id: str, doc: bytes | None, record: bytes | None, now_s: float) -> Call:
+        """The retry script's arguments; :class:`RetryRefusedError` when the job cannot be retried."""
+        if doc is None:
+            raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
+        failed = JobResult.from_json(doc)
+        if failed.status != "failed":
+            raise RetryRefusedError(f"job {job_id!r} is {failed.status}, not failed")
+        if record is None:
+            raise RetryRefusedError(f"job {job_id!r}: its request is no longer kept (it expires with the result)")
+        now_ms = int(now_s * 1000)
+        fresh = json.loads(record)
+        fresh["et"] = now_ms
+        queued = JobResult(
+            job_id=job_id, status="queued", model=failed.model, metadata=failed.metadata, enqueued_at=round(now_s, 3)
+        )
+        keys = [
+            *self.retry_reads(job_id),
+            ARQ_JOB_KEY_PREFIX + job_id,
+            ARQ_RETRY_KEY_PREFIX + job_id,
+            QUEUE_NAME,
+            FAILED_SET,
+        ]
+        args = [
+            job_id,
+            json.dumps(fresh, separators=(",", ":")),
+            str(now_ms),
+            queued.to_json(),
+            str(self.queued_ttl_ms),
+        ]
+        return keys, args

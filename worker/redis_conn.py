@@ -1,0 +1,83 @@
+"""The worker's Redis connection: settings from ``REDIS_URL``, and riding out a Redis outage.
+
+arq gives up on a Redis error: a command that fails in its poll loop ends the worker, and one that
+fails while a job finishes can lose the job's bookkeeping. promptq's connections retry instead, with
+a capped exponential backoff and a warning per failure, for up to ``REDIS_OUTAGE_S``; a refused
+password is not an outage and fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from arq.connections import RedisSettings
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, ConnectionError, RedisError, TimeoutError
+
+from worker.logs import get_logger
+
+__all__ = ["REDIS_OUTAGE_S", "OutageRetry", "redis_settings"]
+
+log = get_logger("promptq.redis")
+T = TypeVar("T")
+
+REDIS_OUTAGE_S = 300.0
+"""How long a worker waits for Redis to come back before it gives up and exits."""
+BACKOFF_CAP_S = 2.0
+BACKOFF_BASE_S = 0.05
+
+
+class OutageRetry(Retry):
+    """redis-py's retry, bounded by time rather than count, logging each failure."""
+
+    __slots__ = ("outage_s",)
+
+    def __init__(self, outage_s: float = REDIS_OUTAGE_S) -> None:
+        backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+        # OSError: a refused or reset connection, before redis-py wraps it in its ConnectionError
+        super().__init__(backoff, -1, (ConnectionError, TimeoutError))
+        self._supported_errors = (ConnectionError, TimeoutError, OSError, asyncio.TimeoutError)  # type: ignore[assignment]
+        self.outage_s = outage_s
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]) -> T:
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
+        while True:
+            try:
+                return await do()
+            except (AuthenticationError, AuthorizationError):
+                raise
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                waited_s = loop.time() - started_s
+                if waited_s >= self.outage_s:
+                    log.error("redis.gave_up", error=str(error), failures=failures, waited_s=round(waited_s, 1))
+                    raise
+                backoff_s = self._backoff.compute(failures)
+                log.warning("redis.unavailable", error=str(error), failures=failures, retry_in_s=round(backoff_s, 2))
+                await asyncio.sleep(backoff_s)
+
+
+def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
+    """arq's connection settings from a URL (credentials, TLS and database included)."""
+    kw: dict[str, Any] = dict(parse_url(url))
+    return RedisSettings(
+        host=kw.get("host", "localhost"),
+        port=int(kw.get("port", 6379)),
+        unix_socket_path=kw.get("path"),
+        database=int(kw.get("db", 0)),
+        username=kw.get("username"),
+        password=kw.get("password"),
+        ssl=kw.get("connection_class") is SSLConnection,
+        retry=OutageRetry(outage_s),
+        retry_on_error=[ConnectionError, TimeoutError],
+        retry_on_timeout=True,
+        conn_retries=0,  # the retry above covers start-up as well
+    )
