@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest redis sim worker clean
+.PHONY: demo test lint typecheck pytest faults redis sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) redis
 	$(PY) -m pytest
+
+# The fault-injection suite alone (it also runs in `make test`), its figures written for the README.
+faults: $(STAMP) redis
+	PROMPTQ_FAULTS_REPORT=docs/faults.md $(PY) -m pytest tests/faults -q
 
 # Makes sure the tests can have a Redis: a redis-server binary (the tests start their own on a free
 # port) or, failing that, one answering at REDIS_URL. Installs redis-server with apt-get as root.

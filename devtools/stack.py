@@ -172,6 +172,11 @@ class Simulator(Proc):
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/_sim/stats")
 
+    def calls(self) -> list[dict[str, Any]]:
+        """Every completion request since the last reset: ``t`` (Unix s), ``prompt``, ``status`` (0: none)."""
+        calls: list[dict[str, Any]] = self._call("GET", "/_sim/calls")["calls"]
+        return calls
+
 
 class Worker(Proc):
     """``arq worker.Settings`` with the given environment; ready once it logs ``worker.started``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import json
@@ -64,6 +65,8 @@ class Simulator:
         self._ids = itertools.count(1)
         self._bucket: RequestBucket | None = None
         self._server: asyncio.Server | None = None
+        self.calls: list[list[Any]] = []
+        """Each completion request: [arrival (Unix s), last user message, status or 0 if unanswered]."""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; return the port (useful with ``port=0``)."""
@@ -90,10 +93,21 @@ class Simulator:
         finally:
             writer.close()
 
+    def _log_call(self, req: Request) -> None:
+        prompt = ""
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            users = [m for m in json.loads(req.body)["messages"] if m.get("role") == "user"]
+            prompt = str(users[-1].get("content")) if users else ""
+        call: list[Any] = [round(time.time(), 4), prompt, 0]
+        if len(self.calls) < MAX_LOGGED_CALLS:
+            self.calls.append(call)
+        _current_call.set(call)
+
     async def _dispatch(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         route = (req.method, req.path)
         if route == ("POST", "/v1/chat/completions"):
+            self._log_call(req)
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
@@ -107,8 +121,12 @@ class Simulator:
             await self._json(writer, 200, {"object": "list", "data": models}, counted=False)
         elif route == ("GET", "/_sim/stats"):
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
+        elif route == ("GET", "/_sim/calls"):
+            calls = [{"t": t, "prompt": prompt, "status": status} for t, prompt, status in self.calls]
+            await self._json(writer, 200, {"calls": calls}, counted=False)
         elif route == ("POST", "/_sim/reset"):
             self.stats = SimStats()
+            self.calls = []
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
         elif route == ("POST", "/_sim/config"):
             try:
@@ -226,6 +244,7 @@ class Simulator:
             "system_fingerprint": "promptq-sim",
         }
         self.stats.count(self.stats.by_status, "200")
+        _answered(200)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
 
         def event(data: str) -> None:
@@ -301,6 +320,7 @@ class Simulator:
     ) -> None:
         if counted:
             self.stats.count(self.stats.by_status, str(status))
+            _answered(status)
         lines = [
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
             f"content-type: {content_type}",
@@ -322,3 +342,14 @@ def _error_kind(status: int, code: str | None) -> tuple[str, str | None]:
     if status >= 500:
         return "server_error", code
     return "invalid_request_error", code
+
+
+MAX_LOGGED_CALLS = 200_000
+_current_call: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("current_call", default=None)
+
+
+def _answered(status: int) -> None:
+    """Note the status of the completion request this connection is answering (if any)."""
+    call = _current_call.get()
+    if call is not None and call[2] == 0:
+        call[2] = status

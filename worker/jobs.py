@@ -75,25 +75,32 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _finish(state, base, started_s=time.monotonic(), error=error)
+    with state.leases.holding(job_id):
+        try:
+            await _attempt(state, job, base)
+        except asyncio.CancelledError:
+            # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
+            # arq's): put the job back as it was, without spending a try.
+            await asyncio.shield(_release(state, base))
+            raise
+
+
+async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
+    """Claim the result document, call the API once, then retry, fail or finish."""
+    config = state.config
     stored = await state.store.start(base)
     if stored is not None:
         log.info("job.skipped", reason="result already stored", status=stored.status)
-        return None
+        return
 
     started_s = time.monotonic()
     assert base.model is not None
     try:
-        with state.leases.holding(job_id):
-            async with asyncio.timeout(config.job_timeout_s):
-                completion = await llm.complete(state.client, job, base.model)
-    except asyncio.CancelledError:
-        # A shutdown past its grace period (our own timeout, which fires before arq's, raises
-        # TimeoutError instead): put the job back as it was, without spending a try.
-        await asyncio.shield(_release(state, base))
-        raise
+        async with asyncio.timeout(config.job_timeout_s):
+            completion = await llm.complete(state.client, job, base.model)
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
-        if error.retryable and attempt < config.max_tries:
+        if error.retryable and base.attempts < config.max_tries:
             return await _retry(state, base, started_s, error)
         return await _finish(state, base, started_s=started_s, error=error)
     await _finish(state, base, started_s=started_s, completion=completion)

@@ -14,7 +14,7 @@ from arq.worker import func
 
 from producer.contract import JOB_FUNCTION, QUEUE_NAME
 from producer.env import redact_url
-from worker import llm
+from worker import llm, shutdown
 from worker.config import WorkerConfig
 from worker.jobs import UNDECODABLE, WorkerState, run_prompt
 from worker.lease import Leases
@@ -44,16 +44,27 @@ def job_deserializer(raw: bytes) -> Any:
     which fails the job with a clear error instead of leaving its document queued."""
     try:
         record = json.loads(raw)
-        if isinstance(record, dict) and {"f", "a", "k", "et"} <= record.keys():
-            return record
-        reason = "job record is not an arq job object"
     except ValueError as e:
-        reason = f"job record is not JSON: {e}"
+        return _poison(f"job record is not JSON: {e}")
+    if not isinstance(record, dict) or not {"f", "a", "k", "et"} <= record.keys():
+        return _poison("job record is not an arq job object (f, a, k, et)")
+    if record["f"] != JOB_FUNCTION or not isinstance(record["a"], list) or len(record["a"]) != 1:
+        return _poison(f"job record is not a promptq job ({JOB_FUNCTION} with one argument)")
+    if record["k"] or not isinstance(record["et"], int | float):
+        return _poison("job record has keyword arguments or a bad enqueue time")
+    record.setdefault("t", None)
+    return record
+
+
+def _poison(reason: str) -> dict[str, Any]:
     return {**POISON_FUNCTION_ARGS, "a": [{UNDECODABLE: reason}]}
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     config: WorkerConfig = ctx["config"]
+    worker = shutdown.running_worker()
+    if worker is not None:
+        shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s)
     leases = Leases(ctx["redis"], config.lease_s)
     leases.start()
     ctx["promptq"] = WorkerState(
@@ -96,9 +107,6 @@ def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
         "job_timeout": config.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,
         "keep_result": 0,
         "poll_delay": config.poll_delay_s,
-        # SIGTERM: take no new job, give in-flight calls the grace period, then cancel (jobs.run_prompt
-        # puts a cancelled job back without spending a try).
-        "job_completion_wait": config.shutdown_grace_s,
         "job_serializer": job_serializer,
         "job_deserializer": job_deserializer,
         "on_startup": on_startup,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 
 import pytest
 import redis
@@ -13,6 +12,7 @@ from devtools.stack import Simulator, free_port
 from producer import Producer, QueueUnavailableError, RetryRefusedError, SyncProducer
 from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX, FAILED_JOB_KEY_PREFIX
 from tests.conftest import make_worker, run_burst
+from worker import shutdown
 from worker.config import WorkerConfig
 
 
@@ -91,13 +91,15 @@ async def test_a_shutdown_past_its_grace_puts_the_job_back_without_spending_a_tr
 ) -> None:
     sim.configure(latency_ms=3000)
     job_id = await producer.submit("interrupted")
-    worker = make_worker(dataclasses.replace(worker_config, shutdown_grace_s=0.2), burst=False)
+    grace_s = 0.2
+    worker = make_worker(worker_config, burst=False)
     main = asyncio.create_task(worker.async_run())  # sets worker.main_task, which a signal cancels
     while (r := await producer.get(job_id)) is not None and r.status != "running":
         await asyncio.sleep(0.01)
-    worker.handle_sig_wait_for_completion(signal.SIGTERM)
+    drain = asyncio.create_task(shutdown.drain(worker, grace_s, "test"))
     with pytest.raises(asyncio.CancelledError):
         await main
+    await drain
     await worker.close()
     back = await producer.get(job_id)
     assert back is not None and back.status == "queued" and back.attempts == 0
@@ -113,13 +115,15 @@ async def test_a_shutdown_lets_calls_within_the_grace_finish(
 ) -> None:
     sim.configure(latency_ms=300)
     job_id = await producer.submit("nearly done")
-    worker = make_worker(dataclasses.replace(worker_config, shutdown_grace_s=5), burst=False)
+    grace_s = 5.0
+    worker = make_worker(worker_config, burst=False)
     main = asyncio.create_task(worker.async_run())  # sets worker.main_task, which a signal cancels
     while (r := await producer.get(job_id)) is not None and r.status != "running":
         await asyncio.sleep(0.01)
-    worker.handle_sig_wait_for_completion(signal.SIGTERM)
+    drain = asyncio.create_task(shutdown.drain(worker, grace_s, "test"))
     with pytest.raises(asyncio.CancelledError):
         await main
+    await drain
     await worker.close()
     r = await producer.wait(job_id, timeout=1)
     assert r.ok and r.attempts == 1

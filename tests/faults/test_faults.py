@@ -1,0 +1,224 @@
+"""What promptq does when things break, with real worker processes, measured."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import statistics
+import time
+from collections import defaultdict
+
+import pytest
+import redis
+
+from devtools.stack import RedisServer, Simulator, Worker, wait_until
+from producer import QueueUnavailableError, SyncProducer
+from producer.contract import ARQ_JOB_KEY_PREFIX, QUEUE_NAME, JobResult, result_key
+from tests.faults.conftest import record, wait_all, worker_env
+
+
+def _prompts(n: int, tag: str) -> list[str]:
+    return [f"{tag} job {i}" for i in range(n)]
+
+
+def test_server_errors_and_reset_connections_are_ridden_out(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer, workers: list[Worker]
+) -> None:
+    sim.configure(error_rate=0.1, error_statuses=[500, 502, 503], reset_rate=0.1, latency_ms=20, seed=1)
+    workers += [Worker(worker_env(redis_url, sim, PROMPTQ_MAX_JOBS="32")).start() for _ in range(2)]
+    ids = sync_producer.submit_many(_prompts(200, "flaky"))
+    results = wait_all(sync_producer, ids, 60)
+    stats = sim.stats()
+    record("20% of calls answer 5xx or reset", results, sim.calls(), faults=f"{stats['faults']}")
+    assert all(r is not None and r.status == "succeeded" for r in results.values())
+    assert stats["completions"] == 200  # each job paid for once
+    assert sum(r.attempts for r in results.values() if r) == stats["requests"]
+
+
+def test_429s_are_retried_after_the_advised_wait(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer, workers: list[Worker]
+) -> None:
+    sim.configure(error_rate=0.3, error_statuses=[429], retry_after_ms=400, seed=2)
+    workers.append(Worker(worker_env(redis_url, sim, PROMPTQ_MAX_JOBS="32")).start())
+    ids = sync_producer.submit_many(_prompts(100, "limited"))
+    results = wait_all(sync_producer, ids, 60)
+    by_prompt = defaultdict(list)
+    for call in sim.calls():
+        by_prompt[call["prompt"]].append(call)
+    waits_ms = [
+        (later["t"] - earlier["t"]) * 1000
+        for calls in by_prompt.values()
+        for earlier, later in itertools.pairwise(calls)
+        if earlier["status"] == 429
+    ]
+    record(
+        "30% of calls answer 429 with retry-after 400 ms",
+        results,
+        sim.calls(),
+        faults=f"{len(waits_ms)} 429s",
+        **{"shortest wait ms": round(min(waits_ms)), "median wait ms": round(statistics.median(waits_ms))},
+    )
+    assert all(r is not None and r.status == "succeeded" for r in results.values())
+    assert waits_ms and min(waits_ms) >= 400
+
+
+@pytest.mark.parametrize(
+    ("knobs", "error_type"),
+    [
+        ({"error_statuses": [400]}, "bad_request"),
+        ({"error_statuses": [401]}, "authentication"),
+        ({"error_statuses": [429], "error_code": "insufficient_quota"}, "insufficient_quota"),
+    ],
+)
+def test_permanent_errors_fail_after_one_call(
+    redis_url: str,
+    sim: Simulator,
+    sync_producer: SyncProducer,
+    workers: list[Worker],
+    knobs: dict[str, object],
+    error_type: str,
+) -> None:
+    sim.configure(error_rate=1.0, **knobs)
+    workers.append(Worker(worker_env(redis_url, sim)).start())
+    ids = sync_producer.submit_many(_prompts(10, error_type))
+    results = wait_all(sync_producer, ids, 20)
+    record(f"every call answers {error_type}", results, sim.calls(), faults=f"{sim.stats()['requests']} errors")
+    for r in results.values():
+        assert r is not None and r.status == "failed" and r.attempts == 1
+        assert r.error is not None and r.error.type == error_type and not r.error.retryable
+    assert sim.stats()["requests"] == 10
+
+
+def test_calls_that_hang_are_timed_out_and_retried(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer, workers: list[Worker]
+) -> None:
+    sim.configure(hang_rate=0.3, seed=3)
+    env = worker_env(redis_url, sim, PROMPTQ_REQUEST_TIMEOUT_S="1", PROMPTQ_JOB_TIMEOUT_S="2", PROMPTQ_MAX_TRIES="4")
+    workers.append(Worker(env).start())
+    started = time.monotonic()
+    ids = sync_producer.submit_many(_prompts(40, "hang"))
+    results = wait_all(sync_producer, ids, 40)
+    took_s = time.monotonic() - started
+    record(
+        "30% of calls hang (request timeout 1 s)",
+        results,
+        sim.calls(),
+        faults=f"{sim.stats()['faults'].get('hang', 0)} hangs",
+        **{"all ended within s": round(took_s, 1)},
+    )
+    assert all(r is not None and r.done for r in results.values())
+    for r in results.values():
+        assert r is not None
+        assert r.ok or (r.error is not None and r.error.type == "timeout" and r.attempts == 4)
+    assert sum(r.ok for r in results.values() if r) >= 36  # 0.3**4 of 40 fail on average
+
+
+def test_killed_workers_lose_nothing(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer, workers: list[Worker]
+) -> None:
+    sim.configure(latency_ms=1000)
+    env = worker_env(redis_url, sim, PROMPTQ_MAX_JOBS="16")
+    workers += [Worker(env).start() for _ in range(2)]
+    ids = sync_producer.submit_many(_prompts(300, "kill"))
+    kills: list[float] = []
+    for n in range(4):
+        time.sleep(1.5)
+        victim = workers[n % 2]
+        victim.signal(signal.SIGKILL)
+        kills.append(time.time())
+        victim.stop()  # reaps the killed process
+        workers[n % 2] = Worker(env).start()
+    results = wait_all(sync_producer, ids, 90)
+    # a job cut off by a kill starts again once its lease runs out: how long after the kill?
+    recovery_s = [
+        r.started_at - max(k for k in kills if k < r.started_at)
+        for r in results.values()
+        if r is not None and r.attempts > 1 and r.started_at and any(k < r.started_at for k in kills)
+    ]
+    record(
+        "SIGKILL a worker 4 times (2 workers, 16 slots, lease 2 s)",
+        results,
+        sim.calls(),
+        faults="4 kills",
+        **{"jobs re-run": len(recovery_s), "longest recovery s": round(max(recovery_s, default=0), 1)},
+    )
+    assert all(r is not None and r.status == "succeeded" for r in results.values())
+    assert recovery_s and max(recovery_s) < 2 + 5  # the lease, a renewal period and a poll, with margin
+
+
+@pytest.mark.parametrize("grace_s", [10.0, 0.0])
+def test_sigterm_puts_unfinished_jobs_back_without_spending_a_try(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer, workers: list[Worker], grace_s: float
+) -> None:
+    sim.configure(latency_ms=500)
+    env = worker_env(redis_url, sim, PROMPTQ_MAX_JOBS="10", PROMPTQ_SHUTDOWN_GRACE_S=str(grace_s))
+    first = Worker(env).start()
+    workers.append(first)
+    ids = sync_producer.submit_many(_prompts(60, f"term{grace_s:g}"))
+    time.sleep(1.2)
+    first.signal(signal.SIGTERM)
+    assert first.popen is not None and first.popen.wait(grace_s + 5) == 0
+    workers.append(Worker(env).start())
+    results = wait_all(sync_producer, ids, 60)
+    released = first.output().count('"job.released"')
+    record(
+        f"SIGTERM mid-run, grace {grace_s:g} s",
+        results,
+        sim.calls(),
+        faults="1 SIGTERM",
+        **{"released": released},
+    )
+    assert all(r is not None and r.status == "succeeded" and r.attempts == 1 for r in results.values())
+    if grace_s:
+        assert released == 0 and sim.stats()["completions"] == 60  # in-flight calls finished: no call twice
+    else:
+        assert released > 0
+
+
+def test_a_redis_restart_loses_no_job(sim: Simulator, workers: list[Worker]) -> None:
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "everysec").start()
+    try:
+        sim.configure(latency_ms=200)
+        workers.append(Worker(worker_env(server.url, sim, PROMPTQ_MAX_JOBS="20")).start())
+        with SyncProducer(server.url) as producer:
+            ids = producer.submit_many(_prompts(200, "restart"))
+            time.sleep(1)
+            server.stop()
+            with pytest.raises(QueueUnavailableError):
+                producer.submit("while Redis is away")
+            time.sleep(2)
+            server = RedisServer(
+                "--appendonly", "yes", "--appendfsync", "everysec", port=server.port, data_dir=server.data_dir
+            ).start()
+            results = wait_all(producer, ids, 60)
+            assert workers[0].alive(), "the worker rode out the outage"
+            record("Redis stopped for 2 s mid-run (AOF everysec)", results, sim.calls(), faults="1 restart")
+            assert all(r is not None and r.status == "succeeded" for r in results.values())
+            assert '"redis.unavailable"' in workers[0].output()
+    finally:
+        server.stop()
+
+
+def test_undecodable_jobs_fail_and_the_worker_lives_on(
+    redis_url: str, sim: Simulator, sync_redis: redis.Redis, sync_producer: SyncProducer, workers: list[Worker]
+) -> None:
+    worker = Worker(worker_env(redis_url, sim)).start()
+    workers.append(worker)
+    bad = {
+        "pickle": b"\x80\x04\x95not json",
+        "list": b"[1, 2]",
+        "no-messages": b'{"f":"run_prompt","a":[{}],"k":{},"et":1}',
+    }
+    for job_id, record_bytes in bad.items():
+        sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, record_bytes)
+    sync_redis.zadd(QUEUE_NAME, dict.fromkeys(bad, 1))
+    good = sync_producer.submit("still here")
+    results = wait_all(sync_producer, [*bad, good], 20)
+    wait_until(lambda: all(sync_redis.exists(result_key(j)) for j in bad), 5, "poison results")
+    for job_id in bad:
+        raw = sync_redis.get(result_key(job_id))
+        r = JobResult.from_json(raw)  # type: ignore[arg-type]
+        assert r.status == "failed" and r.error is not None and r.error.type == "invalid_payload"
+    assert results[good] is not None and results[good].ok  # type: ignore[union-attr]
+    assert worker.alive()
+    record("undecodable records in the queue", results, sim.calls(), faults="3 bad records")
