@@ -42,11 +42,18 @@ class QueueUnavailableError(ConnectionError):
 
 @contextlib.contextmanager
 def _redis_errors(config: ProducerConfig) -> Iterator[None]:
+    where = redact_url(config.redis_url)
+    refused = f"Redis at {where} refused access ({{}}): check the credentials in REDIS_URL"
     try:
         yield
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.exceptions.NoPermissionError) as e:
+        raise QueueUnavailableError(refused.format(e)) from e
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        where = redact_url(config.redis_url)
         raise QueueUnavailableError(f"Redis at {where} is unavailable: {e}") from e
+    except redis.ResponseError as e:
+        if "unauthenticated" in str(e):  # a long command sent without a password
+            raise QueueUnavailableError(refused.format(e)) from e
+        raise
 
 
 class _Waiter:

@@ -12,15 +12,24 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import redis
 from arq.connections import RedisSettings
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, ConnectionError, RedisError, TimeoutError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    NoPermissionError,
+    RedisError,
+    TimeoutError,
+)
 
+from producer.env import ConfigError, redact_url
 from worker.logs import get_logger
 
-__all__ = ["REDIS_OUTAGE_S", "OutageRetry", "redis_settings"]
+__all__ = ["REDIS_OUTAGE_S", "OutageRetry", "check_access", "redis_settings"]
 
 log = get_logger("promptq.redis")
 T = TypeVar("T")
@@ -81,3 +90,17 @@ def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
         retry_on_timeout=True,
         conn_retries=0,  # the retry above covers start-up as well
     )
+
+
+def check_access(url: str, timeout_s: float = 2.0) -> None:
+    """Refuse to start with credentials Redis rejects (a clear error naming REDIS_URL). A Redis that
+    does not answer is not refused: the worker starts and waits for it, as during an outage."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    except (AuthenticationError, AuthorizationError, NoPermissionError) as e:
+        raise ConfigError(f"REDIS_URL: Redis at {redact_url(url)} refused access: {e}") from None
+    except (ConnectionError, TimeoutError, OSError) as e:
+        log.warning("redis.unavailable", error=str(e), note="the worker starts and waits for Redis")
+    finally:
+        client.close()

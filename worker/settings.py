@@ -19,7 +19,7 @@ from worker.config import WorkerConfig
 from worker.jobs import UNDECODABLE, WorkerState, run_prompt
 from worker.lease import Leases
 from worker.logs import configure_logging, get_logger
-from worker.redis_conn import redis_settings
+from worker.redis_conn import check_access, redis_settings
 from worker.store import ResultStore
 
 __all__ = ["make_settings", "settings_kwargs"]
@@ -119,4 +119,5 @@ def make_settings(config: WorkerConfig | None = None) -> type:
     """A ``Settings`` class for ``arq``, from ``config`` or the environment."""
     config = config or WorkerConfig.from_env()
     configure_logging(config.log_format, config.log_level)
+    check_access(config.redis_url)
     return type("Settings", (), settings_kwargs(config))

@@ -67,3 +67,13 @@ def test_passwords_are_redacted_from_urls_in_messages() -> None:
     with pytest.raises(ConfigError) as e:
         WorkerConfig.from_env({**BASE, "REDIS_URL": "http://user:hunter2@host"})
     assert "hunter2" not in str(e.value)
+
+
+def test_redis_urls_carry_tls_credentials_and_database_to_arq() -> None:
+    from worker.redis_conn import OutageRetry, redis_settings
+
+    s = redis_settings("rediss://app:pw@cache.example:6380/2")
+    assert (s.host, s.port, s.database, s.username, s.password, s.ssl) == ("cache.example", 6380, 2, "app", "pw", True)
+    assert isinstance(s.retry, OutageRetry)
+    plain = redis_settings("redis://localhost/0")
+    assert (plain.port, plain.ssl, plain.username, plain.password) == (6379, False, None, None)

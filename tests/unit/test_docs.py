@@ -68,3 +68,25 @@ def test_every_error_type_is_documented() -> None:
     assert {"invalid_payload", "timeout", "connection_error"} <= types
     missing = sorted(t for t in types if f"`{t}`" not in README)
     assert not missing
+
+
+def test_every_public_name_and_method_of_the_producer_is_documented() -> None:
+    import producer
+    from producer import Producer, SyncProducer
+
+    missing = [name for name in producer.__all__ if f"`{name}`" not in README and name not in README]
+    assert not missing
+
+    def public(cls: type) -> set[str]:
+        return {m for m in vars(cls) if not m.startswith("_") and callable(getattr(cls, m))}
+
+    methods = public(Producer) - {"aclose"}
+    assert methods == public(SyncProducer) - {"close"}, "both producers offer the same methods"
+    undocumented = sorted(m for m in methods if f"{m}(" not in README)
+    assert not undocumented
+
+
+def test_the_guarantees_section_quotes_a_measured_table() -> None:
+    section = README[README.index("## Guarantees") :].split("\n## ", 1)[0]
+    assert "make faults" in section and "| scenario |" in section
+    assert (ROOT / "docs" / "faults.md").exists()
