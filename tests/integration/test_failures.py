@@ -149,3 +149,22 @@ async def test_credentials_are_not_shown_in_the_unavailable_message() -> None:
         with pytest.raises(QueueUnavailableError) as caught:
             await p.submit("x")
     assert "hunter2" not in str(caught.value)
+
+
+async def test_a_waiting_retry_holds_no_slot(producer: Producer, worker_config: WorkerConfig, sim: Simulator) -> None:
+    sim.configure(error_rate=1.0, error_statuses=[503], retry_after_ms=1500)
+    flaky = await producer.submit("flaky", job_id="flaky")
+    worker = make_worker(dataclasses.replace(worker_config, max_jobs=1), burst=False)
+    main = asyncio.create_task(worker.async_run())
+    while (r := await producer.get(flaky)) is not None and r.error is None:
+        await asyncio.sleep(0.01)  # until the first attempt has failed and its retry waits 1.5 s
+    sim.configure(error_rate=0.0)
+    other = await producer.submit("next in line")  # the only slot must be free for it at once
+    done = await producer.wait(other, timeout=1)
+    assert done.ok
+    retried = await producer.get(flaky)
+    assert retried is not None and retried.status == "queued" and retried.attempts == 1
+    main.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await main
+    await worker.close()
