@@ -21,6 +21,7 @@ from producer.contract import (
     FAILED_JOB_KEY_PREFIX,
     FAILED_SET,
     QUEUE_NAME,
+    WAKE_CHANNEL,
     JobResult,
     encode_job,
     result_key,
@@ -33,19 +34,21 @@ __all__ = ["RETRY_LUA", "SUBMIT_CHUNK", "SUBMIT_LUA", "Calls", "ProducerConfig",
 # Writes the queued result document, arq's job record and the queue entry together, unless the id
 # is already known (queued, running, or finished and not yet expired): then it writes nothing.
 # KEYS: result document, arq job record, queue.
-# ARGV: job id, job record, queue score (ms), queued document, time to live of both keys (ms).
+# ARGV: job id, job record, queue score (ms), queued document, time to live of both keys (ms), and
+# the channel to wake idle workers on ('' when the caller wakes them once for a whole batch).
 SUBMIT_LUA = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], '1') end
 return 1
 """
 
 # Puts a failed job back in the queue, if it is still failed and still unqueued (a second retry of
 # the same id finds it queued and does nothing).
 # KEYS: result document, kept job record, arq job record, arq try counter, queue, failed set.
-# ARGV: job id, job record, queue score (ms), queued document, time to live (ms).
+# ARGV: job id, job record, queue score (ms), queued document, time to live (ms), wake channel.
 RETRY_LUA = """
 local current = redis.call('GET', KEYS[1])
 if not current then return 'unknown' end
@@ -56,6 +59,7 @@ redis.call('DEL', KEYS[2], KEYS[4])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+redis.call('PUBLISH', ARGV[6], '1')
 return 'ok'
 """
 
@@ -119,9 +123,9 @@ class Calls:
         """
         now_s = time.time()
         for start in range(0, len(jobs), SUBMIT_CHUNK):
-            yield [self.submit(job, now_s) for job in jobs[start : start + SUBMIT_CHUNK]]
+            yield [self.submit(job, now_s, wake=False) for job in jobs[start : start + SUBMIT_CHUNK]]
 
-    def submit(self, job: PromptJob, now_s: float) -> Call:
+    def submit(self, job: PromptJob, now_s: float, *, wake: bool = True) -> Call:
         now_ms = int(now_s * 1000)
         queued = JobResult(
             job_id=job.job_id, status="queued", model=job.model, metadata=job.metadata, enqueued_at=round(now_s, 3)
@@ -133,6 +137,7 @@ class Calls:
             str(now_ms),
             queued.to_json(),
             str(self.queued_ttl_ms),
+            WAKE_CHANNEL if wake else "",
         ]
         return keys, args
 
@@ -169,5 +174,6 @@ class Calls:
             str(now_ms),
             queued.to_json(),
             str(self.queued_ttl_ms),
+            WAKE_CHANNEL,
         ]
         return keys, args

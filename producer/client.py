@@ -17,8 +17,9 @@ import redis.asyncio
 from redis.exceptions import NoScriptError
 
 from producer.calls import RETRY_LUA, SUBMIT_LUA, Calls, ProducerConfig, RetryRefusedError
-from producer.contract import FAILED_SET, JobResult, result_key
+from producer.contract import FAILED_SET, WAKE_CHANNEL, JobResult, done_channel, result_key
 from producer.env import redact_url
+from producer.notify import FALLBACK_POLL_S, DoneWatcher
 
 __all__ = [
     "JobNotFoundError",
@@ -57,15 +58,13 @@ def _redis_errors(config: ProducerConfig) -> Iterator[None]:
 
 
 class _Waiter:
-    """The schedule of one ``wait``: polls at 5 ms, growing to 100 ms, until the deadline.
-
-    (The roadmap replaces polling by a notification; the contract of ``wait`` stays.)
-    """
+    """The deadline of one ``wait``; between reads it waits for the job's done message, at most
+    ``FALLBACK_POLL_S`` (see ``producer.notify``)."""
 
     def __init__(self, job_id: str, timeout_s: float | None) -> None:
         self.job_id, self.timeout_s = job_id, timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self.delay_s = 0.005
+        self.delay_s = FALLBACK_POLL_S
 
     def sleep_s(self, result: JobResult | None) -> float | None:
         """None when ``result`` is final; else how long to sleep before the next read."""
@@ -73,7 +72,7 @@ class _Waiter:
             raise JobNotFoundError(f"no job {self.job_id!r} (never submitted, or its result expired)")
         if result.done:
             return None
-        delay_s, self.delay_s = self.delay_s, min(self.delay_s * 1.5, 0.1)
+        delay_s = self.delay_s
         if self.deadline is None:
             return delay_s
         left_s = self.deadline - time.monotonic()
@@ -113,6 +112,7 @@ class Producer:
         self.redis = client if client is not None else redis.asyncio.Redis.from_url(self.config.redis_url)
         self._submit = self.redis.register_script(SUBMIT_LUA)
         self._retry = self.redis.register_script(RETRY_LUA)
+        self._watcher = DoneWatcher(self.redis)
 
     @property
     def config(self) -> ProducerConfig:
@@ -127,6 +127,7 @@ class Producer:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self._watcher.aclose()
         if self._owns_client:
             await self.redis.aclose()
 
@@ -156,6 +157,7 @@ class Producer:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for keys, args in calls:
                             pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+                        pipe.publish(WAKE_CHANNEL, "1")  # once a chunk, not once a job
                         try:
                             await pipe.execute()
                             break
@@ -171,8 +173,13 @@ class Producer:
     async def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:  # noqa: ASYNC109
         """Return the result once its status is terminal; raise ``TimeoutError`` after ``timeout`` s."""
         waiter = _Waiter(job_id, timeout)
-        while (delay_s := waiter.sleep_s(result := await self.get(job_id))) is not None:  # noqa: ASYNC110
-            await asyncio.sleep(delay_s)
+        with _redis_errors(self.config):
+            async with self._watcher.watching(job_id) as done:  # subscribed before the first read
+                while (delay_s := waiter.sleep_s(result := await self.get(job_id))) is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay_s):
+                            await done.wait()
+                    done.clear()
         assert result is not None
         return result
 
@@ -248,6 +255,7 @@ class SyncProducer:
                     with self.redis.pipeline(transaction=False) as pipe:
                         for keys, args in calls:
                             pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
+                        pipe.publish(WAKE_CHANNEL, "1")
                         try:
                             pipe.execute()
                             break
@@ -263,8 +271,13 @@ class SyncProducer:
     def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
         """See :meth:`Producer.wait`."""
         waiter = _Waiter(job_id, timeout)
-        while (delay_s := waiter.sleep_s(result := self.get(job_id))) is not None:
-            time.sleep(delay_s)
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        with _redis_errors(self.config), contextlib.closing(pubsub) as ps:
+            ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
+            while (delay_s := waiter.sleep_s(result := self.get(job_id))) is not None:
+                ps.get_message(timeout=delay_s)
+                while ps.get_message(timeout=0) is not None:  # more than one message: drain them
+                    pass
         assert result is not None
         return result
 

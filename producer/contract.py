@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_REDIS_URL",
     "DEFAULT_RESULT_TTL_S",
+    "DONE_CHANNEL_PREFIX",
     "FAILED_JOB_KEY_PREFIX",
     "FAILED_SET",
     "FAILED_SET_MAX",
@@ -25,10 +26,12 @@ __all__ = [
     "RESULT_KEY_PREFIX",
     "STATUSES",
     "TERMINAL_STATUSES",
+    "WAKE_CHANNEL",
     "JobError",
     "JobResult",
     "Status",
     "Usage",
+    "done_channel",
     "dumps",
     "encode_job",
     "loads",
@@ -45,6 +48,10 @@ FAILED_SET: Final = "promptq:failed"
 FAILED_SET_MAX: Final = 10_000
 FAILED_JOB_KEY_PREFIX: Final = "promptq:failed-job:"
 """``promptq:failed-job:{job_id}``: a failed job's arq record, kept as long as its result for a retry."""
+DONE_CHANNEL_PREFIX: Final = "promptq:done:"
+"""``promptq:done:{job_id}``: a pub/sub channel; the worker publishes the status when the job ends."""
+WAKE_CHANNEL: Final = "promptq:wake"
+"""A pub/sub channel; producers publish to it after enqueueing, so idle workers start at once."""
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
 
@@ -63,6 +70,10 @@ def result_key(job_id: str) -> str:
 
 
 # -- JSON codec --------------------------------------------------------------------------------
+def done_channel(job_id: str) -> str:
+    return DONE_CHANNEL_PREFIX + job_id
+
+
 def dumps(obj: Any) -> str:
     """Compact, strict JSON (no NaN or Infinity), as every promptq value in Redis is written."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

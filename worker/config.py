@@ -48,7 +48,8 @@ class WorkerConfig:
     max_tries: int = 5
     result_ttl_s: int = DEFAULT_RESULT_TTL_S
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    poll_delay_s: float = 0.1
+    poll_delay_s: float = 0.5
+    """An idle worker's poll (new jobs wake it at once; this is for retries whose wait is over)."""
     lease_s: float = 15.0
     """A dead worker's job may run again this long after its last renewal."""
     shutdown_grace_s: float = 25.0

@@ -26,6 +26,7 @@ from worker.lease import Leases
 from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.store import ResultStore
+from worker.wake import WakeListener
 
 __all__ = ["UNDECODABLE", "WorkerState", "run_prompt"]
 
@@ -43,6 +44,7 @@ class WorkerState:
     client: openai.AsyncOpenAI
     store: ResultStore
     leases: Leases
+    wake: WakeListener
 
 
 def _now_s() -> float:

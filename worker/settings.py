@@ -21,6 +21,7 @@ from worker.lease import Leases
 from worker.logs import configure_logging, get_logger
 from worker.redis_conn import check_access, redis_settings
 from worker.store import ResultStore
+from worker.wake import WakeListener, install_poll
 
 __all__ = ["make_settings", "settings_kwargs"]
 
@@ -67,11 +68,16 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s)
     leases = Leases(ctx["redis"], config.lease_s)
     leases.start()
+    wake = WakeListener(ctx["redis"])
+    wake.start()
+    if worker is not None:
+        worker.promptq_wake = wake.event  # type: ignore[attr-defined]  # read by worker.wake._poll
     ctx["promptq"] = WorkerState(
         config=config,
         client=llm.make_client(config),
         store=ResultStore(ctx["redis"], config.result_ttl_s, config.lease_s),
         leases=leases,
+        wake=wake,
     )
     log.info(
         "worker.started",
@@ -86,12 +92,14 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get("promptq")
     if state is not None:
         await state.leases.stop()
+        await state.wake.stop()
         await state.client.close()
     log.info("worker.stopped")
 
 
 def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (the attributes of ``Settings``)."""
+    install_poll()
     return {
         "functions": [
             func(

@@ -26,6 +26,7 @@ from producer.contract import (
     QUEUE_NAME,
     TERMINAL_STATUSES,
     JobResult,
+    done_channel,
     result_key,
 )
 
@@ -64,7 +65,7 @@ return false"""
 
 # KEYS: result document, arq job record, arq in-progress key, arq try counter, queue, failed set,
 # kept job record. ARGV: terminal document, time to live (ms), job id, failed ('1' or '0'), time of
-# the failure (ms), size of the failed set.
+# the failure (ms), size of the failed set, the job's done channel, its status (published there).
 # A failed job's record is kept beside its result (for Producer.retry) and its id joins the failed set.
 _FINISH_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -76,6 +77,7 @@ if ARGV[4] == '1' then
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[3])
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 1
 """
 
@@ -120,7 +122,16 @@ class ResultStore:
         ]
         failed = "1" if final.status == "failed" else "0"
         now_ms = int(time.time() * 1000)
-        args: list[str | int] = [final.to_json(), self.result_ttl_ms, job_id, failed, now_ms, FAILED_SET_MAX]
+        args: list[str | int] = [
+            final.to_json(),
+            self.result_ttl_ms,
+            job_id,
+            failed,
+            now_ms,
+            FAILED_SET_MAX,
+            done_channel(job_id),
+            final.status,
+        ]
         await self._finish(keys=keys, args=args)
 
 

@@ -1,0 +1,94 @@
+"""Push-based paths: a finished job wakes its waiters, a submitted job wakes an idle worker.
+
+The fallback poll of ``wait`` and the worker's own poll are set far beyond the waits' timeouts
+here, so each test passes only if the notification does the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import redis
+
+from devtools.stack import Simulator
+from producer import JobResult, Producer, SyncProducer
+from producer.contract import result_key
+from tests.conftest import make_worker
+from worker.config import WorkerConfig
+from worker.store import ResultStore
+
+FAR_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def no_fallback_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("producer.client.FALLBACK_POLL_S", FAR_S)
+
+
+async def _finish(redis_url: str, job_id: str, content: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        store = ResultStore(client, result_ttl_s=60, lease_s=5)
+        await store.finish(JobResult(job_id=job_id, status="succeeded", attempts=1, content=content))
+    finally:
+        await client.aclose()
+
+
+async def test_a_finished_job_wakes_its_waiters(producer: Producer, redis_url: str) -> None:
+    ids = await producer.submit_many([f"q{i}" for i in range(50)])
+    waits = [asyncio.create_task(producer.wait(i, timeout=5)) for i in ids]
+    await asyncio.sleep(0.2)  # the waiters are subscribed and waiting
+    for i in ids:
+        await _finish(redis_url, i, f"answer {i}")
+    results = await asyncio.gather(*waits)
+    assert [r.content for r in results] == [f"answer {i}" for i in ids]
+
+
+async def test_a_result_written_before_the_wait_starts_is_seen(producer: Producer, redis_url: str) -> None:
+    job_id = await producer.submit("early")
+    await _finish(redis_url, job_id, "already there")
+    assert (await producer.wait(job_id, timeout=1)).content == "already there"
+
+
+async def test_two_waits_on_one_job_both_return(producer: Producer, redis_url: str) -> None:
+    job_id = await producer.submit("popular")
+    waits = [asyncio.create_task(producer.wait(job_id, timeout=5)) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    await _finish(redis_url, job_id, "for both")
+    assert [r.content for r in await asyncio.gather(*waits)] == ["for both", "for both"]
+
+
+def test_the_sync_wait_is_woken_too(sync_producer: SyncProducer, redis_url: str) -> None:
+    job_id = sync_producer.submit("sync")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_later(0.2, lambda: loop.create_task(_finish(redis_url, job_id, "pushed")))
+        waiter = loop.run_in_executor(None, lambda: sync_producer.wait(job_id, timeout=5))
+        assert loop.run_until_complete(waiter).content == "pushed"
+    finally:
+        loop.close()
+
+
+async def test_a_timeout_still_applies(producer: Producer, sync_redis: redis.Redis) -> None:
+    job_id = await producer.submit("never run")
+    with pytest.raises(TimeoutError):
+        await producer.wait(job_id, timeout=0.3)
+    assert sync_redis.exists(result_key(job_id))
+
+
+async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: WorkerConfig, sim: Simulator) -> None:
+    worker = make_worker(dataclasses.replace(worker_config, poll_delay_s=FAR_S), burst=False)
+    main = asyncio.create_task(worker.async_run())
+    await asyncio.sleep(0.5)  # started, subscribed, and asleep in its poll
+    try:
+        one = await producer.submit("wake up")
+        assert (await producer.wait(one, timeout=5)).ok
+        many = await producer.submit_many([f"batch {i}" for i in range(20)])
+        assert all(r.ok for r in await asyncio.gather(*(producer.wait(i, timeout=5) for i in many)))
+    finally:
+        main.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await main
+        await worker.close()
