@@ -21,15 +21,17 @@ from producer.contract import (
     FAILED_JOB_KEY_PREFIX,
     FAILED_SET,
     QUEUE_NAME,
+    RESULT_KEY_PREFIX,
     WAKE_CHANNEL,
     JobResult,
+    dumps,
     encode_job,
     result_key,
 )
 from producer.env import env_int, env_redis_url
 from producer.validation import InvalidJobError, PromptJob
 
-__all__ = ["RETRY_LUA", "SUBMIT_CHUNK", "SUBMIT_LUA", "Calls", "ProducerConfig", "RetryRefusedError"]
+__all__ = ["RETRY_LUA", "SUBMIT_CHUNK", "SUBMIT_LUA", "SUBMIT_MANY_LUA", "Calls", "ProducerConfig", "RetryRefusedError"]
 
 # Writes the queued result document, arq's job record and the queue entry together, unless the id
 # is already known (queued, running, or finished and not yet expired): then it writes nothing.
@@ -63,12 +65,37 @@ redis.call('PUBLISH', ARGV[6], '1')
 return 'ok'
 """
 
+# submit_many's script: one call enqueues a whole chunk, with the same checks as SUBMIT_LUA.
+# KEYS: queue. ARGV: JSON array of [job id, job record, queued document]; queue score (ms); time to
+# live (ms); wake channel; result key prefix; job record key prefix. (The per-job keys are built
+# here, so promptq needs a single Redis, not Redis Cluster.) Returns how many jobs were new.
+SUBMIT_MANY_LUA = """
+local jobs = cjson.decode(ARGV[1])
+local added = 0
+for _, job in ipairs(jobs) do
+  local id = job[1]
+  local doc_key, job_key = ARGV[5] .. id, ARGV[6] .. id
+  if redis.call('EXISTS', doc_key, job_key) == 0 then
+    redis.call('SET', job_key, job[2], 'PX', ARGV[3])
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('SET', doc_key, job[3], 'PX', ARGV[3])
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('PUBLISH', ARGV[4], '1') end
+return added
+"""
+
 SUBMIT_CHUNK = 1_000
 """Jobs sent in one pipelined round trip by ``submit_many``."""
 MIN_QUEUED_TTL_S = 86_400
 """A queued job and its document live at least this long, however short the result TTL."""
 
 Call = tuple[list[str], list[str]]
+
+
+def _queued_doc(job_id: str, model: str | None, metadata: Any, enqueued_at: float) -> dict[str, Any]:
+    return JobResult(job_id=job_id, status="queued", model=model, metadata=metadata, enqueued_at=enqueued_at).to_doc()
 
 
 class RetryRefusedError(ValueError):
@@ -116,14 +143,32 @@ class Calls:
                 raise InvalidJobError(f"item {i}: {e}") from None
         return jobs
 
-    def chunks(self, jobs: list[PromptJob]) -> Iterator[list[Call]]:
-        """The submit script's arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
+    def chunks(self, jobs: list[PromptJob]) -> Iterator[Call]:
+        """``SUBMIT_MANY_LUA``'s arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
 
         Re-sending a chunk is safe: the script writes nothing for an id it already knows.
         """
         now_s = time.time()
+        now_ms = int(now_s * 1000)
+        enqueued_at = round(now_s, 3)
         for start in range(0, len(jobs), SUBMIT_CHUNK):
-            yield [self.submit(job, now_s, wake=False) for job in jobs[start : start + SUBMIT_CHUNK]]
+            batch = [
+                [
+                    job.job_id,
+                    encode_job(job.payload_json, now_ms),
+                    dumps(_queued_doc(job.job_id, job.model, job.metadata, enqueued_at)),
+                ]
+                for job in jobs[start : start + SUBMIT_CHUNK]
+            ]
+            args = [
+                dumps(batch),
+                str(now_ms),
+                str(self.queued_ttl_ms),
+                WAKE_CHANNEL,
+                RESULT_KEY_PREFIX,
+                ARQ_JOB_KEY_PREFIX,
+            ]
+            yield [QUEUE_NAME], args
 
     def submit(self, job: PromptJob, now_s: float, *, wake: bool = True) -> Call:
         now_ms = int(now_s * 1000)

@@ -14,10 +14,9 @@ from typing import Any, Self, cast
 
 import redis
 import redis.asyncio
-from redis.exceptions import NoScriptError
 
-from producer.calls import RETRY_LUA, SUBMIT_LUA, Calls, ProducerConfig, RetryRefusedError
-from producer.contract import FAILED_SET, WAKE_CHANNEL, JobResult, done_channel, result_key
+from producer.calls import RETRY_LUA, SUBMIT_LUA, SUBMIT_MANY_LUA, Calls, ProducerConfig, RetryRefusedError
+from producer.contract import FAILED_SET, JobResult, done_channel, result_key
 from producer.env import redact_url
 from producer.notify import FALLBACK_POLL_S, DoneWatcher
 
@@ -111,6 +110,7 @@ class Producer:
         self._owns_client = client is None
         self.redis = client if client is not None else redis.asyncio.Redis.from_url(self.config.redis_url)
         self._submit = self.redis.register_script(SUBMIT_LUA)
+        self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
         self._retry = self.redis.register_script(RETRY_LUA)
         self._watcher = DoneWatcher(self.redis)
 
@@ -152,17 +152,15 @@ class Producer:
         """
         jobs = self._calls.build_many(items)
         with _redis_errors(self.config):
-            for calls in self._calls.chunks(jobs):
-                for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for keys, args in calls:
-                            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
-                        pipe.publish(WAKE_CHANNEL, "1")  # once a chunk, not once a job
-                        try:
-                            await pipe.execute()
-                            break
-                        except NoScriptError:
-                            await self.redis.script_load(SUBMIT_LUA)
+            sending: asyncio.Task[Any] | None = None
+            try:
+                for keys, args in self._calls.chunks(jobs):  # encodes a chunk while Redis runs the last
+                    if sending is not None:
+                        await sending
+                    sending = asyncio.ensure_future(self._submit_many(keys=keys, args=args))
+            finally:
+                if sending is not None:
+                    await sending
         return [job.job_id for job in jobs]
 
     async def get(self, job_id: str) -> JobResult | None:
@@ -220,6 +218,7 @@ class SyncProducer:
         self._owns_client = client is None
         self.redis = client if client is not None else redis.Redis.from_url(self.config.redis_url)
         self._submit = self.redis.register_script(SUBMIT_LUA)
+        self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
         self._retry = self.redis.register_script(RETRY_LUA)
 
     @property
@@ -250,17 +249,8 @@ class SyncProducer:
         """See :meth:`Producer.submit_many`."""
         jobs = self._calls.build_many(items)
         with _redis_errors(self.config):
-            for calls in self._calls.chunks(jobs):
-                for _ in range(2):  # a second time only if Redis had lost the script (restart, SCRIPT FLUSH)
-                    with self.redis.pipeline(transaction=False) as pipe:
-                        for keys, args in calls:
-                            pipe.evalsha(self._submit.sha, len(keys), *keys, *args)
-                        pipe.publish(WAKE_CHANNEL, "1")
-                        try:
-                            pipe.execute()
-                            break
-                        except NoScriptError:
-                            self.redis.script_load(SUBMIT_LUA)
+            for keys, args in self._calls.chunks(jobs):
+                self._submit_many(keys=keys, args=args)
         return [job.job_id for job in jobs]
 
     def get(self, job_id: str) -> JobResult | None:

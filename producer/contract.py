@@ -7,7 +7,7 @@ language) agree through what is written here; nothing else in the code base spel
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
 
 __all__ = [
@@ -74,9 +74,12 @@ def done_channel(job_id: str) -> str:
     return DONE_CHANNEL_PREFIX + job_id
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(obj: Any) -> str:
     """Compact, strict JSON (no NaN or Infinity), as every promptq value in Redis is written."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def loads(raw: str | bytes) -> Any:
@@ -151,7 +154,32 @@ class JobResult:
         return self.status == "succeeded"
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        """The document as a dict, in field order (written out: ``dataclasses.asdict`` deep-copies
+        and is the slowest step of a submit)."""
+        u, e = self.usage, self.error
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "model": self.model,
+            "content": self.content,
+            "finish_reason": self.finish_reason,
+            "usage": None
+            if u is None
+            else {
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.total_tokens,
+            },
+            "error": None
+            if e is None
+            else {"type": e.type, "message": e.message, "status_code": e.status_code, "retryable": e.retryable},
+            "metadata": self.metadata,
+            "enqueued_at": self.enqueued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "latency_ms": self.latency_ms,
+        }
 
     def to_json(self) -> str:
         return dumps(self.to_doc())

@@ -2,9 +2,9 @@
 
 A waiter subscribes to the job's channel first and reads the result document second, so a result
 written before the subscription is seen by the read, and one written after it by the message.
-One pub/sub connection per ``Producer`` carries every channel its waits watch. Messages are only a
-hint: a waiter also re-reads the document every ``FALLBACK_POLL_S``, so a message lost in a
-reconnection delays a wait, never hangs it.
+One pub/sub connection per ``Producer`` carries every channel its waits watch. When that connection
+fails, every waiter re-reads its document once the subscriptions are back (a message may have been
+lost meanwhile); beyond that, a waiter re-reads every ``FALLBACK_POLL_S`` only as a safety net.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from producer.contract import DONE_CHANNEL_PREFIX, done_channel
 
 __all__ = ["FALLBACK_POLL_S", "DoneWatcher"]
 
-FALLBACK_POLL_S = 1.0
-"""How often a waiter re-reads the document even without a message."""
+FALLBACK_POLL_S = 15.0
+"""How often a waiter re-reads the document even without a message (a safety net only)."""
+RECONNECT_S = 0.5
 
 
 class DoneWatcher:
@@ -34,6 +35,7 @@ class DoneWatcher:
         self._events: dict[str, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._resync = False
 
     @contextlib.asynccontextmanager
     async def watching(self, job_id: str) -> AsyncIterator[asyncio.Event]:
@@ -70,13 +72,23 @@ class DoneWatcher:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=FALLBACK_POLL_S)
             except (RedisError, OSError):
-                await asyncio.sleep(FALLBACK_POLL_S)  # the waiters poll meanwhile
+                self._resync = True  # messages may be lost until the subscriptions are back
+                self._wake_all()
+                await asyncio.sleep(RECONNECT_S)
                 continue
+            if self._resync:  # connected and subscribed again: every waiter reads once more
+                self._resync = False
+                self._wake_all()
             if message and message.get("type") == "message":
                 channel = message["channel"]
                 job_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(DONE_CHANNEL_PREFIX) :]
                 for event in self._events.get(job_id, ()):
                     event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
 
     async def aclose(self) -> None:
         if self._reader is not None:

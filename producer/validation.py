@@ -7,8 +7,8 @@ another client or an older version may have written it.
 from __future__ import annotations
 
 import math
+import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -74,7 +74,8 @@ PASS_THROUGH_PARAMS: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (the form of ``uuid4().hex``, at a fraction of its cost)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,3 +92,14 @@ async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: 
         with pytest.raises(asyncio.CancelledError):
             await main
         await worker.close()
+
+
+async def test_a_message_lost_to_a_dropped_connection_does_not_hang_the_wait(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    job_id = await producer.submit("dropped")
+    waiting = asyncio.create_task(producer.wait(job_id, timeout=10))
+    await asyncio.sleep(0.2)
+    sync_redis.client_kill_filter(_type="pubsub")  # the watcher's connection goes away...
+    await _finish(redis_url, job_id, "found anyway")  # ...so this message reaches nobody
+    assert (await waiting).content == "found anyway"

@@ -78,7 +78,7 @@ async def test_submit_many_sends_a_thousand_jobs_per_round_trip(redis_url: str, 
     client = redis.asyncio.Redis.from_url(redis_url, connection_class=CountingConnection)
     try:
         producer = Producer(client=client)
-        await producer.submit("warm up: loads the script")
+        await producer.submit_many(["warm up: loads the script"])
         CountingConnection.writes = 0
         ids = await producer.submit_many([f"prompt {i}" for i in range(2 * SUBMIT_CHUNK + 1)])
         assert CountingConnection.writes == 3  # three chunks

@@ -72,3 +72,28 @@ def test_job_record_is_json_that_arq_reads() -> None:
     function, args, kwargs, job_try, enqueued_ms = decoded
     assert (function, kwargs, job_try, enqueued_ms) == (JOB_FUNCTION, {}, None, 1234)
     assert list(args) == [{"messages": [{"role": "user", "content": "hi"}], "model": None}]
+
+
+def test_to_doc_matches_asdict_field_for_field() -> None:
+    import dataclasses
+
+    from producer.contract import JobError
+
+    full = JobResult(
+        job_id="j",
+        status="failed",
+        attempts=2,
+        model="m",
+        content="c",
+        finish_reason="stop",
+        usage=Usage(1, 2, 3),
+        error=JobError("server_error", "boom", 503, True),
+        metadata={"k": [1, {"x": None}]},
+        enqueued_at=1.5,
+        started_at=2.5,
+        finished_at=3.5,
+        latency_ms=7,
+    )
+    for r in (full, JobResult(job_id="j", status="queued")):
+        assert r.to_doc() == dataclasses.asdict(r)
+        assert list(r.to_doc()) == [f.name for f in dataclasses.fields(r)]
