@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest faults redis sim worker clean
+.PHONY: demo test lint typecheck pytest faults bench redis sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ pytest: $(STAMP) redis
 # The fault-injection suite alone (it also runs in `make test`), its figures written for the README.
 faults: $(STAMP) redis
 	PROMPTQ_FAULTS_REPORT=docs/faults.md $(PY) -m pytest tests/faults -q
+
+# The speed benchmarks against the plain-asyncio baseline; writes bench/results.md (several minutes).
+bench: $(STAMP) redis
+	$(PY) -m bench.run --out bench/results.md
 
 # Makes sure the tests can have a Redis: a redis-server binary (the tests start their own on a free
 # port) or, failing that, one answering at REDIS_URL. Installs redis-server with apt-get as root.
