@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
 from producer.env import ConfigError, env_choice, env_float, env_int, env_redis_url, env_str
 
-__all__ = ["ENV_NAMES", "ConfigError", "WorkerConfig"]
+__all__ = ["ENV_NAMES", "ConfigError", "Limit", "WorkerConfig", "limits_from_env"]
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -29,11 +30,48 @@ ENV_NAMES = (
     "PROMPTQ_MAX_PAYLOAD_BYTES",
     "PROMPTQ_POLL_DELAY_S",
     "PROMPTQ_LEASE_S",
+    "PROMPTQ_RPM",
+    "PROMPTQ_TPM",
+    "PROMPTQ_LIMITS",
+    "PROMPTQ_COMPLETION_ESTIMATE_TOKENS",
     "PROMPTQ_SHUTDOWN_GRACE_S",
     "PROMPTQ_LOG_FORMAT",
     "PROMPTQ_LOG_LEVEL",
 )
 """Every variable the worker reads (the README and compose.yaml are checked against this list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+def limits_from_env(env: Mapping[str, str]) -> tuple[Limit, dict[str, Limit]]:
+    """``PROMPTQ_RPM`` / ``PROMPTQ_TPM`` (every model) and ``PROMPTQ_LIMITS`` (JSON, per model)."""
+    default = Limit(_optional_int(env, "PROMPTQ_RPM"), _optional_int(env, "PROMPTQ_TPM"))
+    raw = env.get("PROMPTQ_LIMITS", "").strip()
+    if not raw:
+        return default, {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f'PROMPTQ_LIMITS must be JSON like {{"gpt-4o-mini": {{"rpm": 500}}}}: {e}') from None
+    if not isinstance(parsed, dict):
+        raise ConfigError("PROMPTQ_LIMITS must be a JSON object of model names")
+    per_model = {}
+    for model, spec in parsed.items():
+        if not isinstance(spec, dict) or not set(spec) <= {"rpm", "tpm"}:
+            raise ConfigError(f"PROMPTQ_LIMITS[{model!r}] must be an object with rpm and/or tpm")
+        for name, value in spec.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"PROMPTQ_LIMITS[{model!r}].{name} must be a positive integer, got {value!r}")
+        per_model[model] = Limit(spec.get("rpm", default.rpm), spec.get("tpm", default.tpm))
+    return default, per_model
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    return env_int(env, name, 0) or None if env.get(name, "").strip() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +92,12 @@ class WorkerConfig:
     """A dead worker's job may run again this long after its last renewal."""
     shutdown_grace_s: float = 25.0
     """After SIGTERM, in-flight calls get this long to finish before they are put back."""
+    limit: Limit = field(default_factory=Limit)
+    """Requests and tokens per minute for every model, shared by all workers (None: no limit)."""
+    limits: dict[str, Limit] = field(default_factory=dict)
+    """Per-model limits (``PROMPTQ_LIMITS``), over ``limit``."""
+    completion_estimate_tokens: int = 500
+    """Completion tokens reserved for a request that sets no max_tokens (settled after the call)."""
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -79,6 +123,7 @@ class WorkerConfig:
                 f"PROMPTQ_JOB_TIMEOUT_S ({job_timeout_s:g}) must be greater than "
                 f"PROMPTQ_REQUEST_TIMEOUT_S ({request_timeout_s:g})"
             )
+        limit, limits = limits_from_env(env)
         return cls(
             redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
             openai_api_key=api_key,
@@ -93,6 +138,9 @@ class WorkerConfig:
             poll_delay_s=env_float(env, "PROMPTQ_POLL_DELAY_S", d.poll_delay_s),
             lease_s=env_float(env, "PROMPTQ_LEASE_S", d.lease_s, minimum=1.0, or_equal=True),
             shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
+            limit=limit,
+            limits=limits,
+            completion_estimate_tokens=env_int(env, "PROMPTQ_COMPLETION_ESTIMATE_TOKENS", d.completion_estimate_tokens),
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
         )

@@ -23,6 +23,7 @@ from producer.validation import InvalidJobError, PromptJob
 from worker import llm
 from worker.config import WorkerConfig
 from worker.lease import Leases
+from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens
 from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.store import ResultStore
@@ -45,6 +46,7 @@ class WorkerState:
     store: ResultStore
     leases: Leases
     wake: WakeListener
+    limiter: Limiter
 
 
 def _now_s() -> float:
@@ -87,24 +89,44 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
             raise
 
 
+MAX_BUDGET_WAIT_S = 10.0
+"""A job waits this long at most in its slot for rate-limit budget; longer, it waits in the queue."""
+
+
 async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
-    """Claim the result document, call the API once, then retry, fail or finish."""
+    """Take the rate-limit budget, claim the result document, call the API once, then retry, fail
+    or finish."""
     config = state.config
+    assert base.model is not None
+    estimate = estimate_tokens(job, config.completion_estimate_tokens) if state.limiter.enabled else 0
+    try:
+        waited_s = await state.limiter.acquire(base.model, estimate, max_wait_s=MAX_BUDGET_WAIT_S)
+    except LimitTooSmallError as e:
+        error = llm.LLMError("limit_exceeded", str(e), retryable=False)
+        return await _finish(state, base, started_s=time.monotonic(), error=error)
+    except BudgetWaitTooLongError as e:
+        await _release(state, base, reason="rate limit")
+        raise Retry(defer=e.wait_s) from None
+    if waited_s:
+        log.debug("job.budget_waited", waited_ms=round(waited_s * 1000))
     stored = await state.store.start(base)
     if stored is not None:
         log.info("job.skipped", reason="result already stored", status=stored.status)
         return
 
     started_s = time.monotonic()
-    assert base.model is not None
     try:
         async with asyncio.timeout(config.job_timeout_s):
             completion = await llm.complete(state.client, job, base.model)
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
+        if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
+            await state.limiter.cool_down(base.model, error.retry_after_s or 1.0)
         if error.retryable and base.attempts < config.max_tries:
             return await _retry(state, base, started_s, error)
         return await _finish(state, base, started_s=started_s, error=error)
+    if estimate and completion.usage:
+        await state.limiter.settle(base.model, estimate, completion.usage.total_tokens)
     await _finish(state, base, started_s=started_s, completion=completion)
 
 
@@ -127,10 +149,10 @@ async def _retry(state: WorkerState, base: JobResult, started_s: float, error: l
     raise Retry(defer=delay_s)
 
 
-async def _release(state: WorkerState, base: JobResult) -> None:
+async def _release(state: WorkerState, base: JobResult, reason: str = "shutdown") -> None:
     queued = dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None)
     await state.store.release(queued)
-    log.info("job.released", reason="shutdown")
+    log.info("job.released", reason=reason)
 
 
 def _ms_since(started_s: float) -> int:

@@ -18,6 +18,7 @@ from worker import llm, shutdown
 from worker.config import WorkerConfig
 from worker.jobs import UNDECODABLE, WorkerState, run_prompt
 from worker.lease import Leases
+from worker.limiter import Limiter
 from worker.logs import configure_logging, get_logger
 from worker.redis_conn import check_access, redis_settings
 from worker.store import ResultStore
@@ -78,6 +79,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         store=ResultStore(ctx["redis"], config.result_ttl_s, config.lease_s),
         leases=leases,
         wake=wake,
+        limiter=Limiter(ctx["redis"], config.limit, config.limits),
     )
     log.info(
         "worker.started",

@@ -1,0 +1,95 @@
+"""Rate limits shared through Redis: unit checks of the limiter, and two worker processes against
+a simulator that enforces the same limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import redis.asyncio
+
+from devtools.stack import Simulator, Worker
+from producer import Producer, SyncProducer
+from producer.validation import PromptJob
+from tests.conftest import TEST_API_KEY, run_burst
+from worker.config import ConfigError, Limit, WorkerConfig, limits_from_env
+from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens
+
+
+def test_limits_come_from_the_environment() -> None:
+    default, per_model = limits_from_env(
+        {"PROMPTQ_RPM": "100", "PROMPTQ_LIMITS": '{"gpt-4o": {"tpm": 5000}, "m2": {"rpm": 7, "tpm": 9}}'}
+    )
+    assert default == Limit(100, None)
+    assert per_model == {"gpt-4o": Limit(100, 5000), "m2": Limit(7, 9)}
+    assert limits_from_env({}) == (Limit(), {})
+    for env, message in [
+        ({"PROMPTQ_RPM": "0"}, "PROMPTQ_RPM must be at least 1"),
+        ({"PROMPTQ_LIMITS": "{nope"}, "PROMPTQ_LIMITS must be JSON"),
+        ({"PROMPTQ_LIMITS": '{"m": {"rpd": 5}}'}, "rpm and/or tpm"),
+        ({"PROMPTQ_LIMITS": '{"m": {"rpm": -5}}'}, "positive integer"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            limits_from_env(env)
+
+
+def test_the_token_estimate_works_offline_and_counts_the_completion() -> None:
+    job = PromptJob.build("x" * 400, max_tokens=100)
+    assert 100 + 100 <= estimate_tokens(job, 500) <= 100 + 120
+    assert estimate_tokens(PromptJob.build("x" * 400), 500) >= 600
+
+
+async def test_the_budget_is_spread_over_the_minute(redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        limiter = Limiter(client, Limit(rpm=600), {})  # 10 a second, about 10 at once
+        started = time.monotonic()
+        waits = [await limiter.acquire("m", 0) for _ in range(20)]
+        elapsed = time.monotonic() - started
+        assert sum(w == 0 for w in waits) >= 9  # the burst goes through at once
+        assert 0.8 <= elapsed <= 2.5  # the rest at the limit's pace, not at once
+        with pytest.raises(BudgetWaitTooLongError):
+            for _ in range(30):
+                await limiter.acquire("m", 0, max_wait_s=0.05)
+        with pytest.raises(LimitTooSmallError, match="more than the 1000 tokens per minute"):
+            await Limiter(client, Limit(tpm=1000), {}).acquire("m", 5000)
+        await limiter.cool_down("other", 0.3)
+        started = time.monotonic()
+        await limiter.acquire("other", 0)
+        assert time.monotonic() - started >= 0.25
+    finally:
+        await client.aclose()
+
+
+async def test_a_request_over_the_tpm_limit_fails_at_once(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator
+) -> None:
+    job_id = await producer.submit("hi", max_tokens=5000)
+    await run_burst(dataclasses.replace(worker_config, limit=Limit(tpm=1000)))
+    r = await producer.wait(job_id, timeout=1)
+    assert r.status == "failed" and r.error is not None and r.error.type == "limit_exceeded"
+    assert sim.stats()["requests"] == 0
+
+
+def test_two_workers_share_one_budget(redis_url: str, sim: Simulator, sync_producer: SyncProducer) -> None:
+    rpm = 240  # 4 a second
+    sim.configure(rpm=rpm, rpm_burst=4)
+    env = {
+        "REDIS_URL": redis_url,
+        "OPENAI_BASE_URL": sim.base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "PROMPTQ_POLL_DELAY_S": "0.05",
+        "PROMPTQ_MAX_JOBS": "16",
+        "PROMPTQ_RPM": str(rpm),
+    }
+    with Worker(env), Worker(env):
+        started = time.monotonic()
+        ids = sync_producer.submit_many([f"limited {i}" for i in range(40)])
+        results = [sync_producer.wait(i, timeout=60) for i in ids]
+        elapsed = time.monotonic() - started
+    stats = sim.stats()
+    assert all(r.ok for r in results)
+    # one budget for both: at 4 a second, 40 calls take about 9 s and the simulator refuses none
+    assert stats["by_status"].get("429", 0) <= 1, stats
+    assert elapsed >= 7
