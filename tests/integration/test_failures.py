@@ -164,7 +164,8 @@ async def test_a_waiting_retry_holds_no_slot(producer: Producer, worker_config: 
     assert done.ok
     retried = await producer.get(flaky)
     assert retried is not None and retried.status == "queued" and retried.attempts == 1
-    main.cancel()
+    drain = asyncio.create_task(shutdown.drain(worker, 5.0, "test"))
     with pytest.raises(asyncio.CancelledError):
         await main
+    await drain
     await worker.close()

@@ -16,6 +16,7 @@ from devtools.stack import Simulator
 from producer import JobResult, Producer, SyncProducer
 from producer.contract import result_key
 from tests.conftest import make_worker
+from worker import shutdown
 from worker.config import WorkerConfig
 from worker.store import ResultStore
 
@@ -88,9 +89,10 @@ async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: 
         many = await producer.submit_many([f"batch {i}" for i in range(20)])
         assert all(r.ok for r in await asyncio.gather(*(producer.wait(i, timeout=5) for i in many)))
     finally:
-        main.cancel()
+        drain = asyncio.create_task(shutdown.drain(worker, 5.0, "test"))  # lets the last jobs finish
         with pytest.raises(asyncio.CancelledError):
             await main
+        await drain
         await worker.close()
 
 
