@@ -29,7 +29,7 @@ from redis.exceptions import (
 from producer.env import ConfigError, redact_url
 from worker.logs import get_logger
 
-__all__ = ["REDIS_OUTAGE_S", "OutageRetry", "check_access", "redis_settings"]
+__all__ = ["REDIS_OUTAGE_S", "OutageRetry", "check_access", "persist", "redis_settings"]
 
 log = get_logger("promptq.redis")
 T = TypeVar("T")
@@ -72,6 +72,27 @@ class OutageRetry(Retry):
                 backoff_s = self._backoff.compute(failures)
                 log.warning("redis.unavailable", error=str(error), failures=failures, retry_in_s=round(backoff_s, 2))
                 await asyncio.sleep(backoff_s)
+
+
+async def persist(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUTAGE_S) -> T:
+    """Run a Redis call until Redis takes it, for up to ``outage_s``. For the writes a job cannot do
+    without (its result above all): redis-py retries a command, but not the handshake of a new
+    connection, which fails when Redis goes away just then. The calls given are safe to repeat."""
+    loop = asyncio.get_running_loop()
+    started_s, failures = loop.time(), 0
+    backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+    while True:
+        try:
+            return await call()
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except (ConnectionError, TimeoutError, OSError) as error:
+            failures += 1
+            if loop.time() - started_s >= outage_s:
+                raise
+            wait_s = backoff.compute(failures)
+            log.warning("redis.unavailable", error=str(error), failures=failures, retry_in_s=round(wait_s, 2))
+            await asyncio.sleep(wait_s)
 
 
 def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:

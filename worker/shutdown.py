@@ -94,8 +94,12 @@ async def drain(worker: Worker, grace_s: float, reason: str = "shutdown") -> Non
         await asyncio.wait(running, timeout=grace_s)
     interrupted: set[str] = set()
     while running := _running(worker):  # past the grace: interrupt each call, including any that starts now
-        for job_id, task in list(worker.job_tasks.items()):
-            if job_id not in interrupted:
+        fresh = [(job_id, task) for job_id, task in worker.job_tasks.items() if job_id not in interrupted]
+        if fresh:
+            # A task created this very moment has not run yet; cancelled now, it would end before
+            # run_prompt could put its job back. One turn of the loop lets it reach its first await.
+            await asyncio.sleep(0)
+            for job_id, task in fresh:
                 interrupted.add(job_id)
                 task.cancel()
         await asyncio.wait(running, timeout=0.05)

@@ -29,6 +29,7 @@ from producer.contract import (
     done_channel,
     result_key,
 )
+from worker.redis_conn import persist
 
 __all__ = ["ResultStore"]
 
@@ -96,18 +97,20 @@ class ResultStore:
         """Mark the job running and shorten arq's in-progress key to the lease; return the stored
         result instead (and change nothing) if it is already terminal."""
         keys = [result_key(running.job_id), ARQ_IN_PROGRESS_KEY_PREFIX + running.job_id]
-        return _parse(await self._start(keys=keys, args=[running.to_json(), self.result_ttl_ms, self.lease_ms]))
+        args: list[str | int] = [running.to_json(), self.result_ttl_ms, self.lease_ms]
+        return _parse(await persist(lambda: self._start(keys=keys, args=args)))
 
     async def requeue(self, queued: JobResult) -> JobResult | None:
         """Mark the job queued again (a retry waits); a terminal document is left alone."""
-        return _parse(
-            await self._requeue(keys=[result_key(queued.job_id)], args=[queued.to_json(), self.result_ttl_ms])
-        )
+        keys = [result_key(queued.job_id)]
+        args: list[str | int] = [queued.to_json(), self.result_ttl_ms]
+        return _parse(await persist(lambda: self._requeue(keys=keys, args=args)))
 
     async def release(self, queued: JobResult) -> JobResult | None:
         """Mark the job queued again after an interrupted attempt and give back arq's try for it."""
         keys = [result_key(queued.job_id), ARQ_RETRY_KEY_PREFIX + queued.job_id]
-        return _parse(await self._release(keys=keys, args=[queued.to_json(), self.result_ttl_ms]))
+        args: list[str | int] = [queued.to_json(), self.result_ttl_ms]
+        return _parse(await persist(lambda: self._release(keys=keys, args=args)))
 
     async def finish(self, final: JobResult) -> None:
         job_id = final.job_id
@@ -132,7 +135,7 @@ class ResultStore:
             done_channel(job_id),
             final.status,
         ]
-        await self._finish(keys=keys, args=args)
+        await persist(lambda: self._finish(keys=keys, args=args))
 
 
 def _parse(stored: Any) -> JobResult | None:

@@ -16,6 +16,9 @@ from producer import QueueUnavailableError, SyncProducer
 from producer.contract import ARQ_JOB_KEY_PREFIX, QUEUE_NAME, JobResult, result_key
 from tests.faults.conftest import record, wait_all, worker_env
 
+# each scenario waits for its jobs with its own bound; pytest's per-test limit sits above them all
+pytestmark = pytest.mark.timeout(150)
+
 
 def _prompts(n: int, tag: str) -> list[str]:
     return [f"{tag} job {i}" for i in range(n)]
