@@ -17,6 +17,7 @@ from typing import Any
 import openai
 import structlog
 from arq import Retry
+from redis.exceptions import RedisError
 
 from producer.contract import JobResult
 from producer.validation import InvalidJobError, PromptJob
@@ -87,8 +88,19 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
             # arq's): put the job back as it was, without spending a try.
             await asyncio.shield(_release(state, base))
             raise
+        except Retry:
+            raise
+        except (RedisError, OSError) as e:
+            # Redis failed past every retry: keep the job in arq's queue rather than let arq drop it
+            log.warning("job.redis_error", error=str(e))
+            raise Retry(defer=REDIS_ERROR_DEFER_S) from e
+        except Exception as e:  # a bug: end the job visibly rather than leave its document unfinished
+            log.exception("job.internal_error")
+            error = llm.LLMError("internal_error", f"{type(e).__name__}: {e}", retryable=False)
+            await _finish(state, base, started_s=time.monotonic(), error=error)
 
 
+REDIS_ERROR_DEFER_S = 5.0
 MAX_BUDGET_WAIT_S = 10.0
 """A job waits this long at most in its slot for rate-limit budget; longer, it waits in the queue."""
 

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from producer.validation import PromptJob
 from worker.config import Limit
+from worker.redis_conn import persist
 
 __all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens"]
 
@@ -118,9 +119,9 @@ class Limiter:
             )
         waited_s = 0.0
         keys = _keys(model)
+        args = [limit.rpm or 0, limit.tpm or 0, tokens if limit.tpm else 0, BURST_S]
         while True:
-            args = [limit.rpm or 0, limit.tpm or 0, tokens if limit.tpm else 0, BURST_S]
-            wait_ms: Any = await self._acquire(keys=keys, args=args)
+            wait_ms: Any = await persist(lambda: self._acquire(keys=keys, args=args))
             if not wait_ms:
                 return waited_s
             wait_s = int(wait_ms) / 1000
@@ -131,8 +132,9 @@ class Limiter:
 
     async def settle(self, model: str, estimated: int, used: int) -> None:
         limit = self.limit_for(model)
-        if limit.tpm and used != estimated:
-            await self._settle(keys=[_keys(model)[1]], args=[limit.tpm, used - estimated])
+        tpm = limit.tpm
+        if tpm and used != estimated:
+            await persist(lambda: self._settle(keys=[_keys(model)[1]], args=[tpm, used - estimated]))
 
     async def cool_down(self, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` for ``seconds`` (a 429 said so)."""

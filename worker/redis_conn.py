@@ -22,6 +22,7 @@ from redis.exceptions import (
     AuthorizationError,
     ConnectionError,
     NoPermissionError,
+    NoScriptError,
     RedisError,
     TimeoutError,
 )
@@ -86,7 +87,8 @@ async def persist(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUTA
             return await call()
         except (AuthenticationError, AuthorizationError):
             raise
-        except (ConnectionError, TimeoutError, OSError) as error:
+        except (ConnectionError, TimeoutError, OSError, NoScriptError) as error:
+            # NoScriptError: Redis restarted again between loading a script and running it
             failures += 1
             if loop.time() - started_s >= outage_s:
                 raise
