@@ -2,8 +2,8 @@
 
 arq marks a job it starts with an in-progress key that lives as long as the job's timeout plus
 margins (minutes, with promptq's defaults); a worker killed mid-job blocks the job for that long.
-promptq shortens that key to ``PROMPTQ_LEASE_S`` when the job starts and renews it every third of
-that while the worker is alive: once the renewals stop, the key expires and any worker can take the
+promptq has arq claim a job for ``PROMPTQ_LEASE_S`` (``worker.shutdown.adopt``) and renews the claim
+every third of that while the job runs: once the renewals stop, the key expires and any worker can take the
 job again (it is still in the queue until its result is written).
 """
 
@@ -36,7 +36,7 @@ class Leases:
 
     @contextlib.contextmanager
     def holding(self, job_id: str) -> Iterator[None]:
-        """Renew the job's lease while the block runs (the first one is set by ``ResultStore.start``)."""
+        """Renew the job's lease while the block runs (arq's claim set the first one)."""
         self.held.add(job_id)
         try:
             yield

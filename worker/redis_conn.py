@@ -16,7 +16,7 @@ import redis
 from arq.connections import RedisSettings
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -55,42 +55,42 @@ class OutageRetry(Retry):
 
     async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]) -> T:
         self._backoff.reset()  # type: ignore[no-untyped-call]
-        failures = 0
-        loop = asyncio.get_running_loop()
-        started_s = loop.time()
-        while True:
-            try:
-                return await do()
-            except (AuthenticationError, AuthorizationError):
-                raise
-            except self._supported_errors as error:
-                failures += 1
-                await fail(error)
-                waited_s = loop.time() - started_s
-                if waited_s >= self.outage_s:
-                    log.error("redis.gave_up", error=str(error), failures=failures, waited_s=round(waited_s, 1))
-                    raise
-                backoff_s = self._backoff.compute(failures)
-                log.warning("redis.unavailable", error=str(error), failures=failures, retry_in_s=round(backoff_s, 2))
-                await asyncio.sleep(backoff_s)
+        return await _ride_out(do, self._supported_errors, self._backoff, self.outage_s, fail)
 
 
 async def persist(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUTAGE_S) -> T:
     """Run a Redis call until Redis takes it, for up to ``outage_s``. For the writes a job cannot do
     without (its result above all): redis-py retries a command, but not the handshake of a new
-    connection, which fails when Redis goes away just then. The calls given are safe to repeat."""
+    connection, which fails when Redis goes away just then. The calls given are safe to repeat.
+    (NoScriptError: Redis restarted again between loading a script and running it.)"""
+    backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+    errors = (ConnectionError, TimeoutError, OSError, NoScriptError)
+    return await _ride_out(call, errors, backoff, outage_s)
+
+
+async def _ride_out(
+    do: Callable[[], Awaitable[T]],
+    errors: tuple[type[BaseException], ...],
+    backoff: AbstractBackoff,
+    outage_s: float,
+    fail: Callable[[RedisError], Any] | None = None,
+) -> T:
+    """Call ``do`` until it succeeds, backing off after each of ``errors`` (logged), for up to
+    ``outage_s``; a refused password is not an outage and is raised at once."""
     loop = asyncio.get_running_loop()
     started_s, failures = loop.time(), 0
-    backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
     while True:
         try:
-            return await call()
+            return await do()
         except (AuthenticationError, AuthorizationError):
             raise
-        except (ConnectionError, TimeoutError, OSError, NoScriptError) as error:
-            # NoScriptError: Redis restarted again between loading a script and running it
+        except errors as error:
             failures += 1
-            if loop.time() - started_s >= outage_s:
+            if fail is not None:
+                await fail(error)  # type: ignore[arg-type]
+            waited_s = loop.time() - started_s
+            if waited_s >= outage_s:
+                log.error("redis.gave_up", error=str(error), failures=failures, waited_s=round(waited_s, 1))
                 raise
             wait_s = backoff.compute(failures)
             log.warning("redis.unavailable", error=str(error), failures=failures, retry_in_s=round(wait_s, 2))

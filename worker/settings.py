@@ -64,19 +64,18 @@ def _poison(reason: str) -> dict[str, Any]:
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     config: WorkerConfig = ctx["config"]
-    worker = shutdown.running_worker()
-    if worker is not None:
-        shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s)
     leases = Leases(ctx["redis"], config.lease_s)
     leases.start()
     wake = WakeListener(ctx["redis"])
     wake.start()
-    if worker is not None:
+    worker = shutdown.running_worker()
+    if worker is not None:  # arq claims jobs for the lease; signals drain; wake messages end the poll
+        shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s)
         worker.promptq_wake = wake.event  # type: ignore[attr-defined]  # read by worker.wake._poll
     ctx["promptq"] = WorkerState(
         config=config,
         client=llm.make_client(config),
-        store=ResultStore(ctx["redis"], config.result_ttl_s, config.lease_s),
+        store=ResultStore(ctx["redis"], config.result_ttl_s),
         leases=leases,
         wake=wake,
         limiter=Limiter(ctx["redis"], config.limit, config.limits),

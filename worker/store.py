@@ -50,10 +50,8 @@ else
 end
 """
 
-_REQUEUE_LUA = _UNLESS_TERMINAL_LUA + "return false"
-
-# KEYS[2]: arq's in-progress key, shortened to the lease (ARGV[3], ms).
-_START_LUA = _UNLESS_TERMINAL_LUA + "redis.call('PEXPIRE', KEYS[2], ARGV[3])\nreturn false"
+# ``start`` and ``requeue``: the head alone.
+_WRITE_LUA = _UNLESS_TERMINAL_LUA + "return false"
 
 # KEYS[2]: arq's try counter, which arq raised when it started the job.
 _RELEASE_LUA = (
@@ -84,27 +82,26 @@ return 1
 
 
 class ResultStore:
-    def __init__(self, redis: Redis, result_ttl_s: int, lease_s: float) -> None:
+    def __init__(self, redis: Redis, result_ttl_s: int) -> None:
         self.redis = redis
         self.result_ttl_ms = result_ttl_s * 1000
-        self.lease_ms = max(1, round(lease_s * 1000))
-        self._start = redis.register_script(_START_LUA)
-        self._requeue = redis.register_script(_REQUEUE_LUA)
+        self._write = redis.register_script(_WRITE_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._finish = redis.register_script(_FINISH_LUA)
 
     async def start(self, running: JobResult) -> JobResult | None:
-        """Mark the job running and shorten arq's in-progress key to the lease; return the stored
-        result instead (and change nothing) if it is already terminal."""
-        keys = [result_key(running.job_id), ARQ_IN_PROGRESS_KEY_PREFIX + running.job_id]
-        args: list[str | int] = [running.to_json(), self.result_ttl_ms, self.lease_ms]
-        return _parse(await persist(lambda: self._start(keys=keys, args=args)))
+        """Mark the job running; return the stored result instead (and change nothing) if it is
+        already terminal."""
+        return await self._write_unless_terminal(running)
 
     async def requeue(self, queued: JobResult) -> JobResult | None:
         """Mark the job queued again (a retry waits); a terminal document is left alone."""
-        keys = [result_key(queued.job_id)]
-        args: list[str | int] = [queued.to_json(), self.result_ttl_ms]
-        return _parse(await persist(lambda: self._requeue(keys=keys, args=args)))
+        return await self._write_unless_terminal(queued)
+
+    async def _write_unless_terminal(self, doc: JobResult) -> JobResult | None:
+        keys = [result_key(doc.job_id)]
+        args: list[str | int] = [doc.to_json(), self.result_ttl_ms]
+        return _parse(await persist(lambda: self._write(keys=keys, args=args)))
 
     async def release(self, queued: JobResult) -> JobResult | None:
         """Mark the job queued again after an interrupted attempt and give back arq's try for it."""

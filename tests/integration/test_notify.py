@@ -31,7 +31,7 @@ def no_fallback_poll(monkeypatch: pytest.MonkeyPatch) -> None:
 async def _finish(redis_url: str, job_id: str, content: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store = ResultStore(client, result_ttl_s=60, lease_s=5)
+        store = ResultStore(client, result_ttl_s=60)
         await store.finish(JobResult(job_id=job_id, status="succeeded", attempts=1, content=content))
     finally:
         await client.aclose()
