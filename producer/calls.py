@@ -37,13 +37,13 @@ __all__ = ["RETRY_LUA", "SUBMIT_CHUNK", "SUBMIT_LUA", "SUBMIT_MANY_LUA", "Calls"
 # is already known (queued, running, or finished and not yet expired): then it writes nothing.
 # KEYS: result document, arq job record, queue.
 # ARGV: job id, job record, queue score (ms), queued document, time to live of both keys (ms), and
-# the channel to wake idle workers on ('' when the caller wakes them once for a whole batch).
+# the channel to wake idle workers on.
 SUBMIT_LUA = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], '1') end
+redis.call('PUBLISH', ARGV[6], '1')
 return 1
 """
 
@@ -94,8 +94,9 @@ MIN_QUEUED_TTL_S = 86_400
 Call = tuple[list[str], list[str]]
 
 
-def _queued_doc(job_id: str, model: str | None, metadata: Any, enqueued_at: float) -> dict[str, Any]:
-    return JobResult(job_id=job_id, status="queued", model=model, metadata=metadata, enqueued_at=enqueued_at).to_doc()
+def _queued(job_id: str, model: str | None, metadata: Any, now_s: float) -> str:
+    """The document a job has while it waits in the queue (JSON)."""
+    return JobResult(job_id, "queued", model=model, metadata=metadata, enqueued_at=round(now_s, 3)).to_json()
 
 
 class RetryRefusedError(ValueError):
@@ -150,14 +151,9 @@ class Calls:
         """
         now_s = time.time()
         now_ms = int(now_s * 1000)
-        enqueued_at = round(now_s, 3)
         for start in range(0, len(jobs), SUBMIT_CHUNK):
             batch = [
-                [
-                    job.job_id,
-                    encode_job(job.payload_json, now_ms),
-                    dumps(_queued_doc(job.job_id, job.model, job.metadata, enqueued_at)),
-                ]
+                [job.job_id, encode_job(job.payload_json, now_ms), _queued(job.job_id, job.model, job.metadata, now_s)]
                 for job in jobs[start : start + SUBMIT_CHUNK]
             ]
             args = [
@@ -170,19 +166,16 @@ class Calls:
             ]
             yield [QUEUE_NAME], args
 
-    def submit(self, job: PromptJob, now_s: float, *, wake: bool = True) -> Call:
+    def submit(self, job: PromptJob, now_s: float) -> Call:
         now_ms = int(now_s * 1000)
-        queued = JobResult(
-            job_id=job.job_id, status="queued", model=job.model, metadata=job.metadata, enqueued_at=round(now_s, 3)
-        )
         keys = [result_key(job.job_id), ARQ_JOB_KEY_PREFIX + job.job_id, QUEUE_NAME]
         args = [
             job.job_id,
             encode_job(job.payload_json, now_ms),
             str(now_ms),
-            queued.to_json(),
+            _queued(job.job_id, job.model, job.metadata, now_s),
             str(self.queued_ttl_ms),
-            WAKE_CHANNEL if wake else "",
+            WAKE_CHANNEL,
         ]
         return keys, args
 
@@ -203,9 +196,6 @@ class Calls:
         now_ms = int(now_s * 1000)
         fresh = json.loads(record)
         fresh["et"] = now_ms
-        queued = JobResult(
-            job_id=job_id, status="queued", model=failed.model, metadata=failed.metadata, enqueued_at=round(now_s, 3)
-        )
         keys = [
             *self.retry_reads(job_id),
             ARQ_JOB_KEY_PREFIX + job_id,
@@ -215,9 +205,9 @@ class Calls:
         ]
         args = [
             job_id,
-            json.dumps(fresh, separators=(",", ":")),
+            dumps(fresh),
             str(now_ms),
-            queued.to_json(),
+            _queued(job_id, failed.model, failed.metadata, now_s),
             str(self.queued_ttl_ms),
             WAKE_CHANNEL,
         ]

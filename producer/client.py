@@ -63,7 +63,6 @@ class _Waiter:
     def __init__(self, job_id: str, timeout_s: float | None) -> None:
         self.job_id, self.timeout_s = job_id, timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self.delay_s = FALLBACK_POLL_S
 
     def sleep_s(self, result: JobResult | None) -> float | None:
         """None when ``result`` is final; else how long to sleep before the next read."""
@@ -71,7 +70,7 @@ class _Waiter:
             raise JobNotFoundError(f"no job {self.job_id!r} (never submitted, or its result expired)")
         if result.done:
             return None
-        delay_s = self.delay_s
+        delay_s = FALLBACK_POLL_S
         if self.deadline is None:
             return delay_s
         left_s = self.deadline - time.monotonic()
