@@ -21,10 +21,22 @@ from arq.worker import Worker
 from devtools.stack import RedisServer, Simulator, redis_answers
 from producer import Producer, SyncProducer
 from producer.client import ProducerConfig
+from worker import shutdown
 from worker.config import WorkerConfig
 from worker.settings import settings_kwargs
 
 TEST_API_KEY = "sk-test-SECRET-KEY-0123456789"
+
+
+def worker_env(redis_url: str, sim: Simulator, **extra: str) -> dict[str, str]:
+    """The environment of an ``arq worker.Settings`` process against ``sim``, polling fast."""
+    return {
+        "REDIS_URL": redis_url,
+        "OPENAI_BASE_URL": sim.base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "PROMPTQ_POLL_DELAY_S": "0.02",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +110,21 @@ def make_worker(config: WorkerConfig, **overrides: Any) -> Worker:
     """An in-process arq worker with promptq's settings (burst: it stops when the queue is empty)."""
     kwargs = {**settings_kwargs(config), "burst": True, "handle_signals": False, **overrides}
     return Worker(**kwargs)
+
+
+def start_worker(config: WorkerConfig) -> tuple[Worker, asyncio.Task[None]]:
+    """An in-process worker that runs until :func:`stop_worker` (not a burst)."""
+    worker = make_worker(config, burst=False)
+    return worker, asyncio.create_task(worker.async_run())  # async_run sets the main task a drain cancels
+
+
+async def stop_worker(worker: Worker, main: asyncio.Task[None], grace_s: float = 5.0) -> None:
+    """Stop it as SIGTERM would: no new job, ``grace_s`` for the running ones, then interrupt."""
+    drain = asyncio.create_task(shutdown.drain(worker, grace_s, "test"))
+    with pytest.raises(asyncio.CancelledError):
+        await main
+    await drain
+    await worker.close()
 
 
 async def run_burst(config: WorkerConfig, **overrides: Any) -> Worker:

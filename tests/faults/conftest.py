@@ -18,7 +18,7 @@ import pytest
 
 from devtools.stack import Simulator, Worker
 from producer import JobResult, SyncProducer
-from tests.conftest import TEST_API_KEY
+from tests.conftest import worker_env as base_worker_env
 
 FIGURES: list[dict[str, Any]] = []
 COLUMNS = ["scenario", "jobs", "faults", "succeeded", "failed", "lost", "duplicate calls", "other figures"]
@@ -26,17 +26,8 @@ COLUMNS = ["scenario", "jobs", "faults", "succeeded", "failed", "lost", "duplica
 
 def worker_env(redis_url: str, sim: Simulator, **extra: str) -> dict[str, str]:
     """A worker tuned for short tests: fast polling, a 2 s lease, a 5 s request timeout."""
-    return {
-        "REDIS_URL": redis_url,
-        "OPENAI_BASE_URL": sim.base_url,
-        "OPENAI_API_KEY": TEST_API_KEY,
-        "PROMPTQ_POLL_DELAY_S": "0.02",
-        "PROMPTQ_LEASE_S": "2",
-        "PROMPTQ_REQUEST_TIMEOUT_S": "5",
-        "PROMPTQ_MAX_TRIES": "8",
-        "PROMPTQ_LOG_FORMAT": "json",
-        **extra,
-    }
+    tuned = {"PROMPTQ_LEASE_S": "2", "PROMPTQ_REQUEST_TIMEOUT_S": "5", "PROMPTQ_MAX_TRIES": "8"}
+    return base_worker_env(redis_url, sim, **{"PROMPTQ_LOG_FORMAT": "json", **tuned, **extra})
 
 
 @pytest.fixture

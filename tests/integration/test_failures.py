@@ -11,8 +11,7 @@ import redis
 from devtools.stack import Simulator, free_port
 from producer import Producer, QueueUnavailableError, RetryRefusedError, SyncProducer
 from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX, FAILED_JOB_KEY_PREFIX
-from tests.conftest import make_worker, run_burst
-from worker import shutdown
+from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 
 
@@ -86,21 +85,19 @@ async def test_a_running_job_holds_a_short_renewed_lease(
     assert (await producer.wait(job_id, timeout=1)).ok
 
 
+async def _shut_down_once_running(producer: Producer, config: WorkerConfig, job_id: str, grace_s: float) -> None:
+    worker, main = start_worker(config)
+    while (r := await producer.get(job_id)) is not None and r.status != "running":
+        await asyncio.sleep(0.01)
+    await stop_worker(worker, main, grace_s)
+
+
 async def test_a_shutdown_past_its_grace_puts_the_job_back_without_spending_a_try(
     producer: Producer, worker_config: WorkerConfig, sim: Simulator, sync_redis: redis.Redis
 ) -> None:
     sim.configure(latency_ms=3000)
     job_id = await producer.submit("interrupted")
-    grace_s = 0.2
-    worker = make_worker(worker_config, burst=False)
-    main = asyncio.create_task(worker.async_run())  # sets worker.main_task, which a signal cancels
-    while (r := await producer.get(job_id)) is not None and r.status != "running":
-        await asyncio.sleep(0.01)
-    drain = asyncio.create_task(shutdown.drain(worker, grace_s, "test"))
-    with pytest.raises(asyncio.CancelledError):
-        await main
-    await drain
-    await worker.close()
+    await _shut_down_once_running(producer, worker_config, job_id, grace_s=0.2)
     back = await producer.get(job_id)
     assert back is not None and back.status == "queued" and back.attempts == 0
     assert int(sync_redis.get(ARQ_RETRY_KEY_PREFIX + job_id) or 0) == 0  # type: ignore[arg-type]
@@ -115,16 +112,7 @@ async def test_a_shutdown_lets_calls_within_the_grace_finish(
 ) -> None:
     sim.configure(latency_ms=300)
     job_id = await producer.submit("nearly done")
-    grace_s = 5.0
-    worker = make_worker(worker_config, burst=False)
-    main = asyncio.create_task(worker.async_run())  # sets worker.main_task, which a signal cancels
-    while (r := await producer.get(job_id)) is not None and r.status != "running":
-        await asyncio.sleep(0.01)
-    drain = asyncio.create_task(shutdown.drain(worker, grace_s, "test"))
-    with pytest.raises(asyncio.CancelledError):
-        await main
-    await drain
-    await worker.close()
+    await _shut_down_once_running(producer, worker_config, job_id, grace_s=5.0)
     r = await producer.wait(job_id, timeout=1)
     assert r.ok and r.attempts == 1
     assert sim.stats()["completions"] == 1
@@ -154,8 +142,7 @@ async def test_credentials_are_not_shown_in_the_unavailable_message() -> None:
 async def test_a_waiting_retry_holds_no_slot(producer: Producer, worker_config: WorkerConfig, sim: Simulator) -> None:
     sim.configure(error_rate=1.0, error_statuses=[503], retry_after_ms=1500)
     flaky = await producer.submit("flaky", job_id="flaky")
-    worker = make_worker(dataclasses.replace(worker_config, max_jobs=1), burst=False)
-    main = asyncio.create_task(worker.async_run())
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=1))
     while (r := await producer.get(flaky)) is not None and r.error is None:
         await asyncio.sleep(0.01)  # until the first attempt has failed and its retry waits 1.5 s
     sim.configure(error_rate=0.0)
@@ -164,8 +151,4 @@ async def test_a_waiting_retry_holds_no_slot(producer: Producer, worker_config: 
     assert done.ok
     retried = await producer.get(flaky)
     assert retried is not None and retried.status == "queued" and retried.attempts == 1
-    drain = asyncio.create_task(shutdown.drain(worker, 5.0, "test"))
-    with pytest.raises(asyncio.CancelledError):
-        await main
-    await drain
-    await worker.close()
+    await stop_worker(worker, main)

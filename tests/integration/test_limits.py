@@ -12,7 +12,7 @@ import redis.asyncio
 from devtools.stack import Simulator, Worker
 from producer import Producer, SyncProducer
 from producer.validation import PromptJob
-from tests.conftest import TEST_API_KEY, run_burst
+from tests.conftest import run_burst, worker_env
 from worker.config import ConfigError, Limit, WorkerConfig, limits_from_env
 from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens
 
@@ -75,14 +75,7 @@ async def test_a_request_over_the_tpm_limit_fails_at_once(
 def test_two_workers_share_one_budget(redis_url: str, sim: Simulator, sync_producer: SyncProducer) -> None:
     rpm = 240  # 4 a second
     sim.configure(rpm=rpm, rpm_burst=4)
-    env = {
-        "REDIS_URL": redis_url,
-        "OPENAI_BASE_URL": sim.base_url,
-        "OPENAI_API_KEY": TEST_API_KEY,
-        "PROMPTQ_POLL_DELAY_S": "0.05",
-        "PROMPTQ_MAX_JOBS": "16",
-        "PROMPTQ_RPM": str(rpm),
-    }
+    env = worker_env(redis_url, sim, PROMPTQ_POLL_DELAY_S="0.05", PROMPTQ_MAX_JOBS="16", PROMPTQ_RPM=str(rpm))
     with Worker(env), Worker(env):
         started = time.monotonic()
         ids = sync_producer.submit_many([f"limited {i}" for i in range(40)])

@@ -15,8 +15,7 @@ import redis
 from devtools.stack import Simulator
 from producer import JobResult, Producer, SyncProducer
 from producer.contract import result_key
-from tests.conftest import make_worker
-from worker import shutdown
+from tests.conftest import start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.store import ResultStore
 
@@ -80,8 +79,7 @@ async def test_a_timeout_still_applies(producer: Producer, sync_redis: redis.Red
 
 
 async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: WorkerConfig, sim: Simulator) -> None:
-    worker = make_worker(dataclasses.replace(worker_config, poll_delay_s=FAR_S), burst=False)
-    main = asyncio.create_task(worker.async_run())
+    worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=FAR_S))
     await asyncio.sleep(0.5)  # started, subscribed, and asleep in its poll
     try:
         one = await producer.submit("wake up")
@@ -89,11 +87,7 @@ async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: 
         many = await producer.submit_many([f"batch {i}" for i in range(20)])
         assert all(r.ok for r in await asyncio.gather(*(producer.wait(i, timeout=5) for i in many)))
     finally:
-        drain = asyncio.create_task(shutdown.drain(worker, 5.0, "test"))  # lets the last jobs finish
-        with pytest.raises(asyncio.CancelledError):
-            await main
-        await drain
-        await worker.close()
+        await stop_worker(worker, main)  # lets the last jobs finish
 
 
 async def test_a_message_lost_to_a_dropped_connection_does_not_hang_the_wait(

@@ -15,19 +15,9 @@ import pytest
 
 from devtools.stack import ROOT, Simulator, Worker, wait_until
 from producer import SyncProducer
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, worker_env
 
 SECRET_PROMPT = "my-private-diagnosis-7731"
-
-
-def _worker_env(redis_url: str, sim: Simulator, **extra: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis_url,
-        "OPENAI_BASE_URL": sim.base_url,
-        "OPENAI_API_KEY": TEST_API_KEY,
-        "PROMPTQ_POLL_DELAY_S": "0.02",
-        **extra,
-    }
 
 
 def _json_lines(output: str) -> list[dict[str, Any]]:
@@ -39,7 +29,7 @@ def test_a_worker_process_runs_jobs_and_logs_json_without_secrets(
     redis_url: str, sim: Simulator, sync_producer: SyncProducer
 ) -> None:
     sim.configure(require_api_key=TEST_API_KEY, latency_ms=20)
-    env = _worker_env(redis_url, sim, PROMPTQ_LOG_LEVEL="debug", PROMPTQ_MAX_JOBS="3")
+    env = worker_env(redis_url, sim, PROMPTQ_LOG_LEVEL="debug", PROMPTQ_MAX_JOBS="3")
     with Worker(env) as worker:
         ids = sync_producer.submit_many([f"{SECRET_PROMPT} #{i}" for i in range(6)])
         results = [sync_producer.wait(job_id, timeout=20) for job_id in ids]
@@ -66,7 +56,7 @@ def test_a_worker_process_runs_jobs_and_logs_json_without_secrets(
 
 
 def test_at_info_level_a_job_logs_one_line(redis_url: str, sim: Simulator, sync_producer: SyncProducer) -> None:
-    with Worker(_worker_env(redis_url, sim)) as worker:
+    with Worker(worker_env(redis_url, sim)) as worker:
         job_id = sync_producer.submit("hello")
         sync_producer.wait(job_id, timeout=20)
         wait_until(lambda: "job.finished" in worker.output(), 5, "canonical line")
@@ -95,7 +85,7 @@ def test_a_bad_setting_stops_the_worker_with_its_name(env: dict[str, str], varia
 
 
 def test_sigterm_while_idle_stops_promptly(redis_url: str, sim: Simulator) -> None:
-    with Worker(_worker_env(redis_url, sim)) as worker:
+    with Worker(worker_env(redis_url, sim)) as worker:
         worker.signal(signal.SIGTERM)
         assert worker.popen is not None
         assert worker.popen.wait(10) == 0
