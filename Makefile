@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest faults bench redis sim worker clean
+.PHONY: demo test lint typecheck pytest faults bench bench-limits redis sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ faults: $(STAMP) redis
 # The speed benchmarks against the plain-asyncio baseline; writes bench/results.md (about 12 minutes).
 bench: $(STAMP) redis
 	$(PY) -m bench.run --out bench/results.md
+
+# Shared rate limits against the simulator's own limits, shared vs per process; writes bench/limits.md
+# (3 runs of 1, 2 and 4 workers, 3 limit windows each: about 35 minutes).
+bench-limits: $(STAMP) redis
+	$(PY) -m bench.limits --out bench/limits.md
 
 # Makes sure the tests can have a Redis: a redis-server binary (the tests start their own on a free
 # port) or, failing that, one answering at REDIS_URL. Installs redis-server with apt-get as root.

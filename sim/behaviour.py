@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RequestBucket", "SimConfig", "SimStats", "chance", "count_tokens", "message_text", "reply_text"]
+__all__ = ["Bucket", "SimConfig", "SimStats", "chance", "count_tokens", "message_text", "reply_text"]
 
 
 @dataclass
@@ -42,6 +42,11 @@ class SimConfig:
     rpm_burst: int | None = None
     """Requests the limit lets through at once (default: one second's worth), as OpenAI enforces a
     per-minute limit over shorter periods."""
+    tpm: int | None = None
+    """Tokens per minute; a request costs its prompt tokens plus ``max_tokens`` (or
+    ``max_completion_tokens``, or else its answer's tokens), taken when it arrives."""
+    tpm_burst: int | None = None
+    """Tokens the limit lets through at once (default: one second's worth)."""
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -68,28 +73,31 @@ class SimStats:
         bucket[key] = bucket.get(key, 0) + 1
 
 
-class RequestBucket:
-    """A token bucket: ``rpm`` per minute refilled continuously, at most ``burst`` at once."""
+class Bucket:
+    """A token bucket: ``per_minute`` refilled continuously, at most ``burst`` at once."""
 
-    def __init__(self, rpm: int, burst: int | None) -> None:
-        self.rpm = rpm
-        self.rate_per_s = rpm / 60.0
+    def __init__(self, per_minute: int, burst: int | None) -> None:
+        self.per_minute = per_minute
+        self.rate_per_s = per_minute / 60.0
         self.burst = burst or max(1, math.ceil(self.rate_per_s))
-        self.tokens = float(self.burst)
+        self.level = float(self.burst)
         self.updated_s = time.monotonic()
 
-    def take(self) -> float:
-        """0 when the request may go; else the seconds until it could."""
+    def wait_s(self, cost: float) -> float:
+        """0 when ``cost`` may be taken now; else the seconds until it could."""
         now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated_s) * self.rate_per_s)
+        self.level = min(self.burst, self.level + (now - self.updated_s) * self.rate_per_s)
         self.updated_s = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate_per_s
+        return 0.0 if self.level >= cost else (cost - self.level) / self.rate_per_s
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
 
     def remaining(self) -> int:
-        return int(self.tokens)
+        return max(0, int(self.level))
+
+    def full_in_s(self) -> float:
+        return max(0.0, self.burst - self.level) / self.rate_per_s
 
 
 DEMO_ANSWERS = {

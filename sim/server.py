@@ -21,7 +21,7 @@ import random
 import time
 from typing import Any
 
-from sim.behaviour import RequestBucket, SimConfig, SimStats, chance, count_tokens, reply_text
+from sim.behaviour import Bucket, SimConfig, SimStats, chance, count_tokens, reply_text
 
 __all__ = ["Simulator"]
 
@@ -63,7 +63,8 @@ class Simulator:
         self.stats = SimStats()
         self.rng = random.Random(self.config.seed)
         self._ids = itertools.count(1)
-        self._bucket: RequestBucket | None = None
+        self._buckets: dict[str, Bucket] = {}
+        """The rate limits in force: ``requests`` and ``tokens``, as configured."""
         self._server: asyncio.Server | None = None
         self.calls: list[list[Any]] = []
         """Each completion request: [arrival (Unix s), last user message, status or 0 if unanswered]."""
@@ -135,7 +136,7 @@ class Simulator:
                 await self._json(writer, 400, {"error": str(e)}, counted=False)
                 return True
             self.rng = random.Random(self.config.seed)
-            self._bucket = None
+            self._buckets = {}
             await self._json(writer, 200, dataclasses.asdict(self.config), counted=False)
         elif route == ("GET", "/healthz"):
             await self._json(writer, 200, {"ok": True}, counted=False)
@@ -156,15 +157,17 @@ class Simulator:
         except (ValueError, KeyError, TypeError):
             await self._error(writer, 400, "body must be JSON with messages and model", "invalid_request_error")
             return True
-        if (wait_s := self._rate_limit_wait_s()) > 0:
-            self.stats.count(self.stats.faults, "rpm_limited")
+        costs = {"requests": 1, "tokens": self._token_cost(body)}
+        if (limited := self._rate_limited(costs)) is not None:
+            kind, wait_s = limited
+            self.stats.count(self.stats.faults, f"{kind}_limited")
             await self._error(
                 writer,
                 429,
-                "Rate limit reached for requests",
-                "requests",
+                f"Rate limit reached for {kind}",
+                kind,
                 "rate_limit_exceeded",
-                self._limit_headers(wait_s),
+                self._limit_headers() | _retry_headers(kind, wait_s),
             )
             return True
         if chance(self.rng, cfg.reset_rate):
@@ -197,7 +200,7 @@ class Simulator:
         if body.get("stream"):
             await self._stream(writer, body)
         else:
-            await self._json(writer, 200, self._completion_body(body), self._limit_headers(0))
+            await self._json(writer, 200, self._completion_body(body), self._limit_headers())
         return True
 
     def _answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
@@ -265,24 +268,39 @@ class Simulator:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    def _rate_limit_wait_s(self) -> float:
-        rpm = self.config.rpm
-        if not rpm:
-            return 0.0
-        if self._bucket is None or self._bucket.rpm != rpm:
-            self._bucket = RequestBucket(rpm, self.config.rpm_burst)
-        return self._bucket.take()
+    def _token_cost(self, body: dict[str, Any]) -> int:
+        if not self.config.tpm:
+            return 0
+        _, _, usage = self._answer(body)
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        return usage["prompt_tokens"] + (asked if isinstance(asked, int) else usage["completion_tokens"])
 
-    def _limit_headers(self, wait_s: float) -> dict[str, str]:
-        if self._bucket is None or not self.config.rpm:
-            return {}
-        headers = {
-            "x-ratelimit-limit-requests": str(self.config.rpm),
-            "x-ratelimit-remaining-requests": str(self._bucket.remaining()),
-            "x-ratelimit-reset-requests": f"{math.ceil(wait_s * 1000)}ms",
-        }
-        if wait_s > 0:
-            headers |= {"retry-after-ms": str(math.ceil(wait_s * 1000)), "retry-after": str(math.ceil(wait_s))}
+    def _rate_limited(self, costs: dict[str, int]) -> tuple[str, float] | None:
+        """Take the request's costs from the configured limits; or, if one has not enough left,
+        take nothing and say which and how long until it would."""
+        for kind, per_minute, burst in (
+            ("requests", self.config.rpm, self.config.rpm_burst),
+            ("tokens", self.config.tpm, self.config.tpm_burst),
+        ):
+            if not per_minute:
+                self._buckets.pop(kind, None)
+            elif kind not in self._buckets or self._buckets[kind].per_minute != per_minute:
+                self._buckets[kind] = Bucket(per_minute, burst)
+        for kind, bucket in self._buckets.items():
+            if (wait_s := bucket.wait_s(costs[kind])) > 0:
+                return kind, wait_s
+        for kind, bucket in self._buckets.items():
+            bucket.take(costs[kind])
+        return None
+
+    def _limit_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for kind, bucket in self._buckets.items():
+            headers |= {
+                f"x-ratelimit-limit-{kind}": str(bucket.per_minute),
+                f"x-ratelimit-remaining-{kind}": str(bucket.remaining()),
+                f"x-ratelimit-reset-{kind}": f"{math.ceil(bucket.full_in_s() * 1000)}ms",
+            }
         return headers
 
     async def _error(
@@ -330,6 +348,11 @@ class Simulator:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         await writer.drain()
+
+
+def _retry_headers(kind: str, wait_s: float) -> dict[str, str]:
+    ms = math.ceil(wait_s * 1000)
+    return {f"x-ratelimit-reset-{kind}": f"{ms}ms", "retry-after-ms": str(ms), "retry-after": str(math.ceil(wait_s))}
 
 
 def _error_kind(status: int, code: str | None) -> tuple[str, str | None]:

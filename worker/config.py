@@ -14,6 +14,7 @@ __all__ = ["ENV_NAMES", "ConfigError", "Limit", "WorkerConfig", "limits_from_env
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LIMIT_SCOPES = ("shared", "process")
 UNUSED_API_KEY = "unused"
 """Sent when OPENAI_BASE_URL points at a local server and no key is set (they ignore it)."""
 
@@ -33,6 +34,7 @@ ENV_NAMES = (
     "PROMPTQ_RPM",
     "PROMPTQ_TPM",
     "PROMPTQ_LIMITS",
+    "PROMPTQ_LIMIT_SCOPE",
     "PROMPTQ_COMPLETION_ESTIMATE_TOKENS",
     "PROMPTQ_SHUTDOWN_GRACE_S",
     "PROMPTQ_LOG_FORMAT",
@@ -96,6 +98,9 @@ class WorkerConfig:
     """Requests and tokens per minute for every model, shared by all workers (None: no limit)."""
     limits: dict[str, Limit] = field(default_factory=dict)
     """Per-model limits (``PROMPTQ_LIMITS``), over ``limit``."""
+    limit_scope: str = "shared"
+    """``shared``: one budget for every worker on this Redis; ``process``: one budget per worker
+    process (for workers that each have an API key, and an organisation, of their own)."""
     completion_estimate_tokens: int = 500
     """Completion tokens reserved for a request that sets no max_tokens (settled after the call)."""
     log_format: str = "auto"
@@ -140,6 +145,7 @@ class WorkerConfig:
             shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
             limit=limit,
             limits=limits,
+            limit_scope=env_choice(env, "PROMPTQ_LIMIT_SCOPE", d.limit_scope, LIMIT_SCOPES),
             completion_estimate_tokens=env_int(env, "PROMPTQ_COMPLETION_ESTIMATE_TOKENS", d.completion_estimate_tokens),
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),

@@ -24,7 +24,7 @@ from producer.validation import InvalidJobError, PromptJob
 from worker import llm
 from worker.config import WorkerConfig
 from worker.lease import Leases
-from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens
+from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens, server_budget_wait_s
 from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.store import ResultStore
@@ -139,6 +139,8 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
         return await _finish(state, base, started_s=started_s, error=error)
     if estimate and completion.usage:
         await state.limiter.settle(base.model, estimate, completion.usage.total_tokens)
+    if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
+        await state.limiter.cool_down(base.model, pause_s)  # the server's budget is spent: pause every worker
     await _finish(state, base, started_s=started_s, completion=completion)
 
 

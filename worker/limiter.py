@@ -2,21 +2,28 @@
 
 Each limit is a GCRA (generic cell rate algorithm) over Redis time: the budget is spread evenly
 over the minute, with a small burst, as OpenAI enforces a per-minute limit over shorter periods.
-Before a call the worker asks for one request and an estimate of its tokens (prompt + the
-completion it may produce); after it, the estimate is settled against the real ``usage``. A 429
-from the API sets a shared cool-down, so every worker pauses instead of each finding out alone.
-One Lua script does each step atomically; a worker that must wait sleeps the time the script
-returns (no busy loop).
+Before a call the worker *reserves* one request and an estimate of its tokens (prompt + the
+completion it may produce): one Lua script returns the moment the reservation falls due, and the
+worker sleeps until then. Reservations are handed out in the order they are asked for, so waiting
+jobs go in roughly submit order, and a waiting job costs no further Redis calls (no polling herd).
+After the call, the estimate is settled against the real ``usage``. A 429 from the API, or a
+response saying the server's budget is spent, sets a shared cool-down, so every worker pauses
+instead of each finding out alone.
 
 Keys: ``promptq:limit:{model}:rpm``, ``...:tpm`` (theoretical arrival times, ms) and
-``...:cooldown``.
+``...:cooldown``. With ``PROMPTQ_LIMIT_SCOPE=process`` each worker process keeps its own keys
+(for workers that each have an API key of their own).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import os
+import socket
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,38 +31,47 @@ from redis.asyncio import Redis
 from producer.validation import PromptJob
 from worker.config import Limit
 from worker.redis_conn import persist
+from worker.retry import parse_duration_s
 
-__all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens"]
+__all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens", "server_budget_wait_s"]
 
 LIMIT_KEY_PREFIX = "promptq:limit:"
 BURST_S = 1.0
 """Each limit lets through at most about one second's worth of its budget at once."""
+_NO_MAX_WAIT_MS = 10**12
 
-# KEYS: rpm TAT, tpm TAT, cool-down. ARGV: rpm, tpm (0: none), tokens asked, burst (s).
-# Returns 0 when admitted (and records it), else the wait in ms before asking again.
-_ACQUIRE_LUA = """
+# KEYS: rpm TAT, tpm TAT, cool-down. ARGV: rpm, tpm (0: none), tokens asked, burst (s), max wait (ms).
+# Returns {1, wait ms} when a reservation was made (go after wait ms), {0, wait ms} when none was
+# (a cool-down runs, or the wait is over the maximum): ask again after that wait, or give up.
+_RESERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cooldown = redis.call('PTTL', KEYS[3])
-if cooldown > 0 then return cooldown end
-local rpm, tpm, tokens, burst_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]) * 1000
-local wait, new_r, new_t = 0, nil, nil
+if cooldown > 0 then return {0, cooldown} end
+local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local burst_ms, max_wait_ms = tonumber(ARGV[4]) * 1000, tonumber(ARGV[5])
+local at, tat_r, tat_t, step, cost = now, nil, nil, 0, 0
 if rpm > 0 then
-  local step = 60000 / rpm
-  local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-  local allowance = math.max(burst_ms, step)
-  if tat + step - now > allowance then wait = math.max(wait, tat + step - now - allowance) else new_r = tat + step end
+  step = 60000 / rpm
+  tat_r = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+  at = math.max(at, tat_r + step - math.max(burst_ms, step))
 end
 if tpm > 0 and tokens > 0 then
-  local cost = tokens * 60000 / tpm
-  local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
-  local allowance = math.max(burst_ms, cost)
-  if tat + cost - now > allowance then wait = math.max(wait, tat + cost - now - allowance) else new_t = tat + cost end
+  cost = tokens * 60000 / tpm
+  tat_t = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
+  at = math.max(at, tat_t + cost - math.max(burst_ms, cost))
 end
-if wait > 0 then return math.ceil(wait) end
-if new_r then redis.call('SET', KEYS[1], tostring(new_r), 'PX', 120000) end
-if new_t then redis.call('SET', KEYS[2], tostring(new_t), 'PX', 120000) end
-return 0
+local wait = math.ceil(at - now)
+if wait > max_wait_ms then return {0, wait} end
+if tat_r then
+  local new = math.max(tat_r, at) + step
+  redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil(new - now) + 60000)
+end
+if tat_t then
+  local new = math.max(tat_t, at) + cost
+  redis.call('SET', KEYS[2], tostring(new), 'PX', math.ceil(new - now) + 60000)
+end
+return {1, wait}
 """
 
 # KEYS: tpm TAT. ARGV: tpm, tokens to add (negative: a refund). Never moves the TAT before now.
@@ -64,7 +80,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local moved = math.max(tat + tonumber(ARGV[2]) * 60000 / tonumber(ARGV[1]), now)
-redis.call('SET', KEYS[1], tostring(moved), 'PX', 120000)
+redis.call('SET', KEYS[1], tostring(moved), 'PX', math.ceil(moved - now) + 60000)
+return 1
+"""
+
+# KEYS: cool-down. ARGV: ms. Lengthens the cool-down to ms from now; never shortens it.
+_COOL_DOWN_LUA = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
 return 1
 """
 
@@ -90,14 +112,47 @@ def estimate_tokens(job: PromptJob, completion_estimate: int) -> int:
     return prompt + int(asked if isinstance(asked, int) else completion_estimate)
 
 
-class Limiter:
-    """Acquire before a call, settle after it, cool down on a 429: for every worker at once."""
+def server_budget_wait_s(headers: Mapping[str, str], tokens: int, elapsed_s: float) -> float:
+    """How long to pause before the next call of about ``tokens``, by a successful response's
+    ``x-ratelimit-*`` headers (lower-case names): 0 while the server's budget has room for it.
 
-    def __init__(self, redis: Redis, default: Limit, per_model: dict[str, Limit]) -> None:
+    The server counted its budget when the request arrived, ``elapsed_s`` ago; since then it has
+    refilled at ``limit`` a minute. The wait is capped by the server's own ``reset`` time."""
+    wait_s = 0.0
+    for kind, needed in (("requests", 1), ("tokens", tokens)):
+        remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+        limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+        if remaining is None or needed <= 0 or remaining >= needed:
+            continue
+        reset_s = parse_duration_s(headers.get(f"x-ratelimit-reset-{kind}", ""))
+        refill_s = (needed - remaining) * 60 / limit if limit else (reset_s or 0.0)
+        if reset_s is not None:
+            refill_s = min(refill_s, reset_s)
+        wait_s = max(wait_s, refill_s - elapsed_s)
+    return wait_s
+
+
+def _number(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class Limiter:
+    """Reserve before a call, settle after it, cool down on a 429: for every worker at once."""
+
+    def __init__(self, redis: Redis, default: Limit, per_model: dict[str, Limit], *, shared: bool = True) -> None:
         self.default, self.per_model = default, per_model
-        self._acquire = redis.register_script(_ACQUIRE_LUA)
+        self.prefix = LIMIT_KEY_PREFIX + ("" if shared else _process_scope())
+        self._reserve = redis.register_script(_RESERVE_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
+        self._cool_down = redis.register_script(_COOL_DOWN_LUA)
         self.redis = redis
+
+    def _keys(self, model: str) -> list[str]:
+        base = self.prefix + model
+        return [base + ":rpm", base + ":tpm", base + ":cooldown"]
 
     def limit_for(self, model: str) -> Limit:
         return self.per_model.get(model, self.default)
@@ -107,9 +162,11 @@ class Limiter:
         return any((self.default.rpm, self.default.tpm)) or bool(self.per_model)
 
     async def acquire(self, model: str, tokens: int, max_wait_s: float = math.inf) -> float:
-        """Wait until the model's budget admits one request of ``tokens``; return the seconds waited.
+        """Reserve one request of ``tokens`` in the model's budget and wait until it falls due;
+        return the seconds waited.
 
-        Raises :class:`BudgetWaitTooLongError` instead of waiting past ``max_wait_s`` in all."""
+        Raises :class:`BudgetWaitTooLongError` instead of waiting past ``max_wait_s`` in all (and
+        then reserves nothing)."""
         limit = self.limit_for(model)
         if not (limit.rpm or limit.tpm):
             return 0.0
@@ -118,30 +175,33 @@ class Limiter:
                 f"the request may use {tokens} tokens, more than the {limit.tpm} tokens per minute allowed for {model}"
             )
         waited_s = 0.0
-        keys = _keys(model)
-        args = [limit.rpm or 0, limit.tpm or 0, tokens if limit.tpm else 0, BURST_S]
+        keys = self._keys(model)
         while True:
-            wait_ms: Any = await persist(lambda: self._acquire(keys=keys, args=args))
-            if not wait_ms:
-                return waited_s
-            wait_s = int(wait_ms) / 1000
-            if waited_s + wait_s > max_wait_s:
+            left_ms = _NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round((max_wait_s - waited_s) * 1000))
+            args = [limit.rpm or 0, limit.tpm or 0, tokens if limit.tpm else 0, BURST_S, left_ms]
+            reply: Any = await persist(functools.partial(self._reserve, keys=keys, args=args))
+            reserved, wait_s = int(reply[0]), int(reply[1]) / 1000
+            if not reserved and waited_s + wait_s > max_wait_s:
                 raise BudgetWaitTooLongError(wait_s)
-            await asyncio.sleep(wait_s)
-            waited_s += wait_s
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                waited_s += wait_s
+            if reserved:
+                return waited_s
 
     async def settle(self, model: str, estimated: int, used: int) -> None:
         limit = self.limit_for(model)
         tpm = limit.tpm
         if tpm and used != estimated:
-            await persist(lambda: self._settle(keys=[_keys(model)[1]], args=[tpm, used - estimated]))
+            await persist(lambda: self._settle(keys=[self._keys(model)[1]], args=[tpm, used - estimated]))
 
     async def cool_down(self, model: str, seconds: float) -> None:
-        """Pause every worker's calls to ``model`` for ``seconds`` (a 429 said so)."""
-        ms = max(1, round(seconds * 1000))
-        await self.redis.set(_keys(model)[2], "1", px=ms)
+        """Pause every worker's calls to ``model`` for ``seconds`` (a 429 or the server's headers said
+        so); a longer cool-down already running is kept."""
+        if self.limit_for(model).rpm or self.limit_for(model).tpm:
+            ms = max(1, round(seconds * 1000))
+            await persist(lambda: self._cool_down(keys=[self._keys(model)[2]], args=[ms]))
 
 
-def _keys(model: str) -> list[str]:
-    base = LIMIT_KEY_PREFIX + model
-    return [base + ":rpm", base + ":tpm", base + ":cooldown"]
+def _process_scope() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:"

@@ -6,7 +6,7 @@ Errors are turned into :class:`LLMError`, which says whether another attempt cou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -34,6 +34,8 @@ class Completion:
     content: str | None
     finish_reason: str | None
     usage: Usage | None
+    rate_headers: dict[str, str] = field(default_factory=dict)
+    """The response's ``x-ratelimit-*`` headers (names in lower case): the server's own budget."""
 
 
 class LLMError(Exception):
@@ -55,6 +57,8 @@ class LLMError(Exception):
     def to_error(self) -> JobError:
         return JobError(type=self.type, message=self.message, status_code=self.status_code, retryable=self.retryable)
 
+
+RATE_HEADER_PREFIX = "x-ratelimit-"
 
 # status code -> (error type, retryable). 429 depends on the body's code: see classify().
 STATUS_CLASSES: dict[int, tuple[str, bool]] = {
@@ -84,11 +88,12 @@ async def complete(client: openai.AsyncOpenAI, job: PromptJob, model: str) -> Co
     """Run one Chat Completions request; raise :class:`LLMError` for any failure."""
     params: dict[str, Any] = dict(job.params)
     try:
-        response = await client.chat.completions.create(
+        raw = await client.chat.completions.with_raw_response.create(
             model=model,
             messages=job.messages,  # type: ignore[arg-type]  # validated in producer.validation
             **params,
         )
+        response = raw.parse()
     except openai.APIStatusError as e:
         type_, retryable = classify(e.status_code, e.code)
         raise LLMError(
@@ -112,4 +117,5 @@ async def complete(client: openai.AsyncOpenAI, job: PromptJob, model: str) -> Co
         content=choice.message.content,
         finish_reason=choice.finish_reason,
         usage=Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens) if u else None,
+        rate_headers={k: v for k, v in raw.headers.items() if k.startswith(RATE_HEADER_PREFIX)},
     )

@@ -78,7 +78,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         store=ResultStore(ctx["redis"], config.result_ttl_s),
         leases=leases,
         wake=wake,
-        limiter=Limiter(ctx["redis"], config.limit, config.limits),
+        limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
     )
     log.info(
         "worker.started",

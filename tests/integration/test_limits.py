@@ -3,7 +3,9 @@ a simulator that enforces the same limit."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 import time
 
 import pytest
@@ -14,7 +16,13 @@ from producer import Producer, SyncProducer
 from producer.validation import PromptJob
 from tests.conftest import run_burst, worker_env
 from worker.config import ConfigError, Limit, WorkerConfig, limits_from_env
-from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens
+from worker.limiter import (
+    BudgetWaitTooLongError,
+    Limiter,
+    LimitTooSmallError,
+    estimate_tokens,
+    server_budget_wait_s,
+)
 
 
 def test_limits_come_from_the_environment() -> None:
@@ -60,6 +68,92 @@ async def test_the_budget_is_spread_over_the_minute(redis_url: str) -> None:
         assert time.monotonic() - started >= 0.25
     finally:
         await client.aclose()
+
+
+async def test_waiting_jobs_go_in_the_order_they_asked_with_one_redis_call_each(redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        limiter = Limiter(client, Limit(rpm=1200), {})  # one every 50 ms, 20 at once
+        for _ in range(20):  # spend the burst
+            await limiter.acquire("m", 0)
+        await client.config_resetstat()
+        finished: list[int] = []
+
+        async def one(i: int) -> None:
+            await limiter.acquire("m", 0)
+            finished.append(i)
+
+        tasks = []
+        for i in range(12):
+            tasks.append(asyncio.create_task(one(i)))
+            await asyncio.sleep(0.003)
+        await asyncio.gather(*tasks)
+        stats = await client.info("commandstats")
+        calls = sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+        assert finished == list(range(12))  # first come, first served
+        assert calls == 12  # a waiting job sleeps its reservation out without asking again
+    finally:
+        await client.aclose()
+
+
+async def test_a_cool_down_is_never_shortened_and_a_too_long_wait_reserves_nothing(redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        limiter = Limiter(client, Limit(rpm=60), {})
+        await limiter.cool_down("m", 5)
+        await limiter.cool_down("m", 0.1)
+        assert await client.pttl("promptq:limit:m:cooldown") > 4000
+        await client.delete("promptq:limit:m:cooldown")
+        for _ in range(2):
+            await limiter.acquire("m", 0)  # burst: one a second for 60 rpm, so the second waits 1 s
+        before = await client.get("promptq:limit:m:rpm")
+        with pytest.raises(BudgetWaitTooLongError):
+            await limiter.acquire("m", 0, max_wait_s=0.5)
+        assert await client.get("promptq:limit:m:rpm") == before
+    finally:
+        await client.aclose()
+
+
+def test_per_process_scope_keeps_its_own_keys() -> None:
+    shared = Limiter(redis.asyncio.Redis(), Limit(rpm=5), {})
+    own = Limiter(redis.asyncio.Redis(), Limit(rpm=5), {}, shared=False)
+    assert shared._keys("m")[0] == "promptq:limit:m:rpm"
+    assert own._keys("m")[0].endswith(f":{os.getpid()}:m:rpm") and own._keys("m") != shared._keys("m")
+    assert WorkerConfig.from_env({"OPENAI_BASE_URL": "http://x", "PROMPTQ_LIMIT_SCOPE": "process"}).limit_scope == (
+        "process"
+    )
+    with pytest.raises(ConfigError, match="PROMPTQ_LIMIT_SCOPE"):
+        WorkerConfig.from_env({"OPENAI_BASE_URL": "http://x", "PROMPTQ_LIMIT_SCOPE": "global"})
+
+
+def test_a_spent_server_budget_asks_for_a_pause() -> None:
+    spent = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "30s",
+    }
+    assert server_budget_wait_s(spent, 100, elapsed_s=0.25) == pytest.approx(0.75)  # one request a second
+    assert server_budget_wait_s(spent | {"x-ratelimit-reset-requests": "200ms"}, 100, 0.0) == pytest.approx(0.2)
+    assert server_budget_wait_s(spent | {"x-ratelimit-remaining-requests": "3"}, 100, 0.0) == 0
+    tokens = {"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "50"}
+    assert server_budget_wait_s(tokens, 150, 0.0) == pytest.approx(1.0)  # 100 tokens at 100 a second
+    assert server_budget_wait_s(tokens, 40, 0.0) == 0
+    assert server_budget_wait_s({}, 150, 0.0) == 0
+
+
+async def test_a_success_that_spends_the_servers_budget_pauses_every_worker(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator, redis_url: str
+) -> None:
+    sim.configure(rpm=60, rpm_burst=1)  # the server allows far less than promptq was told
+    job_id = await producer.submit("hi")
+    await run_burst(dataclasses.replace(worker_config, limit=Limit(rpm=6000)))
+    assert (await producer.wait(job_id, timeout=1)).ok
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        pause_ms = await client.pttl(f"promptq:limit:{worker_config.model}:cooldown")
+    finally:
+        await client.aclose()
+    assert 0 < pause_ms <= 1000
 
 
 async def test_a_request_over_the_tpm_limit_fails_at_once(

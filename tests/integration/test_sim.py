@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
@@ -94,6 +95,18 @@ async def test_the_rpm_limit_answers_429_with_rate_limit_headers(client: openai.
     headers = caught.value.response.headers
     assert headers["x-ratelimit-limit-requests"] == "60" and headers["x-ratelimit-remaining-requests"] == "0"
     assert 0 < int(headers["retry-after-ms"]) <= 1000
+
+
+async def test_the_tpm_limit_charges_the_prompt_and_max_tokens(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(tpm=600, tpm_burst=50)  # 10 tokens a second, 50 at once
+    messages: Any = [{"role": "user", "content": "x" * 40}]  # 10 tokens + 3
+    raw = await client.chat.completions.with_raw_response.create(model="m", messages=messages, max_tokens=20)
+    assert raw.headers["x-ratelimit-limit-tokens"] == "600" and raw.headers["x-ratelimit-remaining-tokens"] == "17"
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="m", messages=messages, max_tokens=20)
+    assert "tokens" in caught.value.message
+    assert 1500 <= int(caught.value.response.headers["retry-after-ms"]) <= 1700  # 16 tokens short at 10/s
+    assert sim.stats()["faults"] == {"tokens_limited": 1}
 
 
 async def test_faults_reach_the_client_as_the_real_errors(client: openai.AsyncOpenAI, sim: Simulator) -> None:
