@@ -70,7 +70,6 @@ def run_case(case: Case, window_s: float) -> Outcome:
             "PROMPTQ_LIMIT_SCOPE": case.scope,
             f"PROMPTQ_{case.kind.upper()}": str(limit),
             "PROMPTQ_MAX_TRIES": "50",  # the per-process runs retry 429s: keep their jobs in play
-            "PROMPTQ_LOG_LEVEL": "warning",
         }
         workers = [Worker(env).start() for _ in range(case.workers)]
         try:
