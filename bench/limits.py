@@ -102,7 +102,8 @@ def write(results: dict[Case, list[Outcome]], out: Path, runs: int, window_s: fl
         f"told the same limit. Each figure: median of {runs} runs, each over {window_s:.0f} s after {WARM_UP_S:.0f} s",
         "of warm-up. Goals: achieved ÷ limit ≥ 0.95, 429s ÷ requests ≤ 0.5 %.",
         "",
-        "| limit | workers | shared: achieved ÷ limit | shared: 429s | per process: achieved ÷ limit | per process: 429s |",
+        "| limit | workers | shared: achieved ÷ limit | shared: 429s "
+        "| per process: achieved ÷ limit | per process: 429s |",
         "|---|---|---|---|---|---|",
     ]
     for kind in ("rpm", "tpm"):

@@ -8,11 +8,13 @@ It never imports openai or the worker.
 from __future__ import annotations
 
 from producer.client import (
+    Cancellation,
     JobNotFoundError,
     Producer,
     ProducerConfig,
     QueueUnavailableError,
     RetryRefusedError,
+    StreamEvent,
     SyncProducer,
 )
 from producer.contract import JobError, JobResult, Usage
@@ -20,6 +22,7 @@ from producer.env import ConfigError
 from producer.validation import InvalidJobError
 
 __all__ = [
+    "Cancellation",
     "ConfigError",
     "InvalidJobError",
     "JobError",
@@ -29,6 +32,7 @@ __all__ = [
     "ProducerConfig",
     "QueueUnavailableError",
     "RetryRefusedError",
+    "StreamEvent",
     "SyncProducer",
     "Usage",
 ]

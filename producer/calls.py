@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from producer.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
+    CANCEL_CHANNEL,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_REDIS_URL,
     DEFAULT_RESULT_TTL_S,
@@ -22,16 +24,29 @@ from producer.contract import (
     FAILED_SET,
     QUEUE_NAME,
     RESULT_KEY_PREFIX,
+    STREAM_MAXLEN,
     WAKE_CHANNEL,
     JobResult,
+    done_channel,
     dumps,
     encode_job,
     result_key,
+    stream_key,
 )
 from producer.env import env_int, env_redis_url
 from producer.validation import InvalidJobError, PromptJob
 
-__all__ = ["RETRY_LUA", "SUBMIT_CHUNK", "SUBMIT_LUA", "SUBMIT_MANY_LUA", "Calls", "ProducerConfig", "RetryRefusedError"]
+__all__ = [
+    "CANCEL_LUA",
+    "RETRY_LUA",
+    "SUBMIT_CHUNK",
+    "SUBMIT_LUA",
+    "SUBMIT_MANY_LUA",
+    "Calls",
+    "Cancellation",
+    "ProducerConfig",
+    "RetryRefusedError",
+]
 
 # Writes the queued result document, arq's job record and the queue entry together, unless the id
 # is already known (queued, running, or finished and not yet expired): then it writes nothing.
@@ -86,6 +101,29 @@ if added > 0 then redis.call('PUBLISH', ARGV[4], '1') end
 return added
 """
 
+# Marks a job cancelled, if its document is still the one read (else returns 0: read again).
+# A queued job leaves the queue (it never calls the API); a running one is named on the cancel
+# channel, where the worker running it stops its request. Either way the job's stream gets its
+# done entry and waiters hear of it.
+# KEYS: result document, arq job record, arq try counter, queue, stream.
+# ARGV: the document as read, the cancelled document, job id, '1' if it was running, done channel,
+# cancel channel, stream length.
+CANCEL_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+if ARGV[4] == '1' then
+  redis.call('PUBLISH', ARGV[6], ARGV[3])
+else
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', 'done', 'status', 'cancelled')
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
+redis.call('PUBLISH', ARGV[5], 'cancelled')
+return 1
+"""
+
 SUBMIT_CHUNK = 1_000
 """Jobs sent in one pipelined round trip by ``submit_many``."""
 MIN_QUEUED_TTL_S = 86_400
@@ -97,6 +135,24 @@ Call = tuple[list[str], list[str]]
 def _queued(job_id: str, model: str | None, metadata: Any, now_s: float) -> str:
     """The document a job has while it waits in the queue (JSON)."""
     return JobResult(job_id, "queued", model=model, metadata=metadata, enqueued_at=round(now_s, 3)).to_json()
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What ``cancel`` did: ``cancelled`` is False when the job had already finished (``result``
+    says how) or is unknown (``result`` is None)."""
+
+    job_id: str
+    cancelled: bool
+    result: JobResult | None
+
+    @property
+    def message(self) -> str:
+        if self.cancelled:
+            return f"job {self.job_id!r} cancelled"
+        if self.result is None:
+            return f"no job {self.job_id!r} (never submitted, or its result expired): nothing to cancel"
+        return f"job {self.job_id!r} already {self.result.status}: nothing to cancel"
 
 
 class RetryRefusedError(ValueError):
@@ -178,6 +234,26 @@ class Calls:
             WAKE_CHANNEL,
         ]
         return keys, args
+
+    @staticmethod
+    def cancel(job_id: str, doc: bytes | None, now_s: float) -> Call | Cancellation:
+        """The cancel script's arguments for the document as read, or the answer if there is
+        nothing to cancel."""
+        current = None if doc is None else JobResult.from_json(doc)
+        if current is None or current.done:
+            return Cancellation(job_id, cancelled=False, result=current)
+        cancelled = dataclasses.replace(current, status="cancelled", finished_at=round(now_s, 3))
+        keys = [result_key(job_id), ARQ_JOB_KEY_PREFIX + job_id, ARQ_RETRY_KEY_PREFIX + job_id, QUEUE_NAME]
+        args = [
+            doc.decode() if isinstance(doc, bytes) else str(doc),
+            cancelled.to_json(),
+            job_id,
+            "1" if current.status == "running" else "0",
+            done_channel(job_id),
+            CANCEL_CHANNEL,
+            str(STREAM_MAXLEN),
+        ]
+        return [*keys, stream_key(job_id)], args
 
     @staticmethod
     def retry_reads(job_id: str) -> list[str]:

@@ -8,32 +8,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, cast
 
 import redis
 import redis.asyncio
 
-from producer.calls import RETRY_LUA, SUBMIT_LUA, SUBMIT_MANY_LUA, Calls, ProducerConfig, RetryRefusedError
+from producer.calls import (
+    CANCEL_LUA,
+    RETRY_LUA,
+    SUBMIT_LUA,
+    SUBMIT_MANY_LUA,
+    Calls,
+    Cancellation,
+    ProducerConfig,
+    RetryRefusedError,
+)
 from producer.contract import FAILED_SET, JobResult, done_channel, result_key
 from producer.env import redact_url
 from producer.notify import FALLBACK_POLL_S, DoneWatcher
+from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
 
 __all__ = [
+    "Cancellation",
     "JobNotFoundError",
     "Producer",
     "ProducerConfig",
     "QueueUnavailableError",
     "RetryRefusedError",
+    "StreamEvent",
     "SyncProducer",
 ]
 
+CANCEL_ATTEMPTS = 20
+"""Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
+
 DEFAULT_WAIT_TIMEOUT_S = 60.0
-
-
-class JobNotFoundError(LookupError):
-    """No result document exists for this job id (never submitted, or expired)."""
 
 
 class QueueUnavailableError(ConnectionError):
@@ -111,6 +122,7 @@ class Producer:
         self._submit = self.redis.register_script(SUBMIT_LUA)
         self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
         self._retry = self.redis.register_script(RETRY_LUA)
+        self._cancel = self.redis.register_script(CANCEL_LUA)
         self._watcher = DoneWatcher(self.redis)
 
     @property
@@ -199,6 +211,39 @@ class Producer:
             _retried(job_id, await self._retry(keys=keys, args=args))
         return job_id
 
+    async def cancel(self, job_id: str) -> Cancellation:
+        """Cancel a job: a queued one never calls the API, a running one has its request stopped;
+        its status becomes ``cancelled`` and it is not retried. A finished or unknown job is left
+        as it is (``Cancellation.cancelled`` is False and its ``message`` says why)."""
+        with _redis_errors(self.config):
+            for _ in range(CANCEL_ATTEMPTS):
+                doc = await self.redis.get(result_key(job_id))
+                call = Calls.cancel(job_id, doc, time.time())
+                if isinstance(call, Cancellation):
+                    return call
+                if await self._cancel(keys=call[0], args=call[1]):
+                    return Cancellation(job_id, cancelled=True, result=await self.get(job_id))
+        raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
+
+    async def stream(self, job_id: str, after: str = "0") -> AsyncIterator[StreamEvent]:
+        """The job's events as they come: ``delta`` (a piece of the answer), ``restart`` (a retry
+        begins: drop the text so far) and, last, ``done`` with the final result. Replays what was
+        written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
+        without ``stream=True`` yields only its ``done`` event."""
+        cursor = StreamCursor(job_id, after)
+        with _redis_errors(self.config):
+            while not cursor.finished:
+                reply = await self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
+                if not reply and cursor.ended(await self.redis.get(cursor.doc_key)):
+                    reply = await self.redis.xread(**cursor.read_args())  # what came meanwhile
+                    if not reply:
+                        yield cursor.done(None, await self.redis.get(cursor.doc_key))
+                        return
+                for event in cursor.events(reply):
+                    if event.type == "done":
+                        event = cursor.done(event, await self.redis.get(cursor.doc_key))
+                    yield event
+
 
 class SyncProducer:
     """The same API as :class:`Producer`, blocking, for Django and Flask views and plain scripts.
@@ -219,6 +264,7 @@ class SyncProducer:
         self._submit = self.redis.register_script(SUBMIT_LUA)
         self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
         self._retry = self.redis.register_script(RETRY_LUA)
+        self._cancel = self.redis.register_script(CANCEL_LUA)
 
     @property
     def config(self) -> ProducerConfig:
@@ -284,6 +330,34 @@ class SyncProducer:
             keys, args = self._calls.retry(job_id, doc, record, time.time())
             _retried(job_id, self._retry(keys=keys, args=args))
         return job_id
+
+    def cancel(self, job_id: str) -> Cancellation:
+        """See :meth:`Producer.cancel`."""
+        with _redis_errors(self.config):
+            for _ in range(CANCEL_ATTEMPTS):
+                doc = cast("bytes | None", self.redis.get(result_key(job_id)))
+                call = Calls.cancel(job_id, doc, time.time())
+                if isinstance(call, Cancellation):
+                    return call
+                if self._cancel(keys=call[0], args=call[1]):
+                    return Cancellation(job_id, cancelled=True, result=self.get(job_id))
+        raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
+
+    def stream(self, job_id: str, after: str = "0") -> Iterator[StreamEvent]:
+        """See :meth:`Producer.stream`."""
+        cursor = StreamCursor(job_id, after)
+        with _redis_errors(self.config):
+            while not cursor.finished:
+                reply = self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
+                if not reply and cursor.ended(cast("bytes | None", self.redis.get(cursor.doc_key))):
+                    reply = self.redis.xread(**cursor.read_args())
+                    if not reply:
+                        yield cursor.done(None, cast("bytes | None", self.redis.get(cursor.doc_key)))
+                        return
+                for event in cursor.events(reply):
+                    if event.type == "done":
+                        event = cursor.done(event, cast("bytes | None", self.redis.get(cursor.doc_key)))
+                    yield event
 
 
 def _last_index(limit: int) -> int:

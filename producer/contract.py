@@ -14,6 +14,7 @@ __all__ = [
     "ARQ_IN_PROGRESS_KEY_PREFIX",
     "ARQ_JOB_KEY_PREFIX",
     "ARQ_RETRY_KEY_PREFIX",
+    "CANCEL_CHANNEL",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_REDIS_URL",
     "DEFAULT_RESULT_TTL_S",
@@ -25,6 +26,8 @@ __all__ = [
     "QUEUE_NAME",
     "RESULT_KEY_PREFIX",
     "STATUSES",
+    "STREAM_KEY_PREFIX",
+    "STREAM_MAXLEN",
     "TERMINAL_STATUSES",
     "WAKE_CHANNEL",
     "JobError",
@@ -36,6 +39,7 @@ __all__ = [
     "encode_job",
     "loads",
     "result_key",
+    "stream_key",
 ]
 
 # -- names -------------------------------------------------------------------------------------
@@ -52,6 +56,15 @@ DONE_CHANNEL_PREFIX: Final = "promptq:done:"
 """``promptq:done:{job_id}``: a pub/sub channel; the worker publishes the status when the job ends."""
 WAKE_CHANNEL: Final = "promptq:wake"
 """A pub/sub channel; producers publish to it after enqueueing, so idle workers start at once."""
+CANCEL_CHANNEL: Final = "promptq:cancel"
+"""A pub/sub channel; ``Producer.cancel`` publishes a running job's id there, after marking its
+document ``cancelled``, and the worker running it stops its request."""
+STREAM_KEY_PREFIX: Final = "promptq:stream:"
+"""``promptq:stream:{job_id}``: a Redis stream of a ``stream=True`` job's events, kept as long as its
+result. Each entry has a ``type``: ``delta`` (with ``text``), ``restart`` (with ``attempt``: a new
+attempt begins, discard the text so far) or ``done`` (with ``status``; the last entry)."""
+STREAM_MAXLEN: Final = 100_000
+"""Entries a stream keeps at most (older ones are trimmed)."""
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
 
@@ -67,6 +80,10 @@ DEFAULT_MAX_PAYLOAD_BYTES: Final = 1_048_576
 
 def result_key(job_id: str) -> str:
     return RESULT_KEY_PREFIX + job_id
+
+
+def stream_key(job_id: str) -> str:
+    return STREAM_KEY_PREFIX + job_id
 
 
 # -- JSON codec --------------------------------------------------------------------------------

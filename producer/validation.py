@@ -89,6 +89,8 @@ class PromptJob:
     metadata: dict[str, Any] | None
     payload_json: str
     """The payload as it is stored (and as its size was checked)."""
+    stream: bool = False
+    """Run with the API's streaming mode, writing deltas to ``promptq:stream:{job_id}`` as they come."""
 
     @classmethod
     def build(
@@ -99,6 +101,7 @@ class PromptJob:
         model: str | None = None,
         job_id: str | None = None,
         metadata: Any = None,
+        stream: Any = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
@@ -119,6 +122,10 @@ class PromptJob:
             payload["params"] = checked_params
         if metadata is not None:
             payload["metadata"] = _metadata(metadata)
+        if not isinstance(stream, bool):
+            raise InvalidJobError(f"stream must be true or false, got {stream!r}")
+        if stream:
+            payload["stream"] = True
         return cls._checked(job_id, payload, max_payload_bytes)
 
     @classmethod
@@ -126,7 +133,7 @@ class PromptJob:
         """Validate a payload read from the queue (the worker's side of :meth:`build`)."""
         if not isinstance(payload, dict):
             raise InvalidJobError("job payload is not a JSON object")
-        unknown = set(payload) - {"messages", "model", "params", "metadata"}
+        unknown = set(payload) - {"messages", "model", "params", "metadata", "stream"}
         if unknown:
             raise InvalidJobError(f"job payload has unknown fields: {', '.join(sorted(unknown))}")
         params = payload.get("params") or {}
@@ -137,6 +144,7 @@ class PromptJob:
             model=payload.get("model"),
             job_id=job_id,
             metadata=payload.get("metadata"),
+            stream=payload.get("stream", False),
             max_payload_bytes=max_payload_bytes,
             **params,
         )
@@ -160,6 +168,7 @@ class PromptJob:
             params=payload.get("params", {}),
             metadata=payload.get("metadata"),
             payload_json=payload_json,
+            stream=payload.get("stream", False),
         )
 
 
@@ -184,7 +193,7 @@ def _params(params: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in params.items():
         spec = PASS_THROUGH_PARAMS.get(name)
         if spec is None:
-            hint = "; stream and n are not supported" if name in {"stream", "n"} else ""
+            hint = "; n is not supported (submit n jobs)" if name == "n" else ""
             raise InvalidJobError(f"unknown parameter {name!r} (pass server-specific ones in extra_body){hint}")
         if value is None:
             continue

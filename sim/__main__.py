@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimConfig]:
             parser.add_argument(flag, type=lambda v: [int(x) for x in v.split(",")], help=f"comma-separated; {doc}")
         elif f.name in {"reply", "require_api_key", "error_code"}:
             parser.add_argument(flag, type=str, help=doc)
-        elif f.name in {"rpm", "rpm_burst", "tpm", "tpm_burst", "retry_after_ms", "seed"}:
+        elif f.name in {"rpm", "rpm_burst", "tpm", "tpm_burst", "retry_after_ms", "seed", "break_streams"}:
             parser.add_argument(flag, type=int, help=doc)
         else:
             parser.add_argument(flag, type=float, help=doc)

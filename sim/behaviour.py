@@ -37,6 +37,8 @@ class SimConfig:
     """Share of requests never answered (until the client gives up)."""
     malformed_rate: float = 0.0
     """Share of requests answered 200 with a body that is not JSON."""
+    break_streams: int = 0
+    """The next this many streamed answers break off (connection closed) after their first chunk."""
     rpm: int | None = None
     """Requests per minute; above it, 429 with ``retry-after-ms`` and ``x-ratelimit-*`` headers."""
     rpm_burst: int | None = None

@@ -198,7 +198,7 @@ class Simulator:
             return True
         self.stats.completions += 1
         if body.get("stream"):
-            await self._stream(writer, body)
+            return await self._stream(writer, body)
         else:
             await self._json(writer, 200, self._completion_body(body), self._limit_headers())
         return True
@@ -237,7 +237,7 @@ class Simulator:
             ],
         }
 
-    async def _stream(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+    async def _stream(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> bool:
         text, finish, usage = self._answer(body)
         base = {
             "id": f"chatcmpl-sim-{next(self._ids)}",
@@ -259,6 +259,10 @@ class Simulator:
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             event(json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
             await writer.drain()
+            if self.config.break_streams > 0:
+                self.config.break_streams -= 1
+                self.stats.count(self.stats.faults, "stream_broken")
+                return False
             if self.config.chunk_delay_ms > 0:
                 await asyncio.sleep(self.config.chunk_delay_ms / 1000)
         event(json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
@@ -267,6 +271,7 @@ class Simulator:
         event("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        return True
 
     def _token_cost(self, body: dict[str, Any]) -> int:
         if not self.config.tpm:

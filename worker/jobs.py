@@ -28,6 +28,7 @@ from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, 
 from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.store import ResultStore
+from worker.streams import StreamWriter
 from worker.wake import WakeListener
 
 __all__ = ["UNDECODABLE", "WorkerState", "run_prompt"]
@@ -84,6 +85,12 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         try:
             await _attempt(state, job, base)
         except asyncio.CancelledError:
+            if state.leases.cancelled(job_id):  # Producer.cancel: the document already says so
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                log.info("job.finished", status="cancelled", model=base.model, attempts=attempt)
+                return
             # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
             # arq's): put the job back as it was, without spending a try.
             await asyncio.shield(_release(state, base))
@@ -126,22 +133,27 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
         log.info("job.skipped", reason="result already stored", status=stored.status)
         return
 
+    on_delta = None
+    if job.stream:
+        writer = StreamWriter(state.store.redis, job.job_id, state.store.result_ttl_ms)
+        await writer.begin(base.attempts)
+        on_delta = writer.delta
     started_s = time.monotonic()
     try:
         async with asyncio.timeout(config.job_timeout_s):
-            completion = await llm.complete(state.client, job, base.model)
+            completion = await llm.complete(state.client, job, base.model, on_delta)
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
             await state.limiter.cool_down(base.model, error.retry_after_s or 1.0)
         if error.retryable and base.attempts < config.max_tries:
             return await _retry(state, base, started_s, error)
-        return await _finish(state, base, started_s=started_s, error=error)
+        return await _finish(state, base, started_s=started_s, error=error, streamed=job.stream)
     if estimate and completion.usage:
         await state.limiter.settle(base.model, estimate, completion.usage.total_tokens)
     if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
         await state.limiter.cool_down(base.model, pause_s)  # the server's budget is spent: pause every worker
-    await _finish(state, base, started_s=started_s, completion=completion)
+    await _finish(state, base, started_s=started_s, completion=completion, streamed=job.stream)
 
 
 def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:
@@ -152,7 +164,9 @@ def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:
 async def _retry(state: WorkerState, base: JobResult, started_s: float, error: llm.LLMError) -> None:
     delay_s = backoff_s(base.attempts, error.retry_after_s)
     queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
-    await state.store.requeue(queued)
+    if (stored := await state.store.requeue(queued)) is not None:  # cancelled meanwhile: no retry
+        log.info("job.finished", status=stored.status, model=base.model, attempts=base.attempts)
+        return
     log.info(
         "job.retrying",
         error_type=error.type,
@@ -180,6 +194,7 @@ async def _finish(
     started_s: float,
     completion: llm.Completion | None = None,
     error: llm.LLMError | None = None,
+    streamed: bool = False,
 ) -> None:
     """Write the terminal document and log the job's one canonical line."""
     final = dataclasses.replace(
@@ -192,7 +207,9 @@ async def _finish(
         finished_at=_now_s(),
         latency_ms=_ms_since(started_s),
     )
-    await asyncio.shield(state.store.finish(final))
+    stored = await asyncio.shield(state.store.finish(final, streamed=streamed))
+    if stored is not None:  # cancelled while the call ran: the cancelled document stays
+        final = dataclasses.replace(stored, latency_ms=final.latency_ms, attempts=final.attempts)
     usage = final.usage
     log.info(
         "job.finished",

@@ -25,23 +25,40 @@ log = get_logger("promptq.lease")
 
 
 class Leases:
-    """The running jobs of one worker process, and the task that renews their in-progress keys."""
+    """The running jobs of one worker process, and the task that renews their in-progress keys.
+
+    Also where a cancel message finds the task running a job (``cancel``)."""
 
     def __init__(self, redis: Redis, lease_s: float) -> None:
         self.redis = redis
         self.lease_ms = max(1, round(lease_s * 1000))
         self.renew_every_s = lease_s / 3
-        self.held: set[str] = set()
+        self.held: dict[str, asyncio.Task[object] | None] = {}
+        self._cancelled: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def holding(self, job_id: str) -> Iterator[None]:
         """Renew the job's lease while the block runs (arq's claim set the first one)."""
-        self.held.add(job_id)
+        self.held[job_id] = asyncio.current_task()
         try:
             yield
         finally:
-            self.held.discard(job_id)
+            self.held.pop(job_id, None)
+            self._cancelled.discard(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the task running ``job_id`` here, if any (its document already says cancelled)."""
+        task = self.held.get(job_id)
+        if task is None or task.done():
+            return False
+        self._cancelled.add(job_id)
+        task.cancel()
+        return True
+
+    def cancelled(self, job_id: str) -> bool:
+        """True if the job's task was cancelled by :meth:`cancel` (not by a shutdown)."""
+        return job_id in self._cancelled
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._renew_forever(), name="promptq-leases")

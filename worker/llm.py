@@ -6,9 +6,11 @@ Errors are turned into :class:`LLMError`, which says whether another attempt cou
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
 
 from producer.contract import JobError, Usage
@@ -84,10 +86,20 @@ def classify(status_code: int, code: str | None = None) -> tuple[str, bool]:
     return "client_error", False
 
 
-async def complete(client: openai.AsyncOpenAI, job: PromptJob, model: str) -> Completion:
-    """Run one Chat Completions request; raise :class:`LLMError` for any failure."""
+DeltaSink = Callable[[str], Awaitable[None]]
+
+
+async def complete(
+    client: openai.AsyncOpenAI, job: PromptJob, model: str, on_delta: DeltaSink | None = None
+) -> Completion:
+    """Run one Chat Completions request; raise :class:`LLMError` for any failure.
+
+    With ``on_delta`` the request is streamed and each piece of the answer is handed to it as it
+    arrives (usage is asked for with ``stream_options.include_usage``)."""
     params: dict[str, Any] = dict(job.params)
     try:
+        if on_delta is not None:
+            return await _streamed(client, job, model, params, on_delta)
         raw = await client.chat.completions.with_raw_response.create(
             model=model,
             messages=job.messages,  # type: ignore[arg-type]  # validated in producer.validation
@@ -107,15 +119,56 @@ async def complete(client: openai.AsyncOpenAI, job: PromptJob, model: str) -> Co
         raise LLMError("timeout", "the API did not answer within PROMPTQ_REQUEST_TIMEOUT_S", retryable=True) from e
     except openai.APIConnectionError as e:
         raise LLMError("connection_error", f"could not reach the API: {e.message}", retryable=True) from e
+    except httpx2.TransportError as e:  # a stream broken after its headers arrived
+        raise LLMError("connection_error", f"the stream broke off: {e!r}", retryable=True) from e
     except (openai.APIError, ValueError) as e:  # a body that is not a Chat Completion
         raise LLMError("bad_response", f"the API answered with an unreadable body: {e}", retryable=True) from e
     if not getattr(response, "choices", None):
         raise LLMError("bad_response", "the API answered without choices", retryable=True)
     choice = response.choices[0]
-    u = response.usage
     return Completion(
         content=choice.message.content,
         finish_reason=choice.finish_reason,
-        usage=Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens) if u else None,
-        rate_headers={k: v for k, v in raw.headers.items() if k.startswith(RATE_HEADER_PREFIX)},
+        usage=_usage(response.usage),
+        rate_headers=_rate_headers(raw.headers),
     )
+
+
+async def _streamed(
+    client: openai.AsyncOpenAI, job: PromptJob, model: str, params: dict[str, Any], on_delta: DeltaSink
+) -> Completion:
+    raw = await client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+        model=model,
+        messages=job.messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        **params,
+    )
+    parts: list[str] = []
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    async with raw.parse() as chunks:
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                usage = _usage(chunk.usage)
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            if choice.delta.content:
+                parts.append(choice.delta.content)
+                await on_delta(choice.delta.content)
+            if choice.finish_reason:
+                finish_reason = choice.finish_reason
+    if finish_reason is None:
+        raise LLMError("bad_response", "the stream ended without a finish_reason", retryable=True)
+    return Completion(
+        content="".join(parts), finish_reason=finish_reason, usage=usage, rate_headers=_rate_headers(raw.headers)
+    )
+
+
+def _usage(u: Any) -> Usage | None:
+    return Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens) if u else None
+
+
+def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith(RATE_HEADER_PREFIX)}

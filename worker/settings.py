@@ -66,7 +66,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     config: WorkerConfig = ctx["config"]
     leases = Leases(ctx["redis"], config.lease_s)
     leases.start()
-    wake = WakeListener(ctx["redis"])
+    wake = WakeListener(ctx["redis"], on_cancel=leases.cancel)
     wake.start()
     worker = shutdown.running_worker()
     if worker is not None:  # arq claims jobs for the lease; signals drain; wake messages end the poll

@@ -6,7 +6,8 @@
 - ``release``: back to ``queued`` when a shutdown interrupts the call, giving back arq's try.
 - ``finish``: the terminal document, written together with the removal of arq's bookkeeping for
   the job, so that no redelivery can run it again once its result is stored; a failed job's id
-  joins the failed set and its request is kept for ``Producer.retry``.
+  joins the failed set and its request is kept for ``Producer.retry``; a streamed job's stream gets
+  its ``done`` entry. A document ``Producer.cancel`` marked ``cancelled`` is never overwritten.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from producer.contract import (
     FAILED_SET,
     FAILED_SET_MAX,
     QUEUE_NAME,
+    STREAM_MAXLEN,
     TERMINAL_STATUSES,
     JobResult,
     done_channel,
     result_key,
+    stream_key,
 )
 from worker.redis_conn import persist
 
@@ -63,10 +66,21 @@ return false"""
 )
 
 # KEYS: result document, arq job record, arq in-progress key, arq try counter, queue, failed set,
-# kept job record. ARGV: terminal document, time to live (ms), job id, failed ('1' or '0'), time of
-# the failure (ms), size of the failed set, the job's done channel, its status (published there).
+# kept job record, event stream. ARGV: terminal document, time to live (ms), job id, failed ('1' or
+# '0'), time of the failure (ms), size of the failed set, the job's done channel, its status
+# (published there), '1' for a streamed job (its stream gets the done entry), the stream's length.
 # A failed job's record is kept beside its result (for Producer.retry) and its id joins the failed set.
+# A job cancelled meanwhile keeps its cancelled document (arq's bookkeeping goes all the same).
 _FINISH_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, doc = pcall(cjson.decode, current)
+  if ok and type(doc) == 'table' and doc['status'] == 'cancelled' then
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+    redis.call('ZREM', KEYS[5], ARGV[3])
+    return current
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[4] == '1' then
   local record = redis.call('GET', KEYS[2])
@@ -76,8 +90,12 @@ if ARGV[4] == '1' then
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[3])
+if ARGV[9] == '1' then
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', 'type', 'done', 'status', ARGV[8])
+  redis.call('PEXPIRE', KEYS[8], ARGV[2])
+end
 redis.call('PUBLISH', ARGV[7], ARGV[8])
-return 1
+return false
 """
 
 
@@ -109,7 +127,9 @@ class ResultStore:
         args: list[str | int] = [queued.to_json(), self.result_ttl_ms]
         return _parse(await persist(lambda: self._release(keys=keys, args=args)))
 
-    async def finish(self, final: JobResult) -> None:
+    async def finish(self, final: JobResult, *, streamed: bool = False) -> JobResult | None:
+        """Write the terminal document; return the stored one instead if the job was cancelled
+        meanwhile (that one stays)."""
         job_id = final.job_id
         keys = [
             result_key(job_id),
@@ -119,6 +139,7 @@ class ResultStore:
             QUEUE_NAME,
             FAILED_SET,
             FAILED_JOB_KEY_PREFIX + job_id,
+            stream_key(job_id),
         ]
         failed = "1" if final.status == "failed" else "0"
         now_ms = int(time.time() * 1000)
@@ -131,8 +152,10 @@ class ResultStore:
             FAILED_SET_MAX,
             done_channel(job_id),
             final.status,
+            "1" if streamed else "0",
+            STREAM_MAXLEN,
         ]
-        await persist(lambda: self._finish(keys=keys, args=args))
+        return _parse(await persist(lambda: self._finish(keys=keys, args=args)))
 
 
 def _parse(stored: Any) -> JobResult | None:

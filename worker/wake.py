@@ -1,4 +1,5 @@
-"""Waking an idle worker as soon as a job is submitted, instead of at its next poll.
+"""Waking an idle worker as soon as a job is submitted, instead of at its next poll (and hearing
+of cancelled jobs, on the same pub/sub connection).
 
 arq polls the queue every ``poll_delay`` seconds. Producers publish on ``promptq:wake`` after
 enqueueing (once a job, or once a ``submit_many`` chunk); each worker listens there and ends its
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import arq.worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from producer.contract import WAKE_CHANNEL
+from producer.contract import CANCEL_CHANNEL, WAKE_CHANNEL
 from worker.logs import get_logger
 from worker.shutdown import running_worker
 
@@ -29,10 +30,12 @@ RECONNECT_S = 1.0
 
 
 class WakeListener:
-    """Sets ``event`` whenever a producer publishes on the wake channel."""
+    """Sets ``event`` whenever a producer publishes on the wake channel, and hands each job id
+    published on the cancel channel to ``on_cancel``."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_cancel: Callable[[str], object] | None = None) -> None:
         self.redis = redis
+        self.on_cancel = on_cancel
         self.event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -49,10 +52,15 @@ class WakeListener:
         while True:
             pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(WAKE_CHANNEL)
+                await pubsub.subscribe(WAKE_CHANNEL, CANCEL_CHANNEL)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["channel"] == CANCEL_CHANNEL.encode():
+                        if self.on_cancel is not None:
+                            self.on_cancel(message["data"].decode())
+                    else:
                         self.event.set()
             except (RedisError, OSError) as e:  # the poll goes on meanwhile; listen again shortly
                 log.warning("wake.listen_failed", error=str(e))

@@ -1,0 +1,99 @@
+"""Reading a job's event stream (``promptq:stream:{job_id}``), without the I/O.
+
+``Producer.stream`` and ``SyncProducer.stream`` drive a :class:`StreamCursor`: they read the
+stream from a position with a blocking ``XREAD``, and the cursor turns entries into
+:class:`StreamEvent` values and decides when the stream has ended. A reader that comes late
+replays from the start (position ``"0"``); one that reconnects passes the ``id`` of the last
+event it saw. A job submitted without ``stream=True`` has no deltas: its stream is only its
+``done`` event, read from its result document once the job ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from producer.contract import JobResult, result_key, stream_key
+
+__all__ = ["READ_BLOCK_MS", "READ_COUNT", "JobNotFoundError", "StreamCursor", "StreamEvent"]
+
+READ_BLOCK_MS = 1000
+"""A blocking read waits this long before the cursor looks at the result document."""
+READ_COUNT = 500
+"""Entries fetched in one read at most."""
+
+EventType = Literal["delta", "restart", "done"]
+
+
+class JobNotFoundError(LookupError):
+    """No result document exists for this job id (never submitted, or expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of a job's stream.
+
+    ``delta``: ``text`` is the next piece of the answer. ``restart``: a new attempt (number
+    ``attempt``) begins after a failed one; drop the text gathered so far. ``done``: the last
+    event; ``result`` is the job's final document (``status`` succeeded, failed or cancelled)."""
+
+    id: str
+    """The entry's id in the Redis stream: pass it as ``after`` to resume behind this event."""
+    type: EventType
+    text: str | None = None
+    attempt: int | None = None
+    result: JobResult | None = None
+
+
+class StreamCursor:
+    """Where one reader is in a job's stream, and what it has learnt."""
+
+    def __init__(self, job_id: str, after: str = "0") -> None:
+        if not isinstance(after, str) or not after:
+            raise ValueError(f"after must be a stream entry id such as '0' or '1700000000000-0', got {after!r}")
+        self.job_id, self.position = job_id, after
+        self.key, self.doc_key = stream_key(job_id), result_key(job_id)
+        self.finished = False
+
+    def read_args(self) -> dict[str, Any]:
+        return {"streams": {self.key: self.position}, "count": READ_COUNT}
+
+    def events(self, reply: Any) -> list[StreamEvent]:
+        """The events in an ``XREAD`` reply (the last one ``done`` if the stream ended there)."""
+        out: list[StreamEvent] = []
+        for _key, entries in reply or []:
+            for raw_id, fields in entries:
+                entry_id = _text(raw_id)
+                self.position = entry_id
+                event = _event(entry_id, {_text(k): _text(v) for k, v in fields.items()})
+                out.append(event)
+                if event.type == "done":
+                    self.finished = True
+                    return out
+        return out
+
+    def ended(self, doc: bytes | None) -> JobResult | None:
+        """After a read that found nothing: the final document if the job has ended, else None."""
+        if doc is None:
+            raise JobNotFoundError(f"no job {self.job_id!r} (never submitted, or its result expired)")
+        result = JobResult.from_json(doc)
+        return result if result.done else None
+
+    def done(self, event: StreamEvent | None, doc: bytes | None) -> StreamEvent:
+        """The ``done`` event carrying the final document (``event`` is the stream's own, if any)."""
+        self.finished = True
+        result = None if doc is None else JobResult.from_json(doc)
+        return StreamEvent(id=event.id if event else self.position, type="done", result=result)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> StreamEvent:
+    kind = fields.get("type")
+    if kind == "delta":
+        return StreamEvent(id=entry_id, type="delta", text=fields.get("text", ""))
+    if kind == "restart":
+        return StreamEvent(id=entry_id, type="restart", attempt=int(fields.get("attempt", "0")))
+    return StreamEvent(id=entry_id, type="done")
