@@ -1,5 +1,6 @@
-# The promptq image: the worker (`arq worker.Settings`, the default command), the producer package,
-# the simulator (`python -m sim`) and the demo (`python -m devtools.demo --submit-only`).
+# The promptq image: the worker (`arq worker.Settings`, the default command), the producer package
+# and its HTTP API (`uvicorn producer.http:app`), the simulator (`python -m sim`) and the demo
+# (`python -m devtools.demo --submit-only`).
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -12,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY worker ./worker
 COPY sim ./sim
-RUN pip install . && rm -rf build *.egg-info
+RUN pip install '.[http]' && rm -rf build *.egg-info
 COPY devtools ./devtools
 
 USER nobody

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest faults bench bench-limits redis sim worker clean
+.PHONY: demo test lint typecheck pytest faults bench bench-limits redis browser api openapi screenshot sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) redis
+pytest: $(STAMP) redis browser
 	$(PY) -m pytest
 
 # The fault-injection suite alone (it also runs in `make test`), its figures written for the README.
@@ -47,12 +47,27 @@ bench-limits: $(STAMP) redis
 redis: $(STAMP)
 	@$(PY) -m devtools.ensure_redis
 
+# Makes sure the page test has a headless Chromium (Debian's package, installed with apt-get as root).
+browser: $(STAMP)
+	@$(PY) -m devtools.ensure_browser
+
+# The OpenAPI schema of the HTTP API, written to docs/openapi.json (a test compares the two).
+openapi: $(STAMP) redis
+	PROMPTQ_WRITE_OPENAPI=1 $(PY) -m pytest -q tests/integration/test_http.py -k openapi
+
+# The README's screenshot of the page, taken by the browser test.
+screenshot: $(STAMP) redis browser
+	PROMPTQ_SCREENSHOT=docs/page.png $(PY) -m pytest -q tests/integration/test_page.py -k streams
+
 # Handy for development: the simulator and a worker in the foreground.
 sim: $(STAMP)
 	$(PY) -m sim --port 8000 --reply demo --latency-ms 200
 
 worker: $(STAMP)
 	OPENAI_BASE_URL=$${OPENAI_BASE_URL:-http://127.0.0.1:8000/v1} $(VENV)/bin/arq worker.Settings
+
+api: $(STAMP)
+	$(VENV)/bin/uvicorn producer.http:app --port 8080
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

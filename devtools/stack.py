@@ -193,6 +193,23 @@ class Worker(Proc):
         return self
 
 
+class Api(Proc):
+    """``uvicorn producer.http:app`` on a free port, with the given environment."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", "producer.http:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        super().__init__(argv, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        super().start()
+        wait_until(lambda: "Application startup complete" in self.output() or not self.alive(), 20, "api")
+        if not self.alive():
+            raise RuntimeError(f"the API exited at start:\n{self.output()}")
+        return self
+
+
 @contextlib.contextmanager
 def redis_url_for(url: str) -> Iterator[str]:
     """``url`` when a Redis answers there; else a local ``redis-server`` started for the duration."""

@@ -69,6 +69,13 @@ def test_the_simulator_and_demo_commands_exist() -> None:
             assert flag in done.stdout, f"{name}: {flag} is not an option of {command[2]}"
 
 
+def test_the_api_service_runs_the_http_app() -> None:
+    api = _compose()["services"]["api"]
+    assert api["command"][:2] == ["uvicorn", "producer.http:app"]
+    assert "PROMPTQ_API_TOKEN" in api["environment"] and "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert "[http]" in _dockerfile(), "the image installs the API's extra"
+
+
 def test_the_dockerfile_installs_every_package_and_runs_the_worker() -> None:
     dockerfile = _dockerfile()
     assert re.search(r"^FROM python:3\.1[1-9][\d.]*-slim", dockerfile, re.M), "a pinned Python >= 3.11"

@@ -1,0 +1,195 @@
+"""The HTTP API, for web apps in any language: ``uvicorn producer.http:app`` (``pip install promptq[http]``).
+
+- ``POST /v1/jobs``: one job or a list (the arguments of ``Producer.submit`` as JSON); 202 with the
+  result document(s), ``job_id`` included.
+- ``GET /v1/jobs/{id}``: the result document.
+- ``GET /v1/jobs/{id}/events``: Server-Sent Events: ``delta`` and ``restart`` events as the answer
+  streams in, then one ``done`` event with the result document. Each event's ``id`` is its stream
+  position: a client reconnecting with ``Last-Event-ID`` resumes behind it.
+- ``DELETE /v1/jobs/{id}``: cancel (``Producer.cancel``).
+- ``GET /healthz``: 200 when Redis answers, else 503. ``GET /``: a page to try a prompt.
+
+Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``) and
+``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``.
+Errors: 401 without the token, 404 for an unknown id, 422 for a bad job (the message names the
+problem), 503 when Redis does not answer. Like the rest of the producer, it never imports openai.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from producer.calls import ProducerConfig
+from producer.client import JobNotFoundError, Producer, QueueUnavailableError
+from producer.contract import dumps
+from producer.streams import StreamEvent
+from producer.validation import InvalidJobError
+
+__all__ = ["app", "create_app"]
+
+TOKEN_ENV = "PROMPTQ_API_TOKEN"
+MAX_JOBS_PER_REQUEST = 10_000
+
+
+class JobRequest(BaseModel):
+    """One job: ``prompt`` or ``messages``, plus any Chat Completions parameter promptq passes on
+    (``temperature``, ``max_tokens``...). Checked as ``Producer.submit`` checks it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"prompt": "What is the capital of Vietnam?", "stream": True}]},
+    )
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    model: str | None = None
+    job_id: str | None = Field(None, description="your own id; submitting it again enqueues nothing new")
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+
+
+class Cancelled(BaseModel):
+    job_id: str
+    cancelled: bool
+    message: str
+    result: dict[str, Any] | None
+
+
+def create_app(config: ProducerConfig | None = None, token: str | None = None) -> FastAPI:
+    """The API app; ``config`` and ``token`` default to the environment."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with Producer(config=config or ProducerConfig.from_env()) as producer:
+            app.state.producer = producer
+            yield
+
+    app = FastAPI(title="promptq", version="0.1.0", summary="LLM prompt jobs over Redis", lifespan=lifespan)
+    app.state.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    app.add_exception_handler(QueueUnavailableError, _error_handler(503))
+    app.add_exception_handler(JobNotFoundError, _error_handler(404))
+    app.add_exception_handler(InvalidJobError, _error_handler(422))
+    app.include_router(jobs)
+    app.include_router(site)
+    return app
+
+
+def _error_handler(status: int) -> Any:
+    async def handle(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=status)
+
+    return handle
+
+
+async def authorised(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """With ``PROMPTQ_API_TOKEN`` set, ``Authorization: Bearer <token>`` (compared in constant time)."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def producer_of(request: Request) -> Producer:
+    producer: Producer = request.app.state.producer
+    return producer
+
+
+ProducerDep = Annotated[Producer, Depends(producer_of)]
+jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised)])
+site = APIRouter()
+
+
+@jobs.post("", status_code=202, summary="Submit one job or a list of jobs")
+async def submit(body: JobRequest | list[JobRequest], producer: ProducerDep) -> Any:
+    if isinstance(body, list):
+        if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
+            raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
+        ids = await producer.submit_many([_arguments(j) for j in body])
+        return [_doc(await producer.get(i), i) for i in ids]
+    job_id = await producer.submit(**_arguments(body))
+    return _doc(await producer.get(job_id), job_id)
+
+
+@jobs.get("/{job_id}", summary="The job's result document")
+async def get(job_id: str, producer: ProducerDep) -> Any:
+    return _doc(await producer.get(job_id), job_id)
+
+
+@jobs.get(
+    "/{job_id}/events",
+    summary="The job's events as Server-Sent Events (delta, restart, done)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    job_id: str, producer: ProducerDep, last_event_id: Annotated[str | None, Header()] = None
+) -> StreamingResponse:
+    _doc(await producer.get(job_id), job_id)  # 404 before the stream starts
+    after = last_event_id or "0"
+
+    async def sse() -> AsyncIterator[str]:
+        async for event in producer.stream(job_id, after=after):
+            yield _sse(event)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+
+@jobs.delete("/{job_id}", summary="Cancel a queued or running job")
+async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
+    outcome = await producer.cancel(job_id)
+    if outcome.result is None and not outcome.cancelled:
+        raise HTTPException(404, outcome.message)
+    doc = outcome.result.to_doc() if outcome.result else None
+    return Cancelled(job_id=job_id, cancelled=outcome.cancelled, message=outcome.message, result=doc)
+
+
+@site.get("/healthz", summary="200 when Redis answers")
+async def healthz(producer: ProducerDep) -> Any:
+    try:
+        await producer.redis.ping()
+    except Exception as e:  # any failure to reach Redis
+        return JSONResponse({"ok": False, "detail": f"Redis unavailable: {type(e).__name__}"}, status_code=503)
+    return {"ok": True}
+
+
+@site.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> str:
+    return resources.files("producer").joinpath("static/index.html").read_text()
+
+
+def _arguments(job: JobRequest) -> dict[str, Any]:
+    """The submit arguments as sent (fields left out stay out, so the producer's checks see them)."""
+    return job.model_dump(exclude_unset=True)
+
+
+def _doc(result: Any, job_id: str) -> dict[str, Any]:
+    if result is None:
+        raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
+    doc: dict[str, Any] = result.to_doc()
+    return doc
+
+
+def _sse(event: StreamEvent) -> str:
+    if event.type == "delta":
+        data = dumps({"text": event.text})
+    elif event.type == "restart":
+        data = dumps({"attempt": event.attempt})
+    else:
+        data = dumps(event.result.to_doc() if event.result else None)
+    head = f"id: {event.id}\n" if event.id and event.id != "0" else ""
+    return f"{head}event: {event.type}\ndata: {data}\n\n"
+
+
+app = create_app()
+"""The app ``uvicorn producer.http:app`` serves, configured from the environment."""

@@ -1,0 +1,139 @@
+"""The HTTP API, served by a real uvicorn process, with a real worker process and the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
+
+import pytest
+
+from devtools.stack import ROOT, Api, Simulator, Worker, free_port
+from tests.conftest import worker_env
+
+TOKEN = "test-api-token-0123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OPENAPI_SNAPSHOT = ROOT / "docs" / "openapi.json"
+
+
+@pytest.fixture(scope="module")
+def api(redis_server_url: str) -> Iterator[Api]:
+    with Api({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def http_worker(redis_server_url: str, sim_process: Simulator) -> Iterator[Worker]:
+    with Worker(worker_env(redis_server_url, sim_process)) as worker:
+        yield worker
+
+
+def call(
+    api: Api, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = Request(api.url + path, data=data, method=method, headers={**AUTH, **(headers or {})})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urlopen(request, timeout=10) as response:
+            raw, status, got = response.read(), response.status, dict(response.headers)
+    except HTTPError as e:
+        raw, status, got = e.read(), e.code, dict(e.headers)
+    kind = got.get("content-type", "")
+    return status, json.loads(raw) if kind.startswith("application/json") else raw.decode(), got
+
+
+def sse(text: str) -> list[tuple[str | None, str, Any]]:
+    """(id, event, data) of each Server-Sent Event."""
+    out = []
+    for frame in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.splitlines())
+        out.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_submit_get_and_stream_one_job(api: Api, http_worker: Worker, redis_url: str, sim: Simulator) -> None:
+    status, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "hello over http", "stream": True, "max_tokens": 50})
+    assert status == 202 and doc["status"] == "queued" and doc["job_id"]
+    status, text, headers = call(api, "GET", f"/v1/jobs/{doc['job_id']}/events")
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = sse(text)
+    assert [e[1] for e in events][-1] == "done" and {e[1] for e in events[:-1]} == {"delta"}
+    assert "".join(e[2]["text"] for e in events[:-1]) == "hello over http"
+    final = events[-1][2]
+    assert final["status"] == "succeeded" and final["content"] == "hello over http"
+    # Last-Event-ID resumes behind the given event
+    status, text, _ = call(
+        api, "GET", f"/v1/jobs/{doc['job_id']}/events", headers={"Last-Event-ID": events[-2][0] or ""}
+    )
+    assert [e[1] for e in sse(text)] == ["done"]
+    status, got, _ = call(api, "GET", f"/v1/jobs/{doc['job_id']}")
+    assert status == 200 and got == final
+
+
+def test_a_list_of_jobs_answers_with_every_document(api: Api, http_worker: Worker, redis_url: str) -> None:
+    status, docs, _ = call(api, "POST", "/v1/jobs", [{"prompt": "one"}, {"prompt": "two", "job_id": "mine-2"}])
+    assert status == 202 and [d["status"] for d in docs] == ["queued", "queued"] and docs[1]["job_id"] == "mine-2"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"prompt": "hi", "temperature": 3}, "temperature must be a number from 0 to 2"),
+        ({"prompt": "hi", "promt": "typo"}, "unknown parameter 'promt'"),
+        ({}, "give exactly one of prompt or messages"),
+        ([], "a list of jobs must hold 1 to"),
+    ],
+)
+def test_bad_jobs_get_422_with_the_reason(api: Api, redis_url: str, body: Any, message: str) -> None:
+    status, doc, _ = call(api, "POST", "/v1/jobs", body)
+    assert status == 422 and message in doc["detail"]
+
+
+def test_unknown_ids_get_404_and_cancel_works(api: Api, http_worker: Worker, redis_url: str, sim: Simulator) -> None:
+    for method, path in [("GET", "/v1/jobs/nope"), ("GET", "/v1/jobs/nope/events"), ("DELETE", "/v1/jobs/nope")]:
+        status, doc, _ = call(api, method, path)
+        assert status == 404 and "nope" in doc["detail"], (method, path)
+    sim.configure(hang_rate=1.0)  # the job runs until cancelled
+    _, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "cancel me", "stream": True})
+    path = f"/v1/jobs/{doc['job_id']}"
+    deadline = time.monotonic() + 10
+    while call(api, "GET", path)[1]["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status, outcome, _ = call(api, "DELETE", path)
+    assert status == 200 and outcome["cancelled"] and outcome["result"]["status"] == "cancelled"
+    status, again, _ = call(api, "DELETE", path)
+    assert status == 200 and not again["cancelled"] and "already cancelled" in again["message"]
+    _, text, _ = call(api, "GET", path + "/events")
+    assert [(e[1], e[2]["status"]) for e in sse(text)] == [("done", "cancelled")]
+    assert sim.stats()["requests"] == 1
+
+
+def test_the_token_is_required(api: Api, redis_url: str) -> None:
+    for headers in [{"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]:
+        status, doc, got = call(api, "POST", "/v1/jobs", {"prompt": "hi"}, headers=headers)
+        assert status == 401 and got.get("www-authenticate") == "Bearer" and "token" in doc["detail"], headers
+    assert call(api, "GET", "/healthz", headers={"Authorization": ""})[:2] == (200, {"ok": True})
+
+
+def test_redis_down_gets_503() -> None:
+    with Api({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}) as down:
+        status, doc, _ = call(down, "POST", "/v1/jobs", {"prompt": "hi"})
+        assert status == 503 and "unavailable" in doc["detail"]
+        assert call(down, "GET", "/healthz")[0] == 503
+
+
+def test_the_openapi_schema_is_the_documented_one(api: Api) -> None:
+    status, schema, _ = call(api, "GET", "/openapi.json")
+    assert status == 200
+    assert set(schema["paths"]) == {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/healthz"}
+    assert set(schema["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
+    if os.environ.get("PROMPTQ_WRITE_OPENAPI"):
+        OPENAPI_SNAPSHOT.write_text(json.dumps(schema, indent=2) + "\n")
+    assert schema == json.loads(Path(OPENAPI_SNAPSHOT).read_text()), "run `make openapi` and commit docs/openapi.json"
