@@ -15,10 +15,10 @@ from producer.client import (
     QueueUnavailableError,
     RetryRefusedError,
     StreamEvent,
-    SyncProducer,
 )
 from producer.contract import JobError, JobResult, Usage
 from producer.env import ConfigError
+from producer.sync_client import SyncProducer
 from producer.validation import InvalidJobError
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Producer (asyncio) and SyncProducer (Django, Flask, scripts): submit jobs, read and wait for results.
+"""Producer (asyncio): submit jobs, read, wait for, stream and cancel results; and what
+``SyncProducer`` (``producer.sync_client``) shares with it.
 
 Neither imports openai or the worker: a web app needs only Redis and this package.
 """
@@ -10,7 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import redis
 import redis.asyncio
@@ -25,7 +26,7 @@ from producer.calls import (
     ProducerConfig,
     RetryRefusedError,
 )
-from producer.contract import FAILED_SET, JobResult, done_channel, result_key
+from producer.contract import FAILED_SET, JobResult, result_key
 from producer.env import redact_url
 from producer.notify import FALLBACK_POLL_S, DoneWatcher
 from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
@@ -38,7 +39,6 @@ __all__ = [
     "QueueUnavailableError",
     "RetryRefusedError",
     "StreamEvent",
-    "SyncProducer",
 ]
 
 CANCEL_ATTEMPTS = 20
@@ -242,121 +242,6 @@ class Producer:
                 for event in cursor.events(reply):
                     if event.type == "done":
                         event = cursor.done(event, await self.redis.get(cursor.doc_key))
-                    yield event
-
-
-class SyncProducer:
-    """The same API as :class:`Producer`, blocking, for Django and Flask views and plain scripts.
-
-    Thread-safe: one instance (one connection pool) can serve every request of a process.
-    """
-
-    def __init__(
-        self,
-        redis_url: str | None = None,
-        *,
-        config: ProducerConfig | None = None,
-        client: redis.Redis | None = None,
-    ) -> None:
-        self._calls = Calls(_config(redis_url, config))
-        self._owns_client = client is None
-        self.redis = client if client is not None else redis.Redis.from_url(self.config.redis_url)
-        self._submit = self.redis.register_script(SUBMIT_LUA)
-        self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
-        self._retry = self.redis.register_script(RETRY_LUA)
-        self._cancel = self.redis.register_script(CANCEL_LUA)
-
-    @property
-    def config(self) -> ProducerConfig:
-        return self._calls.config
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._owns_client:
-            self.redis.close()
-
-    def submit(self, prompt: str | None = None, **kwargs: Any) -> str:
-        """See :meth:`Producer.submit`."""
-        job = self._calls.build(prompt, **kwargs)
-        keys, args = self._calls.submit(job, time.time())
-        with _redis_errors(self.config):
-            self._submit(keys=keys, args=args)
-        return job.job_id
-
-    def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
-        """See :meth:`Producer.submit_many`."""
-        jobs = self._calls.build_many(items)
-        with _redis_errors(self.config):
-            for keys, args in self._calls.chunks(jobs):
-                self._submit_many(keys=keys, args=args)
-        return [job.job_id for job in jobs]
-
-    def get(self, job_id: str) -> JobResult | None:
-        """See :meth:`Producer.get`."""
-        with _redis_errors(self.config):
-            return _parse(cast("bytes | None", self.redis.get(result_key(job_id))))
-
-    def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
-        """See :meth:`Producer.wait`."""
-        waiter = _Waiter(job_id, timeout)
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        with _redis_errors(self.config), contextlib.closing(pubsub) as ps:
-            ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
-            while (delay_s := waiter.sleep_s(result := self.get(job_id))) is not None:
-                ps.get_message(timeout=delay_s)
-                while ps.get_message(timeout=0) is not None:  # more than one message: drain them
-                    pass
-        assert result is not None
-        return result
-
-    def failed(self, limit: int = 100) -> list[JobResult]:
-        """See :meth:`Producer.failed`."""
-        with _redis_errors(self.config):
-            ids = cast("list[bytes]", self.redis.zrevrange(FAILED_SET, 0, _last_index(limit)))
-            docs = cast("list[bytes | None]", self.redis.mget([result_key(i.decode()) for i in ids])) if ids else []
-        return _failed(docs)
-
-    def retry(self, job_id: str) -> str:
-        """See :meth:`Producer.retry`."""
-        with _redis_errors(self.config):
-            doc, record = cast("list[bytes | None]", self.redis.mget(Calls.retry_reads(job_id)))
-            keys, args = self._calls.retry(job_id, doc, record, time.time())
-            _retried(job_id, self._retry(keys=keys, args=args))
-        return job_id
-
-    def cancel(self, job_id: str) -> Cancellation:
-        """See :meth:`Producer.cancel`."""
-        with _redis_errors(self.config):
-            for _ in range(CANCEL_ATTEMPTS):
-                doc = cast("bytes | None", self.redis.get(result_key(job_id)))
-                call = Calls.cancel(job_id, doc, time.time())
-                if isinstance(call, Cancellation):
-                    return call
-                if self._cancel(keys=call[0], args=call[1]):
-                    return Cancellation(job_id, cancelled=True, result=self.get(job_id))
-        raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
-
-    def stream(self, job_id: str, after: str = "0") -> Iterator[StreamEvent]:
-        """See :meth:`Producer.stream`."""
-        cursor = StreamCursor(job_id, after)
-        with _redis_errors(self.config):
-            while not cursor.finished:
-                reply = self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
-                if not reply and cursor.ended(cast("bytes | None", self.redis.get(cursor.doc_key))):
-                    reply = self.redis.xread(**cursor.read_args())
-                    if not reply:
-                        yield cursor.done(None, cast("bytes | None", self.redis.get(cursor.doc_key)))
-                        return
-                for event in cursor.events(reply):
-                    if event.type == "done":
-                        event = cursor.done(event, cast("bytes | None", self.redis.get(cursor.doc_key)))
                     yield event
 
 
