@@ -52,7 +52,7 @@ class QueueUnavailableError(ConnectionError):
 
 
 @contextlib.contextmanager
-def _redis_errors(config: ProducerConfig) -> Iterator[None]:
+def redis_errors(config: ProducerConfig) -> Iterator[None]:
     where = redact_url(config.redis_url)
     refused = f"Redis at {where} refused access ({{}}): check the credentials in REDIS_URL"
     try:
@@ -151,7 +151,7 @@ class Producer:
         """
         job = self._calls.build(prompt, **kwargs)
         keys, args = self._calls.submit(job, time.time())
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             await self._submit(keys=keys, args=args)
         return job.job_id
 
@@ -162,7 +162,7 @@ class Producer:
         whole call before anything is written.
         """
         jobs = self._calls.build_many(items)
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             sending: asyncio.Task[Any] | None = None
             try:
                 for keys, args in self._calls.chunks(jobs):  # encodes a chunk while Redis runs the last
@@ -176,13 +176,13 @@ class Producer:
 
     async def get(self, job_id: str) -> JobResult | None:
         """The job's result document now, or None for an unknown (or expired) id."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             return _parse(await self.redis.get(result_key(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:  # noqa: ASYNC109
         """Return the result once its status is terminal; raise ``TimeoutError`` after ``timeout`` s."""
         waiter = _Waiter(job_id, timeout)
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             async with self._watcher.watching(job_id) as done:  # subscribed before the first read
                 while (delay_s := waiter.sleep_s(result := await self.get(job_id))) is not None:
                     with contextlib.suppress(TimeoutError):
@@ -194,7 +194,7 @@ class Producer:
 
     async def failed(self, limit: int = 100) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             ids = await self.redis.zrevrange(FAILED_SET, 0, _last_index(limit))
             docs = await self.redis.mget([result_key(i.decode()) for i in ids]) if ids else []
         return _failed(docs)
@@ -205,7 +205,7 @@ class Producer:
         Raises :class:`RetryRefusedError` (a ``ValueError``) if the job is not failed or its request
         has expired. Retrying an id twice queues it once.
         """
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             doc, record = await self.redis.mget(Calls.retry_reads(job_id))
             keys, args = self._calls.retry(job_id, doc, record, time.time())
             _retried(job_id, await self._retry(keys=keys, args=args))
@@ -215,7 +215,7 @@ class Producer:
         """Cancel a job: a queued one never calls the API, a running one has its request stopped;
         its status becomes ``cancelled`` and it is not retried. A finished or unknown job is left
         as it is (``Cancellation.cancelled`` is False and its ``message`` says why)."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             for _ in range(CANCEL_ATTEMPTS):
                 doc = await self.redis.get(result_key(job_id))
                 call = Calls.cancel(job_id, doc, time.time())
@@ -231,7 +231,7 @@ class Producer:
         written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
         without ``stream=True`` yields only its ``done`` event."""
         cursor = StreamCursor(job_id, after)
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             while not cursor.finished:
                 reply = await self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
                 if not reply and cursor.ended(await self.redis.get(cursor.doc_key)):

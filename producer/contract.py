@@ -14,6 +14,7 @@ __all__ = [
     "ARQ_IN_PROGRESS_KEY_PREFIX",
     "ARQ_JOB_KEY_PREFIX",
     "ARQ_RETRY_KEY_PREFIX",
+    "BATCH_KEY_PREFIX",
     "CANCEL_CHANNEL",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_REDIS_URL",
@@ -34,6 +35,7 @@ __all__ = [
     "JobResult",
     "Status",
     "Usage",
+    "batch_key",
     "done_channel",
     "dumps",
     "encode_job",
@@ -65,6 +67,9 @@ result. Each entry has a ``type``: ``delta`` (with ``text``), ``restart`` (with 
 attempt begins, discard the text so far) or ``done`` (with ``status``; the last entry)."""
 STREAM_MAXLEN: Final = 100_000
 """Entries a stream keeps at most (older ones are trimmed)."""
+BATCH_KEY_PREFIX: Final = "promptq:batch:"
+"""``promptq:batch:{name}``: a batch's manifest (JSON): ``{"name", "submitted_at", "items": [[custom_id,
+job_id], ...]}`` in input order, written by ``promptq submit``, kept as long as a queued job."""
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
 
@@ -84,6 +89,10 @@ def result_key(job_id: str) -> str:
 
 def stream_key(job_id: str) -> str:
     return STREAM_KEY_PREFIX + job_id
+
+
+def batch_key(name: str) -> str:
+    return BATCH_KEY_PREFIX + name
 
 
 # -- JSON codec --------------------------------------------------------------------------------

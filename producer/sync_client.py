@@ -27,9 +27,9 @@ from producer.client import (
     _failed,
     _last_index,
     _parse,
-    _redis_errors,
     _retried,
     _Waiter,
+    redis_errors,
 )
 from producer.contract import FAILED_SET, JobResult, done_channel, result_key
 from producer.streams import READ_BLOCK_MS, StreamCursor, StreamEvent
@@ -78,28 +78,28 @@ class SyncProducer:
         """See :meth:`Producer.submit`."""
         job = self._calls.build(prompt, **kwargs)
         keys, args = self._calls.submit(job, time.time())
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             self._submit(keys=keys, args=args)
         return job.job_id
 
     def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """See :meth:`Producer.submit_many`."""
         jobs = self._calls.build_many(items)
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             for keys, args in self._calls.chunks(jobs):
                 self._submit_many(keys=keys, args=args)
         return [job.job_id for job in jobs]
 
     def get(self, job_id: str) -> JobResult | None:
         """See :meth:`Producer.get`."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             return _parse(cast("bytes | None", self.redis.get(result_key(job_id))))
 
     def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
         """See :meth:`Producer.wait`."""
         waiter = _Waiter(job_id, timeout)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        with _redis_errors(self.config), contextlib.closing(pubsub) as ps:
+        with redis_errors(self.config), contextlib.closing(pubsub) as ps:
             ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
             while (delay_s := waiter.sleep_s(result := self.get(job_id))) is not None:
                 ps.get_message(timeout=delay_s)
@@ -110,14 +110,14 @@ class SyncProducer:
 
     def failed(self, limit: int = 100) -> list[JobResult]:
         """See :meth:`Producer.failed`."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             ids = cast("list[bytes]", self.redis.zrevrange(FAILED_SET, 0, _last_index(limit)))
             docs = cast("list[bytes | None]", self.redis.mget([result_key(i.decode()) for i in ids])) if ids else []
         return _failed(docs)
 
     def retry(self, job_id: str) -> str:
         """See :meth:`Producer.retry`."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             doc, record = cast("list[bytes | None]", self.redis.mget(Calls.retry_reads(job_id)))
             keys, args = self._calls.retry(job_id, doc, record, time.time())
             _retried(job_id, self._retry(keys=keys, args=args))
@@ -125,7 +125,7 @@ class SyncProducer:
 
     def cancel(self, job_id: str) -> Cancellation:
         """See :meth:`Producer.cancel`."""
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             for _ in range(CANCEL_ATTEMPTS):
                 doc = cast("bytes | None", self.redis.get(result_key(job_id)))
                 call = Calls.cancel(job_id, doc, time.time())
@@ -138,7 +138,7 @@ class SyncProducer:
     def stream(self, job_id: str, after: str = "0") -> Iterator[StreamEvent]:
         """See :meth:`Producer.stream`."""
         cursor = StreamCursor(job_id, after)
-        with _redis_errors(self.config):
+        with redis_errors(self.config):
             while not cursor.finished:
                 reply = self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
                 if not reply and cursor.ended(cast("bytes | None", self.redis.get(cursor.doc_key))):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
 from producer.env import ConfigError, env_choice, env_float, env_int, env_redis_url, env_str
+from producer.prices import Price, prices_from_env
 
 __all__ = ["ENV_NAMES", "ConfigError", "Limit", "WorkerConfig", "limits_from_env"]
 
@@ -37,6 +38,8 @@ ENV_NAMES = (
     "PROMPTQ_LIMIT_SCOPE",
     "PROMPTQ_COMPLETION_ESTIMATE_TOKENS",
     "PROMPTQ_SHUTDOWN_GRACE_S",
+    "PROMPTQ_METRICS_PORT",
+    "PROMPTQ_PRICES",
     "PROMPTQ_LOG_FORMAT",
     "PROMPTQ_LOG_LEVEL",
 )
@@ -103,6 +106,10 @@ class WorkerConfig:
     process (for workers that each have an API key, and an organisation, of their own)."""
     completion_estimate_tokens: int = 500
     """Completion tokens reserved for a request that sets no max_tokens (settled after the call)."""
+    metrics_port: int | None = None
+    """Serve ``/metrics`` and ``/healthz`` on this port (None: no server)."""
+    prices: dict[str, Price] = field(default_factory=dict)
+    """USD per million input and output tokens, per model (``PROMPTQ_PRICES``), for the cost metric."""
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -147,6 +154,17 @@ class WorkerConfig:
             limits=limits,
             limit_scope=env_choice(env, "PROMPTQ_LIMIT_SCOPE", d.limit_scope, LIMIT_SCOPES),
             completion_estimate_tokens=env_int(env, "PROMPTQ_COMPLETION_ESTIMATE_TOKENS", d.completion_estimate_tokens),
+            metrics_port=_optional_port(env, "PROMPTQ_METRICS_PORT"),
+            prices=prices_from_env(env),
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
         )
+
+
+def _optional_port(env: Mapping[str, str], name: str) -> int | None:
+    if env_str(env, name) is None:
+        return None
+    port = env_int(env, name, 0)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a TCP port from 1 to 65535, got {port}")
+    return port

@@ -26,6 +26,7 @@ from worker.config import WorkerConfig
 from worker.lease import Leases
 from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens, server_budget_wait_s
 from worker.logs import get_logger
+from worker.metrics import Metrics
 from worker.retry import backoff_s
 from worker.store import ResultStore
 from worker.streams import StreamWriter
@@ -49,6 +50,7 @@ class WorkerState:
     leases: Leases
     wake: WakeListener
     limiter: Limiter
+    metrics: Metrics
 
 
 def _now_s() -> float:
@@ -81,6 +83,16 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _finish(state, base, started_s=time.monotonic(), error=error)
+    state.metrics.busy_jobs += 1
+    try:
+        await _guarded_attempt(state, job, base)
+    finally:
+        state.metrics.busy_jobs -= 1
+
+
+async def _guarded_attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
+    """One attempt, with the lease held, and every way out of it turned into a stored outcome."""
+    job_id, attempt = base.job_id, base.attempts
     with state.leases.holding(job_id):
         try:
             await _attempt(state, job, base)
@@ -90,6 +102,7 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
                 if task is not None:
                     task.uncancel()
                 log.info("job.finished", status="cancelled", model=base.model, attempts=attempt)
+                state.metrics.job_ended(base.model, "cancelled", None)
                 return
             # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
             # arq's): put the job back as it was, without spending a try.
@@ -128,6 +141,7 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
         raise Retry(defer=e.wait_s) from None
     if waited_s:
         log.debug("job.budget_waited", waited_ms=round(waited_s * 1000))
+        state.metrics.budget_wait.labels(base.model).inc(waited_s)
     stored = await state.store.start(base)
     if stored is not None:
         log.info("job.skipped", reason="result already stored", status=stored.status)
@@ -140,11 +154,11 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
         on_delta = writer.delta
     started_s = time.monotonic()
     try:
-        async with asyncio.timeout(config.job_timeout_s):
-            completion = await llm.complete(state.client, job, base.model, on_delta)
+        completion = await _call(state, job, base.model, on_delta)
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
+            state.metrics.rate_limited.labels(base.model).inc()
             await state.limiter.cool_down(base.model, error.retry_after_s or 1.0)
         if error.retryable and base.attempts < config.max_tries:
             return await _retry(state, base, started_s, error)
@@ -156,6 +170,20 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
     await _finish(state, base, started_s=started_s, completion=completion, streamed=job.stream)
 
 
+async def _call(state: WorkerState, job: PromptJob, model: str, on_delta: llm.DeltaSink | None) -> llm.Completion:
+    """The API call itself, bounded by PROMPTQ_JOB_TIMEOUT_S and counted in the metrics."""
+    metrics = state.metrics
+    metrics.attempts.labels(model).inc()
+    metrics.in_flight.inc()
+    started_s = time.monotonic()
+    try:
+        async with asyncio.timeout(state.config.job_timeout_s):
+            return await llm.complete(state.client, job, model, on_delta)
+    finally:
+        metrics.in_flight.dec()
+        metrics.latency.labels(model).observe(time.monotonic() - started_s)
+
+
 def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:
     message = f"the attempt took longer than PROMPTQ_JOB_TIMEOUT_S ({config.job_timeout_s:g} s)"
     return llm.LLMError("timeout", message, retryable=True)
@@ -164,6 +192,7 @@ def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:
 async def _retry(state: WorkerState, base: JobResult, started_s: float, error: llm.LLMError) -> None:
     delay_s = backoff_s(base.attempts, error.retry_after_s)
     queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
+    state.metrics.retries.labels(base.model or "", error.type).inc()
     if (stored := await state.store.requeue(queued)) is not None:  # cancelled meanwhile: no retry
         log.info("job.finished", status=stored.status, model=base.model, attempts=base.attempts)
         return
@@ -211,6 +240,7 @@ async def _finish(
     if stored is not None:  # cancelled while the call ran: the cancelled document stays
         final = dataclasses.replace(stored, latency_ms=final.latency_ms, attempts=final.attempts)
     usage = final.usage
+    state.metrics.job_ended(final.model, final.status, usage)
     log.info(
         "job.finished",
         status=final.status,

@@ -20,6 +20,7 @@ from worker.jobs import UNDECODABLE, WorkerState, run_prompt
 from worker.lease import Leases
 from worker.limiter import Limiter
 from worker.logs import configure_logging, get_logger
+from worker.metrics import Metrics
 from worker.redis_conn import check_access, redis_settings
 from worker.store import ResultStore
 from worker.wake import WakeListener, install_poll
@@ -72,6 +73,9 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     if worker is not None:  # arq claims jobs for the lease; signals drain; wake messages end the poll
         shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s)
         worker.promptq_wake = wake.event  # type: ignore[attr-defined]  # read by worker.wake._poll
+    metrics = Metrics(config.prices)
+    if config.metrics_port is not None:
+        await metrics.serve(config.metrics_port, ctx["redis"], poll_delay_s=config.poll_delay_s)
     ctx["promptq"] = WorkerState(
         config=config,
         client=llm.make_client(config),
@@ -79,6 +83,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         leases=leases,
         wake=wake,
         limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
+        metrics=metrics,
     )
     log.info(
         "worker.started",
@@ -94,6 +99,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     if state is not None:
         await state.leases.stop()
         await state.wake.stop()
+        await state.metrics.close()
         await state.client.close()
     log.info("worker.stopped")
 

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from producer.contract import CANCEL_CHANNEL, WAKE_CHANNEL
 from worker.logs import get_logger
+from worker.metrics import heartbeat
 from worker.shutdown import running_worker
 
 __all__ = ["WakeListener", "install_poll"]
@@ -77,6 +78,7 @@ async def _poll(step: float = 0.5) -> AsyncGenerator[float, None]:
     loop = asyncio.get_running_loop()
     while True:
         before = loop.time()
+        heartbeat()
         yield before
         left_s = max(0.0, step - (loop.time() - before))
         if wake is None:

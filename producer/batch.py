@@ -1,0 +1,190 @@
+"""Batches for the ``promptq`` command: JSONL in (the OpenAI Batch API's input format or a plain
+one), a manifest in Redis, progress, and JSONL out in the Batch API's output format.
+
+A job's id is ``{batch}:{custom_id}`` (or ``{batch}:{line number}`` without one; a custom_id that
+is not a valid id is hashed), so submitting the same file again enqueues nothing new: an
+interrupted ``submit`` is simply run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from producer.calls import Calls
+from producer.contract import JobResult, batch_key, dumps, result_key
+from producer.prices import Price, cost_usd
+from producer.validation import JOB_ID_RE, InvalidJobError
+
+__all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_batch_name"]
+
+BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+CHAT_URL = "/v1/chat/completions"
+READ_CHUNK = 1000
+
+
+def valid_batch_name(name: str) -> str:
+    if not BATCH_NAME_RE.fullmatch(name):
+        raise ValueError(f"batch name {name!r} must be 1 to 100 letters, digits, '_', '.' or '-'")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    line_no: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A parsed batch file: the jobs' submit arguments (``job_id`` included) in input order."""
+
+    name: str
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """(custom_id, submit arguments) for each good line."""
+    bad: list[BadLine] = field(default_factory=list)
+
+    def manifest(self, now_s: float) -> str:
+        return dumps(
+            {"name": self.name, "submitted_at": round(now_s, 3), "items": [[c, a["job_id"]] for c, a in self.items]}
+        )
+
+
+def parse_jsonl(lines: Iterable[str], batch: str, calls: Calls) -> Batch:
+    """Read each line as the Batch API's ``{"custom_id", "method", "url", "body"}`` or as plain
+    ``{"prompt" | "messages", ...options, "custom_id"?}``; check it as ``submit`` would."""
+    parsed = Batch(valid_batch_name(batch))
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            custom_id, arguments = _arguments(line, line_no)
+            if custom_id in seen:
+                raise InvalidJobError(f"custom_id {custom_id!r} repeats line {seen[custom_id]}")
+            arguments["job_id"] = _job_id(batch, custom_id)
+            calls.build(**arguments)  # the same checks as submit, before anything is written
+        except (InvalidJobError, TypeError, ValueError) as e:
+            parsed.bad.append(BadLine(line_no, str(e)))
+            continue
+        seen[custom_id] = line_no
+        parsed.items.append((custom_id, arguments))
+    return parsed
+
+
+def _arguments(line: str, line_no: int) -> tuple[str, dict[str, Any]]:
+    try:
+        item = json.loads(line)
+    except ValueError as e:
+        raise InvalidJobError(f"not JSON: {e}") from None
+    if not isinstance(item, dict):
+        raise InvalidJobError("must be a JSON object")
+    custom_id = item.pop("custom_id", None)
+    if custom_id is None:
+        custom_id = str(line_no)
+    elif not isinstance(custom_id, str) or not custom_id:
+        raise InvalidJobError("custom_id must be a non-empty string")
+    if "body" in item:  # the Batch API's format
+        if item.get("method", "POST") != "POST" or item.get("url", CHAT_URL) != CHAT_URL:
+            raise InvalidJobError(f"only POST {CHAT_URL} requests can be run")
+        unknown = set(item) - {"method", "url", "body"}
+        if unknown or not isinstance(item["body"], dict):
+            raise InvalidJobError("a Batch API line has custom_id, method, url and a body object")
+        item = dict(item["body"])
+    if "job_id" in item:
+        raise InvalidJobError("job_id is not allowed: ids come from the batch name and custom_id")
+    return custom_id, item
+
+
+def _job_id(batch: str, custom_id: str) -> str:
+    job_id = f"{batch}:{custom_id}"
+    if JOB_ID_RE.fullmatch(job_id):
+        return job_id
+    return f"{batch}:{hashlib.sha256(custom_id.encode()).hexdigest()[:32]}"
+
+
+def load_manifest(client: redis.Redis, name: str) -> list[tuple[str, str]]:
+    raw = cast("bytes | None", client.get(batch_key(name)))
+    if raw is None:
+        raise LookupError(f"no batch {name!r} (never submitted, or expired)")
+    return [(c, j) for c, j in json.loads(raw)["items"]]
+
+
+def read_results(client: redis.Redis, job_ids: list[str]) -> Iterator[JobResult | None]:
+    for start in range(0, len(job_ids), READ_CHUNK):
+        docs = cast("list[bytes | None]", client.mget([result_key(i) for i in job_ids[start : start + READ_CHUNK]]))
+        yield from (None if d is None else JobResult.from_json(d) for d in docs)
+
+
+@dataclass
+class Progress:
+    """A batch's counts at one moment."""
+
+    total: int
+    by_status: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    cost_usd: float | None = None
+    at_s: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def of(cls, results: Iterable[JobResult | None], total: int, prices: dict[str, Price]) -> Progress:
+        progress = cls(total)
+        for r in results:
+            status = "expired" if r is None else r.status
+            progress.by_status[status] = progress.by_status.get(status, 0) + 1
+            if r is not None and r.usage is not None:
+                progress.tokens += r.usage.total_tokens
+                if (cost := cost_usd(prices, r.model, r.usage)) is not None:
+                    progress.cost_usd = (progress.cost_usd or 0.0) + cost
+        return progress
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in ("succeeded", "failed", "cancelled", "expired"))
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.total
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, **self.by_status, "tokens": self.tokens, "cost_usd": self.cost_usd}
+
+
+def output_line(custom_id: str, result: JobResult | None) -> str:
+    """One line of the Batch API's output format: ``response`` for a success, else ``error``."""
+    if result is None:
+        error: dict[str, Any] | None = {"code": "expired", "message": "the result has expired"}
+        response = None
+    elif result.ok:
+        error = None
+        usage = result.usage
+        body = {
+            "id": result.job_id,
+            "object": "chat.completion",
+            "created": int(result.finished_at or 0),
+            "model": result.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.content},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": None if usage is None else result.to_doc()["usage"],
+        }
+        response = {"status_code": 200, "request_id": result.job_id, "body": body}
+    else:
+        e = result.error
+        error = {"code": e.type if e else result.status, "message": e.message if e else f"job {result.status}"}
+        response = None
+        if e is not None and e.status_code is not None:
+            error["status_code"] = e.status_code
+    job_id = result.job_id if result else custom_id
+    return dumps({"id": f"batch_req_{job_id}", "custom_id": custom_id, "response": response, "error": error})

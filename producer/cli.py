@@ -1,0 +1,243 @@
+"""``promptq``: batches and single jobs from the command line.
+
+    promptq submit FILE.jsonl [--batch NAME] [--strict]   enqueue a file (again: enqueues only what is new)
+    promptq wait BATCH [--timeout S]                      progress until every job has ended
+    promptq collect BATCH -o out.jsonl                    wait, then write the Batch API's output format
+    promptq status [BATCH]                                queue depth, in flight, failed / a batch's counts
+    promptq result ID | cancel ID | retry-failed BATCH
+
+``--json`` prints one JSON object instead of text. Exit codes: 0 done (every job succeeded), 1 an
+error (bad arguments, Redis unavailable, unknown batch or job), 2 some jobs failed or were cancelled
+(or, for ``submit``, some lines were bad), 3 ``--timeout`` passed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import redis
+
+from producer.batch import Batch, Progress, load_manifest, output_line, parse_jsonl, read_results, valid_batch_name
+from producer.calls import Calls, ProducerConfig
+from producer.client import QueueUnavailableError, redis_errors
+from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX, FAILED_SET, QUEUE_NAME, batch_key, result_key
+from producer.env import ConfigError
+from producer.prices import prices_from_env
+from producer.sync_client import SyncProducer
+
+__all__ = ["main"]
+
+OK, ERROR, SOME_FAILED, TIMED_OUT = 0, 1, 2, 3
+PLAIN_REPORT_EVERY_S = 5.0
+BAR_WIDTH = 24
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args, self.out, self.err = args, out, err
+        config = ProducerConfig.from_env()
+        if args.redis_url:
+            config = ProducerConfig(args.redis_url, config.result_ttl_s, config.max_payload_bytes)
+        self.producer = SyncProducer(config=config)
+        self.redis: redis.Redis = self.producer.redis
+        self.prices = prices_from_env(os.environ)
+
+    def emit(self, text: str, data: dict[str, Any]) -> None:
+        print(json.dumps(data) if self.args.json else text, file=self.out, flush=True)
+
+    # -- commands ---------------------------------------------------------------------------------
+    def submit(self) -> int:
+        path = Path(self.args.file)
+        name = self.args.batch or valid_batch_name("".join(c if c.isalnum() or c in "_.-" else "_" for c in path.stem))
+        with path.open(encoding="utf-8") as lines:
+            batch = parse_jsonl(lines, name, Calls(self.producer.config))
+        for bad in batch.bad:
+            print(f"{path}:{bad.line_no}: {bad.message}", file=self.err)
+        if batch.bad and self.args.strict:
+            print(f"refused: {len(batch.bad)} bad line(s) and --strict; nothing was submitted", file=self.err)
+            return ERROR
+        known = self._known([a["job_id"] for _, a in batch.items])
+        self.producer.submit_many([a for _, a in batch.items])
+        self._write_manifest(batch)
+        new = len(batch.items) - known
+        self.emit(
+            f"batch {name}: {len(batch.items)} job(s), {new} new, {known} already submitted, "
+            f"{len(batch.bad)} bad line(s)",
+            {"batch": name, "jobs": len(batch.items), "new": new, "already": known, "bad_lines": len(batch.bad)},
+        )
+        return SOME_FAILED if batch.bad else OK
+
+    def wait(self) -> int:
+        progress = self._wait_for(self.args.batch)
+        if progress is None:
+            return TIMED_OUT
+        self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
+        return OK if progress.by_status.get("succeeded", 0) == progress.total else SOME_FAILED
+
+    def collect(self) -> int:
+        progress = self._wait_for(self.args.batch)
+        if progress is None:
+            return TIMED_OUT
+        items = load_manifest(self.redis, self.args.batch)
+        target = Path(self.args.output)
+        with target.open("w", encoding="utf-8") as out:
+            for (custom_id, _), result in zip(items, read_results(self.redis, [j for _, j in items]), strict=True):
+                out.write(output_line(custom_id, result) + "\n")
+        self.emit(
+            f"{_summary(self.args.batch, progress)}; wrote {len(items)} line(s) to {target}",
+            {"batch": self.args.batch, "output": str(target), **progress.to_json()},
+        )
+        return OK if progress.by_status.get("succeeded", 0) == progress.total else SOME_FAILED
+
+    def status(self) -> int:
+        if self.args.batch:
+            progress = self._progress(self.args.batch)
+            self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
+            return OK
+        queued = cast(int, self.redis.zcard(QUEUE_NAME))
+        running = sum(1 for _ in self.redis.scan_iter(match=ARQ_IN_PROGRESS_KEY_PREFIX + "*", count=1000))
+        failed = cast(int, self.redis.zcard(FAILED_SET))
+        self.emit(
+            f"queue: {queued - running} waiting, {running} in flight; {failed} failed job(s) kept",
+            {"waiting": queued - running, "in_flight": running, "failed": failed},
+        )
+        return OK
+
+    def result(self) -> int:
+        result = self.producer.get(self.args.id)
+        if result is None:
+            print(f"no job {self.args.id!r} (never submitted, or its result expired)", file=self.err)
+            return ERROR
+        print(result.to_json(), file=self.out)
+        return SOME_FAILED if result.done and not result.ok else OK
+
+    def cancel(self) -> int:
+        outcome = self.producer.cancel(self.args.id)
+        doc = outcome.result.to_doc() if outcome.result else None
+        self.emit(outcome.message, {"job_id": self.args.id, "cancelled": outcome.cancelled, "result": doc})
+        return OK if outcome.cancelled or outcome.result is not None else ERROR
+
+    def retry_failed(self) -> int:
+        items = load_manifest(self.redis, self.args.batch)
+        failed = [r.job_id for r in read_results(self.redis, [j for _, j in items]) if r and r.status == "failed"]
+        for job_id in failed:
+            self.producer.retry(job_id)
+        self.emit(f"batch {self.args.batch}: {len(failed)} failed job(s) queued again", {"retried": len(failed)})
+        return OK
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _known(self, job_ids: list[str]) -> int:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(result_key(job_id))
+            return sum(pipe.execute())
+
+    def _write_manifest(self, batch: Batch) -> None:
+        ttl_ms = Calls(self.producer.config).queued_ttl_ms
+        self.redis.set(batch_key(batch.name), batch.manifest(time.time()), px=ttl_ms)
+
+    def _progress(self, name: str) -> Progress:
+        items = load_manifest(self.redis, name)
+        return Progress.of(read_results(self.redis, [j for _, j in items]), len(items), self.prices)
+
+    def _wait_for(self, name: str) -> Progress | None:
+        """Report progress until every job of the batch has ended; None if ``--timeout`` passed."""
+        tty = self.err.isatty() and not self.args.json
+        first = progress = self._progress(name)
+        last_report = 0.0
+        while True:
+            elapsed_s = progress.at_s - first.at_s
+            rate = (progress.finished - first.finished) / elapsed_s if elapsed_s > 0 else 0.0
+            if tty:
+                print("\r" + _bar(progress, rate), end="", file=self.err, flush=True)
+            elif progress.done or time.monotonic() - last_report >= PLAIN_REPORT_EVERY_S:
+                print(_line(name, progress, rate), file=self.err, flush=True)
+                last_report = time.monotonic()
+            if progress.done:
+                if tty:
+                    print(file=self.err)
+                return progress
+            if self.args.timeout is not None and elapsed_s > self.args.timeout:
+                if tty:
+                    print(file=self.err)
+                print(f"timed out after {self.args.timeout:g} s: {progress.finished}/{progress.total}", file=self.err)
+                return None
+            time.sleep(0.2 if tty else 0.5)
+            progress = self._progress(name)
+
+
+def _eta(progress: Progress, rate: float) -> str:
+    left = progress.total - progress.finished
+    return f"{left / rate:.0f} s" if rate > 0 and left else ("0 s" if not left else "?")
+
+
+def _bar(p: Progress, rate: float) -> str:
+    filled = round(BAR_WIDTH * p.finished / p.total) if p.total else BAR_WIDTH
+    bar = "█" * filled + "░" * (BAR_WIDTH - filled)
+    return (
+        f"[{bar}] {p.finished}/{p.total} · {p.by_status.get('failed', 0)} failed · {rate:.1f} jobs/s · "
+        f"{p.tokens:,} tokens · ETA {_eta(p, rate)}  "
+    )
+
+
+def _line(name: str, p: Progress, rate: float) -> str:
+    return (
+        f"batch={name} done={p.finished}/{p.total} failed={p.by_status.get('failed', 0)} "
+        f"rate={rate:.1f}/s tokens={p.tokens} eta={_eta(p, rate)}"
+    )
+
+
+def _summary(name: str, p: Progress) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(p.by_status.items()))
+    cost = "" if p.cost_usd is None else f", about ${p.cost_usd:.4f}"
+    return f"batch {name}: {p.total} job(s): {counts or 'none'}; {p.tokens:,} tokens{cost}"
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="promptq", description="Batches and jobs of promptq, over Redis (REDIS_URL).")
+    top.add_argument("--redis-url", help="default: REDIS_URL, else redis://localhost:6379/0")
+    top.add_argument("--json", action="store_true", help="print one JSON object")
+    sub = top.add_subparsers(dest="command", required=True)
+    submit = sub.add_parser("submit", help="enqueue a JSONL file (Batch API input format, or prompt/messages lines)")
+    submit.add_argument("file")
+    submit.add_argument("--batch", type=valid_batch_name, help="the batch's name (default: the file's name)")
+    submit.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad")
+    for name, text in (("wait", "show progress until every job ended"), ("collect", "wait, then write the output")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("batch", type=valid_batch_name)
+        cmd.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
+        if name == "collect":
+            cmd.add_argument("-o", "--output", required=True, help="the JSONL file to write (Batch API output)")
+    sub.add_parser("status", help="the queue, or one batch").add_argument("batch", nargs="?", type=valid_batch_name)
+    sub.add_parser("result", help="a job's result document (JSON)").add_argument("id")
+    sub.add_parser("cancel", help="cancel a queued or running job").add_argument("id")
+    sub.add_parser("retry-failed", help="queue a batch's failed jobs again").add_argument(
+        "batch", type=valid_batch_name
+    )
+    return top
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cli = Cli(args, out, err)
+        with cli.producer, redis_errors(cli.producer.config):
+            command = getattr(cli, args.command.replace("-", "_"))
+            code: int = command()
+            return code
+    except (ConfigError, QueueUnavailableError, LookupError, OSError, ValueError) as e:
+        print(f"promptq {args.command}: {e}", file=err)
+        return ERROR
+    except KeyboardInterrupt:
+        print(file=err)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""An optional price table: usage turned into an estimated cost (stdlib only).
+
+``PROMPTQ_PRICES`` is JSON: per model, US dollars per million ``input`` (prompt) and ``output``
+(completion) tokens, e.g. ``{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}``. A model missing from
+the table has no cost estimate. The CLI's ``status`` and the worker's metrics read the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from producer.contract import Usage
+from producer.env import ConfigError
+
+__all__ = ["PRICES_ENV", "Price", "cost_usd", "prices_from_env"]
+
+PRICES_ENV = "PROMPTQ_PRICES"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_million_usd: float
+    output_per_million_usd: float
+
+
+def prices_from_env(env: Mapping[str, str]) -> dict[str, Price]:
+    raw = env.get(PRICES_ENV, "").strip()
+    if not raw:
+        return {}
+    example = '{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}'
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f"{PRICES_ENV} must be JSON like {example}: {e}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{PRICES_ENV} must be a JSON object of model names, like {example}")
+    prices = {}
+    for model, spec in parsed.items():
+        if not isinstance(spec, dict) or set(spec) != {"input", "output"}:
+            raise ConfigError(f"{PRICES_ENV}[{model!r}] must be an object with input and output (USD per 1M tokens)")
+        for key in ("input", "output"):
+            value = spec[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{PRICES_ENV}[{model!r}].{key} must be a number >= 0, got {value!r}")
+        prices[model] = Price(float(spec["input"]), float(spec["output"]))
+    return prices
+
+
+def cost_usd(prices: Mapping[str, Price], model: str | None, usage: Usage | None) -> float | None:
+    """The estimated cost of one result, or None without a price for its model (or without usage)."""
+    price = prices.get(model or "")
+    if price is None or usage is None:
+        return None
+    return (
+        usage.prompt_tokens * price.input_per_million_usd + usage.completion_tokens * price.output_per_million_usd
+    ) / 1_000_000

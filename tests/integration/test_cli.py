@@ -1,0 +1,181 @@
+"""The ``promptq`` command end to end (a real worker process, the simulator), and the worker's
+metrics endpoint scraped over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.stack import ROOT, Simulator, Worker, free_port
+from producer.cli import main
+from producer.contract import QUEUE_NAME
+from tests.conftest import worker_env
+
+LINES = 300
+
+
+def batch_lines(n: int) -> list[str]:
+    """Half in the Batch API's input format, half plain; every prompt distinct."""
+    lines = []
+    for i in range(n):
+        if i % 2:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"prompt {i}"}], "max_tokens": 20}
+            lines.append(
+                json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+            )
+        else:
+            lines.append(json.dumps({"prompt": f"prompt {i}", "custom_id": f"req-{i}", "temperature": 0.2}))
+    return lines
+
+
+def promptq(redis_url: str, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--redis-url", redis_url, *args], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def worker(redis_url: str, sim: Simulator) -> Iterator[Worker]:
+    with Worker(worker_env(redis_url, sim, PROMPTQ_MAX_JOBS="50")) as w:
+        yield w
+
+
+def test_a_batch_survives_an_interrupted_submit_and_comes_back_in_input_order(
+    redis_url: str, sim: Simulator, tmp_path: Path, worker: Worker
+) -> None:
+    lines = batch_lines(LINES)
+    full = tmp_path / "eval.jsonl"
+    full.write_text("\n".join(lines) + "\n")
+    partial = tmp_path / "partial.jsonl"  # what a submit killed part-way had sent
+    partial.write_text("\n".join(lines[:120]) + "\n")
+
+    code, out, _ = promptq(redis_url, "--json", "submit", str(partial), "--batch", "eval")
+    assert code == 0 and json.loads(out)["new"] == 120
+    code, out, _ = promptq(redis_url, "--json", "submit", str(full), "--batch", "eval")
+    assert code == 0 and (json.loads(out)["new"], json.loads(out)["already"]) == (180, 120)
+    code, out, _ = promptq(redis_url, "--json", "submit", str(full))  # the batch name defaults to the file's
+    assert code == 0 and json.loads(out) == {"batch": "eval", "jobs": LINES, "new": 0, "already": LINES, "bad_lines": 0}
+
+    target = tmp_path / "out.jsonl"
+    code, out, err = promptq(redis_url, "collect", "eval", "-o", str(target), "--timeout", "60")
+    assert code == 0, err
+    assert f"batch=eval done={LINES}/{LINES} failed=0" in err  # plain progress lines off a terminal
+    assert f"{LINES} succeeded" in out
+    written = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [w["custom_id"] for w in written] == [f"req-{i}" for i in range(LINES)]
+    for i, w in enumerate(written):
+        assert w["error"] is None and w["response"]["status_code"] == 200
+        body = w["response"]["body"]
+        assert body["choices"][0]["message"]["content"] == f"prompt {i}"
+        assert body["object"] == "chat.completion" and body["usage"]["total_tokens"] > 0
+    assert sim.stats()["completions"] == LINES  # nothing was run twice
+
+
+def test_failures_come_out_as_batch_api_errors_and_can_be_retried(
+    redis_url: str, sim: Simulator, tmp_path: Path, worker: Worker
+) -> None:
+    sim.configure(error_rate=1.0, error_statuses=[400])
+    source = tmp_path / "bad.jsonl"
+    source.write_text("\n".join(batch_lines(4)) + "\n")
+    assert promptq(redis_url, "submit", str(source))[0] == 0
+    target = tmp_path / "out.jsonl"
+    code, _, _ = promptq(redis_url, "collect", "bad", "-o", str(target), "--timeout", "30")
+    assert code == 2
+    for line in target.read_text().splitlines():
+        item = json.loads(line)
+        assert (
+            item["response"] is None and item["error"]["code"] == "bad_request" and item["error"]["status_code"] == 400
+        )
+    sim.configure(error_rate=0.0)
+    code, out, _ = promptq(redis_url, "--json", "retry-failed", "bad")
+    assert code == 0 and json.loads(out) == {"retried": 4}
+    code, out, _ = promptq(redis_url, "--json", "wait", "bad", "--timeout", "30")
+    assert code == 0 and json.loads(out)["succeeded"] == 4
+
+
+def test_bad_lines_are_named_and_strict_refuses_the_file(redis_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "mixed.jsonl"
+    good = json.dumps({"prompt": "fine"})
+    source.write_text(
+        "\n".join([good, "{not json", json.dumps({"prompt": "hi", "temperature": 9}), good, json.dumps({"x": 1})])
+    )
+    code, _, err = promptq(redis_url, "submit", str(source), "--strict")
+    assert code == 1 and "refused" in err
+    assert redis.Redis.from_url(redis_url).zcard(QUEUE_NAME) == 0
+    code, out, err = promptq(redis_url, "--json", "submit", str(source))
+    assert code == 2
+    assert f"{source}:2: not JSON" in err and f"{source}:3: temperature must be" in err and f"{source}:5:" in err
+    assert json.loads(out)["jobs"] == 2 and json.loads(out)["bad_lines"] == 3
+    code, out, _ = promptq(redis_url, "--json", "status", "mixed")
+    assert code == 0 and json.loads(out)["queued"] == 2
+    code, out, _ = promptq(redis_url, "--json", "status")
+    assert code == 0 and json.loads(out)["waiting"] == 2
+
+
+def test_result_cancel_and_errors(redis_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "one.jsonl"
+    source.write_text(json.dumps({"prompt": "cancel me", "custom_id": "c1"}) + "\n")
+    promptq(redis_url, "submit", str(source))
+    code, out, _ = promptq(redis_url, "--json", "cancel", "one:c1")
+    assert code == 0 and json.loads(out)["cancelled"]
+    code, out, _ = promptq(redis_url, "result", "one:c1")
+    assert code == 2 and json.loads(out)["status"] == "cancelled"
+    assert promptq(redis_url, "result", "nope")[0] == 1
+    code, _, err = promptq(redis_url, "wait", "no-such-batch")
+    assert code == 1 and "no batch 'no-such-batch'" in err
+    code, _, err = promptq(f"redis://127.0.0.1:{free_port()}/0", "status")
+    assert code == 1 and "unavailable" in err
+
+
+def test_the_console_script_is_installed() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("promptq")), "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0 and "collect" in done.stdout
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    with urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_metrics_endpoint(redis_url: str, sim: Simulator, sync_producer: Any) -> None:
+    port = free_port()
+    prices = json.dumps({"gpt-4o-mini": {"input": 1.0, "output": 2.0}})
+    env = worker_env(redis_url, sim, PROMPTQ_METRICS_PORT=str(port), PROMPTQ_PRICES=prices)
+    with Worker(env):
+        assert scrape(port, "/healthz") == (200, '{"ok": true}\n')
+        ids = sync_producer.submit_many([f"metric {i}" for i in range(10)])
+        results = [sync_producer.wait(i, timeout=10) for i in ids]
+        time.sleep(5.5)  # the queue depth is read every 5 s
+        status, text = scrape(port)
+    assert status == 200
+    got = samples(text)
+    model = (("model", "gpt-4o-mini"),)
+    assert got[("promptq_jobs_total", (*model, ("status", "succeeded")))] == 10
+    assert got[("promptq_attempts_total", model)] == 10
+    assert got[("promptq_attempt_seconds_count", model)] == 10
+    prompt = sum(r.usage.prompt_tokens for r in results)
+    completion = sum(r.usage.completion_tokens for r in results)
+    assert got[("promptq_tokens_total", (("kind", "prompt"), *model))] == prompt
+    assert got[("promptq_cost_usd_total", model)] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
+    assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_depth", ())] == 0

@@ -1,0 +1,136 @@
+"""Prometheus metrics and a liveness check, served over HTTP when ``PROMPTQ_METRICS_PORT`` is set.
+
+``GET /metrics``: the metrics below (text format). ``GET /healthz``: 200 while the worker's loop
+runs (it answers at all, and arq's poll went round lately or jobs are running), else 503; usable
+as a compose health check or a Kubernetes liveness probe. A Redis outage alone does not fail it:
+the worker rides outages out (``worker.redis_conn``).
+
+Metrics (labels in brackets):
+
+- ``promptq_jobs_total`` [model, status]: jobs ended here: succeeded, failed, cancelled.
+- ``promptq_attempts_total`` [model]: API calls started.
+- ``promptq_retries_total`` [model, error_type]: failed attempts put back for a retry.
+- ``promptq_attempt_seconds`` [model]: histogram of API call durations (successes and failures).
+- ``promptq_tokens_total`` [model, kind]: tokens by ``kind``: prompt or completion, from ``usage``.
+- ``promptq_cost_usd_total`` [model]: estimated cost, for models in ``PROMPTQ_PRICES``.
+- ``promptq_rate_limit_wait_seconds_total`` [model]: time spent waiting for shared budget.
+- ``promptq_rate_limited_total`` [model]: 429 answers from the API.
+- ``promptq_in_flight``: API calls running in this worker.
+- ``promptq_queue_depth``: jobs in the queue (waiting, deferred or running), read every 5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from producer.contract import QUEUE_NAME, Usage
+from producer.prices import Price, cost_usd
+from worker.logs import get_logger
+
+__all__ = ["Metrics", "heartbeat"]
+
+log = get_logger("promptq.metrics")
+QUEUE_DEPTH_EVERY_S = 5.0
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+_last_poll_s = time.monotonic()
+
+
+def heartbeat() -> None:
+    """Called at every turn of arq's poll loop (``worker.wake``): the liveness check reads it."""
+    global _last_poll_s
+    _last_poll_s = time.monotonic()
+
+
+class Metrics:
+    """One worker's metrics (its own registry), and the HTTP server that exposes them."""
+
+    def __init__(self, prices: dict[str, Price] | None = None) -> None:
+        self.prices = prices or {}
+        r = self.registry = CollectorRegistry()
+        self.jobs = Counter("promptq_jobs", "Jobs ended, by final status", ["model", "status"], registry=r)
+        self.attempts = Counter("promptq_attempts", "API calls started", ["model"], registry=r)
+        self.retries = Counter("promptq_retries", "Failed attempts put back", ["model", "error_type"], registry=r)
+        self.latency = Histogram(
+            "promptq_attempt_seconds", "API call duration", ["model"], buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.tokens = Counter("promptq_tokens", "Tokens used", ["model", "kind"], registry=r)
+        self.cost = Counter("promptq_cost_usd", "Estimated cost (PROMPTQ_PRICES)", ["model"], registry=r)
+        self.budget_wait = Counter(
+            "promptq_rate_limit_wait_seconds", "Time waited for rate-limit budget", ["model"], registry=r
+        )
+        self.rate_limited = Counter("promptq_rate_limited", "429 answers from the API", ["model"], registry=r)
+        self.in_flight = Gauge("promptq_in_flight", "API calls running in this worker", registry=r)
+        self.queue_depth = Gauge("promptq_queue_depth", "Jobs in the queue (waiting or running)", registry=r)
+        self.busy_jobs = 0
+        """Jobs holding a slot here (a busy worker's poll loop waits for a free slot)."""
+        self.stale_after_s = 60.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: asyncio.Server | None = None
+
+    def job_ended(self, model: str | None, status: str, usage: Usage | None) -> None:
+        m = model or ""
+        self.jobs.labels(m, status).inc()
+        if usage is not None:
+            self.tokens.labels(m, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(m, "completion").inc(usage.completion_tokens)
+            if (cost := cost_usd(self.prices, model, usage)) is not None:
+                self.cost.labels(m).inc(cost)
+
+    def healthy(self) -> bool:
+        return self.busy_jobs > 0 or time.monotonic() - _last_poll_s < self.stale_after_s
+
+    async def serve(self, port: int, redis: Redis, host: str = "0.0.0.0", poll_delay_s: float = 0.5) -> int:
+        """Start the HTTP server (port 0: any free one) and the queue-depth reader; return the port."""
+        self.stale_after_s = max(60.0, 10 * poll_delay_s)
+        self._server = await asyncio.start_server(self._answer, host, port)
+        self._tasks.append(asyncio.create_task(self._read_queue_depth(redis), name="promptq-queue-depth"))
+        bound: int = self._server.sockets[0].getsockname()[1]
+        log.info("metrics.serving", port=bound)
+        return bound
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _read_queue_depth(self, redis: Redis) -> None:
+        while True:
+            try:
+                self.queue_depth.set(await redis.zcard(QUEUE_NAME))
+            except (RedisError, OSError) as e:
+                log.debug("metrics.queue_depth_failed", error=str(e))
+            await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            method, path, *_ = request.decode("latin-1").split(" ", 2)
+            if method != "GET":
+                status, kind, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path.split("?")[0] == "/metrics":
+                status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            elif path == "/healthz":
+                ok = self.healthy()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                kind, body = "application/json", b'{"ok": true}\n' if ok else b'{"ok": false}\n'
+            else:
+                status, kind, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
