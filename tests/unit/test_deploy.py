@@ -69,6 +69,12 @@ def test_the_simulator_and_demo_commands_exist() -> None:
             assert flag in done.stdout, f"{name}: {flag} is not an option of {command[2]}"
 
 
+def test_the_worker_is_health_checked_on_its_metrics_port() -> None:
+    worker = _compose()["services"]["worker"]
+    port = str(worker["environment"]["PROMPTQ_METRICS_PORT"])
+    assert f"{port}/healthz" in " ".join(worker["healthcheck"]["test"])
+
+
 def test_the_api_service_runs_the_http_app() -> None:
     api = _compose()["services"]["api"]
     assert api["command"][:2] == ["uvicorn", "producer.http:app"]

@@ -1,0 +1,39 @@
+"""The command line's progress output and the worker's liveness rule, without Redis."""
+
+from __future__ import annotations
+
+import time
+
+from producer.batch import Progress, output_line
+from producer.cli import _bar
+from producer.contract import JobError, JobResult
+from worker import metrics
+from worker.metrics import Metrics
+
+
+def test_the_progress_bar_shows_counts_rate_tokens_and_eta() -> None:
+    p = Progress(total=200, by_status={"succeeded": 90, "failed": 10, "queued": 100}, tokens=12345)
+    bar = _bar(p, rate=20.0)
+    assert bar.startswith("[" + "█" * 12 + "░" * 12 + "]")
+    assert "100/200 · 10 failed · 20.0 jobs/s · 12,345 tokens · ETA 5 s" in bar
+    assert "ETA ?" in _bar(p, rate=0.0)
+
+
+def test_a_failed_job_is_an_error_line_and_an_expired_one_says_so() -> None:
+    failed = JobResult("b:1", "failed", error=JobError("server_error", "boom", 500, True))
+    assert output_line("1", failed) == (
+        '{"id":"batch_req_b:1","custom_id":"1","response":null,'
+        '"error":{"code":"server_error","message":"boom","status_code":500}}'
+    )
+    assert '"error":{"code":"expired"' in output_line("2", None)
+
+
+def test_liveness_fails_when_the_poll_loop_stalls_with_nothing_running() -> None:
+    m = Metrics()
+    metrics.heartbeat()
+    assert m.healthy()
+    metrics._last_poll_s = time.monotonic() - 120
+    assert not m.healthy()
+    m.busy_jobs = 3  # every slot busy: arq does not poll, the worker is still alive
+    assert m.healthy()
+    metrics.heartbeat()
