@@ -30,6 +30,7 @@ from producer.contract import (
     done_channel,
     dumps,
     encode_job,
+    queued_doc,
     result_key,
     stream_key,
 )
@@ -81,23 +82,28 @@ return 'ok'
 """
 
 # submit_many's script: one call enqueues a whole chunk, with the same checks as SUBMIT_LUA.
-# KEYS: queue. ARGV: JSON array of [job id, job record, queued document]; queue score (ms); time to
-# live (ms); wake channel; result key prefix; job record key prefix. (The per-job keys are built
-# here, so promptq needs a single Redis, not Redis Cluster.) Returns how many jobs were new.
+# KEYS: queue. ARGV: queue score (ms); time to live (ms); wake channel; result key prefix; job record
+# key prefix; the chunk: for each job its id, its job record and its queued document, every field
+# ended by a newline (none can hold one: ids are checked, JSON escapes it). One argument for the
+# whole chunk keeps the client's packing cheap. (The per-job keys are built here, so promptq needs
+# a single Redis, not Redis Cluster.) Returns how many jobs were new.
 SUBMIT_MANY_LUA = """
-local jobs = cjson.decode(ARGV[1])
-local added = 0
-for _, job in ipairs(jobs) do
-  local id = job[1]
-  local doc_key, job_key = ARGV[5] .. id, ARGV[6] .. id
+local chunk, at, added = ARGV[6], 1, 0
+while at <= #chunk do
+  local e1 = string.find(chunk, '\\n', at, true)
+  local e2 = string.find(chunk, '\\n', e1 + 1, true)
+  local e3 = string.find(chunk, '\\n', e2 + 1, true)
+  local id = string.sub(chunk, at, e1 - 1)
+  local doc_key, job_key = ARGV[4] .. id, ARGV[5] .. id
   if redis.call('EXISTS', doc_key, job_key) == 0 then
-    redis.call('SET', job_key, job[2], 'PX', ARGV[3])
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    redis.call('SET', doc_key, job[3], 'PX', ARGV[3])
+    redis.call('SET', job_key, string.sub(chunk, e1 + 1, e2 - 1), 'PX', ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    redis.call('SET', doc_key, string.sub(chunk, e2 + 1, e3 - 1), 'PX', ARGV[2])
     added = added + 1
   end
+  at = e3 + 1
 end
-if added > 0 then redis.call('PUBLISH', ARGV[4], '1') end
+if added > 0 then redis.call('PUBLISH', ARGV[3], '1') end
 return added
 """
 
@@ -134,7 +140,7 @@ Call = tuple[list[str], list[str]]
 
 def _queued(job_id: str, model: str | None, metadata: Any, now_s: float) -> str:
     """The document a job has while it waits in the queue (JSON)."""
-    return JobResult(job_id, "queued", model=model, metadata=metadata, enqueued_at=round(now_s, 3)).to_json()
+    return queued_doc(job_id, model, metadata, round(now_s, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,20 +213,17 @@ class Calls:
         """
         now_s = time.time()
         now_ms = int(now_s * 1000)
+        head = [str(now_ms), str(self.queued_ttl_ms), WAKE_CHANNEL, RESULT_KEY_PREFIX, ARQ_JOB_KEY_PREFIX]
         for start in range(0, len(jobs), SUBMIT_CHUNK):
-            batch = [
-                [job.job_id, encode_job(job.payload_json, now_ms), _queued(job.job_id, job.model, job.metadata, now_s)]
-                for job in jobs[start : start + SUBMIT_CHUNK]
-            ]
-            args = [
-                dumps(batch),
-                str(now_ms),
-                str(self.queued_ttl_ms),
-                WAKE_CHANNEL,
-                RESULT_KEY_PREFIX,
-                ARQ_JOB_KEY_PREFIX,
-            ]
-            yield [QUEUE_NAME], args
+            fields: list[str] = []
+            for job in jobs[start : start + SUBMIT_CHUNK]:
+                fields += (
+                    job.job_id,
+                    encode_job(job.payload_json, now_ms),
+                    _queued(job.job_id, job.model, job.metadata, now_s),
+                )
+            fields.append("")  # the last field ends with a newline too
+            yield [QUEUE_NAME], [*head, "\n".join(fields)]
 
     def submit(self, job: PromptJob, now_s: float) -> Call:
         now_ms = int(now_s * 1000)

@@ -40,6 +40,7 @@ __all__ = [
     "dumps",
     "encode_job",
     "loads",
+    "queued_doc",
     "result_key",
     "stream_key",
 ]
@@ -240,6 +241,23 @@ class JobResult:
     @classmethod
     def from_json(cls, raw: str | bytes) -> JobResult:
         return cls.from_doc(loads(raw))
+
+
+def queued_doc(job_id: str, model: str | None, metadata: Any, enqueued_at: float) -> str:
+    """``JobResult(job_id, "queued", model=..., metadata=..., enqueued_at=...).to_json()``, written
+    straight from a template (a submit's hottest step; a test keeps the two equal)."""
+    return (
+        f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},"content":null,'
+        f'"finish_reason":null,"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
+        f'"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
+    )
+
+
+def _string(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
+
+
+_encode_string = cast(Any, json.encoder).encode_basestring  # what dumps does to a str (ensure_ascii off)
 
 
 def _usage(doc: dict[str, Any]) -> Usage:

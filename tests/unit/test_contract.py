@@ -97,3 +97,15 @@ def test_to_doc_matches_asdict_field_for_field() -> None:
     for r in (full, JobResult(job_id="j", status="queued")):
         assert r.to_doc() == dataclasses.asdict(r)
         assert list(r.to_doc()) == [f.name for f in dataclasses.fields(r)]
+
+
+def test_the_queued_document_template_matches_the_result_document() -> None:
+    from producer.contract import queued_doc
+
+    for job_id, model, metadata, at in [
+        ("a", "gpt-4o-mini", None, 1.5),
+        ("batch:1/x", None, {"user": 'Zoë "q" \\ \n', "n": [1, 2.5, None, True]}, 1795636687.123),
+        ("z", "m\u2028", {}, 0.0),
+    ]:
+        expected = JobResult(job_id, "queued", model=model, metadata=metadata, enqueued_at=at).to_json()
+        assert queued_doc(job_id, model, metadata, at) == expected
