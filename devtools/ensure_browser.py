@@ -8,10 +8,10 @@ flags that keep it off the network: --no-sandbox (root in a container), --disabl
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
+
+from devtools.apt import apt_install
 
 HELP = "the page test needs Chromium: install Debian's `chromium` package (or put a chromium binary on PATH)"
 
@@ -19,13 +19,8 @@ HELP = "the page test needs Chromium: install Debian's `chromium` package (or pu
 def main() -> int:
     if shutil.which("chromium") or shutil.which("chromium-browser"):
         return 0
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing chromium with apt-get...", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env)
-        if done.returncode == 0 and shutil.which("chromium"):
-            return 0
+    if apt_install("chromium", "chromium"):
+        return 0
     print(HELP, file=sys.stderr)
     return 1
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 
+from devtools.apt import apt_install
 from devtools.stack import NO_REDIS_HELP, redis_answers
 from producer.contract import DEFAULT_REDIS_URL
 
@@ -18,13 +18,8 @@ def main() -> int:
     if redis_answers(url):
         print(f"redis-server is not installed; the tests will use the Redis at {url} (database 15)")
         return 0
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing redis-server with apt-get...", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=False, env=env)
-        if done.returncode == 0 and shutil.which("redis-server"):
-            return 0
+    if apt_install("redis-server", "redis-server"):
+        return 0
     print(NO_REDIS_HELP.format(url=url), file=sys.stderr)
     return 1
 
