@@ -126,7 +126,7 @@ end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', 'done', 'status', 'cancelled')
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
-redis.call('PUBLISH', ARGV[5], 'cancelled')
+redis.call('PUBLISH', ARGV[5], ARGV[2])
 return 1
 """
 

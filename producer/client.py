@@ -184,11 +184,13 @@ class Producer:
         waiter = _Waiter(job_id, timeout)
         with redis_errors(self.config):
             async with self._watcher.watching(job_id) as done:  # subscribed before the first read
-                while (delay_s := waiter.sleep_s(result := await self.get(job_id))) is not None:
+                result = await self.get(job_id)
+                while (delay_s := waiter.sleep_s(result)) is not None:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay_s):
-                            await done.wait()
-                    done.clear()
+                            await done.event.wait()
+                    done.event.clear()
+                    result = done.final or await self.get(job_id)  # the message carries the document
         assert result is not None
         return result
 

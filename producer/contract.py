@@ -56,7 +56,8 @@ FAILED_SET_MAX: Final = 10_000
 FAILED_JOB_KEY_PREFIX: Final = "promptq:failed-job:"
 """``promptq:failed-job:{job_id}``: a failed job's arq record, kept as long as its result for a retry."""
 DONE_CHANNEL_PREFIX: Final = "promptq:done:"
-"""``promptq:done:{job_id}``: a pub/sub channel; the worker publishes the status when the job ends."""
+"""``promptq:done:{job_id}``: a pub/sub channel; the final result document is published there when the
+job ends (by the worker, or by ``cancel``)."""
 WAKE_CHANNEL: Final = "promptq:wake"
 """A pub/sub channel; producers publish to it after enqueueing, so idle workers start at once."""
 CANCEL_CHANNEL: Final = "promptq:cancel"

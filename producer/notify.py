@@ -1,4 +1,5 @@
-"""Push-based waiting: the worker publishes on ``promptq:done:{job_id}`` when a job ends.
+"""Push-based waiting: the worker publishes the final document on ``promptq:done:{job_id}`` when a
+job ends, so a waiter has it without reading the key again.
 
 A waiter subscribes to the job's channel first and reads the result document second, so a result
 written before the subscription is seen by the read, and one written after it by the message.
@@ -17,13 +18,37 @@ from typing import Any
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from producer.contract import DONE_CHANNEL_PREFIX, done_channel
+from producer.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel
 
-__all__ = ["FALLBACK_POLL_S", "DoneWatcher"]
+__all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 
 FALLBACK_POLL_S = 15.0
 """How often a waiter re-reads the document even without a message (a safety net only)."""
 RECONNECT_S = 0.5
+
+
+class Signal:
+    """One waiter's side of a subscription: ``event`` is set on each message; ``final`` is the
+    document the worker published with it, when it was one."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.final: JobResult | None = None
+
+    def raise_(self, data: bytes | str | None) -> None:
+        self.final = published_result(data)
+        self.event.set()
+
+
+def published_result(data: bytes | str | None) -> JobResult | None:
+    """The final document a done message carries (None for anything else: re-read the key)."""
+    if not data or (data[:1] not in (b"{", "{")):
+        return None
+    try:
+        result = JobResult.from_json(data)
+    except ValueError:
+        return None
+    return result if result.done else None
 
 
 class DoneWatcher:
@@ -32,37 +57,37 @@ class DoneWatcher:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self._pubsub: Any = None
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[Signal]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._resync = False
 
     @contextlib.asynccontextmanager
-    async def watching(self, job_id: str) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever the job's channel has a message, subscribed before the block runs."""
-        event = asyncio.Event()
-        await self._add(job_id, event)
+    async def watching(self, job_id: str) -> AsyncIterator[Signal]:
+        """A signal raised whenever the job's channel has a message, subscribed before the block runs."""
+        signal = Signal()
+        await self._add(job_id, signal)
         try:
-            yield event
+            yield signal
         finally:
-            await asyncio.shield(self._remove(job_id, event))
+            await asyncio.shield(self._remove(job_id, signal))
 
-    async def _add(self, job_id: str, event: asyncio.Event) -> None:
+    async def _add(self, job_id: str, signal: Signal) -> None:
         async with self._lock:
             if self._pubsub is None:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            events = self._events.setdefault(job_id, set())
-            events.add(event)
-            if len(events) == 1:
+            signals = self._events.setdefault(job_id, set())
+            signals.add(signal)
+            if len(signals) == 1:
                 await self._pubsub.subscribe(done_channel(job_id))
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="promptq-done-watcher")
 
-    async def _remove(self, job_id: str, event: asyncio.Event) -> None:
+    async def _remove(self, job_id: str, signal: Signal) -> None:
         async with self._lock:
-            events = self._events.get(job_id, set())
-            events.discard(event)
-            if not events:
+            signals = self._events.get(job_id, set())
+            signals.discard(signal)
+            if not signals:
                 self._events.pop(job_id, None)
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.unsubscribe(done_channel(job_id))
@@ -82,13 +107,13 @@ class DoneWatcher:
             if message and message.get("type") == "message":
                 channel = message["channel"]
                 job_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(DONE_CHANNEL_PREFIX) :]
-                for event in self._events.get(job_id, ()):
-                    event.set()
+                for signal in self._events.get(job_id, ()):
+                    signal.raise_(message["data"])
 
     def _wake_all(self) -> None:
-        for events in self._events.values():
-            for event in events:
-                event.set()
+        for signals in self._events.values():
+            for signal in signals:
+                signal.raise_(None)
 
     async def aclose(self) -> None:
         if self._reader is not None:

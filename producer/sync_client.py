@@ -32,6 +32,7 @@ from producer.client import (
     redis_errors,
 )
 from producer.contract import FAILED_SET, JobResult, done_channel, result_key
+from producer.notify import published_result
 from producer.streams import READ_BLOCK_MS, StreamCursor, StreamEvent
 
 __all__ = ["SyncProducer"]
@@ -101,10 +102,13 @@ class SyncProducer:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         with redis_errors(self.config), contextlib.closing(pubsub) as ps:
             ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
-            while (delay_s := waiter.sleep_s(result := self.get(job_id))) is not None:
-                ps.get_message(timeout=delay_s)
-                while ps.get_message(timeout=0) is not None:  # more than one message: drain them
-                    pass
+            result = self.get(job_id)
+            while (delay_s := waiter.sleep_s(result)) is not None:
+                message = ps.get_message(timeout=delay_s)
+                while (more := ps.get_message(timeout=0)) is not None:  # more than one message: drain them
+                    message = more
+                final = published_result(message["data"]) if message else None
+                result = final or self.get(job_id)  # the message carries the document
         assert result is not None
         return result
 

@@ -67,8 +67,8 @@ return false"""
 
 # KEYS: result document, arq job record, arq in-progress key, arq try counter, queue, failed set,
 # kept job record, event stream. ARGV: terminal document, time to live (ms), job id, failed ('1' or
-# '0'), time of the failure (ms), size of the failed set, the job's done channel, its status
-# (published there), '1' for a streamed job (its stream gets the done entry), the stream's length.
+# '0'), time of the failure (ms), size of the failed set, the job's done channel (the document is
+# published there), its status, '1' for a streamed job (its stream gets the done entry), the stream's length.
 # A failed job's record is kept beside its result (for Producer.retry) and its id joins the failed set.
 # A job cancelled meanwhile keeps its cancelled document (arq's bookkeeping goes all the same).
 _FINISH_LUA = """
@@ -94,7 +94,7 @@ if ARGV[9] == '1' then
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', 'type', 'done', 'status', ARGV[8])
   redis.call('PEXPIRE', KEYS[8], ARGV[2])
 end
-redis.call('PUBLISH', ARGV[7], ARGV[8])
+redis.call('PUBLISH', ARGV[7], ARGV[1])
 return false
 """
 

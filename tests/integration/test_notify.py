@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 import redis
@@ -62,11 +63,17 @@ async def test_two_waits_on_one_job_both_return(producer: Producer, redis_url: s
 
 def test_the_sync_wait_is_woken_too(sync_producer: SyncProducer, redis_url: str) -> None:
     job_id = sync_producer.submit("sync")
+
+    async def finish_later() -> None:
+        await asyncio.sleep(0.2)
+        await _finish(redis_url, job_id, "pushed")
+
     loop = asyncio.new_event_loop()
     try:
-        loop.call_later(0.2, lambda: loop.create_task(_finish(redis_url, job_id, "pushed")))
+        finishing = loop.create_task(finish_later())
         waiter = loop.run_in_executor(None, lambda: sync_producer.wait(job_id, timeout=5))
         assert loop.run_until_complete(waiter).content == "pushed"
+        loop.run_until_complete(finishing)  # the waiter may return before the finishing client has closed
     finally:
         loop.close()
 
@@ -99,3 +106,21 @@ async def test_a_message_lost_to_a_dropped_connection_does_not_hang_the_wait(
     sync_redis.client_kill_filter(_type="pubsub")  # the watcher's connection goes away...
     await _finish(redis_url, job_id, "found anyway")  # ...so this message reaches nobody
     assert (await waiting).content == "found anyway"
+
+
+async def test_a_waiter_gets_the_document_from_the_message_without_reading_again(
+    producer: Producer, sync_producer: SyncProducer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    job_id = await producer.submit("carried")
+    waits = [
+        asyncio.create_task(producer.wait(job_id, timeout=5)),
+        asyncio.create_task(asyncio.to_thread(sync_producer.wait, job_id, 5)),
+    ]
+    await asyncio.sleep(0.3)  # both have subscribed and read the queued document once
+    sync_redis.config_resetstat()
+    await _finish(redis_url, job_id, "from the message")
+    results = await asyncio.gather(*waits)
+    stats: dict[str, Any] = sync_redis.info("commandstats")  # type: ignore[assignment]
+    gets = stats.get("cmdstat_get", {}).get("calls", 0)
+    assert [r.content for r in results] == ["from the message"] * 2
+    assert gets == 1  # the finish script's own read (is it cancelled?); neither waiter read the key again
