@@ -9,14 +9,16 @@
 - ``DELETE /v1/jobs/{id}``: cancel (``Producer.cancel``).
 - ``GET /healthz``: 200 when Redis answers, else 503. ``GET /``: a page to try a prompt.
 
-Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``) and
-``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``.
+Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``),
+``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``, and
+``PROMPTQ_SSE_KEEPALIVE_S`` (15): an events stream sends a comment line when silent that long.
 Errors: 401 without the token, 404 for an unknown id, 422 for a bad job (the message names the
 problem), 503 when Redis does not answer. Like the rest of the producer, it never imports openai.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 from collections.abc import AsyncIterator
@@ -31,12 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from producer.calls import ProducerConfig
 from producer.client import JobNotFoundError, Producer, QueueUnavailableError
 from producer.contract import dumps
+from producer.env import env_float
 from producer.streams import StreamEvent
 from producer.validation import InvalidJobError
 
 __all__ = ["app", "create_app"]
 
 TOKEN_ENV = "PROMPTQ_API_TOKEN"
+KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
+DEFAULT_KEEPALIVE_S = 15.0
+"""An events stream with nothing to send sends an SSE comment this often."""
 MAX_JOBS_PER_REQUEST = 10_000
 
 
@@ -74,6 +80,7 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
 
     app = FastAPI(title="promptq", version="0.1.0", summary="LLM prompt jobs over Redis", lifespan=lifespan)
     app.state.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    app.state.keepalive_s = env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S)
     app.add_exception_handler(QueueUnavailableError, _error_handler(503))
     app.add_exception_handler(JobNotFoundError, _error_handler(404))
     app.add_exception_handler(InvalidJobError, _error_handler(422))
@@ -132,14 +139,16 @@ async def get(job_id: str, producer: ProducerDep) -> Any:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def events(
-    job_id: str, producer: ProducerDep, last_event_id: Annotated[str | None, Header()] = None
+    request: Request, job_id: str, producer: ProducerDep, last_event_id: Annotated[str | None, Header()] = None
 ) -> StreamingResponse:
     _doc(await producer.get(job_id), job_id)  # 404 before the stream starts
     after = last_event_id or "0"
 
+    keepalive_s: float = request.app.state.keepalive_s
+
     async def sse() -> AsyncIterator[str]:
-        async for event in producer.stream(job_id, after=after):
-            yield _sse(event)
+        async for event in _with_keepalive(producer.stream(job_id, after=after), keepalive_s):
+            yield ": keep-alive\n\n" if event is None else _sse(event)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
@@ -178,6 +187,26 @@ def _doc(result: Any, job_id: str) -> dict[str, Any]:
         raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
     doc: dict[str, Any] = result.to_doc()
     return doc
+
+
+async def _with_keepalive(events: AsyncIterator[StreamEvent], every_s: float) -> AsyncIterator[StreamEvent | None]:
+    """The events, with a None whenever ``every_s`` passes without one (a job waiting in the queue
+    sends nothing for minutes; proxies close a connection that stays silent)."""
+    pending: asyncio.Future[StreamEvent] = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield event
+            pending = asyncio.ensure_future(anext(events))
+    finally:
+        pending.cancel()
 
 
 def _sse(event: StreamEvent) -> str:

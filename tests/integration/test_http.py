@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ OPENAPI_SNAPSHOT = ROOT / "docs" / "openapi.json"
 
 @pytest.fixture(scope="module")
 def api(redis_server_url: str) -> Iterator[Api]:
-    with Api({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}) as server:
+    with Api({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN, "PROMPTQ_SSE_KEEPALIVE_S": "0.2"}) as server:
         yield server
 
 
@@ -53,6 +54,8 @@ def sse(text: str) -> list[tuple[str | None, str, Any]]:
     """(id, event, data) of each Server-Sent Event."""
     out = []
     for frame in text.strip().split("\n\n"):
+        if frame.startswith(":"):  # a keep-alive comment
+            continue
         fields = dict(line.split(": ", 1) for line in frame.splitlines())
         out.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
     return out
@@ -113,6 +116,18 @@ def test_unknown_ids_get_404_and_cancel_works(api: Api, http_worker: Worker, red
     _, text, _ = call(api, "GET", path + "/events")
     assert [(e[1], e[2]["status"]) for e in sse(text)] == [("done", "cancelled")]
     assert sim.stats()["requests"] == 1
+
+
+def test_a_silent_stream_sends_keepalive_comments(
+    api: Api, http_worker: Worker, redis_url: str, sim: Simulator
+) -> None:
+    sim.configure(hang_rate=1.0)  # the call never answers: nothing to send until the cancel
+    _, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "silent", "stream": True})
+    path = f"/v1/jobs/{doc['job_id']}"
+    threading.Timer(1.0, lambda: call(api, "DELETE", path)).start()
+    status, text, _ = call(api, "GET", path + "/events")
+    assert status == 200 and text.count(": keep-alive\n\n") >= 3  # one every 0.2 s here
+    assert [(e[1], e[2]["status"]) for e in sse(text)] == [("done", "cancelled")]
 
 
 def test_the_token_is_required(api: Api, redis_url: str) -> None:
