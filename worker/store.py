@@ -38,20 +38,32 @@ __all__ = ["ResultStore"]
 
 _TERMINAL_LUA_SET = "{" + ", ".join(f"{s} = true" for s in sorted(TERMINAL_STATUSES)) + "}"
 
+# The status of a stored document (nil when there is none, or it is not one).
+_STATUS_OF_LUA = """
+local function status_of(raw)
+  if not raw then return nil end
+  local ok, doc = pcall(cjson.decode, raw)
+  if ok and type(doc) == 'table' then return doc['status'] end
+  return nil
+end
+"""
+
 # Shared head of the scripts below: KEYS[1] is the result document, ARGV[1] the new document,
 # ARGV[2] its time to live (ms) if there is none yet (else the current one is kept). A terminal
 # document is returned as is and nothing is written.
-_UNLESS_TERMINAL_LUA = f"""
+_UNLESS_TERMINAL_LUA = (
+    _STATUS_OF_LUA
+    + f"""
 local terminal = {_TERMINAL_LUA_SET}
 local current = redis.call('GET', KEYS[1])
+if terminal[status_of(current)] then return current end
 if current then
-  local ok, doc = pcall(cjson.decode, current)
-  if ok and type(doc) == 'table' and terminal[doc['status']] then return current end
   redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 """
+)
 
 # ``start`` and ``requeue``: the head alone.
 _WRITE_LUA = _UNLESS_TERMINAL_LUA + "return false"
@@ -71,25 +83,23 @@ return false"""
 # published there), its status, '1' for a streamed job (its stream gets the done entry), the stream's length.
 # A failed job's record is kept beside its result (for Producer.retry) and its id joins the failed set.
 # A job cancelled meanwhile keeps its cancelled document (arq's bookkeeping goes all the same).
-_FINISH_LUA = """
+_FINISH_LUA = (
+    _STATUS_OF_LUA
+    + """
 local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, doc = pcall(cjson.decode, current)
-  if ok and type(doc) == 'table' and doc['status'] == 'cancelled' then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-    redis.call('ZREM', KEYS[5], ARGV[3])
-    return current
+local cancelled = status_of(current) == 'cancelled'
+if not cancelled then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if ARGV[4] == '1' then
+    local record = redis.call('GET', KEYS[2])
+    if record then redis.call('SET', KEYS[7], record, 'PX', ARGV[2]) end
+    redis.call('ZADD', KEYS[6], ARGV[5], ARGV[3])
+    redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -(tonumber(ARGV[6]) + 1))
   end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[4] == '1' then
-  local record = redis.call('GET', KEYS[2])
-  if record then redis.call('SET', KEYS[7], record, 'PX', ARGV[2]) end
-  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[3])
-  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -(tonumber(ARGV[6]) + 1))
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[3])
+if cancelled then return current end
 if ARGV[9] == '1' then
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', 'type', 'done', 'status', ARGV[8])
   redis.call('PEXPIRE', KEYS[8], ARGV[2])
@@ -97,6 +107,7 @@ end
 redis.call('PUBLISH', ARGV[7], ARGV[1])
 return false
 """
+)
 
 
 class ResultStore:
