@@ -239,9 +239,9 @@ class Calls:
         return keys, args
 
     @staticmethod
-    def cancel(job_id: str, doc: bytes | None, now_s: float) -> Call | Cancellation:
-        """The cancel script's arguments for the document as read, or the answer if there is
-        nothing to cancel."""
+    def cancel(job_id: str, doc: bytes | None, now_s: float) -> tuple[Call, JobResult] | Cancellation:
+        """The cancel script's arguments for the document as read, with the cancelled document they
+        write; or the answer if there is nothing to cancel."""
         current = None if doc is None else JobResult.from_json(doc)
         if current is None or current.done:
             return Cancellation(job_id, cancelled=False, result=current)
@@ -256,7 +256,7 @@ class Calls:
             CANCEL_CHANNEL,
             str(STREAM_MAXLEN),
         ]
-        return [*keys, stream_key(job_id)], args
+        return ([*keys, stream_key(job_id)], args), cancelled
 
     @staticmethod
     def retry_reads(job_id: str) -> list[str]:

@@ -223,8 +223,9 @@ class Producer:
                 call = Calls.cancel(job_id, doc, time.time())
                 if isinstance(call, Cancellation):
                     return call
-                if await self._cancel(keys=call[0], args=call[1]):
-                    return Cancellation(job_id, cancelled=True, result=await self.get(job_id))
+                (keys, args), cancelled = call
+                if await self._cancel(keys=keys, args=args):
+                    return Cancellation(job_id, cancelled=True, result=cancelled)
         raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
 
     async def stream(self, job_id: str, after: str = "0") -> AsyncIterator[StreamEvent]:
@@ -236,14 +237,14 @@ class Producer:
         with redis_errors(self.config):
             while not cursor.finished:
                 reply = await self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
-                if not reply and cursor.ended(await self.redis.get(cursor.doc_key)):
+                if not reply and (final := cursor.ended(await self.redis.get(cursor.doc_key))) is not None:
                     reply = await self.redis.xread(**cursor.read_args())  # what came meanwhile
                     if not reply:
-                        yield cursor.done(None, await self.redis.get(cursor.doc_key))
+                        yield cursor.done(None, final)
                         return
                 for event in cursor.events(reply):
                     if event.type == "done":
-                        event = cursor.done(event, await self.redis.get(cursor.doc_key))
+                        event = cursor.done(event, _parse(await self.redis.get(cursor.doc_key)))
                     yield event
 
 

@@ -31,8 +31,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.calls import ProducerConfig
-from producer.client import JobNotFoundError, Producer, QueueUnavailableError
-from producer.contract import dumps
+from producer.client import JobNotFoundError, Producer, QueueUnavailableError, redis_errors
+from producer.contract import JobResult, dumps, result_key
 from producer.env import env_float
 from producer.streams import StreamEvent
 from producer.validation import InvalidJobError
@@ -122,7 +122,9 @@ async def submit(body: JobRequest | list[JobRequest], producer: ProducerDep) -> 
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
         ids = await producer.submit_many([_arguments(j) for j in body])
-        return [_doc(await producer.get(i), i) for i in ids]
+        with redis_errors(producer.config):  # every document in one read
+            docs = await producer.redis.mget([result_key(i) for i in ids])
+        return [_doc(None if d is None else JobResult.from_json(d), i) for i, d in zip(ids, docs, strict=True)]
     job_id = await producer.submit(**_arguments(body))
     return _doc(await producer.get(job_id), job_id)
 

@@ -79,10 +79,9 @@ class StreamCursor:
         result = JobResult.from_json(doc)
         return result if result.done else None
 
-    def done(self, event: StreamEvent | None, doc: bytes | None) -> StreamEvent:
+    def done(self, event: StreamEvent | None, result: JobResult | None) -> StreamEvent:
         """The ``done`` event carrying the final document (``event`` is the stream's own, if any)."""
         self.finished = True
-        result = None if doc is None else JobResult.from_json(doc)
         return StreamEvent(id=event.id if event else self.position, type="done", result=result)
 
 

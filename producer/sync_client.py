@@ -94,7 +94,7 @@ class SyncProducer:
     def get(self, job_id: str) -> JobResult | None:
         """See :meth:`Producer.get`."""
         with redis_errors(self.config):
-            return _parse(cast("bytes | None", self.redis.get(result_key(job_id))))
+            return _parse(self._read(result_key(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
         """See :meth:`Producer.wait`."""
@@ -131,12 +131,13 @@ class SyncProducer:
         """See :meth:`Producer.cancel`."""
         with redis_errors(self.config):
             for _ in range(CANCEL_ATTEMPTS):
-                doc = cast("bytes | None", self.redis.get(result_key(job_id)))
+                doc = self._read(result_key(job_id))
                 call = Calls.cancel(job_id, doc, time.time())
                 if isinstance(call, Cancellation):
                     return call
-                if self._cancel(keys=call[0], args=call[1]):
-                    return Cancellation(job_id, cancelled=True, result=self.get(job_id))
+                (keys, args), cancelled = call
+                if self._cancel(keys=keys, args=args):
+                    return Cancellation(job_id, cancelled=True, result=cancelled)
         raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
 
     def stream(self, job_id: str, after: str = "0") -> Iterator[StreamEvent]:
@@ -145,12 +146,15 @@ class SyncProducer:
         with redis_errors(self.config):
             while not cursor.finished:
                 reply = self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
-                if not reply and cursor.ended(cast("bytes | None", self.redis.get(cursor.doc_key))):
-                    reply = self.redis.xread(**cursor.read_args())
+                if not reply and (final := cursor.ended(self._read(cursor.doc_key))) is not None:
+                    reply = self.redis.xread(**cursor.read_args())  # what came meanwhile
                     if not reply:
-                        yield cursor.done(None, cast("bytes | None", self.redis.get(cursor.doc_key)))
+                        yield cursor.done(None, final)
                         return
                 for event in cursor.events(reply):
                     if event.type == "done":
-                        event = cursor.done(event, cast("bytes | None", self.redis.get(cursor.doc_key)))
+                        event = cursor.done(event, _parse(self._read(cursor.doc_key)))
                     yield event
+
+    def _read(self, key: str) -> bytes | None:
+        return cast("bytes | None", self.redis.get(key))
