@@ -83,16 +83,6 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _finish(state, base, started_s=time.monotonic(), error=error)
-    state.metrics.busy_jobs += 1
-    try:
-        await _guarded_attempt(state, job, base)
-    finally:
-        state.metrics.busy_jobs -= 1
-
-
-async def _guarded_attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
-    """One attempt, with the lease held, and every way out of it turned into a stored outcome."""
-    job_id, attempt = base.job_id, base.attempts
     with state.leases.holding(job_id):
         try:
             await _attempt(state, job, base)
@@ -101,9 +91,7 @@ async def _guarded_attempt(state: WorkerState, job: PromptJob, base: JobResult) 
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()
-                log.info("job.finished", status="cancelled", model=base.model, attempts=attempt)
-                state.metrics.job_ended(base.model, "cancelled", None)
-                return
+                return _ended_elsewhere(state, base, "cancelled")
             # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
             # arq's): put the job back as it was, without spending a try.
             await asyncio.shield(_release(state, base))
@@ -194,8 +182,7 @@ async def _retry(state: WorkerState, base: JobResult, started_s: float, error: l
     queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
     state.metrics.retries.labels(base.model or "", error.type).inc()
     if (stored := await state.store.requeue(queued)) is not None:  # cancelled meanwhile: no retry
-        log.info("job.finished", status=stored.status, model=base.model, attempts=base.attempts)
-        return
+        return _ended_elsewhere(state, base, stored.status)
     log.info(
         "job.retrying",
         error_type=error.type,
@@ -210,6 +197,14 @@ async def _release(state: WorkerState, base: JobResult, reason: str = "shutdown"
     queued = dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None)
     await state.store.release(queued)
     log.info("job.released", reason=reason)
+
+
+def _ended_elsewhere(state: WorkerState, base: JobResult, status: str) -> None:
+    """The canonical line for a job whose document another party ended meanwhile (a cancel, which
+    nobody else counts in the metrics; or, rarely, another worker)."""
+    log.info("job.finished", status=status, model=base.model, attempts=base.attempts)
+    if status == "cancelled":
+        state.metrics.job_ended(base.model, status, None)
 
 
 def _ms_since(started_s: float) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
@@ -50,8 +51,10 @@ def heartbeat() -> None:
 class Metrics:
     """One worker's metrics (its own registry), and the HTTP server that exposes them."""
 
-    def __init__(self, prices: dict[str, Price] | None = None) -> None:
+    def __init__(self, prices: dict[str, Price] | None = None, running: Callable[[], int] = lambda: 0) -> None:
         self.prices = prices or {}
+        self.running = running
+        """How many jobs hold a slot here (a busy worker's poll loop waits for a free slot)."""
         r = self.registry = CollectorRegistry()
         self.jobs = Counter("promptq_jobs", "Jobs ended, by final status", ["model", "status"], registry=r)
         self.attempts = Counter("promptq_attempts", "API calls started", ["model"], registry=r)
@@ -67,8 +70,6 @@ class Metrics:
         self.rate_limited = Counter("promptq_rate_limited", "429 answers from the API", ["model"], registry=r)
         self.in_flight = Gauge("promptq_in_flight", "API calls running in this worker", registry=r)
         self.queue_depth = Gauge("promptq_queue_depth", "Jobs in the queue (waiting or running)", registry=r)
-        self.busy_jobs = 0
-        """Jobs holding a slot here (a busy worker's poll loop waits for a free slot)."""
         self.stale_after_s = 60.0
         self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
@@ -83,7 +84,7 @@ class Metrics:
                 self.cost.labels(m).inc(cost)
 
     def healthy(self) -> bool:
-        return self.busy_jobs > 0 or time.monotonic() - _last_poll_s < self.stale_after_s
+        return self.running() > 0 or time.monotonic() - _last_poll_s < self.stale_after_s
 
     async def serve(self, port: int, redis: Redis, host: str = "0.0.0.0", poll_delay_s: float = 0.5) -> int:
         """Start the HTTP server (port 0: any free one) and the queue-depth reader; return the port."""

@@ -34,6 +34,6 @@ def test_liveness_fails_when_the_poll_loop_stalls_with_nothing_running() -> None
     assert m.healthy()
     metrics._last_poll_s = time.monotonic() - 120
     assert not m.healthy()
-    m.busy_jobs = 3  # every slot busy: arq does not poll, the worker is still alive
+    m.running = lambda: 3  # every slot busy: arq does not poll, the worker is still alive
     assert m.healthy()
     metrics.heartbeat()
