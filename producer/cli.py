@@ -74,20 +74,21 @@ class Cli:
         return SOME_FAILED if batch.bad else OK
 
     def wait(self) -> int:
-        progress = self._wait_for(self.args.batch)
+        progress = self._wait_for(self.args.batch, self._job_ids(self.args.batch))
         if progress is None:
             return TIMED_OUT
         self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
         return OK if progress.by_status.get("succeeded", 0) == progress.total else SOME_FAILED
 
     def collect(self) -> int:
-        progress = self._wait_for(self.args.batch)
+        items = load_manifest(self.redis, self.args.batch)
+        job_ids = [j for _, j in items]
+        progress = self._wait_for(self.args.batch, job_ids)
         if progress is None:
             return TIMED_OUT
-        items = load_manifest(self.redis, self.args.batch)
         target = Path(self.args.output)
         with target.open("w", encoding="utf-8") as out:
-            for (custom_id, _), result in zip(items, read_results(self.redis, [j for _, j in items]), strict=True):
+            for (custom_id, _), result in zip(items, read_results(self.redis, job_ids), strict=True):
                 out.write(output_line(custom_id, result) + "\n")
         self.emit(
             f"{_summary(self.args.batch, progress)}; wrote {len(items)} line(s) to {target}",
@@ -97,7 +98,7 @@ class Cli:
 
     def status(self) -> int:
         if self.args.batch:
-            progress = self._progress(self.args.batch)
+            progress = self._progress(self._job_ids(self.args.batch))
             self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
             return OK
         queued = cast(int, self.redis.zcard(QUEUE_NAME))
@@ -124,8 +125,8 @@ class Cli:
         return OK if outcome.cancelled or outcome.result is not None else ERROR
 
     def retry_failed(self) -> int:
-        items = load_manifest(self.redis, self.args.batch)
-        failed = [r.job_id for r in read_results(self.redis, [j for _, j in items]) if r and r.status == "failed"]
+        job_ids = self._job_ids(self.args.batch)
+        failed = [r.job_id for r in read_results(self.redis, job_ids) if r and r.status == "failed"]
         for job_id in failed:
             self.producer.retry(job_id)
         self.emit(f"batch {self.args.batch}: {len(failed)} failed job(s) queued again", {"retried": len(failed)})
@@ -142,14 +143,16 @@ class Cli:
         ttl_ms = Calls(self.producer.config).queued_ttl_ms
         self.redis.set(batch_key(batch.name), batch.manifest(time.time()), px=ttl_ms)
 
-    def _progress(self, name: str) -> Progress:
-        items = load_manifest(self.redis, name)
-        return Progress.of(read_results(self.redis, [j for _, j in items]), len(items), self.prices)
+    def _job_ids(self, name: str) -> list[str]:
+        return [job_id for _, job_id in load_manifest(self.redis, name)]
 
-    def _wait_for(self, name: str) -> Progress | None:
+    def _progress(self, job_ids: list[str]) -> Progress:
+        return Progress.of(read_results(self.redis, job_ids), len(job_ids), self.prices)
+
+    def _wait_for(self, name: str, job_ids: list[str]) -> Progress | None:
         """Report progress until every job of the batch has ended; None if ``--timeout`` passed."""
         tty = self.err.isatty() and not self.args.json
-        first = progress = self._progress(name)
+        first = progress = self._progress(job_ids)
         last_report = 0.0
         while True:
             elapsed_s = progress.at_s - first.at_s
@@ -169,7 +172,7 @@ class Cli:
                 print(f"timed out after {self.args.timeout:g} s: {progress.finished}/{progress.total}", file=self.err)
                 return None
             time.sleep(0.2 if tty else 0.5)
-            progress = self._progress(name)
+            progress = self._progress(job_ids)
 
 
 def _eta(progress: Progress, rate: float) -> str:
