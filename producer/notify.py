@@ -35,8 +35,8 @@ class Signal:
         self.event = asyncio.Event()
         self.final: JobResult | None = None
 
-    def raise_(self, data: bytes | str | None) -> None:
-        self.final = published_result(data)
+    def raise_(self, final: JobResult | None) -> None:
+        self.final = final
         self.event.set()
 
 
@@ -107,8 +107,9 @@ class DoneWatcher:
             if message and message.get("type") == "message":
                 channel = message["channel"]
                 job_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(DONE_CHANNEL_PREFIX) :]
+                final = published_result(message["data"])  # parsed once for all its waiters
                 for signal in self._events.get(job_id, ()):
-                    signal.raise_(message["data"])
+                    signal.raise_(final)
 
     def _wake_all(self) -> None:
         for signals in self._events.values():
