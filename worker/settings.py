@@ -71,7 +71,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     wake.start()
     worker = shutdown.running_worker()
     if worker is not None:  # arq claims jobs for the lease; signals drain; wake messages end the poll
-        shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s)
+        shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s, wake=wake.event)
         worker.promptq_wake = wake.event  # type: ignore[attr-defined]  # read by worker.wake._poll
     metrics = Metrics(config.prices, running=lambda: len(leases.held))
     if config.metrics_port is not None:

@@ -1,4 +1,4 @@
-"""Graceful shutdown, and the two arq worker settings that the settings class cannot reach.
+"""Graceful shutdown, and the parts of arq's worker that its settings class cannot reach.
 
 On SIGTERM or SIGINT arq cancels every job at once (or, with ``job_completion_wait``, after a wait,
 and then also the jobs it was still starting, which ends the process with a traceback). promptq
@@ -10,10 +10,8 @@ arq also claims a job for its whole timeout plus margins; promptq claims it for 
 and renews the claim while the job runs (``worker.lease``), so a killed worker's jobs are free again
 within seconds.
 
-And arq's poll loop ends the worker on a Redis error that its claim transaction cannot retry (a
-WATCH broken by a lost connection); promptq's wrappers log it, give back the slot arq had taken for
-the claim, and let the next poll try again. They also keep a worker from starting a job it is
-still running (possible when Redis lost the claim during an outage).
+arq's claim loop is replaced by a batched one (``worker.claim``), and arq's poll loop, which ends
+the worker on a Redis error, is wrapped: the error is logged and the next poll tries again.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from typing import Any
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from worker.claim import Claimer
 from worker.logs import get_logger
 
 __all__ = ["adopt", "drain", "running_worker"]
@@ -41,9 +40,11 @@ def running_worker() -> Worker | None:
     return candidate if isinstance(candidate, Worker) else None
 
 
-def adopt(worker: Worker, *, lease_s: float, grace_s: float) -> None:
-    """Claim jobs for ``lease_s``, and handle SIGTERM and SIGINT with :func:`drain`."""
+def adopt(worker: Worker, *, lease_s: float, grace_s: float, wake: asyncio.Event | None = None) -> None:
+    """Claim jobs for ``lease_s`` in batches (``worker.claim``; ``wake`` ends a poll's sleep when a
+    slot frees), and handle SIGTERM and SIGINT with :func:`drain`."""
     worker.in_progress_timeout_s = lease_s
+    Claimer(worker, wake)
     _survive_redis_errors(worker)
     if not getattr(worker, "_handle_signals", False):
         return
@@ -53,25 +54,14 @@ def adopt(worker: Worker, *, lease_s: float, grace_s: float) -> None:
 
 
 def _survive_redis_errors(worker: Worker) -> None:
-    arq_poll_iteration, arq_start_jobs = worker._poll_iteration, worker.start_jobs
-
-    async def start_jobs_once(job_ids: list[bytes]) -> None:
-        running = {job_id for job_id, task in worker.tasks.items() if not task.done()}
-        try:
-            await arq_start_jobs([j for j in job_ids if j.decode() not in running])
-        except (RedisError, OSError):
-            # arq had taken a slot for the job it was claiming when Redis failed: give it back
-            worker.job_counter -= 1
-            worker.sem.release()
-            raise
+    poll_iteration_of = worker._poll_iteration
 
     async def poll_iteration() -> None:
         try:
-            await arq_poll_iteration()
+            await poll_iteration_of()
         except (RedisError, OSError) as e:
             log.warning("worker.poll_failed", error=str(e), note="the next poll tries again")
 
-    worker.start_jobs = start_jobs_once  # type: ignore[method-assign]
     worker._poll_iteration = poll_iteration  # type: ignore[method-assign]
 
 

@@ -4,8 +4,8 @@ of cancelled jobs, on the same pub/sub connection).
 arq polls the queue every ``poll_delay`` seconds. Producers publish on ``promptq:wake`` after
 enqueueing (once a job, or once a ``submit_many`` chunk); each worker listens there and ends its
 poll sleep early, so a new job starts within milliseconds while an idle worker still polls rarely
-(``PROMPTQ_POLL_DELAY_S``, for retries whose wait has passed). A busy worker is not slowed: arq
-starts the next queued job as soon as a slot frees, without polling.
+(``PROMPTQ_POLL_DELAY_S``, for retries whose wait has passed). A busy worker is not slowed either:
+while jobs wait for its slots, a finishing job sets the same event (``worker.claim``).
 """
 
 from __future__ import annotations
