@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import openai
 import structlog
 from arq import Retry
 from redis.exceptions import RedisError
@@ -45,7 +44,7 @@ class WorkerState:
     """What every job of one worker process shares (``ctx["promptq"]``)."""
 
     config: WorkerConfig
-    client: openai.AsyncOpenAI
+    clients: llm.Clients
     store: ResultStore
     leases: Leases
     wake: WakeListener
@@ -166,7 +165,7 @@ async def _call(state: WorkerState, job: PromptJob, model: str, on_delta: llm.De
     started_s = time.monotonic()
     try:
         async with asyncio.timeout(state.config.job_timeout_s):
-            return await llm.complete(state.client, job, model, on_delta)
+            return await llm.complete(state.clients.take(), job, model, on_delta)
     finally:
         metrics.in_flight.dec()
         metrics.latency.labels(model).observe(time.monotonic() - started_s)

@@ -1,7 +1,7 @@
 """``arq worker.Settings``: the arq worker settings, built from the environment.
 
 The worker reads jobs as JSON (never pickle), runs ``run_prompt`` with ``PROMPTQ_MAX_JOBS`` slots,
-shares one ``AsyncOpenAI`` client per process (made at start-up, closed at shutdown) and keeps no
+shares its ``AsyncOpenAI`` clients among its jobs (``llm.Clients``: made at start-up, closed at shutdown) and keeps no
 arq result of its own: the result document is promptq's.
 """
 
@@ -78,7 +78,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         await metrics.serve(config.metrics_port, ctx["redis"], poll_delay_s=config.poll_delay_s)
     ctx["promptq"] = WorkerState(
         config=config,
-        client=llm.make_client(config),
+        clients=llm.Clients(config),
         store=ResultStore(ctx["redis"], config.result_ttl_s),
         leases=leases,
         wake=wake,
@@ -100,7 +100,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.leases.stop()
         await state.wake.stop()
         await state.metrics.close()
-        await state.client.close()
+        await state.clients.aclose()
     log.info("worker.stopped")
 
 

@@ -179,3 +179,15 @@ async def test_worker_side_validation_catches_what_another_client_wrote(
     await run_burst(worker_config)
     r = JobResult.from_json(sync_redis.get(result_key("j")))  # type: ignore[arg-type]
     assert r.status == "failed" and r.error is not None and "unknown parameter 'n'" in r.error.message
+
+
+async def test_an_unreadable_body_is_retried_then_fails_as_a_bad_response(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator
+) -> None:
+    sim.configure(malformed_rate=1.0)  # 200 with a body cut off mid-JSON
+    job_id = await producer.submit("cut off")
+    await run_burst(dataclasses.replace(worker_config, max_tries=2))
+    r = await producer.wait(job_id, timeout=1)
+    assert r.status == "failed" and r.attempts == 2 and sim.stats()["requests"] == 2
+    assert r.error is not None and r.error.type == "bad_response" and r.error.retryable
+    assert "unreadable body" in r.error.message

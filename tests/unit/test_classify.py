@@ -1,10 +1,11 @@
-"""Which API failures are worth another attempt."""
+"""Which API failures are worth another attempt, and which bodies are not a Chat Completion."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.llm import classify
+from producer.contract import Usage
+from worker.llm import LLMError, _completion, classify
 
 
 @pytest.mark.parametrize(
@@ -29,3 +30,40 @@ from worker.llm import classify
 )
 def test_classify(status: int, code: str | None, expected: tuple[str, bool]) -> None:
     assert classify(status, code) == expected
+
+
+COMPLETION = {
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+}
+
+
+def test_a_completion_body_keeps_content_finish_reason_usage_and_rate_headers() -> None:
+    headers = {"x-ratelimit-remaining-requests": "9", "content-type": "application/json"}
+    c = _completion(COMPLETION, headers)
+    assert (c.content, c.finish_reason, c.usage) == ("hi", "stop", Usage(5, 1, 6))
+    assert c.rate_headers == {"x-ratelimit-remaining-requests": "9"}
+    tool_call = {"choices": [{"message": {"role": "assistant", "content": None}, "finish_reason": "tool_calls"}]}
+    c = _completion(tool_call, {})
+    assert (c.content, c.finish_reason, c.usage) == (None, "tool_calls", None)
+    partial_usage = {**COMPLETION, "usage": {"prompt_tokens": 5}}
+    assert _completion(partial_usage, {}).usage is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([1, 2], "without choices"),
+        ({"id": "x"}, "without choices"),
+        ({"choices": []}, "without choices"),
+        ({"choices": {"0": {}}}, "without choices"),
+        ({"choices": ["text"]}, "not a chat message"),
+        ({"choices": [{"text": "legacy completion", "finish_reason": "stop"}]}, "not a chat message"),
+        ({"choices": [{"message": {"content": 7}, "finish_reason": "stop"}]}, "not a chat message"),
+        ({"choices": [{"message": {"content": "x"}}]}, "not a chat message"),
+    ],
+)
+def test_a_body_that_is_not_a_chat_completion_is_a_retryable_bad_response(body: object, message: str) -> None:
+    with pytest.raises(LLMError, match=message) as e:
+        _completion(body, {})
+    assert e.value.type == "bad_response" and e.value.retryable
