@@ -25,6 +25,9 @@ __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 FALLBACK_POLL_S = 15.0
 """How often a waiter re-reads the document even without a message (a safety net only)."""
 RECONNECT_S = 0.5
+UNSUBSCRIBE_DELAY_S = 0.05
+"""How long a finished wait's channel stays subscribed (its job publishes nothing more), so that the
+unsubscriptions of many waits go out as one command."""
 
 
 class Signal:
@@ -52,13 +55,20 @@ def published_result(data: bytes | str | None) -> JobResult | None:
 
 
 class DoneWatcher:
-    """The done-channel subscriptions of one asyncio producer, and the task that reads them."""
+    """The done-channel subscriptions of one asyncio producer, and the task that reads them.
+
+    Subscriptions asked for while one is being sent go out together in the next SUBSCRIBE, so many
+    waits started at once (``asyncio.gather`` over a batch) cost a few commands, not one each; a
+    wait that ends leaves its unsubscription to a background task, batched the same way."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self._pubsub: Any = None
         self._events: dict[str, set[Signal]] = {}
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
+        self._unsubscriber: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._resync = False
 
@@ -66,31 +76,59 @@ class DoneWatcher:
     async def watching(self, job_id: str) -> AsyncIterator[Signal]:
         """A signal raised whenever the job's channel has a message, subscribed before the block runs."""
         signal = Signal()
-        await self._add(job_id, signal)
+        self._add(job_id, signal)
         try:
+            await self._sync()
             yield signal
         finally:
-            await asyncio.shield(self._remove(job_id, signal))
+            self._remove(job_id, signal)
 
-    async def _add(self, job_id: str, signal: Signal) -> None:
+    def _add(self, job_id: str, signal: Signal) -> None:
+        signals = self._events.setdefault(job_id, set())
+        signals.add(signal)
+        if len(signals) == 1:
+            self._to_unsubscribe.discard(job_id)
+            self._to_subscribe.add(job_id)
+
+    def _remove(self, job_id: str, signal: Signal) -> None:
+        signals = self._events.get(job_id, set())
+        signals.discard(signal)
+        if signals:
+            return
+        self._events.pop(job_id, None)
+        self._to_subscribe.discard(job_id)
+        self._to_unsubscribe.add(job_id)
+        if self._unsubscriber is None or self._unsubscriber.done():
+            self._unsubscriber = asyncio.create_task(self._unsubscribe_all(), name="promptq-done-unsubscribe")
+
+    async def _unsubscribe_all(self) -> None:
+        while self._to_unsubscribe:
+            await asyncio.sleep(UNSUBSCRIBE_DELAY_S)  # gather the waits that end meanwhile into one command
+            with contextlib.suppress(RedisError, OSError):
+                await self._sync()
+
+    async def _sync(self) -> None:
+        """Send the subscriptions and unsubscriptions asked for so far. When it returns, every
+        channel added before the call is subscribed (by this call or by one before it)."""
         async with self._lock:
             if self._pubsub is None:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            signals = self._events.setdefault(job_id, set())
-            signals.add(signal)
-            if len(signals) == 1:
-                await self._pubsub.subscribe(done_channel(job_id))
-            if self._reader is None or self._reader.done():
+            if gone := self._take(self._to_unsubscribe):
+                await self._pubsub.unsubscribe(*(done_channel(job_id) for job_id in gone))
+            if wanted := self._take(self._to_subscribe):
+                try:
+                    await self._pubsub.subscribe(*(done_channel(job_id) for job_id in wanted))
+                except BaseException:
+                    self._to_subscribe.update(job_id for job_id in wanted if job_id in self._events)
+                    raise
+            if self._events and (self._reader is None or self._reader.done()):
                 self._reader = asyncio.create_task(self._read(), name="promptq-done-watcher")
 
-    async def _remove(self, job_id: str, signal: Signal) -> None:
-        async with self._lock:
-            signals = self._events.get(job_id, set())
-            signals.discard(signal)
-            if not signals:
-                self._events.pop(job_id, None)
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(done_channel(job_id))
+    @staticmethod
+    def _take(job_ids: set[str]) -> list[str]:
+        taken = list(job_ids)
+        job_ids.clear()
+        return taken
 
     async def _read(self) -> None:
         while self._events:
@@ -117,10 +155,11 @@ class DoneWatcher:
                 signal.raise_(None)
 
     async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._unsubscriber):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()

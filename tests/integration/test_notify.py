@@ -124,3 +124,50 @@ async def test_a_waiter_gets_the_document_from_the_message_without_reading_again
     gets = stats.get("cmdstat_get", {}).get("calls", 0)
     assert [r.content for r in results] == ["from the message"] * 2
     assert gets == 1  # the finish script's own read (is it cancelled?); neither waiter read the key again
+
+
+def _calls(client: redis.Redis, command: str) -> int:
+    stats: Any = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_waits_started_together_subscribe_and_unsubscribe_in_a_few_commands(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    ids = await producer.submit_many([f"q{i}" for i in range(200)])
+    sync_redis.config_resetstat()
+    waits = [asyncio.create_task(producer.wait(i, timeout=5)) for i in ids]
+    await asyncio.sleep(0.2)  # every waiter is subscribed
+    assert _calls(sync_redis, "subscribe") <= 3  # not one per wait
+    channels: Any = sync_redis.pubsub_channels("promptq:done:*")
+    assert len(channels) == 200
+    for i in ids:
+        await _finish(redis_url, i, f"answer {i}")
+    results = await asyncio.gather(*waits)
+    assert [r.content for r in results] == [f"answer {i}" for i in ids]
+    for _ in range(100):  # the unsubscriptions go out shortly after the waits end, batched
+        if not sync_redis.pubsub_channels("promptq:done:*"):
+            break
+        await asyncio.sleep(0.02)
+    assert sync_redis.pubsub_channels("promptq:done:*") == []
+    assert _calls(sync_redis, "unsubscribe") < 50
+
+
+async def test_a_wait_on_a_job_whose_unsubscription_is_pending_is_still_woken(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = await producer.submit("twice")
+    first = asyncio.create_task(producer.wait(job_id, timeout=5))
+    await asyncio.sleep(0.1)
+    await _finish(redis_url, job_id, "one")
+    assert (await first).content == "one"
+    # The same id again at once (a retried job), before the first wait's channel is let go.
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.set(result_key(job_id), JobResult(job_id=job_id, status="queued").to_json())
+    finally:
+        await client.aclose()
+    second = asyncio.create_task(producer.wait(job_id, timeout=5))
+    await asyncio.sleep(0.2)  # past the delay: an unsubscription sent now would cut the second wait off
+    await _finish(redis_url, job_id, "two")
+    assert (await second).content == "two"
