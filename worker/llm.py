@@ -170,7 +170,8 @@ def _completion(body: Any, headers: Mapping[str, str]) -> Completion:
     message = choice.get("message") if isinstance(choice, dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-    if not isinstance(message, dict) or not isinstance(content, str | None) or not isinstance(finish_reason, str):
+    readable = isinstance(message, dict) and isinstance(content, str | None) and isinstance(finish_reason, str | None)
+    if not readable:
         raise LLMError("bad_response", "the API answered with a choice that is not a chat message", retryable=True)
     usage = body.get("usage")
     return Completion(

@@ -46,6 +46,8 @@ def test_a_completion_body_keeps_content_finish_reason_usage_and_rate_headers() 
     tool_call = {"choices": [{"message": {"role": "assistant", "content": None}, "finish_reason": "tool_calls"}]}
     c = _completion(tool_call, {})
     assert (c.content, c.finish_reason, c.usage) == (None, "tool_calls", None)
+    no_finish_reason = {"choices": [{"message": {"content": "x"}}]}  # some servers leave it out
+    assert _completion(no_finish_reason, {}).finish_reason is None
     partial_usage = {**COMPLETION, "usage": {"prompt_tokens": 5}}
     assert _completion(partial_usage, {}).usage is None
 
@@ -60,7 +62,7 @@ def test_a_completion_body_keeps_content_finish_reason_usage_and_rate_headers() 
         ({"choices": ["text"]}, "not a chat message"),
         ({"choices": [{"text": "legacy completion", "finish_reason": "stop"}]}, "not a chat message"),
         ({"choices": [{"message": {"content": 7}, "finish_reason": "stop"}]}, "not a chat message"),
-        ({"choices": [{"message": {"content": "x"}}]}, "not a chat message"),
+        ({"choices": [{"message": {"content": "x"}, "finish_reason": 1}]}, "not a chat message"),
     ],
 )
 def test_a_body_that_is_not_a_chat_completion_is_a_retryable_bad_response(body: object, message: str) -> None:
