@@ -51,7 +51,12 @@ return out
 
 class Claimer:
     """Replaces ``worker``'s poll iteration with a batched claim; ``wake`` (the event that ends
-    the poll's sleep) is set when a slot frees while the last claim found more jobs than slots."""
+    the poll's sleep) is set when a slot frees while the last claim found more jobs than slots.
+
+    It also spares arq's own clean-up after a job whose terminal document promptq's finish script
+    wrote (``settled``): that script has already removed the job's record, claim, try counter and
+    queue entry, and arq's second removal, a round trip later, could only remove a job that a
+    retry had queued again meanwhile under the same id."""
 
     def __init__(self, worker: Worker, wake: asyncio.Event | None) -> None:
         self.worker = worker
@@ -59,7 +64,30 @@ class Claimer:
         self.script = worker.pool.register_script(CLAIM_LUA)
         self.full = False
         """The last claim filled every free slot: more jobs may be ready."""
+        self.settled: set[str] = set()
+        """Jobs whose arq bookkeeping promptq's finish script has removed (``jobs._finish`` adds them)."""
+        self._arq_finish_job = worker.finish_job
         worker._poll_iteration = self.poll_iteration  # type: ignore[method-assign]
+        worker.finish_job = self.finish_job  # type: ignore[method-assign]
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's clean-up after a job, unless promptq's finish script has done it already."""
+        if job_id in self.settled:
+            self.settled.discard(job_id)
+            if finish and result_data is None:
+                return
+        await self._arq_finish_job(
+            job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
+        )
 
     async def claim(self, want: int) -> list[tuple[str, int]]:
         """Claim up to ``want`` due jobs for the worker's lease; their ids and queue scores."""

@@ -50,6 +50,8 @@ class WorkerState:
     wake: WakeListener
     limiter: Limiter
     metrics: Metrics
+    settled: set[str]
+    """Jobs whose arq bookkeeping the finish script removed (arq's own clean-up is then skipped)."""
 
 
 def _now_s() -> float:
@@ -231,6 +233,7 @@ async def _finish(
         latency_ms=_ms_since(started_s),
     )
     stored = await asyncio.shield(state.store.finish(final, streamed=streamed))
+    state.settled.add(final.job_id)
     if stored is not None:  # cancelled while the call ran: the cancelled document stays
         final = dataclasses.replace(stored, latency_ms=final.latency_ms, attempts=final.attempts)
     usage = final.usage

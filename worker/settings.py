@@ -70,8 +70,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     wake = WakeListener(ctx["redis"], on_cancel=leases.cancel)
     wake.start()
     worker = shutdown.running_worker()
-    if worker is not None:  # arq claims jobs for the lease; signals drain; wake messages end the poll
-        shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s, wake=wake.event)
+    settled: set[str] = set()
+    if worker is not None:  # batched claims for the lease; signals drain; wake messages end the poll
+        claimer = shutdown.adopt(worker, lease_s=config.lease_s, grace_s=config.shutdown_grace_s, wake=wake.event)
+        settled = claimer.settled
         worker.promptq_wake = wake.event  # type: ignore[attr-defined]  # read by worker.wake._poll
     metrics = Metrics(config.prices, running=lambda: len(leases.held))
     if config.metrics_port is not None:
@@ -84,6 +86,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         wake=wake,
         limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
         metrics=metrics,
+        settled=settled,
     )
     log.info(
         "worker.started",

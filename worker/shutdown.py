@@ -40,17 +40,17 @@ def running_worker() -> Worker | None:
     return candidate if isinstance(candidate, Worker) else None
 
 
-def adopt(worker: Worker, *, lease_s: float, grace_s: float, wake: asyncio.Event | None = None) -> None:
+def adopt(worker: Worker, *, lease_s: float, grace_s: float, wake: asyncio.Event | None = None) -> Claimer:
     """Claim jobs for ``lease_s`` in batches (``worker.claim``; ``wake`` ends a poll's sleep when a
     slot frees), and handle SIGTERM and SIGINT with :func:`drain`."""
     worker.in_progress_timeout_s = lease_s
-    Claimer(worker, wake)
+    claimer = Claimer(worker, wake)
     _survive_redis_errors(worker)
-    if not getattr(worker, "_handle_signals", False):
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _start_drain, worker, grace_s, sig)
+    if getattr(worker, "_handle_signals", False):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _start_drain, worker, grace_s, sig)
+    return claimer
 
 
 def _survive_redis_errors(worker: Worker) -> None:

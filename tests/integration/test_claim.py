@@ -12,7 +12,7 @@ import redis
 from devtools.stack import Simulator
 from producer import Producer
 from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX, QUEUE_NAME
-from tests.conftest import start_worker, stop_worker
+from tests.conftest import run_burst, start_worker, stop_worker
 from worker.claim import CLAIM_LUA
 from worker.config import WorkerConfig
 
@@ -63,3 +63,17 @@ async def test_a_finished_job_frees_its_slot_for_the_next_without_waiting_for_a_
     assert all(r.ok for r in results)
     stats = sim.stats()
     assert stats["completions"] == 10 and stats["peak_in_flight"] == 2
+
+
+async def test_arq_does_not_clean_up_again_after_the_finish_script(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: redis.Redis
+) -> None:
+    ids = await producer.submit_many([f"p{i}" for i in range(6)])
+    sync_redis.config_resetstat()
+    await run_burst(worker_config)
+    results = [await producer.get(i) for i in ids]
+    assert all(r is not None and r.ok for r in results)
+    assert not sync_redis.keys("arq:*")  # the finish script left none of arq's bookkeeping
+    stats: Any = sync_redis.info("commandstats")
+    # One MULTI/EXEC a job (arq's start: read the record, count the try); its clean-up would be a second.
+    assert stats["cmdstat_exec"]["calls"] == len(ids)
