@@ -114,7 +114,8 @@ class DoneWatcher:
             if self._pubsub is None:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             if gone := self._take(self._to_unsubscribe):
-                await self._pubsub.unsubscribe(*(done_channel(job_id) for job_id in gone))
+                with contextlib.suppress(RedisError, OSError):  # best effort: their jobs publish nothing more
+                    await self._pubsub.unsubscribe(*(done_channel(job_id) for job_id in gone))
             if wanted := self._take(self._to_subscribe):
                 try:
                     await self._pubsub.subscribe(*(done_channel(job_id) for job_id in wanted))
