@@ -33,7 +33,7 @@ pytest: $(STAMP) redis browser
 faults: $(STAMP) redis
 	PROMPTQ_FAULTS_REPORT=docs/faults.md $(PY) -m pytest tests/faults -q
 
-# The speed benchmarks against the plain-asyncio baseline; writes bench/results.md (about 12 minutes).
+# The speed benchmarks against the plain-asyncio baseline; writes bench/results.md (about 11 minutes).
 bench: $(STAMP) redis
 	$(PY) -m bench.run --out bench/results.md
 
