@@ -1,8 +1,8 @@
 """``arq worker.Settings``: the arq worker settings, built from the environment.
 
 The worker reads jobs as JSON (never pickle), runs ``run_prompt`` with ``PROMPTQ_MAX_JOBS`` slots,
-shares its ``AsyncOpenAI`` clients among its jobs (``llm.Clients``: made at start-up, closed at shutdown) and keeps no
-arq result of its own: the result document is promptq's.
+shares its ``AsyncOpenAI`` clients among its jobs (``llm.Clients``: made at start-up, closed at
+shutdown) and keeps no arq result of its own: the result document is promptq's.
 """
 
 from __future__ import annotations
