@@ -22,6 +22,10 @@ from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX
 __all__ = ["CLAIM_LUA", "Claimer"]
 
 SCAN_CHUNK = 500
+"""Ids the script reads from the queue at a time, at most."""
+SCAN_MARGIN = 20
+"""The first read is this worker's running jobs (which stay in the queue, ahead of the due ones)
+plus the jobs wanted plus this margin, so a claim for one freed slot reads ~100 ids, not 500."""
 SCAN_MAX = 10_000
 """Ids the script looks at, at most, past jobs other workers hold, before it gives up for this turn."""
 
@@ -31,14 +35,14 @@ CLAIM_LUA = """
 local want, chunk, scan_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local out, claimed, offset = {}, 0, 0
 while claimed < want and offset < scan_max do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', offset, chunk)
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, chunk)
   if #ids == 0 then break end
-  for i = 1, #ids, 2 do
+  for i = 1, #ids do
     local key = ARGV[3] .. ids[i]
     if redis.call('EXISTS', key) == 0 then
       redis.call('SET', key, '1', 'PX', ARGV[2])
       out[#out + 1] = ids[i]
-      out[#out + 1] = ids[i + 1]
+      out[#out + 1] = redis.call('ZSCORE', KEYS[1], ids[i])
       claimed = claimed + 1
       if claimed >= want then break end
     end
@@ -93,7 +97,8 @@ class Claimer:
         """Claim up to ``want`` due jobs for the worker's lease; their ids and queue scores."""
         worker = self.worker
         lease_ms = int(worker.in_progress_timeout_s * 1000)
-        args: list[int | str] = [timestamp_ms(), lease_ms, ARQ_IN_PROGRESS_KEY_PREFIX, want, SCAN_CHUNK, SCAN_MAX]
+        chunk = min(SCAN_CHUNK, worker.job_counter + want + SCAN_MARGIN)
+        args: list[int | str] = [timestamp_ms(), lease_ms, ARQ_IN_PROGRESS_KEY_PREFIX, want, chunk, SCAN_MAX]
         reply: list[bytes] = await self.script(keys=[worker.queue_name], args=args)
         return [(job_id.decode(), int(float(score))) for job_id, score in zip(reply[::2], reply[1::2], strict=True)]
 

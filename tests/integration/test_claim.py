@@ -19,11 +19,15 @@ from worker.config import WorkerConfig
 LEASE_MS = 30_000
 
 
-def claim(client: redis.Redis, want: int, chunk: int = 500, now_ms: int | None = None) -> list[str]:
-    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+def claim_scored(client: redis.Redis, want: int, chunk: int, now_ms: int) -> list[tuple[str, int]]:
     args = (now_ms, LEASE_MS, ARQ_IN_PROGRESS_KEY_PREFIX, want, chunk, 10_000)
     reply: Any = client.eval(CLAIM_LUA, 1, QUEUE_NAME, *(str(a) for a in args))
-    return [job_id.decode() for job_id in reply[::2]]
+    return [(job_id.decode(), int(float(score))) for job_id, score in zip(reply[::2], reply[1::2], strict=True)]
+
+
+def claim(client: redis.Redis, want: int, chunk: int = 500, now_ms: int | None = None) -> list[str]:
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    return [job_id for job_id, _ in claim_scored(client, want, chunk, now_ms)]
 
 
 def test_one_call_claims_due_jobs_in_queue_order_past_those_held_elsewhere(sync_redis: redis.Redis) -> None:
@@ -32,7 +36,7 @@ def test_one_call_claims_due_jobs_in_queue_order_past_those_held_elsewhere(sync_
     sync_redis.zadd(QUEUE_NAME, {"later": now_ms + 60_000})
     sync_redis.set(ARQ_IN_PROGRESS_KEY_PREFIX + "a", "1")  # another worker runs it
 
-    assert claim(sync_redis, 2, now_ms=now_ms) == ["b", "c"]
+    assert claim_scored(sync_redis, 2, 500, now_ms) == [("b", now_ms - 4), ("c", now_ms - 3)]  # with arq's scores
     ttl_ms: Any = sync_redis.pttl(ARQ_IN_PROGRESS_KEY_PREFIX + "b")
     assert 0 < ttl_ms <= LEASE_MS  # held for the lease, not for ever
     assert claim(sync_redis, 10, now_ms=now_ms) == ["d"]  # not the held ones, not the one due later
