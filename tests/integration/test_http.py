@@ -61,9 +61,13 @@ def sse(text: str) -> list[tuple[str | None, str, Any]]:
     return out
 
 
+JUST_SUBMITTED = {"queued", "running", "succeeded"}
+"""The answer to a submit is the document as it is then: a running worker may have taken the job already."""
+
+
 def test_submit_get_and_stream_one_job(api: Api, http_worker: Worker, redis_url: str, sim: Simulator) -> None:
     status, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "hello over http", "stream": True, "max_tokens": 50})
-    assert status == 202 and doc["status"] == "queued" and doc["job_id"]
+    assert status == 202 and doc["status"] in JUST_SUBMITTED and doc["job_id"]
     status, text, headers = call(api, "GET", f"/v1/jobs/{doc['job_id']}/events")
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     events = sse(text)
@@ -82,7 +86,8 @@ def test_submit_get_and_stream_one_job(api: Api, http_worker: Worker, redis_url:
 
 def test_a_list_of_jobs_answers_with_every_document(api: Api, http_worker: Worker, redis_url: str) -> None:
     status, docs, _ = call(api, "POST", "/v1/jobs", [{"prompt": "one"}, {"prompt": "two", "job_id": "mine-2"}])
-    assert status == 202 and [d["status"] for d in docs] == ["queued", "queued"] and docs[1]["job_id"] == "mine-2"
+    assert status == 202 and len(docs) == 2 and docs[1]["job_id"] == "mine-2"
+    assert all(d["status"] in JUST_SUBMITTED for d in docs)
 
 
 @pytest.mark.parametrize(
