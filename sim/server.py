@@ -27,6 +27,8 @@ __all__ = ["Simulator"]
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
 MAX_BODY_BYTES = 64 * 1024 * 1024
+Answer = tuple[str, str, dict[str, int]]
+"""A reply's text, finish reason and usage."""
 
 
 class Request:
@@ -157,7 +159,8 @@ class Simulator:
         except (ValueError, KeyError, TypeError):
             await self._error(writer, 400, "body must be JSON with messages and model", "invalid_request_error")
             return True
-        costs = {"requests": 1, "tokens": self._token_cost(body)}
+        answer = self._answer(body)  # once: the TPM limit prices it, the reply sends it
+        costs = {"requests": 1, "tokens": self._token_cost(body, answer)}
         if (limited := self._rate_limited(costs)) is not None:
             kind, wait_s = limited
             self.stats.count(self.stats.faults, f"{kind}_limited")
@@ -198,12 +201,12 @@ class Simulator:
             return True
         self.stats.completions += 1
         if body.get("stream"):
-            return await self._stream(writer, body)
+            return await self._stream(writer, body, answer)
         else:
-            await self._json(writer, 200, self._completion_body(body), self._limit_headers())
+            await self._json(writer, 200, self._completion_body(body, answer), self._limit_headers())
         return True
 
-    def _answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+    def _answer(self, body: dict[str, Any]) -> Answer:
         text = reply_text(self.config.reply, body["messages"])
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
@@ -218,8 +221,8 @@ class Simulator:
         }
         return text, finish, usage
 
-    def _completion_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        text, finish, usage = self._answer(body)
+    def _completion_body(self, body: dict[str, Any], answer: Answer) -> dict[str, Any]:
+        text, finish, usage = answer
         return {
             "id": f"chatcmpl-sim-{next(self._ids)}",
             "object": "chat.completion",
@@ -237,8 +240,8 @@ class Simulator:
             ],
         }
 
-    async def _stream(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> bool:
-        text, finish, usage = self._answer(body)
+    async def _stream(self, writer: asyncio.StreamWriter, body: dict[str, Any], answer: Answer) -> bool:
+        text, finish, usage = answer
         base = {
             "id": f"chatcmpl-sim-{next(self._ids)}",
             "object": "chat.completion.chunk",
@@ -273,10 +276,10 @@ class Simulator:
         await writer.drain()
         return True
 
-    def _token_cost(self, body: dict[str, Any]) -> int:
+    def _token_cost(self, body: dict[str, Any], answer: Answer) -> int:
         if not self.config.tpm:
             return 0
-        _, _, usage = self._answer(body)
+        _, _, usage = answer
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
         return usage["prompt_tokens"] + (asked if isinstance(asked, int) else usage["completion_tokens"])
 
