@@ -83,6 +83,13 @@ class Proc:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def _await_output(self, marker: str, what: str, timeout_s: float = 20) -> Self:
+        """Wait until ``marker`` appears in the output; raise with the output if the process exits first."""
+        wait_until(lambda: marker in self.output() or not self.alive(), timeout_s, what)
+        if not self.alive():
+            raise RuntimeError(f"{what} exited at start:\n{self.output()}")
+        return self
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
@@ -186,11 +193,7 @@ class Worker(Proc):
         super().__init__([arq, "worker.Settings"], env={"PROMPTQ_LOG_FORMAT": "json", **env}, log_path=log_path)
 
     def start(self) -> Self:
-        super().start()
-        wait_until(lambda: "worker.started" in self.output() or not self.alive(), 20, "worker")
-        if not self.alive():
-            raise RuntimeError(f"worker exited at start:\n{self.output()}")
-        return self
+        return super().start()._await_output("worker.started", "worker")
 
 
 class Api(Proc):
@@ -203,11 +206,7 @@ class Api(Proc):
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
-        super().start()
-        wait_until(lambda: "Application startup complete" in self.output() or not self.alive(), 20, "api")
-        if not self.alive():
-            raise RuntimeError(f"the API exited at start:\n{self.output()}")
-        return self
+        return super().start()._await_output("Application startup complete", "the API")
 
 
 @contextlib.contextmanager
