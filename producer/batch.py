@@ -27,6 +27,8 @@ __all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_
 
 BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 CHAT_URL = "/v1/chat/completions"
+QUEUE_FIELDS = ("priority", "fairness_key")
+"""promptq's own fields a Batch API line may carry beside its body."""
 READ_CHUNK = 1000
 
 
@@ -57,9 +59,15 @@ class Batch:
         )
 
 
-def parse_jsonl(lines: Iterable[str], batch: str, calls: Calls) -> Batch:
+def parse_jsonl(
+    lines: Iterable[str], batch: str, calls: Calls, *, priority: int | None = None, fairness_key: str | None = None
+) -> Batch:
     """Read each line as the Batch API's ``{"custom_id", "method", "url", "body"}`` or as plain
-    ``{"prompt" | "messages", ...options, "custom_id"?}``; check it as ``submit`` would."""
+    ``{"prompt" | "messages", ...options, "custom_id"?}``; check it as ``submit`` would.
+
+    A line may set its own ``priority`` and ``fairness_key`` (in the Batch API's format, beside
+    ``body``); else it takes ``priority`` and ``fairness_key`` given here, and the fairness key
+    defaults to the batch's name, so batches submitted together take turns."""
     parsed = Batch(valid_batch_name(batch))
     seen: dict[str, int] = {}
     for line_no, line in enumerate(lines, start=1):
@@ -70,6 +78,9 @@ def parse_jsonl(lines: Iterable[str], batch: str, calls: Calls) -> Batch:
             if custom_id in seen:
                 raise InvalidJobError(f"custom_id {custom_id!r} repeats line {seen[custom_id]}")
             arguments["job_id"] = _job_id(batch, custom_id)
+            arguments.setdefault("fairness_key", fairness_key or batch)
+            if priority is not None:
+                arguments.setdefault("priority", priority)
             calls.build(**arguments)  # the same checks as submit, before anything is written
         except (InvalidJobError, TypeError, ValueError) as e:
             parsed.bad.append(BadLine(line_no, str(e)))
@@ -94,10 +105,15 @@ def _arguments(line: str, line_no: int) -> tuple[str, dict[str, Any]]:
     if "body" in item:  # the Batch API's format
         if item.get("method", "POST") != "POST" or item.get("url", CHAT_URL) != CHAT_URL:
             raise InvalidJobError(f"only POST {CHAT_URL} requests can be run")
-        unknown = set(item) - {"method", "url", "body"}
+        unknown = set(item) - {"method", "url", "body", *QUEUE_FIELDS}
         if unknown or not isinstance(item["body"], dict):
-            raise InvalidJobError("a Batch API line has custom_id, method, url and a body object")
-        item = dict(item["body"])
+            raise InvalidJobError(
+                "a Batch API line has custom_id, method, url and a body object (and may have priority, fairness_key)"
+            )
+        queue_fields = {k: item[k] for k in QUEUE_FIELDS if k in item}
+        if overlap := sorted(queue_fields.keys() & item["body"].keys()):
+            raise InvalidJobError(f"{', '.join(overlap)} given twice, beside and inside body")
+        item = {**item["body"], **queue_fields}
     if "job_id" in item:
         raise InvalidJobError("job_id is not allowed: ids come from the batch name and custom_id")
     return custom_id, item

@@ -16,18 +16,13 @@ from typing import Any
 from producer.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
-    CANCEL_CHANNEL,
+    DEFAULT_FAIRNESS_KEY,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PRIORITY,
     DEFAULT_REDIS_URL,
     DEFAULT_RESULT_TTL_S,
     FAILED_JOB_KEY_PREFIX,
-    FAILED_SET,
-    QUEUE_NAME,
-    RESULT_KEY_PREFIX,
-    STREAM_MAXLEN,
-    WAKE_CHANNEL,
     JobResult,
-    done_channel,
     dumps,
     encode_job,
     queued_doc,
@@ -35,112 +30,37 @@ from producer.contract import (
     stream_key,
 )
 from producer.env import env_int, env_redis_url
+from producer.scripts import Value, script
 from producer.validation import InvalidJobError, PromptJob
 
 __all__ = [
-    "CANCEL_LUA",
-    "RETRY_LUA",
+    "DEPTHS_KEYS_MAX",
     "SUBMIT_CHUNK",
-    "SUBMIT_LUA",
-    "SUBMIT_MANY_LUA",
     "Calls",
     "Cancellation",
     "ProducerConfig",
+    "QueueDepths",
     "RetryRefusedError",
 ]
-
-# Writes the queued result document, arq's job record and the queue entry together, unless the id
-# is already known (queued, running, or finished and not yet expired): then it writes nothing.
-# KEYS: result document, arq job record, queue.
-# ARGV: job id, job record, queue score (ms), queued document, time to live of both keys (ms), and
-# the channel to wake idle workers on.
-SUBMIT_LUA = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-redis.call('PUBLISH', ARGV[6], '1')
-return 1
-"""
-
-# Puts a failed job back in the queue, if it is still failed and still unqueued (a second retry of
-# the same id finds it queued and does nothing).
-# KEYS: result document, kept job record, arq job record, arq try counter, queue, failed set.
-# ARGV: job id, job record, queue score (ms), queued document, time to live (ms), wake channel.
-RETRY_LUA = """
-local current = redis.call('GET', KEYS[1])
-if not current then return 'unknown' end
-if cjson.decode(current)['status'] ~= 'failed' then return 'not_failed' end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 'not_failed' end
-redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
-redis.call('DEL', KEYS[2], KEYS[4])
-redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-redis.call('PUBLISH', ARGV[6], '1')
-return 'ok'
-"""
-
-# submit_many's script: one call enqueues a whole chunk, with the same checks as SUBMIT_LUA.
-# KEYS: queue. ARGV: queue score (ms); time to live (ms); wake channel; result key prefix; job record
-# key prefix; the chunk: for each job its id, its job record and its queued document, every field
-# ended by a newline (none can hold one: ids are checked, JSON escapes it). One argument for the
-# whole chunk keeps the client's packing cheap. (The per-job keys are built here, so promptq needs
-# a single Redis, not Redis Cluster.) Returns how many jobs were new.
-SUBMIT_MANY_LUA = """
-local chunk, at, added = ARGV[6], 1, 0
-while at <= #chunk do
-  local e1 = string.find(chunk, '\\n', at, true)
-  local e2 = string.find(chunk, '\\n', e1 + 1, true)
-  local e3 = string.find(chunk, '\\n', e2 + 1, true)
-  local id = string.sub(chunk, at, e1 - 1)
-  local doc_key, job_key = ARGV[4] .. id, ARGV[5] .. id
-  if redis.call('EXISTS', doc_key, job_key) == 0 then
-    redis.call('SET', job_key, string.sub(chunk, e1 + 1, e2 - 1), 'PX', ARGV[2])
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
-    redis.call('SET', doc_key, string.sub(chunk, e2 + 1, e3 - 1), 'PX', ARGV[2])
-    added = added + 1
-  end
-  at = e3 + 1
-end
-if added > 0 then redis.call('PUBLISH', ARGV[3], '1') end
-return added
-"""
-
-# Marks a job cancelled, if its document is still the one read (else returns 0: read again).
-# A queued job leaves the queue (it never calls the API); a running one is named on the cancel
-# channel, where the worker running it stops its request. Either way the job's stream gets its
-# done entry and waiters hear of it.
-# KEYS: result document, arq job record, arq try counter, queue, stream.
-# ARGV: the document as read, the cancelled document, job id, '1' if it was running, done channel,
-# cancel channel, stream length.
-CANCEL_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-if ARGV[4] == '1' then
-  redis.call('PUBLISH', ARGV[6], ARGV[3])
-else
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[3])
-end
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', 'done', 'status', 'cancelled')
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
-redis.call('PUBLISH', ARGV[5], ARGV[2])
-return 1
-"""
 
 SUBMIT_CHUNK = 1_000
 """Jobs sent in one pipelined round trip by ``submit_many``."""
 MIN_QUEUED_TTL_S = 86_400
 """A queued job and its document live at least this long, however short the result TTL."""
 
-Call = tuple[list[str], list[str]]
+Call = tuple[list[str], list[Value]]
 
 
-def _queued(job_id: str, model: str | None, metadata: Any, now_s: float) -> str:
+def _queued(
+    job_id: str,
+    model: str | None,
+    metadata: Any,
+    now_s: float,
+    priority: int = DEFAULT_PRIORITY,
+    fairness_key: str = DEFAULT_FAIRNESS_KEY,
+) -> str:
     """The document a job has while it waits in the queue (JSON)."""
-    return queued_doc(job_id, model, metadata, round(now_s, 3))
+    return queued_doc(job_id, model, metadata, round(now_s, 3), priority, fairness_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +79,64 @@ class Cancellation:
         if self.result is None:
             return f"no job {self.job_id!r} (never submitted, or its result expired): nothing to cancel"
         return f"job {self.job_id!r} already {self.result.status}: nothing to cancel"
+
+
+DEPTHS_KEYS_MAX = 1_000
+"""Fairness keys ``depths`` looks at per priority, at most (``QueueDepths.truncated`` says when more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepths:
+    """How many jobs wait where, fleet-wide (``Producer.depths``)."""
+
+    ready: dict[int, dict[str, int]]
+    """Jobs ready to run, per priority, per fairness key."""
+    running: int
+    """Jobs claimed by a worker (leased)."""
+    deferred: int
+    """Jobs waiting for a retry."""
+    failed: int
+    """Failed jobs indexed for ``failed()`` and ``retry()``."""
+    legacy: int = 0
+    """Jobs still in the queue of promptq 0.1 (a worker moves them over)."""
+    truncated: bool = False
+    """A priority had more than ``DEPTHS_KEYS_MAX`` fairness keys: ``ready`` lists that many only."""
+
+    @property
+    def waiting(self) -> int:
+        """Jobs ready to run, all priorities."""
+        return sum(self.by_priority.values()) + self.legacy
+
+    @property
+    def by_priority(self) -> dict[int, int]:
+        return {priority: sum(keys.values()) for priority, keys in self.ready.items()}
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> QueueDepths:
+        """From the ``depths`` script's reply."""
+        running, deferred, legacy, failed, *levels = reply
+        ready: dict[int, dict[str, int]] = {}
+        truncated = False
+        for level in levels:
+            priority, _, cut, *pairs = level
+            truncated = truncated or bool(int(cut))
+            ready[int(priority)] = {_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
+        return cls(ready, int(running), int(deferred), int(failed), int(legacy), truncated)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "waiting": self.waiting,
+            "running": self.running,
+            "deferred": self.deferred,
+            "failed": self.failed,
+            "legacy": self.legacy,
+            "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
+            "truncated": self.truncated,
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RetryRefusedError(ValueError):
@@ -207,36 +185,38 @@ class Calls:
         return jobs
 
     def chunks(self, jobs: list[PromptJob]) -> Iterator[Call]:
-        """``SUBMIT_MANY_LUA``'s arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
+        """``submit_many``'s arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
 
         Re-sending a chunk is safe: the script writes nothing for an id it already knows.
         """
         now_s = time.time()
         now_ms = int(now_s * 1000)
-        head = [str(now_ms), str(self.queued_ttl_ms), WAKE_CHANNEL, RESULT_KEY_PREFIX, ARQ_JOB_KEY_PREFIX]
+        bind = script("submit_many").bind
         for start in range(0, len(jobs), SUBMIT_CHUNK):
             fields: list[str] = []
-            for job in jobs[start : start + SUBMIT_CHUNK]:
+            chunk = jobs[start : start + SUBMIT_CHUNK]
+            for job in chunk:
                 fields += (
                     job.job_id,
                     encode_job(job.payload_json, now_ms),
-                    _queued(job.job_id, job.model, job.metadata, now_s),
+                    _queued(job.job_id, job.model, job.metadata, now_s, job.priority, job.fairness_key),
+                    str(job.priority),
+                    job.fairness_key,
                 )
             fields.append("")  # the last field ends with a newline too
-            yield [QUEUE_NAME], [*head, "\n".join(fields)]
+            yield bind(ttl_ms=self.queued_ttl_ms, count=len(chunk), chunk="\n".join(fields))
 
     def submit(self, job: PromptJob, now_s: float) -> Call:
-        now_ms = int(now_s * 1000)
-        keys = [result_key(job.job_id), ARQ_JOB_KEY_PREFIX + job.job_id, QUEUE_NAME]
-        args = [
-            job.job_id,
-            encode_job(job.payload_json, now_ms),
-            str(now_ms),
-            _queued(job.job_id, job.model, job.metadata, now_s),
-            str(self.queued_ttl_ms),
-            WAKE_CHANNEL,
-        ]
-        return keys, args
+        return script("submit").bind(
+            doc=result_key(job.job_id),
+            record=ARQ_JOB_KEY_PREFIX + job.job_id,
+            job_id=job.job_id,
+            record_json=encode_job(job.payload_json, int(now_s * 1000)),
+            doc_json=_queued(job.job_id, job.model, job.metadata, now_s, job.priority, job.fairness_key),
+            ttl_ms=self.queued_ttl_ms,
+            priority=str(job.priority),
+            fairness_key=job.fairness_key,
+        )
 
     @staticmethod
     def cancel(job_id: str, doc: bytes | None, now_s: float) -> tuple[Call, JobResult] | Cancellation:
@@ -246,17 +226,17 @@ class Calls:
         if current is None or current.done:
             return Cancellation(job_id, cancelled=False, result=current)
         cancelled = dataclasses.replace(current, status="cancelled", finished_at=round(now_s, 3))
-        keys = [result_key(job_id), ARQ_JOB_KEY_PREFIX + job_id, ARQ_RETRY_KEY_PREFIX + job_id, QUEUE_NAME]
-        args = [
-            doc.decode() if isinstance(doc, bytes) else str(doc),
-            cancelled.to_json(),
-            job_id,
-            "1" if current.status == "running" else "0",
-            done_channel(job_id),
-            CANCEL_CHANNEL,
-            str(STREAM_MAXLEN),
-        ]
-        return ([*keys, stream_key(job_id)], args), cancelled
+        call = script("cancel").bind(
+            doc=result_key(job_id),
+            record=ARQ_JOB_KEY_PREFIX + job_id,
+            tries=ARQ_RETRY_KEY_PREFIX + job_id,
+            stream=stream_key(job_id),
+            doc_as_read=doc.decode() if isinstance(doc, bytes) else str(doc),
+            cancelled_doc=cancelled.to_json(),
+            job_id=job_id,
+            running="1" if current.status == "running" else "0",
+        )
+        return call, cancelled
 
     @staticmethod
     def retry_reads(job_id: str) -> list[str]:
@@ -272,22 +252,17 @@ class Calls:
             raise RetryRefusedError(f"job {job_id!r} is {failed.status}, not failed")
         if record is None:
             raise RetryRefusedError(f"job {job_id!r}: its request is no longer kept (it expires with the result)")
-        now_ms = int(now_s * 1000)
         fresh = json.loads(record)
-        fresh["et"] = now_ms
-        keys = [
-            *self.retry_reads(job_id),
-            ARQ_JOB_KEY_PREFIX + job_id,
-            ARQ_RETRY_KEY_PREFIX + job_id,
-            QUEUE_NAME,
-            FAILED_SET,
-        ]
-        args = [
-            job_id,
-            dumps(fresh),
-            str(now_ms),
-            _queued(job_id, failed.model, failed.metadata, now_s),
-            str(self.queued_ttl_ms),
-            WAKE_CHANNEL,
-        ]
-        return keys, args
+        fresh["et"] = int(now_s * 1000)
+        return script("retry").bind(
+            doc=result_key(job_id),
+            kept=FAILED_JOB_KEY_PREFIX + job_id,
+            record=ARQ_JOB_KEY_PREFIX + job_id,
+            tries=ARQ_RETRY_KEY_PREFIX + job_id,
+            job_id=job_id,
+            record_json=dumps(fresh),
+            doc_json=_queued(job_id, failed.model, failed.metadata, now_s, failed.priority, failed.fairness_key),
+            ttl_ms=self.queued_ttl_ms,
+            priority=str(failed.priority),
+            fairness_key=failed.fairness_key,
+        )

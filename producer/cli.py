@@ -1,6 +1,7 @@
 """``promptq``: batches and single jobs from the command line.
 
-    promptq submit FILE.jsonl [--batch NAME] [--strict]   enqueue a file (again: enqueues only what is new)
+    promptq submit FILE.jsonl [--batch NAME] [--strict] [--priority N] [--fairness-key KEY]
+                                                          enqueue a file (again: enqueues only what is new)
     promptq wait BATCH [--timeout S]                      progress until every job has ended
     promptq collect BATCH -o out.jsonl                    wait, then write the Batch API's output format
     promptq status [BATCH]                                queue depth, in flight, failed / a batch's counts
@@ -19,17 +20,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import redis
 
 from producer.batch import Batch, Progress, load_manifest, output_line, parse_jsonl, read_results, valid_batch_name
-from producer.calls import Calls, ProducerConfig
+from producer.calls import Calls, ProducerConfig, QueueDepths
 from producer.client import QueueUnavailableError, redis_errors
-from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX, FAILED_SET, QUEUE_NAME, batch_key, result_key
+from producer.contract import batch_key, result_key
 from producer.env import ConfigError
 from producer.prices import prices_from_env
 from producer.sync_client import SyncProducer
+from producer.validation import InvalidJobError, check_fairness_key, check_priority
 
 __all__ = ["main"]
 
@@ -56,7 +58,13 @@ class Cli:
         path = Path(self.args.file)
         name = self.args.batch or valid_batch_name("".join(c if c.isalnum() or c in "_.-" else "_" for c in path.stem))
         with path.open(encoding="utf-8") as lines:
-            batch = parse_jsonl(lines, name, Calls(self.producer.config))
+            batch = parse_jsonl(
+                lines,
+                name,
+                Calls(self.producer.config),
+                priority=self.args.priority,
+                fairness_key=self.args.fairness_key,
+            )
         for bad in batch.bad:
             print(f"{path}:{bad.line_no}: {bad.message}", file=self.err)
         if batch.bad and self.args.strict:
@@ -101,13 +109,8 @@ class Cli:
             progress = self._progress(self._job_ids(self.args.batch))
             self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
             return OK
-        queued = cast(int, self.redis.zcard(QUEUE_NAME))
-        running = sum(1 for _ in self.redis.scan_iter(match=ARQ_IN_PROGRESS_KEY_PREFIX + "*", count=1000))
-        failed = cast(int, self.redis.zcard(FAILED_SET))
-        self.emit(
-            f"queue: {queued - running} waiting, {running} in flight; {failed} failed job(s) kept",
-            {"waiting": queued - running, "in_flight": running, "failed": failed},
-        )
+        depths = self.producer.depths()
+        self.emit(_queue_lines(depths), depths.to_json())
         return OK
 
     def result(self) -> int:
@@ -196,10 +199,40 @@ def _line(name: str, p: Progress, rate: float) -> str:
     )
 
 
+STATUS_KEYS_SHOWN = 10
+
+
+def _queue_lines(d: QueueDepths) -> str:
+    """The queue as ``promptq status`` shows it: totals, then each priority with its busiest keys."""
+    lines = [f"queue: {d.waiting} waiting, {d.running} in flight, {d.deferred} deferred; {d.failed} failed job(s) kept"]
+    for priority, keys in sorted(d.ready.items()):
+        busiest = sorted(keys.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{key} {n}" for key, n in busiest[:STATUS_KEYS_SHOWN])
+        more = f", and {len(busiest) - STATUS_KEYS_SHOWN} more key(s)" if len(busiest) > STATUS_KEYS_SHOWN else ""
+        lines.append(f"  priority {priority}: {sum(keys.values())} waiting ({shown}{more})")
+    if d.legacy:
+        lines.append(f"  {d.legacy} job(s) still in promptq 0.1's queue (a worker moves them over)")
+    return "\n".join(lines)
+
+
 def _summary(name: str, p: Progress) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(p.by_status.items()))
     cost = "" if p.cost_usd is None else f", about ${p.cost_usd:.4f}"
     return f"batch {name}: {p.total} job(s): {counts or 'none'}; {p.tokens:,} tokens{cost}"
+
+
+def _priority(raw: str) -> int:
+    try:
+        return check_priority(int(raw))
+    except (ValueError, InvalidJobError):
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 (runs first) to 9 (last), got {raw!r}") from None
+
+
+def _fairness_key(raw: str) -> str:
+    try:
+        return check_fairness_key(raw)
+    except InvalidJobError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -211,6 +244,14 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("file")
     submit.add_argument("--batch", type=valid_batch_name, help="the batch's name (default: the file's name)")
     submit.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad")
+    submit.add_argument(
+        "--priority", type=_priority, help="0 (runs first) to 9 (last) for lines without their own (default 5)"
+    )
+    submit.add_argument(
+        "--fairness-key",
+        type=_fairness_key,
+        help="the key lines without their own share the workers under (default: the batch's name)",
+    )
     for name, text in (("wait", "show progress until every job ended"), ("collect", "wait, then write the output")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("batch", type=valid_batch_name)

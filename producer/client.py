@@ -17,18 +17,17 @@ import redis
 import redis.asyncio
 
 from producer.calls import (
-    CANCEL_LUA,
-    RETRY_LUA,
-    SUBMIT_LUA,
-    SUBMIT_MANY_LUA,
+    DEPTHS_KEYS_MAX,
     Calls,
     Cancellation,
     ProducerConfig,
+    QueueDepths,
     RetryRefusedError,
 )
 from producer.contract import FAILED_SET, JobResult, result_key
 from producer.env import redact_url
 from producer.notify import FALLBACK_POLL_S, DoneWatcher
+from producer.scripts import script
 from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
 
 __all__ = [
@@ -36,6 +35,7 @@ __all__ = [
     "JobNotFoundError",
     "Producer",
     "ProducerConfig",
+    "QueueDepths",
     "QueueUnavailableError",
     "RetryRefusedError",
     "StreamEvent",
@@ -119,10 +119,11 @@ class Producer:
         self._calls = Calls(_config(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else redis.asyncio.Redis.from_url(self.config.redis_url)
-        self._submit = self.redis.register_script(SUBMIT_LUA)
-        self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
-        self._retry = self.redis.register_script(RETRY_LUA)
-        self._cancel = self.redis.register_script(CANCEL_LUA)
+        self._submit = self.redis.register_script(script("submit").source)
+        self._submit_many = self.redis.register_script(script("submit_many").source)
+        self._retry = self.redis.register_script(script("retry").source)
+        self._cancel = self.redis.register_script(script("cancel").source)
+        self._depths = self.redis.register_script(script("depths").source)
         self._watcher = DoneWatcher(self.redis)
 
     @property
@@ -147,7 +148,9 @@ class Producer:
 
         Keyword arguments: ``messages`` (instead of ``prompt``), ``model``, ``job_id`` (idempotent:
         an id already queued, running or finished is returned as is, nothing enqueued), ``metadata``,
-        and Chat Completions parameters (``temperature``, ``max_tokens``, ...).
+        ``priority`` (0 runs first, 9 last; default 5), ``fairness_key`` (jobs under different keys
+        take turns at one priority; default: one shared key), ``stream``, and Chat Completions
+        parameters (``temperature``, ``max_tokens``, ...).
         """
         job = self._calls.build(prompt, **kwargs)
         keys, args = self._calls.submit(job, time.time())
@@ -193,6 +196,13 @@ class Producer:
                     result = done.final or await self.get(job_id)  # the message carries the document
         assert result is not None
         return result
+
+    async def depths(self) -> QueueDepths:
+        """How many jobs wait where, for the whole fleet: ready per priority and fairness key,
+        running, deferred for a retry, failed."""
+        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
+        with redis_errors(self.config):
+            return QueueDepths.from_reply(await self._depths(keys=keys, args=args))
 
     async def failed(self, limit: int = 100) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""

@@ -11,21 +11,33 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
 
 __all__ = [
+    "ACTIVE_KEY_PREFIX",
     "ARQ_IN_PROGRESS_KEY_PREFIX",
     "ARQ_JOB_KEY_PREFIX",
     "ARQ_RETRY_KEY_PREFIX",
     "BATCH_KEY_PREFIX",
     "CANCEL_CHANNEL",
+    "DEFAULT_FAIRNESS_KEY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_PRIORITY",
     "DEFAULT_REDIS_URL",
     "DEFAULT_RESULT_TTL_S",
+    "DELAYED_SET",
     "DONE_CHANNEL_PREFIX",
     "FAILED_JOB_KEY_PREFIX",
     "FAILED_SET",
     "FAILED_SET_MAX",
+    "FAIRNESS_KEY_MAX_BYTES",
     "JOB_FUNCTION",
-    "QUEUE_NAME",
+    "LEASE_SET",
+    "LEGACY_PLACE_OFFSET",
+    "LEGACY_QUEUE",
+    "LEVELS_KEY",
+    "PRIORITIES",
+    "READY_KEY_PREFIX",
     "RESULT_KEY_PREFIX",
+    "ROUTES_KEY",
+    "SEQUENCE_KEY",
     "STATUSES",
     "STREAM_KEY_PREFIX",
     "STREAM_MAXLEN",
@@ -35,19 +47,46 @@ __all__ = [
     "JobResult",
     "Status",
     "Usage",
+    "active_key",
     "batch_key",
     "done_channel",
     "dumps",
     "encode_job",
     "loads",
     "queued_doc",
+    "ready_key",
     "result_key",
     "stream_key",
 ]
 
-# -- names -------------------------------------------------------------------------------------
-QUEUE_NAME: Final = "promptq:queue"
-"""The arq queue (a sorted set of job ids scored by the time they may run, in ms)."""
+# -- names ---------------------------------------------------------------------------------------
+# The queue: ready jobs wait in one sorted set per (priority, fairness key); a claim takes the lowest
+# priority level that has ready jobs, and within it serves the fairness keys in turn. Claimed jobs
+# sit in the lease set, deferred retries in the delayed set; neither is in a claim's way.
+READY_KEY_PREFIX: Final = "promptq:ready:"
+"""``promptq:ready:{priority}:{fairness_key}``: a sorted set of the ids of the jobs ready to run at
+that priority under that fairness key, scored by their place in line (submit order)."""
+ACTIVE_KEY_PREFIX: Final = "promptq:active:"
+"""``promptq:active:{priority}``: a sorted set of the fairness keys that have ready jobs at that
+priority, scored by their turn (a claim serves the lowest turn, then moves it on by 1 / weight)."""
+LEVELS_KEY: Final = "promptq:levels"
+"""A sorted set of the priorities (``"0"`` to ``"9"``, scored by their number) that have ready jobs."""
+LEASE_SET: Final = "promptq:leases"
+"""A sorted set of claimed (running) job ids scored by when their lease runs out (ms, Redis time); a
+job whose lease runs out goes back in line at its place."""
+DELAYED_SET: Final = "promptq:delayed"
+"""A sorted set of the ids of jobs waiting for a retry, scored by when they may run (ms, Redis time)."""
+ROUTES_KEY: Final = "promptq:routes"
+"""A hash: job id -> ``"{priority} {place} {fairness_key}"``, where the job goes back in line (while
+it is queued, deferred or running)."""
+SEQUENCE_KEY: Final = "promptq:seq"
+"""The counter that gives each submitted job its place in line."""
+LEGACY_QUEUE: Final = "promptq:queue"
+"""The single queue of promptq 0.1 (a sorted set of ids scored by when they may run, in ms): workers
+move what an older producer or worker left there into the queue above."""
+LEGACY_PLACE_OFFSET: Final = 10**13
+"""A job moved from the legacy queue takes the place ``score - LEGACY_PLACE_OFFSET``: ahead of every
+job submitted since, in its old order."""
 RESULT_KEY_PREFIX: Final = "promptq:result:"
 """``promptq:result:{job_id}`` holds the result document (JSON), written at submit."""
 FAILED_SET: Final = "promptq:failed"
@@ -75,6 +114,13 @@ job_id], ...]}`` in input order, written by ``promptq submit``, kept as long as 
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
 
+PRIORITIES: Final = range(10)
+"""``priority``: 0 runs first, 9 last."""
+DEFAULT_PRIORITY: Final = 5
+DEFAULT_FAIRNESS_KEY: Final = "default"
+"""The fairness key of jobs submitted without one."""
+FAIRNESS_KEY_MAX_BYTES: Final = 128
+
 # arq's own bookkeeping keys; arq fixes these names, they are listed here so nothing else spells them.
 ARQ_JOB_KEY_PREFIX: Final = "arq:job:"
 ARQ_IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
@@ -87,6 +133,14 @@ DEFAULT_MAX_PAYLOAD_BYTES: Final = 1_048_576
 
 def result_key(job_id: str) -> str:
     return RESULT_KEY_PREFIX + job_id
+
+
+def ready_key(priority: int, fairness_key: str) -> str:
+    return f"{READY_KEY_PREFIX}{priority}:{fairness_key}"
+
+
+def active_key(priority: int) -> str:
+    return f"{ACTIVE_KEY_PREFIX}{priority}"
 
 
 def stream_key(job_id: str) -> str:
@@ -165,6 +219,10 @@ class JobResult:
     error: JobError | None = None
     metadata: dict[str, Any] | None = None
     """The caller's ``metadata``, echoed."""
+    priority: int = DEFAULT_PRIORITY
+    """0 (runs first) to 9 (last)."""
+    fairness_key: str = DEFAULT_FAIRNESS_KEY
+    """The key the job shares the workers under: keys with ready jobs at one priority take turns."""
     enqueued_at: float | None = None
     started_at: float | None = None
     """When the latest attempt started."""
@@ -203,6 +261,8 @@ class JobResult:
             if e is None
             else {"type": e.type, "message": e.message, "status_code": e.status_code, "retryable": e.retryable},
             "metadata": self.metadata,
+            "priority": self.priority,
+            "fairness_key": self.fairness_key,
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -223,6 +283,7 @@ class JobResult:
         if not isinstance(job_id, str):
             raise ValueError("result document has no job_id")
         usage, error = doc.get("usage"), doc.get("error")
+        priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
@@ -233,6 +294,8 @@ class JobResult:
             usage=_usage(usage) if isinstance(usage, dict) else None,
             error=_error(error) if isinstance(error, dict) else None,
             metadata=doc.get("metadata"),
+            priority=priority if isinstance(priority, int) else DEFAULT_PRIORITY,  # documents of promptq 0.1 have none
+            fairness_key=fairness_key if isinstance(fairness_key, str) else DEFAULT_FAIRNESS_KEY,
             enqueued_at=doc.get("enqueued_at"),
             started_at=doc.get("started_at"),
             finished_at=doc.get("finished_at"),
@@ -244,12 +307,21 @@ class JobResult:
         return cls.from_doc(loads(raw))
 
 
-def queued_doc(job_id: str, model: str | None, metadata: Any, enqueued_at: float) -> str:
-    """``JobResult(job_id, "queued", model=..., metadata=..., enqueued_at=...).to_json()``, written
-    straight from a template (a submit's hottest step; a test keeps the two equal)."""
+def queued_doc(
+    job_id: str,
+    model: str | None,
+    metadata: Any,
+    enqueued_at: float,
+    priority: int = DEFAULT_PRIORITY,
+    fairness_key: str = DEFAULT_FAIRNESS_KEY,
+) -> str:
+    """``JobResult(job_id, "queued", model=..., metadata=..., priority=..., fairness_key=...,
+    enqueued_at=...).to_json()``, written straight from a template (a submit's hottest step; a test
+    keeps the two equal)."""
     return (
         f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},"content":null,'
         f'"finish_reason":null,"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
+        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},'
         f'"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "env_choice", "env_float", "env_int", "env_redis_url", "env_str", "redact_url"]
+__all__ = [
+    "ConfigError",
+    "env_choice",
+    "env_float",
+    "env_int",
+    "env_json_table",
+    "env_redis_url",
+    "env_str",
+    "redact_url",
+]
 
 
 class ConfigError(ValueError):
@@ -44,6 +55,21 @@ def env_float(
         bound = "at least" if or_equal else "greater than"
         raise ConfigError(f"{name} must be a finite number {bound} {minimum:g}, got {raw}")
     return value
+
+
+def env_json_table(env: Mapping[str, str], name: str, example: str) -> dict[str, Any]:
+    """A JSON object keyed by name (``PROMPTQ_PRICES``, ``PROMPTQ_LIMITS``, ...); empty when unset.
+    The caller checks each entry; ``example`` shows the shape in the error."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be JSON like {example}: {e}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name} must be a JSON object, like {example}")
+    return parsed
 
 
 def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from producer.calls import ProducerConfig
 from producer.client import JobNotFoundError, Producer, QueueUnavailableError, redis_errors
-from producer.contract import JobResult, dumps, result_key
+from producer.contract import FAIRNESS_KEY_MAX_BYTES, JobResult, dumps, result_key
 from producer.env import env_float
 from producer.streams import StreamEvent
 from producer.validation import InvalidJobError
@@ -60,6 +60,13 @@ class JobRequest(BaseModel):
     job_id: str | None = Field(None, description="your own id; submitting it again enqueues nothing new")
     metadata: dict[str, Any] | None = None
     stream: bool = False
+    priority: int | None = Field(None, ge=0, le=9, strict=True, description="0 runs first, 9 last (default 5)")
+    fairness_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=FAIRNESS_KEY_MAX_BYTES,
+        description="jobs under different keys take turns for the workers at one priority (default: a shared key)",
+    )
 
 
 class Cancelled(BaseModel):

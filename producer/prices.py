@@ -7,13 +7,12 @@ the table has no cost estimate. The CLI's ``status`` and the worker's metrics re
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from producer.contract import Usage
-from producer.env import ConfigError
+from producer.env import ConfigError, env_json_table
 
 __all__ = ["PRICES_ENV", "Price", "cost_usd", "prices_from_env"]
 
@@ -27,16 +26,7 @@ class Price:
 
 
 def prices_from_env(env: Mapping[str, str]) -> dict[str, Price]:
-    raw = env.get(PRICES_ENV, "").strip()
-    if not raw:
-        return {}
-    example = '{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}'
-    try:
-        parsed = json.loads(raw)
-    except ValueError as e:
-        raise ConfigError(f"{PRICES_ENV} must be JSON like {example}: {e}") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{PRICES_ENV} must be a JSON object of model names, like {example}")
+    parsed = env_json_table(env, PRICES_ENV, '{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}')
     prices = {}
     for model, spec in parsed.items():
         if not isinstance(spec, dict) or set(spec) != {"input", "output"}:

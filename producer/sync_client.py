@@ -12,13 +12,11 @@ from typing import Any, Self, cast
 import redis
 
 from producer.calls import (
-    CANCEL_LUA,
-    RETRY_LUA,
-    SUBMIT_LUA,
-    SUBMIT_MANY_LUA,
+    DEPTHS_KEYS_MAX,
     Calls,
     Cancellation,
     ProducerConfig,
+    QueueDepths,
 )
 from producer.client import (
     CANCEL_ATTEMPTS,
@@ -33,6 +31,7 @@ from producer.client import (
 )
 from producer.contract import FAILED_SET, JobResult, done_channel, result_key
 from producer.notify import published_result
+from producer.scripts import script
 from producer.streams import READ_BLOCK_MS, StreamCursor, StreamEvent
 
 __all__ = ["SyncProducer"]
@@ -54,10 +53,11 @@ class SyncProducer:
         self._calls = Calls(_config(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else redis.Redis.from_url(self.config.redis_url)
-        self._submit = self.redis.register_script(SUBMIT_LUA)
-        self._submit_many = self.redis.register_script(SUBMIT_MANY_LUA)
-        self._retry = self.redis.register_script(RETRY_LUA)
-        self._cancel = self.redis.register_script(CANCEL_LUA)
+        self._submit = self.redis.register_script(script("submit").source)
+        self._submit_many = self.redis.register_script(script("submit_many").source)
+        self._retry = self.redis.register_script(script("retry").source)
+        self._cancel = self.redis.register_script(script("cancel").source)
+        self._depths = self.redis.register_script(script("depths").source)
 
     @property
     def config(self) -> ProducerConfig:
@@ -111,6 +111,12 @@ class SyncProducer:
                 result = final or self.get(job_id)  # the message carries the document
         assert result is not None
         return result
+
+    def depths(self) -> QueueDepths:
+        """See :meth:`Producer.depths`."""
+        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
+        with redis_errors(self.config):
+            return QueueDepths.from_reply(self._depths(keys=keys, args=args))
 
     def failed(self, limit: int = 100) -> list[JobResult]:
         """See :meth:`Producer.failed`."""

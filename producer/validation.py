@@ -13,9 +13,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+from producer.contract import (
+    DEFAULT_FAIRNESS_KEY,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PRIORITY,
+    FAIRNESS_KEY_MAX_BYTES,
+    PRIORITIES,
+    dumps,
+)
 
-__all__ = ["PASS_THROUGH_PARAMS", "InvalidJobError", "PromptJob", "new_job_id"]
+__all__ = [
+    "PASS_THROUGH_PARAMS",
+    "InvalidJobError",
+    "PromptJob",
+    "check_fairness_key",
+    "check_priority",
+    "new_job_id",
+]
 
 
 class InvalidJobError(ValueError):
@@ -25,6 +39,7 @@ class InvalidJobError(ValueError):
 ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@/+=#~-]{1,200}")
+CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _number(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -91,6 +106,10 @@ class PromptJob:
     """The payload as it is stored (and as its size was checked)."""
     stream: bool = False
     """Run with the API's streaming mode, writing deltas to ``promptq:stream:{job_id}`` as they come."""
+    priority: int = DEFAULT_PRIORITY
+    """0 runs first, 9 last; strict between levels."""
+    fairness_key: str = DEFAULT_FAIRNESS_KEY
+    """Keys with ready jobs at one priority take turns for the workers."""
 
     @classmethod
     def build(
@@ -102,6 +121,8 @@ class PromptJob:
         job_id: str | None = None,
         metadata: Any = None,
         stream: Any = False,
+        priority: Any = None,
+        fairness_key: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
@@ -126,6 +147,10 @@ class PromptJob:
             raise InvalidJobError(f"stream must be true or false, got {stream!r}")
         if stream:
             payload["stream"] = True
+        if priority is not None and check_priority(priority) != DEFAULT_PRIORITY:
+            payload["priority"] = priority
+        if fairness_key is not None and check_fairness_key(fairness_key) != DEFAULT_FAIRNESS_KEY:
+            payload["fairness_key"] = fairness_key
         return cls._checked(job_id, payload, max_payload_bytes)
 
     @classmethod
@@ -133,7 +158,7 @@ class PromptJob:
         """Validate a payload read from the queue (the worker's side of :meth:`build`)."""
         if not isinstance(payload, dict):
             raise InvalidJobError("job payload is not a JSON object")
-        unknown = set(payload) - {"messages", "model", "params", "metadata", "stream"}
+        unknown = set(payload) - {"messages", "model", "params", "metadata", "stream", "priority", "fairness_key"}
         if unknown:
             raise InvalidJobError(f"job payload has unknown fields: {', '.join(sorted(unknown))}")
         params = payload.get("params") or {}
@@ -145,6 +170,8 @@ class PromptJob:
             job_id=job_id,
             metadata=payload.get("metadata"),
             stream=payload.get("stream", False),
+            priority=payload.get("priority"),
+            fairness_key=payload.get("fairness_key"),
             max_payload_bytes=max_payload_bytes,
             **params,
         )
@@ -169,7 +196,31 @@ class PromptJob:
             metadata=payload.get("metadata"),
             payload_json=payload_json,
             stream=payload.get("stream", False),
+            priority=payload.get("priority", DEFAULT_PRIORITY),
+            fairness_key=payload.get("fairness_key", DEFAULT_FAIRNESS_KEY),
         )
+
+
+def check_priority(priority: Any) -> int:
+    """``priority`` as given, if it is an integer from 0 to 9; else :class:`InvalidJobError`."""
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
+        raise InvalidJobError(f"priority must be an integer from 0 (runs first) to 9 (last), got {priority!r}")
+    return priority
+
+
+def check_fairness_key(key: Any, what: str = "fairness_key") -> str:
+    """``key`` as given, if it is a string of 1 to 128 bytes (UTF-8) without control characters."""
+    if not isinstance(key, str):
+        raise InvalidJobError(f"{what} must be a string, got {type(key).__name__}")
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        size = 0
+    if not 0 < size <= FAIRNESS_KEY_MAX_BYTES or CONTROL_RE.search(key):
+        raise InvalidJobError(
+            f"{what} must be 1 to {FAIRNESS_KEY_MAX_BYTES} bytes (UTF-8) without control characters, got {key!r}"
+        )
+    return key
 
 
 def _serialisable(value: Any) -> bool:

@@ -21,7 +21,7 @@ from arq.worker import Worker
 from devtools.stack import RedisServer, Simulator, redis_answers
 from producer import Producer, SyncProducer
 from producer.client import ProducerConfig
-from worker import shutdown
+from worker.arq_seam import PromptqWorker
 from worker.config import WorkerConfig
 from worker.settings import settings_kwargs
 
@@ -106,28 +106,31 @@ def sync_producer(redis_url: str) -> Iterator[SyncProducer]:
         yield p
 
 
-def make_worker(config: WorkerConfig, **overrides: Any) -> Worker:
-    """An in-process arq worker with promptq's settings (burst: it stops when the queue is empty)."""
+def make_worker(config: WorkerConfig, **overrides: Any) -> PromptqWorker:
+    """An in-process arq worker with promptq's settings (burst: it stops when the queue is empty).
+    Built as arq's CLI builds one, as a plain ``Worker``: promptq's seam makes it a ``PromptqWorker``."""
     kwargs = {**settings_kwargs(config), "burst": True, "handle_signals": False, **overrides}
-    return Worker(**kwargs)
+    worker = Worker(**kwargs)
+    assert isinstance(worker, PromptqWorker)
+    return worker
 
 
-def start_worker(config: WorkerConfig) -> tuple[Worker, asyncio.Task[None]]:
+def start_worker(config: WorkerConfig) -> tuple[PromptqWorker, asyncio.Task[None]]:
     """An in-process worker that runs until :func:`stop_worker` (not a burst)."""
     worker = make_worker(config, burst=False)
     return worker, asyncio.create_task(worker.async_run())  # async_run sets the main task a drain cancels
 
 
-async def stop_worker(worker: Worker, main: asyncio.Task[None], grace_s: float = 5.0) -> None:
+async def stop_worker(worker: PromptqWorker, main: asyncio.Task[None], grace_s: float = 5.0) -> None:
     """Stop it as SIGTERM would: no new job, ``grace_s`` for the running ones, then interrupt."""
-    drain = asyncio.create_task(shutdown.drain(worker, grace_s, "test"))
+    drain = asyncio.create_task(worker.drain(grace_s, "test"))
     with pytest.raises(asyncio.CancelledError):
         await main
     await drain
     await worker.close()
 
 
-async def run_burst(config: WorkerConfig, **overrides: Any) -> Worker:
+async def run_burst(config: WorkerConfig, **overrides: Any) -> PromptqWorker:
     """Run an in-process worker until the queue is empty (deferred retries included)."""
     worker = make_worker(config, **overrides)
     try:

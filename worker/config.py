@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
-from producer.env import ConfigError, env_choice, env_float, env_int, env_redis_url, env_str
+from producer.env import ConfigError, env_choice, env_float, env_int, env_json_table, env_redis_url, env_str
 from producer.prices import Price, prices_from_env
+from producer.validation import InvalidJobError, check_fairness_key
 
-__all__ = ["ENV_NAMES", "ConfigError", "Limit", "WorkerConfig", "limits_from_env"]
+__all__ = ["ENV_NAMES", "ConfigError", "Limit", "WorkerConfig", "limits_from_env", "weights_from_env"]
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LIMIT_SCOPES = ("shared", "process")
+WEIGHTS_ENV = "PROMPTQ_FAIRNESS_WEIGHTS"
 UNUSED_API_KEY = "unused"
 """Sent when OPENAI_BASE_URL points at a local server and no key is set (they ignore it)."""
 
@@ -32,6 +34,7 @@ ENV_NAMES = (
     "PROMPTQ_MAX_PAYLOAD_BYTES",
     "PROMPTQ_POLL_DELAY_S",
     "PROMPTQ_LEASE_S",
+    "PROMPTQ_FAIRNESS_WEIGHTS",
     "PROMPTQ_RPM",
     "PROMPTQ_TPM",
     "PROMPTQ_LIMITS",
@@ -55,15 +58,7 @@ class Limit:
 def limits_from_env(env: Mapping[str, str]) -> tuple[Limit, dict[str, Limit]]:
     """``PROMPTQ_RPM`` / ``PROMPTQ_TPM`` (every model) and ``PROMPTQ_LIMITS`` (JSON, per model)."""
     default = Limit(_optional_int(env, "PROMPTQ_RPM"), _optional_int(env, "PROMPTQ_TPM"))
-    raw = env.get("PROMPTQ_LIMITS", "").strip()
-    if not raw:
-        return default, {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError as e:
-        raise ConfigError(f'PROMPTQ_LIMITS must be JSON like {{"gpt-4o-mini": {{"rpm": 500}}}}: {e}') from None
-    if not isinstance(parsed, dict):
-        raise ConfigError("PROMPTQ_LIMITS must be a JSON object of model names")
+    parsed = env_json_table(env, "PROMPTQ_LIMITS", '{"gpt-4o-mini": {"rpm": 500}}')
     per_model = {}
     for model, spec in parsed.items():
         if not isinstance(spec, dict) or not set(spec) <= {"rpm", "tpm"}:
@@ -73,6 +68,21 @@ def limits_from_env(env: Mapping[str, str]) -> tuple[Limit, dict[str, Limit]]:
                 raise ConfigError(f"PROMPTQ_LIMITS[{model!r}].{name} must be a positive integer, got {value!r}")
         per_model[model] = Limit(spec.get("rpm", default.rpm), spec.get("tpm", default.tpm))
     return default, per_model
+
+
+def weights_from_env(env: Mapping[str, str]) -> dict[str, float]:
+    """``PROMPTQ_FAIRNESS_WEIGHTS``: JSON, a positive number of turns per fairness key (others: 1)."""
+    parsed = env_json_table(env, WEIGHTS_ENV, '{"tenant-42": 3, "batch-nightly": 0.5}')
+    weights = {}
+    for key, weight in parsed.items():
+        try:
+            check_fairness_key(key, f"{WEIGHTS_ENV}: a key")
+        except InvalidJobError as e:
+            raise ConfigError(str(e)) from None
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"{WEIGHTS_ENV}[{key!r}] must be a positive number, got {weight!r}")
+        weights[key] = float(weight)
+    return weights
 
 
 def _optional_int(env: Mapping[str, str], name: str) -> int | None:
@@ -95,6 +105,8 @@ class WorkerConfig:
     """An idle worker's poll (new jobs wake it at once; this is for retries whose wait is over)."""
     lease_s: float = 15.0
     """A dead worker's job may run again this long after its last renewal."""
+    fairness_weights: dict[str, float] = field(default_factory=dict)
+    """Turns per fairness key when keys take turns at one priority (``PROMPTQ_FAIRNESS_WEIGHTS``; others 1)."""
     shutdown_grace_s: float = 25.0
     """After SIGTERM, in-flight calls get this long to finish before they are put back."""
     limit: Limit = field(default_factory=Limit)
@@ -149,6 +161,7 @@ class WorkerConfig:
             max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", d.max_payload_bytes),
             poll_delay_s=env_float(env, "PROMPTQ_POLL_DELAY_S", d.poll_delay_s),
             lease_s=env_float(env, "PROMPTQ_LEASE_S", d.lease_s, minimum=1.0, or_equal=True),
+            fairness_weights=weights_from_env(env),
             shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
             limit=limit,
             limits=limits,

@@ -15,26 +15,24 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from arq import Retry
 from redis.exceptions import RedisError
 
 from producer.contract import JobResult
 from producer.validation import InvalidJobError, PromptJob
 from worker import llm
+from worker.arq_seam import UNDECODABLE, Retry
 from worker.config import WorkerConfig
 from worker.lease import Leases
 from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens, server_budget_wait_s
 from worker.logs import get_logger
 from worker.metrics import Metrics
+from worker.queue import JobQueue
 from worker.retry import backoff_s
 from worker.store import ResultStore
 from worker.streams import StreamWriter
 from worker.wake import WakeListener
 
-__all__ = ["UNDECODABLE", "WorkerState", "run_prompt"]
-
-UNDECODABLE = "promptq.undecodable"
-"""The payload key under which the job deserializer hands over a record it could not read."""
+__all__ = ["WorkerState", "run_prompt"]
 
 log = get_logger("promptq.job")
 
@@ -45,13 +43,23 @@ class WorkerState:
 
     config: WorkerConfig
     clients: llm.Clients
+    queue: JobQueue
     store: ResultStore
     leases: Leases
     wake: WakeListener
     limiter: Limiter
     metrics: Metrics
     settled: set[str]
-    """Jobs whose arq bookkeeping the finish script removed (arq's own clean-up is then skipped)."""
+    """Jobs the finish script let go of (nothing is left to do once arq is done with them)."""
+
+    @property
+    def wake_event(self) -> asyncio.Event:
+        """Set by a submit (``worker.wake``) or a freed slot: the poll loop looks at the queue at once."""
+        return self.wake.event
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self.config.shutdown_grace_s
 
 
 def _now_s() -> float:
@@ -80,7 +88,14 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         error = llm.LLMError("invalid_payload", str(e), retryable=False)
         return await _finish(state, base, started_s=time.monotonic(), error=error)
 
-    base = dataclasses.replace(base, model=job.model or config.model, metadata=job.metadata, started_at=_now_s())
+    base = dataclasses.replace(
+        base,
+        model=job.model or config.model,
+        metadata=job.metadata,
+        priority=job.priority,
+        fairness_key=job.fairness_key,
+        started_at=_now_s(),
+    )
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _finish(state, base, started_s=time.monotonic(), error=error)

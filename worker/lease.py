@@ -1,10 +1,8 @@
 """Short, renewed leases on running jobs, so that a dead worker's jobs run again within seconds.
 
-arq marks a job it starts with an in-progress key that lives as long as the job's timeout plus
-margins (minutes, with promptq's defaults); a worker killed mid-job blocks the job for that long.
-promptq has arq claim a job for ``PROMPTQ_LEASE_S`` (``worker.shutdown.adopt``) and renews the claim
-every third of that while the job runs: once the renewals stop, the key expires and any worker can take the
-job again (it is still in the queue until its result is written).
+A claim leases a job for ``PROMPTQ_LEASE_S`` (``worker.queue``); the worker renews the leases of
+its running jobs every third of that, all in one script call (a thousand at a time). Once the
+renewals stop, the lease runs out and the next claim, by any worker, puts the job back in line.
 """
 
 from __future__ import annotations
@@ -13,11 +11,10 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from producer.contract import ARQ_IN_PROGRESS_KEY_PREFIX
 from worker.logs import get_logger
+from worker.queue import JobQueue
 
 __all__ = ["Leases"]
 
@@ -25,13 +22,12 @@ log = get_logger("promptq.lease")
 
 
 class Leases:
-    """The running jobs of one worker process, and the task that renews their in-progress keys.
+    """The running jobs of one worker process, and the task that renews their leases.
 
     Also where a cancel message finds the task running a job (``cancel``)."""
 
-    def __init__(self, redis: Redis, lease_s: float) -> None:
-        self.redis = redis
-        self.lease_ms = max(1, round(lease_s * 1000))
+    def __init__(self, queue: JobQueue, lease_s: float) -> None:
+        self.queue = queue
         self.renew_every_s = lease_s / 3
         self.held: dict[str, asyncio.Task[object] | None] = {}
         self._cancelled: set[str] = set()
@@ -39,7 +35,7 @@ class Leases:
 
     @contextlib.contextmanager
     def holding(self, job_id: str) -> Iterator[None]:
-        """Renew the job's lease while the block runs (arq's claim set the first one)."""
+        """Renew the job's lease while the block runs (the claim set the first one)."""
         self.held[job_id] = asyncio.current_task()
         try:
             yield
@@ -71,14 +67,9 @@ class Leases:
             self._task = None
 
     async def renew(self) -> None:
-        """One round: every held job's in-progress key expires ``lease_ms`` from now."""
-        held = list(self.held)
-        if not held:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in held:
-                pipe.pexpire(ARQ_IN_PROGRESS_KEY_PREFIX + job_id, self.lease_ms)
-            await pipe.execute()
+        """One round: every held job's lease runs out ``PROMPTQ_LEASE_S`` from now."""
+        if self.held:
+            await self.queue.renew(self.held)
 
     async def _renew_forever(self) -> None:
         while True:

@@ -16,7 +16,9 @@ Metrics (labels in brackets):
 - ``promptq_rate_limit_wait_seconds_total`` [model]: time spent waiting for shared budget.
 - ``promptq_rate_limited_total`` [model]: 429 answers from the API.
 - ``promptq_in_flight``: API calls running in this worker.
-- ``promptq_queue_depth``: jobs in the queue (waiting, deferred or running), read every 5 s.
+- ``promptq_queue_depth`` [priority]: jobs ready to run, per priority, fleet-wide; with
+  ``promptq_queue_running`` (jobs claimed by any worker) and ``promptq_queue_deferred`` (retries
+  waiting), read every 5 s. Counts per fairness key: ``Producer.depths`` or ``promptq status``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from producer.contract import QUEUE_NAME, Usage
+from producer.calls import DEPTHS_KEYS_MAX, QueueDepths
+from producer.contract import PRIORITIES, Usage
 from producer.prices import Price, cost_usd
+from producer.scripts import script
 from worker.logs import get_logger
 
 __all__ = ["Metrics", "heartbeat"]
@@ -69,7 +73,9 @@ class Metrics:
         )
         self.rate_limited = Counter("promptq_rate_limited", "429 answers from the API", ["model"], registry=r)
         self.in_flight = Gauge("promptq_in_flight", "API calls running in this worker", registry=r)
-        self.queue_depth = Gauge("promptq_queue_depth", "Jobs in the queue (waiting or running)", registry=r)
+        self.queue_depth = Gauge("promptq_queue_depth", "Jobs ready to run", ["priority"], registry=r)
+        self.queue_running = Gauge("promptq_queue_running", "Jobs claimed by a worker (all workers)", registry=r)
+        self.queue_deferred = Gauge("promptq_queue_deferred", "Jobs waiting for a retry", registry=r)
         self.stale_after_s = 60.0
         self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
@@ -105,12 +111,21 @@ class Metrics:
             await self._server.wait_closed()
 
     async def _read_queue_depth(self, redis: Redis) -> None:
+        depths = redis.register_script(script("depths").source)
+        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
         while True:
             try:
-                self.queue_depth.set(await redis.zcard(QUEUE_NAME))
+                self.set_depths(QueueDepths.from_reply(await depths(keys=keys, args=args)))
             except (RedisError, OSError) as e:
                 log.debug("metrics.queue_depth_failed", error=str(e))
             await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
+
+    def set_depths(self, depths: QueueDepths) -> None:
+        by_priority = depths.by_priority
+        for priority in PRIORITIES:
+            self.queue_depth.labels(str(priority)).set(by_priority.get(priority, 0))
+        self.queue_running.set(depths.running)
+        self.queue_deferred.set(depths.deferred)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

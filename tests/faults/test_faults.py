@@ -13,7 +13,7 @@ import redis
 
 from devtools.stack import RedisServer, Simulator, Worker, wait_until
 from producer import QueueUnavailableError, SyncProducer
-from producer.contract import ARQ_JOB_KEY_PREFIX, QUEUE_NAME, JobResult, result_key
+from producer.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, result_key
 from tests.faults.conftest import record, wait_all, worker_env
 
 # each scenario waits for its jobs with its own bound; pytest's per-test limit sits above them all
@@ -220,7 +220,7 @@ def test_undecodable_jobs_fail_and_the_worker_lives_on(
     }
     for job_id, record_bytes in bad.items():
         sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, record_bytes)
-    sync_redis.zadd(QUEUE_NAME, dict.fromkeys(bad, 1))
+    sync_redis.zadd(LEGACY_QUEUE, dict.fromkeys(bad, 1))
     good = sync_producer.submit("still here")
     results = wait_all(sync_producer, [*bad, good], 20)
     wait_until(lambda: all(sync_redis.exists(result_key(j)) for j in bad), 5, "poison results")

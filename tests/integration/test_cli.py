@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.stack import ROOT, Simulator, Worker, free_port
 from producer.cli import main
-from producer.contract import QUEUE_NAME
 from tests.conftest import worker_env
 
 LINES = 300
@@ -120,7 +119,7 @@ def test_bad_lines_are_named_and_strict_refuses_the_file(redis_url: str, tmp_pat
     )
     code, _, err = promptq(redis_url, "submit", str(source), "--strict")
     assert code == 1 and "refused" in err
-    assert redis.Redis.from_url(redis_url).zcard(QUEUE_NAME) == 0
+    assert redis.Redis.from_url(redis_url).dbsize() == 0
     code, out, err = promptq(redis_url, "--json", "submit", str(source))
     assert code == 2
     assert f"{source}:2: not JSON" in err and f"{source}:3: temperature must be" in err and f"{source}:5:" in err
@@ -129,6 +128,42 @@ def test_bad_lines_are_named_and_strict_refuses_the_file(redis_url: str, tmp_pat
     assert code == 0 and json.loads(out)["queued"] == 2
     code, out, _ = promptq(redis_url, "--json", "status")
     assert code == 0 and json.loads(out)["waiting"] == 2
+
+
+def test_a_batch_shares_the_workers_under_its_name_unless_told_otherwise(
+    redis_url: str, sync_producer: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "nightly.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "plain"}),
+                json.dumps({"prompt": "own key", "fairness_key": "vip", "priority": 1}),
+                json.dumps(
+                    {
+                        "custom_id": "api",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "priority": 0,
+                        "body": {"messages": [{"role": "user", "content": "api line"}]},
+                    }
+                ),
+                json.dumps({"prompt": "bad", "priority": 12}),
+                json.dumps({"prompt": "bad too", "fairness_key": ""}),
+            ]
+        )
+    )
+    code, _, err = promptq(redis_url, "submit", str(tmp_path / "nightly.jsonl"), "--priority", "7")
+    assert code == 2 and ":4: priority must be an integer from 0" in err and ":5: fairness_key must be" in err
+    assert sync_producer.depths().ready == {0: {"nightly": 1}, 1: {"vip": 1}, 7: {"nightly": 1}}
+    code, out, _ = promptq(redis_url, "--json", "status")
+    assert code == 0 and json.loads(out)["ready"] == {"0": {"nightly": 1}, "1": {"vip": 1}, "7": {"nightly": 1}}
+    code, out, _ = promptq(redis_url, "status")
+    assert "priority 7: 1 waiting (nightly 1)" in out
+    (tmp_path / "other.jsonl").write_text(json.dumps({"prompt": "x"}))
+    code, _, err = promptq(redis_url, "submit", str(tmp_path / "other.jsonl"), "--fairness-key", "team-a")
+    assert code == 0 and sync_producer.depths().ready[5] == {"team-a": 1}
+    with pytest.raises(SystemExit):
+        promptq(redis_url, "submit", str(tmp_path / "other.jsonl"), "--priority", "high")
 
 
 def test_result_cancel_and_errors(redis_url: str, tmp_path: Path) -> None:
@@ -186,4 +221,5 @@ def test_the_metrics_endpoint(redis_url: str, sim: Simulator, sync_producer: Any
     completion = sum(r.usage.completion_tokens for r in results)
     assert got[("promptq_tokens_total", (("kind", "prompt"), *model))] == prompt
     assert got[("promptq_cost_usd_total", model)] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
-    assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_depth", ())] == 0
+    assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_running", ())] == 0
+    assert all(got[("promptq_queue_depth", (("priority", str(p)),))] == 0 for p in range(10))

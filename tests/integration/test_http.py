@@ -97,11 +97,21 @@ def test_a_list_of_jobs_answers_with_every_document(api: Api, http_worker: Worke
         ({"prompt": "hi", "promt": "typo"}, "unknown parameter 'promt'"),
         ({}, "give exactly one of prompt or messages"),
         ([], "a list of jobs must hold 1 to"),
+        ({"prompt": "hi", "fairness_key": "a\u0000b"}, "without control characters"),
+        ({"prompt": "hi", "fairness_key": "é" * 100}, "1 to 128 bytes"),
+        ({"prompt": "hi", "priority": 10}, "priority"),
+        ({"prompt": "hi", "priority": "1"}, "priority"),
+        ({"prompt": "hi", "fairness_key": ""}, "fairness_key"),
     ],
 )
 def test_bad_jobs_get_422_with_the_reason(api: Api, redis_url: str, body: Any, message: str) -> None:
     status, doc, _ = call(api, "POST", "/v1/jobs", body)
-    assert status == 422 and message in doc["detail"]
+    assert status == 422 and message in json.dumps(doc["detail"], ensure_ascii=False)
+
+
+def test_a_job_body_sets_its_priority_and_fairness_key(api: Api, redis_url: str) -> None:
+    status, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "now", "priority": 0, "fairness_key": "web"})
+    assert status == 202 and (doc["priority"], doc["fairness_key"]) == (0, "web")
 
 
 def test_unknown_ids_get_404_and_cancel_works(api: Api, http_worker: Worker, redis_url: str, sim: Simulator) -> None:

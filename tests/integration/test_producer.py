@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -13,7 +13,9 @@ import redis.asyncio
 
 from producer import InvalidJobError, JobNotFoundError, Producer, SyncProducer
 from producer.calls import SUBMIT_CHUNK, ProducerConfig
-from producer.contract import ARQ_JOB_KEY_PREFIX, JOB_FUNCTION, QUEUE_NAME, result_key
+from producer.contract import ARQ_JOB_KEY_PREFIX, JOB_FUNCTION, SEQUENCE_KEY, ready_key, result_key
+
+DEFAULT_LINE = ready_key(5, "default")
 
 
 class CountingConnection(redis.asyncio.Connection):
@@ -33,10 +35,11 @@ async def test_submit_writes_the_queued_document_the_job_record_and_the_queue_en
     doc = json.loads(sync_redis.get(result_key(job_id)))  # type: ignore[arg-type]
     assert doc["status"] == "queued" and doc["job_id"] == job_id and doc["model"] == "m1"
     assert doc["metadata"] == {"u": 7} and doc["attempts"] == 0 and doc["enqueued_at"] > 0
+    assert doc["priority"] == 5 and doc["fairness_key"] == "default"
     record = json.loads(sync_redis.get(ARQ_JOB_KEY_PREFIX + job_id))  # type: ignore[arg-type]
     assert record["f"] == JOB_FUNCTION
     assert record["a"][0]["params"] == {"temperature": 0.2}
-    assert sync_redis.zscore(QUEUE_NAME, job_id) is not None
+    assert sync_redis.zscore(DEFAULT_LINE, job_id) is not None
     assert 86_000 < int(sync_redis.ttl(result_key(job_id))) <= 86_400  # type: ignore[arg-type]
     result = await producer.get(job_id)
     assert result is not None and result.status == "queued" and not result.done
@@ -47,12 +50,14 @@ async def test_submitting_a_known_id_enqueues_nothing(producer: Producer, sync_r
     before = sync_redis.get(ARQ_JOB_KEY_PREFIX + "order-42")
     assert await producer.submit("second", job_id="order-42") == "order-42"
     assert sync_redis.get(ARQ_JOB_KEY_PREFIX + "order-42") == before
-    assert sync_redis.zcard(QUEUE_NAME) == 1
+    assert sync_redis.zcard(DEFAULT_LINE) == 1
     # finished: only the result document is left; the id is still taken
-    sync_redis.delete(ARQ_JOB_KEY_PREFIX + "order-42")
-    sync_redis.zrem(QUEUE_NAME, "order-42")
+    doc = sync_redis.get(result_key("order-42"))
+    sync_redis.flushdb()
+    sync_redis.set(result_key("order-42"), doc)  # type: ignore[arg-type]
     assert await producer.submit_many([{"prompt": "third", "job_id": "order-42"}]) == ["order-42"]
-    assert sync_redis.zcard(QUEUE_NAME) == 0
+    assert (await producer.depths()).waiting == 0
+    assert set(cast("list[bytes]", sync_redis.keys())) == {result_key("order-42").encode(), SEQUENCE_KEY.encode()}
 
 
 async def test_bad_input_writes_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
@@ -83,12 +88,12 @@ async def test_submit_many_sends_a_thousand_jobs_per_round_trip(redis_url: str, 
         ids = await producer.submit_many([f"prompt {i}" for i in range(2 * SUBMIT_CHUNK + 1)])
         assert CountingConnection.writes == 3  # three chunks
         assert len(set(ids)) == 2 * SUBMIT_CHUNK + 1
-        assert sync_redis.zcard(QUEUE_NAME) == 2 * SUBMIT_CHUNK + 2
+        assert sync_redis.zcard(DEFAULT_LINE) == 2 * SUBMIT_CHUNK + 2
         sync_redis.script_flush()  # as after a Redis restart: reloaded once, then the chunk again
         CountingConnection.writes = 0
         assert len(await producer.submit_many(["after flush"])) == 1
         assert CountingConnection.writes == 3
-        assert sync_redis.zcard(QUEUE_NAME) == 2 * SUBMIT_CHUNK + 3
+        assert sync_redis.zcard(DEFAULT_LINE) == 2 * SUBMIT_CHUNK + 3
     finally:
         await client.aclose()
 
@@ -118,7 +123,7 @@ def test_sync_producer_has_the_same_behaviour(sync_producer: SyncProducer, sync_
     job_id = sync_producer.submit("hello", job_id="s-1")
     assert sync_producer.submit("again", job_id="s-1") == "s-1"
     assert sync_producer.submit_many(["x", "y"])[0] != job_id
-    assert sync_redis.zcard(QUEUE_NAME) == 3
+    assert sync_redis.zcard(DEFAULT_LINE) == 3 and sync_producer.depths().waiting == 3
     r = sync_producer.get(job_id)
     assert r is not None and r.status == "queued"
     assert sync_producer.get("nope") is None

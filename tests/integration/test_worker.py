@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import Producer
-from producer.contract import ARQ_JOB_KEY_PREFIX, QUEUE_NAME, JobResult, encode_job, result_key
+from producer.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, encode_job, result_key
 from tests.conftest import make_worker, run_burst
 from worker.config import WorkerConfig
 
@@ -144,13 +144,13 @@ async def test_a_stored_result_is_never_paid_for_twice(
     first = await producer.get(job_id)
     # a redelivery after a crash between the result write and arq's clean-up
     sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, record)  # type: ignore[arg-type]
-    sync_redis.zadd(QUEUE_NAME, {job_id: 1})  # arq skips a score of 0
+    sync_redis.zadd(LEGACY_QUEUE, {job_id: 1})  # as promptq 0.1 left it
     await run_burst(worker_config)
     assert await producer.get(job_id) == first
     assert sim.stats()["requests"] == 1
     # and submitting the id again enqueues nothing
     assert await producer.submit("once", job_id="once-1") == "once-1"
-    assert sync_redis.zcard(QUEUE_NAME) == 0
+    assert (await producer.depths()).waiting == 0
 
 
 async def test_undecodable_jobs_fail_clearly_and_the_worker_goes_on(
@@ -158,7 +158,7 @@ async def test_undecodable_jobs_fail_clearly_and_the_worker_goes_on(
 ) -> None:
     sync_redis.set(ARQ_JOB_KEY_PREFIX + "garbage", b"\x80\x04not json")
     sync_redis.set(ARQ_JOB_KEY_PREFIX + "wrong-shape", encode_job('{"prompt_text":"hi"}', 1))
-    sync_redis.zadd(QUEUE_NAME, {"garbage": 1, "wrong-shape": 1})
+    sync_redis.zadd(LEGACY_QUEUE, {"garbage": 1, "wrong-shape": 1})
     good = await producer.submit("still works")
     await run_burst(worker_config)
     for job_id, message in [("garbage", "not JSON"), ("wrong-shape", "unknown fields: prompt_text")]:
@@ -175,7 +175,7 @@ async def test_worker_side_validation_catches_what_another_client_wrote(
 ) -> None:
     payload = json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": None, "params": {"n": 3}})
     sync_redis.set(ARQ_JOB_KEY_PREFIX + "j", encode_job(payload, 1))
-    sync_redis.zadd(QUEUE_NAME, {"j": 1})
+    sync_redis.zadd(LEGACY_QUEUE, {"j": 1})
     await run_burst(worker_config)
     r = JobResult.from_json(sync_redis.get(result_key("j")))  # type: ignore[arg-type]
     assert r.status == "failed" and r.error is not None and "unknown parameter 'n'" in r.error.message

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from arq.jobs import deserialize_job_raw
 
-from producer.contract import JOB_FUNCTION, QUEUE_NAME, JobError, JobResult, Usage, encode_job, result_key
+from producer.contract import JOB_FUNCTION, LEGACY_QUEUE, JobError, JobResult, Usage, encode_job, result_key
 
 DOCUMENTED_FIELDS = [
     "job_id",
@@ -21,6 +21,8 @@ DOCUMENTED_FIELDS = [
     "usage",
     "error",
     "metadata",
+    "priority",
+    "fairness_key",
     "enqueued_at",
     "started_at",
     "finished_at",
@@ -29,7 +31,7 @@ DOCUMENTED_FIELDS = [
 
 
 def test_names() -> None:
-    assert QUEUE_NAME == "promptq:queue"
+    assert LEGACY_QUEUE == "promptq:queue"
     assert result_key("abc") == "promptq:result:abc"
 
 
@@ -89,6 +91,8 @@ def test_to_doc_matches_asdict_field_for_field() -> None:
         usage=Usage(1, 2, 3),
         error=JobError("server_error", "boom", 503, True),
         metadata={"k": [1, {"x": None}]},
+        priority=0,
+        fairness_key="tenant",
         enqueued_at=1.5,
         started_at=2.5,
         finished_at=3.5,
@@ -109,3 +113,11 @@ def test_the_queued_document_template_matches_the_result_document() -> None:
     ]:
         expected = JobResult(job_id, "queued", model=model, metadata=metadata, enqueued_at=at).to_json()
         assert queued_doc(job_id, model, metadata, at) == expected
+    for priority, key in [(0, "tenant-42"), (9, 'Zoë "q" \\ /'), (5, "default")]:
+        expected = JobResult("j", "queued", priority=priority, fairness_key=key, enqueued_at=2.0).to_json()
+        assert queued_doc("j", None, None, 2.0, priority, key) == expected
+
+
+def test_a_document_of_promptq_0_1_reads_with_the_default_priority_and_key() -> None:
+    r = JobResult.from_doc({"job_id": "old", "status": "queued"})
+    assert (r.priority, r.fairness_key) == (5, "default")

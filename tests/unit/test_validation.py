@@ -42,6 +42,16 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "hi", "metadata": {1: "x"}}, "metadata must be a dict with string keys"),
     ({"prompt": "hi", "metadata": {"when": object()}}, "metadata must be JSON-serialisable"),
     ({"prompt": "hi", "extra_body": {"top_k": {1, 2}}}, "params must be JSON-serialisable"),
+    ({"prompt": "hi", "priority": 10}, "priority must be an integer from 0 (runs first) to 9"),
+    ({"prompt": "hi", "priority": -1}, "priority must be an integer from 0"),
+    ({"prompt": "hi", "priority": 2.0}, "priority must be an integer from 0"),
+    ({"prompt": "hi", "priority": "1"}, "priority must be an integer from 0"),
+    ({"prompt": "hi", "priority": True}, "priority must be an integer from 0"),
+    ({"prompt": "hi", "fairness_key": ""}, "fairness_key must be 1 to 128 bytes"),
+    ({"prompt": "hi", "fairness_key": "é" * 65}, "fairness_key must be 1 to 128 bytes"),
+    ({"prompt": "hi", "fairness_key": "line\nbreak"}, "without control characters"),
+    ({"prompt": "hi", "fairness_key": "\ud800"}, "fairness_key must be 1 to 128 bytes"),
+    ({"prompt": "hi", "fairness_key": 42}, "fairness_key must be a string, got int"),
 ]
 
 
@@ -110,3 +120,13 @@ def test_payload_json_is_compact_and_strict() -> None:
     job = PromptJob.build("héllo")
     assert job.payload_json == dumps(json.loads(job.payload_json))
     assert " " not in job.payload_json.replace("héllo", "")
+
+
+def test_priority_and_fairness_key_travel_in_the_payload_only_when_not_the_default() -> None:
+    plain = PromptJob.build("hi", priority=5, fairness_key="default")
+    assert "priority" not in plain.payload_json and "fairness_key" not in plain.payload_json
+    job = PromptJob.build("hi", priority=0, fairness_key="tenant-42 ü" + "x" * 115)
+    assert (job.priority, job.fairness_key) == (0, "tenant-42 ü" + "x" * 115)
+    again = PromptJob.from_payload(job.job_id, json.loads(job.payload_json), 10_000)
+    assert (again.priority, again.fairness_key) == (job.priority, job.fairness_key)
+    assert (plain.priority, plain.fairness_key) == (5, "default")

@@ -1,0 +1,80 @@
+-- claim: take up to `want` ready jobs for one worker, each leased until now + lease_ms (Redis time).
+-- First, in bounded steps, jobs come back in line: those whose lease ran out (their worker died or
+-- lost Redis), deferred retries that are due, and jobs an older promptq left in LEGACY_QUEUE. Then
+-- the lowest priority level with ready jobs is served (strict between levels); within a level the
+-- fairness key with the lowest turn gives its oldest job and its turn moves on by 1 / weight, so
+-- keys take turns (a weight-3 key three for one). Cost: O(log n) per job taken, whatever the
+-- number of jobs running.
+-- ARGV[1] lease_ms
+-- ARGV[2] want: jobs wanted (the worker's free slots)
+-- ARGV[3] step: jobs brought back per kind at most in one call
+-- ARGV[4..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
+-- Returns {recovered, promoted, migrated, job id, job id, ...}.
+--!include queue
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local recovered, promoted, migrated = 0, 0, 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
+  redis.call('ZREM', LEASES, id)
+  if requeue(id) then recovered = recovered + 1 end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, step)) do
+  redis.call('ZREM', DELAYED, id)
+  if requeue(id) then promoted = promoted + 1 end
+end
+if redis.call('EXISTS', LEGACY_QUEUE) == 1 then
+  -- jobs not held by an older worker (its in-progress key) move over, ahead of every job submitted since
+  local entries = redis.call('ZRANGE', LEGACY_QUEUE, 0, step - 1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local id, score = entries[i], tonumber(entries[i + 1])
+    if redis.call('EXISTS', IN_PROGRESS_PREFIX .. id) == 0 then
+      redis.call('ZREM', LEGACY_QUEUE, id)
+      if redis.call('EXISTS', RECORD_PREFIX .. id) == 1 then
+        local place = string.format('%d', score - LEGACY_PLACE_OFFSET)
+        set_route(id, DEFAULT_PRIORITY, place, DEFAULT_FAIRNESS_KEY)
+        if score > now then
+          redis.call('ZADD', DELAYED, score, id)
+        else
+          make_ready(id, DEFAULT_PRIORITY, place, DEFAULT_FAIRNESS_KEY)
+        end
+        migrated = migrated + 1
+      end
+    end
+  end
+end
+
+local weights = {}
+for i = 4, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local out, claimed = {recovered, promoted, migrated}, 0
+while claimed < want do
+  local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
+  if not level then break end
+  local active = ACTIVE_PREFIX .. level
+  local head = redis.call('ZRANGE', active, 0, 1, 'WITHSCORES')
+  if #head == 0 then
+    redis.call('ZREM', LEVELS, level)
+  else
+    local fkey, turn = head[1], tonumber(head[2])
+    local weight = weights[fkey] or 1
+    local take = want - claimed
+    if head[3] then  -- the jobs served while this key's turn stays before the next key's
+      take = math.min(take, math.max(1, math.ceil((tonumber(head[4]) - turn) * weight - 1e-9)))
+    end
+    local ready = READY_PREFIX .. level .. ':' .. fkey
+    local popped = redis.call('ZPOPMIN', ready, take)
+    local got = #popped / 2
+    for i = 1, #popped, 2 do
+      redis.call('ZADD', LEASES, deadline, popped[i])
+      out[#out + 1] = popped[i]
+    end
+    claimed = claimed + got
+    if got < take or redis.call('EXISTS', ready) == 0 then
+      deactivate(level, fkey)
+    else
+      redis.call('ZADD', active, turn + got / weight, fkey)
+    end
+  end
+end
+return out

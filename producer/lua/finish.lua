@@ -1,0 +1,39 @@
+-- finish: write a job's terminal document and let go of it in the same step: its record, try
+-- counter, lease and route go (and any place in line a lost lease gave it meanwhile), so no
+-- redelivery can run it again once its result is stored. A failed job's record is kept beside its
+-- result (for Producer.retry) and its id joins FAILED. A document cancelled meanwhile is kept (the
+-- bookkeeping goes all the same). A streamed job's stream gets its done entry; waiters get the document.
+-- KEYS[1] doc: the result document
+-- KEYS[2] record: arq's job record
+-- KEYS[3] tries: arq's try counter
+-- KEYS[4] kept: where a failed job's record is kept
+-- KEYS[5] stream: the job's event stream
+-- ARGV[1] job_id
+-- ARGV[2] doc_json: the terminal document
+-- ARGV[3] ttl_ms
+-- ARGV[4] status: succeeded or failed
+-- ARGV[5] now_ms: when it failed
+-- ARGV[6] streamed: '1' for a streamed job
+-- Returns the cancelled document that was kept, or false.
+--!include status
+--!include queue
+local current = redis.call('GET', KEYS[1])
+local cancelled = status_of(current) == 'cancelled'
+if not cancelled then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if ARGV[4] == 'failed' then
+    local record = redis.call('GET', KEYS[2])
+    if record then redis.call('SET', KEYS[4], record, 'PX', ARGV[3]) end
+    redis.call('ZADD', FAILED, ARGV[5], ARGV[1])
+    redis.call('ZREMRANGEBYRANK', FAILED, 0, -(FAILED_MAX + 1))
+  end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+unplace(ARGV[1])
+if cancelled then return current end
+if ARGV[6] == '1' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', STREAM_MAXLEN, '*', 'type', 'done', 'status', ARGV[4])
+  redis.call('PEXPIRE', KEYS[5], ARGV[3])
+end
+redis.call('PUBLISH', DONE_PREFIX .. ARGV[1], ARGV[2])
+return false

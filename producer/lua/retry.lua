@@ -1,0 +1,27 @@
+-- retry: put a failed job back in line (a new place, at the back of its fairness key's), if it is
+-- still failed and not queued again already (a second retry of the same id finds it queued).
+-- KEYS[1] doc: the result document
+-- KEYS[2] kept: the failed job's kept record
+-- KEYS[3] record: arq's job record
+-- KEYS[4] tries: arq's try counter
+-- ARGV[1] job_id
+-- ARGV[2] record_json: the record to run (the kept one, with a new enqueue time)
+-- ARGV[3] doc_json: the queued result document
+-- ARGV[4] ttl_ms
+-- ARGV[5] priority
+-- ARGV[6] fairness_key
+-- Returns 'ok', 'unknown' (no document) or 'not_failed'.
+--!include status
+--!include queue
+local current = redis.call('GET', KEYS[1])
+if not current then return 'unknown' end
+if status_of(current) ~= 'failed' or redis.call('EXISTS', KEYS[3]) == 1 then return 'not_failed' end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
+redis.call('DEL', KEYS[2], KEYS[4])
+local place = redis.call('INCR', SEQUENCE)
+set_route(ARGV[1], ARGV[5], place, ARGV[6])
+make_ready(ARGV[1], ARGV[5], place, ARGV[6])
+redis.call('ZREM', FAILED, ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('PUBLISH', WAKE, '1')
+return 'ok'

@@ -1,0 +1,15 @@
+-- start: write a job's document (running, or queued again while a retry waits), unless the stored
+-- one is terminal: that one is returned and nothing is written (the job must not call the API again).
+-- KEYS[1] doc: the result document
+-- ARGV[1] doc_json: the new document
+-- ARGV[2] ttl_ms: its time to live, if the document has none yet (else the current one is kept)
+-- Returns the stored terminal document, or false.
+--!include status
+local current = redis.call('GET', KEYS[1])
+if TERMINAL[status_of(current)] then return current end
+if current then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return false

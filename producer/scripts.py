@@ -1,0 +1,134 @@
+"""Every Lua script promptq runs on Redis, loaded from ``producer/lua/*.lua`` (standard library only).
+
+Each file opens with a header naming its ``KEYS`` and ``ARGV`` (``-- KEYS[1] doc: ...``, ``-- ARGV[2]
+ttl_ms: ...``; a last ``ARGV[n..]`` takes a list) and what it returns. :meth:`LuaScript.bind` builds
+a call's ``keys`` and ``args`` from those names, so an argument cannot land in the wrong position.
+``--!include NAME`` pulls in ``lua/include/NAME.lua`` (shared helpers, written once). Key names and
+limits come from :mod:`producer.contract`: the loader defines, at the top of each script, the
+constants it uses (``READY_PREFIX``, ``LEASES``, ...), so no script spells a key.
+
+Both sides use these scripts: the producer's (``submit``, ``cancel``...) and the worker's
+(``claim``, ``finish``...), registered once per Redis client.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+from producer import contract as c
+
+__all__ = ["CONSTANTS", "SCRIPT_NAMES", "LuaScript", "Value", "script"]
+
+SCRIPT_NAMES: Final = (
+    "submit",
+    "submit_many",
+    "cancel",
+    "retry",
+    "claim",
+    "renew",
+    "start",
+    "release",
+    "finish",
+    "unclaim",
+    "pending",
+    "depths",
+)
+
+CONSTANTS: Final[dict[str, str | int]] = {
+    "READY_PREFIX": c.READY_KEY_PREFIX,
+    "ACTIVE_PREFIX": c.ACTIVE_KEY_PREFIX,
+    "LEVELS": c.LEVELS_KEY,
+    "LEASES": c.LEASE_SET,
+    "DELAYED": c.DELAYED_SET,
+    "ROUTES": c.ROUTES_KEY,
+    "SEQUENCE": c.SEQUENCE_KEY,
+    "LEGACY_QUEUE": c.LEGACY_QUEUE,
+    "LEGACY_PLACE_OFFSET": c.LEGACY_PLACE_OFFSET,
+    "RECORD_PREFIX": c.ARQ_JOB_KEY_PREFIX,
+    "TRIES_PREFIX": c.ARQ_RETRY_KEY_PREFIX,
+    "IN_PROGRESS_PREFIX": c.ARQ_IN_PROGRESS_KEY_PREFIX,
+    "RESULT_PREFIX": c.RESULT_KEY_PREFIX,
+    "FAILED": c.FAILED_SET,
+    "FAILED_MAX": c.FAILED_SET_MAX,
+    "DONE_PREFIX": c.DONE_CHANNEL_PREFIX,
+    "WAKE": c.WAKE_CHANNEL,
+    "CANCEL": c.CANCEL_CHANNEL,
+    "STREAM_MAXLEN": c.STREAM_MAXLEN,
+    "DEFAULT_PRIORITY": str(c.DEFAULT_PRIORITY),
+    "DEFAULT_FAIRNESS_KEY": c.DEFAULT_FAIRNESS_KEY,
+    "LOWEST_PRIORITY": max(c.PRIORITIES),
+}
+"""The names a script may use for the contract's keys and limits (defined as Lua locals when used)."""
+
+_HEADER_RE = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)\b", re.M)
+_INCLUDE_RE = re.compile(r"^--!include (\w+)\s*$", re.M)
+Value = str | int | float | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """One script: its source (includes and constants resolved) and the names of its keys and arguments."""
+
+    name: str
+    source: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    rest: str | None = None
+    """The name of the last argument when it takes a list (``ARGV[n..]``)."""
+
+    def bind(self, **values: Any) -> tuple[list[str], list[Value]]:
+        """``keys`` and ``args`` for a call, from every name the header declares (no more, no less)."""
+        wanted = {*self.keys, *self.args, *([self.rest] if self.rest else [])}
+        if values.keys() != wanted:
+            missing, unknown = sorted(wanted - values.keys()), sorted(values.keys() - wanted)
+            raise TypeError(f"script {self.name}: missing {missing}, unknown {unknown}")
+        args = [values[name] for name in self.args]
+        if self.rest is not None:
+            args.extend(values[self.rest])
+        return [str(values[name]) for name in self.keys], args
+
+
+@functools.cache
+def script(name: str) -> LuaScript:
+    """The script ``producer/lua/{name}.lua``, read and checked once."""
+    raw = _read(name)
+    body = _INCLUDE_RE.sub(lambda m: _read(f"include/{m.group(1)}"), raw)
+    used = [n for n in CONSTANTS if re.search(rf"\b{n}\b", body)]
+    preamble = "".join(f"local {n} = {_lua(CONSTANTS[n])}\n" for n in used)
+    keys: dict[int, str] = {}
+    args: dict[int, str] = {}
+    rest = None
+    for kind, index, dots, ident in _HEADER_RE.findall(raw):
+        if dots:
+            if kind != "ARGV" or rest is not None:
+                raise ValueError(f"{name}.lua: only the last ARGV may take a list")
+            rest = ident
+            rest_index = int(index)
+        else:
+            (keys if kind == "KEYS" else args)[int(index)] = ident
+    for table, kind in ((keys, "KEYS"), (args, "ARGV")):
+        if sorted(table) != list(range(1, len(table) + 1)):
+            raise ValueError(f"{name}.lua: {kind} must be numbered 1 to n in its header")
+    if rest is not None and rest_index != len(args) + 1:
+        raise ValueError(f"{name}.lua: ARGV[{rest_index}..] must follow the last ARGV")
+    return LuaScript(
+        name=name,
+        source=preamble + body,
+        keys=tuple(keys[i] for i in sorted(keys)),
+        args=tuple(args[i] for i in sorted(args)),
+        rest=rest,
+    )
+
+
+def _read(name: str) -> str:
+    return resources.files("producer").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+def _lua(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,258 @@
+"""The queue (producer/lua, worker.queue): priorities, fairness keys taking turns, leases, deferred
+retries, the legacy queue, and a claim whose cost does not grow with the jobs running."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections import Counter
+from typing import Any, cast
+
+import pytest
+import redis
+import redis.asyncio
+
+from devtools.stack import Simulator
+from producer import Producer, SyncProducer
+from producer.contract import (
+    ARQ_IN_PROGRESS_KEY_PREFIX,
+    ARQ_JOB_KEY_PREFIX,
+    DELAYED_SET,
+    LEASE_SET,
+    LEGACY_QUEUE,
+    ROUTES_KEY,
+    encode_job,
+    queued_doc,
+    result_key,
+    stream_key,
+)
+from producer.scripts import script
+from tests.conftest import run_burst, start_worker, stop_worker
+from worker.config import WorkerConfig
+from worker.queue import JobQueue
+
+
+def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = None, lease_ms: int = 60_000) -> list[str]:
+    """One claim, as a worker makes it (``worker.queue.JobQueue.claim``), from a plain client."""
+    pairs = [str(v) for k, w in (weights or {}).items() for v in (k, w)]
+    _, args = script("claim").bind(lease_ms=lease_ms, want=want, step=500, weights=pairs)
+    reply: Any = client.eval(script("claim").source, 0, *(str(a) for a in args))
+    return [job_id.decode() for job_id in reply[3:]]
+
+
+def test_priorities_are_strict_and_each_key_keeps_its_order(
+    sync_producer: SyncProducer, sync_redis: redis.Redis
+) -> None:
+    sync_producer.submit("a1", job_id="a1", fairness_key="A")
+    sync_producer.submit("z", job_id="z", priority=9)
+    sync_producer.submit_many([{"prompt": p, "job_id": p, "fairness_key": "A"} for p in ("a2", "a3")])
+    sync_producer.submit("i1", job_id="i1", priority=0)
+    sync_producer.submit("i2", job_id="i2", priority=0, fairness_key="A")
+    assert claim(sync_redis, 1) == ["i1"]
+    assert claim(sync_redis, 10) == ["i2", "a1", "a2", "a3", "z"]
+    assert claim(sync_redis, 10) == []
+    assert sync_redis.zcard(LEASE_SET) == 6
+    depths = sync_producer.depths()
+    assert depths.waiting == 0 and depths.running == 6 and depths.ready == {}
+
+
+def test_keys_with_ready_jobs_take_turns(sync_producer: SyncProducer, sync_redis: redis.Redis) -> None:
+    sync_producer.submit_many([{"prompt": f"A{i}", "job_id": f"A{i}", "fairness_key": "A"} for i in range(1, 7)])
+    sync_producer.submit_many([{"prompt": f"B{i}", "job_id": f"B{i}", "fairness_key": "B"} for i in range(1, 3)])
+    sync_producer.submit("C1", job_id="C1", fairness_key="C")
+    assert sync_producer.depths().ready == {5: {"A": 6, "B": 2, "C": 1}}
+    assert claim(sync_redis, 9) == ["A1", "B1", "C1", "A2", "B2", "A3", "A4", "A5", "A6"]
+    # one at a time (one slot freeing after another) gives the same turns
+    sync_redis.flushdb()
+    sync_producer.submit_many([{"prompt": f"A{i}", "job_id": f"A{i}", "fairness_key": "A"} for i in range(1, 4)])
+    sync_producer.submit_many([{"prompt": f"B{i}", "job_id": f"B{i}", "fairness_key": "B"} for i in range(1, 4)])
+    assert [claim(sync_redis, 1)[0] for _ in range(6)] == ["A1", "B1", "A2", "B2", "A3", "B3"]
+
+
+def test_a_key_arriving_late_is_served_next_without_credit_for_its_absence(
+    sync_producer: SyncProducer, sync_redis: redis.Redis
+) -> None:
+    sync_producer.submit_many([{"prompt": f"A{i}", "job_id": f"A{i}", "fairness_key": "A"} for i in range(10)])
+    assert claim(sync_redis, 5) == [f"A{i}" for i in range(5)]
+    sync_producer.submit_many([{"prompt": f"B{i}", "job_id": f"B{i}", "fairness_key": "B"} for i in range(3)])
+    assert claim(sync_redis, 6) == ["A5", "B0", "A6", "B1", "A7", "B2"]
+
+
+def test_a_weighted_key_gets_that_many_turns(sync_producer: SyncProducer, sync_redis: redis.Redis) -> None:
+    for key in ("heavy", "light"):
+        sync_producer.submit_many([{"prompt": f"{key} {i}", "fairness_key": key} for i in range(60)])
+    taken = Counter(
+        json.loads(sync_redis.get(result_key(job_id)) or "{}")["fairness_key"]  # type: ignore[arg-type]
+        for job_id in claim(sync_redis, 40, weights={"heavy": 3})
+    )
+    assert taken == {"heavy": 30, "light": 10}
+
+
+def test_an_interactive_job_overtakes_a_queued_batch(sync_producer: SyncProducer, sync_redis: redis.Redis) -> None:
+    sync_producer.submit_many([{"prompt": f"row {i}", "fairness_key": "batch"} for i in range(3000)])
+    assert len(claim(sync_redis, 100)) == 100
+    web = sync_producer.submit("a user is waiting", priority=0, fairness_key="web")
+    assert claim(sync_redis, 1) == [web]
+
+
+def test_a_claim_costs_the_same_with_thousands_of_jobs_running(
+    sync_producer: SyncProducer, sync_redis: redis.Redis
+) -> None:
+    def commands_for_one_claim() -> int:
+        sync_producer.submit("fresh")
+        sync_redis.config_resetstat()
+        assert len(claim(sync_redis, 50)) == 1
+        stats: Any = sync_redis.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if not k.endswith("evalsha") and "eval" not in k)
+
+    idle = commands_for_one_claim()
+    sync_producer.submit_many([f"held {i}" for i in range(5000)])
+    assert len(claim(sync_redis, 5000)) == 5000  # 5,001 running now, each with a lease
+    assert sync_redis.zcard(LEASE_SET) == 5001
+    assert commands_for_one_claim() == idle  # no step past the running jobs
+
+
+async def test_a_lease_that_runs_out_puts_the_job_back_at_its_place(producer: Producer, redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        ids = await producer.submit_many(["first", "second"])
+        short = JobQueue(client, lease_s=0.05)
+        assert (await short.claim(1)).job_ids == [ids[0]]  # its worker dies: nobody renews
+        await asyncio.sleep(0.1)
+        again = await JobQueue(client, lease_s=60).claim(2)
+        assert again.job_ids == ids and again.recovered == 1  # back ahead of the second, where it was
+        assert await short.renew(ids) == 2 and await short.renew(["not-leased"]) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_deferred_retry_holds_no_place_until_it_is_due(producer: Producer, redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        queue = JobQueue(client, lease_s=60)
+        job_id = await producer.submit("retried")
+        assert (await queue.claim(1)).job_ids == [job_id]
+        await queue.defer(job_id, 100)
+        assert await client.zscore(DELAYED_SET, job_id) is not None and await client.zcard(LEASE_SET) == 0
+        assert (await queue.claim(1)).job_ids == []
+        depths = await producer.depths()
+        assert depths.deferred == 1 and depths.waiting == 0
+        while not (claimed := await queue.claim(1)).job_ids:
+            await asyncio.sleep(0.02)
+        assert claimed.job_ids == [job_id] and claimed.promoted == 1
+        await queue.back(job_id)  # an interrupted call: in line again at once
+        assert (await queue.claim(1)).job_ids == [job_id]
+        await queue.forget(job_id)
+        assert not await client.exists(ROUTES_KEY, ARQ_JOB_KEY_PREFIX + job_id, LEASE_SET)
+    finally:
+        await client.aclose()
+
+
+async def test_cancelling_takes_a_job_out_of_whichever_structure_holds_it(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        queue = JobQueue(client, lease_s=60)
+        ready, deferred = await producer.submit("ready"), await producer.submit("deferred", priority=1)
+        assert (await queue.claim(1)).job_ids == [deferred]
+        await queue.defer(deferred, 60_000)
+        for job_id in (ready, deferred):
+            assert (await producer.cancel(job_id)).cancelled
+        depths = await producer.depths()
+        assert (depths.waiting, depths.deferred, depths.running) == (0, 0, 0)
+        left = {k.decode() for k in cast("list[bytes]", sync_redis.keys("promptq:*"))}
+        assert left == {
+            "promptq:seq",
+            *(result_key(i) for i in (ready, deferred)),
+            *(stream_key(i) for i in (ready, deferred)),
+        }
+    finally:
+        await client.aclose()
+
+
+async def test_jobs_left_in_the_legacy_queue_run_once_each(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator, sync_redis: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    old = [f"old-{i}" for i in range(5)]
+    for i, job_id in enumerate(old):  # as promptq 0.1 wrote them: record, document, one sorted set
+        payload = json.dumps({"messages": [{"role": "user", "content": f"legacy {i}"}], "model": None})
+        sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, encode_job(payload, now_ms))
+        doc = json.loads(queued_doc(job_id, None, None, now_ms / 1000))
+        del doc["priority"], doc["fairness_key"]
+        sync_redis.set(result_key(job_id), json.dumps(doc))
+        sync_redis.zadd(LEGACY_QUEUE, {job_id: now_ms - 100 + i})
+    sync_redis.set(ARQ_IN_PROGRESS_KEY_PREFIX + "old-4", "1")  # an older worker still runs this one
+    sync_redis.incr("arq:retry:old-4")
+    new = await producer.submit("new")
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=1))
+    try:
+        for job_id in [*old[:4], new]:
+            assert (await producer.wait(job_id, timeout=10)).ok
+        calls = [c["prompt"] for c in sim.calls()]
+        assert calls == [f"legacy {i}" for i in range(4)] + ["new"]  # the old ones first, in their order
+        assert sync_redis.zrange(LEGACY_QUEUE, 0, -1) == [b"old-4"]  # not taken from the older worker
+        sync_redis.delete(ARQ_IN_PROGRESS_KEY_PREFIX + "old-4")  # that worker died; its claim expired
+        assert (await producer.wait("old-4", timeout=10)).ok
+    finally:
+        await stop_worker(worker, main)
+    assert [c["prompt"] for c in sim.calls()].count("legacy 4") == 1 and len(sim.calls()) == 6
+    for job_id in [*old, new]:
+        r = await producer.wait(job_id, timeout=1)
+        assert r.ok and r.priority == 5 and r.fairness_key == "default"
+    assert (await producer.get("old-4")).attempts == 2  # type: ignore[union-attr]  # the older worker's try counts
+    assert not sync_redis.exists(LEGACY_QUEUE, ROUTES_KEY, LEASE_SET)
+
+
+async def test_a_finished_job_frees_its_slot_for_the_next_without_waiting_for_a_poll(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator
+) -> None:
+    # Polls 60 s apart: every job after the first two can only start because a finishing one woke the loop.
+    sim.configure(latency_ms=50)
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=2, poll_delay_s=60))
+    try:
+        await asyncio.sleep(0.2)  # the worker's first poll has found the queue empty
+        ids = await producer.submit_many([f"p{i}" for i in range(10)])
+        results = await asyncio.gather(*(producer.wait(i, timeout=20) for i in ids))
+    finally:
+        await stop_worker(worker, main)
+    assert all(r.ok for r in results)
+    stats = sim.stats()
+    assert stats["completions"] == 10 and stats["peak_in_flight"] == 2
+
+
+async def test_a_job_leaves_nothing_behind_and_arq_does_not_clean_up_again(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: redis.Redis
+) -> None:
+    ids = await producer.submit_many([f"p{i}" for i in range(6)])
+    sync_redis.config_resetstat()
+    await run_burst(worker_config)
+    results = [await producer.get(i) for i in ids]
+    assert all(r is not None and r.ok for r in results)
+    assert not sync_redis.keys("arq:*")  # the finish script left none of arq's bookkeeping
+    left = {k.decode() for k in cast("list[bytes]", sync_redis.keys("promptq:*"))} - {result_key(i) for i in ids}
+    assert left == {"promptq:seq"}  # no lease, route, line or level is left
+    stats: Any = sync_redis.info("commandstats")
+    # One MULTI/EXEC a job (arq's start: read the record, count the try); its clean-up would be a second.
+    assert stats["cmdstat_exec"]["calls"] == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("weights", "fails"),
+    [
+        ('{"tenant": 0}', "positive number"),
+        ('{"tenant": "3"}', "positive number"),
+        ('{"": 2}', "PROMPTQ_FAIRNESS_WEIGHTS: a key"),
+        ("[1, 2]", "JSON object"),
+        ("{oops", "must be JSON"),
+    ],
+)
+def test_bad_weights_are_refused_naming_the_variable(weights: str, fails: str) -> None:
+    with pytest.raises(ValueError, match="PROMPTQ_FAIRNESS_WEIGHTS") as caught:
+        WorkerConfig.from_env({"OPENAI_API_KEY": "k", "PROMPTQ_FAIRNESS_WEIGHTS": weights})
+    assert fails in str(caught.value)
+    good = WorkerConfig.from_env({"OPENAI_API_KEY": "k", "PROMPTQ_FAIRNESS_WEIGHTS": '{"tenant": 3, "x": 0.5}'})
+    assert good.fairness_weights == {"tenant": 3.0, "x": 0.5}

@@ -1,0 +1,48 @@
+"""The Lua scripts' home: every script is listed, has a header naming its KEYS and ARGV, and a call
+binds exactly those names."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from producer.scripts import CONSTANTS, SCRIPT_NAMES, script
+
+
+def test_every_script_file_is_listed_and_loads() -> None:
+    files = {
+        p.name.removesuffix(".lua")
+        for p in resources.files("producer").joinpath("lua").iterdir()
+        if p.name.endswith(".lua")
+    }
+    assert files == set(SCRIPT_NAMES)
+    for name in SCRIPT_NAMES:
+        loaded = script(name)
+        assert loaded.source.count("--!include") == 0
+        assert "Returns" in loaded.source, f"{name}.lua says what it returns"
+        assert len(set(loaded.keys + loaded.args)) == len(loaded.keys) + len(loaded.args)
+
+
+def test_no_script_spells_a_key() -> None:
+    for name in SCRIPT_NAMES:
+        raw = resources.files("producer").joinpath(f"lua/{name}.lua").read_text()
+        assert "promptq:" not in raw and "arq:" not in raw, name
+    assert all(script(n).source for n in SCRIPT_NAMES) and "READY_PREFIX" in CONSTANTS
+
+
+def test_a_call_binds_exactly_the_names_of_the_header() -> None:
+    submit = script("submit")
+    assert submit.keys == ("doc", "record")
+    names = dict(
+        doc="d", record="r", job_id="j", record_json="{}", doc_json="{}", ttl_ms=1, priority="5", fairness_key="k"
+    )
+    keys, args = submit.bind(**names)
+    assert keys == ["d", "r"] and args == ["j", "{}", "{}", 1, "5", "k"]
+    with pytest.raises(TypeError, match=r"missing \['ttl_ms'\]"):
+        submit.bind(**{k: v for k, v in names.items() if k != "ttl_ms"})
+    with pytest.raises(TypeError, match=r"unknown \['extra'\]"):
+        submit.bind(**names, extra=1)
+    claim = script("claim")
+    assert claim.rest == "weights"
+    assert claim.bind(lease_ms=1, want=2, step=3, weights=["a", "2"]) == ([], [1, 2, 3, "a", "2"])

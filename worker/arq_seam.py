@@ -1,0 +1,373 @@
+"""Every place promptq reaches into arq, in one module: the one that imports arq.
+
+arq's ``Worker`` runs each job (``run_job``: the job record, the try counter, the timeout, ``Retry``).
+Around it, promptq replaces what its queue does differently, in :class:`PromptqWorker`, a subclass:
+
+- ``main``: the poll loop (a submit or a freed slot wakes it; idle, it polls every
+  ``PROMPTQ_POLL_DELAY_S``), and burst mode's end (nothing ready, running or deferred);
+- ``_poll_iteration``: the claim (``worker.queue``: as many jobs as free slots, in one script);
+- ``finish_job`` / ``finish_failed_job``: what becomes of a job arq is done with (deferred for a
+  retry, back in line after an interrupted call, or let go of; nothing when promptq's finish script
+  has done it already);
+- ``handle_sig``: SIGTERM and SIGINT drain (:meth:`PromptqWorker.drain`) instead of cancelling.
+
+``arq worker.Settings`` makes arq build a plain ``Worker``; :func:`install` wraps ``Worker.__init__``
+so that a worker built with promptq's settings (its ``ctx`` holds ``CTX_CONFIG``) is a
+``PromptqWorker`` from its first line on. ``MEMBERS`` lists every member of arq promptq touches with
+the signature it was written against: :func:`check` compares them at start-up (and a test does, with
+the attributes in ``ATTRIBUTES`` and arq's per-job log lines that ``worker.logs`` filters,
+``ARQ_JOB_LINES``), so an arq upgrade fails there, naming the member, not somewhere at run time.
+The job record (arq's fields as JSON, never pickle) is read here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import signal
+import time
+from typing import Any, Final, Protocol
+
+import arq
+import arq.connections
+import arq.worker
+from arq.worker import Retry, Worker, func
+from redis.exceptions import RedisError
+
+from producer.contract import JOB_FUNCTION
+from worker.logs import ARQ_JOB_LINES, get_logger
+from worker.metrics import heartbeat
+from worker.queue import JobQueue
+
+__all__ = [
+    "ARQ_JOB_LINES",
+    "ATTRIBUTES",
+    "CTX_CONFIG",
+    "CTX_STATE",
+    "CTX_WORKER",
+    "MEMBERS",
+    "POISON_FUNCTION_ARGS",
+    "UNDECODABLE",
+    "PromptqWorker",
+    "Retry",
+    "check",
+    "func",
+    "install",
+    "job_deserializer",
+    "job_serializer",
+]
+
+log = get_logger("promptq.worker")
+
+SUPPORTED_ARQ: Final = "0.28."
+CTX_CONFIG: Final = "promptq.config"
+"""The key of the worker's ``WorkerConfig`` in arq's ``ctx``: marks a worker as promptq's."""
+CTX_STATE: Final = "promptq"
+"""The key ``on_startup`` puts the worker's shared state under (``jobs.WorkerState``)."""
+CTX_WORKER: Final = "promptq.worker"
+"""The key of the running :class:`PromptqWorker` in ``ctx`` (``on_startup`` refuses to run without it)."""
+UNDECODABLE: Final = "promptq.undecodable"
+"""The payload key under which the job deserializer hands over a record it could not read."""
+
+MEMBERS: Final[dict[str, str]] = {
+    "Worker.__init__": (
+        "(self, functions=(), *, queue_name='arq:queue', cron_jobs=None, redis_settings=None, redis_pool=None, "
+        "burst=False, on_startup=None, on_shutdown=None, on_job_start=None, on_job_end=None, after_job_end=None, "
+        "handle_signals=True, job_completion_wait=0, max_jobs=10, job_timeout=300, keep_result=3600, "
+        "keep_result_forever=False, poll_delay=0.5, queue_read_limit=None, max_tries=5, "
+        "health_check_interval=3600, health_check_key=None, ctx=None, retry_jobs=True, allow_abort_jobs=False, "
+        "max_burst_jobs=-1, job_serializer=None, job_deserializer=None, expires_extra_ms=86400000, "
+        "timezone=None, log_results=True)"
+    ),
+    "Worker.run_job": "(self, job_id, score)",
+    "Worker.finish_job": (
+        "(self, job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)"
+    ),
+    "Worker.finish_failed_job": "(self, job_id, result_data)",
+    "Worker.handle_sig": "(self, signum)",
+    "Worker.main": "(self)",
+    "Worker._poll_iteration": "(self)",
+    "Worker._release_sem_dec_counter_on_complete": "(self)",
+    "Worker._jobs_started": "(self)",
+    "Worker.heart_beat": "(self)",
+    "Worker.close": "(self)",
+    "create_pool": (
+        "(settings_=None, *, retry=0, job_serializer=None, job_deserializer=None, "
+        "default_queue_name='arq:queue', expires_extra_ms=86400000)"
+    ),
+    "Retry.__init__": "(self, defer=None)",
+    "func": "(coroutine, *, name=None, keep_result=None, timeout=None, keep_result_forever=None, max_tries=None)",
+}
+"""Each member of arq promptq overrides or calls, with its parameters (names and defaults) in the arq
+version promptq supports."""
+
+ATTRIBUTES: Final = (
+    "ctx",
+    "on_startup",
+    "tasks",
+    "job_tasks",
+    "job_counter",
+    "max_jobs",
+    "sem",
+    "allow_pick_jobs",
+    "main_task",
+    "burst",
+    "max_burst_jobs",
+    "poll_delay_s",
+    "loop",
+    "queue_name",
+    "redis_settings",
+    "job_serializer",
+    "job_deserializer",
+    "expires_extra_ms",
+    "_pool",
+    "_handle_signals",
+)
+"""The ``Worker`` attributes promptq reads or sets (a test builds a worker and checks each)."""
+
+
+def check() -> None:
+    """Refuse to run on an arq whose members differ from those promptq was written against."""
+    if not arq.VERSION.startswith(SUPPORTED_ARQ):
+        raise RuntimeError(f"promptq needs arq {SUPPORTED_ARQ}x (pyproject pins it), found arq {arq.VERSION}")
+    for name, expected in MEMBERS.items():
+        found = parameters(name)
+        if found != expected:
+            raise RuntimeError(f"promptq: arq's {name} is {found}, not the {expected} promptq was written against")
+
+
+def parameters(name: str) -> str | None:
+    """The parameters of arq's member ``name`` (a key of ``MEMBERS``), names and defaults only."""
+    owner, _, attr = name.rpartition(".")
+    where: Any = {"Worker": Worker, "Retry": Retry, "": arq.connections if attr == "create_pool" else arq.worker}[owner]
+    found = getattr(where, attr, None)
+    if found is None:
+        return None
+    sig = inspect.signature(inspect.unwrap(found))
+    bare = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=bare, return_annotation=inspect.Signature.empty))
+
+
+class _State(Protocol):
+    """What the loop needs from ``jobs.WorkerState`` (set by ``on_startup``)."""
+
+    @property
+    def queue(self) -> JobQueue: ...
+    @property
+    def wake_event(self) -> asyncio.Event: ...
+    @property
+    def settled(self) -> set[str]: ...
+    @property
+    def shutdown_grace_s(self) -> float: ...
+
+
+class PromptqWorker(Worker):
+    """arq's worker with promptq's poll, claim, clean-up and shutdown (see the module's docstring)."""
+
+    _state: _State | None = None
+    _full = False
+    """The last claim filled every free slot: more jobs may be ready, so a freed slot wakes the loop."""
+    _draining: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> _State:
+        if self._state is None:
+            raise RuntimeError("promptq: the worker's state is not set up (on_startup has not run)")
+        return self._state
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await arq.connections.create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        self.ctx["redis"] = self.pool
+        self.ctx[CTX_WORKER] = self
+        self._scores: dict[str, int] = {}
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        self._state = self.ctx.get(CTX_STATE)
+        wake = self.state.wake_event
+        while True:
+            heartbeat()
+            try:
+                await self._poll_iteration()
+            except (RedisError, OSError) as e:
+                log.warning("worker.poll_failed", error=str(e), note="the next poll tries again")
+            if self.burst and await self._burst_over():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_delay_s):
+                    await wake.wait()
+            wake.clear()
+
+    async def _burst_over(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.state.queue.pending():
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
+
+    async def _poll_iteration(self) -> None:
+        if self.allow_pick_jobs:
+            while (free := self._free_slots()) > 0:
+                claimed = await self.state.queue.claim(free)
+                score = _now_ms()
+                for job_id in claimed.job_ids:
+                    running = self.tasks.get(job_id)
+                    if running is not None and not running.done():
+                        continue  # still running here (its lease ran out in an outage): the lease is ours again
+                    await self.sem.acquire()  # free while job_counter < max_jobs: no wait
+                    self._start(job_id, score)
+                self._full = len(claimed.job_ids) == free
+                if not self._full:
+                    break
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # as arq does: an error in run_job surfaces here
+        await self.heart_beat()
+
+    def _free_slots(self) -> int:
+        free = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            free = min(free, self.max_burst_jobs - self._jobs_started())
+        return free
+
+    def _start(self, job_id: str, score: int) -> None:
+        """Run a claimed job as arq's own ``start_jobs`` would (its slot taken already)."""
+        self.job_counter += 1
+        self._scores[job_id] = score
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(functools.partial(self._slot_freed, job_id))
+        self.tasks[job_id] = task
+
+    def _slot_freed(self, job_id: str, _: object) -> None:
+        self._scores.pop(job_id, None)
+        self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
+        if self._full and self._state is not None:
+            self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll
+
+    # -- after a job ---------------------------------------------------------------------------
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """Where the job goes once arq is done with it (arq keeps no result of its own here)."""
+        queue, settled = self.state.queue, self.state.settled
+        if finish:
+            if job_id in settled:  # promptq's finish script has let go of it already
+                settled.discard(job_id)
+            else:  # skipped (a result was stored), cancelled, or ended by arq itself
+                await queue.forget(job_id)
+        elif incr_score:  # a Retry: arq's score moves by the wait plus the time since the claim
+            score = self._scores.get(job_id, _now_ms())
+            await queue.defer(job_id, score + incr_score - _now_ms())
+        else:  # interrupted (a shutdown past its grace), or a Retry without a wait
+            await queue.back(job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """A job arq could not run (its record gone, say): let go of it."""
+        await self.state.queue.forget(job_id)
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def handle_sig(self, signum: signal.Signals) -> None:
+        if signum not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_sig(signum)  # arq's close() of a worker without signal handling
+            return
+        if self._draining is not None:  # a second signal: the first drain is under way
+            log.info("worker.draining", signal=signal.Signals(signum).name, note="already draining")
+            return
+        grace_s = self._state.shutdown_grace_s if self._state is not None else 0.0
+        self._draining = self.loop.create_task(self.drain(grace_s, signal.Signals(signum).name))
+
+    async def drain(self, grace_s: float, reason: str = "shutdown") -> None:
+        """Take no new job, give the running ones ``grace_s``, interrupt the rest (``jobs.run_prompt``
+        puts them back in line without spending a try), then end the loop."""
+        self.allow_pick_jobs = False
+        if self.main_task is not None:
+            self.main_task.cancel()  # no further poll; arq's close() then waits for the running jobs
+        log.info("worker.draining", reason=reason, running=len(self._running()), grace_s=grace_s)
+        if running := self._running():
+            await asyncio.wait(running, timeout=grace_s)
+        interrupted: set[str] = set()
+        while running := self._running():  # past the grace: interrupt each call, including any that starts now
+            fresh = [(job_id, task) for job_id, task in self.job_tasks.items() if job_id not in interrupted]
+            if fresh:
+                # A task created this very moment has not run yet; cancelled now, it would end before
+                # run_prompt could put its job back. One turn of the loop lets it reach its first await.
+                await asyncio.sleep(0)
+                for job_id, task in fresh:
+                    interrupted.add(job_id)
+                    task.cancel()
+            await asyncio.wait(running, timeout=0.05)
+        log.info("worker.drained", reason=reason, interrupted=len(interrupted))
+
+    def _running(self) -> list[asyncio.Task[Any]]:
+        return [t for t in self.tasks.values() if not t.done()]
+
+
+def _now_ms() -> int:
+    """arq's scores: Unix time in ms."""
+    return int(time.time() * 1000)
+
+
+_original_init = Worker.__init__
+
+
+@functools.wraps(_original_init)
+def _init(self: Worker, *args: Any, **kwargs: Any) -> None:
+    ctx = kwargs.get("ctx")
+    if type(self) is Worker and isinstance(ctx, dict) and CTX_CONFIG in ctx:
+        self.__class__ = PromptqWorker  # before arq's __init__: its signal handlers bind promptq's handle_sig
+    _original_init(self, *args, **kwargs)
+
+
+def install() -> None:
+    """Check arq, and make every ``Worker`` built with promptq's settings a :class:`PromptqWorker`."""
+    check()
+    if Worker.__init__ is not _init:
+        Worker.__init__ = _init  # type: ignore[method-assign]
+
+
+# -- the job record ---------------------------------------------------------------------------------
+POISON_FUNCTION_ARGS: Final[dict[str, Any]] = {"t": None, "f": JOB_FUNCTION, "k": {}, "et": 0}
+
+
+def job_serializer(obj: Any) -> bytes:
+    """arq's job and failure records as JSON; what JSON cannot hold is written as its repr."""
+    return json.dumps(obj, separators=(",", ":"), default=repr).encode()
+
+
+def job_deserializer(raw: bytes) -> Any:
+    """arq's job records (``{"t", "f", "a", "k", "et"}``) from JSON. A record that cannot be read
+    still reaches ``run_prompt``, which fails the job with a clear error instead of leaving its
+    document queued."""
+    try:
+        record = json.loads(raw)
+    except ValueError as e:
+        return _poison(f"job record is not JSON: {e}")
+    if not isinstance(record, dict) or not {"f", "a", "k", "et"} <= record.keys():
+        return _poison("job record is not an arq job object (f, a, k, et)")
+    if record["f"] != JOB_FUNCTION or not isinstance(record["a"], list) or len(record["a"]) != 1:
+        return _poison(f"job record is not a promptq job ({JOB_FUNCTION} with one argument)")
+    if record["k"] or not isinstance(record["et"], int | float):
+        return _poison("job record has keyword arguments or a bad enqueue time")
+    record.setdefault("t", None)
+    return record
+
+
+def _poison(reason: str) -> dict[str, Any]:
+    return {**POISON_FUNCTION_ARGS, "a": [{UNDECODABLE: reason}]}

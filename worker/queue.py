@@ -1,0 +1,103 @@
+"""The queue from a worker's side: claim ready jobs, renew their leases, and let go of them.
+
+Ready jobs wait in one sorted set per (priority, fairness key); a claim serves the lowest priority
+level with ready jobs and, within it, the fairness keys in turn (``PROMPTQ_FAIRNESS_WEIGHTS`` gives a
+key more turns). A claimed job moves to the lease set, scored by when its lease runs out; the worker
+running it renews the lease every third of ``PROMPTQ_LEASE_S`` (``worker.lease``), and a claim puts
+a job whose lease ran out back in line. A retry waits in the delayed set until it is due. Running
+and waiting jobs are never in a claim's way: each claim costs O(log n) per job it takes, however
+many run. The scripts are ``producer/lua/claim.lua``, ``renew.lua``, ``unclaim.lua`` and ``pending.lua``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from producer.contract import ARQ_JOB_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX
+from producer.scripts import script
+from worker.logs import get_logger
+from worker.redis_conn import persist
+
+__all__ = ["RETURN_STEP", "Claimed", "JobQueue"]
+
+log = get_logger("promptq.queue")
+
+RETURN_STEP = 500
+"""Jobs one claim brings back in line at most of each kind (leases run out, retries due, jobs of the
+legacy queue): bounds the time one claim holds Redis after a worker with many jobs died."""
+RENEW_CHUNK = 1_000
+"""Leases renewed in one script call (a worker with 10,000 running jobs sends ten)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim did: the jobs it took, in the order served, and what it brought back in line."""
+
+    job_ids: list[str]
+    recovered: int = 0
+    """Jobs whose lease had run out (their worker died, or lost Redis for longer than a lease)."""
+    promoted: int = 0
+    """Deferred retries that were due."""
+    migrated: int = 0
+    """Jobs moved from the queue of promptq 0.1 (``promptq:queue``)."""
+
+
+class JobQueue:
+    """One worker's claims and leases, with its fairness weights."""
+
+    def __init__(self, redis: Redis, lease_s: float, weights: Mapping[str, float] | None = None) -> None:
+        self.redis = redis
+        self.lease_ms = max(1, round(lease_s * 1000))
+        self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
+        self._claim = redis.register_script(script("claim").source)
+        self._renew = redis.register_script(script("renew").source)
+        self._unclaim = redis.register_script(script("unclaim").source)
+        self._pending = redis.register_script(script("pending").source)
+
+    async def claim(self, want: int) -> Claimed:
+        """Take up to ``want`` ready jobs, leased for ``lease_ms``."""
+        keys, args = script("claim").bind(lease_ms=self.lease_ms, want=want, step=RETURN_STEP, weights=self.weights)
+        reply: list[bytes | int] = await self._claim(keys=keys, args=args)
+        recovered, promoted, migrated = (int(n) for n in reply[:3])
+        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[3:]]
+        if recovered or migrated:
+            log.info("queue.returned", recovered=recovered, promoted=promoted, migrated=migrated)
+        return Claimed(job_ids, recovered, promoted, migrated)
+
+    async def renew(self, job_ids: Iterable[str]) -> int:
+        """Extend the leases of these running jobs to ``lease_ms`` from now; how many were still leased."""
+        ids = list(job_ids)
+        renewed = 0
+        for start in range(0, len(ids), RENEW_CHUNK):
+            keys, args = script("renew").bind(lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK])
+            renewed += int(await self._renew(keys=keys, args=args))
+        return renewed
+
+    async def forget(self, job_id: str) -> None:
+        """The job ended without promptq's finish (result stored already, cancelled, unreadable): let go."""
+        await self._unclaim_as(job_id, "forget", 0)
+
+    async def defer(self, job_id: str, delay_ms: int) -> None:
+        """A retry: the job waits in the delayed set for ``delay_ms``, holding no slot."""
+        await self._unclaim_as(job_id, "defer", max(0, delay_ms))
+
+    async def back(self, job_id: str) -> None:
+        """An interrupted call: the job goes back in line at its place."""
+        await self._unclaim_as(job_id, "back", 0)
+
+    async def _unclaim_as(self, job_id: str, mode: str, delay_ms: int) -> None:
+        keys, args = script("unclaim").bind(
+            record=ARQ_JOB_KEY_PREFIX + job_id,
+            tries=ARQ_RETRY_KEY_PREFIX + job_id,
+            job_id=job_id,
+            mode=mode,
+            delay_ms=delay_ms,
+        )
+        await persist(lambda: self._unclaim(keys=keys, args=args))
+
+    async def pending(self) -> bool:
+        """Whether any job is ready, running, deferred or in the legacy queue."""
+        return bool(await self._pending(keys=[], args=[]))
