@@ -109,9 +109,14 @@ def test_bad_jobs_get_422_with_the_reason(api: Api, redis_url: str, body: Any, m
     assert status == 422 and message in json.dumps(doc["detail"], ensure_ascii=False)
 
 
-def test_a_job_body_sets_its_priority_and_fairness_key(api: Api, redis_url: str) -> None:
+def test_a_job_body_sets_its_priority_and_fairness_key(api: Api, http_worker: Worker, redis_url: str) -> None:
     status, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "now", "priority": 0, "fairness_key": "web"})
     assert status == 202 and (doc["priority"], doc["fairness_key"]) == (0, "web")
+    deadline = time.monotonic() + 10
+    while doc["status"] not in {"succeeded", "failed"} and time.monotonic() < deadline:
+        time.sleep(0.02)
+        doc = call(api, "GET", f"/v1/jobs/{doc['job_id']}")[1]
+    assert doc["status"] == "succeeded" and (doc["priority"], doc["fairness_key"]) == (0, "web")
 
 
 def test_unknown_ids_get_404_and_cancel_works(api: Api, http_worker: Worker, redis_url: str, sim: Simulator) -> None:
