@@ -3,8 +3,9 @@
 arq's ``Worker`` runs each job (``run_job``: the job record, the try counter, the timeout, ``Retry``).
 Around it, promptq replaces what its queue does differently, in :class:`PromptqWorker`, a subclass:
 
-- ``main``: the poll loop (a submit or a freed slot wakes it; idle, it polls every
-  ``PROMPTQ_POLL_DELAY_S``), and burst mode's end (nothing ready, running or deferred);
+- ``main``: the Redis pool (arq's ``ArqRedis`` over at most ``WORKER_CONNECTIONS`` connections), the
+  poll loop (a submit or a freed slot wakes it; idle, it polls every ``PROMPTQ_POLL_DELAY_S``), and
+  burst mode's end (nothing ready, running or deferred);
 - ``_poll_iteration``: the claim (``worker.queue``: as many jobs as free slots, in one script);
 - ``finish_job`` / ``finish_failed_job``: what becomes of a job arq is done with (deferred for a
   retry, back in line after an interrupted call, or let go of; nothing when promptq's finish script
@@ -32,8 +33,8 @@ import time
 from typing import Any, Final, Protocol
 
 import arq
-import arq.connections
 import arq.worker
+from arq.connections import ArqRedis
 from arq.worker import Retry, Worker, func
 from redis.exceptions import RedisError
 
@@ -41,6 +42,7 @@ from producer.contract import JOB_FUNCTION
 from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat
 from worker.queue import JobQueue
+from worker.redis_conn import worker_pool
 
 __all__ = [
     "ARQ_JOB_LINES",
@@ -94,9 +96,9 @@ MEMBERS: Final[dict[str, str]] = {
     "Worker._jobs_started": "(self)",
     "Worker.heart_beat": "(self)",
     "Worker.close": "(self)",
-    "create_pool": (
-        "(settings_=None, *, retry=0, job_serializer=None, job_deserializer=None, "
-        "default_queue_name='arq:queue', expires_extra_ms=86400000)"
+    "ArqRedis.__init__": (
+        "(self, pool_or_conn=None, job_serializer=None, job_deserializer=None, "
+        "default_queue_name='arq:queue', expires_extra_ms=86400000, **kwargs)"
     ),
     "Retry.__init__": "(self, defer=None)",
     "func": "(coroutine, *, name=None, keep_result=None, timeout=None, keep_result_forever=None, max_tries=None)",
@@ -142,7 +144,7 @@ def check() -> None:
 def parameters(name: str) -> str | None:
     """The parameters of arq's member ``name`` (a key of ``MEMBERS``), names and defaults only."""
     owner, _, attr = name.rpartition(".")
-    where: Any = {"Worker": Worker, "Retry": Retry, "": arq.connections if attr == "create_pool" else arq.worker}[owner]
+    where: Any = {"Worker": Worker, "Retry": Retry, "ArqRedis": ArqRedis, "": arq.worker}[owner]
     found = getattr(where, attr, None)
     if found is None:
         return None
@@ -180,11 +182,11 @@ class PromptqWorker(Worker):
 
     # -- the loop --------------------------------------------------------------------------------
     async def main(self) -> None:
-        if self._pool is None:
-            self._pool = await arq.connections.create_pool(
-                self.redis_settings,
-                job_deserializer=self.job_deserializer,
+        if self._pool is None:  # arq's pool, over a bounded one of promptq's
+            self._pool = ArqRedis(
+                worker_pool(self.ctx[CTX_CONFIG].redis_url),
                 job_serializer=self.job_serializer,
+                job_deserializer=self.job_deserializer,
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )

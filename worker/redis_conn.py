@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 from arq.connections import RedisSettings
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import (
@@ -30,13 +30,25 @@ from redis.exceptions import (
 from producer.env import ConfigError, redact_url
 from worker.logs import get_logger
 
-__all__ = ["REDIS_OUTAGE_S", "OutageRetry", "check_access", "persist", "redis_settings"]
+__all__ = [
+    "REDIS_OUTAGE_S",
+    "WORKER_CONNECTIONS",
+    "OutageRetry",
+    "check_access",
+    "persist",
+    "redis_settings",
+    "worker_pool",
+]
 
 log = get_logger("promptq.redis")
 T = TypeVar("T")
 
 REDIS_OUTAGE_S = 300.0
 """How long a worker waits for Redis to come back before it gives up and exits."""
+WORKER_CONNECTIONS = 256
+"""Connections one worker process opens to Redis at most, whatever ``PROMPTQ_MAX_JOBS`` (a job needing
+one while all are busy waits its turn): a fleet of workers with thousands of slots each stays below
+Redis's ``maxclients`` (10,000 by default)."""
 BACKOFF_CAP_S = 2.0
 BACKOFF_BASE_S = 0.05
 
@@ -112,6 +124,18 @@ def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
         retry_on_error=[ConnectionError, TimeoutError],
         retry_on_timeout=True,
         conn_retries=0,  # the retry above covers start-up as well
+    )
+
+
+def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: float = REDIS_OUTAGE_S) -> Any:
+    """The worker's connection pool: at most ``max_connections``, riding out outages like :class:`OutageRetry`."""
+    return BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=None,
+        retry=OutageRetry(outage_s),
+        retry_on_error=[ConnectionError, TimeoutError],
+        retry_on_timeout=True,
     )
 
 

@@ -32,6 +32,7 @@ from producer.scripts import script
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.queue import JobQueue
+from worker.redis_conn import WORKER_CONNECTIONS
 
 
 def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = None, lease_ms: int = 60_000) -> list[str]:
@@ -256,3 +257,19 @@ def test_bad_weights_are_refused_naming_the_variable(weights: str, fails: str) -
     assert fails in str(caught.value)
     good = WorkerConfig.from_env({"OPENAI_API_KEY": "k", "PROMPTQ_FAIRNESS_WEIGHTS": '{"tenant": 3, "x": 0.5}'})
     assert good.fairness_weights == {"tenant": 3.0, "x": 0.5}
+
+
+async def test_a_worker_keeps_few_connections_to_redis_however_many_slots_it_has(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator, sync_redis: redis.Redis
+) -> None:
+    sim.configure(latency_ms=300)
+    await producer.submit_many([f"p{i}" for i in range(1000)])
+    burst = asyncio.create_task(run_burst(dataclasses.replace(worker_config, max_jobs=1000)))
+    most = 0
+    while not burst.done():
+        info: Any = sync_redis.info("clients")
+        most = max(most, int(info["connected_clients"]))
+        await asyncio.sleep(0.005)
+    worker = await burst
+    assert worker.jobs_complete == 1000 and sim.stats()["peak_in_flight"] > WORKER_CONNECTIONS
+    assert most <= WORKER_CONNECTIONS + 4  # the worker's pool, this test's clients and the producer's
