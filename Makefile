@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest faults bench bench-limits redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-newest lint typecheck pytest faults bench bench-limits redis browser api openapi screenshot sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ demo: $(STAMP)
 	$(PY) -m devtools.demo
 
 test: lint typecheck pytest
+
+# The suite again on the newest Python the project claims (pyproject: >= 3.11; 3.13 here, under
+# pyenv), in its own virtualenv. Skipped, saying so, where no Python 3.13 is installed.
+NEWEST ?= 3.13
+NEWEST_PYTHON := $(shell for p in python$(NEWEST) $$(ls -d $$(pyenv root 2>/dev/null)/versions/$(NEWEST)*/bin/python3 2>/dev/null); do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(NEWEST)".split("."))))' 2>/dev/null && echo $$p && break; done)
+test-newest:
+	@if [ -z "$(NEWEST_PYTHON)" ]; then echo "no Python $(NEWEST) found: the suite ran on $$($(PYTHON) --version) only"; \
+	else $(MAKE) --no-print-directory pytest PYTHON=$(NEWEST_PYTHON) VENV=.venv-$(NEWEST); fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
