@@ -170,8 +170,8 @@ class PromptqWorker(Worker):
     """arq's worker with promptq's poll, claim, clean-up and shutdown (see the module's docstring)."""
 
     _state: _State | None = None
-    _full = False
-    """The last claim filled every free slot: more jobs may be ready, so a freed slot wakes the loop."""
+    _more = False
+    """The last claim left ready jobs behind: a freed slot wakes the loop to claim again."""
     _draining: asyncio.Task[None] | None = None
 
     @property
@@ -193,6 +193,9 @@ class PromptqWorker(Worker):
         self.ctx["redis"] = self.pool
         self.ctx[CTX_WORKER] = self
         self._scores: dict[str, int] = {}
+        self._ordinary: set[str] = set()
+        """Running jobs at priorities 1 to 9: at most ``PROMPTQ_MAX_JOBS``; the urgent slots above it
+        (arq's ``max_jobs`` counts both) are for priority 0 alone."""
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._state = self.ctx.get(CTX_STATE)
@@ -219,16 +222,17 @@ class PromptqWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs:
             while (free := self._free_slots()) > 0:
-                claimed = await self.state.queue.claim(free)
+                ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
+                claimed = await self.state.queue.claim(free, ordinary)
                 score = _now_ms()
-                for job_id in claimed.job_ids:
+                for n, job_id in enumerate(claimed.job_ids):
                     running = self.tasks.get(job_id)
                     if running is not None and not running.done():
                         continue  # still running here (its lease ran out in an outage): the lease is ours again
                     await self.sem.acquire()  # free while job_counter < max_jobs: no wait
-                    self._start(job_id, score)
-                self._full = len(claimed.job_ids) == free
-                if not self._full:
+                    self._start(job_id, score, urgent=n < claimed.urgent)
+                self._more = claimed.more
+                if len(claimed.job_ids) < free or not claimed.more:
                     break
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -242,18 +246,21 @@ class PromptqWorker(Worker):
             free = min(free, self.max_burst_jobs - self._jobs_started())
         return free
 
-    def _start(self, job_id: str, score: int) -> None:
+    def _start(self, job_id: str, score: int, urgent: bool) -> None:
         """Run a claimed job as arq's own ``start_jobs`` would (its slot taken already)."""
         self.job_counter += 1
         self._scores[job_id] = score
+        if not urgent:
+            self._ordinary.add(job_id)
         task = self.loop.create_task(self.run_job(job_id, score))
         task.add_done_callback(functools.partial(self._slot_freed, job_id))
         self.tasks[job_id] = task
 
     def _slot_freed(self, job_id: str, _: object) -> None:
         self._scores.pop(job_id, None)
+        self._ordinary.discard(job_id)
         self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
-        if self._full and self._state is not None:
+        if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll
 
     # -- after a job ---------------------------------------------------------------------------

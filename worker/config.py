@@ -12,7 +12,15 @@ from producer.env import ConfigError, env_choice, env_float, env_int, env_json_t
 from producer.prices import Price, prices_from_env
 from producer.validation import InvalidJobError, check_fairness_key
 
-__all__ = ["ENV_NAMES", "ConfigError", "Limit", "WorkerConfig", "limits_from_env", "weights_from_env"]
+__all__ = [
+    "ENV_NAMES",
+    "ConfigError",
+    "Limit",
+    "WorkerConfig",
+    "default_urgent_slots",
+    "limits_from_env",
+    "weights_from_env",
+]
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -27,6 +35,7 @@ ENV_NAMES = (
     "OPENAI_BASE_URL",
     "PROMPTQ_MODEL",
     "PROMPTQ_MAX_JOBS",
+    "PROMPTQ_URGENT_SLOTS",
     "PROMPTQ_REQUEST_TIMEOUT_S",
     "PROMPTQ_JOB_TIMEOUT_S",
     "PROMPTQ_MAX_TRIES",
@@ -96,6 +105,9 @@ class WorkerConfig:
     openai_base_url: str | None = None
     model: str = "gpt-4o-mini"
     max_jobs: int = 16
+    urgent_slots: int = 1
+    """Slots beyond ``max_jobs`` that only priority-0 jobs may take (default a tenth of ``max_jobs``,
+    at least 1): an urgent job starts at once even while a batch fills every ordinary slot."""
     request_timeout_s: float = 120.0
     job_timeout_s: float = 130.0
     max_tries: int = 5
@@ -148,12 +160,14 @@ class WorkerConfig:
                 f"PROMPTQ_REQUEST_TIMEOUT_S ({request_timeout_s:g})"
             )
         limit, limits = limits_from_env(env)
+        max_jobs = env_int(env, "PROMPTQ_MAX_JOBS", d.max_jobs)
         return cls(
             redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
             openai_api_key=api_key,
             openai_base_url=base_url,
             model=env_str(env, "PROMPTQ_MODEL", d.model) or d.model,
-            max_jobs=env_int(env, "PROMPTQ_MAX_JOBS", d.max_jobs),
+            max_jobs=max_jobs,
+            urgent_slots=env_int(env, "PROMPTQ_URGENT_SLOTS", default_urgent_slots(max_jobs), minimum=0),
             request_timeout_s=request_timeout_s,
             job_timeout_s=job_timeout_s,
             max_tries=env_int(env, "PROMPTQ_MAX_TRIES", d.max_tries),
@@ -172,6 +186,10 @@ class WorkerConfig:
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
         )
+
+
+def default_urgent_slots(max_jobs: int) -> int:
+    return max(1, max_jobs // 10)
 
 
 def _optional_port(env: Mapping[str, str], name: str) -> int | None:

@@ -37,6 +37,10 @@ class Claimed:
     """What one claim did: the jobs it took, in the order served, and what it brought back in line."""
 
     job_ids: list[str]
+    urgent: int = 0
+    """How many of ``job_ids`` (the first ones) are at priority 0."""
+    more: bool = False
+    """Ready jobs are left (at any priority)."""
     recovered: int = 0
     """Jobs whose lease had run out (their worker died, or lost Redis for longer than a lease)."""
     promoted: int = 0
@@ -57,15 +61,22 @@ class JobQueue:
         self._unclaim = redis.register_script(script("unclaim").source)
         self._pending = redis.register_script(script("pending").source)
 
-    async def claim(self, want: int) -> Claimed:
-        """Take up to ``want`` ready jobs, leased for ``lease_ms``."""
-        keys, args = script("claim").bind(lease_ms=self.lease_ms, want=want, step=RETURN_STEP, weights=self.weights)
+    async def claim(self, want: int, want_ordinary: int | None = None) -> Claimed:
+        """Take up to ``want`` ready jobs, leased for ``lease_ms``; at most ``want_ordinary`` of them
+        at priorities 1 to 9 (the others are urgent: priority 0)."""
+        keys, args = script("claim").bind(
+            lease_ms=self.lease_ms,
+            want=want,
+            want_ordinary=want if want_ordinary is None else want_ordinary,
+            step=RETURN_STEP,
+            weights=self.weights,
+        )
         reply: list[bytes | int] = await self._claim(keys=keys, args=args)
-        recovered, promoted, migrated = (int(n) for n in reply[:3])
-        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[3:]]
+        recovered, promoted, migrated, more, urgent = (int(n) for n in reply[:5])
+        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[5:]]
         if recovered or migrated:
             log.info("queue.returned", recovered=recovered, promoted=promoted, migrated=migrated)
-        return Claimed(job_ids, recovered, promoted, migrated)
+        return Claimed(job_ids, urgent, bool(more), recovered, promoted, migrated)
 
     async def renew(self, job_ids: Iterable[str]) -> int:
         """Extend the leases of these running jobs to ``lease_ms`` from now; how many were still leased."""

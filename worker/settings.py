@@ -104,7 +104,7 @@ def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
         ],
         "queue_name": LEGACY_QUEUE,  # arq only counts it in its hourly health line
         "redis_settings": redis_settings(config.redis_url),
-        "max_jobs": config.max_jobs,
+        "max_jobs": config.max_jobs + config.urgent_slots,  # the ordinary ones are PromptqWorker's to count
         "job_timeout": config.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,
         "keep_result": 0,
         "poll_delay": config.poll_delay_s,

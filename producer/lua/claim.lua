@@ -5,15 +5,20 @@
 -- fairness key with the lowest turn gives its oldest job and its turn moves on by 1 / weight, so
 -- keys take turns (a weight-3 key three for one). Cost: O(log n) per job taken, whatever the
 -- number of jobs running.
+-- Jobs at priority 0 may take every slot the worker has free (`want`), jobs at other priorities only
+-- its ordinary ones (`want_ordinary`): a worker keeps a few slots for urgent work.
 -- ARGV[1] lease_ms
--- ARGV[2] want: jobs wanted (the worker's free slots)
--- ARGV[3] step: jobs brought back per kind at most in one call
--- ARGV[4..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
--- Returns {recovered, promoted, migrated, job id, job id, ...}.
+-- ARGV[2] want: jobs wanted at priority 0 (every free slot)
+-- ARGV[3] want_ordinary: jobs wanted at priorities 1 to 9 at most (free ordinary slots)
+-- ARGV[4] step: jobs brought back per kind at most in one call
+-- ARGV[5..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
+-- Returns {recovered, promoted, migrated, more, urgent, job id, job id, ...}: `more` is 1 when ready
+-- jobs are left, `urgent` how many of the job ids (the first ones) are at priority 0.
 --!include queue
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local want_ordinary = math.min(want, tonumber(ARGV[3]))
 
 local recovered, promoted, migrated = 0, 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
@@ -46,11 +51,15 @@ if redis.call('EXISTS', LEGACY_QUEUE) == 1 then
 end
 
 local weights = {}
-for i = 4, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local out, claimed = {recovered, promoted, migrated}, 0
+for i = 5, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local out, claimed, urgent = {recovered, promoted, migrated, 0, 0}, 0, 0
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
   if not level then break end
+  if level ~= '0' then
+    want = math.min(want, urgent + want_ordinary)
+    if claimed >= want then break end
+  end
   local active = ACTIVE_PREFIX .. level
   local head = redis.call('ZRANGE', active, 0, 1, 'WITHSCORES')
   if #head == 0 then
@@ -70,6 +79,7 @@ while claimed < want do
       out[#out + 1] = popped[i]
     end
     claimed = claimed + got
+    if level == '0' then urgent = urgent + got end
     if got < take or redis.call('EXISTS', ready) == 0 then
       deactivate(level, fkey)
     else
@@ -77,4 +87,6 @@ while claimed < want do
     end
   end
 end
+out[4] = redis.call('EXISTS', LEVELS)
+out[5] = urgent
 return out

@@ -38,9 +38,9 @@ from worker.redis_conn import WORKER_CONNECTIONS
 def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = None, lease_ms: int = 60_000) -> list[str]:
     """One claim, as a worker makes it (``worker.queue.JobQueue.claim``), from a plain client."""
     pairs = [str(v) for k, w in (weights or {}).items() for v in (k, w)]
-    _, args = script("claim").bind(lease_ms=lease_ms, want=want, step=500, weights=pairs)
+    _, args = script("claim").bind(lease_ms=lease_ms, want=want, want_ordinary=want, step=500, weights=pairs)
     reply: Any = client.eval(script("claim").source, 0, *(str(a) for a in args))
-    return [job_id.decode() for job_id in reply[3:]]
+    return [job_id.decode() for job_id in reply[5:]]
 
 
 def test_priorities_are_strict_and_each_key_keeps_its_order(
@@ -96,6 +96,39 @@ def test_an_interactive_job_overtakes_a_queued_batch(sync_producer: SyncProducer
     assert len(claim(sync_redis, 100)) == 100
     web = sync_producer.submit("a user is waiting", priority=0, fairness_key="web")
     assert claim(sync_redis, 1) == [web]
+
+
+async def test_urgent_jobs_take_the_slots_kept_for_them_while_a_batch_fills_the_others(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator
+) -> None:
+    sim.configure(latency_ms=400)
+    batch = await producer.submit_many([{"prompt": f"row {i}", "fairness_key": "batch"} for i in range(6)])
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=2, urgent_slots=1))
+    try:
+        while sim.stats()["in_flight"] < 2:
+            await asyncio.sleep(0.01)
+        soon = await producer.submit("not urgent", priority=1)
+        urgent = await producer.submit("a user waits", priority=0)
+        results = {i: await producer.wait(i, timeout=10) for i in [urgent, *batch, soon]}
+    finally:
+        await stop_worker(worker, main)
+    assert all(r.ok for r in results.values())
+    started = {i: r.started_at or 0 for i, r in results.items()}
+    first_two_end = min(results[i].finished_at or 0 for i in batch[:2])
+    assert started[urgent] < first_two_end  # it did not wait for a batch job to end
+    assert started[soon] >= first_two_end  # priority 1 is not urgent: it waited for an ordinary slot
+    assert sim.stats()["peak_in_flight"] == 3
+
+
+def test_the_claim_script_keeps_ordinary_jobs_out_of_urgent_slots(
+    sync_producer: SyncProducer, sync_redis: redis.Redis
+) -> None:
+    sync_producer.submit_many([{"prompt": f"b{i}", "job_id": f"b{i}"} for i in range(3)])
+    sync_producer.submit("u", job_id="u", priority=0)
+    _, args = script("claim").bind(lease_ms=1000, want=3, want_ordinary=1, step=10, weights=[])
+    reply: Any = sync_redis.eval(script("claim").source, 0, *(str(a) for a in args))
+    more, urgent, ids = reply[3], reply[4], [j.decode() for j in reply[5:]]
+    assert (ids, urgent, more) == (["u", "b0"], 1, 1)
 
 
 def test_a_claim_costs_the_same_with_thousands_of_jobs_running(
