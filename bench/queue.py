@@ -141,7 +141,6 @@ def fleet_run(held: int, fresh: int) -> dict[str, float]:
                 slow,
                 PROMPTQ_MAX_JOBS=str(held),
                 PROMPTQ_REQUEST_TIMEOUT_S="7200",
-                PROMPTQ_LOG_LEVEL="warning",
             )
             holder = Worker(env).start()
             asyncio.run(_hold(server.url, held))
@@ -151,7 +150,7 @@ def fleet_run(held: int, fresh: int) -> dict[str, float]:
                     raise TimeoutError(f"only {slow.stats()['in_flight']} of {held} calls held")
                 time.sleep(0.5)
         try:
-            env = worker_env(server.url, instant, PROMPTQ_MAX_JOBS="50", PROMPTQ_LOG_LEVEL="warning")
+            env = worker_env(server.url, instant, PROMPTQ_MAX_JOBS="50")
             with Worker(env):
                 asyncio.run(_fresh(server.url, 500))  # warm-up: connections, scripts
                 client = redis.Redis.from_url(server.url)

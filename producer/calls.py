@@ -234,7 +234,6 @@ class Calls:
             doc_as_read=doc.decode() if isinstance(doc, bytes) else str(doc),
             cancelled_doc=cancelled.to_json(),
             job_id=job_id,
-            running="1" if current.status == "running" else "0",
         )
         return call, cancelled
 

@@ -30,7 +30,7 @@ SCRIPT_NAMES: Final = (
     "retry",
     "claim",
     "renew",
-    "start",
+    "requeue",
     "release",
     "finish",
     "unclaim",

@@ -224,7 +224,7 @@ class PromptqWorker(Worker):
             while (free := self._free_slots()) > 0:
                 ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
                 claimed = await self.state.queue.claim(free, ordinary)
-                score = _now_ms()
+                score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
                 for n, job_id in enumerate(claimed.job_ids):
                     running = self.tasks.get(job_id)
                     if running is not None and not running.done():
@@ -281,7 +281,7 @@ class PromptqWorker(Worker):
                 settled.discard(job_id)
             else:  # skipped (a result was stored), cancelled, or ended by arq itself
                 await queue.forget(job_id)
-        elif incr_score:  # a Retry: arq's score moves by the wait plus the time since the claim
+        elif incr_score:  # a Retry: arq moves the score by the wait plus the time since the claim (its clock)
             score = self._scores.get(job_id, _now_ms())
             await queue.defer(job_id, score + incr_score - _now_ms())
         else:  # interrupted (a shutdown past its grace), or a Retry without a wait

@@ -1,4 +1,4 @@
-"""The arq job: claim the result document, call the API once, write the outcome.
+"""The arq job: call the API once for a claimed job (the claim marked it running), write the outcome.
 
 Every outcome ends in the result document. The job function itself decides about retries (arq's
 ``max_tries`` is only a backstop) and bounds each attempt by ``PROMPTQ_JOB_TIMEOUT_S`` before arq's
@@ -66,6 +66,12 @@ def _now_s() -> float:
     return round(time.time(), 3)
 
 
+def _claimed_at(ctx: dict[str, Any]) -> float:
+    """When the claim took the job (arq's score, Redis time in ms; the claim wrote it as ``started_at``)."""
+    score = ctx.get("score")
+    return round(score / 1000, 3) if isinstance(score, int) and score > 0 else _now_s()
+
+
 def _enqueued_at(ctx: dict[str, Any]) -> float | None:
     enqueued: datetime | None = ctx.get("enqueue_time")
     return round(enqueued.timestamp(), 3) if enqueued and enqueued.timestamp() > 0 else None
@@ -94,12 +100,14 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         metadata=job.metadata,
         priority=job.priority,
         fairness_key=job.fairness_key,
-        started_at=_now_s(),
+        started_at=_claimed_at(ctx),
     )
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _finish(state, base, started_s=time.monotonic(), error=error)
     with state.leases.holding(job_id):
+        if state.leases.cancelled_before_start(job_id):  # its document says cancelled: no call
+            return _ended_elsewhere(state, base, "cancelled")
         try:
             await _attempt(state, job, base)
         except asyncio.CancelledError:
@@ -130,8 +138,7 @@ MAX_BUDGET_WAIT_S = 10.0
 
 
 async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
-    """Take the rate-limit budget, claim the result document, call the API once, then retry, fail
-    or finish."""
+    """Take the rate-limit budget, call the API once, then retry, fail or finish."""
     config = state.config
     assert base.model is not None
     estimate = estimate_tokens(job, config.completion_estimate_tokens) if state.limiter.enabled else 0
@@ -146,10 +153,6 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
     if waited_s:
         log.debug("job.budget_waited", waited_ms=round(waited_s * 1000))
         state.metrics.budget_wait.labels(base.model).inc(waited_s)
-    stored = await state.store.start(base)
-    if stored is not None:
-        log.info("job.skipped", reason="result already stored", status=stored.status)
-        return
 
     on_delta = None
     if job.stream:

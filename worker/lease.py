@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 
 from redis.exceptions import RedisError
@@ -19,6 +20,8 @@ from worker.queue import JobQueue
 __all__ = ["Leases"]
 
 log = get_logger("promptq.lease")
+EARLY_CANCEL_S = 60.0
+"""How long a cancel for a job not (yet) running here is remembered."""
 
 
 class Leases:
@@ -31,6 +34,8 @@ class Leases:
         self.renew_every_s = lease_s / 3
         self.held: dict[str, asyncio.Task[object] | None] = {}
         self._cancelled: set[str] = set()
+        self._cancelled_early: dict[str, float] = {}
+        """Jobs cancelled before their task got here (claimed a moment ago), with when: they do not start."""
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
@@ -44,13 +49,21 @@ class Leases:
             self._cancelled.discard(job_id)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel the task running ``job_id`` here, if any (its document already says cancelled)."""
+        """Cancel the task running ``job_id`` here, if any (its document already says cancelled). A job
+        not running yet is remembered for a while: claimed here a moment ago, it must not start."""
         task = self.held.get(job_id)
         if task is None or task.done():
+            now = time.monotonic()
+            self._cancelled_early = {j: t for j, t in self._cancelled_early.items() if now - t < EARLY_CANCEL_S}
+            self._cancelled_early[job_id] = now
             return False
         self._cancelled.add(job_id)
         task.cancel()
         return True
+
+    def cancelled_before_start(self, job_id: str) -> bool:
+        """True if a cancel for the job came before its task started here."""
+        return self._cancelled_early.pop(job_id, None) is not None
 
     def cancelled(self, job_id: str) -> bool:
         """True if the job's task was cancelled by :meth:`cancel` (not by a shutdown)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from producer.contract import ARQ_JOB_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX
+from producer.contract import ARQ_JOB_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX, dumps
 from producer.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import persist
@@ -25,6 +25,7 @@ __all__ = ["RETURN_STEP", "Claimed", "JobQueue"]
 
 log = get_logger("promptq.queue")
 
+DEFAULT_MODEL = "gpt-4o-mini"
 RETURN_STEP = 500
 """Jobs one claim brings back in line at most of each kind (leases run out, retries due, jobs of the
 legacy queue): bounds the time one claim holds Redis after a worker with many jobs died."""
@@ -37,6 +38,8 @@ class Claimed:
     """What one claim did: the jobs it took, in the order served, and what it brought back in line."""
 
     job_ids: list[str]
+    at_ms: int = 0
+    """When the claim was made (Redis time, Unix ms): the jobs' ``started_at``."""
     urgent: int = 0
     """How many of ``job_ids`` (the first ones) are at priority 0."""
     more: bool = False
@@ -47,14 +50,23 @@ class Claimed:
     """Deferred retries that were due."""
     migrated: int = 0
     """Jobs moved from the queue of promptq 0.1 (``promptq:queue``)."""
+    skipped: int = 0
+    """Jobs let go of instead of handed out: their result was stored already, or they were cancelled."""
 
 
 class JobQueue:
     """One worker's claims and leases, with its fairness weights."""
 
-    def __init__(self, redis: Redis, lease_s: float, weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        lease_s: float,
+        weights: Mapping[str, float] | None = None,
+        default_model: str = DEFAULT_MODEL,
+    ) -> None:
         self.redis = redis
         self.lease_ms = max(1, round(lease_s * 1000))
+        self.model_json = dumps(default_model)
         self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
         self._claim = redis.register_script(script("claim").source)
         self._renew = redis.register_script(script("renew").source)
@@ -69,14 +81,15 @@ class JobQueue:
             want=want,
             want_ordinary=want if want_ordinary is None else want_ordinary,
             step=RETURN_STEP,
+            model_json=self.model_json,
             weights=self.weights,
         )
         reply: list[bytes | int] = await self._claim(keys=keys, args=args)
-        recovered, promoted, migrated, more, urgent = (int(n) for n in reply[:5])
-        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[5:]]
-        if recovered or migrated:
-            log.info("queue.returned", recovered=recovered, promoted=promoted, migrated=migrated)
-        return Claimed(job_ids, urgent, bool(more), recovered, promoted, migrated)
+        at_ms, recovered, promoted, migrated, skipped, more, urgent = (int(n) for n in reply[:7])
+        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[7:]]
+        if recovered or migrated or skipped:
+            log.info("queue.returned", recovered=recovered, promoted=promoted, migrated=migrated, skipped=skipped)
+        return Claimed(job_ids, at_ms, urgent, bool(more), recovered, promoted, migrated, skipped)
 
     async def renew(self, job_ids: Iterable[str]) -> int:
         """Extend the leases of these running jobs to ``lease_ms`` from now; how many were still leased."""

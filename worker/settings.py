@@ -51,7 +51,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             "promptq: this arq Worker was not set up by promptq (its claim, leases and drain would be "
             "missing); start it with `arq worker.Settings`, or build it from worker.settings.settings_kwargs"
         )
-    queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights)
+    queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model)
     leases = Leases(queue, config.lease_s)
     leases.start()
     wake = WakeListener(ctx["redis"], on_cancel=leases.cancel)

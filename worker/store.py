@@ -1,7 +1,7 @@
 """The result document's transitions, each one atomic (a Lua script of ``producer/lua``, registered once).
 
-- ``start``: ``queued`` -> ``running``, unless the document is already terminal (then the job must
-  not call the API again: it returns the stored result instead).
+- ``running``: written by the claim itself (``producer/lua/claim.lua``), which lets go of a job
+  whose document is terminal already instead of handing it out.
 - ``requeue``: back to ``queued`` with the failed attempt's error, while a retry waits.
 - ``release``: back to ``queued`` when a shutdown interrupts the call, giving back arq's try.
 - ``finish``: the terminal document, written together with the removal of the job from the queue
@@ -36,22 +36,16 @@ class ResultStore:
     def __init__(self, redis: Redis, result_ttl_s: int) -> None:
         self.redis = redis
         self.result_ttl_ms = result_ttl_s * 1000
-        self._start = redis.register_script(script("start").source)
+        self._requeue = redis.register_script(script("requeue").source)
         self._release = redis.register_script(script("release").source)
         self._finish = redis.register_script(script("finish").source)
 
-    async def start(self, running: JobResult) -> JobResult | None:
-        """Mark the job running; return the stored result instead (and change nothing) if it is
-        already terminal."""
-        return await self._write_unless_terminal(running)
-
     async def requeue(self, queued: JobResult) -> JobResult | None:
-        """Mark the job queued again (a retry waits); a terminal document is left alone."""
-        return await self._write_unless_terminal(queued)
-
-    async def _write_unless_terminal(self, doc: JobResult) -> JobResult | None:
-        keys, args = script("start").bind(doc=result_key(doc.job_id), doc_json=doc.to_json(), ttl_ms=self.result_ttl_ms)
-        return _parse(await persist(lambda: self._start(keys=keys, args=args)))
+        """Mark the job queued again (a retry waits); a terminal document is left alone (and returned)."""
+        keys, args = script("requeue").bind(
+            doc=result_key(queued.job_id), doc_json=queued.to_json(), ttl_ms=self.result_ttl_ms
+        )
+        return _parse(await persist(lambda: self._requeue(keys=keys, args=args)))
 
     async def release(self, queued: JobResult) -> JobResult | None:
         """Mark the job queued again after an interrupted attempt and give back arq's try for it."""

@@ -1,7 +1,8 @@
 -- cancel: mark a job cancelled, if its document is still the one the caller read (else 0: read again).
--- A queued job leaves whichever structure holds it (it never calls the API); a running one is named
--- on the cancel channel, where the worker running it stops its request and lets go of it. Either
--- way the job's stream gets its done entry and waiters hear of it.
+-- A job a worker holds (leased) is named on the cancel channel, where that worker stops its request
+-- (or does not start it) and lets go of it; any other leaves whichever structure holds it (its ready
+-- set, the delayed set), so it never calls the API. Either way the job's stream gets its done entry
+-- and waiters hear of it.
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
 -- KEYS[3] tries: arq's try counter
@@ -9,12 +10,11 @@
 -- ARGV[1] doc_as_read
 -- ARGV[2] cancelled_doc
 -- ARGV[3] job_id
--- ARGV[4] running: '1' when the document said running
 -- Returns 1 when cancelled, 0 when the document had changed.
 --!include queue
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-if ARGV[4] == '1' then
+if redis.call('ZSCORE', LEASES, ARGV[3]) then
   redis.call('PUBLISH', CANCEL, ARGV[3])
 else
   redis.call('DEL', KEYS[2], KEYS[3])

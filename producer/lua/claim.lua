@@ -7,18 +7,48 @@
 -- number of jobs running.
 -- Jobs at priority 0 may take every slot the worker has free (`want`), jobs at other priorities only
 -- its ordinary ones (`want_ordinary`): a worker keeps a few slots for urgent work.
+-- Each job taken is marked running in its result document (status, attempts, started_at; a default
+-- model filled in), in this same step. A job whose document is terminal already (its result was
+-- stored by an earlier delivery, or it was cancelled) is let go of instead: it is not handed out.
 -- ARGV[1] lease_ms
 -- ARGV[2] want: jobs wanted at priority 0 (every free slot)
 -- ARGV[3] want_ordinary: jobs wanted at priorities 1 to 9 at most (free ordinary slots)
 -- ARGV[4] step: jobs brought back per kind at most in one call
--- ARGV[5..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
--- Returns {recovered, promoted, migrated, more, urgent, job id, job id, ...}: `more` is 1 when ready
--- jobs are left, `urgent` how many of the job ids (the first ones) are at priority 0.
+-- ARGV[5] model_json: the worker's default model, as JSON, for documents whose model is null
+-- ARGV[6..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
+-- Returns {now_ms, recovered, promoted, migrated, skipped, more, urgent, job id, job id, ...}:
+-- `more` is 1 when ready jobs are left, `urgent` how many of the job ids (the first ones) are at
+-- priority 0, `skipped` how many jobs were let go of for a terminal document.
+--!include status
 --!include queue
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local want_ordinary = math.min(want, tonumber(ARGV[3]))
+local started_at = string.format('%d.%03d', math.floor(now / 1000), now % 1000)
+
+-- Mark a claimed job running; false when its document is terminal (the job is let go of). The
+-- document is rewritten where its fields sit in promptq's own layout (job_id, status and attempts
+-- first; enqueued_at, started_at, finished_at and latency_ms last); one in another shape is left
+-- for the worker's finish to write.
+local function start(id)
+  local key = RESULT_PREFIX .. id
+  local raw = redis.call('GET', key)
+  if TERMINAL[status_of(raw)] then
+    redis.call('DEL', RECORD_PREFIX .. id, TRIES_PREFIX .. id)
+    unplace(id)
+    return false
+  end
+  if not raw then return true end
+  local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
+  if not head then return true end
+  local body, tail = string.match(middle, '^(.*,"started_at":)[^,]*(,"finished_at":[^,]*,"latency_ms":[^,]*})$')
+  if not body then return true end
+  local tries = tonumber(redis.call('GET', TRIES_PREFIX .. id) or '0')
+  if model == 'null' then model = ARGV[5] end
+  redis.call('SET', key, head .. '"running","attempts":' .. (tries + 1) .. ',"model":' .. model .. body .. started_at .. tail, 'KEEPTTL')
+  return true
+end
 
 local recovered, promoted, migrated = 0, 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
@@ -51,8 +81,8 @@ if redis.call('EXISTS', LEGACY_QUEUE) == 1 then
 end
 
 local weights = {}
-for i = 5, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local out, claimed, urgent = {recovered, promoted, migrated, 0, 0}, 0, 0
+for i = 6, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local out, claimed, urgent, skipped = {now, recovered, promoted, migrated, 0, 0, 0}, 0, 0, 0
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
   if not level then break end
@@ -74,19 +104,25 @@ while claimed < want do
     local ready = READY_PREFIX .. level .. ':' .. fkey
     local popped = redis.call('ZPOPMIN', ready, take)
     local got = #popped / 2
-    for i = 1, #popped, 2 do
-      redis.call('ZADD', LEASES, deadline, popped[i])
-      out[#out + 1] = popped[i]
-    end
-    claimed = claimed + got
-    if level == '0' then urgent = urgent + got end
     if got < take or redis.call('EXISTS', ready) == 0 then
       deactivate(level, fkey)
     else
       redis.call('ZADD', active, turn + got / weight, fkey)
     end
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      redis.call('ZADD', LEASES, deadline, id)
+      if start(id) then
+        out[#out + 1] = id
+        claimed = claimed + 1
+        if level == '0' then urgent = urgent + 1 end
+      else
+        skipped = skipped + 1
+      end
+    end
   end
 end
-out[4] = redis.call('EXISTS', LEVELS)
-out[5] = urgent
+out[5] = skipped
+out[6] = redis.call('EXISTS', LEVELS)
+out[7] = urgent
 return out

@@ -38,9 +38,15 @@ from worker.redis_conn import WORKER_CONNECTIONS
 def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = None, lease_ms: int = 60_000) -> list[str]:
     """One claim, as a worker makes it (``worker.queue.JobQueue.claim``), from a plain client."""
     pairs = [str(v) for k, w in (weights or {}).items() for v in (k, w)]
-    _, args = script("claim").bind(lease_ms=lease_ms, want=want, want_ordinary=want, step=500, weights=pairs)
+    return claim_reply(client, want, want, pairs, lease_ms)[7:]
+
+
+def claim_reply(client: redis.Redis, want: int, ordinary: int, weights: list[str], lease_ms: int = 60_000) -> list[Any]:
+    _, args = script("claim").bind(
+        lease_ms=lease_ms, want=want, want_ordinary=ordinary, step=500, model_json='"the-default"', weights=weights
+    )
     reply: Any = client.eval(script("claim").source, 0, *(str(a) for a in args))
-    return [job_id.decode() for job_id in reply[5:]]
+    return [int(n) for n in reply[:7]] + [job_id.decode() for job_id in reply[7:]]
 
 
 def test_priorities_are_strict_and_each_key_keeps_its_order(
@@ -125,10 +131,29 @@ def test_the_claim_script_keeps_ordinary_jobs_out_of_urgent_slots(
 ) -> None:
     sync_producer.submit_many([{"prompt": f"b{i}", "job_id": f"b{i}"} for i in range(3)])
     sync_producer.submit("u", job_id="u", priority=0)
-    _, args = script("claim").bind(lease_ms=1000, want=3, want_ordinary=1, step=10, weights=[])
-    reply: Any = sync_redis.eval(script("claim").source, 0, *(str(a) for a in args))
-    more, urgent, ids = reply[3], reply[4], [j.decode() for j in reply[5:]]
+    reply = claim_reply(sync_redis, 3, 1, [])
+    more, urgent, ids = reply[5], reply[6], reply[7:]
     assert (ids, urgent, more) == (["u", "b0"], 1, 1)
+
+
+def test_a_claim_marks_its_jobs_running_and_lets_go_of_those_already_ended(
+    sync_producer: SyncProducer, sync_redis: redis.Redis
+) -> None:
+    sync_producer.submit("hi", job_id="plain", metadata={"started_at": 1, "x": {"attempts": 2}})
+    sync_producer.submit("hi", job_id="named", model="m-1")
+    sync_producer.submit("hi", job_id="done")
+    sync_redis.set("arq:retry:named", 2)  # two earlier attempts
+    sync_redis.set(result_key("done"), sync_redis.get(result_key("done")).replace(b'"queued"', b'"succeeded"'))  # type: ignore[union-attr]
+    reply = claim_reply(sync_redis, 10, 10, [])
+    at_ms, skipped, ids = reply[0], reply[4], reply[7:]
+    assert ids == ["plain", "named"] and skipped == 1
+    plain = sync_producer.get("plain")
+    assert plain is not None and (plain.status, plain.attempts, plain.model) == ("running", 1, "the-default")
+    assert plain.started_at == round(at_ms / 1000, 3) and plain.metadata == {"started_at": 1, "x": {"attempts": 2}}
+    named = sync_producer.get("named")
+    assert named is not None and (named.status, named.attempts, named.model) == ("running", 3, "m-1")
+    assert not sync_redis.exists("arq:job:done") and sync_redis.hget(ROUTES_KEY, "done") is None
+    assert sync_redis.zscore(LEASE_SET, "done") is None
 
 
 def test_a_claim_costs_the_same_with_thousands_of_jobs_running(

@@ -45,4 +45,5 @@ def test_a_call_binds_exactly_the_names_of_the_header() -> None:
         submit.bind(**names, extra=1)
     claim = script("claim")
     assert claim.rest == "weights"
-    assert claim.bind(lease_ms=1, want=2, want_ordinary=1, step=3, weights=["a", "2"]) == ([], [1, 2, 1, 3, "a", "2"])
+    bound = claim.bind(lease_ms=1, want=2, want_ordinary=1, step=3, model_json='"m"', weights=["a", "2"])
+    assert bound == ([], [1, 2, 1, 3, '"m"', "a", "2"])

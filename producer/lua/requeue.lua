@@ -1,5 +1,5 @@
--- start: write a job's document (running, or queued again while a retry waits), unless the stored
--- one is terminal: that one is returned and nothing is written (the job must not call the API again).
+-- requeue: write a job's document queued again (a retry waits), unless the stored one is terminal:
+-- that one is returned and nothing is written.
 -- KEYS[1] doc: the result document
 -- ARGV[1] doc_json: the new document
 -- ARGV[2] ttl_ms: its time to live, if the document has none yet (else the current one is kept)
