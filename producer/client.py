@@ -187,7 +187,7 @@ class Producer:
         waiter = _Waiter(job_id, timeout)
         with redis_errors(self.config):
             async with self._watcher.watching(job_id) as done:  # subscribed before the first read
-                result = await self.get(job_id)
+                result = _parse(done.first) if done.read else await self.get(job_id)
                 while (delay_s := waiter.sleep_s(result)) is not None:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay_s):

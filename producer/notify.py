@@ -3,7 +3,8 @@ job ends, so a waiter has it without reading the key again.
 
 A waiter subscribes to the job's channel first and reads the result document second, so a result
 written before the subscription is seen by the read, and one written after it by the message.
-One pub/sub connection per ``Producer`` carries every channel its waits watch. When that connection
+One pub/sub connection per ``Producer`` carries every channel its waits watch; waits started
+together subscribe in one SUBSCRIBE and have their documents read in one MGET right after it. When that connection
 fails, every waiter re-reads its document once the subscriptions are back (a message may have been
 lost meanwhile); beyond that, a waiter re-reads every ``FALLBACK_POLL_S`` only as a safety net.
 """
@@ -18,25 +19,36 @@ from typing import Any
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from producer.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel
+from producer.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel, result_key
 
 __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 
 FALLBACK_POLL_S = 15.0
 """How often a waiter re-reads the document even without a message (a safety net only)."""
 RECONNECT_S = 0.5
+READ_CHUNK = 1_000
+"""Documents read in one MGET after a subscription, at most."""
 UNSUBSCRIBE_DELAY_S = 0.05
 """How long a finished wait's channel stays subscribed (its job publishes nothing more), so that the
 unsubscriptions of many waits go out as one command."""
 
 
+_UNREAD: Any = object()
+
+
 class Signal:
     """One waiter's side of a subscription: ``event`` is set on each message; ``final`` is the
-    document the worker published with it, when it was one."""
+    document the worker published with it, when it was one; ``first`` the document as read just
+    after the subscription (when the subscribing call read it)."""
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.final: JobResult | None = None
+        self.first: bytes | None = _UNREAD
+
+    @property
+    def read(self) -> bool:
+        return self.first is not _UNREAD
 
     def raise_(self, final: JobResult | None) -> None:
         self.final = final
@@ -122,8 +134,23 @@ class DoneWatcher:
                 except BaseException:
                     self._to_subscribe.update(job_id for job_id in wanted if job_id in self._events)
                     raise
+                await self._read_first(wanted)
             if self._events and (self._reader is None or self._reader.done()):
                 self._reader = asyncio.create_task(self._read(), name="promptq-done-watcher")
+
+    async def _read_first(self, job_ids: list[str]) -> None:
+        """Read the documents of the waits just subscribed (one MGET a thousand); a failure leaves
+        each wait to read its own."""
+        for start in range(0, len(job_ids), READ_CHUNK):
+            chunk = job_ids[start : start + READ_CHUNK]
+            try:
+                docs = await self.client.mget([result_key(job_id) for job_id in chunk])
+            except (RedisError, OSError):
+                return
+            for job_id, doc in zip(chunk, docs, strict=True):
+                for signal in self._events.get(job_id, ()):
+                    if not signal.read:
+                        signal.first = doc
 
     @staticmethod
     def _take(job_ids: set[str]) -> list[str]:

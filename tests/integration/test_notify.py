@@ -137,8 +137,9 @@ async def test_waits_started_together_subscribe_and_unsubscribe_in_a_few_command
     ids = await producer.submit_many([f"q{i}" for i in range(200)])
     sync_redis.config_resetstat()
     waits = [asyncio.create_task(producer.wait(i, timeout=5)) for i in ids]
-    await asyncio.sleep(0.2)  # every waiter is subscribed
+    await asyncio.sleep(0.2)  # every waiter is subscribed and has read its document once
     assert _calls(sync_redis, "subscribe") <= 3  # not one per wait
+    assert _calls(sync_redis, "mget") <= 3 and _calls(sync_redis, "get") == 0  # the first reads together
     channels: Any = sync_redis.pubsub_channels("promptq:done:*")
     assert len(channels) == 200
     for i in ids:
