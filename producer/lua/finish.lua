@@ -17,10 +17,11 @@
 -- Returns the cancelled document that was kept, or false.
 --!include status
 --!include queue
-local current = redis.call('GET', KEYS[1])
+local current = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'GET')
 local cancelled = status_of(current) == 'cancelled'
-if not cancelled then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if cancelled then
+  redis.call('SET', KEYS[1], current, 'PX', ARGV[3])  -- the cancel stands
+else
   if ARGV[4] == 'failed' then
     local record = redis.call('GET', KEYS[2])
     if record then redis.call('SET', KEYS[4], record, 'PX', ARGV[3]) end

@@ -52,10 +52,13 @@ local function requeue(id)
   return true
 end
 
--- Out of every structure that holds it, route included.
+-- Out of every structure that holds it, route included. A job is in one at most, so a job found
+-- leased (the common case: it ends) or deferred is nowhere else.
 local function unplace(id)
-  redis.call('ZREM', LEASES, id)
-  redis.call('ZREM', DELAYED, id)
+  if redis.call('ZREM', LEASES, id) == 1 or redis.call('ZREM', DELAYED, id) == 1 then
+    redis.call('HDEL', ROUTES, id)
+    return
+  end
   local priority, _, fkey = route_of(id)
   if priority then
     local ready = READY_PREFIX .. priority .. ':' .. fkey
