@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 from producer.contract import JOB_FUNCTION
 from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat
+from worker.lease import Leases
 from worker.queue import JobQueue
 from worker.redis_conn import worker_pool
 
@@ -65,6 +66,10 @@ __all__ = [
 log = get_logger("promptq.worker")
 
 SUPPORTED_ARQ: Final = "0.28."
+START_BACKLOG: Final = 200
+"""Jobs one worker claims ahead of starting them, at most: a worker with thousands of free slots
+claims a few hundred, then more as those begin their calls, so its loop is never so busy starting
+jobs that a lease runs out before its renewal (10,000 claimed at once took 18 s to start here)."""
 CTX_CONFIG: Final = "promptq.config"
 """The key of the worker's ``WorkerConfig`` in arq's ``ctx``: marks a worker as promptq's."""
 CTX_STATE: Final = "promptq"
@@ -159,6 +164,8 @@ class _State(Protocol):
     @property
     def queue(self) -> JobQueue: ...
     @property
+    def leases(self) -> Leases: ...
+    @property
     def wake_event(self) -> asyncio.Event: ...
     @property
     def settled(self) -> set[str]: ...
@@ -222,6 +229,11 @@ class PromptqWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs:
             while (free := self._free_slots()) > 0:
+                if (room := START_BACKLOG - self._starting()) < free:  # thousands of free slots: a few hundred at a time
+                    self.state.leases.on_start = self._backlog_moves
+                    if room <= 0:
+                        break
+                    free = room
                 ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
                 claimed = await self.state.queue.claim(free, ordinary)
                 score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
@@ -240,6 +252,17 @@ class PromptqWorker(Worker):
                 task.result()  # as arq does: an error in run_job surfaces here
         await self.heart_beat()
 
+    def _starting(self) -> int:
+        """Jobs claimed here whose call has not begun yet."""
+        leases = self.state.leases
+        return len(leases.claimed) - len(leases.held)
+
+    def _backlog_moves(self) -> None:
+        """A claimed job began its call; when the jobs still starting are few again, claim more."""
+        if self._starting() <= START_BACKLOG // 2 and self._state is not None:
+            self._state.leases.on_start = None
+            self._state.wake_event.set()
+
     def _free_slots(self) -> int:
         free = self.max_jobs - self.job_counter
         if self.burst and self.max_burst_jobs >= 0:
@@ -250,6 +273,7 @@ class PromptqWorker(Worker):
         """Run a claimed job as arq's own ``start_jobs`` would (its slot taken already)."""
         self.job_counter += 1
         self._scores[job_id] = score
+        self.state.leases.claimed.add(job_id)  # renewed from now on
         if not urgent:
             self._ordinary.add(job_id)
         task = self.loop.create_task(self.run_job(job_id, score))
@@ -259,6 +283,8 @@ class PromptqWorker(Worker):
     def _slot_freed(self, job_id: str, _: object) -> None:
         self._scores.pop(job_id, None)
         self._ordinary.discard(job_id)
+        if self._state is not None:
+            self._state.leases.claimed.discard(job_id)
         self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
         if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll

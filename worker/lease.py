@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from redis.exceptions import RedisError
 
@@ -25,14 +25,20 @@ EARLY_CANCEL_S = 60.0
 
 
 class Leases:
-    """The running jobs of one worker process, and the task that renews their leases.
+    """The jobs one worker process has claimed, and the task that renews their leases.
 
     Also where a cancel message finds the task running a job (``cancel``)."""
 
     def __init__(self, queue: JobQueue, lease_s: float) -> None:
         self.queue = queue
         self.renew_every_s = lease_s / 3
+        self.claimed: set[str] = set()
+        """Every job claimed here and not yet let go of: renewed from the claim on (a worker that
+        claims thousands at once takes a while to start them all)."""
         self.held: dict[str, asyncio.Task[object] | None] = {}
+        """The jobs whose call is under way here, with the task running each."""
+        self.on_start: Callable[[], object] | None = None
+        """Called when a job's call begins (the worker waits for its claimed jobs to start)."""
         self._cancelled: set[str] = set()
         self._cancelled_early: dict[str, float] = {}
         """Jobs cancelled before their task got here (claimed a moment ago), with when: they do not start."""
@@ -42,6 +48,8 @@ class Leases:
     def holding(self, job_id: str) -> Iterator[None]:
         """Renew the job's lease while the block runs (the claim set the first one)."""
         self.held[job_id] = asyncio.current_task()
+        if self.on_start is not None:
+            self.on_start()
         try:
             yield
         finally:
@@ -80,9 +88,9 @@ class Leases:
             self._task = None
 
     async def renew(self) -> None:
-        """One round: every held job's lease runs out ``PROMPTQ_LEASE_S`` from now."""
-        if self.held:
-            await self.queue.renew(self.held)
+        """One round: every claimed job's lease runs out ``PROMPTQ_LEASE_S`` from now."""
+        if self.claimed:
+            await self.queue.renew(list(self.claimed))
 
     async def _renew_forever(self) -> None:
         while True:
@@ -90,4 +98,4 @@ class Leases:
             try:
                 await self.renew()
             except (RedisError, OSError) as e:  # Redis away for a moment: the next round tries again
-                log.warning("lease.renew_failed", error=str(e), jobs=len(self.held))
+                log.warning("lease.renew_failed", error=str(e), jobs=len(self.claimed))

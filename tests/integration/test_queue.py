@@ -30,6 +30,7 @@ from producer.contract import (
 )
 from producer.scripts import script
 from tests.conftest import run_burst, start_worker, stop_worker
+from worker import arq_seam
 from worker.config import WorkerConfig
 from worker.queue import JobQueue
 from worker.redis_conn import WORKER_CONNECTIONS
@@ -331,3 +332,26 @@ async def test_a_worker_keeps_few_connections_to_redis_however_many_slots_it_has
     worker = await burst
     assert worker.jobs_complete == 1000 and sim.stats()["peak_in_flight"] > WORKER_CONNECTIONS
     assert most <= WORKER_CONNECTIONS + 4  # the worker's pool, this test's clients and the producer's
+
+
+async def test_a_worker_with_many_free_slots_claims_a_few_at_a_time_and_renews_them_from_the_claim(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(arq_seam, "START_BACKLOG", 6)
+    sim.configure(latency_ms=300)
+    ids = await producer.submit_many([f"p{i}" for i in range(60)])
+    # polls 60 s apart: the later claims can only come from jobs beginning their calls
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=60, poll_delay_s=60))
+    starting: list[int] = []
+    try:
+        while not all(r is not None and r.done for r in [await producer.get(i) for i in ids[-3:]]):
+            if worker._state is not None:
+                leases = worker.state.leases
+                starting.append(len(leases.claimed) - len(leases.held))
+                assert set(leases.held) <= leases.claimed  # every running job is renewed
+            await asyncio.sleep(0.002)
+        results = [await producer.wait(i, timeout=10) for i in ids]
+    finally:
+        await stop_worker(worker, main)
+    assert all(r.ok for r in results) and max(starting) <= 6
+    assert sim.stats()["peak_in_flight"] > 6  # the slots filled all the same
