@@ -1,12 +1,14 @@
 -- renew: extend the leases of a worker's running jobs to now + lease_ms (Redis time). A job no longer
 -- leased (it ended, or its lease ran out and it went back in line) is left as it is.
 -- ARGV[1] lease_ms
--- ARGV[2..] job_ids
+-- ARGV[2..] job_ids: a thousand at most (one ZADD takes them all)
 -- Returns how many leases were extended.
 local t = redis.call('TIME')
 local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local renewed = 0
+local args = {'XX', 'CH'}
 for i = 2, #ARGV do
-  if redis.call('ZADD', LEASES, 'XX', 'CH', deadline, ARGV[i]) == 1 then renewed = renewed + 1 end
+  args[#args + 1] = deadline
+  args[#args + 1] = ARGV[i]
 end
-return renewed
+if #args == 2 then return 0 end
+return redis.call('ZADD', LEASES, unpack(args))
