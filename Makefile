@@ -42,7 +42,8 @@ pytest: $(STAMP) redis browser
 faults: $(STAMP) redis
 	PROMPTQ_FAULTS_REPORT=docs/faults.md $(PY) -m pytest tests/faults -q
 
-# The speed benchmarks against the plain-asyncio baseline; writes bench/results.md (about 11 minutes).
+# The speed benchmarks against the plain-asyncio baseline, and the queue's (fairness, fleet size);
+# writes bench/results.md (about 20 minutes).
 bench: $(STAMP) redis
 	$(PY) -m bench.run --out bench/results.md
 

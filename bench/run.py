@@ -26,6 +26,7 @@ import redis
 
 from devtools.stack import ROOT, RedisServer, Simulator, Worker
 from producer import Producer
+from producer.contract import DELAYED_SET, LEASE_SET, LEVELS_KEY
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -132,7 +133,7 @@ def batch_submit(rows: list[Row], runs: int, n: int) -> None:
             per_job.append((int(_info(client, "memory")["used_memory"]) - before) / n)
             with Simulator() as sim, Worker(worker_env(server.url, sim, PROMPTQ_MAX_JOBS="200")):
                 deadline = time.monotonic() + 120
-                while client.zcard("promptq:queue") and time.monotonic() < deadline:
+                while client.exists(LEVELS_KEY, LEASE_SET, DELAYED_SET) and time.monotonic() < deadline:
                     time.sleep(0.2)
                 time.sleep(1)
             per_result.append((int(_info(client, "memory")["used_memory"]) - before) / n)
@@ -271,7 +272,9 @@ def write(rows: list[Row], out: Path, seconds: float) -> None:
         "Medians of several runs (round trips: p50 and p99 of 200 probes a run, after 5 warm-up probes);",
         "the baseline is `bench/baseline.py` (asyncio.gather over AsyncOpenAI with a",
         "semaphore, no queue) against the same simulator in the same session. CPU counts the worker processes",
-        "and the producer (or the baseline process), not the simulator or Redis.",
+        "and the producer (or the baseline process), not the simulator or Redis. The fairness and fleet rows",
+        "are `bench/queue.py` (see its docstring): FIFO is the same workload with every job at the default",
+        "priority and fairness key; Redis CPU is `INFO cpu` (user + system) over the fresh jobs' run.",
     ]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -292,6 +295,10 @@ def main() -> None:
     throughput(rows, runs, 600 if args.quick else 3_000, 100, 100, "100 slots, 100 ms calls")
     worker_rss(rows)
     scale_out(rows, 600 if args.quick else 3_000, 500, 100)
+    from bench import queue  # (it imports this module)
+
+    queue.fairness(rows, runs, 0.3 if args.quick else 1.0)
+    queue.fleet(rows, runs, 3_000 if args.quick else 10_000, (0, 1_000) if args.quick else (0, 3_000, 10_000))
     write(rows, args.out, time.monotonic() - started)
 
 
