@@ -39,9 +39,9 @@ from arq.worker import Retry, Worker, func
 from redis.exceptions import RedisError
 
 from producer.contract import JOB_FUNCTION
+from worker.lease import Leases
 from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat
-from worker.lease import Leases
 from worker.queue import JobQueue
 from worker.redis_conn import worker_pool
 
@@ -229,7 +229,7 @@ class PromptqWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs:
             while (free := self._free_slots()) > 0:
-                if (room := START_BACKLOG - self._starting()) < free:  # thousands of free slots: a few hundred at a time
+                if (room := START_BACKLOG - self._starting()) < free:  # a few hundred at a time
                     self.state.leases.on_start = self._backlog_moves
                     if room <= 0:
                         break

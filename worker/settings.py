@@ -32,7 +32,7 @@ from worker.redis_conn import check_access, redis_settings
 from worker.store import ResultStore
 from worker.wake import WakeListener
 
-__all__ = ["make_settings", "settings_kwargs"]
+__all__ = ["make_settings", "on_startup", "settings_kwargs"]
 
 log = get_logger("promptq.worker")
 

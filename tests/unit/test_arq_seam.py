@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 
 import arq
+import pytest
 from arq.worker import Worker
 
 from worker import arq_seam
-from worker.arq_seam import ATTRIBUTES, MEMBERS, PromptqWorker, parameters
+from worker.arq_seam import ATTRIBUTES, CTX_CONFIG, MEMBERS, PromptqWorker, parameters
 from worker.config import WorkerConfig
 from worker.logs import ARQ_JOB_LINES
-from worker.settings import settings_kwargs
+from worker.settings import on_startup, settings_kwargs
 
 
 def test_arq_is_the_version_promptq_was_written_against() -> None:
@@ -51,3 +52,9 @@ async def test_a_worker_built_from_promptqs_settings_is_promptqs_and_has_every_a
 def test_arqs_per_job_log_lines_are_the_ones_promptq_filters() -> None:
     source = inspect.getsource(Worker.run_job)
     assert all(repr(line)[1:-1] in source or line in source for line in ARQ_JOB_LINES)
+
+
+async def test_promptqs_start_up_refuses_to_run_in_a_worker_it_did_not_set_up() -> None:
+    config = WorkerConfig(openai_api_key="k")
+    with pytest.raises(RuntimeError, match="not set up by promptq"):
+        await on_startup({CTX_CONFIG: config, "redis": None})  # what a plain arq Worker would pass
