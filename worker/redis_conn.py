@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import redis
 from arq.connections import RedisSettings
-from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import (
@@ -127,12 +127,36 @@ def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
     )
 
 
+class BoundedPool(ConnectionPool):
+    """redis-py's pool, with a task waiting for a connection while ``max_connections`` are in use
+    (a semaphore: redis-py's ``BlockingConnectionPool`` takes a lock and a timeout on every get and
+    release, which cost about 15 % of a worker's jobs/s at 100 slots and 100 ms calls)."""
+
+    def __init__(self, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self._free = asyncio.Semaphore(max_connections)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        await self._free.acquire()
+        try:
+            connection: AbstractConnection = await super().get_connection(*args, **kwargs)
+        except BaseException:
+            self._free.release()
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            self._free.release()
+
+
 def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: float = REDIS_OUTAGE_S) -> Any:
     """The worker's connection pool: at most ``max_connections``, riding out outages like :class:`OutageRetry`."""
-    return BlockingConnectionPool.from_url(
+    return BoundedPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=None,
         retry=OutageRetry(outage_s),
         retry_on_error=[ConnectionError, TimeoutError],
         retry_on_timeout=True,

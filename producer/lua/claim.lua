@@ -82,10 +82,13 @@ end
 
 local weights = {}
 for i = 6, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local out, claimed, urgent, skipped = {now, recovered, promoted, migrated, 0, 0, 0}, 0, 0, 0
+local out, claimed, urgent, skipped, empty = {now, recovered, promoted, migrated, 0, 0, 0}, 0, 0, 0, false
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
-  if not level then break end
+  if not level then
+    empty = true
+    break
+  end
   if level ~= '0' then
     want = math.min(want, urgent + want_ordinary)
     if claimed >= want then break end
@@ -123,6 +126,6 @@ while claimed < want do
   end
 end
 out[5] = skipped
-out[6] = redis.call('EXISTS', LEVELS)
+out[6] = empty and 0 or redis.call('EXISTS', LEVELS)
 out[7] = urgent
 return out
