@@ -16,9 +16,7 @@ from typing import Any
 from producer.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
-    DEFAULT_FAIRNESS_KEY,
     DEFAULT_MAX_PAYLOAD_BYTES,
-    DEFAULT_PRIORITY,
     DEFAULT_REDIS_URL,
     DEFAULT_RESULT_TTL_S,
     FAILED_JOB_KEY_PREFIX,
@@ -49,18 +47,6 @@ MIN_QUEUED_TTL_S = 86_400
 """A queued job and its document live at least this long, however short the result TTL."""
 
 Call = tuple[list[str], list[Value]]
-
-
-def _queued(
-    job_id: str,
-    model: str | None,
-    metadata: Any,
-    now_s: float,
-    priority: int = DEFAULT_PRIORITY,
-    fairness_key: str = DEFAULT_FAIRNESS_KEY,
-) -> str:
-    """The document a job has while it waits in the queue (JSON)."""
-    return queued_doc(job_id, model, metadata, round(now_s, 3), priority, fairness_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +176,7 @@ class Calls:
         Re-sending a chunk is safe: the script writes nothing for an id it already knows.
         """
         now_s = time.time()
-        now_ms = int(now_s * 1000)
+        now_ms, enqueued_at = int(now_s * 1000), round(now_s, 3)
         bind = script("submit_many").bind
         for start in range(0, len(jobs), SUBMIT_CHUNK):
             fields: list[str] = []
@@ -199,7 +185,7 @@ class Calls:
                 fields += (
                     job.job_id,
                     encode_job(job.payload_json, now_ms),
-                    _queued(job.job_id, job.model, job.metadata, now_s, job.priority, job.fairness_key),
+                    queued_doc(job.job_id, job.model, job.metadata, enqueued_at, job.priority, job.fairness_key),
                     str(job.priority),
                     job.fairness_key,
                 )
@@ -212,7 +198,7 @@ class Calls:
             record=ARQ_JOB_KEY_PREFIX + job.job_id,
             job_id=job.job_id,
             record_json=encode_job(job.payload_json, int(now_s * 1000)),
-            doc_json=_queued(job.job_id, job.model, job.metadata, now_s, job.priority, job.fairness_key),
+            doc_json=queued_doc(job.job_id, job.model, job.metadata, round(now_s, 3), job.priority, job.fairness_key),
             ttl_ms=self.queued_ttl_ms,
             priority=str(job.priority),
             fairness_key=job.fairness_key,
@@ -260,7 +246,9 @@ class Calls:
             tries=ARQ_RETRY_KEY_PREFIX + job_id,
             job_id=job_id,
             record_json=dumps(fresh),
-            doc_json=_queued(job_id, failed.model, failed.metadata, now_s, failed.priority, failed.fairness_key),
+            doc_json=queued_doc(
+                job_id, failed.model, failed.metadata, round(now_s, 3), failed.priority, failed.fairness_key
+            ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(failed.priority),
             fairness_key=failed.fairness_key,

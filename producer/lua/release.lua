@@ -6,13 +6,8 @@
 -- ARGV[2] ttl_ms
 -- Returns the stored terminal document, or false.
 --!include status
-local current = redis.call('GET', KEYS[1])
-if TERMINAL[status_of(current)] then return current end
-if current then
-  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
+local stored = write_unless_terminal(KEYS[1], ARGV[1], ARGV[2])
+if stored then return stored end
 local tries = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tries > 0 then redis.call('DECR', KEYS[2]) end
 return false

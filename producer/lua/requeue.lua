@@ -5,11 +5,4 @@
 -- ARGV[2] ttl_ms: its time to live, if the document has none yet (else the current one is kept)
 -- Returns the stored terminal document, or false.
 --!include status
-local current = redis.call('GET', KEYS[1])
-if TERMINAL[status_of(current)] then return current end
-if current then
-  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-return false
+return write_unless_terminal(KEYS[1], ARGV[1], ARGV[2])

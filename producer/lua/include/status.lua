@@ -11,3 +11,17 @@ local function status_of(raw)
 end
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
+
+-- write_unless_terminal(key, doc, ttl_ms): the stored document if it is terminal (nothing written);
+-- else the new document is written (keeping the current time to live, or ttl_ms if there is none)
+-- and false is returned.
+local function write_unless_terminal(key, doc, ttl_ms)
+  local current = redis.call('GET', key)
+  if TERMINAL[status_of(current)] then return current end
+  if current then
+    redis.call('SET', key, doc, 'KEEPTTL')
+  else
+    redis.call('SET', key, doc, 'PX', ttl_ms)
+  end
+  return false
+end
