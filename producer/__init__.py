@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from producer.client import (
     Cancellation,
+    EvictionPolicyError,
     JobNotFoundError,
     Producer,
     ProducerConfig,
     QueueDepths,
+    QueueFullError,
     QueueUnavailableError,
     RetryRefusedError,
     StreamEvent,
@@ -25,6 +27,7 @@ from producer.validation import InvalidJobError
 __all__ = [
     "Cancellation",
     "ConfigError",
+    "EvictionPolicyError",
     "InvalidJobError",
     "JobError",
     "JobNotFoundError",
@@ -32,6 +35,7 @@ __all__ = [
     "Producer",
     "ProducerConfig",
     "QueueDepths",
+    "QueueFullError",
     "QueueUnavailableError",
     "RetryRefusedError",
     "StreamEvent",

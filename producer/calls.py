@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,7 +28,9 @@ from producer.contract import (
     result_key,
     stream_key,
 )
-from producer.env import env_int, env_redis_url
+from producer.env import env_flag, env_int, env_redis_url, redact_url
+from producer.errors import EvictionPolicyError, QueueUnavailableError
+from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
 from producer.scripts import Value, script
 from producer.validation import InvalidJobError, PromptJob
 
@@ -40,6 +43,8 @@ __all__ = [
     "QueueDepths",
     "RetryRefusedError",
 ]
+
+log = logging.getLogger("promptq.producer")
 
 SUBMIT_CHUNK = 1_000
 """Jobs sent in one pipelined round trip by ``submit_many``."""
@@ -134,16 +139,22 @@ class ProducerConfig:
     redis_url: str = DEFAULT_REDIS_URL
     result_ttl_s: int = DEFAULT_RESULT_TTL_S
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    allow_eviction: bool = False
+    """Write to a Redis whose ``maxmemory-policy`` may evict keys (``PROMPTQ_ALLOW_EVICTION``), with a warning."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
-        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S`` and ``PROMPTQ_MAX_PAYLOAD_BYTES``."""
+        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``."""
         env = os.environ if env is None else env
         return cls(
             redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
             result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
             max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
+            allow_eviction=env_flag(env, ALLOW_EVICTION_ENV),
         )
+
+    def with_url(self, redis_url: str) -> ProducerConfig:
+        return dataclasses.replace(self, redis_url=redis_url)
 
 
 class Calls:
@@ -152,6 +163,20 @@ class Calls:
     def __init__(self, config: ProducerConfig) -> None:
         self.config = config
         self.queued_ttl_ms = max(config.result_ttl_s, MIN_QUEUED_TTL_S) * 1000
+        self.checked = False
+        """The Redis was found safe to write to (``check``), once."""
+
+    def check(self, facts: RedisFacts) -> None:
+        """Before the first write: refuse a Redis that evicts keys (:class:`EvictionPolicyError`)
+        unless ``allow_eviction``, then only warn; refuse a Redis older than 7.0."""
+        where = redact_url(self.config.redis_url)
+        if problem := version_problem(facts, where):
+            raise QueueUnavailableError(problem)
+        if problem := eviction_problem(facts, where):
+            if not self.config.allow_eviction:
+                raise EvictionPolicyError(problem)
+            log.warning("promptq: %s (allowed by %s)", problem, ALLOW_EVICTION_ENV)
+        self.checked = True
 
     def build(self, prompt: str | None = None, **kwargs: Any) -> PromptJob:
         return PromptJob.build(prompt, max_payload_bytes=self.config.max_payload_bytes, **kwargs)

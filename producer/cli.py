@@ -26,9 +26,9 @@ import redis
 
 from producer.batch import Batch, Progress, load_manifest, output_line, parse_jsonl, read_results, valid_batch_name
 from producer.calls import Calls, ProducerConfig, QueueDepths
-from producer.client import QueueUnavailableError, redis_errors
 from producer.contract import batch_key, result_key
 from producer.env import ConfigError
+from producer.errors import QueueUnavailableError, redis_errors
 from producer.prices import prices_from_env
 from producer.sync_client import SyncProducer
 from producer.validation import InvalidJobError, check_fairness_key, check_priority
@@ -45,7 +45,7 @@ class Cli:
         self.args, self.out, self.err = args, out, err
         config = ProducerConfig.from_env()
         if args.redis_url:
-            config = ProducerConfig(args.redis_url, config.result_ttl_s, config.max_payload_bytes)
+            config = config.with_url(args.redis_url)
         self.producer = SyncProducer(config=config)
         self.redis: redis.Redis = self.producer.redis
         self.prices = prices_from_env(os.environ)
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     args = parser().parse_args(argv)
     try:
         cli = Cli(args, out, err)
-        with cli.producer, redis_errors(cli.producer.config):
+        with cli.producer, redis_errors(cli.producer.config.redis_url):
             command = getattr(cli, args.command.replace("-", "_"))
             code: int = command()
             return code

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -25,17 +25,20 @@ from producer.calls import (
     RetryRefusedError,
 )
 from producer.contract import FAILED_SET, JobResult, result_key
-from producer.env import redact_url
+from producer.errors import EvictionPolicyError, QueueFullError, QueueUnavailableError, redis_errors
+from producer.guard import read_facts
 from producer.notify import FALLBACK_POLL_S, DoneWatcher
 from producer.scripts import script
 from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
 
 __all__ = [
     "Cancellation",
+    "EvictionPolicyError",
     "JobNotFoundError",
     "Producer",
     "ProducerConfig",
     "QueueDepths",
+    "QueueFullError",
     "QueueUnavailableError",
     "RetryRefusedError",
     "StreamEvent",
@@ -45,26 +48,6 @@ CANCEL_ATTEMPTS = 20
 """Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
 
 DEFAULT_WAIT_TIMEOUT_S = 60.0
-
-
-class QueueUnavailableError(ConnectionError):
-    """Redis did not answer: nothing was submitted (or read). The message says where it looked."""
-
-
-@contextlib.contextmanager
-def redis_errors(config: ProducerConfig) -> Iterator[None]:
-    where = redact_url(config.redis_url)
-    refused = f"Redis at {where} refused access ({{}}): check the credentials in REDIS_URL"
-    try:
-        yield
-    except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.exceptions.NoPermissionError) as e:
-        raise QueueUnavailableError(refused.format(e)) from e
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise QueueUnavailableError(f"Redis at {where} is unavailable: {e}") from e
-    except redis.ResponseError as e:
-        if "unauthenticated" in str(e):  # a long command sent without a password
-            raise QueueUnavailableError(refused.format(e)) from e
-        raise
 
 
 class _Waiter:
@@ -92,9 +75,7 @@ class _Waiter:
 
 def _config(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:
     config = config or ProducerConfig.from_env()
-    if redis_url is not None:
-        config = ProducerConfig(redis_url, config.result_ttl_s, config.max_payload_bytes)
-    return config
+    return config if redis_url is None else config.with_url(redis_url)
 
 
 def _parse(raw: bytes | None) -> JobResult | None:
@@ -154,7 +135,8 @@ class Producer:
         """
         job = self._calls.build(prompt, **kwargs)
         keys, args = self._calls.submit(job, time.time())
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
+            await self._check()
             await self._submit(keys=keys, args=args)
         return job.job_id
 
@@ -165,7 +147,8 @@ class Producer:
         whole call before anything is written.
         """
         jobs = self._calls.build_many(items)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
+            await self._check()
             sending: asyncio.Task[Any] | None = None
             try:
                 for keys, args in self._calls.chunks(jobs):  # encodes a chunk while Redis runs the last
@@ -177,15 +160,20 @@ class Producer:
                     await sending
         return [job.job_id for job in jobs]
 
+    async def _check(self) -> None:
+        """Once, before the first write: is this Redis safe to write to (``producer.guard``)?"""
+        if not self._calls.checked:
+            self._calls.check(await read_facts(self.redis))
+
     async def get(self, job_id: str) -> JobResult | None:
         """The job's result document now, or None for an unknown (or expired) id."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             return _parse(await self.redis.get(result_key(job_id)))
 
     async def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:  # noqa: ASYNC109
         """Return the result once its status is terminal; raise ``TimeoutError`` after ``timeout`` s."""
         waiter = _Waiter(job_id, timeout)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             async with self._watcher.watching(job_id) as done:  # subscribed before the first read
                 result = _parse(done.first) if done.read else await self.get(job_id)
                 while (delay_s := waiter.sleep_s(result)) is not None:
@@ -201,12 +189,12 @@ class Producer:
         """How many jobs wait where, for the whole fleet: ready per priority and fairness key,
         running, deferred for a retry, failed."""
         keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             return QueueDepths.from_reply(await self._depths(keys=keys, args=args))
 
     async def failed(self, limit: int = 100) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             ids = await self.redis.zrevrange(FAILED_SET, 0, _last_index(limit))
             docs = await self.redis.mget([result_key(i.decode()) for i in ids]) if ids else []
         return _failed(docs)
@@ -217,7 +205,8 @@ class Producer:
         Raises :class:`RetryRefusedError` (a ``ValueError``) if the job is not failed or its request
         has expired. Retrying an id twice queues it once.
         """
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
+            await self._check()
             doc, record = await self.redis.mget(Calls.retry_reads(job_id))
             keys, args = self._calls.retry(job_id, doc, record, time.time())
             _retried(job_id, await self._retry(keys=keys, args=args))
@@ -227,7 +216,7 @@ class Producer:
         """Cancel a job: a queued one never calls the API, a running one has its request stopped;
         its status becomes ``cancelled`` and it is not retried. A finished or unknown job is left
         as it is (``Cancellation.cancelled`` is False and its ``message`` says why)."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             for _ in range(CANCEL_ATTEMPTS):
                 doc = await self.redis.get(result_key(job_id))
                 call = Calls.cancel(job_id, doc, time.time())
@@ -244,7 +233,7 @@ class Producer:
         written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
         without ``stream=True`` yields only its ``done`` event."""
         cursor = StreamCursor(job_id, after)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             while not cursor.finished:
                 reply = await self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
                 if not reply and (final := cursor.ended(await self.redis.get(cursor.doc_key))) is not None:

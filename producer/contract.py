@@ -41,6 +41,7 @@ __all__ = [
     "STATUSES",
     "STREAM_KEY_PREFIX",
     "STREAM_MAXLEN",
+    "SUBMIT_MEMORY_PERCENT",
     "TERMINAL_STATUSES",
     "WAKE_CHANNEL",
     "JobError",
@@ -120,6 +121,9 @@ DEFAULT_PRIORITY: Final = 5
 DEFAULT_FAIRNESS_KEY: Final = "default"
 """The fairness key of jobs submitted without one."""
 FAIRNESS_KEY_MAX_BYTES: Final = 128
+SUBMIT_MEMORY_PERCENT: Final = 90
+"""Submits are refused (``QueueFullError``) once Redis holds this share of its ``maxmemory``: the rest
+is left for the workers, whose claims and finishes a full Redis would refuse."""
 
 # arq's own bookkeeping keys; arq fixes these names, they are listed here so nothing else spells them.
 ARQ_JOB_KEY_PREFIX: Final = "arq:job:"

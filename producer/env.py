@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "ConfigError",
     "env_choice",
+    "env_flag",
     "env_float",
     "env_int",
     "env_json_table",
@@ -70,6 +71,16 @@ def env_json_table(env: Mapping[str, str], name: str, example: str) -> dict[str,
     if not isinstance(parsed, dict):
         raise ConfigError(f"{name} must be a JSON object, like {example}")
     return parsed
+
+
+def env_flag(env: Mapping[str, str], name: str) -> bool:
+    """A yes/no variable: 1, true, yes, on (or 0, false, no, off, unset)."""
+    raw = (env_str(env, name) or "0").lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
 
 
 def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -13,7 +13,8 @@ Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX
 ``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``, and
 ``PROMPTQ_SSE_KEEPALIVE_S`` (15): an events stream sends a comment line when silent that long.
 Errors: 401 without the token, 404 for an unknown id, 422 for a bad job (the message names the
-problem), 503 when Redis does not answer. Like the rest of the producer, it never imports openai.
+problem), 503 when Redis does not answer, is out of memory (with ``Retry-After``) or may evict keys.
+Like the rest of the producer, it never imports openai.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from producer.calls import ProducerConfig
-from producer.client import JobNotFoundError, Producer, QueueUnavailableError, redis_errors
+from producer.client import JobNotFoundError, Producer
 from producer.contract import FAIRNESS_KEY_MAX_BYTES, JobResult, dumps, result_key
 from producer.env import env_float
+from producer.errors import QueueFullError, QueueUnavailableError, redis_errors
 from producer.streams import StreamEvent
 from producer.validation import InvalidJobError
 
@@ -89,6 +91,7 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     app.state.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
     app.state.keepalive_s = env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S)
     app.add_exception_handler(QueueUnavailableError, _error_handler(503))
+    app.add_exception_handler(QueueFullError, _error_handler(503, {"Retry-After": str(QueueFullError.retry_after_s)}))
     app.add_exception_handler(JobNotFoundError, _error_handler(404))
     app.add_exception_handler(InvalidJobError, _error_handler(422))
     app.include_router(jobs)
@@ -96,9 +99,9 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     return app
 
 
-def _error_handler(status: int) -> Any:
+def _error_handler(status: int, headers: dict[str, str] | None = None) -> Any:
     async def handle(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status)
+        return JSONResponse({"detail": str(e)}, status_code=status, headers=headers)
 
     return handle
 
@@ -129,7 +132,7 @@ async def submit(body: JobRequest | list[JobRequest], producer: ProducerDep) -> 
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
         ids = await producer.submit_many([_arguments(j) for j in body])
-        with redis_errors(producer.config):  # every document in one read
+        with redis_errors(producer.config.redis_url):  # every document in one read
             docs = await producer.redis.mget([result_key(i) for i in ids])
         return [_doc(None if d is None else JobResult.from_json(d), i) for i, d in zip(ids, docs, strict=True)]
     job_id = await producer.submit(**_arguments(body))

@@ -1,8 +1,12 @@
 """Every Lua script promptq runs on Redis, loaded from ``producer/lua/*.lua`` (standard library only).
 
 Each file opens with a header naming its ``KEYS`` and ``ARGV`` (``-- KEYS[1] doc: ...``, ``-- ARGV[2]
-ttl_ms: ...``; a last ``ARGV[n..]`` takes a list) and what it returns. :meth:`LuaScript.bind` builds
-a call's ``keys`` and ``args`` from those names, so an argument cannot land in the wrong position.
+ttl_ms: ...``; a last ``ARGV[n..]`` takes a list) and what it returns, after a ``#!lua flags=...``
+line where it declares flags: the worker's scripts ``allow-oom`` (a full Redis must still let jobs
+finish, which frees memory; their writes are small), the read-only ones ``no-writes``. Scripts
+without flags (the producer's submits) are refused whole by a full Redis before they write anything.
+:meth:`LuaScript.bind` builds a call's ``keys`` and ``args`` from those names, so an argument cannot
+land in the wrong position.
 ``--!include NAME`` pulls in ``lua/include/NAME.lua`` (shared helpers, written once). Key names and
 limits come from :mod:`producer.contract`: the loader defines, at the top of each script, the
 constants it uses (``READY_PREFIX``, ``LEASES``, ...), so no script spells a key.
@@ -61,6 +65,7 @@ CONSTANTS: Final[dict[str, str | int]] = {
     "DEFAULT_PRIORITY": str(c.DEFAULT_PRIORITY),
     "DEFAULT_FAIRNESS_KEY": c.DEFAULT_FAIRNESS_KEY,
     "LOWEST_PRIORITY": max(c.PRIORITIES),
+    "SUBMIT_MEMORY_PERCENT": c.SUBMIT_MEMORY_PERCENT,
 }
 """The names a script may use for the contract's keys and limits (defined as Lua locals when used)."""
 
@@ -96,12 +101,14 @@ class LuaScript:
 def script(name: str) -> LuaScript:
     """The script ``producer/lua/{name}.lua``, read and checked once."""
     raw = _read(name)
-    body = _INCLUDE_RE.sub(lambda m: _read(f"include/{m.group(1)}"), raw)
+    shebang, _, text = raw.partition("\n") if raw.startswith("#!lua") else ("", "", raw)
+    body = _INCLUDE_RE.sub(lambda m: _read(f"include/{m.group(1)}"), text)
     used = [n for n in CONSTANTS if re.search(rf"\b{n}\b", body)]
-    preamble = "".join(f"local {n} = {_lua(CONSTANTS[n])}\n" for n in used)
+    preamble = (shebang + "\n" if shebang else "") + "".join(f"local {n} = {_lua(CONSTANTS[n])}\n" for n in used)
     keys: dict[int, str] = {}
     args: dict[int, str] = {}
-    rest = None
+    rest: str | None = None
+    rest_index = 0
     for kind, index, dots, ident in _HEADER_RE.findall(raw):
         if dots:
             if kind != "ARGV" or rest is not None:

@@ -27,9 +27,10 @@ from producer.client import (
     _parse,
     _retried,
     _Waiter,
-    redis_errors,
 )
 from producer.contract import FAILED_SET, JobResult, done_channel, result_key
+from producer.errors import redis_errors
+from producer.guard import read_facts_sync
 from producer.notify import published_result
 from producer.scripts import script
 from producer.streams import READ_BLOCK_MS, StreamCursor, StreamEvent
@@ -79,28 +80,35 @@ class SyncProducer:
         """See :meth:`Producer.submit`."""
         job = self._calls.build(prompt, **kwargs)
         keys, args = self._calls.submit(job, time.time())
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
+            self._check()
             self._submit(keys=keys, args=args)
         return job.job_id
 
     def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """See :meth:`Producer.submit_many`."""
         jobs = self._calls.build_many(items)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
+            self._check()
             for keys, args in self._calls.chunks(jobs):
                 self._submit_many(keys=keys, args=args)
         return [job.job_id for job in jobs]
 
+    def _check(self) -> None:
+        """See :meth:`Producer._check`."""
+        if not self._calls.checked:
+            self._calls.check(read_facts_sync(self.redis))
+
     def get(self, job_id: str) -> JobResult | None:
         """See :meth:`Producer.get`."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             return _parse(self._read(result_key(job_id)))
 
     def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
         """See :meth:`Producer.wait`."""
         waiter = _Waiter(job_id, timeout)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        with redis_errors(self.config), contextlib.closing(pubsub) as ps:
+        with redis_errors(self.config.redis_url), contextlib.closing(pubsub) as ps:
             ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
             result = self.get(job_id)
             while (delay_s := waiter.sleep_s(result)) is not None:
@@ -115,19 +123,20 @@ class SyncProducer:
     def depths(self) -> QueueDepths:
         """See :meth:`Producer.depths`."""
         keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             return QueueDepths.from_reply(self._depths(keys=keys, args=args))
 
     def failed(self, limit: int = 100) -> list[JobResult]:
         """See :meth:`Producer.failed`."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             ids = cast("list[bytes]", self.redis.zrevrange(FAILED_SET, 0, _last_index(limit)))
             docs = cast("list[bytes | None]", self.redis.mget([result_key(i.decode()) for i in ids])) if ids else []
         return _failed(docs)
 
     def retry(self, job_id: str) -> str:
         """See :meth:`Producer.retry`."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
+            self._check()
             doc, record = cast("list[bytes | None]", self.redis.mget(Calls.retry_reads(job_id)))
             keys, args = self._calls.retry(job_id, doc, record, time.time())
             _retried(job_id, self._retry(keys=keys, args=args))
@@ -135,7 +144,7 @@ class SyncProducer:
 
     def cancel(self, job_id: str) -> Cancellation:
         """See :meth:`Producer.cancel`."""
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             for _ in range(CANCEL_ATTEMPTS):
                 doc = self._read(result_key(job_id))
                 call = Calls.cancel(job_id, doc, time.time())
@@ -149,7 +158,7 @@ class SyncProducer:
     def stream(self, job_id: str, after: str = "0") -> Iterator[StreamEvent]:
         """See :meth:`Producer.stream`."""
         cursor = StreamCursor(job_id, after)
-        with redis_errors(self.config):
+        with redis_errors(self.config.redis_url):
             while not cursor.finished:
                 reply = self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
                 if not reply and (final := cursor.ended(self._read(cursor.doc_key))) is not None:

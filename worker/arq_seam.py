@@ -28,6 +28,7 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import signal
 import time
 from typing import Any, Final, Protocol
@@ -36,7 +37,7 @@ import arq
 import arq.worker
 from arq.connections import ArqRedis
 from arq.worker import Retry, Worker, func
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from producer.contract import JOB_FUNCTION
 from worker.lease import Leases
@@ -70,6 +71,8 @@ START_BACKLOG: Final = 200
 """Jobs one worker claims ahead of starting them, at most: a worker with thousands of free slots
 claims a few hundred, then more as those begin their calls, so its loop is never so busy starting
 jobs that a lease runs out before its renewal (10,000 claimed at once took 18 s to start here)."""
+FULL_LOG_EVERY_S: Final = 10.0
+"""While Redis is full, its warning is logged this often at most."""
 CTX_CONFIG: Final = "promptq.config"
 """The key of the worker's ``WorkerConfig`` in arq's ``ctx``: marks a worker as promptq's."""
 CTX_STATE: Final = "promptq"
@@ -180,6 +183,7 @@ class PromptqWorker(Worker):
     _more = False
     """The last claim left ready jobs behind: a freed slot wakes the loop to claim again."""
     _draining: asyncio.Task[None] | None = None
+    _full_logged_s = -math.inf
 
     @property
     def state(self) -> _State:
@@ -211,6 +215,10 @@ class PromptqWorker(Worker):
             heartbeat()
             try:
                 await self._poll_iteration()
+            except OutOfMemoryError as e:  # no claim while Redis is full; the running jobs finish
+                if time.monotonic() - self._full_logged_s > FULL_LOG_EVERY_S:
+                    log.warning("redis.full", error=str(e), note="no new job until Redis has room")
+                    self._full_logged_s = time.monotonic()
             except (RedisError, OSError) as e:
                 log.warning("worker.poll_failed", error=str(e), note="the next poll tries again")
             if self.burst and await self._burst_over():

@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
-from producer.env import ConfigError, env_choice, env_float, env_int, env_json_table, env_redis_url, env_str
+from producer.env import (
+    ConfigError,
+    env_choice,
+    env_flag,
+    env_float,
+    env_int,
+    env_json_table,
+    env_redis_url,
+    env_str,
+)
 from producer.prices import Price, prices_from_env
 from producer.validation import InvalidJobError, check_fairness_key
 
@@ -44,6 +53,7 @@ ENV_NAMES = (
     "PROMPTQ_POLL_DELAY_S",
     "PROMPTQ_LEASE_S",
     "PROMPTQ_FAIRNESS_WEIGHTS",
+    "PROMPTQ_ALLOW_EVICTION",
     "PROMPTQ_RPM",
     "PROMPTQ_TPM",
     "PROMPTQ_LIMITS",
@@ -117,6 +127,8 @@ class WorkerConfig:
     """An idle worker's poll (new jobs wake it at once; this is for retries whose wait is over)."""
     lease_s: float = 15.0
     """A dead worker's job may run again this long after its last renewal."""
+    allow_eviction: bool = False
+    """Run on a Redis whose ``maxmemory-policy`` may evict keys (``PROMPTQ_ALLOW_EVICTION``), with a warning."""
     fairness_weights: dict[str, float] = field(default_factory=dict)
     """Turns per fairness key when keys take turns at one priority (``PROMPTQ_FAIRNESS_WEIGHTS``; others 1)."""
     shutdown_grace_s: float = 25.0
@@ -176,6 +188,7 @@ class WorkerConfig:
             poll_delay_s=env_float(env, "PROMPTQ_POLL_DELAY_S", d.poll_delay_s),
             lease_s=env_float(env, "PROMPTQ_LEASE_S", d.lease_s, minimum=1.0, or_equal=True),
             fairness_weights=weights_from_env(env),
+            allow_eviction=env_flag(env, "PROMPTQ_ALLOW_EVICTION"),
             shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
             limit=limit,
             limits=limits,

@@ -43,7 +43,7 @@ _NO_MAX_WAIT_MS = 10**12
 # KEYS: rpm TAT, tpm TAT, cool-down. ARGV: rpm, tpm (0: none), tokens asked, burst (s), max wait (ms).
 # Returns {1, wait ms} when a reservation was made (go after wait ms), {0, wait ms} when none was
 # (a cool-down runs, or the wait is over the maximum): ask again after that wait, or give up.
-_RESERVE_LUA = """
+_RESERVE_LUA = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cooldown = redis.call('PTTL', KEYS[3])
@@ -75,7 +75,7 @@ return {1, wait}
 """
 
 # KEYS: tpm TAT. ARGV: tpm, tokens to add (negative: a refund). Never moves the TAT before now.
-_SETTLE_LUA = """
+_SETTLE_LUA = """#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -85,7 +85,7 @@ return 1
 """
 
 # KEYS: cool-down. ARGV: ms. Lengthens the cool-down to ms from now; never shortens it.
-_COOL_DOWN_LUA = """
+_COOL_DOWN_LUA = """#!lua flags=allow-oom
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
 return 1
 """

@@ -28,6 +28,7 @@ from redis.exceptions import (
 )
 
 from producer.env import ConfigError, redact_url
+from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, read_facts_sync, version_problem
 from worker.logs import get_logger
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "WORKER_CONNECTIONS",
     "OutageRetry",
     "check_access",
+    "check_facts",
     "persist",
     "redis_settings",
     "worker_pool",
@@ -163,15 +165,31 @@ def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: f
     )
 
 
-def check_access(url: str, timeout_s: float = 2.0) -> None:
-    """Refuse to start with credentials Redis rejects (a clear error naming REDIS_URL). A Redis that
-    does not answer is not refused: the worker starts and waits for it, as during an outage."""
+def check_access(url: str, allow_eviction: bool = False, timeout_s: float = 2.0) -> bool:
+    """Refuse to start with credentials Redis rejects (a clear error naming REDIS_URL), or on a Redis
+    that could lose jobs (``check_facts``). A Redis that does not answer is not refused: the worker
+    starts and waits for it, as during an outage (and checks it then). True when it was checked."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()
+        check_facts(read_facts_sync(client), url, allow_eviction)
+        return True
     except (AuthenticationError, AuthorizationError, NoPermissionError) as e:
         raise ConfigError(f"REDIS_URL: Redis at {redact_url(url)} refused access: {e}") from None
     except (ConnectionError, TimeoutError, OSError) as e:
         log.warning("redis.unavailable", error=str(e), note="the worker starts and waits for Redis")
+        return False
     finally:
         client.close()
+
+
+def check_facts(facts: RedisFacts, url: str, allow_eviction: bool) -> None:
+    """:class:`ConfigError` on a Redis older than 7.0 or one that evicts keys (a warning instead
+    with ``PROMPTQ_ALLOW_EVICTION``)."""
+    where = redact_url(url)
+    if problem := version_problem(facts, where):
+        raise ConfigError(f"REDIS_URL: {problem}")
+    if problem := eviction_problem(facts, where):
+        if not allow_eviction:
+            raise ConfigError(f"REDIS_URL: {problem}")
+        log.warning("redis.evicts_keys", problem=problem, allowed_by=ALLOW_EVICTION_ENV)

@@ -7,10 +7,12 @@ shutdown) and keeps no arq result of its own: the result document is promptq's.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from producer.contract import JOB_FUNCTION, LEGACY_QUEUE
-from producer.env import redact_url
+from producer.env import ConfigError, redact_url
+from producer.guard import read_facts
 from worker import arq_seam, llm
 from worker.arq_seam import (
     CTX_CONFIG,
@@ -28,11 +30,14 @@ from worker.limiter import Limiter
 from worker.logs import configure_logging, get_logger
 from worker.metrics import Metrics
 from worker.queue import JobQueue
-from worker.redis_conn import check_access, redis_settings
+from worker.redis_conn import check_access, check_facts, redis_settings
 from worker.store import ResultStore
 from worker.wake import WakeListener
 
 __all__ = ["make_settings", "on_startup", "settings_kwargs"]
+
+CTX_CHECKED = "promptq.checked"
+"""In ``ctx``: Redis was checked (``check_access``) when the settings were made."""
 
 log = get_logger("promptq.worker")
 
@@ -51,6 +56,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             "promptq: this arq Worker was not set up by promptq (its claim, leases and drain would be "
             "missing); start it with `arq worker.Settings`, or build it from worker.settings.settings_kwargs"
         )
+    if not ctx.get(CTX_CHECKED):  # Redis was away when the settings were made: check it now
+        check_facts(await read_facts(ctx["redis"]), config.redis_url, config.allow_eviction)
     queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model)
     leases = Leases(queue, config.lease_s)
     leases.start()
@@ -89,7 +96,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
-def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
+def settings_kwargs(config: WorkerConfig, *, checked: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (the attributes of ``Settings``); a worker built
     from them is a ``PromptqWorker`` (``worker.arq_seam``)."""
     arq_seam.install()
@@ -112,13 +119,23 @@ def settings_kwargs(config: WorkerConfig) -> dict[str, Any]:
         "job_deserializer": job_deserializer,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "ctx": {CTX_CONFIG: config},
+        "ctx": {CTX_CONFIG: config, CTX_CHECKED: checked},
     }
+
+
+def _config_errors_in_one_line(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    """A configuration error found once the worker runs (Redis was away at start) ends it as one at
+    start does: one line naming the variable, no traceback."""
+    if isinstance(error, ConfigError):
+        print(f"promptq worker: configuration error: {error}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, tb)
 
 
 def make_settings(config: WorkerConfig | None = None) -> type:
     """A ``Settings`` class for ``arq``, from ``config`` or the environment."""
     config = config or WorkerConfig.from_env()
     configure_logging(config.log_format, config.log_level)
-    check_access(config.redis_url)
-    return type("Settings", (), settings_kwargs(config))
+    sys.excepthook = _config_errors_in_one_line
+    checked = check_access(config.redis_url, config.allow_eviction)
+    return type("Settings", (), settings_kwargs(config, checked=checked))

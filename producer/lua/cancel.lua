@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- cancel: mark a job cancelled, if its document is still the one the caller read (else 0: read again).
 -- A job a worker holds (leased) is named on the cancel channel, where that worker stops its request
 -- (or does not start it) and lets go of it; any other leaves whichever structure holds it (its ready

@@ -1,3 +1,4 @@
+#!lua
 -- claim: take up to `want` ready jobs for one worker, each leased until now + lease_ms (Redis time).
 -- First, in bounded steps, jobs come back in line: those whose lease ran out (their worker died or
 -- lost Redis), deferred retries that are due, and jobs an older promptq left in LEGACY_QUEUE. Then
@@ -5,6 +6,9 @@
 -- fairness key with the lowest turn gives its oldest job and its turn moves on by 1 / weight, so
 -- keys take turns (a weight-3 key three for one). Cost: O(log n) per job taken, whatever the
 -- number of jobs running.
+-- A full Redis refuses the whole claim (it declares no allow-oom): arq could not start the jobs there
+-- (its start counts the try with INCR, which a full Redis refuses); the jobs running finish, which
+-- frees memory, and claims go on when there is room.
 -- Jobs at priority 0 may take every slot the worker has free (`want`), jobs at other priorities only
 -- its ordinary ones (`want_ordinary`): a worker keeps a few slots for urgent work.
 -- Each job taken is marked running in its result document (status, attempts, started_at; a default

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- depths: how many jobs wait where. For each priority with ready jobs: its number, the jobs ready at
 -- it, and its fairness keys with their ready jobs (at most keys_max keys a level are looked at).
 -- ARGV[1] keys_max

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- finish: write a job's terminal document and let go of it in the same step: its record, try
 -- counter, lease and route go (and any place in line a lost lease gave it meanwhile), so no
 -- redelivery can run it again once its result is stored. A failed job's record is kept beside its

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release: a shutdown interrupted the call: the document goes back to queued (unless terminal) and
 -- arq's try for the attempt is given back.
 -- KEYS[1] doc: the result document

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew: extend the leases of a worker's running jobs to now + lease_ms (Redis time). A job no longer
 -- leased (it ended, or its lease ran out and it went back in line) is left as it is.
 -- ARGV[1] lease_ms

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- requeue: write a job's document queued again (a retry waits), unless the stored one is terminal:
 -- that one is returned and nothing is written.
 -- KEYS[1] doc: the result document

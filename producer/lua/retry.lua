@@ -13,6 +13,8 @@
 -- Returns 'ok', 'unknown' (no document) or 'not_failed'.
 --!include status
 --!include queue
+--!include memory
+if full(#ARGV[2] + #ARGV[3]) then return redis.error_reply(FULL) end
 local current = redis.call('GET', KEYS[1])
 if not current then return 'unknown' end
 if status_of(current) ~= 'failed' or redis.call('EXISTS', KEYS[3]) == 1 then return 'not_failed' end

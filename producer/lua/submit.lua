@@ -9,6 +9,8 @@
 -- ARGV[6] fairness_key
 -- Returns 1 when the job was enqueued, 0 when the id was known (then nothing is written).
 --!include queue
+--!include memory
+if full(#ARGV[2] + #ARGV[3]) then return redis.error_reply(FULL) end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 local place = redis.call('INCR', SEQUENCE)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])

@@ -5,6 +5,8 @@
 --         field ended by a newline (none holds one: ids and keys are checked, JSON escapes it)
 -- Returns how many jobs were new. (Keys are built here from the ids: promptq needs one Redis, not a Cluster.)
 --!include queue
+--!include memory
+if full(#ARGV[3]) then return redis.error_reply(FULL) end
 local chunk, at, added = ARGV[3], 1, 0
 local place = redis.call('INCRBY', SEQUENCE, ARGV[2]) - tonumber(ARGV[2])
 local active = {}

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- unclaim: a claimed job ends its attempt without promptq's finish.
 --   'forget': it ended all the same (its result was stored already, it was cancelled, or its record
 --             could not be run): its record, try counter, lease and route go.

@@ -1,0 +1,14 @@
+-- full(adding): true when Redis, with about `adding` bytes more, would hold SUBMIT_MEMORY_PERCENT % of
+-- its maxmemory (none set: never). New jobs are refused from there on, so the last part stays for the
+-- workers to run and finish the queued ones, which frees memory: a Redis filled to the brim by
+-- queued jobs could not start any of them (arq's start counts the try with INCR, which it refuses).
+local function full(adding)
+  local info = redis.call('INFO', 'memory')
+  local max = tonumber(string.match(info, '\nmaxmemory:(%d+)'))
+  if not max or max == 0 then return false end
+  local used = tonumber(string.match(info, '^.-used_memory:(%d+)'))
+  return (used + 2 * adding) * 100 >= max * SUBMIT_MEMORY_PERCENT  -- stored, a job takes about twice its text
+end
+
+local FULL = 'OOM Redis would hold over ' .. SUBMIT_MEMORY_PERCENT .. '% of its maxmemory: new jobs are ' ..
+  'refused so that the queued ones can run and finish'
