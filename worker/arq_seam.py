@@ -10,7 +10,9 @@ Around it, promptq replaces what its queue does differently, in :class:`PromptqW
 - ``finish_job`` / ``finish_failed_job``: what becomes of a job arq is done with (deferred for a
   retry, back in line after an interrupted call, or let go of; nothing when promptq's finish script
   has done it already);
-- ``handle_sig``: SIGTERM and SIGINT drain (:meth:`PromptqWorker.drain`) instead of cancelling.
+- ``handle_sig``: SIGTERM and SIGINT drain (:meth:`PromptqWorker.drain`) instead of cancelling;
+- ``close``: a Redis that is away does not keep the process up (its calls give up once the grace
+  is over).
 
 ``arq worker.Settings`` makes arq build a plain ``Worker``; :func:`install` wraps ``Worker.__init__``
 so that a worker built with promptq's settings (its ``ctx`` holds ``CTX_CONFIG``) is a
@@ -44,7 +46,7 @@ from worker.lease import Leases
 from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat
 from worker.queue import JobQueue
-from worker.redis_conn import worker_pool
+from worker.redis_conn import give_up_at, worker_pool
 
 __all__ = [
     "ARQ_JOB_LINES",
@@ -67,6 +69,8 @@ __all__ = [
 log = get_logger("promptq.worker")
 
 SUPPORTED_ARQ: Final = "0.28."
+SHUTDOWN_MARGIN_S: Final = 1.0
+"""After SIGTERM, Redis calls give up this long after the grace, whatever Redis is doing."""
 START_BACKLOG: Final = 200
 """Jobs one worker claims ahead of starting them, at most: a worker with thousands of free slots
 claims a few hundred, then more as those begin their calls, so its loop is never so busy starting
@@ -135,6 +139,7 @@ ATTRIBUTES: Final = (
     "expires_extra_ms",
     "_pool",
     "_handle_signals",
+    "health_check_key",
 )
 """The ``Worker`` attributes promptq reads or sets (a test builds a worker and checks each)."""
 
@@ -203,6 +208,7 @@ class PromptqWorker(Worker):
             )
         self.ctx["redis"] = self.pool
         self.ctx[CTX_WORKER] = self
+        give_up_at(None)
         self._scores: dict[str, int] = {}
         self._ordinary: set[str] = set()
         """Running jobs at priorities 1 to 9: at most ``PROMPTQ_MAX_JOBS``; the urgent slots above it
@@ -310,16 +316,19 @@ class PromptqWorker(Worker):
     ) -> None:
         """Where the job goes once arq is done with it (arq keeps no result of its own here)."""
         queue, settled = self.state.queue, self.state.settled
-        if finish:
-            if job_id in settled:  # promptq's finish script has let go of it already
-                settled.discard(job_id)
-            else:  # skipped (a result was stored), cancelled, or ended by arq itself
-                await queue.forget(job_id)
-        elif incr_score:  # a Retry: arq moves the score by the wait plus the time since the claim (its clock)
-            score = self._scores.get(job_id, _now_ms())
-            await queue.defer(job_id, score + incr_score - _now_ms())
-        else:  # interrupted (a shutdown past its grace), or a Retry without a wait
-            await queue.back(job_id)
+        try:
+            if finish:
+                if job_id in settled:  # promptq's finish script has let go of it already
+                    settled.discard(job_id)
+                else:  # skipped (a result was stored), cancelled, or ended by arq itself
+                    await queue.forget(job_id)
+            elif incr_score:  # a Retry: arq moves the score by the wait plus the time since the claim (its clock)
+                score = self._scores.get(job_id, _now_ms())
+                await queue.defer(job_id, score + incr_score - _now_ms())
+            else:  # interrupted (a shutdown past its grace), or a Retry without a wait
+                await queue.back(job_id)
+        except (RedisError, OSError) as e:  # Redis away past every retry: the job stays leased and comes back
+            log.warning("job.unclaim_failed", job_id=job_id, error=str(e), note="it runs again after its lease")
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """A job arq could not run (its record gone, say): let go of it."""
@@ -341,7 +350,8 @@ class PromptqWorker(Worker):
         puts them back in line without spending a try), then end the loop."""
         self.allow_pick_jobs = False
         if self.main_task is not None:
-            self.main_task.cancel()  # no further poll; arq's close() then waits for the running jobs
+            self.main_task.cancel()  # no further poll; close() then waits for the running jobs
+        give_up_at(self.loop.time() + grace_s + SHUTDOWN_MARGIN_S)  # Redis away: stop all the same
         log.info("worker.draining", reason=reason, running=len(self._running()), grace_s=grace_s)
         if running := self._running():
             await asyncio.wait(running, timeout=grace_s)
@@ -356,7 +366,24 @@ class PromptqWorker(Worker):
                     interrupted.add(job_id)
                     task.cancel()
             await asyncio.wait(running, timeout=0.05)
+        give_up_at(self.loop.time())  # what is left to say to Redis is tried once
         log.info("worker.drained", reason=reason, interrupted=len(interrupted))
+
+    async def close(self) -> None:
+        """arq's close, where a Redis that is away ends nothing: the jobs are let go of (those Redis
+        did not hear of stay leased and run again after their lease), the health key is left to
+        expire, and the clients close."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)  # (the pool is promptq's own)
+        self._pool = None
 
     def _running(self) -> list[asyncio.Task[Any]]:
         return [t for t in self.tasks.values() if not t.done()]

@@ -118,7 +118,10 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
                 return _ended_elsewhere(state, base, "cancelled")
             # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
             # arq's): put the job back as it was, without spending a try.
-            await asyncio.shield(_release(state, base))
+            try:
+                await asyncio.shield(_release(state, base))
+            except (RedisError, OSError) as e:  # Redis away: the job stays leased and runs again after the lease
+                log.warning("job.release_failed", error=str(e))
             raise
         except Retry:
             raise

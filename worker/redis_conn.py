@@ -37,6 +37,7 @@ __all__ = [
     "OutageRetry",
     "check_access",
     "check_facts",
+    "give_up_at",
     "persist",
     "redis_settings",
     "worker_pool",
@@ -51,6 +52,8 @@ WORKER_CONNECTIONS = 256
 """Connections one worker process opens to Redis at most, whatever ``PROMPTQ_MAX_JOBS`` (a job needing
 one while all are busy waits its turn): a fleet of workers with thousands of slots each stays below
 Redis's ``maxclients`` (10,000 by default)."""
+CONNECT_TIMEOUT_S = 5.0
+"""A connection attempt to a Redis that does not answer (a host gone, not a refused port) gives up after this."""
 BACKOFF_CAP_S = 2.0
 BACKOFF_BASE_S = 0.05
 
@@ -82,6 +85,18 @@ async def persist(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUTA
     return await _ride_out(call, errors, backoff, outage_s)
 
 
+_give_up_at: float | None = None
+"""A loop time after which no call rides out an outage any more (a shutdown is under way)."""
+
+
+def give_up_at(loop_time: float | None) -> None:
+    """From ``loop_time`` on, a call Redis fails raises at once instead of waiting for Redis: set by
+    the SIGTERM drain, so a worker whose Redis is away still stops within its grace (None: ride out
+    outages again, as a worker starting does)."""
+    global _give_up_at
+    _give_up_at = loop_time
+
+
 async def _ride_out(
     do: Callable[[], Awaitable[T]],
     errors: tuple[type[BaseException], ...],
@@ -103,10 +118,13 @@ async def _ride_out(
             if fail is not None:
                 await fail(error)  # type: ignore[arg-type]
             waited_s = loop.time() - started_s
-            if waited_s >= outage_s:
+            stopping = _give_up_at is not None and loop.time() >= _give_up_at
+            if waited_s >= outage_s or stopping:
                 log.error("redis.gave_up", error=str(error), failures=failures, waited_s=round(waited_s, 1))
                 raise
             wait_s = backoff.compute(failures)
+            if _give_up_at is not None:
+                wait_s = min(wait_s, max(0.0, _give_up_at - loop.time()))
             log.warning("redis.unavailable", error=str(error), failures=failures, retry_in_s=round(wait_s, 2))
             await asyncio.sleep(wait_s)
 
@@ -159,6 +177,7 @@ def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: f
     return BoundedPool.from_url(
         url,
         max_connections=max_connections,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
         retry=OutageRetry(outage_s),
         retry_on_error=[ConnectionError, TimeoutError],
         retry_on_timeout=True,

@@ -231,3 +231,41 @@ def test_undecodable_jobs_fail_and_the_worker_lives_on(
     assert results[good] is not None and results[good].ok  # type: ignore[union-attr]
     assert worker.alive()
     record("undecodable records in the queue", results, sim.calls(), faults="3 bad records")
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_sigterm_during_a_redis_outage_ends_the_worker_within_its_grace(
+    sim: Simulator, workers: list[Worker], busy: bool
+) -> None:
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    server = RedisServer(*aof).start()
+    grace_s = 2.0
+    try:
+        sim.configure(latency_ms=4000)  # the calls outlast the grace
+        env = worker_env(server.url, sim, PROMPTQ_MAX_JOBS="8", PROMPTQ_SHUTDOWN_GRACE_S=str(grace_s))
+        first = Worker(env).start()
+        workers.append(first)
+        with SyncProducer(server.url) as producer:
+            ids = producer.submit_many(_prompts(8 if busy else 0, "outage")) if busy else []
+            wait_until(lambda: sim.stats()["in_flight"] == len(ids), 10, "calls in flight")
+            server.stop()  # Redis goes away, then the worker is told to stop
+            first.signal(signal.SIGTERM)
+            started = time.monotonic()
+            assert first.popen is not None
+            code = first.popen.wait(grace_s + 5)
+            took_s = time.monotonic() - started
+            assert code == 0 and took_s < grace_s + 3, took_s
+            server = RedisServer(*aof, port=server.port, data_dir=server.data_dir).start()
+            sim.configure(latency_ms=0)
+            workers.append(Worker(env).start())
+            results = wait_all(producer, ids, 30)  # the calls cut off come back after their lease
+        record(
+            f"SIGTERM while Redis is down ({'8 calls in flight' if busy else 'idle'}, grace {grace_s:g} s)",
+            results,
+            sim.calls(),
+            faults="Redis stopped, then SIGTERM",
+            **{"exit after s": round(took_s, 1)},
+        )
+        assert all(r is not None and r.status == "succeeded" for r in results.values())
+    finally:
+        server.stop()

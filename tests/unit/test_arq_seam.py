@@ -29,7 +29,7 @@ def test_every_member_of_arq_that_promptq_overrides_is_in_the_list_and_takes_wha
     overrides = {
         name for name, value in vars(PromptqWorker).items() if inspect.isfunction(value) and hasattr(Worker, name)
     }
-    assert overrides == {"main", "_poll_iteration", "finish_job", "finish_failed_job", "handle_sig"}
+    assert overrides == {"main", "_poll_iteration", "finish_job", "finish_failed_job", "handle_sig", "close"}
     for name in overrides:
         assert f"Worker.{name}" in MEMBERS
         ours, arqs = inspect.signature(getattr(PromptqWorker, name)), inspect.signature(getattr(Worker, name))
