@@ -1,11 +1,16 @@
 """``make bench-limits``: how close shared rate limits come to the server's limit, and how many 429s.
 
-For 1, 2 and 4 worker processes, four cases run side by side, each with its own Redis and its own
-simulator enforcing the limit: an RPM limit and a TPM limit, each with promptq's shared budget
-(``PROMPTQ_LIMIT_SCOPE=shared``) and with a budget per worker process (``process``: what a
-per-process bucket or semaphore does). The workers are told the same limit the simulator
-enforces. Each case is measured over a window of whole limit windows after a warm-up; the figures
-are medians over several runs. Writes ``bench/limits.md`` (or ``--out``).
+For 1, 2 and 4 worker processes, six cases run side by side, each with its own Redis and its own
+simulator enforcing the limit. Four against a token bucket (the simulator's default): an RPM limit
+and a TPM limit, each with promptq's shared budget (``PROMPTQ_LIMIT_SCOPE=shared``) and with a
+budget per worker process (``process``: what a per-process bucket or semaphore does), each measured
+over a window of whole limit windows after a warm-up. Two against a server that counts per calendar
+second (``--limit-window-s 1``: 10 requests in each second for 600 RPM), shared budget, in three
+busy spells of ``SPELL_S`` separated by idle spells (each spell starts as a run does, and after
+an idle spell): each spell's jobs are submitted at once, and its rate is the requests the server
+answered over the time from the first to the last (the server's own count of arrivals). The
+workers are told the same limit the simulator enforces. The figures are medians over several
+runs. Writes ``bench/limits.md`` (or ``--out``).
 
     python -m bench.limits [--runs 3] [--window-s 180] [--out bench/limits.md]
 """
@@ -36,6 +41,14 @@ TOKENS_PER_REQUEST = 100 + 3 + MAX_TOKENS
 LATENCY_MS = 200
 SLOTS = 8
 WARM_UP_S = 10.0
+SMALL_PROMPT = "x" * 80
+"""The per-second TPM case's prompt: 20 tokens (+3): with max_tokens 27, 50 tokens a request, so a
+second's 1,000 tokens hold a whole number of requests (203-token requests would leave 188 unusable)."""
+SMALL_MAX_TOKENS = 27
+SMALL_TOKENS = 20 + 3 + SMALL_MAX_TOKENS
+SPELLS = 3
+SPELL_S = 20.0
+IDLE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Case:
     kind: str  # "rpm" or "tpm"
     scope: str  # "shared" or "process"
     workers: int
+    enforced: str = "bucket"  # or "second": fixed windows of one second
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,8 @@ class Outcome:
 
 
 def run_case(case: Case, window_s: float) -> Outcome:
+    if case.enforced == "second":
+        return run_spells(case)
     limit = RPM if case.kind == "rpm" else TPM
     sim_args = ["--latency-ms", str(LATENCY_MS)]
     if case.kind == "rpm":
@@ -92,6 +108,49 @@ def run_case(case: Case, window_s: float) -> Outcome:
     return Outcome(achieved_per_min / limit, rejected / max(1, requests), requests)
 
 
+def run_spells(case: Case) -> Outcome:
+    """Busy spells of ``SPELL_S`` and idle ones of ``IDLE_S`` against a per-second server."""
+    limit = RPM if case.kind == "rpm" else TPM
+    sim_args = ["--latency-ms", str(LATENCY_MS), "--limit-window-s", "1"]
+    if case.kind == "rpm":
+        sim_args += ["--rpm", str(RPM)]
+        per_s = RPM / 60
+        job: dict[str, object] = {"prompt": "limited"}
+    else:
+        sim_args += ["--tpm", str(TPM), "--reply", "y" * (SMALL_MAX_TOKENS * 4)]
+        per_s = TPM / SMALL_TOKENS / 60
+        job = {"prompt": SMALL_PROMPT, "max_tokens": SMALL_MAX_TOKENS}
+    jobs = round(per_s * SPELL_S)
+    rates = []
+    with RedisServer() as server, Simulator(*sim_args) as sim:
+        env = {
+            "REDIS_URL": server.url,
+            "OPENAI_BASE_URL": sim.base_url,
+            "PROMPTQ_MAX_JOBS": str(SLOTS),
+            f"PROMPTQ_{case.kind.upper()}": str(limit),
+            "PROMPTQ_MAX_TRIES": "50",
+        }
+        workers = [Worker(env).start() for _ in range(case.workers)]
+        try:
+            with SyncProducer(server.url) as producer:
+                for spell in range(SPELLS):
+                    if spell:
+                        time.sleep(IDLE_S)
+                    seen = len(sim.calls())
+                    done_before = sim.stats()["completions"]
+                    producer.submit_many([job] * jobs)
+                    while sim.stats()["completions"] - done_before < jobs:
+                        time.sleep(0.05)
+                    answered = [c["t"] for c in sim.calls()[seen:] if c["status"] == 200]
+                    rates.append((len(answered) - 1) / (max(answered) - min(answered)) / per_s)
+            stats = sim.stats()
+        finally:
+            for w in workers:
+                w.stop()
+    rejected = stats["by_status"].get("429", 0)
+    return Outcome(statistics.median(rates), rejected / max(1, stats["requests"]), stats["requests"])
+
+
 def write(results: dict[Case, list[Outcome]], out: Path, runs: int, window_s: float, seconds: float) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [
@@ -120,7 +179,25 @@ def write(results: dict[Case, list[Outcome]], out: Path, runs: int, window_s: fl
         "",
         "Per process, each worker spends the whole budget alone: with more than one worker the server",
         "refuses the excess (429) and the retries wait, so more requests bring no more answers.",
+        "",
+        f"Against a server counting per calendar second ({RPM // 60} requests, or {TPM // 60:,} tokens, in each",
+        f"second), shared budget, {SPELLS} busy spells of {SPELL_S:.0f} s a run with {IDLE_S:.0f} s idle between them",
+        f"({SMALL_TOKENS} tokens a TPM request); rate: requests the server answered in a spell over the time from",
+        "its first to its last, as the server counts them, median of the spells; 429s: over every request of the",
+        "runs (median of the runs).",
+        "Goals: rate ÷ limit ≥ 0.97, no 429.",
+        "",
+        "| limit | workers | rate ÷ limit | 429s | requests a run |",
+        "|---|---|---|---|---|",
     ]
+    for kind in ("rpm", "tpm"):
+        for n in (1, 2, 4):
+            outcomes = results[Case(kind, "shared", n, "second")]
+            ratio = statistics.median(o.achieved_per_limit for o in outcomes)
+            share = statistics.median(o.rejected_share for o in outcomes)
+            requests = statistics.median(o.requests for o in outcomes)
+            label = f"{RPM} RPM" if kind == "rpm" else f"{TPM:,} TPM"
+            lines.append(f"| {label} | {n} | {ratio:.3f} | {share * 100:.2f} % | {requests:.0f} |")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -136,6 +213,7 @@ def main() -> None:
     for run in range(args.runs):
         for n in (1, 2, 4):
             cases = [Case(kind, scope, n) for kind in ("rpm", "tpm") for scope in ("shared", "process")]
+            cases += [Case(kind, "shared", n, "second") for kind in ("rpm", "tpm")]
             with ThreadPoolExecutor(len(cases)) as pool:
                 outcomes = list(pool.map(lambda c: run_case(c, args.window_s), cases))
             for case, outcome in zip(cases, outcomes, strict=True):

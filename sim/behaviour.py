@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Bucket", "SimConfig", "SimStats", "chance", "count_tokens", "message_text", "reply_text"]
+__all__ = ["Bucket", "SimConfig", "SimStats", "Window", "chance", "count_tokens", "message_text", "reply_text"]
 
 
 @dataclass
@@ -49,6 +49,10 @@ class SimConfig:
     ``max_completion_tokens``, or else its answer's tokens), taken when it arrives."""
     tpm_burst: int | None = None
     """Tokens the limit lets through at once (default: one second's worth)."""
+    limit_window_s: float = 0.0
+    """0: the limits are token buckets (above). Else each is enforced per fixed window of this many
+    seconds on the clock (1: per calendar second), each allowing ``rpm`` (or ``tpm``) times
+    ``limit_window_s / 60``, as a server enforcing a per-minute limit over shorter periods may."""
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -100,6 +104,38 @@ class Bucket:
 
     def full_in_s(self) -> float:
         return max(0.0, self.burst - self.level) / self.rate_per_s
+
+
+class Window:
+    """Fixed windows of ``window_s`` on the clock, each allowing ``per_minute * window_s / 60``."""
+
+    def __init__(self, per_minute: int, window_s: float) -> None:
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self.capacity = per_minute * window_s / 60
+        self.index = -1
+        self.used = 0.0
+
+    def _now(self) -> float:
+        now = time.time()
+        if (index := int(now // self.window_s)) != self.index:
+            self.index, self.used = index, 0.0
+        return now
+
+    def wait_s(self, cost: float) -> float:
+        now = self._now()
+        return 0.0 if self.used + cost <= self.capacity else self.full_in_s(now)
+
+    def take(self, cost: float) -> None:
+        self.used += cost
+
+    def remaining(self) -> int:
+        self._now()
+        return max(0, int(self.capacity - self.used))
+
+    def full_in_s(self, now: float | None = None) -> float:
+        now = self._now() if now is None else now
+        return (self.index + 1) * self.window_s - now
 
 
 DEMO_ANSWERS = {

@@ -21,7 +21,7 @@ import random
 import time
 from typing import Any
 
-from sim.behaviour import Bucket, SimConfig, SimStats, chance, count_tokens, reply_text
+from sim.behaviour import Bucket, SimConfig, SimStats, Window, chance, count_tokens, reply_text
 
 __all__ = ["Simulator"]
 
@@ -65,7 +65,7 @@ class Simulator:
         self.stats = SimStats()
         self.rng = random.Random(self.config.seed)
         self._ids = itertools.count(1)
-        self._buckets: dict[str, Bucket] = {}
+        self._buckets: dict[str, Bucket | Window] = {}
         """The rate limits in force: ``requests`` and ``tokens``, as configured."""
         self._server: asyncio.Server | None = None
         self.calls: list[list[Any]] = []
@@ -286,13 +286,19 @@ class Simulator:
     def _rate_limited(self, costs: dict[str, int]) -> tuple[str, float] | None:
         """Take the request's costs from the configured limits; or, if one has not enough left,
         take nothing and say which and how long until it would."""
+        window_s = self.config.limit_window_s
         for kind, per_minute, burst in (
             ("requests", self.config.rpm, self.config.rpm_burst),
             ("tokens", self.config.tpm, self.config.tpm_burst),
         ):
+            current = self._buckets.get(kind)
             if not per_minute:
                 self._buckets.pop(kind, None)
-            elif kind not in self._buckets or self._buckets[kind].per_minute != per_minute:
+            elif window_s > 0 and not (
+                isinstance(current, Window) and (current.per_minute, current.window_s) == (per_minute, window_s)
+            ):
+                self._buckets[kind] = Window(per_minute, window_s)
+            elif window_s <= 0 and not (isinstance(current, Bucket) and current.per_minute == per_minute):
                 self._buckets[kind] = Bucket(per_minute, burst)
         for kind, bucket in self._buckets.items():
             if (wait_s := bucket.wait_s(costs[kind])) > 0:

@@ -1,7 +1,10 @@
 """Rate limits shared by every worker: requests and tokens per minute, per model, kept in Redis.
 
 Each limit is a GCRA (generic cell rate algorithm) over Redis time: the budget is spread evenly
-over the minute, with a small burst, as OpenAI enforces a per-minute limit over shorter periods.
+over the minute with no burst, at ``LIMIT_USE`` of the limit, since a server may enforce a
+per-minute limit over shorter periods (OpenAI says it may: 10 requests in each second for 600 RPM).
+Requests at most 60 / (rpm * 0.98) s apart never put more than the limit's share in any one second,
+at the start of a run or after an idle spell alike, with 2 % left for timing jitter.
 Before a call the worker *reserves* one request and an estimate of its tokens (prompt + the
 completion it may produce): one Lua script returns the moment the reservation falls due, and the
 worker sleeps until then. Reservations are handed out in the order they are asked for, so waiting
@@ -36,8 +39,11 @@ from worker.retry import parse_duration_s
 __all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens", "server_budget_wait_s"]
 
 LIMIT_KEY_PREFIX = "promptq:limit:"
-BURST_S = 1.0
-"""Each limit lets through at most about one second's worth of its budget at once."""
+LIMIT_USE = 0.98
+"""Requests and tokens are spaced for this share of each limit: a request that leaves a little late
+and the next one on time still fall in different seconds of a server counting per second."""
+BURST_S = 0.0
+"""No burst: the budget is never spent faster than its pace, not even after an idle spell."""
 _NO_MAX_WAIT_MS = 10**12
 
 # KEYS: rpm TAT, tpm TAT, cool-down. ARGV: rpm, tpm (0: none), tokens asked, burst (s), max wait (ms).
@@ -178,7 +184,8 @@ class Limiter:
         keys = self._keys(model)
         while True:
             left_ms = _NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round((max_wait_s - waited_s) * 1000))
-            args = [limit.rpm or 0, limit.tpm or 0, tokens if limit.tpm else 0, BURST_S, left_ms]
+            rpm, tpm = (limit.rpm or 0) * LIMIT_USE, (limit.tpm or 0) * LIMIT_USE
+            args = [rpm, tpm, tokens if limit.tpm else 0, BURST_S, left_ms]
             reply: Any = await persist(functools.partial(self._reserve, keys=keys, args=args))
             reserved, wait_s = int(reply[0]), int(reply[1]) / 1000
             if not reserved and waited_s + wait_s > max_wait_s:
@@ -193,7 +200,8 @@ class Limiter:
         limit = self.limit_for(model)
         tpm = limit.tpm
         if tpm and used != estimated:
-            await persist(lambda: self._settle(keys=[self._keys(model)[1]], args=[tpm, used - estimated]))
+            args = [tpm * LIMIT_USE, used - estimated]
+            await persist(lambda: self._settle(keys=[self._keys(model)[1]], args=args))
 
     async def cool_down(self, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` for ``seconds`` (a 429 or the server's headers said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -95,6 +96,20 @@ async def test_the_rpm_limit_answers_429_with_rate_limit_headers(client: openai.
     headers = caught.value.response.headers
     assert headers["x-ratelimit-limit-requests"] == "60" and headers["x-ratelimit-remaining-requests"] == "0"
     assert 0 < int(headers["retry-after-ms"]) <= 1000
+
+
+async def test_a_windowed_limit_counts_per_calendar_second(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(rpm=180, limit_window_s=1.0)  # 3 in each second of the clock, however they come
+    await asyncio.sleep(1 - time.time() % 1 + 0.01)  # just after a second begins
+    for _ in range(3):
+        await client.chat.completions.create(model="m", messages=USER)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="m", messages=USER)
+    assert 0 < int(caught.value.response.headers["retry-after-ms"]) <= 1000
+    await asyncio.sleep(1 - time.time() % 1 + 0.01)  # the next second: three more
+    for _ in range(3):
+        await client.chat.completions.create(model="m", messages=USER)
+    assert sim.stats()["faults"] == {"requests_limited": 1}
 
 
 async def test_the_tpm_limit_charges_the_prompt_and_max_tokens(client: openai.AsyncOpenAI, sim: Simulator) -> None:
