@@ -10,11 +10,12 @@
 - ``GET /healthz``: 200 when Redis answers, else 503. ``GET /``: a page to try a prompt.
 
 Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``),
-``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``, and
-``PROMPTQ_SSE_KEEPALIVE_S`` (15): an events stream sends a comment line when silent that long.
-Errors: 401 without the token, 404 for an unknown id, 422 for a bad job (the message names the
-problem), 503 when Redis does not answer, is out of memory (with ``Retry-After``) or may evict keys.
-Like the rest of the producer, it never imports openai.
+``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``,
+``PROMPTQ_SSE_KEEPALIVE_S`` (15): an events stream sends a comment line when silent that long, and
+``PROMPTQ_MAX_BODY_BYTES`` (16 MiB): a larger request body is refused with 413 before it is read.
+Every error answers ``{"detail": "..."}``: 400 a bad ``Last-Event-ID``, 401 without the token, 404 an
+unknown id, 413 a body over the limit, 422 a bad job (the message names the problem), 503 Redis
+away, full (with ``Retry-After``) or unsafe. Like the rest of the producer, it never imports openai.
 """
 
 from __future__ import annotations
@@ -22,32 +23,41 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.calls import ProducerConfig
 from producer.client import JobNotFoundError, Producer
 from producer.contract import FAIRNESS_KEY_MAX_BYTES, JobResult, dumps, result_key
-from producer.env import env_float
+from producer.env import env_float, env_int
 from producer.errors import QueueFullError, QueueUnavailableError, redis_errors
 from producer.streams import StreamEvent
-from producer.validation import InvalidJobError
+from producer.validation import JOB_ID_RE, InvalidJobError
 
 __all__ = ["app", "create_app"]
 
 TOKEN_ENV = "PROMPTQ_API_TOKEN"
 KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
+MAX_BODY_ENV = "PROMPTQ_MAX_BODY_BYTES"
 DEFAULT_KEEPALIVE_S = 15.0
 """An events stream with nothing to send sends an SSE comment this often."""
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_JOBS_PER_REQUEST = 10_000
+EVENT_ID_RE = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
 
 
+# -- what goes in and comes out ---------------------------------------------------------------------
 class JobRequest(BaseModel):
     """One job: ``prompt`` or ``messages``, plus any Chat Completions parameter promptq passes on
     (``temperature``, ``max_tokens``...). Checked as ``Producer.submit`` checks it."""
@@ -56,10 +66,14 @@ class JobRequest(BaseModel):
         extra="allow",
         json_schema_extra={"examples": [{"prompt": "What is the capital of Vietnam?", "stream": True}]},
     )
-    prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    model: str | None = None
-    job_id: str | None = Field(None, description="your own id; submitting it again enqueues nothing new")
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1)
+    model: str | None = Field(None, min_length=1)
+    job_id: str | None = Field(
+        None,
+        pattern=f"^{JOB_ID_RE.pattern}$",
+        description="your own id; submitting it again enqueues nothing new",
+    )
     metadata: dict[str, Any] | None = None
     stream: bool = False
     priority: int | None = Field(None, ge=0, le=9, strict=True, description="0 runs first, 9 last (default 5)")
@@ -71,13 +85,70 @@ class JobRequest(BaseModel):
     )
 
 
+class UsageDoc(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ErrorDoc(BaseModel):
+    type: str
+    message: str
+    status_code: int | None
+    retryable: bool
+
+
+class ResultDocument(BaseModel):
+    """The result document (``promptq:result:{job_id}``), as ``GET`` and the ``done`` event give it."""
+
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    attempts: int
+    model: str | None
+    content: str | None
+    finish_reason: str | None
+    usage: UsageDoc | None
+    error: ErrorDoc | None
+    metadata: dict[str, Any] | None
+    priority: int
+    fairness_key: str
+    enqueued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    latency_ms: int | None
+
+
 class Cancelled(BaseModel):
     job_id: str
     cancelled: bool
     message: str
-    result: dict[str, Any] | None
+    result: ResultDocument | None
 
 
+class ErrorBody(BaseModel):
+    """Every error: what went wrong, in words."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    ok: bool
+    detail: str | None = None
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        400: "a body that cannot be read as JSON, or a Last-Event-ID that is not an event id",
+        401: "missing or wrong bearer token",
+        404: "no such job (never submitted, or its result expired)",
+        413: f"request body over {MAX_BODY_ENV}",
+        422: "a bad job; the message names the problem",
+        503: "Redis away, out of memory (with Retry-After) or evicting keys",
+    }
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+# -- the app ------------------------------------------------------------------------------------
 def create_app(config: ProducerConfig | None = None, token: str | None = None) -> FastAPI:
     """The API app; ``config`` and ``token`` default to the environment."""
 
@@ -90,13 +161,59 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     app = FastAPI(title="promptq", version="0.1.0", summary="LLM prompt jobs over Redis", lifespan=lifespan)
     app.state.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
     app.state.keepalive_s = env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S)
+    app.add_middleware(BodyLimit, max_bytes=env_int(os.environ, MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
     app.add_exception_handler(QueueUnavailableError, _error_handler(503))
     app.add_exception_handler(QueueFullError, _error_handler(503, {"Retry-After": str(QueueFullError.retry_after_s)}))
     app.add_exception_handler(JobNotFoundError, _error_handler(404))
     app.add_exception_handler(InvalidJobError, _error_handler(422))
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(jobs)
     app.include_router(site)
     return app
+
+
+class BodyLimit:
+    """Refuses a request body over ``max_bytes`` with 413: by its Content-Length before reading it,
+    or, without one, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(send)
+            return
+        seen, refused, started = 0, False, False
+
+        async def counting() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes and not refused:
+                refused = True
+                if not started:
+                    await self._too_large(send)
+                return {"type": "http.disconnect"}  # the app stops reading; what it answers is dropped
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counting, sending)
+
+    async def _too_large(self, send: Send) -> None:
+        body = dumps({"detail": f"the request body is over {self.max_bytes} bytes ({MAX_BODY_ENV})"}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _error_handler(status: int, headers: dict[str, str] | None = None) -> Any:
@@ -106,13 +223,35 @@ def _error_handler(status: int, headers: dict[str, str] | None = None) -> Any:
     return handle
 
 
-async def authorised(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+async def _validation_error(_: Request, e: Exception) -> JSONResponse:
+    """FastAPI's own checks answer in the one error shape: the first problem, in words."""
+    problems = e.errors() if isinstance(e, RequestValidationError) else []
+    words = []
+    for problem in problems[:3]:
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+        words.append(f"{where}: {problem.get('msg', 'invalid')}" if where else str(problem.get("msg", "invalid")))
+    return JSONResponse({"detail": "; ".join(words) or "invalid request"}, status_code=422)
+
+
+async def _http_error(_: Request, e: Exception) -> JSONResponse:
+    status = e.status_code if isinstance(e, StarletteHTTPException) else 500
+    detail = e.detail if isinstance(e, StarletteHTTPException) else "error"
+    headers = getattr(e, "headers", None)
+    return JSONResponse({"detail": str(detail)}, status_code=status, headers=headers)
+
+
+bearer = HTTPBearer(auto_error=False, description=f"the token in {TOKEN_ENV}, when it is set")
+
+
+async def authorised(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
     """With ``PROMPTQ_API_TOKEN`` set, ``Authorization: Bearer <token>`` (compared in constant time)."""
     token: str | None = request.app.state.token
     if token is None:
         return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    given = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -126,8 +265,20 @@ jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised)])
 site = APIRouter()
 
 
-@jobs.post("", status_code=202, summary="Submit one job or a list of jobs")
-async def submit(body: JobRequest | list[JobRequest], producer: ProducerDep) -> Any:
+@jobs.post(
+    "",
+    status_code=202,
+    summary="Submit one job or a list of jobs",
+    response_model=None,
+    responses={
+        202: {"model": ResultDocument | list[ResultDocument], "description": "the result document(s), queued"},
+        **_errors(400, 401, 413, 422, 503),
+    },
+)
+async def submit(
+    body: JobRequest | Annotated[list[JobRequest], Field(min_length=1, max_length=MAX_JOBS_PER_REQUEST)],
+    producer: ProducerDep,
+) -> Any:
     if isinstance(body, list):
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
@@ -139,7 +290,12 @@ async def submit(body: JobRequest | list[JobRequest], producer: ProducerDep) -> 
     return _doc(await producer.get(job_id), job_id)
 
 
-@jobs.get("/{job_id}", summary="The job's result document")
+@jobs.get(
+    "/{job_id}",
+    summary="The job's result document",
+    response_model=None,
+    responses={200: {"model": ResultDocument, "description": "the result document"}, **_errors(401, 404, 503)},
+)
 async def get(job_id: str, producer: ProducerDep) -> Any:
     return _doc(await producer.get(job_id), job_id)
 
@@ -148,14 +304,23 @@ async def get(job_id: str, producer: ProducerDep) -> Any:
     "/{job_id}/events",
     summary="The job's events as Server-Sent Events (delta, restart, done)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the events, then the stream ends"},
+        **_errors(400, 401, 404, 503),
+    },
 )
 async def events(
-    request: Request, job_id: str, producer: ProducerDep, last_event_id: Annotated[str | None, Header()] = None
+    request: Request,
+    job_id: str,
+    producer: ProducerDep,
+    last_event_id: Annotated[
+        str | None, Header(description="resume behind this event (its id); 0 or absent: from the start")
+    ] = None,
 ) -> StreamingResponse:
-    _doc(await producer.get(job_id), job_id)  # 404 before the stream starts
     after = last_event_id or "0"
-
+    if not EVENT_ID_RE.fullmatch(after):
+        raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an event id (like 1795636687650-0)")
+    _doc(await producer.get(job_id), job_id)  # 404 before the stream starts
     keepalive_s: float = request.app.state.keepalive_s
 
     async def sse() -> AsyncIterator[str]:
@@ -166,16 +331,22 @@ async def events(
     return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 
-@jobs.delete("/{job_id}", summary="Cancel a queued or running job")
+@jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 404, 503))
 async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
     outcome = await producer.cancel(job_id)
     if outcome.result is None and not outcome.cancelled:
         raise HTTPException(404, outcome.message)
-    doc = outcome.result.to_doc() if outcome.result else None
+    doc = ResultDocument.model_validate(outcome.result.to_doc()) if outcome.result else None
     return Cancelled(job_id=job_id, cancelled=outcome.cancelled, message=outcome.message, result=doc)
 
 
-@site.get("/healthz", summary="200 when Redis answers")
+@site.get(
+    "/healthz",
+    summary="200 when Redis answers",
+    response_model=Health,
+    response_model_exclude_none=True,
+    responses={503: {"model": Health, "description": "Redis does not answer"}},
+)
 async def healthz(producer: ProducerDep) -> Any:
     try:
         await producer.redis.ping()

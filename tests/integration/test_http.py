@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -96,7 +97,7 @@ def test_a_list_of_jobs_answers_with_every_document(api: Api, http_worker: Worke
         ({"prompt": "hi", "temperature": 3}, "temperature must be a number from 0 to 2"),
         ({"prompt": "hi", "promt": "typo"}, "unknown parameter 'promt'"),
         ({}, "give exactly one of prompt or messages"),
-        ([], "a list of jobs must hold 1 to"),
+        ([], "at least 1 item"),
         ({"prompt": "hi", "fairness_key": "a\u0000b"}, "without control characters"),
         ({"prompt": "hi", "fairness_key": "é" * 100}, "1 to 128 bytes"),
         ({"prompt": "hi", "priority": 10}, "priority"),
@@ -155,6 +156,41 @@ def test_the_token_is_required(api: Api, redis_url: str) -> None:
         status, doc, got = call(api, "POST", "/v1/jobs", {"prompt": "hi"}, headers=headers)
         assert status == 401 and got.get("www-authenticate") == "Bearer" and "token" in doc["detail"], headers
     assert call(api, "GET", "/healthz", headers={"Authorization": ""})[:2] == (200, {"ok": True})
+
+
+def test_a_last_event_id_that_is_not_an_event_id_gets_400(
+    api: Api, http_worker: Worker, redis_url: str, sim: Simulator
+) -> None:
+    _, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "hi"})
+    path = f"/v1/jobs/{doc['job_id']}/events"
+    for bad in ("null", "abc", "1-2-3", "-1"):
+        status, answer, _ = call(api, "GET", path, headers={"Last-Event-ID": bad})
+        assert status == 400 and "is not an event id" in answer["detail"], bad
+    status, text, _ = call(api, "GET", path, headers={"Last-Event-ID": "0"})
+    assert status == 200 and sse(text)[-1][1] == "done"
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read(redis_url: str) -> None:
+    with Api({"REDIS_URL": redis_url, "PROMPTQ_MAX_BODY_BYTES": "1000"}) as small:
+        status, doc, _ = call(small, "POST", "/v1/jobs", {"prompt": "x" * 2000})
+        assert status == 413 and "over 1000 bytes" in doc["detail"]
+        # without a Content-Length (chunked): refused once the bytes read pass the limit
+        with socket.create_connection(("127.0.0.1", small.port)) as s:
+            s.sendall(
+                b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            for _ in range(3):
+                s.sendall(b"200\r\n" + b"x" * 0x200 + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 413")
+        assert call(small, "POST", "/v1/jobs", {"prompt": "fits"})[0] == 202
+
+
+def test_every_error_answers_in_one_shape(api: Api, redis_url: str) -> None:
+    for body in ({"prompt": "hi", "priority": "1"}, {"prompt": 5}, [{"prompt": "a"}] * 0):
+        status, doc, _ = call(api, "POST", "/v1/jobs", body)
+        assert status == 422 and isinstance(doc["detail"], str) and doc["detail"], body
 
 
 def test_redis_down_gets_503() -> None:
