@@ -137,6 +137,17 @@ class RedisServer(Proc):
         wait_until(self._answers, 10, "redis-server")
         return self
 
+    def info_link_up(self) -> bool:
+        """A replica: its link to the primary is up (it has the data)."""
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        try:
+            info: dict[str, Any] = client.info("replication")  # type: ignore[assignment]
+            return info.get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
     def _answers(self) -> bool:
         """Any reply to PING counts (``-NOAUTH`` too, for a server with a password)."""
         try:
@@ -145,6 +156,74 @@ class RedisServer(Proc):
                 return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
+
+
+class SentinelSet:
+    """A primary, a replica and three Sentinels watching them (``redis-server --sentinel``), each a
+    throw-away server on a free port; ``url`` is the ``redis+sentinel://`` URL promptq takes."""
+
+    def __init__(self, service: str = "promptq", *extra_args: str, down_after_ms: int = 1000) -> None:
+        self.service, self.extra_args, self.down_after_ms = service, extra_args, down_after_ms
+        self.servers: list[RedisServer] = []
+        self.sentinels: list[Proc] = []
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{service}"
+
+    def start(self) -> Self:
+        primary = RedisServer(*self.extra_args).start()
+        replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port), *self.extra_args).start()
+        self.servers = [primary, replica]
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        for port in self.sentinel_ports:
+            folder = Path(tempfile.mkdtemp(prefix="promptq-sentinel-"))
+            (folder / "sentinel.conf").write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 3000\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+            self.sentinels.append(
+                Proc([binary, str(folder / "sentinel.conf"), "--sentinel"], log_path=folder / "sentinel.log").start()
+            )
+        wait_until(self._watching, 20, "sentinels watching the primary and its replica")
+        return self
+
+    def _watching(self) -> bool:
+        for port in self.sentinel_ports:
+            try:
+                client = redis.Redis(port=port, socket_timeout=0.5)
+                ready = len(client.sentinel_slaves(self.service)) >= 1  # type: ignore[no-untyped-call]
+                ready = ready and len(client.sentinel_sentinels(self.service)) >= 2  # type: ignore[no-untyped-call]
+                client.close()
+            except redis.RedisError:
+                return False
+            if not ready:
+                return False
+        return self.servers[1].info_link_up()
+
+    def primary_port(self) -> int:
+        client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=1)
+        try:
+            _host, port = client.sentinel_get_master_addr_by_name(self.service)  # type: ignore[no-untyped-call]
+            return int(port)
+        finally:
+            client.close()
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def stop(self) -> None:
+        for proc in [*self.sentinels, *self.servers]:
+            proc.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
 
 
 class Simulator(Proc):

@@ -29,7 +29,7 @@ from producer.contract import (
     stream_key,
 )
 from producer.env import env_flag, env_int, env_redis_url, redact_url
-from producer.errors import EvictionPolicyError, QueueUnavailableError
+from producer.errors import EvictionPolicyError, NotReplicatedError, QueueUnavailableError
 from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
 from producer.scripts import Value, script
 from producer.validation import InvalidJobError, PromptJob
@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("promptq.producer")
+
+DEFAULT_REPLICA_TIMEOUT_MS = 1000
 
 SUBMIT_CHUNK = 1_000
 """Jobs sent in one pipelined round trip by ``submit_many``."""
@@ -141,16 +143,23 @@ class ProducerConfig:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     allow_eviction: bool = False
     """Write to a Redis whose ``maxmemory-policy`` may evict keys (``PROMPTQ_ALLOW_EVICTION``), with a warning."""
+    min_replicas: int = 0
+    """Replicas that must confirm each submit (``PROMPTQ_MIN_REPLICAS``; 0: none, the primary's word is enough)."""
+    replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS
+    """How long a submit waits for them (``PROMPTQ_REPLICA_TIMEOUT_MS``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
-        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``."""
+        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``,
+        ``PROMPTQ_MIN_REPLICAS`` and ``PROMPTQ_REPLICA_TIMEOUT_MS``."""
         env = os.environ if env is None else env
         return cls(
             redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
             result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
             max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
             allow_eviction=env_flag(env, ALLOW_EVICTION_ENV),
+            min_replicas=env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0),
+            replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", DEFAULT_REPLICA_TIMEOUT_MS),
         )
 
     def with_url(self, redis_url: str) -> ProducerConfig:
@@ -165,6 +174,16 @@ class Calls:
         self.queued_ttl_ms = max(config.result_ttl_s, MIN_QUEUED_TTL_S) * 1000
         self.checked = False
         """The Redis was found safe to write to (``check``), once."""
+
+    def replicated(self, acked: int) -> None:
+        """After a write and its WAIT: :class:`NotReplicatedError` when fewer replicas confirmed it."""
+        wanted = self.config.min_replicas
+        if acked < wanted:
+            raise NotReplicatedError(
+                f"Redis at {redact_url(self.config.redis_url)} took the write, but {acked} of the {wanted} replicas "
+                f"PROMPTQ_MIN_REPLICAS asks for confirmed it within {self.config.replica_timeout_ms} ms: it would be "
+                "lost if the primary failed now. Submitting again is safe (the same job ids enqueue nothing twice)"
+            )
 
     def check(self, facts: RedisFacts) -> None:
         """Before the first write: refuse a Redis that evicts keys (:class:`EvictionPolicyError`)

@@ -24,8 +24,15 @@ from producer.calls import (
     QueueDepths,
     RetryRefusedError,
 )
+from producer.connect import async_client
 from producer.contract import FAILED_SET, JobResult, result_key
-from producer.errors import EvictionPolicyError, QueueFullError, QueueUnavailableError, redis_errors
+from producer.errors import (
+    EvictionPolicyError,
+    NotReplicatedError,
+    QueueFullError,
+    QueueUnavailableError,
+    redis_errors,
+)
 from producer.guard import read_facts
 from producer.notify import FALLBACK_POLL_S, DoneWatcher
 from producer.scripts import script
@@ -35,6 +42,7 @@ __all__ = [
     "Cancellation",
     "EvictionPolicyError",
     "JobNotFoundError",
+    "NotReplicatedError",
     "Producer",
     "ProducerConfig",
     "QueueDepths",
@@ -99,7 +107,7 @@ class Producer:
     ) -> None:
         self._calls = Calls(_config(redis_url, config))
         self._owns_client = client is None
-        self.redis = client if client is not None else redis.asyncio.Redis.from_url(self.config.redis_url)
+        self.redis = client if client is not None else async_client(self.config.redis_url)
         self._submit = self.redis.register_script(script("submit").source)
         self._submit_many = self.redis.register_script(script("submit_many").source)
         self._retry = self.redis.register_script(script("retry").source)
@@ -137,7 +145,7 @@ class Producer:
         keys, args = self._calls.submit(job, time.time())
         with redis_errors(self.config.redis_url):
             await self._check()
-            await self._submit(keys=keys, args=args)
+            await self._write(self._submit, keys, args)
         return job.job_id
 
     async def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
@@ -154,11 +162,22 @@ class Producer:
                 for keys, args in self._calls.chunks(jobs):  # encodes a chunk while Redis runs the last
                     if sending is not None:
                         await sending
-                    sending = asyncio.ensure_future(self._submit_many(keys=keys, args=args))
+                    sending = asyncio.ensure_future(self._write(self._submit_many, keys, args))
             finally:
                 if sending is not None:
                     await sending
         return [job.job_id for job in jobs]
+
+    async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a write script; with ``PROMPTQ_MIN_REPLICAS``, and its WAIT on the same connection."""
+        if not self.config.min_replicas:
+            return await script(keys=keys, args=args)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.config.min_replicas, self.config.replica_timeout_ms)
+            reply, acked = await pipe.execute()
+        self._calls.replicated(int(acked))
+        return reply
 
     async def _check(self) -> None:
         """Once, before the first write: is this Redis safe to write to (``producer.guard``)?"""
@@ -209,7 +228,7 @@ class Producer:
             await self._check()
             doc, record = await self.redis.mget(Calls.retry_reads(job_id))
             keys, args = self._calls.retry(job_id, doc, record, time.time())
-            _retried(job_id, await self._retry(keys=keys, args=args))
+            _retried(job_id, await self._write(self._retry, keys, args))
         return job_id
 
     async def cancel(self, job_id: str) -> Cancellation:

@@ -1,4 +1,4 @@
-"""Reading configuration from the environment, with errors that name the variable (stdlib only)."""
+"""Reading configuration from the environment, with errors that name the variable (standard library only)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
+
+from producer.connect import SENTINEL_SCHEMES, parse_sentinel
 
 __all__ = [
     "ConfigError",
@@ -93,8 +95,17 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
 def env_redis_url(env: Mapping[str, str], default: str) -> str:
     url = env_str(env, "REDIS_URL", default) or default
     scheme = urlsplit(url).scheme
-    if scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
+    if scheme in SENTINEL_SCHEMES:
+        try:
+            parse_sentinel(url, env)
+        except ValueError as e:
+            raise ConfigError(
+                f"REDIS_URL {redact_url(url)!r}: {e} (redis+sentinel://[user:password@]host:port,.../service[/db])"
+            ) from None
+    elif scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://, got {redact_url(url)!r}"
+        )
     return url
 
 

@@ -12,7 +12,7 @@ import redis
 
 from producer.env import redact_url
 
-__all__ = ["EvictionPolicyError", "QueueFullError", "QueueUnavailableError", "redis_errors"]
+__all__ = ["EvictionPolicyError", "NotReplicatedError", "QueueFullError", "QueueUnavailableError", "redis_errors"]
 
 
 class QueueUnavailableError(ConnectionError):
@@ -26,6 +26,12 @@ class QueueFullError(QueueUnavailableError):
 
     retry_after_s = 5
     """A wait to suggest before trying again (the HTTP API's ``Retry-After``)."""
+
+
+class NotReplicatedError(QueueUnavailableError):
+    """With ``PROMPTQ_MIN_REPLICAS`` set, the write reached the primary but fewer replicas confirmed
+    it in time: it would be lost if the primary failed now. Sending it again is safe: the same job
+    ids enqueue nothing twice."""
 
 
 class EvictionPolicyError(QueueUnavailableError):

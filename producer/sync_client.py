@@ -28,6 +28,7 @@ from producer.client import (
     _retried,
     _Waiter,
 )
+from producer.connect import sync_client
 from producer.contract import FAILED_SET, JobResult, done_channel, result_key
 from producer.errors import redis_errors
 from producer.guard import read_facts_sync
@@ -53,7 +54,7 @@ class SyncProducer:
     ) -> None:
         self._calls = Calls(_config(redis_url, config))
         self._owns_client = client is None
-        self.redis = client if client is not None else redis.Redis.from_url(self.config.redis_url)
+        self.redis = client if client is not None else sync_client(self.config.redis_url)
         self._submit = self.redis.register_script(script("submit").source)
         self._submit_many = self.redis.register_script(script("submit_many").source)
         self._retry = self.redis.register_script(script("retry").source)
@@ -82,7 +83,7 @@ class SyncProducer:
         keys, args = self._calls.submit(job, time.time())
         with redis_errors(self.config.redis_url):
             self._check()
-            self._submit(keys=keys, args=args)
+            self._write(self._submit, keys, args)
         return job.job_id
 
     def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
@@ -91,8 +92,19 @@ class SyncProducer:
         with redis_errors(self.config.redis_url):
             self._check()
             for keys, args in self._calls.chunks(jobs):
-                self._submit_many(keys=keys, args=args)
+                self._write(self._submit_many, keys, args)
         return [job.job_id for job in jobs]
+
+    def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """See :meth:`Producer._write`."""
+        if not self.config.min_replicas:
+            return script(keys=keys, args=args)
+        with self.redis.pipeline(transaction=False) as pipe:
+            script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.config.min_replicas, self.config.replica_timeout_ms)
+            reply, acked = pipe.execute()
+        self._calls.replicated(int(acked))
+        return reply
 
     def _check(self) -> None:
         """See :meth:`Producer._check`."""
@@ -139,7 +151,7 @@ class SyncProducer:
             self._check()
             doc, record = cast("list[bytes | None]", self.redis.mget(Calls.retry_reads(job_id)))
             keys, args = self._calls.retry(job_id, doc, record, time.time())
-            _retried(job_id, self._retry(keys=keys, args=args))
+            _retried(job_id, self._write(self._retry, keys, args))
         return job_id
 
     def cancel(self, job_id: str) -> Cancellation:

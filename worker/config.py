@@ -54,6 +54,9 @@ ENV_NAMES = (
     "PROMPTQ_LEASE_S",
     "PROMPTQ_FAIRNESS_WEIGHTS",
     "PROMPTQ_ALLOW_EVICTION",
+    "PROMPTQ_MIN_REPLICAS",
+    "PROMPTQ_REPLICA_TIMEOUT_MS",
+    "PROMPTQ_SENTINEL_PASSWORD",
     "PROMPTQ_RPM",
     "PROMPTQ_TPM",
     "PROMPTQ_LIMITS",
@@ -129,6 +132,9 @@ class WorkerConfig:
     """A dead worker's job may run again this long after its last renewal."""
     allow_eviction: bool = False
     """Run on a Redis whose ``maxmemory-policy`` may evict keys (``PROMPTQ_ALLOW_EVICTION``), with a warning."""
+    min_replicas: int = 0
+    """Replicas that must confirm each result written (``PROMPTQ_MIN_REPLICAS``; fewer: a warning)."""
+    replica_timeout_ms: int = 1000
     fairness_weights: dict[str, float] = field(default_factory=dict)
     """Turns per fairness key when keys take turns at one priority (``PROMPTQ_FAIRNESS_WEIGHTS``; others 1)."""
     shutdown_grace_s: float = 25.0
@@ -189,6 +195,8 @@ class WorkerConfig:
             lease_s=env_float(env, "PROMPTQ_LEASE_S", d.lease_s, minimum=1.0, or_equal=True),
             fairness_weights=weights_from_env(env),
             allow_eviction=env_flag(env, "PROMPTQ_ALLOW_EVICTION"),
+            min_replicas=env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0),
+            replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", d.replica_timeout_ms),
             shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
             limit=limit,
             limits=limits,

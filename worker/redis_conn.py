@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis
 from arq.connections import RedisSettings
 from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -27,6 +27,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from producer.connect import async_sentinel, parse_sentinel, sync_client
 from producer.env import ConfigError, redact_url
 from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, read_facts_sync, version_problem
 from worker.logs import get_logger
@@ -130,7 +131,19 @@ async def _ride_out(
 
 
 def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
-    """arq's connection settings from a URL (credentials, TLS and database included)."""
+    """arq's connection settings from a URL (credentials, TLS and database included), for what arq
+    does with them itself (``arq worker.Settings --check``); the worker's pool is promptq's own."""
+    if (target := parse_sentinel(url)) is not None:
+        return RedisSettings(
+            host=list(target.sentinels),
+            sentinel=True,
+            sentinel_master=target.service,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.ssl,
+            conn_retries=0,
+        )
     kw: dict[str, Any] = dict(parse_url(url))
     return RedisSettings(
         host=kw.get("host", "localhost"),
@@ -147,13 +160,13 @@ def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
     )
 
 
-class BoundedPool(ConnectionPool):
+class _Bounded(ConnectionPool):
     """redis-py's pool, with a task waiting for a connection while ``max_connections`` are in use
     (a semaphore: redis-py's ``BlockingConnectionPool`` takes a lock and a timeout on every get and
     release, which cost about 15 % of a worker's jobs/s at 100 slots and 100 ms calls)."""
 
-    def __init__(self, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(max_connections=max_connections, **kwargs)
+    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "max_connections": max_connections})
         self._free = asyncio.Semaphore(max_connections)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
@@ -172,23 +185,36 @@ class BoundedPool(ConnectionPool):
             self._free.release()
 
 
+class BoundedPool(_Bounded):
+    """A bounded pool to one Redis."""
+
+
+class BoundedSentinelPool(_Bounded, SentinelConnectionPool):
+    """A bounded pool to the primary the Sentinels name (asked again for every new connection)."""
+
+
 def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: float = REDIS_OUTAGE_S) -> Any:
-    """The worker's connection pool: at most ``max_connections``, riding out outages like :class:`OutageRetry`."""
-    return BoundedPool.from_url(
-        url,
-        max_connections=max_connections,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=OutageRetry(outage_s),
-        retry_on_error=[ConnectionError, TimeoutError],
-        retry_on_timeout=True,
-    )
+    """The worker's connection pool: at most ``max_connections``, riding out outages like
+    :class:`OutageRetry` (a failover too: a new connection finds the new primary)."""
+    kwargs: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "retry": OutageRetry(outage_s),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "retry_on_timeout": True,
+    }
+    target = parse_sentinel(url)
+    if target is None:
+        return BoundedPool.from_url(url, **kwargs)
+    sentinel = async_sentinel(target, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    return BoundedSentinelPool(target.service, sentinel, is_master=True, **{**sentinel.connection_kwargs, **kwargs})
 
 
 def check_access(url: str, allow_eviction: bool = False, timeout_s: float = 2.0) -> bool:
     """Refuse to start with credentials Redis rejects (a clear error naming REDIS_URL), or on a Redis
     that could lose jobs (``check_facts``). A Redis that does not answer is not refused: the worker
     starts and waits for it, as during an outage (and checks it then). True when it was checked."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    client = sync_client(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()
         check_facts(read_facts_sync(client), url, allow_eviction)

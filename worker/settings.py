@@ -70,7 +70,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         config=config,
         clients=llm.Clients(config),
         queue=queue,
-        store=ResultStore(ctx["redis"], config.result_ttl_s),
+        store=ResultStore(ctx["redis"], config.result_ttl_s, config.min_replicas, config.replica_timeout_ms),
         leases=leases,
         wake=wake,
         limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),

@@ -27,15 +27,19 @@ from producer.contract import (
     stream_key,
 )
 from producer.scripts import script
+from worker.logs import get_logger
 from worker.redis_conn import persist
 
 __all__ = ["ResultStore"]
 
+log = get_logger("promptq.store")
+
 
 class ResultStore:
-    def __init__(self, redis: Redis, result_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, result_ttl_s: int, min_replicas: int = 0, replica_timeout_ms: int = 1000) -> None:
         self.redis = redis
         self.result_ttl_ms = result_ttl_s * 1000
+        self.min_replicas, self.replica_timeout_ms = min_replicas, replica_timeout_ms
         self._requeue = redis.register_script(script("requeue").source)
         self._release = redis.register_script(script("release").source)
         self._finish = redis.register_script(script("finish").source)
@@ -74,7 +78,21 @@ class ResultStore:
             now_ms=int(time.time() * 1000),
             streamed="1" if streamed else "0",
         )
-        return _parse(await persist(lambda: self._finish(keys=keys, args=args)))
+        if not self.min_replicas:
+            return _parse(await persist(lambda: self._finish(keys=keys, args=args)))
+        return _parse(await persist(lambda: self._finish_replicated(keys, args, job_id)))
+
+    async def _finish_replicated(self, keys: list[str], args: list[Any], job_id: str) -> Any:
+        """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result
+        fewer replicas confirmed is logged: if the primary fails before they have it, the job's lease
+        comes back on the new primary and the job runs again (once more paid, never lost)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._finish(keys=keys, args=args, client=pipe)
+            pipe.wait(self.min_replicas, self.replica_timeout_ms)
+            stored, acked = await pipe.execute()
+        if int(acked) < self.min_replicas:
+            log.warning("job.result_not_replicated", job_id=job_id, replicas=int(acked), wanted=self.min_replicas)
+        return stored
 
 
 def _parse(stored: Any) -> JobResult | None:

@@ -11,8 +11,8 @@ from collections import defaultdict
 import pytest
 import redis
 
-from devtools.stack import RedisServer, Simulator, Worker, wait_until
-from producer import QueueUnavailableError, SyncProducer
+from devtools.stack import RedisServer, SentinelSet, Simulator, Worker, wait_until
+from producer import ProducerConfig, QueueUnavailableError, SyncProducer
 from producer.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, result_key
 from tests.faults.conftest import record, wait_all, worker_env
 
@@ -269,3 +269,52 @@ def test_sigterm_during_a_redis_outage_ends_the_worker_within_its_grace(
         assert all(r is not None and r.status == "succeeded" for r in results.values())
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("min_replicas", [0, 1])
+def test_a_sentinel_failover_mid_run(sim: Simulator, workers: list[Worker], min_replicas: int) -> None:
+    """A primary, a replica and three Sentinels; a worker and a producer going through them; the
+    primary killed (SIGKILL) mid-run, and brought back a few seconds later (Sentinel makes it a
+    replica of the new primary)."""
+    sim.configure(latency_ms=100)
+    with SentinelSet() as cluster:
+        env = worker_env(cluster.url, sim, PROMPTQ_MAX_JOBS="16", PROMPTQ_MIN_REPLICAS=str(min_replicas))
+        workers.append(Worker(env).start())
+        config = ProducerConfig(redis_url=cluster.url, min_replicas=min_replicas)
+        acked: list[str] = []
+        refused = 0
+        with SyncProducer(config=config) as producer:
+            started = time.monotonic()
+            killed_at = back_at = 0.0
+            old = cluster.server_on(cluster.primary_port())
+            n = 0
+            while time.monotonic() - started < 12:
+                if not killed_at and time.monotonic() - started > 3:
+                    old.signal(signal.SIGKILL)
+                    killed_at = time.time()
+                if killed_at and not back_at and time.time() - killed_at > 5:
+                    old.stop()
+                    cluster.servers.append(RedisServer(port=old.port, data_dir=old.data_dir).start())
+                    back_at = time.time()
+                try:
+                    acked.append(producer.submit(f"failover {min_replicas} {n}"))
+                except QueueUnavailableError:
+                    refused += 1
+                n += 1
+                time.sleep(0.02)
+            results = wait_all(producer, acked, 60)
+        flowing = [
+            r.started_at for r in results.values() if r is not None and r.started_at and r.started_at > killed_at
+        ]
+        record(
+            f"Sentinel failover: primary SIGKILLed mid-run, PROMPTQ_MIN_REPLICAS={min_replicas}",
+            results,
+            sim.calls(),
+            faults=f"1 failover, {refused} submits refused meanwhile",
+            **{"jobs flow again after s": round(min(flowing) - killed_at, 1) if flowing else None},
+        )
+        lost = [i for i, r in results.items() if r is None or not r.done]
+        if min_replicas:
+            assert not lost, f"{len(lost)} acknowledged jobs lost"
+        assert flowing and workers[0].alive()
+        assert sum(r is not None and r.ok for r in results.values()) >= len(acked) - len(lost)

@@ -77,3 +77,26 @@ def test_redis_urls_carry_tls_credentials_and_database_to_arq() -> None:
     assert isinstance(s.retry, OutageRetry)
     plain = redis_settings("redis://localhost/0")
     assert (plain.port, plain.ssl, plain.username, plain.password) == (6379, False, None, None)
+
+
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> None:
+    from producer.connect import parse_sentinel
+    from producer.env import env_redis_url
+
+    url = "redis+sentinel://app:s3cret@10.0.0.1:26379,10.0.0.2,10.0.0.3:26380/queue/2"
+    target = parse_sentinel(url, {"PROMPTQ_SENTINEL_PASSWORD": "watch"})
+    assert target is not None
+    assert target.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26380))
+    assert (target.service, target.db, target.username, target.password) == ("queue", 2, "app", "s3cret")
+    assert target.sentinel_password == "watch" and not target.ssl
+    assert parse_sentinel("redis://localhost:6379/0") is None
+    assert env_redis_url({"REDIS_URL": url}, "redis://x") == url
+    for bad, problem in [
+        ("redis+sentinel://h1:26379", "/service_name"),
+        ("redis+sentinel://h1:port/svc", "is not host or host:port"),
+        ("redis+sentinel://h1/svc/db", "/service_name or /service_name/db"),
+        ("http://localhost", "redis+sentinel://"),
+    ]:
+        with pytest.raises(ConfigError, match="REDIS_URL") as caught:
+            env_redis_url({"REDIS_URL": bad}, "redis://x")
+        assert problem in str(caught.value)
