@@ -159,11 +159,15 @@ class RedisServer(Proc):
 
 
 class SentinelSet:
-    """A primary, a replica and three Sentinels watching them (``redis-server --sentinel``), each a
-    throw-away server on a free port; ``url`` is the ``redis+sentinel://`` URL promptq takes."""
+    """A primary, its replicas (one unless told) and three Sentinels watching them (``redis-server
+    --sentinel``), each a throw-away server on a free port; ``url`` is the ``redis+sentinel://`` URL
+    promptq takes."""
 
-    def __init__(self, service: str = "promptq", *extra_args: str, down_after_ms: int = 1000) -> None:
+    def __init__(
+        self, service: str = "promptq", *extra_args: str, replicas: int = 1, down_after_ms: int = 1000
+    ) -> None:
         self.service, self.extra_args, self.down_after_ms = service, extra_args, down_after_ms
+        self.replicas = replicas
         self.servers: list[RedisServer] = []
         self.sentinels: list[Proc] = []
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -172,8 +176,10 @@ class SentinelSet:
 
     def start(self) -> Self:
         primary = RedisServer(*self.extra_args).start()
-        replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port), *self.extra_args).start()
-        self.servers = [primary, replica]
+        self.servers = [primary] + [
+            RedisServer("--replicaof", "127.0.0.1", str(primary.port), *self.extra_args).start()
+            for _ in range(self.replicas)
+        ]
         binary = shutil.which("redis-server")
         assert binary is not None
         for port in self.sentinel_ports:
@@ -195,14 +201,14 @@ class SentinelSet:
         for port in self.sentinel_ports:
             try:
                 client = redis.Redis(port=port, socket_timeout=0.5)
-                ready = len(client.sentinel_slaves(self.service)) >= 1  # type: ignore[no-untyped-call]
+                ready = len(client.sentinel_slaves(self.service)) >= self.replicas  # type: ignore[no-untyped-call]
                 ready = ready and len(client.sentinel_sentinels(self.service)) >= 2  # type: ignore[no-untyped-call]
                 client.close()
             except redis.RedisError:
                 return False
             if not ready:
                 return False
-        return self.servers[1].info_link_up()
+        return all(replica.info_link_up() for replica in self.servers[1:])
 
     def primary_port(self) -> int:
         client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=1)

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 from arq.connections import RedisSettings
 from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.backoff import AbstractBackoff, ExponentialBackoff
+from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
+from redis.backoff import AbstractBackoff, ExponentialBackoff, NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -193,6 +193,27 @@ class BoundedSentinelPool(_Bounded, SentinelConnectionPool):
     """A bounded pool to the primary the Sentinels name (asked again for every new connection)."""
 
 
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, connecting to the address the Sentinels gave once: the
+    retry that rides out an outage (:class:`OutageRetry`) then asks the Sentinels again. (redis-py
+    runs the same retry around both, so a worker kept knocking at a dead primary for the whole
+    outage allowance instead of finding the new one.)"""
+
+    async def connect_to(self, address: Any) -> None:
+        patient, self.retry = self.retry, _ONCE
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = patient
+
+
+_ONCE = Retry(NoBackoff(), 0)
+
+
+class SentinelSSLConnection(SentinelConnection, SSLConnection):
+    pass
+
+
 def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: float = REDIS_OUTAGE_S) -> Any:
     """The worker's connection pool: at most ``max_connections``, riding out outages like
     :class:`OutageRetry` (a failover too: a new connection finds the new primary)."""
@@ -207,7 +228,9 @@ def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: f
     if target is None:
         return BoundedPool.from_url(url, **kwargs)
     sentinel = async_sentinel(target, socket_connect_timeout=CONNECT_TIMEOUT_S)
-    return BoundedSentinelPool(target.service, sentinel, is_master=True, **{**sentinel.connection_kwargs, **kwargs})
+    connection_class = SentinelSSLConnection if target.ssl else SentinelConnection
+    settings = {**sentinel.connection_kwargs, **kwargs, "connection_class": connection_class}
+    return BoundedSentinelPool(target.service, sentinel, is_master=True, **settings)
 
 
 def check_access(url: str, allow_eviction: bool = False, timeout_s: float = 2.0) -> bool:

@@ -143,3 +143,14 @@ def test_the_http_api_answers_503_with_retry_after_when_redis_is_full() -> None:
                     urlopen(request, timeout=10).close()
             assert caught.value.code == 503 and caught.value.headers["Retry-After"] == "5"
             assert "out of memory" in json.loads(caught.value.read())["detail"]
+
+
+async def test_the_policy_is_read_from_info_where_config_is_forbidden() -> None:
+    with RedisServer("--maxmemory-policy", "allkeys-lfu", "--rename-command", "CONFIG", '""') as server:
+        client = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.ResponseError):
+            client.config_get("maxmemory-policy")  # as on a managed Redis
+        client.close()
+        async with Producer(server.url) as p:
+            with pytest.raises(EvictionPolicyError, match="maxmemory-policy allkeys-lfu"):
+                await p.submit("lost?")
