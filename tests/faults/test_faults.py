@@ -285,6 +285,7 @@ def test_a_sentinel_failover_mid_run(sim: Simulator, workers: list[Worker], min_
         config = ProducerConfig(redis_url=cluster.url, min_replicas=min_replicas)
         acked: list[str] = []
         acked_at: list[float] = []
+        submit_ms: list[float] = []
         refused = 0
         with SyncProducer(config=config) as producer:
             started = time.monotonic()
@@ -300,8 +301,11 @@ def test_a_sentinel_failover_mid_run(sim: Simulator, workers: list[Worker], min_
                     cluster.servers.append(RedisServer(port=old.port, data_dir=old.data_dir).start())
                     back_at = time.time()
                 try:
+                    asked = time.perf_counter()
                     acked.append(producer.submit(f"failover {min_replicas} {n}"))
                     acked_at.append(time.time())
+                    if not killed_at:
+                        submit_ms.append((time.perf_counter() - asked) * 1000)
                 except QueueUnavailableError:
                     refused += 1
                 n += 1
@@ -317,6 +321,7 @@ def test_a_sentinel_failover_mid_run(sim: Simulator, workers: list[Worker], min_
             sim.calls(),
             faults=f"1 failover, {refused} submits refused meanwhile",
             **{
+                "submit median ms": round(statistics.median(submit_ms), 2),
                 "submits accepted again after s": round(min(again) - killed_at, 1) if again else None,
                 "jobs flow again after s": round(min(flowing) - killed_at, 1) if flowing else None,
             },
