@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-newest lint typecheck pytest faults bench bench-limits redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest lint typecheck pytest faults bench bench-limits redis browser api openapi screenshot sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,12 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP) redis browser
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# Unit tests and the in-process integration tests (real Redis and simulator; no processes of their
+# own, no browser, no faults): under a minute.
+test-fast: $(STAMP) redis
+	$(PY) -m pytest -q -m "not faults and not process and not browser"
 
 # The fault-injection suite alone (it also runs in `make test`), its figures written for the README.
 faults: $(STAMP) redis

@@ -1,31 +1,25 @@
-"""Producer (asyncio): submit jobs, read, wait for, stream and cancel results; and what
-``SyncProducer`` (``producer.sync_client``) shares with it.
+"""Producer (asyncio): submit jobs, read, wait for, stream and cancel results.
 
-Neither imports openai or the worker: a web app needs only Redis and this package.
+Each method runs a method of ``producer.core`` (which ``SyncProducer`` runs too), awaiting its
+steps. It never imports openai or the worker: a web app needs only Redis and this package.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
 import redis.asyncio
 
-from producer.calls import (
-    DEPTHS_KEYS_MAX,
-    Calls,
-    Cancellation,
-    ProducerConfig,
-    QueueDepths,
-    RetryRefusedError,
-)
+from producer import core
+from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths, RetryRefusedError
 from producer.connect import async_client
-from producer.contract import FAILED_SET, JobResult, result_key
+from producer.contract import JobResult
+from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import (
     EvictionPolicyError,
     NotReplicatedError,
@@ -34,9 +28,9 @@ from producer.errors import (
     redis_errors,
 )
 from producer.guard import read_facts
-from producer.notify import FALLBACK_POLL_S, DoneWatcher
+from producer.notify import DoneWatcher
 from producer.scripts import script
-from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
+from producer.streams import JobNotFoundError, StreamCursor, StreamEvent
 
 __all__ = [
     "Cancellation",
@@ -52,42 +46,13 @@ __all__ = [
     "StreamEvent",
 ]
 
-CANCEL_ATTEMPTS = 20
-"""Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
-
-DEFAULT_WAIT_TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 
-class _Waiter:
-    """The deadline of one ``wait``; between reads it waits for the job's done message, at most
-    ``FALLBACK_POLL_S`` (see ``producer.notify``)."""
-
-    def __init__(self, job_id: str, timeout_s: float | None) -> None:
-        self.job_id, self.timeout_s = job_id, timeout_s
-        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-
-    def sleep_s(self, result: JobResult | None) -> float | None:
-        """None when ``result`` is final; else how long to sleep before the next read."""
-        if result is None:
-            raise JobNotFoundError(f"no job {self.job_id!r} (never submitted, or its result expired)")
-        if result.done:
-            return None
-        delay_s = FALLBACK_POLL_S
-        if self.deadline is None:
-            return delay_s
-        left_s = self.deadline - time.monotonic()
-        if left_s <= 0:
-            raise TimeoutError(f"job {self.job_id!r} still {result.status} after {self.timeout_s} s")
-        return min(delay_s, left_s)
-
-
-def _config(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:
+def config_of(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:
+    """A producer's settings: ``config``, else the environment's; ``redis_url`` over either."""
     config = config or ProducerConfig.from_env()
     return config if redis_url is None else config.with_url(redis_url)
-
-
-def _parse(raw: bytes | None) -> JobResult | None:
-    return None if raw is None else JobResult.from_json(raw)
 
 
 class Producer:
@@ -105,14 +70,10 @@ class Producer:
         config: ProducerConfig | None = None,
         client: redis.asyncio.Redis | None = None,
     ) -> None:
-        self._calls = Calls(_config(redis_url, config))
+        self._calls = Calls(config_of(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else async_client(self.config.redis_url)
-        self._submit = self.redis.register_script(script("submit").source)
-        self._submit_many = self.redis.register_script(script("submit_many").source)
-        self._retry = self.redis.register_script(script("retry").source)
-        self._cancel = self.redis.register_script(script("cancel").source)
-        self._depths = self.redis.register_script(script("depths").source)
+        self._scripts = {name: self.redis.register_script(script(name).source) for name in core.SCRIPTS}
         self._watcher = DoneWatcher(self.redis)
 
     @property
@@ -141,12 +102,7 @@ class Producer:
         take turns at one priority; default: one shared key), ``stream``, and Chat Completions
         parameters (``temperature``, ``max_tokens``, ...).
         """
-        job = self._calls.build(prompt, **kwargs)
-        keys, args = self._calls.submit(job, time.time())
-        with redis_errors(self.config.redis_url):
-            await self._check()
-            await self._write(self._submit, keys, args)
-        return job.job_id
+        return await self._run(core.submit(self._calls, prompt, kwargs))
 
     async def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """Validate every item, then enqueue them all in pipelined round trips; return the ids in order.
@@ -154,48 +110,28 @@ class Producer:
         An item is a prompt string or a dict of :meth:`submit` arguments. One bad item refuses the
         whole call before anything is written.
         """
-        jobs = self._calls.build_many(items)
-        with redis_errors(self.config.redis_url):
-            await self._check()
-            sending: asyncio.Task[Any] | None = None
-            try:
-                for keys, args in self._calls.chunks(jobs):  # encodes a chunk while Redis runs the last
-                    if sending is not None:
-                        await sending
-                    sending = asyncio.ensure_future(self._write(self._submit_many, keys, args))
-            finally:
-                if sending is not None:
-                    await sending
-        return [job.job_id for job in jobs]
-
-    async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a write script; with ``PROMPTQ_MIN_REPLICAS``, and its WAIT on the same connection."""
-        if not self.config.min_replicas:
-            return await script(keys=keys, args=args)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await script(keys=keys, args=args, client=pipe)
-            pipe.wait(self.config.min_replicas, self.config.replica_timeout_ms)
-            reply, acked = await pipe.execute()
-        self._calls.replicated(int(acked))
-        return reply
-
-    async def _check(self) -> None:
-        """Once, before the first write: is this Redis safe to write to (``producer.guard``)?"""
-        if not self._calls.checked:
-            self._calls.check(await read_facts(self.redis))
+        return await self._run(core.submit_many(self._calls, items))
 
     async def get(self, job_id: str) -> JobResult | None:
         """The job's result document now, or None for an unknown (or expired) id."""
-        with redis_errors(self.config.redis_url):
-            return _parse(await self.redis.get(result_key(job_id)))
+        return await self._run(core.get(job_id))
+
+    async def get_many(self, job_ids: Iterable[str]) -> list[JobResult | None]:
+        """The result documents of these jobs, in their order (None for an unknown or expired id),
+        read a thousand at a time."""
+        return await self._run(core.get_many(job_ids))
+
+    async def known(self, job_ids: Iterable[str]) -> int:
+        """How many of these jobs exist (queued, running, or ended with a result not yet expired)."""
+        return await self._run(core.known(job_ids))
 
     async def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:  # noqa: ASYNC109
         """Return the result once its status is terminal; raise ``TimeoutError`` after ``timeout`` s."""
-        waiter = _Waiter(job_id, timeout)
+        deadline = Deadline(job_id, timeout)
         with redis_errors(self.config.redis_url):
             async with self._watcher.watching(job_id) as done:  # subscribed before the first read
-                result = _parse(done.first) if done.read else await self.get(job_id)
-                while (delay_s := waiter.sleep_s(result)) is not None:
+                result = core.parse(done.first) if done.read else await self.get(job_id)
+                while (delay_s := deadline.sleep_s(result)) is not None:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay_s):
                             await done.event.wait()
@@ -204,19 +140,23 @@ class Producer:
         assert result is not None
         return result
 
+    async def save_manifest(self, name: str, manifest: str) -> None:
+        """Keep a batch's manifest (JSON: its name and its ``[custom_id, job_id]`` items) under
+        ``promptq:batch:{name}`` as long as its jobs' documents live."""
+        await self._run(core.save_manifest(self._calls, name, manifest))
+
+    async def manifest(self, name: str) -> str | None:
+        """A batch's manifest as saved, or None (never saved, or expired)."""
+        return await self._run(core.manifest(name))
+
     async def depths(self) -> QueueDepths:
         """How many jobs wait where, for the whole fleet: ready per priority and fairness key,
         running, deferred for a retry, failed."""
-        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
-        with redis_errors(self.config.redis_url):
-            return QueueDepths.from_reply(await self._depths(keys=keys, args=args))
+        return await self._run(core.depths())
 
     async def failed(self, limit: int = 100) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""
-        with redis_errors(self.config.redis_url):
-            ids = await self.redis.zrevrange(FAILED_SET, 0, _last_index(limit))
-            docs = await self.redis.mget([result_key(i.decode()) for i in ids]) if ids else []
-        return _failed(docs)
+        return await self._run(core.failed(limit))
 
     async def retry(self, job_id: str) -> str:
         """Put a failed job back in the queue (same id, same request, tries counted afresh).
@@ -224,27 +164,17 @@ class Producer:
         Raises :class:`RetryRefusedError` (a ``ValueError``) if the job is not failed or its request
         has expired. Retrying an id twice queues it once.
         """
-        with redis_errors(self.config.redis_url):
-            await self._check()
-            doc, record = await self.redis.mget(Calls.retry_reads(job_id))
-            keys, args = self._calls.retry(job_id, doc, record, time.time())
-            _retried(job_id, await self._write(self._retry, keys, args))
-        return job_id
+        return await self._run(core.retry(self._calls, job_id))
 
     async def cancel(self, job_id: str) -> Cancellation:
         """Cancel a job: a queued one never calls the API, a running one has its request stopped;
         its status becomes ``cancelled`` and it is not retried. A finished or unknown job is left
         as it is (``Cancellation.cancelled`` is False and its ``message`` says why)."""
-        with redis_errors(self.config.redis_url):
-            for _ in range(CANCEL_ATTEMPTS):
-                doc = await self.redis.get(result_key(job_id))
-                call = Calls.cancel(job_id, doc, time.time())
-                if isinstance(call, Cancellation):
-                    return call
-                (keys, args), cancelled = call
-                if await self._cancel(keys=keys, args=args):
-                    return Cancellation(job_id, cancelled=True, result=cancelled)
-        raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
+        return await self._run(core.cancel(job_id))
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (:class:`QueueUnavailableError` when it does not)."""
+        return await self._run(core.ping())
 
     async def stream(self, job_id: str, after: str = "0") -> AsyncIterator[StreamEvent]:
         """The job's events as they come: ``delta`` (a piece of the answer), ``restart`` (a retry
@@ -252,33 +182,32 @@ class Producer:
         written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
         without ``stream=True`` yields only its ``done`` event."""
         cursor = StreamCursor(job_id, after)
+        while not cursor.finished:
+            for event in await self._run(core.stream_read(cursor)):
+                yield event
+
+    # -- the driver -------------------------------------------------------------------------------
+    async def _run(self, op: Op[T]) -> T:
+        """A core method, its steps awaited one by one."""
         with redis_errors(self.config.redis_url):
-            while not cursor.finished:
-                reply = await self.redis.xread(**cursor.read_args(), block=READ_BLOCK_MS)
-                if not reply and (final := cursor.ended(await self.redis.get(cursor.doc_key))) is not None:
-                    reply = await self.redis.xread(**cursor.read_args())  # what came meanwhile
-                    if not reply:
-                        yield cursor.done(None, final)
-                        return
-                for event in cursor.events(reply):
-                    if event.type == "done":
-                        event = cursor.done(event, _parse(await self.redis.get(cursor.doc_key)))
-                    yield event
+            done, value = core.advance(op, None)
+            while not done:
+                done, value = core.advance(op, await self._do(value))
+            return value  # type: ignore[no-any-return]
 
+    async def _do(self, step: Step) -> Any:
+        if isinstance(step, Command):
+            return await getattr(self.redis, step.name)(*step.args, **step.kwargs)
+        if isinstance(step, Script):
+            return await self._script(step)
+        return await read_facts(self.redis)
 
-def _last_index(limit: int) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
-    return limit - 1
-
-
-def _failed(docs: Iterable[bytes | None]) -> list[JobResult]:
-    return [r for r in map(_parse, docs) if r is not None and r.status == "failed"]
-
-
-def _retried(job_id: str, outcome: Any) -> None:
-    """The retry script's answer; a race lost to another retry or to expiry is refused clearly."""
-    if outcome in (b"unknown", "unknown"):
-        raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
-    if outcome in (b"not_failed", "not_failed"):
-        raise RetryRefusedError(f"job {job_id!r} is no longer failed (retried already?)")
+    async def _script(self, step: Script) -> tuple[Any, int | None]:
+        run = self._scripts[step.name]
+        if not step.replicas:
+            return await run(keys=step.keys, args=step.args), None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await run(keys=step.keys, args=step.args, client=pipe)
+            pipe.wait(step.replicas, step.timeout_ms)
+            reply, acked = await pipe.execute()
+        return reply, int(acked)

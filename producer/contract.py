@@ -33,6 +33,7 @@ __all__ = [
     "LEGACY_PLACE_OFFSET",
     "LEGACY_QUEUE",
     "LEVELS_KEY",
+    "LIMIT_KEY_PREFIX",
     "PRIORITIES",
     "READY_KEY_PREFIX",
     "RESULT_KEY_PREFIX",
@@ -53,6 +54,7 @@ __all__ = [
     "done_channel",
     "dumps",
     "encode_job",
+    "limit_keys",
     "loads",
     "queued_doc",
     "ready_key",
@@ -103,6 +105,9 @@ WAKE_CHANNEL: Final = "promptq:wake"
 CANCEL_CHANNEL: Final = "promptq:cancel"
 """A pub/sub channel; ``Producer.cancel`` publishes a running job's id there, after marking its
 document ``cancelled``, and the worker running it stops its request."""
+LIMIT_KEY_PREFIX: Final = "promptq:limit:"
+"""``promptq:limit:{scope}{model}:rpm``, ``:tpm`` and ``:cooldown``: the rate-limit budgets
+(``limit_keys``), kept by the worker's limiter."""
 STREAM_KEY_PREFIX: Final = "promptq:stream:"
 """``promptq:stream:{job_id}``: a Redis stream of a ``stream=True`` job's events, kept as long as its
 result. Each entry has a ``type``: ``delta`` (with ``text``), ``restart`` (with ``attempt``: a new
@@ -149,6 +154,14 @@ def active_key(priority: int) -> str:
 
 def stream_key(job_id: str) -> str:
     return STREAM_KEY_PREFIX + job_id
+
+
+def limit_keys(model: str, scope: str = "") -> tuple[str, str, str]:
+    """A model's rate-limit keys: requests' and tokens' theoretical arrival times (ms), and the
+    cool-down every worker pauses for. ``scope`` is empty for the budget all workers share, a
+    process's own prefix for one budget per process."""
+    base = f"{LIMIT_KEY_PREFIX}{scope}{model}"
+    return f"{base}:rpm", f"{base}:tpm", f"{base}:cooldown"
 
 
 def batch_key(name: str) -> str:

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import RedisError
 
+from producer.background import REDIS_TROUBLE, Background
 from producer.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel, result_key
 
 __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
@@ -79,8 +79,8 @@ class DoneWatcher:
         self._events: dict[str, set[Signal]] = {}
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
-        self._reader: asyncio.Task[None] | None = None
-        self._unsubscriber: asyncio.Task[None] | None = None
+        self._reader = Background("promptq-done-watcher")
+        self._unsubscriber = Background("promptq-done-unsubscribe")
         self._lock = asyncio.Lock()
         self._resync = False
 
@@ -110,13 +110,12 @@ class DoneWatcher:
         self._events.pop(job_id, None)
         self._to_subscribe.discard(job_id)
         self._to_unsubscribe.add(job_id)
-        if self._unsubscriber is None or self._unsubscriber.done():
-            self._unsubscriber = asyncio.create_task(self._unsubscribe_all(), name="promptq-done-unsubscribe")
+        self._unsubscriber.start(self._unsubscribe_all)
 
     async def _unsubscribe_all(self) -> None:
         while self._to_unsubscribe:
             await asyncio.sleep(UNSUBSCRIBE_DELAY_S)  # gather the waits that end meanwhile into one command
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_TROUBLE):
                 await self._sync()
 
     async def _sync(self) -> None:
@@ -126,7 +125,7 @@ class DoneWatcher:
             if self._pubsub is None:
                 self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             if gone := self._take(self._to_unsubscribe):
-                with contextlib.suppress(RedisError, OSError):  # best effort: their jobs publish nothing more
+                with contextlib.suppress(*REDIS_TROUBLE):  # best effort: their jobs publish nothing more
                     await self._pubsub.unsubscribe(*(done_channel(job_id) for job_id in gone))
             if wanted := self._take(self._to_subscribe):
                 try:
@@ -135,8 +134,8 @@ class DoneWatcher:
                     self._to_subscribe.update(job_id for job_id in wanted if job_id in self._events)
                     raise
                 await self._read_first(wanted)
-            if self._events and (self._reader is None or self._reader.done()):
-                self._reader = asyncio.create_task(self._read(), name="promptq-done-watcher")
+            if self._events:
+                self._reader.start(self._read)
 
     async def _read_first(self, job_ids: list[str]) -> None:
         """Read the documents of the waits just subscribed (one MGET a thousand); a failure leaves
@@ -145,7 +144,7 @@ class DoneWatcher:
             chunk = job_ids[start : start + READ_CHUNK]
             try:
                 docs = await self.client.mget([result_key(job_id) for job_id in chunk])
-            except (RedisError, OSError):
+            except REDIS_TROUBLE:
                 return
             for job_id, doc in zip(chunk, docs, strict=True):
                 for signal in self._events.get(job_id, ()):
@@ -162,7 +161,7 @@ class DoneWatcher:
         while self._events:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=FALLBACK_POLL_S)
-            except (RedisError, OSError):
+            except REDIS_TROUBLE:
                 self._resync = True  # messages may be lost until the subscriptions are back
                 self._wake_all()
                 await asyncio.sleep(RECONNECT_S)
@@ -183,11 +182,8 @@ class DoneWatcher:
                 signal.raise_(None)
 
     async def aclose(self) -> None:
-        for task in (self._reader, self._unsubscriber):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._reader.stop()
+        await self._unsubscriber.stop()
         if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_TROUBLE):
                 await self._pubsub.aclose()

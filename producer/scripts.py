@@ -40,6 +40,10 @@ SCRIPT_NAMES: Final = (
     "unclaim",
     "pending",
     "depths",
+    "stream_begin",
+    "limit_reserve",
+    "limit_settle",
+    "limit_cool_down",
 )
 
 CONSTANTS: Final[dict[str, str | int]] = {

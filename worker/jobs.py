@@ -29,7 +29,7 @@ from worker.metrics import Metrics
 from worker.queue import JobQueue
 from worker.retry import backoff_s
 from worker.store import ResultStore
-from worker.streams import StreamWriter
+from worker.streams import Streams
 from worker.wake import WakeListener
 
 __all__ = ["WorkerState", "run_prompt"]
@@ -48,6 +48,7 @@ class WorkerState:
     leases: Leases
     wake: WakeListener
     limiter: Limiter
+    streams: Streams
     metrics: Metrics
     settled: set[str]
     """Jobs the finish script let go of (nothing is left to do once arq is done with them)."""
@@ -159,7 +160,7 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
 
     on_delta = None
     if job.stream:
-        writer = StreamWriter(state.store.redis, job.job_id, state.store.result_ttl_ms)
+        writer = state.streams.writer(job.job_id)
         await writer.begin(base.attempts)
         on_delta = writer.delta
     started_s = time.monotonic()

@@ -12,8 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
-from redis.exceptions import RedisError
-
+from producer.background import Background, repeat
 from worker.logs import get_logger
 from worker.queue import JobQueue
 
@@ -42,7 +41,7 @@ class Leases:
         self._cancelled: set[str] = set()
         self._cancelled_early: dict[str, float] = {}
         """Jobs cancelled before their task got here (claimed a moment ago), with when: they do not start."""
-        self._task: asyncio.Task[None] | None = None
+        self._renewals = Background("promptq-leases")
 
     @contextlib.contextmanager
     def holding(self, job_id: str) -> Iterator[None]:
@@ -78,24 +77,15 @@ class Leases:
         return job_id in self._cancelled
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._renew_forever(), name="promptq-leases")
+        self._renewals.start(lambda: repeat(self.renew, self.renew_every_s, self._renew_failed))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._renewals.stop()
 
     async def renew(self) -> None:
         """One round: every claimed job's lease runs out ``PROMPTQ_LEASE_S`` from now."""
         if self.claimed:
             await self.queue.renew(list(self.claimed))
 
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.renew_every_s)
-            try:
-                await self.renew()
-            except (RedisError, OSError) as e:  # Redis away for a moment: the next round tries again
-                log.warning("lease.renew_failed", error=str(e), jobs=len(self.claimed))
+    def _renew_failed(self, e: BaseException) -> None:  # Redis away for a moment: the next round tries again
+        log.warning("lease.renew_failed", error=str(e), jobs=len(self.claimed))

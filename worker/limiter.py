@@ -13,9 +13,9 @@ After the call, the estimate is settled against the real ``usage``. A 429 from t
 response saying the server's budget is spent, sets a shared cool-down, so every worker pauses
 instead of each finding out alone.
 
-Keys: ``promptq:limit:{model}:rpm``, ``...:tpm`` (theoretical arrival times, ms) and
-``...:cooldown``. With ``PROMPTQ_LIMIT_SCOPE=process`` each worker process keeps its own keys
-(for workers that each have an API key of their own).
+Keys: ``producer.contract.limit_keys`` (theoretical arrival times, ms, and the cool-down); the
+scripts: ``producer/lua/limit_*.lua``. With ``PROMPTQ_LIMIT_SCOPE=process`` each worker process
+keeps its own keys (for workers that each have an API key of their own).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from producer.contract import limit_keys
+from producer.scripts import script
 from producer.validation import PromptJob
 from worker.config import Limit
 from worker.redis_conn import persist
@@ -38,63 +40,12 @@ from worker.retry import parse_duration_s
 
 __all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens", "server_budget_wait_s"]
 
-LIMIT_KEY_PREFIX = "promptq:limit:"
 LIMIT_USE = 0.98
 """Requests and tokens are spaced for this share of each limit: a request that leaves a little late
 and the next one on time still fall in different seconds of a server counting per second."""
 BURST_S = 0.0
 """No burst: the budget is never spent faster than its pace, not even after an idle spell."""
 _NO_MAX_WAIT_MS = 10**12
-
-# KEYS: rpm TAT, tpm TAT, cool-down. ARGV: rpm, tpm (0: none), tokens asked, burst (s), max wait (ms).
-# Returns {1, wait ms} when a reservation was made (go after wait ms), {0, wait ms} when none was
-# (a cool-down runs, or the wait is over the maximum): ask again after that wait, or give up.
-_RESERVE_LUA = """#!lua flags=allow-oom
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cooldown = redis.call('PTTL', KEYS[3])
-if cooldown > 0 then return {0, cooldown} end
-local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local burst_ms, max_wait_ms = tonumber(ARGV[4]) * 1000, tonumber(ARGV[5])
-local at, tat_r, tat_t, step, cost = now, nil, nil, 0, 0
-if rpm > 0 then
-  step = 60000 / rpm
-  tat_r = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-  at = math.max(at, tat_r + step - math.max(burst_ms, step))
-end
-if tpm > 0 and tokens > 0 then
-  cost = tokens * 60000 / tpm
-  tat_t = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
-  at = math.max(at, tat_t + cost - math.max(burst_ms, cost))
-end
-local wait = math.ceil(at - now)
-if wait > max_wait_ms then return {0, wait} end
-if tat_r then
-  local new = math.max(tat_r, at) + step
-  redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil(new - now) + 60000)
-end
-if tat_t then
-  local new = math.max(tat_t, at) + cost
-  redis.call('SET', KEYS[2], tostring(new), 'PX', math.ceil(new - now) + 60000)
-end
-return {1, wait}
-"""
-
-# KEYS: tpm TAT. ARGV: tpm, tokens to add (negative: a refund). Never moves the TAT before now.
-_SETTLE_LUA = """#!lua flags=allow-oom
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-local moved = math.max(tat + tonumber(ARGV[2]) * 60000 / tonumber(ARGV[1]), now)
-redis.call('SET', KEYS[1], tostring(moved), 'PX', math.ceil(moved - now) + 60000)
-return 1
-"""
-
-# KEYS: cool-down. ARGV: ms. Lengthens the cool-down to ms from now; never shortens it.
-_COOL_DOWN_LUA = """#!lua flags=allow-oom
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
-return 1
-"""
 
 
 class LimitTooSmallError(ValueError):
@@ -150,15 +101,15 @@ class Limiter:
 
     def __init__(self, redis: Redis, default: Limit, per_model: dict[str, Limit], *, shared: bool = True) -> None:
         self.default, self.per_model = default, per_model
-        self.prefix = LIMIT_KEY_PREFIX + ("" if shared else _process_scope())
-        self._reserve = redis.register_script(_RESERVE_LUA)
-        self._settle = redis.register_script(_SETTLE_LUA)
-        self._cool_down = redis.register_script(_COOL_DOWN_LUA)
+        self.scope = "" if shared else _process_scope()
+        self._reserve = redis.register_script(script("limit_reserve").source)
+        self._settle = redis.register_script(script("limit_settle").source)
+        self._cool_down = redis.register_script(script("limit_cool_down").source)
         self.redis = redis
 
-    def _keys(self, model: str) -> list[str]:
-        base = self.prefix + model
-        return [base + ":rpm", base + ":tpm", base + ":cooldown"]
+    def keys(self, model: str) -> tuple[str, str, str]:
+        """The model's keys: requests' TAT, tokens' TAT, cool-down."""
+        return limit_keys(model, self.scope)
 
     def limit_for(self, model: str) -> Limit:
         return self.per_model.get(model, self.default)
@@ -181,11 +132,19 @@ class Limiter:
                 f"the request may use {tokens} tokens, more than the {limit.tpm} tokens per minute allowed for {model}"
             )
         waited_s = 0.0
-        keys = self._keys(model)
+        rpm_tat, tpm_tat, cooldown = self.keys(model)
         while True:
             left_ms = _NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round((max_wait_s - waited_s) * 1000))
-            rpm, tpm = (limit.rpm or 0) * LIMIT_USE, (limit.tpm or 0) * LIMIT_USE
-            args = [rpm, tpm, tokens if limit.tpm else 0, BURST_S, left_ms]
+            keys, args = script("limit_reserve").bind(
+                rpm_tat=rpm_tat,
+                tpm_tat=tpm_tat,
+                cooldown=cooldown,
+                rpm=(limit.rpm or 0) * LIMIT_USE,
+                tpm=(limit.tpm or 0) * LIMIT_USE,
+                tokens=tokens if limit.tpm else 0,
+                burst_s=BURST_S,
+                max_wait_ms=left_ms,
+            )
             reply: Any = await persist(functools.partial(self._reserve, keys=keys, args=args))
             reserved, wait_s = int(reply[0]), int(reply[1]) / 1000
             if not reserved and waited_s + wait_s > max_wait_s:
@@ -200,15 +159,17 @@ class Limiter:
         limit = self.limit_for(model)
         tpm = limit.tpm
         if tpm and used != estimated:
-            args = [tpm * LIMIT_USE, used - estimated]
-            await persist(lambda: self._settle(keys=[self._keys(model)[1]], args=args))
+            keys, args = script("limit_settle").bind(
+                tpm_tat=self.keys(model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated
+            )
+            await persist(lambda: self._settle(keys=keys, args=args))
 
     async def cool_down(self, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` for ``seconds`` (a 429 or the server's headers said
         so); a longer cool-down already running is kept."""
         if self.limit_for(model).rpm or self.limit_for(model).tpm:
-            ms = max(1, round(seconds * 1000))
-            await persist(lambda: self._cool_down(keys=[self._keys(model)[2]], args=[ms]))
+            keys, args = script("limit_cool_down").bind(cooldown=self.keys(model)[2], ms=max(1, round(seconds * 1000)))
+            await persist(lambda: self._cool_down(keys=keys, args=args))
 
 
 def _process_scope() -> str:

@@ -24,14 +24,13 @@ Metrics (labels in brackets):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from producer.background import Background, repeat
 from producer.calls import DEPTHS_KEYS_MAX, QueueDepths
 from producer.contract import PRIORITIES, Usage
 from producer.prices import Price, cost_usd
@@ -77,7 +76,7 @@ class Metrics:
         self.queue_running = Gauge("promptq_queue_running", "Jobs claimed by a worker (all workers)", registry=r)
         self.queue_deferred = Gauge("promptq_queue_deferred", "Jobs waiting for a retry", registry=r)
         self.stale_after_s = 60.0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
 
     def job_ended(self, model: str | None, status: str, usage: Usage | None) -> None:
@@ -96,29 +95,22 @@ class Metrics:
         """Start the HTTP server (port 0: any free one) and the queue-depth reader; return the port."""
         self.stale_after_s = max(60.0, 10 * poll_delay_s)
         self._server = await asyncio.start_server(self._answer, host, port)
-        self._tasks.append(asyncio.create_task(self._read_queue_depth(redis), name="promptq-queue-depth"))
+        depths = redis.register_script(script("depths").source)
+        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
+
+        async def read() -> None:
+            self.set_depths(QueueDepths.from_reply(await depths(keys=keys, args=args)))
+
+        self._depth_reader.start(lambda: repeat(read, QUEUE_DEPTH_EVERY_S, _depth_failed))
         bound: int = self._server.sockets[0].getsockname()[1]
         log.info("metrics.serving", port=bound)
         return bound
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._depth_reader.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-
-    async def _read_queue_depth(self, redis: Redis) -> None:
-        depths = redis.register_script(script("depths").source)
-        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
-        while True:
-            try:
-                self.set_depths(QueueDepths.from_reply(await depths(keys=keys, args=args)))
-            except (RedisError, OSError) as e:
-                log.debug("metrics.queue_depth_failed", error=str(e))
-            await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
 
     def set_depths(self, depths: QueueDepths) -> None:
         by_priority = depths.by_priority
@@ -150,3 +142,7 @@ class Metrics:
             pass
         finally:
             writer.close()
+
+
+def _depth_failed(e: BaseException) -> None:
+    log.debug("metrics.queue_depth_failed", error=str(e))

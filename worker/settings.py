@@ -32,6 +32,7 @@ from worker.metrics import Metrics
 from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
 from worker.store import ResultStore
+from worker.streams import Streams
 from worker.wake import WakeListener
 
 __all__ = ["make_settings", "on_startup", "settings_kwargs"]
@@ -74,6 +75,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         leases=leases,
         wake=wake,
         limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
+        streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
         settled=set(),
     )

@@ -12,36 +12,39 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from producer.contract import STREAM_MAXLEN, stream_key
+from producer.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import persist
 
-__all__ = ["StreamWriter"]
+__all__ = ["StreamWriter", "Streams"]
 
 log = get_logger("promptq.stream")
 
-# KEYS: the stream. ARGV: attempt, max length, time to live (ms). A restart entry only when an
-# earlier attempt wrote something.
-_BEGIN_LUA = """#!lua flags=allow-oom
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'type', 'restart', 'attempt', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return 1
-"""
+
+class Streams:
+    """The event streams of one worker's jobs (their script registered once)."""
+
+    def __init__(self, redis: Redis, ttl_ms: int) -> None:
+        self.redis, self.ttl_ms = redis, ttl_ms
+        self._begin = redis.register_script(script("stream_begin").source)
+
+    def writer(self, job_id: str) -> StreamWriter:
+        """A writer for one attempt of the job."""
+        return StreamWriter(self, job_id)
 
 
 class StreamWriter:
     """Appends one job's events; one per attempt."""
 
-    def __init__(self, redis: Redis, job_id: str, ttl_ms: int) -> None:
-        self.redis, self.key, self.ttl_ms = redis, stream_key(job_id), ttl_ms
-        self._begin = redis.register_script(_BEGIN_LUA)
+    def __init__(self, streams: Streams, job_id: str) -> None:
+        self.streams, self.redis, self.key, self.ttl_ms = streams, streams.redis, stream_key(job_id), streams.ttl_ms
         self._fresh = True
         self._dropping = False
 
     async def begin(self, attempt: int) -> None:
         """Mark a new attempt, if an earlier one left deltas behind."""
-        await persist(lambda: self._begin(keys=[self.key], args=[attempt, STREAM_MAXLEN, self.ttl_ms]))
+        keys, args = script("stream_begin").bind(stream=self.key, attempt=attempt, ttl_ms=self.ttl_ms)
+        await persist(lambda: self.streams._begin(keys=keys, args=args))
 
     async def delta(self, text: str) -> None:
         """Append a piece of the answer; a full Redis drops it (the document will hold the whole

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from producer.background import REDIS_TROUBLE, Background, repeat
 from producer.contract import CANCEL_CHANNEL, WAKE_CHANNEL
 from worker.logs import get_logger
 
@@ -35,34 +35,32 @@ class WakeListener:
         self.redis = redis
         self.on_cancel = on_cancel
         self.event = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._listener = Background("promptq-wake")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="promptq-wake")
+        # a failure is logged, and the poll goes on meanwhile; listen again shortly
+        self._listener.start(lambda: repeat(self._listen, RECONNECT_S, self._listen_failed))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._listener.stop()
 
     async def _listen(self) -> None:
-        while True:
-            pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(WAKE_CHANNEL, CANCEL_CHANNEL)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
-                    if message is None:
-                        continue
-                    if message["channel"] == CANCEL_CHANNEL.encode():
-                        if self.on_cancel is not None:
-                            self.on_cancel(message["data"].decode())
-                    else:
-                        self.event.set()
-            except (RedisError, OSError) as e:  # the poll goes on meanwhile; listen again shortly
-                log.warning("wake.listen_failed", error=str(e))
-                await asyncio.sleep(RECONNECT_S)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+        pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(WAKE_CHANNEL, CANCEL_CHANNEL)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
+                if message is None:
+                    continue
+                if message["channel"] == CANCEL_CHANNEL.encode():
+                    if self.on_cancel is not None:
+                        self.on_cancel(message["data"].decode())
+                else:
+                    self.event.set()
+        finally:
+            with contextlib.suppress(*REDIS_TROUBLE):
+                await pubsub.aclose()
+
+    @staticmethod
+    def _listen_failed(e: BaseException) -> None:
+        log.warning("wake.listen_failed", error=str(e))

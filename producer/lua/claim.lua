@@ -25,8 +25,8 @@
 -- priority 0, `skipped` how many jobs were let go of for a terminal document.
 --!include status
 --!include queue
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--!include clock
+local now = now_ms()
 local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local want_ordinary = math.min(want, tonumber(ARGV[3]))
 local started_at = string.format('%d.%03d', math.floor(now / 1000), now % 1000)

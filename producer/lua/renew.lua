@@ -4,8 +4,8 @@
 -- ARGV[1] lease_ms
 -- ARGV[2..] job_ids: a thousand at most (one ZADD takes them all)
 -- Returns how many leases were extended.
-local t = redis.call('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+--!include clock
+local deadline = now_ms() + tonumber(ARGV[1])
 local args = {'XX', 'CH'}
 for i = 2, #ARGV do
   args[#args + 1] = deadline

@@ -11,6 +11,7 @@
 -- ARGV[2] mode: forget, defer or back
 -- ARGV[3] delay_ms: for defer
 -- Returns 1 when the job is in line again (or waits), 0 when it was forgotten.
+--!include clock
 --!include queue
 local id, mode = ARGV[1], ARGV[2]
 if mode == 'forget' or redis.call('EXISTS', KEYS[1]) == 0 then
@@ -20,8 +21,7 @@ if mode == 'forget' or redis.call('EXISTS', KEYS[1]) == 0 then
 end
 redis.call('ZREM', LEASES, id)
 if mode == 'defer' then
-  local t = redis.call('TIME')
-  local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+  local due = now_ms() + tonumber(ARGV[3])
   redis.call('ZADD', DELAYED, due, id)
   return 1
 end

@@ -17,7 +17,7 @@ from producer.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, resul
 from tests.faults.conftest import record, wait_all, worker_env
 
 # each scenario waits for its jobs with its own bound; pytest's per-test limit sits above them all
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 
 def _prompts(n: int, tag: str) -> list[str]:

@@ -13,6 +13,8 @@ import pytest
 from devtools.stack import ROOT, RedisServer, Simulator, Worker
 from producer import QueueUnavailableError, SyncProducer
 
+pytestmark = pytest.mark.process
+
 PASSWORD = "s3cret-default"
 APP_PASSWORD = "app-pass-42"
 

@@ -18,6 +18,8 @@ import pytest
 from devtools.stack import ROOT, Api, Simulator, Worker, free_port
 from tests.conftest import worker_env
 
+pytestmark = pytest.mark.process
+
 TOKEN = "test-api-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OPENAPI_SNAPSHOT = ROOT / "docs" / "openapi.json"

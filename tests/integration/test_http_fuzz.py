@@ -16,6 +16,8 @@ from schemathesis import GenerationMode, checks
 from devtools.stack import Api, Simulator, Worker
 from tests.conftest import worker_env
 
+pytestmark = pytest.mark.process
+
 TOKEN = "fuzz-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXAMPLES = 150

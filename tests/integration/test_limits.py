@@ -117,8 +117,8 @@ async def test_a_cool_down_is_never_shortened_and_a_too_long_wait_reserves_nothi
 def test_per_process_scope_keeps_its_own_keys() -> None:
     shared = Limiter(redis.asyncio.Redis(), Limit(rpm=5), {})
     own = Limiter(redis.asyncio.Redis(), Limit(rpm=5), {}, shared=False)
-    assert shared._keys("m")[0] == "promptq:limit:m:rpm"
-    assert own._keys("m")[0].endswith(f":{os.getpid()}:m:rpm") and own._keys("m") != shared._keys("m")
+    assert shared.keys("m")[0] == "promptq:limit:m:rpm"
+    assert own.keys("m")[0].endswith(f":{os.getpid()}:m:rpm") and own.keys("m") != shared.keys("m")
     assert WorkerConfig.from_env({"OPENAI_BASE_URL": "http://x", "PROMPTQ_LIMIT_SCOPE": "process"}).limit_scope == (
         "process"
     )
@@ -167,6 +167,7 @@ async def test_a_request_over_the_tpm_limit_fails_at_once(
 
 
 @pytest.mark.parametrize("enforced", ["bucket", "per second"])
+@pytest.mark.process
 def test_two_workers_share_one_budget(
     redis_url: str, sim: Simulator, sync_producer: SyncProducer, enforced: str
 ) -> None:

@@ -15,7 +15,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import JobResult, Producer, SyncProducer
-from producer.contract import result_key
+from producer.contract import WAKE_CHANNEL, done_channel, result_key
 from tests.conftest import start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.store import ResultStore
@@ -25,7 +25,25 @@ FAR_S = 60.0
 
 @pytest.fixture(autouse=True)
 def no_fallback_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("producer.client.FALLBACK_POLL_S", FAR_S)
+    monkeypatch.setattr("producer.core.FALLBACK_POLL_S", FAR_S)
+
+
+async def subscribed(redis_url: str, channels: list[str], subscribers: int = 1) -> None:
+    """Until each channel has ``subscribers`` (``PUBSUB NUMSUB``): the waits are listening."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        for _ in range(500):
+            counts = dict(await client.pubsub_numsub(*channels))
+            if all(counts.get(c.encode(), 0) >= subscribers for c in channels):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no {subscribers} subscriber(s) on {channels[:3]}... within 5 s")
+    finally:
+        await client.aclose()
+
+
+def _done(job_ids: list[str]) -> list[str]:
+    return [done_channel(i) for i in job_ids]
 
 
 async def _finish(redis_url: str, job_id: str, content: str) -> None:
@@ -40,7 +58,7 @@ async def _finish(redis_url: str, job_id: str, content: str) -> None:
 async def test_a_finished_job_wakes_its_waiters(producer: Producer, redis_url: str) -> None:
     ids = await producer.submit_many([f"q{i}" for i in range(50)])
     waits = [asyncio.create_task(producer.wait(i, timeout=5)) for i in ids]
-    await asyncio.sleep(0.2)  # the waiters are subscribed and waiting
+    await subscribed(redis_url, _done(ids))
     for i in ids:
         await _finish(redis_url, i, f"answer {i}")
     results = await asyncio.gather(*waits)
@@ -56,7 +74,7 @@ async def test_a_result_written_before_the_wait_starts_is_seen(producer: Produce
 async def test_two_waits_on_one_job_both_return(producer: Producer, redis_url: str) -> None:
     job_id = await producer.submit("popular")
     waits = [asyncio.create_task(producer.wait(job_id, timeout=5)) for _ in range(2)]
-    await asyncio.sleep(0.1)
+    await subscribed(redis_url, _done([job_id]))
     await _finish(redis_url, job_id, "for both")
     assert [r.content for r in await asyncio.gather(*waits)] == ["for both", "for both"]
 
@@ -65,7 +83,7 @@ def test_the_sync_wait_is_woken_too(sync_producer: SyncProducer, redis_url: str)
     job_id = sync_producer.submit("sync")
 
     async def finish_later() -> None:
-        await asyncio.sleep(0.2)
+        await subscribed(redis_url, _done([job_id]))
         await _finish(redis_url, job_id, "pushed")
 
     loop = asyncio.new_event_loop()
@@ -87,7 +105,8 @@ async def test_a_timeout_still_applies(producer: Producer, sync_redis: redis.Red
 
 async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: WorkerConfig, sim: Simulator) -> None:
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=FAR_S))
-    await asyncio.sleep(0.5)  # started, subscribed, and asleep in its poll
+    await subscribed(worker_config.redis_url, [WAKE_CHANNEL])
+    await asyncio.sleep(0.1)  # and asleep in its poll (which says nothing outside)
     try:
         one = await producer.submit("wake up")
         assert (await producer.wait(one, timeout=5)).ok
@@ -102,7 +121,7 @@ async def test_a_message_lost_to_a_dropped_connection_does_not_hang_the_wait(
 ) -> None:
     job_id = await producer.submit("dropped")
     waiting = asyncio.create_task(producer.wait(job_id, timeout=10))
-    await asyncio.sleep(0.2)
+    await subscribed(redis_url, _done([job_id]))
     sync_redis.client_kill_filter(_type="pubsub")  # the watcher's connection goes away...
     await _finish(redis_url, job_id, "found anyway")  # ...so this message reaches nobody
     assert (await waiting).content == "found anyway"
@@ -112,11 +131,16 @@ async def test_a_waiter_gets_the_document_from_the_message_without_reading_again
     producer: Producer, sync_producer: SyncProducer, redis_url: str, sync_redis: redis.Redis
 ) -> None:
     job_id = await producer.submit("carried")
+    sync_redis.config_resetstat()
     waits = [
         asyncio.create_task(producer.wait(job_id, timeout=5)),
         asyncio.create_task(asyncio.to_thread(sync_producer.wait, job_id, 5)),
     ]
-    await asyncio.sleep(0.3)  # both have subscribed and read the queued document once
+    await subscribed(redis_url, _done([job_id]), subscribers=2)
+    for _ in range(500):  # and each has read the queued document once: MGET (asyncio), GET (sync)
+        if _calls(sync_redis, "mget") and _calls(sync_redis, "get"):
+            break
+        await asyncio.sleep(0.01)
     sync_redis.config_resetstat()
     await _finish(redis_url, job_id, "from the message")
     results = await asyncio.gather(*waits)
@@ -137,7 +161,7 @@ async def test_waits_started_together_subscribe_and_unsubscribe_in_a_few_command
     ids = await producer.submit_many([f"q{i}" for i in range(200)])
     sync_redis.config_resetstat()
     waits = [asyncio.create_task(producer.wait(i, timeout=5)) for i in ids]
-    await asyncio.sleep(0.2)  # every waiter is subscribed and has read its document once
+    await subscribed(redis_url, _done(ids))
     assert _calls(sync_redis, "subscribe") <= 3  # not one per wait
     assert _calls(sync_redis, "mget") <= 3 and _calls(sync_redis, "get") == 0  # the first reads together
     channels: Any = sync_redis.pubsub_channels("promptq:done:*")
@@ -159,7 +183,7 @@ async def test_a_wait_on_a_job_whose_unsubscription_is_pending_is_still_woken(
 ) -> None:
     job_id = await producer.submit("twice")
     first = asyncio.create_task(producer.wait(job_id, timeout=5))
-    await asyncio.sleep(0.1)
+    await subscribed(redis_url, _done([job_id]))
     await _finish(redis_url, job_id, "one")
     assert (await first).content == "one"
     # The same id again at once (a retried job), before the first wait's channel is let go.

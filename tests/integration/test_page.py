@@ -13,6 +13,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from devtools.stack import Api, Simulator, Worker
 from tests.conftest import worker_env
 
+pytestmark = [pytest.mark.browser, pytest.mark.process]
+
 TOKEN = "page-token-0123"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium as root in a container, with no network beyond localhost (see devtools/ensure_browser.py)

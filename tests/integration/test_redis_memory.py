@@ -27,6 +27,8 @@ from producer.env import ConfigError
 from tests.conftest import run_burst, start_worker, stop_worker, worker_env
 from worker.config import WorkerConfig
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(params=["allkeys-lru", "volatile-lru"])
 def evicting_redis(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:

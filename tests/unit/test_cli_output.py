@@ -1,14 +1,10 @@
-"""The command line's progress output and the worker's liveness rule, without Redis."""
+"""The command line's progress output, without Redis."""
 
 from __future__ import annotations
 
-import time
-
-from producer.batch import Progress, output_line
-from producer.cli import _bar
+from producer.cli.batch import Progress, output_line
+from producer.cli.commands import _bar
 from producer.contract import JobError, JobResult
-from worker import metrics
-from worker.metrics import Metrics
 
 
 def test_the_progress_bar_shows_counts_rate_tokens_and_eta() -> None:
@@ -26,14 +22,3 @@ def test_a_failed_job_is_an_error_line_and_an_expired_one_says_so() -> None:
         '"error":{"code":"server_error","message":"boom","status_code":500}}'
     )
     assert '"error":{"code":"expired"' in output_line("2", None)
-
-
-def test_liveness_fails_when_the_poll_loop_stalls_with_nothing_running() -> None:
-    m = Metrics()
-    metrics.heartbeat()
-    assert m.healthy()
-    metrics._last_poll_s = time.monotonic() - 120
-    assert not m.healthy()
-    m.running = lambda: 3  # every slot busy: arq does not poll, the worker is still alive
-    assert m.healthy()
-    metrics.heartbeat()

@@ -3,7 +3,9 @@ binds exactly those names."""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,15 @@ def test_a_call_binds_exactly_the_names_of_the_header() -> None:
     assert claim.rest == "weights"
     bound = claim.bind(lease_ms=1, want=2, want_ordinary=1, step=3, model_json='"m"', weights=["a", "2"])
     assert bound == ([], [1, 2, 1, 3, '"m"', "a", "2"])
+
+
+def test_no_module_but_the_contract_spells_a_key() -> None:
+    root = Path(__file__).resolve().parents[2]
+    spelled = re.compile(r"""["']promptq:[a-z]""")
+    offenders = [
+        str(path.relative_to(root))
+        for folder in ("producer", "worker")
+        for path in (root / folder).rglob("*.py")
+        if path.name != "contract.py" and spelled.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

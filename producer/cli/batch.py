@@ -12,14 +12,12 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
-
-import redis
+from typing import Any
 
 from producer.calls import Calls
-from producer.contract import JobResult, batch_key, dumps, result_key
+from producer.contract import JobResult, dumps
 from producer.prices import Price, cost_usd
 from producer.validation import JOB_ID_RE, InvalidJobError
 
@@ -29,7 +27,6 @@ BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 CHAT_URL = "/v1/chat/completions"
 QUEUE_FIELDS = ("priority", "fairness_key")
 """promptq's own fields a Batch API line may carry beside its body."""
-READ_CHUNK = 1000
 
 
 def valid_batch_name(name: str) -> str:
@@ -126,17 +123,11 @@ def _job_id(batch: str, custom_id: str) -> str:
     return f"{batch}:{hashlib.sha256(custom_id.encode()).hexdigest()[:32]}"
 
 
-def load_manifest(client: redis.Redis, name: str) -> list[tuple[str, str]]:
-    raw = cast("bytes | None", client.get(batch_key(name)))
+def manifest_items(raw: str | None, name: str) -> list[tuple[str, str]]:
+    """A saved manifest's ``(custom_id, job_id)`` pairs; :class:`LookupError` when there is none."""
     if raw is None:
         raise LookupError(f"no batch {name!r} (never submitted, or expired)")
     return [(c, j) for c, j in json.loads(raw)["items"]]
-
-
-def read_results(client: redis.Redis, job_ids: list[str]) -> Iterator[JobResult | None]:
-    for start in range(0, len(job_ids), READ_CHUNK):
-        docs = cast("list[bytes | None]", client.mget([result_key(i) for i in job_ids[start : start + READ_CHUNK]]))
-        yield from (None if d is None else JobResult.from_json(d) for d in docs)
 
 
 @dataclass

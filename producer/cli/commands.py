@@ -22,11 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import redis
-
-from producer.batch import Batch, Progress, load_manifest, output_line, parse_jsonl, read_results, valid_batch_name
 from producer.calls import Calls, ProducerConfig, QueueDepths
-from producer.contract import batch_key, result_key
+from producer.cli.batch import Progress, manifest_items, output_line, parse_jsonl, valid_batch_name
 from producer.env import ConfigError
 from producer.errors import QueueUnavailableError, redis_errors
 from producer.prices import prices_from_env
@@ -47,7 +44,6 @@ class Cli:
         if args.redis_url:
             config = config.with_url(args.redis_url)
         self.producer = SyncProducer(config=config)
-        self.redis: redis.Redis = self.producer.redis
         self.prices = prices_from_env(os.environ)
 
     def emit(self, text: str, data: dict[str, Any]) -> None:
@@ -70,9 +66,9 @@ class Cli:
         if batch.bad and self.args.strict:
             print(f"refused: {len(batch.bad)} bad line(s) and --strict; nothing was submitted", file=self.err)
             return ERROR
-        known = self._known([a["job_id"] for _, a in batch.items])
+        known = self.producer.known([a["job_id"] for _, a in batch.items])
         self.producer.submit_many([a for _, a in batch.items])
-        self._write_manifest(batch)
+        self.producer.save_manifest(batch.name, batch.manifest(time.time()))
         new = len(batch.items) - known
         self.emit(
             f"batch {name}: {len(batch.items)} job(s), {new} new, {known} already submitted, "
@@ -89,14 +85,14 @@ class Cli:
         return OK if progress.by_status.get("succeeded", 0) == progress.total else SOME_FAILED
 
     def collect(self) -> int:
-        items = load_manifest(self.redis, self.args.batch)
+        items = self._items(self.args.batch)
         job_ids = [j for _, j in items]
         progress = self._wait_for(self.args.batch, job_ids)
         if progress is None:
             return TIMED_OUT
         target = Path(self.args.output)
         with target.open("w", encoding="utf-8") as out:
-            for (custom_id, _), result in zip(items, read_results(self.redis, job_ids), strict=True):
+            for (custom_id, _), result in zip(items, self.producer.get_many(job_ids), strict=True):
                 out.write(output_line(custom_id, result) + "\n")
         self.emit(
             f"{_summary(self.args.batch, progress)}; wrote {len(items)} line(s) to {target}",
@@ -129,28 +125,21 @@ class Cli:
 
     def retry_failed(self) -> int:
         job_ids = self._job_ids(self.args.batch)
-        failed = [r.job_id for r in read_results(self.redis, job_ids) if r and r.status == "failed"]
+        failed = [r.job_id for r in self.producer.get_many(job_ids) if r and r.status == "failed"]
         for job_id in failed:
             self.producer.retry(job_id)
         self.emit(f"batch {self.args.batch}: {len(failed)} failed job(s) queued again", {"retried": len(failed)})
         return OK
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _known(self, job_ids: list[str]) -> int:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.exists(result_key(job_id))
-            return sum(pipe.execute())
-
-    def _write_manifest(self, batch: Batch) -> None:
-        ttl_ms = Calls(self.producer.config).queued_ttl_ms
-        self.redis.set(batch_key(batch.name), batch.manifest(time.time()), px=ttl_ms)
-
     def _job_ids(self, name: str) -> list[str]:
-        return [job_id for _, job_id in load_manifest(self.redis, name)]
+        return [job_id for _, job_id in self._items(name)]
+
+    def _items(self, name: str) -> list[tuple[str, str]]:
+        return manifest_items(self.producer.manifest(name), name)
 
     def _progress(self, job_ids: list[str]) -> Progress:
-        return Progress.of(read_results(self.redis, job_ids), len(job_ids), self.prices)
+        return Progress.of(self.producer.get_many(job_ids), len(job_ids), self.prices)
 
     def _wait_for(self, name: str, job_ids: list[str]) -> Progress | None:
         """Report progress until every job of the batch has ended; None if ``--timeout`` passed."""

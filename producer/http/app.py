@@ -39,9 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.calls import ProducerConfig
 from producer.client import JobNotFoundError, Producer
-from producer.contract import FAIRNESS_KEY_MAX_BYTES, JobResult, dumps, result_key
+from producer.contract import FAIRNESS_KEY_MAX_BYTES, dumps
 from producer.env import env_float, env_int
-from producer.errors import QueueFullError, QueueUnavailableError, redis_errors
+from producer.errors import QueueFullError, QueueUnavailableError
 from producer.streams import StreamEvent
 from producer.validation import JOB_ID_RE, InvalidJobError
 
@@ -283,9 +283,8 @@ async def submit(
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
         ids = await producer.submit_many([_arguments(j) for j in body])
-        with redis_errors(producer.config.redis_url):  # every document in one read
-            docs = await producer.redis.mget([result_key(i) for i in ids])
-        return [_doc(None if d is None else JobResult.from_json(d), i) for i, d in zip(ids, docs, strict=True)]
+        docs = await producer.get_many(ids)  # every document in one read
+        return [_doc(d, i) for i, d in zip(ids, docs, strict=True)]
     job_id = await producer.submit(**_arguments(body))
     return _doc(await producer.get(job_id), job_id)
 
@@ -349,15 +348,16 @@ async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
 )
 async def healthz(producer: ProducerDep) -> Any:
     try:
-        await producer.redis.ping()
+        await producer.ping()
     except Exception as e:  # any failure to reach Redis
-        return JSONResponse({"ok": False, "detail": f"Redis unavailable: {type(e).__name__}"}, status_code=503)
+        cause = e.__cause__ or e  # redis-py's error, which the producer's names
+        return JSONResponse({"ok": False, "detail": f"Redis unavailable: {type(cause).__name__}"}, status_code=503)
     return {"ok": True}
 
 
 @site.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> str:
-    return resources.files("producer").joinpath("static/index.html").read_text()
+    return resources.files("producer.http").joinpath("static/index.html").read_text()
 
 
 def _arguments(job: JobRequest) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""One core under both producers: what each method does with Redis, as a generator, without I/O.
+
+Each method here *yields* the steps it needs (a Redis command, a Lua script, the facts the
+eviction guard reads) and is sent back each step's reply; it *returns* the method's answer.
+``Producer`` awaits each step, ``SyncProducer`` runs it blocking: the two differ in nothing but
+that (and :func:`advance` is their whole loop).
+
+    def get(job_id):                       # a method of the core
+        raw = yield Command("get", result_key(job_id))
+        return parse(raw)
+
+Only ``wait`` is not here: each driver waits for the done message its own way (see
+``producer.notify``), around :class:`Deadline`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from producer.calls import DEPTHS_KEYS_MAX, Call, Calls, Cancellation, QueueDepths, RetryRefusedError
+from producer.contract import FAILED_SET, JobResult, batch_key, result_key
+from producer.notify import FALLBACK_POLL_S
+from producer.scripts import Value, script
+from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
+
+__all__ = [
+    "CANCEL_ATTEMPTS",
+    "DEFAULT_WAIT_TIMEOUT_S",
+    "READ_CHUNK",
+    "SCRIPTS",
+    "Command",
+    "Deadline",
+    "Facts",
+    "Op",
+    "Script",
+    "Step",
+]
+
+SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths")
+"""The Lua scripts a producer runs (``producer/lua/``), registered once per producer."""
+CANCEL_ATTEMPTS = 20
+"""Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
+DEFAULT_WAIT_TIMEOUT_S = 60.0
+READ_CHUNK = 1_000
+"""Documents read in one MGET, at most (``get_many``)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A Redis command, by its redis-py method name: its reply is sent back."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, *args: Any, **kwargs: Any) -> Command:
+        return cls(name, args, kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One of :data:`SCRIPTS` with its keys and arguments. With ``replicas``, it is followed on the
+    same connection by ``WAIT replicas timeout_ms``. The reply sent back: ``(its reply, replicas
+    that confirmed)``, the second None when none were asked for."""
+
+    name: str
+    keys: list[str]
+    args: list[Value]
+    replicas: int = 0
+    timeout_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the eviction guard needs to know of this Redis (``producer.guard.RedisFacts``)."""
+
+
+Step = Command | Script | Facts
+Op = Generator[Step, Any, T]
+"""A core method: yields steps, is sent their replies, returns the answer."""
+
+
+def parse(raw: bytes | str | None) -> JobResult | None:
+    return None if raw is None else JobResult.from_json(raw)
+
+
+# -- writes ---------------------------------------------------------------------------------------
+def _checked(calls: Calls) -> Op[None]:
+    """Once, before a producer's first write: is this Redis safe to write to (``producer.guard``)?"""
+    if not calls.checked:
+        calls.check((yield Facts()))
+
+
+def _writing(calls: Calls, name: str, call: Call) -> Script:
+    keys, args = call
+    config = calls.config
+    return Script(name, keys, args, config.min_replicas, config.replica_timeout_ms)
+
+
+def _written(calls: Calls, reply: tuple[Any, int | None]) -> Any:
+    """A write script's reply; :class:`NotReplicatedError` when fewer replicas confirmed it than asked."""
+    answer, acked = reply
+    if acked is not None:
+        calls.replicated(acked)
+    return answer
+
+
+def submit(calls: Calls, prompt: str | None, kwargs: Mapping[str, Any]) -> Op[str]:
+    job = calls.build(prompt, **kwargs)
+    call = calls.submit(job, time.time())
+    yield from _checked(calls)
+    _written(calls, (yield _writing(calls, "submit", call)))
+    return job.job_id
+
+
+def submit_many(calls: Calls, items: Iterable[str | Mapping[str, Any]]) -> Op[list[str]]:
+    jobs = calls.build_many(items)
+    yield from _checked(calls)
+    for call in calls.chunks(jobs):  # a round trip each
+        _written(calls, (yield _writing(calls, "submit_many", call)))
+    return [job.job_id for job in jobs]
+
+
+def retry(calls: Calls, job_id: str) -> Op[str]:
+    yield from _checked(calls)
+    doc, record = yield Command.of("mget", Calls.retry_reads(job_id))
+    call = calls.retry(job_id, doc, record, time.time())
+    outcome = _written(calls, (yield _writing(calls, "retry", call)))
+    if outcome in (b"unknown", "unknown"):  # a race lost to expiry or to another retry
+        raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
+    if outcome in (b"not_failed", "not_failed"):
+        raise RetryRefusedError(f"job {job_id!r} is no longer failed (retried already?)")
+    return job_id
+
+
+def cancel(job_id: str) -> Op[Cancellation]:
+    for _ in range(CANCEL_ATTEMPTS):
+        doc = yield Command.of("get", result_key(job_id))
+        call = Calls.cancel(job_id, doc, time.time())
+        if isinstance(call, Cancellation):
+            return call
+        (keys, args), cancelled = call
+        done, _ = yield Script("cancel", keys, args)
+        if done:
+            return Cancellation(job_id, cancelled=True, result=cancelled)
+    raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
+
+
+# -- reads ----------------------------------------------------------------------------------------
+def get(job_id: str) -> Op[JobResult | None]:
+    return parse((yield Command.of("get", result_key(job_id))))
+
+
+def get_many(job_ids: Iterable[str]) -> Op[list[JobResult | None]]:
+    ids = list(job_ids)
+    results: list[JobResult | None] = []
+    for start in range(0, len(ids), READ_CHUNK):
+        docs = yield Command.of("mget", [result_key(i) for i in ids[start : start + READ_CHUNK]])
+        results += map(parse, docs)
+    return results
+
+
+def known(job_ids: Iterable[str]) -> Op[int]:
+    ids = list(job_ids)
+    found = 0
+    for start in range(0, len(ids), READ_CHUNK):
+        found += yield Command.of("exists", *(result_key(i) for i in ids[start : start + READ_CHUNK]))
+    return found
+
+
+def save_manifest(calls: Calls, name: str, manifest: str) -> Op[None]:
+    yield from _checked(calls)
+    yield Command.of("set", batch_key(name), manifest, px=calls.queued_ttl_ms)
+
+
+def manifest(name: str) -> Op[str | None]:
+    raw = yield Command.of("get", batch_key(name))
+    return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def depths() -> Op[QueueDepths]:
+    keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
+    reply, _ = yield Script("depths", keys, args)
+    return QueueDepths.from_reply(reply)
+
+
+def failed(limit: int) -> Op[list[JobResult]]:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    ids = yield Command.of("zrevrange", FAILED_SET, 0, limit - 1)
+    results = (yield from get_many(i.decode() for i in ids)) if ids else []
+    return [r for r in results if r is not None and r.status == "failed"]
+
+
+def ping() -> Op[bool]:
+    return bool((yield Command.of("ping")))
+
+
+def stream_read(cursor: StreamCursor) -> Op[list[StreamEvent]]:
+    """One blocking read of a job's stream: the events it brought (none when nothing came within
+    ``READ_BLOCK_MS``). A driver reads until ``cursor.finished`` (see ``Producer.stream``)."""
+    events: list[StreamEvent] = []
+    reply = yield Command("xread", (), {**cursor.read_args(), "block": READ_BLOCK_MS})
+    if not reply and (final := cursor.ended((yield Command.of("get", cursor.doc_key)))) is not None:
+        reply = yield Command("xread", (), cursor.read_args())  # what came meanwhile
+        if not reply:
+            return [cursor.done(None, final)]
+    for event in cursor.events(reply):
+        if event.type == "done":
+            event = cursor.done(event, parse((yield Command.of("get", cursor.doc_key))))
+        events.append(event)
+    return events
+
+
+def advance(op: Op[T], reply: Any) -> tuple[bool, Any]:
+    """Send ``op`` the reply to its last step: ``(False, its next step)``, or ``(True, its answer)``
+    once it has returned. A driver starts it with ``reply`` None."""
+    try:
+        return False, op.send(reply)
+    except StopIteration as returned:
+        return True, returned.value
+
+
+class Deadline:
+    """The deadline of one ``wait``; between reads a driver waits for the job's done message, at
+    most ``FALLBACK_POLL_S`` (see ``producer.notify``)."""
+
+    def __init__(self, job_id: str, timeout_s: float | None) -> None:
+        self.job_id, self.timeout_s = job_id, timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def sleep_s(self, result: JobResult | None) -> float | None:
+        """None when ``result`` is final; else how long to wait before the next read."""
+        if result is None:
+            raise JobNotFoundError(f"no job {self.job_id!r} (never submitted, or its result expired)")
+        if result.done:
+            return None
+        if self.deadline is None:
+            return FALLBACK_POLL_S
+        left_s = self.deadline - time.monotonic()
+        if left_s <= 0:
+            raise TimeoutError(f"job {self.job_id!r} still {result.status} after {self.timeout_s} s")
+        return min(FALLBACK_POLL_S, left_s)

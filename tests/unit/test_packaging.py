@@ -1,0 +1,77 @@
+"""What the package promises about itself: pyproject declares what the code imports, and the
+producer loads neither openai nor the worker (nor, for the contract alone, redis-py)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OWN = {"producer", "worker", "sim", "devtools", "bench", "tests"}
+
+
+def _name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]).lower()
+
+
+def _declared() -> tuple[set[str], set[str]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["http"]}
+    return runtime, runtime | {_name(r) for r in project["optional-dependencies"]["dev"]}
+
+
+def _imports(folder: str) -> dict[str, str]:
+    """Top-level modules imported by the folder's code (not the standard library's, not ours): one file each."""
+    found: dict[str, str] = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in OWN:
+                    found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_pyproject_declares_every_package_the_code_imports() -> None:
+    runtime, everything = _declared()
+    distributions = packages_distributions()
+    missing = []
+    for folders, declared in ((("producer", "worker", "sim"), runtime), (("tests", "devtools", "bench"), everything)):
+        for folder in folders:
+            for module, where in _imports(folder).items():
+                names = {_name(d) for d in distributions.get(module, [module])}
+                if not names & declared:
+                    missing.append(f"{module} ({where}; from {sorted(names)})")
+    assert missing == []
+
+
+def test_the_producer_loads_neither_openai_nor_the_worker_and_the_contract_not_even_redis() -> None:
+    code = (
+        "import sys\n"
+        "import producer.contract\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'openai', 'worker'})))\n"
+        "from producer import Producer, SyncProducer, JobResult\n"
+        "bad = {'openai', 'worker', 'arq', 'structlog', 'httpx', 'httpx2'}\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & bad)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["", ""]
+
+
+def test_every_public_name_of_the_producer_loads() -> None:
+    import producer
+
+    assert sorted(producer.__all__) == sorted(producer._HOME)
+    for name in producer.__all__:
+        assert getattr(producer, name).__name__ == name
