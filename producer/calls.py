@@ -42,6 +42,7 @@ __all__ = [
     "ProducerConfig",
     "QueueDepths",
     "RetryRefusedError",
+    "config_of",
 ]
 
 log = logging.getLogger("promptq.producer")
@@ -164,6 +165,12 @@ class ProducerConfig:
 
     def with_url(self, redis_url: str) -> ProducerConfig:
         return dataclasses.replace(self, redis_url=redis_url)
+
+
+def config_of(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:
+    """A producer's settings: ``config``, else the environment's; ``redis_url`` over either."""
+    config = config or ProducerConfig.from_env()
+    return config if redis_url is None else config.with_url(redis_url)
 
 
 class Calls:

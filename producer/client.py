@@ -16,43 +16,19 @@ import redis
 import redis.asyncio
 
 from producer import core
-from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths, RetryRefusedError
+from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths, config_of
 from producer.connect import async_client
 from producer.contract import JobResult
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
-from producer.errors import (
-    EvictionPolicyError,
-    NotReplicatedError,
-    QueueFullError,
-    QueueUnavailableError,
-    redis_errors,
-)
+from producer.errors import redis_errors
 from producer.guard import read_facts
 from producer.notify import DoneWatcher
 from producer.scripts import script
-from producer.streams import JobNotFoundError, StreamCursor, StreamEvent
+from producer.streams import StreamCursor, StreamEvent
 
-__all__ = [
-    "Cancellation",
-    "EvictionPolicyError",
-    "JobNotFoundError",
-    "NotReplicatedError",
-    "Producer",
-    "ProducerConfig",
-    "QueueDepths",
-    "QueueFullError",
-    "QueueUnavailableError",
-    "RetryRefusedError",
-    "StreamEvent",
-]
+__all__ = ["Producer"]
 
 T = TypeVar("T")
-
-
-def config_of(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:
-    """A producer's settings: ``config``, else the environment's; ``redis_url`` over either."""
-    config = config or ProducerConfig.from_env()
-    return config if redis_url is None else config.with_url(redis_url)
 
 
 class Producer:

@@ -11,8 +11,7 @@ from typing import Any, Self, TypeVar
 import redis
 
 from producer import core
-from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths
-from producer.client import config_of
+from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths, config_of
 from producer.connect import sync_client
 from producer.contract import JobResult, done_channel
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step

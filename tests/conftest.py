@@ -19,8 +19,7 @@ import redis.asyncio
 from arq.worker import Worker
 
 from devtools.stack import RedisServer, Simulator, redis_answers
-from producer import Producer, SyncProducer
-from producer.client import ProducerConfig
+from producer import Producer, ProducerConfig, SyncProducer
 from worker.arq_seam import PromptqWorker
 from worker.config import WorkerConfig
 from worker.settings import settings_kwargs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.client import ProducerConfig
+from producer import ProducerConfig
 from producer.env import ConfigError, redact_url
 from worker.config import UNUSED_API_KEY, WorkerConfig
 
