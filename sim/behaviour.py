@@ -67,9 +67,9 @@ class SimConfig:
 @dataclass
 class SimStats:
     requests: int = 0
-    """Chat Completion requests received."""
+    """API requests received (chat completions, embeddings, responses)."""
     completions: int = 0
-    """Requests answered 200 with a completion (what a real API would bill)."""
+    """Requests answered 200 with their answer (what a real API would bill)."""
     in_flight: int = 0
     peak_in_flight: int = 0
     by_status: dict[str, int] = field(default_factory=dict)

@@ -3,7 +3,8 @@
 HTTP/1.1 with keep-alive on plain asyncio streams (no framework, so faults such as a reset
 connection or a hang are exact). Routes:
 
-- ``POST /v1/chat/completions`` (plain and ``stream: true``, with ``usage``), ``GET /v1/models``;
+- ``POST /v1/chat/completions`` and ``POST /v1/responses`` (plain and ``stream: true``, with
+  ``usage``), ``POST /v1/embeddings`` (floats or base64; ``sim.endpoints``), ``GET /v1/models``;
 - ``GET /_sim/stats`` (requests, completions, in flight, peak in flight, statuses, faults),
   ``POST /_sim/reset`` (zero the counters), ``POST /_sim/config`` (change knobs, JSON), ``GET /healthz``.
 """
@@ -21,14 +22,14 @@ import random
 import time
 from typing import Any
 
-from sim.behaviour import Bucket, SimConfig, SimStats, Window, chance, count_tokens, reply_text
+from sim import endpoints
+from sim.behaviour import Bucket, SimConfig, SimStats, Window, chance
+from sim.endpoints import Answer, BadRequest
 
 __all__ = ["Simulator"]
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests"}
 MAX_BODY_BYTES = 64 * 1024 * 1024
-Answer = tuple[str, str, dict[str, int]]
-"""A reply's text, finish reason and usage."""
 
 
 class Request:
@@ -69,7 +70,7 @@ class Simulator:
         """The rate limits in force: ``requests`` and ``tokens``, as configured."""
         self._server: asyncio.Server | None = None
         self.calls: list[list[Any]] = []
-        """Each completion request: [arrival (Unix s), last user message, status or 0 if unanswered]."""
+        """Each API request: [arrival (Unix s), last user message (or first input), status or 0 if unanswered]."""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; return the port (useful with ``port=0``)."""
@@ -96,11 +97,7 @@ class Simulator:
         finally:
             writer.close()
 
-    def _log_call(self, req: Request) -> None:
-        prompt = ""
-        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-            users = [m for m in json.loads(req.body)["messages"] if m.get("role") == "user"]
-            prompt = str(users[-1].get("content")) if users else ""
+    def _log_call(self, prompt: str) -> None:
         call: list[Any] = [round(time.time(), 4), prompt, 0]
         if len(self.calls) < MAX_LOGGED_CALLS:
             self.calls.append(call)
@@ -109,18 +106,18 @@ class Simulator:
     async def _dispatch(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         route = (req.method, req.path)
-        if route == ("POST", "/v1/chat/completions"):
-            self._log_call(req)
+        if req.method == "POST" and req.path in endpoints.ENDPOINTS:
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
             try:
-                return await self._completion(req, reader, writer)
+                return await self._api_call(req, reader, writer)
             finally:
                 self.stats.in_flight -= 1
         # the routes below are not counted in the statistics
         if route == ("GET", "/v1/models"):
-            models = [{"id": m, "object": "model", "owned_by": "promptq-sim"} for m in ("gpt-4o-mini", "gpt-4o")]
+            names = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "text-embedding-3-large")
+            models = [{"id": m, "object": "model", "owned_by": "promptq-sim"} for m in names]
             await self._json(writer, 200, {"object": "list", "data": models}, counted=False)
         elif route == ("GET", "/_sim/stats"):
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
@@ -146,21 +143,22 @@ class Simulator:
             await self._error(writer, 404, f"no route {req.method} {req.path}", "invalid_request_error")
         return True
 
-    async def _completion(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _api_call(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """One request to an API endpoint: its limits and faults, then its answer."""
         cfg = self.config
+        answer: Answer | BadRequest
+        try:
+            answer = endpoints.parse(req.path, req.body, cfg.reply)  # once: the TPM limit prices it, the reply sends it
+        except BadRequest as e:
+            answer = e
+        self._log_call(answer.prompt if isinstance(answer, Answer) else "")
         if cfg.require_api_key and req.headers.get("authorization") != f"Bearer {cfg.require_api_key}":
             await self._error(writer, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
             return True
-        try:
-            body = json.loads(req.body)
-            messages, model = body["messages"], body["model"]
-            if not isinstance(messages, list) or not isinstance(model, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            await self._error(writer, 400, "body must be JSON with messages and model", "invalid_request_error")
+        if isinstance(answer, BadRequest):
+            await self._error(writer, 400, str(answer), "invalid_request_error")
             return True
-        answer = self._answer(body)  # once: the TPM limit prices it, the reply sends it
-        costs = {"requests": 1, "tokens": self._token_cost(body, answer)}
+        costs = {"requests": 1, "tokens": answer.token_cost if cfg.tpm else 0}
         if (limited := self._rate_limited(costs)) is not None:
             kind, wait_s = limited
             self.stats.count(self.stats.faults, f"{kind}_limited")
@@ -200,67 +198,19 @@ class Simulator:
             await self._send(writer, 200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
             return True
         self.stats.completions += 1
-        if body.get("stream"):
-            return await self._stream(writer, body, answer)
-        else:
-            await self._json(writer, 200, self._completion_body(body, answer), self._limit_headers())
+        if answer.streamed:
+            return await self._stream(writer, answer)
+        await self._json(writer, 200, endpoints.plain_body(answer, next(self._ids)), self._limit_headers())
         return True
 
-    def _answer(self, body: dict[str, Any]) -> Answer:
-        text = reply_text(self.config.reply, body["messages"])
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish = "stop"
-        if isinstance(limit, int) and count_tokens(text) > limit:
-            text, finish = text[: limit * 4], "length"
-        prompt_tokens = sum(count_tokens(str(m.get("content") or "")) + 3 for m in body["messages"])
-        completion_tokens = count_tokens(text)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        return text, finish, usage
-
-    def _completion_body(self, body: dict[str, Any], answer: Answer) -> dict[str, Any]:
-        text, finish, usage = answer
-        return {
-            "id": f"chatcmpl-sim-{next(self._ids)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "system_fingerprint": "promptq-sim",
-            "usage": usage,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": finish,
-                    "logprobs": None,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                }
-            ],
-        }
-
-    async def _stream(self, writer: asyncio.StreamWriter, body: dict[str, Any], answer: Answer) -> bool:
-        text, finish, usage = answer
-        base = {
-            "id": f"chatcmpl-sim-{next(self._ids)}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": body["model"],
-            "system_fingerprint": "promptq-sim",
-        }
+    async def _stream(self, writer: asyncio.StreamWriter, answer: Answer) -> bool:
         self.stats.count(self.stats.by_status, "200")
         _answered(200)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-
-        def event(data: str) -> None:
-            payload = f"data: {data}\n\n".encode()
+        for piece, payload in endpoints.stream(answer, next(self._ids)):
             writer.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
-
-        pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
-        for i, piece in enumerate(pieces):
-            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-            event(json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+            if not piece:
+                continue
             await writer.drain()
             if self.config.break_streams > 0:
                 self.config.break_streams -= 1
@@ -268,20 +218,9 @@ class Simulator:
                 return False
             if self.config.chunk_delay_ms > 0:
                 await asyncio.sleep(self.config.chunk_delay_ms / 1000)
-        event(json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            event(json.dumps({**base, "choices": [], "usage": usage}))
-        event("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
-
-    def _token_cost(self, body: dict[str, Any], answer: Answer) -> int:
-        if not self.config.tpm:
-            return 0
-        _, _, usage = answer
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
-        return usage["prompt_tokens"] + (asked if isinstance(asked, int) else usage["completion_tokens"])
 
     def _rate_limited(self, costs: dict[str, int]) -> tuple[str, float] | None:
         """Take the request's costs from the configured limits; or, if one has not enough left,

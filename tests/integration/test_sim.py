@@ -150,3 +150,59 @@ async def test_the_error_rate_is_a_share_of_requests(client: openai.AsyncOpenAI,
             statuses.append(e.status_code)
     assert 15 <= statuses.count(200) <= 45
     assert set(statuses) == {200, 500, 503}
+
+
+async def test_embeddings_are_deterministic_unit_vectors_as_floats_or_base64(
+    client: openai.AsyncOpenAI, sim: Simulator
+) -> None:
+    r = await client.embeddings.create(model="text-embedding-3-small", input=["a cat", "a dog", "a cat"])
+    vectors = [d.embedding for d in r.data]  # the client asks for base64 and decodes it
+    assert [len(v) for v in vectors] == [1536] * 3 and [d.index for d in r.data] == [0, 1, 2]
+    assert vectors[0] == vectors[2] and vectors[0] != vectors[1]
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-5
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 0
+    floats = await client.post(
+        "/embeddings",
+        cast_to=object,
+        body={"model": "text-embedding-3-small", "input": "a cat", "encoding_format": "float"},
+    )
+    assert isinstance(floats, dict) and floats["data"][0]["embedding"] == vectors[0]  # the same float32 values
+    small = await client.embeddings.create(model="text-embedding-3-large", input=[[1, 2, 3]], dimensions=256)
+    assert len(small.data[0].embedding) == 256
+
+
+async def test_embeddings_refuse_bad_input_and_take_the_faults(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    with pytest.raises(openai.BadRequestError, match="at most 2048 inputs"):
+        await client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
+    with pytest.raises(openai.BadRequestError, match="input must be"):
+        await client.embeddings.create(model="text-embedding-3-small", input=[])
+    sim.configure(error_rate=1.0, error_statuses=[503])
+    with pytest.raises(openai.InternalServerError):
+        await client.embeddings.create(model="text-embedding-3-small", input="x")
+
+
+async def test_a_response_echoes_with_usage_and_is_cut_at_max_output_tokens(client: openai.AsyncOpenAI) -> None:
+    r = await client.responses.create(model="gpt-4o-mini", input=QUESTION, instructions="be brief")
+    assert r.output_text == QUESTION and r.status == "completed"
+    assert r.usage is not None and r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    items = await client.responses.create(
+        model="gpt-4o-mini", input=[{"role": "user", "content": [{"type": "input_text", "text": "hello there"}]}]
+    )
+    assert items.output_text == "hello there"
+    cut = await client.responses.create(model="gpt-4o-mini", input=QUESTION, max_output_tokens=2)
+    assert cut.status == "incomplete" and cut.output_text == QUESTION[:8]
+
+
+async def test_a_streamed_response_sends_text_deltas_then_the_whole_response(client: openai.AsyncOpenAI) -> None:
+    stream = await client.responses.create(model="gpt-4o-mini", input=QUESTION, stream=True)
+    kinds, text = [], ""
+    async for event in stream:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type == "response.completed":
+            final = event.response
+    assert text == QUESTION and final.output_text == QUESTION
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_text.delta") == 2  # 16 characters a piece
