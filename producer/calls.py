@@ -236,7 +236,9 @@ class Calls:
                 fields += (
                     job.job_id,
                     encode_job(job.payload_json, now_ms),
-                    queued_doc(job.job_id, job.model, job.metadata, enqueued_at, job.priority, job.fairness_key),
+                    queued_doc(
+                        job.job_id, job.model, job.metadata, enqueued_at, job.priority, job.fairness_key, job.endpoint
+                    ),
                     str(job.priority),
                     job.fairness_key,
                 )
@@ -249,7 +251,9 @@ class Calls:
             record=ARQ_JOB_KEY_PREFIX + job.job_id,
             job_id=job.job_id,
             record_json=encode_job(job.payload_json, int(now_s * 1000)),
-            doc_json=queued_doc(job.job_id, job.model, job.metadata, round(now_s, 3), job.priority, job.fairness_key),
+            doc_json=queued_doc(
+                job.job_id, job.model, job.metadata, round(now_s, 3), job.priority, job.fairness_key, job.endpoint
+            ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(job.priority),
             fairness_key=job.fairness_key,
@@ -298,7 +302,13 @@ class Calls:
             job_id=job_id,
             record_json=dumps(fresh),
             doc_json=queued_doc(
-                job_id, failed.model, failed.metadata, round(now_s, 3), failed.priority, failed.fairness_key
+                job_id,
+                failed.model,
+                failed.metadata,
+                round(now_s, 3),
+                failed.priority,
+                failed.fairness_key,
+                failed.endpoint,
             ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(failed.priority),

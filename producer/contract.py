@@ -6,7 +6,9 @@ language) agree through what is written here; nothing else in the code base spel
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
 
@@ -17,6 +19,7 @@ __all__ = [
     "ARQ_RETRY_KEY_PREFIX",
     "BATCH_KEY_PREFIX",
     "CANCEL_CHANNEL",
+    "CHAT_ENDPOINT",
     "DEFAULT_FAIRNESS_KEY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_PRIORITY",
@@ -24,6 +27,8 @@ __all__ = [
     "DEFAULT_RESULT_TTL_S",
     "DELAYED_SET",
     "DONE_CHANNEL_PREFIX",
+    "EMBEDDINGS_ENDPOINT",
+    "ENDPOINTS",
     "FAILED_JOB_KEY_PREFIX",
     "FAILED_SET",
     "FAILED_SET_MAX",
@@ -36,6 +41,7 @@ __all__ = [
     "LIMIT_KEY_PREFIX",
     "PRIORITIES",
     "READY_KEY_PREFIX",
+    "RESPONSES_ENDPOINT",
     "RESULT_KEY_PREFIX",
     "ROUTES_KEY",
     "SEQUENCE_KEY",
@@ -51,9 +57,11 @@ __all__ = [
     "Usage",
     "active_key",
     "batch_key",
+    "decode_vector",
     "done_channel",
     "dumps",
     "encode_job",
+    "encode_vector",
     "limit_keys",
     "loads",
     "queued_doc",
@@ -122,6 +130,12 @@ JOB_FUNCTION: Final = "run_prompt"
 
 PRIORITIES: Final = range(10)
 """``priority``: 0 runs first, 9 last."""
+CHAT_ENDPOINT: Final = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT: Final = "/v1/embeddings"
+RESPONSES_ENDPOINT: Final = "/v1/responses"
+ENDPOINTS: Final = (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT)
+"""The API endpoints a job may call, as the Batch API's ``url`` names them."""
+
 DEFAULT_PRIORITY: Final = 5
 DEFAULT_FAIRNESS_KEY: Final = "default"
 """The fairness key of jobs submitted without one."""
@@ -230,7 +244,15 @@ class JobResult:
     attempts: int = 0
     """API calls started for this job so far."""
     model: str | None = None
+    endpoint: str = CHAT_ENDPOINT
+    """The API endpoint the job calls (``ENDPOINTS``)."""
     content: str | None = None
+    """The answer's text: a chat completion's message, or a response's output text."""
+    output: list[Any] | None = None
+    """A response's output items, as the API sent them (``/v1/responses``)."""
+    embeddings: list[Any] | None = None
+    """An embeddings job's vectors, one an input, each as base64 little-endian float32 (``vectors``
+    decodes them); a server that answers one vector a token gives a list of them for that input."""
     finish_reason: str | None = None
     usage: Usage | None = None
     error: JobError | None = None
@@ -256,6 +278,13 @@ class JobResult:
     def ok(self) -> bool:
         return self.status == "succeeded"
 
+    @property
+    def vectors(self) -> list[Any] | None:
+        """``embeddings`` as lists of floats (lists of them, for an input a server answered per token)."""
+        if self.embeddings is None:
+            return None
+        return [decode_vector(v) if isinstance(v, str) else [decode_vector(t) for t in v] for v in self.embeddings]
+
     def to_doc(self) -> dict[str, Any]:
         """The document as a dict, in field order (written out: ``dataclasses.asdict`` deep-copies
         and is the slowest step of a submit)."""
@@ -265,7 +294,10 @@ class JobResult:
             "status": self.status,
             "attempts": self.attempts,
             "model": self.model,
+            "endpoint": self.endpoint,
             "content": self.content,
+            "output": self.output,
+            "embeddings": self.embeddings,
             "finish_reason": self.finish_reason,
             "usage": None
             if u is None
@@ -301,12 +333,16 @@ class JobResult:
             raise ValueError("result document has no job_id")
         usage, error = doc.get("usage"), doc.get("error")
         priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
+        endpoint, output, embeddings = doc.get("endpoint"), doc.get("output"), doc.get("embeddings")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
             attempts=int(doc.get("attempts") or 0),
             model=doc.get("model"),
+            endpoint=endpoint if isinstance(endpoint, str) else CHAT_ENDPOINT,  # promptq 0.1: chat only
             content=doc.get("content"),
+            output=output if isinstance(output, list) else None,
+            embeddings=embeddings if isinstance(embeddings, list) else None,
             finish_reason=doc.get("finish_reason"),
             usage=_usage(usage) if isinstance(usage, dict) else None,
             error=_error(error) if isinstance(error, dict) else None,
@@ -331,13 +367,15 @@ def queued_doc(
     enqueued_at: float,
     priority: int = DEFAULT_PRIORITY,
     fairness_key: str = DEFAULT_FAIRNESS_KEY,
+    endpoint: str = CHAT_ENDPOINT,
 ) -> str:
     """``JobResult(job_id, "queued", model=..., metadata=..., priority=..., fairness_key=...,
-    enqueued_at=...).to_json()``, written straight from a template (a submit's hottest step; a test
-    keeps the two equal)."""
+    endpoint=..., enqueued_at=...).to_json()``, written straight from a template (a submit's hottest
+    step; a test keeps the two equal)."""
     return (
-        f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},"content":null,'
-        f'"finish_reason":null,"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
+        f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},'
+        f'"endpoint":{_string(endpoint)},"content":null,"output":null,"embeddings":null,"finish_reason":null,'
+        f'"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
         f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},'
         f'"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
@@ -366,3 +404,18 @@ def _error(doc: dict[str, Any]) -> JobError:
         status_code=int(status_code) if status_code is not None else None,
         retryable=bool(doc.get("retryable")),
     )
+
+
+# -- vectors ----------------------------------------------------------------------------------------
+def encode_vector(values: list[float]) -> str:
+    """A vector as the API's ``encoding_format="base64"`` gives it: little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+
+
+def decode_vector(text: str) -> list[float]:
+    """:func:`encode_vector` undone (the float32 values, bit for bit); ``ValueError`` when ``text``
+    is not base64 of whole float32 values."""
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 4:
+        raise ValueError(f"a vector of {len(raw)} bytes is not a whole number of float32 values")
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))

@@ -14,16 +14,23 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from producer.contract import (
+    CHAT_ENDPOINT,
     DEFAULT_FAIRNESS_KEY,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_PRIORITY,
+    EMBEDDINGS_ENDPOINT,
+    ENDPOINTS,
     FAIRNESS_KEY_MAX_BYTES,
     PRIORITIES,
+    RESPONSES_ENDPOINT,
     dumps,
 )
 
 __all__ = [
+    "EMBEDDINGS_PARAMS",
+    "MAX_EMBEDDING_INPUTS",
     "PASS_THROUGH_PARAMS",
+    "RESPONSES_PARAMS",
     "InvalidJobError",
     "PromptJob",
     "check_fairness_key",
@@ -88,6 +95,50 @@ PASS_THROUGH_PARAMS: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
 }
 
 
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+# Embeddings parameters. The worker asks the API for base64 whatever ``encoding_format`` says, and
+# stores vectors that way; ``encoding_format`` is accepted for files written for the Batch API.
+EMBEDDINGS_PARAMS: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "dimensions": ("a positive integer", _positive_int),
+    "encoding_format": ("float or base64", lambda v: v in ("float", "base64")),
+    "user": ("a string", lambda v: isinstance(v, str)),
+    "extra_body": ("an object", lambda v: isinstance(v, dict)),
+}
+
+# Responses API parameters passed through (``metadata`` is promptq's own: echoed, not sent).
+RESPONSES_PARAMS: Final[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "instructions": ("a string", lambda v: isinstance(v, str)),
+    "max_output_tokens": ("a positive integer", _positive_int),
+    "temperature": ("a number from 0 to 2", _number(0, 2)),
+    "top_p": ("a number from 0 to 1", _number(0, 1)),
+    "tools": ("a list of objects", lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v)),
+    "tool_choice": ("a string or an object", lambda v: isinstance(v, str | dict)),
+    "parallel_tool_calls": ("a boolean", lambda v: isinstance(v, bool)),
+    "max_tool_calls": ("a positive integer", _positive_int),
+    "reasoning": ("an object", lambda v: isinstance(v, dict)),
+    "text": ("an object", lambda v: isinstance(v, dict)),
+    "previous_response_id": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "store": ("a boolean", lambda v: isinstance(v, bool)),
+    "truncation": ("auto or disabled", lambda v: v in ("auto", "disabled")),
+    "include": ("a list of strings", _strings),
+    "top_logprobs": ("an integer from 0 to 20", lambda v: isinstance(v, int) and 0 <= v <= 20),
+    "user": ("a string", lambda v: isinstance(v, str)),
+    "service_tier": ("a string", lambda v: isinstance(v, str)),
+    "extra_body": ("an object", lambda v: isinstance(v, dict)),
+}
+
+PARAMS_OF: Final = {
+    CHAT_ENDPOINT: PASS_THROUGH_PARAMS,
+    EMBEDDINGS_ENDPOINT: EMBEDDINGS_PARAMS,
+    RESPONSES_ENDPOINT: RESPONSES_PARAMS,
+}
+MAX_EMBEDDING_INPUTS: Final = 2048
+"""Inputs one embeddings request may carry, as the API allows."""
+
+
 def new_job_id() -> str:
     """128 random bits as 32 hex digits (the form of ``uuid4().hex``, at a fraction of its cost)."""
     return os.urandom(16).hex()
@@ -95,10 +146,12 @@ def new_job_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class PromptJob:
-    """One validated Chat Completions request, as it travels through the queue."""
+    """One validated API request (Chat Completions, Embeddings or Responses), as it travels
+    through the queue."""
 
     job_id: str
     messages: list[dict[str, Any]]
+    """A chat job's messages (empty for the other endpoints)."""
     model: str | None
     params: dict[str, Any]
     metadata: dict[str, Any] | None
@@ -110,6 +163,9 @@ class PromptJob:
     """0 runs first, 9 last; strict between levels."""
     fairness_key: str = DEFAULT_FAIRNESS_KEY
     """Keys with ready jobs at one priority take turns for the workers."""
+    endpoint: str = CHAT_ENDPOINT
+    input: Any = None
+    """An embeddings or responses job's ``input``, as the API takes it."""
 
     @classmethod
     def build(
@@ -123,22 +179,22 @@ class PromptJob:
         stream: Any = False,
         priority: Any = None,
         fairness_key: Any = None,
+        endpoint: Any = None,
+        input: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
         """Validate a submit call; raise :class:`InvalidJobError` naming the first problem."""
-        checked_params = _params(params)  # first: a misspelt ``promt=`` is named as such
-        if (prompt is None) == (messages is None):
-            raise InvalidJobError("give exactly one of prompt or messages")
-        if prompt is not None:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InvalidJobError("prompt must be a non-empty string")
-            messages = [{"role": "user", "content": prompt}]
+        endpoint = _endpoint(endpoint)
+        checked_params = _params(params, endpoint)  # first: a misspelt ``promt=`` is named as such
+        payload = _request(endpoint, prompt, messages, input, stream)
+        payload["model"] = _model(model)
+        if endpoint == EMBEDDINGS_ENDPOINT and model is None:
+            raise InvalidJobError(f"a {EMBEDDINGS_ENDPOINT} job needs a model (the worker's PROMPTQ_MODEL is for chat)")
         if job_id is None:
             job_id = new_job_id()
         elif not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
             raise InvalidJobError(f"job_id {job_id!r} must be 1 to 200 characters of letters, digits and _.:@/+=#~-")
-        payload: dict[str, Any] = {"messages": _messages(messages), "model": _model(model)}
         if checked_params:
             payload["params"] = checked_params
         if metadata is not None:
@@ -158,7 +214,8 @@ class PromptJob:
         """Validate a payload read from the queue (the worker's side of :meth:`build`)."""
         if not isinstance(payload, dict):
             raise InvalidJobError("job payload is not a JSON object")
-        unknown = set(payload) - {"messages", "model", "params", "metadata", "stream", "priority", "fairness_key"}
+        known = {"messages", "model", "params", "metadata", "stream", "priority", "fairness_key", "endpoint", "input"}
+        unknown = set(payload) - known
         if unknown:
             raise InvalidJobError(f"job payload has unknown fields: {', '.join(sorted(unknown))}")
         params = payload.get("params") or {}
@@ -172,6 +229,8 @@ class PromptJob:
             stream=payload.get("stream", False),
             priority=payload.get("priority"),
             fairness_key=payload.get("fairness_key"),
+            endpoint=payload.get("endpoint"),
+            input=payload.get("input"),
             max_payload_bytes=max_payload_bytes,
             **params,
         )
@@ -190,7 +249,7 @@ class PromptJob:
             )
         return cls(
             job_id=job_id,
-            messages=payload["messages"],
+            messages=payload.get("messages", []),
             model=payload["model"],
             params=payload.get("params", {}),
             metadata=payload.get("metadata"),
@@ -198,6 +257,8 @@ class PromptJob:
             stream=payload.get("stream", False),
             priority=payload.get("priority", DEFAULT_PRIORITY),
             fairness_key=payload.get("fairness_key", DEFAULT_FAIRNESS_KEY),
+            endpoint=payload.get("endpoint", CHAT_ENDPOINT),
+            input=payload.get("input"),
         )
 
 
@@ -239,13 +300,48 @@ def _model(model: Any) -> str | None:
     return model
 
 
-def _params(params: Mapping[str, Any]) -> dict[str, Any]:
+def _request(endpoint: str, prompt: Any, messages: Any, value: Any, stream: Any) -> dict[str, Any]:
+    """What the job asks: a chat job's messages, another endpoint's input (``prompt`` stands for
+    one user message, or for the input)."""
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise InvalidJobError("prompt must be a non-empty string")
+    if endpoint == CHAT_ENDPOINT:
+        if value is not None:
+            raise InvalidJobError(
+                f"input is for {EMBEDDINGS_ENDPOINT} and {RESPONSES_ENDPOINT}; a chat job takes prompt or messages"
+            )
+        if (prompt is None) == (messages is None):
+            raise InvalidJobError("give exactly one of prompt or messages")
+        return {"messages": _messages(messages if prompt is None else [{"role": "user", "content": prompt}])}
+    if messages is not None:
+        raise InvalidJobError(f"messages is for {CHAT_ENDPOINT}; a {endpoint} job takes input (or prompt)")
+    if (prompt is None) == (value is None):
+        raise InvalidJobError("give exactly one of prompt or input")
+    value = prompt if value is None else value
+    if endpoint == EMBEDDINGS_ENDPOINT:
+        if stream is True:
+            raise InvalidJobError(f"stream is not possible for {EMBEDDINGS_ENDPOINT}")
+        return {"endpoint": endpoint, "input": _embedding_input(value)}
+    return {"endpoint": endpoint, "input": _response_input(value)}
+
+
+def _endpoint(endpoint: Any) -> str:
+    if endpoint is None:
+        return CHAT_ENDPOINT
+    if endpoint not in ENDPOINTS:
+        raise InvalidJobError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+    return str(endpoint)
+
+
+def _params(params: Mapping[str, Any], endpoint: str = CHAT_ENDPOINT) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    table = PARAMS_OF[endpoint]
     for name, value in params.items():
-        spec = PASS_THROUGH_PARAMS.get(name)
+        spec = table.get(name)
         if spec is None:
             hint = "; n is not supported (submit n jobs)" if name == "n" else ""
-            raise InvalidJobError(f"unknown parameter {name!r} (pass server-specific ones in extra_body){hint}")
+            where = "" if endpoint == CHAT_ENDPOINT else f" for {endpoint}"
+            raise InvalidJobError(f"unknown parameter {name!r}{where} (pass server-specific ones in extra_body){hint}")
         if value is None:
             continue
         expected, check = spec
@@ -288,3 +384,42 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         else:
             raise InvalidJobError(f"{where}.content must be a string or a list of content parts")
     return messages
+
+
+def _tokens(value: Any) -> bool:
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def _embedding_input(value: Any) -> Any:
+    """A string, a list of strings, a token array or a list of token arrays (1 to 2,048 inputs)."""
+    if isinstance(value, str):
+        inputs: list[Any] = [value]
+    elif _tokens(value):
+        inputs = [value]
+    elif isinstance(value, list) and value and all(isinstance(v, str) or _tokens(v) for v in value):
+        inputs = value
+    else:
+        raise InvalidJobError("input must be a string, a list of strings, a token array or a list of token arrays")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidJobError(
+            f"input holds {len(inputs)} inputs, over the {MAX_EMBEDDING_INPUTS} one request may carry"
+        )
+    if any(isinstance(i, str) and not i.strip() for i in inputs):
+        raise InvalidJobError("input must not hold an empty string")
+    return value
+
+
+def _response_input(value: Any) -> Any:
+    """A non-empty string, or a non-empty list of input items (objects with a type or a role)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidJobError("input must not be empty")
+        return value
+    if not isinstance(value, list) or not value:
+        raise InvalidJobError("input must be a non-empty string or a non-empty list of input items")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not ("type" in item or "role" in item):
+            raise InvalidJobError(f"input[{i}] must be an object with a type or a role")
+    return value

@@ -98,6 +98,7 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     base = dataclasses.replace(
         base,
         model=job.model or config.model,
+        endpoint=job.endpoint,
         metadata=job.metadata,
         priority=job.priority,
         fairness_key=job.fairness_key,
@@ -248,6 +249,8 @@ async def _finish(
         base,
         status="succeeded" if completion else "failed",
         content=completion.content if completion else None,
+        output=completion.output if completion else None,
+        embeddings=completion.embeddings if completion else None,
         finish_reason=completion.finish_reason if completion else None,
         usage=completion.usage if completion else None,
         error=error.to_error() if error else None,

@@ -31,7 +31,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from producer.contract import limit_keys
+from producer.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit_keys
 from producer.scripts import script
 from producer.validation import PromptJob
 from worker.config import Limit
@@ -61,12 +61,27 @@ class BudgetWaitTooLongError(Exception):
 
 
 def estimate_tokens(job: PromptJob, completion_estimate: int) -> int:
-    """Tokens a request may use, offline: about 4 characters a token for the prompt, plus the
-    completion's ``max_tokens`` / ``max_completion_tokens`` or ``completion_estimate``."""
+    """Tokens a request may use, offline: about 4 characters a token for the prompt (an embeddings
+    or responses job's input; a token array counts its length), plus the completion's
+    ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` or ``completion_estimate``
+    (nothing for embeddings)."""
+    if job.endpoint == EMBEDDINGS_ENDPOINT:
+        inputs = job.input if isinstance(job.input, list) and not _token_array(job.input) else [job.input]
+        return sum(len(i) if _token_array(i) else math.ceil(len(str(i)) / 4) for i in inputs) or 1
+    if job.endpoint == RESPONSES_ENDPOINT:
+        prompt = math.ceil(len(json.dumps(job.input, ensure_ascii=False)) / 4) + 3
+        instructions = job.params.get("instructions")
+        prompt += math.ceil(len(instructions) / 4) if isinstance(instructions, str) else 0
+        asked = job.params.get("max_output_tokens")
+        return prompt + int(asked if isinstance(asked, int) else completion_estimate)
     chars = sum(len(json.dumps(m.get("content"), ensure_ascii=False)) for m in job.messages)
     prompt = math.ceil(chars / 4) + 4 * len(job.messages) + 3
     asked = job.params.get("max_completion_tokens") or job.params.get("max_tokens")
     return prompt + int(asked if isinstance(asked, int) else completion_estimate)
+
+
+def _token_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
 
 def server_budget_wait_s(headers: Mapping[str, str], tokens: int, elapsed_s: float) -> float:

@@ -1,4 +1,5 @@
-"""The only module that imports openai: the clients, the request, and what its errors mean.
+"""The only module that imports openai: the clients, the request to each endpoint (chat
+completions, embeddings, responses), and what its errors mean.
 
 Errors are turned into :class:`LLMError`, which says whether another attempt could succeed
 (``retryable``) and how long the server asked us to wait (``retry_after_s``).
@@ -29,7 +30,7 @@ from typing import Any
 import httpx2
 import openai
 
-from producer.contract import JobError, Usage
+from producer.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
 from producer.validation import PromptJob
 from worker.config import WorkerConfig
 from worker.retry import retry_after_s
@@ -72,11 +73,17 @@ class Clients:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
+    """What the result keeps of an answer, whichever the endpoint."""
+
     content: str | None
     finish_reason: str | None
     usage: Usage | None
     rate_headers: dict[str, str] = field(default_factory=dict)
     """The response's ``x-ratelimit-*`` headers (names in lower case): the server's own budget."""
+    output: list[Any] | None = None
+    """A response's output items."""
+    embeddings: list[Any] | None = None
+    """An embeddings answer's vectors, base64 float32 (``producer.contract.encode_vector``)."""
 
 
 class LLMError(Exception):
@@ -131,15 +138,27 @@ DeltaSink = Callable[[str], Awaitable[None]]
 async def complete(
     client: openai.AsyncOpenAI, job: PromptJob, model: str, on_delta: DeltaSink | None = None
 ) -> Completion:
-    """Run one Chat Completions request; raise :class:`LLMError` for any failure.
+    """Run one request to the job's endpoint; raise :class:`LLMError` for any failure.
 
     With ``on_delta`` the request is streamed and each piece of the answer is handed to it as it
-    arrives (usage is asked for with ``stream_options.include_usage``)."""
+    arrives (for chat, usage is asked for with ``stream_options.include_usage``)."""
     params: dict[str, Any] = dict(job.params)
     try:
+        if job.endpoint == EMBEDDINGS_ENDPOINT:
+            params.pop("encoding_format", None)  # always base64: the compact form the result keeps
+            body = _body({"model": model, "input": job.input, "encoding_format": "base64"}, params)
+            response = await client.post("/embeddings", cast_to=httpx2.Response, body=body)
+            return _embeddings(response.json(), response.headers, job.input)
+        if job.endpoint == RESPONSES_ENDPOINT:
+            if on_delta is not None:
+                return await _streamed_response(client, job, model, params, on_delta)
+            response = await client.post(
+                "/responses", cast_to=httpx2.Response, body=_body({"model": model, "input": job.input}, params)
+            )
+            return _response(response.json(), response.headers)
         if on_delta is not None:
             return await _streamed(client, job, model, params, on_delta)
-        body = {"model": model, "messages": job.messages, **params}
+        body = _body({"model": model, "messages": job.messages}, params)
         response = await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
         return _completion(response.json(), response.headers)
     except openai.APIStatusError as e:
@@ -159,6 +178,119 @@ async def complete(
         raise LLMError("connection_error", f"the stream broke off: {e!r}", retryable=True) from e
     except (openai.APIError, ValueError) as e:  # a body that is not JSON (or, streamed, not chunks)
         raise LLMError("bad_response", f"the API answered with an unreadable body: {e}", retryable=True) from e
+
+
+def _body(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The request body: the job's parameters, and ``extra_body``'s fields at the top level (as the
+    typed methods send it)."""
+    extra = params.pop("extra_body", None) or {}
+    return {**base, **params, **extra}
+
+
+def _bad(message: str) -> LLMError:
+    return LLMError("bad_response", message, retryable=True)
+
+
+def _vector(value: Any) -> str | list[str]:
+    """One input's embedding as the result keeps it: base64 float32 (kept as sent when the server
+    sent base64), or a list of them when the server answered one vector a token."""
+    if isinstance(value, str):
+        decode_vector(value)  # ValueError: not base64 of float32 values
+        return value
+    if isinstance(value, list) and value and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return encode_vector(value)
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        per_token = [_vector(v) for v in value]
+        if all(isinstance(t, str) for t in per_token):
+            return [str(t) for t in per_token]
+    raise _bad("the API answered with an embedding that is not a list of numbers or base64 float32")
+
+
+def _embeddings(body: Any, headers: Mapping[str, str], given: Any) -> Completion:
+    """What the result keeps of an embeddings body: one vector an input, in input order."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise _bad("the API answered without a list of embeddings")
+    wanted = len(given) if isinstance(given, list) and not all(isinstance(t, int) for t in given) else 1
+    if len(data) != wanted:
+        raise _bad(f"the API answered {len(data)} embeddings for {wanted} inputs")
+    ordered = sorted(data, key=lambda d: d.get("index") if isinstance(d.get("index"), int) else 0)
+    try:
+        vectors = [_vector(d.get("embedding")) for d in ordered]
+    except ValueError as e:
+        raise _bad(f"the API answered with an unreadable embedding: {e}") from None
+    usage = body.get("usage")
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    total = usage.get("total_tokens", prompt) if isinstance(usage, dict) else None
+    return Completion(
+        content=None,
+        finish_reason=None,
+        usage=Usage(prompt, 0, total) if isinstance(prompt, int) and isinstance(total, int) else None,
+        rate_headers=_rate_headers(headers),
+        embeddings=vectors,
+    )
+
+
+def _response(body: Any, headers: Mapping[str, str]) -> Completion:
+    """What the result keeps of a Responses API body: the output items, their text, the usage."""
+    output = body.get("output") if isinstance(body, dict) else None
+    if not isinstance(output, list) or not all(isinstance(item, dict) for item in output):
+        raise _bad("the API answered without a list of output items")
+    status = body.get("status")
+    if status == "failed":
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        raise LLMError(
+            "server_error", f"the response failed: {error.get('message', 'no reason given')}", retryable=True
+        )
+    texts = [
+        str(part["text"])
+        for item in output
+        if item.get("type") == "message" and isinstance(item.get("content"), list)
+        for part in item["content"]
+        if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str)
+    ]
+    if status == "incomplete":
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        finish = "length" if reason == "max_output_tokens" else str(reason or "incomplete")
+    elif any(item.get("type") == "function_call" for item in output):
+        finish = "tool_calls"
+    else:
+        finish = "stop"
+    usage = body.get("usage")
+    return Completion(
+        content="".join(texts) if texts else None,
+        finish_reason=finish,
+        usage=_response_usage(usage) if isinstance(usage, dict) else None,
+        rate_headers=_rate_headers(headers),
+        output=output,
+    )
+
+
+def _response_usage(u: dict[str, Any]) -> Usage | None:
+    given, made, total = u.get("input_tokens"), u.get("output_tokens"), u.get("total_tokens")
+    if isinstance(given, int) and isinstance(made, int):
+        return Usage(given, made, total if isinstance(total, int) else given + made)
+    return None
+
+
+async def _streamed_response(
+    client: openai.AsyncOpenAI, job: PromptJob, model: str, params: dict[str, Any], on_delta: DeltaSink
+) -> Completion:
+    raw = await client.responses.with_raw_response.create(model=model, input=job.input, stream=True, **params)
+    final: Any = None
+    async with raw.parse() as events:
+        async for event in events:
+            kind = getattr(event, "type", None)
+            if kind == "response.output_text.delta" and event.delta:
+                await on_delta(event.delta)
+            elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                final = event.response.model_dump(mode="json")
+            elif kind == "error":
+                raise LLMError("server_error", f"the stream reported an error: {event.message}", retryable=True)
+    if final is None:
+        raise _bad("the stream ended without the whole response")
+    return _response(final, raw.headers)
 
 
 def _completion(body: Any, headers: Mapping[str, str]) -> Completion:

@@ -8,6 +8,7 @@ interrupted ``submit`` is simply run again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -17,14 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.calls import Calls
-from producer.contract import JobResult, dumps
+from producer.contract import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ENDPOINTS, RESPONSES_ENDPOINT, JobResult, dumps
 from producer.prices import Price, cost_usd
 from producer.validation import JOB_ID_RE, InvalidJobError
 
 __all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_batch_name"]
 
 BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-CHAT_URL = "/v1/chat/completions"
 QUEUE_FIELDS = ("priority", "fairness_key")
 """promptq's own fields a Batch API line may carry beside its body."""
 
@@ -100,8 +100,9 @@ def _arguments(line: str, line_no: int) -> tuple[str, dict[str, Any]]:
     elif not isinstance(custom_id, str) or not custom_id:
         raise InvalidJobError("custom_id must be a non-empty string")
     if "body" in item:  # the Batch API's format
-        if item.get("method", "POST") != "POST" or item.get("url", CHAT_URL) != CHAT_URL:
-            raise InvalidJobError(f"only POST {CHAT_URL} requests can be run")
+        url = item.get("url", CHAT_ENDPOINT)
+        if item.get("method", "POST") != "POST" or url not in ENDPOINTS:
+            raise InvalidJobError(f"only POST requests to {', '.join(ENDPOINTS)} can be run")
         unknown = set(item) - {"method", "url", "body", *QUEUE_FIELDS}
         if unknown or not isinstance(item["body"], dict):
             raise InvalidJobError(
@@ -111,6 +112,8 @@ def _arguments(line: str, line_no: int) -> tuple[str, dict[str, Any]]:
         if overlap := sorted(queue_fields.keys() & item["body"].keys()):
             raise InvalidJobError(f"{', '.join(overlap)} given twice, beside and inside body")
         item = {**item["body"], **queue_fields}
+        if url != CHAT_ENDPOINT:
+            item["endpoint"] = url
     if "job_id" in item:
         raise InvalidJobError("job_id is not allowed: ids come from the batch name and custom_id")
     return custom_id, item
@@ -171,22 +174,7 @@ def output_line(custom_id: str, result: JobResult | None) -> str:
         response = None
     elif result.ok:
         error = None
-        usage = result.usage
-        body = {
-            "id": result.job_id,
-            "object": "chat.completion",
-            "created": int(result.finished_at or 0),
-            "model": result.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.content},
-                    "finish_reason": result.finish_reason,
-                }
-            ],
-            "usage": None if usage is None else result.to_doc()["usage"],
-        }
-        response = {"status_code": 200, "request_id": result.job_id, "body": body}
+        response = {"status_code": 200, "request_id": result.job_id, "body": _body(result)}
     else:
         e = result.error
         error = {"code": e.type if e else result.status, "message": e.message if e else f"job {result.status}"}
@@ -195,3 +183,42 @@ def output_line(custom_id: str, result: JobResult | None) -> str:
             error["status_code"] = e.status_code
     job_id = result.job_id if result else custom_id
     return dumps({"id": f"batch_req_{job_id}", "custom_id": custom_id, "response": response, "error": error})
+
+
+def _body(result: JobResult) -> dict[str, Any]:
+    """A succeeded job's answer as its endpoint gives it (the parts the result keeps)."""
+    usage = result.usage
+    if result.endpoint == EMBEDDINGS_ENDPOINT:
+        vectors = result.vectors or []
+        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+        tokens = None if usage is None else {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+        return {"object": "list", "data": data, "model": result.model, "usage": tokens}
+    if result.endpoint == RESPONSES_ENDPOINT:
+        spent = None
+        if usage is not None:
+            names = ("input_tokens", "output_tokens", "total_tokens")
+            spent = dict(zip(names, dataclasses.astuple(usage), strict=True))
+        return {
+            "id": result.job_id,
+            "object": "response",
+            "created_at": int(result.finished_at or 0),
+            "status": "incomplete" if result.finish_reason == "length" else "completed",
+            "model": result.model,
+            "output": result.output or [],
+            "output_text": result.content,
+            "usage": spent,
+        }
+    return {
+        "id": result.job_id,
+        "object": "chat.completion",
+        "created": int(result.finished_at or 0),
+        "model": result.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.content},
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": None if usage is None else result.to_doc()["usage"],
+    }

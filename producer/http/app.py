@@ -59,8 +59,10 @@ EVENT_ID_RE = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
 
 # -- what goes in and comes out ---------------------------------------------------------------------
 class JobRequest(BaseModel):
-    """One job: ``prompt`` or ``messages``, plus any Chat Completions parameter promptq passes on
-    (``temperature``, ``max_tokens``...). Checked as ``Producer.submit`` checks it."""
+    """One job: ``prompt`` or ``messages`` (chat), or ``prompt`` or ``input`` (``endpoint``
+    ``/v1/embeddings`` or ``/v1/responses``), plus any parameter promptq passes on for that endpoint
+    (``temperature``, ``max_tokens``, ``dimensions``, ``instructions``...). Checked as
+    ``Producer.submit`` checks it."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -68,6 +70,13 @@ class JobRequest(BaseModel):
     )
     prompt: str | None = Field(None, min_length=1)
     messages: list[dict[str, Any]] | None = Field(None, min_length=1)
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"] | None = Field(
+        None, description="the API endpoint the job calls (default /v1/chat/completions)"
+    )
+    input: str | list[Any] | None = Field(
+        None,
+        description="an embeddings job's input (strings or token arrays), or a response's input (a string or items)",
+    )
     model: str | None = Field(None, min_length=1)
     job_id: str | None = Field(
         None,
@@ -105,7 +114,10 @@ class ResultDocument(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     attempts: int
     model: str | None
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
     content: str | None
+    output: list[Any] | None
+    embeddings: list[str | list[str]] | None
     finish_reason: str | None
     usage: UsageDoc | None
     error: ErrorDoc | None

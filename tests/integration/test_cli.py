@@ -87,6 +87,38 @@ def test_a_batch_survives_an_interrupted_submit_and_worker_and_comes_back_in_inp
     assert LINES <= sim.stats()["completions"] <= LINES + 50
 
 
+def test_a_batch_api_file_mixing_the_three_endpoints_comes_back_in_the_batch_output_format(
+    redis_url: str, tmp_path: Path, worker: Worker
+) -> None:
+    def line(i: int, url: str, body: dict[str, Any]) -> str:
+        return json.dumps({"custom_id": f"r{i}", "method": "POST", "url": url, "body": body})
+
+    lines = [
+        line(0, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "chat 0"}]}),
+        line(1, "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["emb 1", "emb 1b"], "dimensions": 8}),
+        line(2, "/v1/responses", {"model": "gpt-4o-mini", "input": "resp 2", "instructions": "short"}),
+        line(3, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "emb 3", "encoding_format": "float"}),
+        line(4, "/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "legacy"}),
+    ]
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    code, _, err = promptq(redis_url, "submit", str(source))
+    assert code == 2 and "mixed.jsonl:5: only POST requests to" in err  # the legacy endpoint is named, the rest go
+    target = tmp_path / "out.jsonl"
+    code, _, err = promptq(redis_url, "collect", "mixed", "-o", str(target), "--timeout", "30")
+    assert code == 0, err
+    written = [json.loads(w) for w in target.read_text().splitlines()]
+    assert [w["custom_id"] for w in written] == ["r0", "r1", "r2", "r3"]
+    chat, embeddings, response, single = (w["response"]["body"] for w in written)
+    assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["content"] == "chat 0"
+    assert embeddings["object"] == "list" and [d["index"] for d in embeddings["data"]] == [0, 1]
+    assert all(len(d["embedding"]) == 8 and isinstance(d["embedding"][0], float) for d in embeddings["data"])
+    assert embeddings["usage"]["prompt_tokens"] > 0
+    assert response["object"] == "response" and response["output_text"] == "resp 2"
+    assert response["output"][0]["content"][0]["text"] == "resp 2" and response["usage"]["input_tokens"] > 0
+    assert len(single["data"]) == 1 and len(single["data"][0]["embedding"]) == 1536
+
+
 def test_failures_come_out_as_batch_api_errors_and_can_be_retried(
     redis_url: str, sim: Simulator, tmp_path: Path, worker: Worker
 ) -> None:

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import struct
 from typing import Any
 
 import pytest
 from arq.jobs import deserialize_job_raw
 
-from producer.contract import JOB_FUNCTION, LEGACY_QUEUE, JobError, JobResult, Usage, encode_job, result_key
+from producer.contract import (
+    EMBEDDINGS_ENDPOINT,
+    ENDPOINTS,
+    JOB_FUNCTION,
+    LEGACY_QUEUE,
+    JobError,
+    JobResult,
+    Usage,
+    decode_vector,
+    encode_job,
+    encode_vector,
+    result_key,
+)
 
 DOCUMENTED_FIELDS = [
     "job_id",
     "status",
     "attempts",
     "model",
+    "endpoint",
     "content",
+    "output",
+    "embeddings",
     "finish_reason",
     "usage",
     "error",
@@ -116,8 +133,35 @@ def test_the_queued_document_template_matches_the_result_document() -> None:
     for priority, key in [(0, "tenant-42"), (9, 'Zoë "q" \\ /'), (5, "default")]:
         expected = JobResult("j", "queued", priority=priority, fairness_key=key, enqueued_at=2.0).to_json()
         assert queued_doc("j", None, None, 2.0, priority, key) == expected
+    for endpoint in ENDPOINTS:
+        expected = JobResult("e", "queued", endpoint=endpoint, enqueued_at=3.0).to_json()
+        assert queued_doc("e", None, None, 3.0, endpoint=endpoint) == expected
 
 
 def test_a_document_of_promptq_0_1_reads_with_the_default_priority_and_key() -> None:
     r = JobResult.from_doc({"job_id": "old", "status": "queued"})
     assert (r.priority, r.fairness_key) == (5, "default")
+
+
+def test_a_vector_round_trips_bit_for_bit_through_base64_float32() -> None:
+    values = [0.1, -2.5, 3.4028234663852886e38, 1e-45, 0.0, -0.0, 1 / 3]
+    as_float32 = list(struct.unpack(f"<{len(values)}f", struct.pack(f"<{len(values)}f", *values)))
+    text = encode_vector(values)
+    assert len(base64.b64decode(text)) == 4 * len(values)
+    decoded = decode_vector(text)
+    assert struct.pack(f"<{len(values)}f", *decoded) == struct.pack(f"<{len(values)}f", *as_float32)
+    assert str(decoded[5]) == "-0.0"
+    with pytest.raises(ValueError, match="whole number of float32"):
+        decode_vector(base64.b64encode(b"12345").decode())
+    with pytest.raises(ValueError):
+        decode_vector("not base64!")
+
+
+def test_an_embeddings_result_hands_out_plain_lists_of_floats() -> None:
+    one, two = [0.5, -0.25], [[1.0], [2.0]]
+    r = JobResult(
+        "e", "succeeded", endpoint=EMBEDDINGS_ENDPOINT, embeddings=[encode_vector(one), [encode_vector(v) for v in two]]
+    )
+    assert JobResult.from_json(r.to_json()).vectors == [one, two]
+    assert JobResult("c", "succeeded").vectors is None
+    assert JobResult.from_doc({"job_id": "old", "status": "queued"}).endpoint == "/v1/chat/completions"

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from producer.contract import STATUSES, JobResult
-from producer.validation import PASS_THROUGH_PARAMS
+from producer.validation import EMBEDDINGS_PARAMS, PASS_THROUGH_PARAMS, RESPONSES_PARAMS
 from worker.config import ENV_NAMES
 from worker.llm import STATUS_CLASSES
 
@@ -57,7 +57,8 @@ def test_the_example_document_is_a_valid_result() -> None:
 
 
 def test_every_pass_through_parameter_is_documented() -> None:
-    missing = [name for name in PASS_THROUGH_PARAMS if f"`{name}`" not in README]
+    names = [*PASS_THROUGH_PARAMS, *EMBEDDINGS_PARAMS, *RESPONSES_PARAMS]
+    missing = [name for name in names if f"`{name}`" not in README]
     assert not missing
 
 
