@@ -226,9 +226,9 @@ async def _release(state: WorkerState, base: JobResult, reason: str = "shutdown"
 def _ended_elsewhere(state: WorkerState, base: JobResult, status: str) -> None:
     """The canonical line for a job whose document another party ended meanwhile (a cancel, which
     nobody else counts in the metrics; or, rarely, another worker)."""
-    log.info("job.finished", status=status, model=base.model, attempts=base.attempts)
+    log.info("job.finished", status=status, model=base.model, endpoint=base.endpoint, attempts=base.attempts)
     if status == "cancelled":
-        state.metrics.job_ended(base.model, status, None)
+        state.metrics.job_ended(base.model, status, None, base.endpoint)
 
 
 def _ms_since(started_s: float) -> int:
@@ -262,11 +262,12 @@ async def _finish(
     if stored is not None:  # cancelled while the call ran: the cancelled document stays
         final = dataclasses.replace(stored, latency_ms=final.latency_ms, attempts=final.attempts)
     usage = final.usage
-    state.metrics.job_ended(final.model, final.status, usage)
+    state.metrics.job_ended(final.model, final.status, usage, final.endpoint)
     log.info(
         "job.finished",
         status=final.status,
         model=final.model,
+        endpoint=final.endpoint,
         attempts=final.attempts,
         latency_ms=final.latency_ms,
         queued_ms=_queued_ms(final),

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from producer.background import Background, repeat
 from producer.calls import DEPTHS_KEYS_MAX, QueueDepths
-from producer.contract import PRIORITIES, Usage
+from producer.contract import CHAT_ENDPOINT, PRIORITIES, Usage
 from producer.prices import Price, cost_usd
 from producer.scripts import script
 from worker.logs import get_logger
@@ -59,7 +59,7 @@ class Metrics:
         self.running = running
         """How many jobs hold a slot here (a busy worker's poll loop waits for a free slot)."""
         r = self.registry = CollectorRegistry()
-        self.jobs = Counter("promptq_jobs", "Jobs ended, by final status", ["model", "status"], registry=r)
+        self.jobs = Counter("promptq_jobs", "Jobs ended, by final status", ["model", "status", "endpoint"], registry=r)
         self.attempts = Counter("promptq_attempts", "API calls started", ["model"], registry=r)
         self.retries = Counter("promptq_retries", "Failed attempts put back", ["model", "error_type"], registry=r)
         self.latency = Histogram(
@@ -79,9 +79,9 @@ class Metrics:
         self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
 
-    def job_ended(self, model: str | None, status: str, usage: Usage | None) -> None:
+    def job_ended(self, model: str | None, status: str, usage: Usage | None, endpoint: str = CHAT_ENDPOINT) -> None:
         m = model or ""
-        self.jobs.labels(m, status).inc()
+        self.jobs.labels(m, status, endpoint).inc()
         if usage is not None:
             self.tokens.labels(m, "prompt").inc(usage.prompt_tokens)
             self.tokens.labels(m, "completion").inc(usage.completion_tokens)

@@ -41,7 +41,8 @@ def test_the_metrics_endpoint(redis_url: str, sim: Simulator, sync_producer: Any
     assert status == 200
     got = samples(text)
     model = (("model", "gpt-4o-mini"),)
-    assert got[("promptq_jobs_total", (*model, ("status", "succeeded")))] == 10
+    chat = (("endpoint", "/v1/chat/completions"),)
+    assert got[("promptq_jobs_total", (*chat, *model, ("status", "succeeded")))] == 10
     assert got[("promptq_attempts_total", model)] == 10
     assert got[("promptq_attempt_seconds_count", model)] == 10
     prompt = sum(r.usage.prompt_tokens for r in results)
