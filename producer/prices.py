@@ -1,8 +1,9 @@
 """An optional price table: usage turned into an estimated cost (stdlib only).
 
 ``PROMPTQ_PRICES`` is JSON: per model, US dollars per million ``input`` (prompt) and ``output``
-(completion) tokens, e.g. ``{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}``. A model missing from
-the table has no cost estimate. The CLI's ``status`` and the worker's metrics read the same table.
+(completion) tokens, e.g. ``{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}``; an embedding model
+needs only ``input`` (``{"text-embedding-3-small": {"input": 0.02}}``). A model missing from the table
+has no cost estimate. The CLI's ``status`` and the worker's metrics read the same table.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ def prices_from_env(env: Mapping[str, str]) -> dict[str, Price]:
     parsed = env_json_table(env, PRICES_ENV, '{"gpt-4o-mini": {"input": 0.15, "output": 0.60}}')
     prices = {}
     for model, spec in parsed.items():
-        if not isinstance(spec, dict) or set(spec) != {"input", "output"}:
-            raise ConfigError(f"{PRICES_ENV}[{model!r}] must be an object with input and output (USD per 1M tokens)")
-        for key in ("input", "output"):
+        if not isinstance(spec, dict) or set(spec) not in ({"input", "output"}, {"input"}):
+            raise ConfigError(
+                f"{PRICES_ENV}[{model!r}] must be an object with input and output, or input alone for an embedding "
+                "model (USD per 1M tokens)"
+            )
+        for key in spec:
             value = spec[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{PRICES_ENV}[{model!r}].{key} must be a number >= 0, got {value!r}")
-        prices[model] = Price(float(spec["input"]), float(spec["output"]))
+        prices[model] = Price(float(spec["input"]), float(spec.get("output", 0.0)))
     return prices
 
 

@@ -16,6 +16,7 @@ from urllib.request import Request, urlopen
 import pytest
 
 from devtools.stack import ROOT, Api, Simulator, Worker, free_port
+from producer.contract import decode_vector
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.process
@@ -66,6 +67,23 @@ def sse(text: str) -> list[tuple[str | None, str, Any]]:
 
 JUST_SUBMITTED = {"queued", "running", "succeeded"}
 """The answer to a submit is the document as it is then: a running worker may have taken the job already."""
+
+
+def test_embeddings_and_responses_jobs_go_through_the_http_api(api: Api, http_worker: Worker) -> None:
+    jobs = [
+        {"endpoint": "/v1/embeddings", "input": ["over http"], "model": "text-embedding-3-small", "dimensions": 4},
+        {"endpoint": "/v1/responses", "input": "over http", "instructions": "echo"},
+    ]
+    status, docs, _ = call(api, "POST", "/v1/jobs", jobs)
+    assert status == 202 and [d["endpoint"] for d in docs] == ["/v1/embeddings", "/v1/responses"]
+    status, text, _ = call(api, "GET", f"/v1/jobs/{docs[0]['job_id']}/events")
+    embedded = sse(text)[-1][2]
+    assert embedded["status"] == "succeeded" and len(decode_vector(embedded["embeddings"][0])) == 4
+    status, text, _ = call(api, "GET", f"/v1/jobs/{docs[1]['job_id']}/events")
+    responded = sse(text)[-1][2]
+    assert responded["content"] == "over http" and responded["output"][0]["type"] == "message"
+    status, body, _ = call(api, "POST", "/v1/jobs", {"endpoint": "/v1/embeddings", "input": "x"})
+    assert status == 422 and "needs a model" in body["detail"]
 
 
 def test_submit_get_and_stream_one_job(api: Api, http_worker: Worker, redis_url: str, sim: Simulator) -> None:

@@ -100,3 +100,16 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> No
         with pytest.raises(ConfigError, match="REDIS_URL") as caught:
             env_redis_url({"REDIS_URL": bad}, "redis://x")
         assert problem in str(caught.value)
+
+
+def test_prices_take_input_and_output_or_input_alone_for_an_embedding_model() -> None:
+    from producer.contract import Usage
+    from producer.prices import cost_usd, prices_from_env
+
+    table = '{"gpt-4o-mini": {"input": 0.15, "output": 0.6}, "text-embedding-3-small": {"input": 0.02}}'
+    prices = prices_from_env({"PROMPTQ_PRICES": table})
+    assert cost_usd(prices, "text-embedding-3-small", Usage(1_000_000, 0, 1_000_000)) == pytest.approx(0.02)
+    assert cost_usd(prices, "gpt-4o-mini", Usage(1_000_000, 1_000_000, 2_000_000)) == pytest.approx(0.75)
+    for bad in ('{"m": {"output": 1}}', '{"m": {"input": 1, "cached": 1}}', '{"m": {"input": -1}}'):
+        with pytest.raises(ConfigError, match="PROMPTQ_PRICES"):
+            prices_from_env({"PROMPTQ_PRICES": bad})
