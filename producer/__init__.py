@@ -13,31 +13,40 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from producer.calls import Cancellation, ProducerConfig, QueueDepths, RetryRefusedError
     from producer.client import Producer
     from producer.contract import JobError, JobResult, Usage
     from producer.env import ConfigError
-    from producer.errors import EvictionPolicyError, NotReplicatedError, QueueFullError, QueueUnavailableError
-    from producer.streams import JobNotFoundError, StreamEvent
     from producer.sync_client import SyncProducer
+    from producer.types import (
+        Cancellation,
+        EvictionPolicyError,
+        JobNotFoundError,
+        NotReplicatedError,
+        ProducerConfig,
+        QueueDepths,
+        QueueFullError,
+        QueueUnavailableError,
+        RetryRefusedError,
+        StreamEvent,
+    )
     from producer.validation import InvalidJobError
 
 _HOME = {
-    "Cancellation": "producer.calls",
+    "Cancellation": "producer.types",
     "ConfigError": "producer.env",
-    "EvictionPolicyError": "producer.errors",
+    "EvictionPolicyError": "producer.types",
     "InvalidJobError": "producer.validation",
     "JobError": "producer.contract",
-    "JobNotFoundError": "producer.streams",
+    "JobNotFoundError": "producer.types",
     "JobResult": "producer.contract",
-    "NotReplicatedError": "producer.errors",
+    "NotReplicatedError": "producer.types",
     "Producer": "producer.client",
-    "ProducerConfig": "producer.calls",
-    "QueueDepths": "producer.calls",
-    "QueueFullError": "producer.errors",
-    "QueueUnavailableError": "producer.errors",
-    "RetryRefusedError": "producer.calls",
-    "StreamEvent": "producer.streams",
+    "ProducerConfig": "producer.types",
+    "QueueDepths": "producer.types",
+    "QueueFullError": "producer.types",
+    "QueueUnavailableError": "producer.types",
+    "RetryRefusedError": "producer.types",
+    "StreamEvent": "producer.types",
     "SyncProducer": "producer.sync_client",
     "Usage": "producer.contract",
 }

@@ -1,4 +1,5 @@
-"""The producer's Redis calls, without the I/O: its settings, its Lua scripts and their arguments.
+"""The producer's Redis calls, without the I/O: its Lua scripts' arguments for its settings
+(``producer.types.ProducerConfig``), and the checks before its first write.
 
 ``Producer`` and ``SyncProducer`` send what this module builds, so both behave the same.
 """
@@ -8,18 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from producer.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    DEFAULT_REDIS_URL,
-    DEFAULT_RESULT_TTL_S,
     FAILED_JOB_KEY_PREFIX,
     JobResult,
     dumps,
@@ -28,26 +24,22 @@ from producer.contract import (
     result_key,
     stream_key,
 )
-from producer.env import env_flag, env_int, env_redis_url, redact_url
-from producer.errors import EvictionPolicyError, NotReplicatedError, QueueUnavailableError
+from producer.env import redact_url
 from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
 from producer.scripts import Value, script
+from producer.types import (
+    Cancellation,
+    EvictionPolicyError,
+    NotReplicatedError,
+    ProducerConfig,
+    QueueUnavailableError,
+    RetryRefusedError,
+)
 from producer.validation import InvalidJobError, PromptJob
 
-__all__ = [
-    "DEPTHS_KEYS_MAX",
-    "SUBMIT_CHUNK",
-    "Calls",
-    "Cancellation",
-    "ProducerConfig",
-    "QueueDepths",
-    "RetryRefusedError",
-    "config_of",
-]
+__all__ = ["SUBMIT_CHUNK", "Calls", "config_of"]
 
 log = logging.getLogger("promptq.producer")
-
-DEFAULT_REPLICA_TIMEOUT_MS = 1000
 
 SUBMIT_CHUNK = 1_000
 """Jobs sent in one pipelined round trip by ``submit_many``."""
@@ -55,116 +47,6 @@ MIN_QUEUED_TTL_S = 86_400
 """A queued job and its document live at least this long, however short the result TTL."""
 
 Call = tuple[list[str], list[Value]]
-
-
-@dataclass(frozen=True, slots=True)
-class Cancellation:
-    """What ``cancel`` did: ``cancelled`` is False when the job had already finished (``result``
-    says how) or is unknown (``result`` is None)."""
-
-    job_id: str
-    cancelled: bool
-    result: JobResult | None
-
-    @property
-    def message(self) -> str:
-        if self.cancelled:
-            return f"job {self.job_id!r} cancelled"
-        if self.result is None:
-            return f"no job {self.job_id!r} (never submitted, or its result expired): nothing to cancel"
-        return f"job {self.job_id!r} already {self.result.status}: nothing to cancel"
-
-
-DEPTHS_KEYS_MAX = 1_000
-"""Fairness keys ``depths`` looks at per priority, at most (``QueueDepths.truncated`` says when more)."""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepths:
-    """How many jobs wait where, fleet-wide (``Producer.depths``)."""
-
-    ready: dict[int, dict[str, int]]
-    """Jobs ready to run, per priority, per fairness key."""
-    running: int
-    """Jobs claimed by a worker (leased)."""
-    deferred: int
-    """Jobs waiting for a retry."""
-    failed: int
-    """Failed jobs indexed for ``failed()`` and ``retry()``."""
-    legacy: int = 0
-    """Jobs still in the queue of promptq 0.1 (a worker moves them over)."""
-    truncated: bool = False
-    """A priority had more than ``DEPTHS_KEYS_MAX`` fairness keys: ``ready`` lists that many only."""
-
-    @property
-    def waiting(self) -> int:
-        """Jobs ready to run, all priorities."""
-        return sum(self.by_priority.values()) + self.legacy
-
-    @property
-    def by_priority(self) -> dict[int, int]:
-        return {priority: sum(keys.values()) for priority, keys in self.ready.items()}
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> QueueDepths:
-        """From the ``depths`` script's reply."""
-        running, deferred, legacy, failed, *levels = reply
-        ready: dict[int, dict[str, int]] = {}
-        truncated = False
-        for level in levels:
-            priority, _, cut, *pairs = level
-            truncated = truncated or bool(int(cut))
-            ready[int(priority)] = {_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
-        return cls(ready, int(running), int(deferred), int(failed), int(legacy), truncated)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "waiting": self.waiting,
-            "running": self.running,
-            "deferred": self.deferred,
-            "failed": self.failed,
-            "legacy": self.legacy,
-            "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
-            "truncated": self.truncated,
-        }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class RetryRefusedError(ValueError):
-    """``retry`` was asked for a job that is not failed, or whose request is no longer kept."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProducerConfig:
-    redis_url: str = DEFAULT_REDIS_URL
-    result_ttl_s: int = DEFAULT_RESULT_TTL_S
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    allow_eviction: bool = False
-    """Write to a Redis whose ``maxmemory-policy`` may evict keys (``PROMPTQ_ALLOW_EVICTION``), with a warning."""
-    min_replicas: int = 0
-    """Replicas that must confirm each submit (``PROMPTQ_MIN_REPLICAS``; 0: none, the primary's word is enough)."""
-    replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS
-    """How long a submit waits for them (``PROMPTQ_REPLICA_TIMEOUT_MS``)."""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
-        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``,
-        ``PROMPTQ_MIN_REPLICAS`` and ``PROMPTQ_REPLICA_TIMEOUT_MS``."""
-        env = os.environ if env is None else env
-        return cls(
-            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
-            result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
-            max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
-            allow_eviction=env_flag(env, ALLOW_EVICTION_ENV),
-            min_replicas=env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0),
-            replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", DEFAULT_REPLICA_TIMEOUT_MS),
-        )
-
-    def with_url(self, redis_url: str) -> ProducerConfig:
-        return dataclasses.replace(self, redis_url=redis_url)
 
 
 def config_of(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:

@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 
 from producer import core
-from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths, config_of
+from producer.calls import Calls, config_of
 from producer.connect import async_client
 from producer.contract import JobResult
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
@@ -24,7 +24,8 @@ from producer.errors import redis_errors
 from producer.guard import read_facts
 from producer.notify import DoneWatcher
 from producer.scripts import script
-from producer.streams import StreamCursor, StreamEvent
+from producer.streams import StreamCursor
+from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 
 __all__ = ["Producer"]
 

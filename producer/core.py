@@ -20,11 +20,12 @@ from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from producer.calls import DEPTHS_KEYS_MAX, Call, Calls, Cancellation, QueueDepths, RetryRefusedError
+from producer.calls import Call, Calls
 from producer.contract import FAILED_SET, JobResult, batch_key, result_key
 from producer.notify import FALLBACK_POLL_S
 from producer.scripts import Value, script
-from producer.streams import READ_BLOCK_MS, JobNotFoundError, StreamCursor, StreamEvent
+from producer.streams import READ_BLOCK_MS, StreamCursor
+from producer.types import DEPTHS_KEYS_MAX, Cancellation, JobNotFoundError, QueueDepths, RetryRefusedError, StreamEvent
 
 __all__ = [
     "CANCEL_ATTEMPTS",

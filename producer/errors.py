@@ -1,6 +1,5 @@
-"""What the producer raises when Redis is away, full or unsafe, and the mapping from redis-py's errors.
-
-Every error says where it looked (the URL, password redacted) and what to do.
+"""redis-py's errors as the producer's (``producer.types``: unavailable, full, unsafe), each saying
+where it looked (the URL, password redacted) and what to do.
 """
 
 from __future__ import annotations
@@ -11,33 +10,9 @@ from collections.abc import Iterator
 import redis
 
 from producer.env import redact_url
+from producer.types import QueueFullError, QueueUnavailableError
 
-__all__ = ["EvictionPolicyError", "NotReplicatedError", "QueueFullError", "QueueUnavailableError", "redis_errors"]
-
-
-class QueueUnavailableError(ConnectionError):
-    """Redis did not answer (or cannot take the job): nothing was submitted (or read). The message
-    says where it looked."""
-
-
-class QueueFullError(QueueUnavailableError):
-    """Redis is out of memory (``maxmemory`` reached under ``noeviction``) and refused the write:
-    nothing of the refused call was written. Workers finishing jobs free memory; try again later."""
-
-    retry_after_s = 5
-    """A wait to suggest before trying again (the HTTP API's ``Retry-After``)."""
-
-
-class NotReplicatedError(QueueUnavailableError):
-    """With ``PROMPTQ_MIN_REPLICAS`` set, the write reached the primary but fewer replicas confirmed
-    it in time: it would be lost if the primary failed now. Sending it again is safe: the same job
-    ids enqueue nothing twice."""
-
-
-class EvictionPolicyError(QueueUnavailableError):
-    """Redis may evict keys under memory pressure (a ``maxmemory-policy`` other than ``noeviction``):
-    queued jobs and results could vanish without an error, so promptq refuses to write there (unless
-    ``PROMPTQ_ALLOW_EVICTION=1``)."""
+__all__ = ["redis_errors"]
 
 
 @contextlib.contextmanager

@@ -10,39 +10,17 @@ event it saw. A job submitted without ``stream=True`` has no deltas: its stream 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from producer.contract import JobResult, result_key, stream_key
+from producer.types import JobNotFoundError, StreamEvent
 
-__all__ = ["READ_BLOCK_MS", "READ_COUNT", "JobNotFoundError", "StreamCursor", "StreamEvent"]
+__all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor"]
 
 READ_BLOCK_MS = 1000
 """A blocking read waits this long before the cursor looks at the result document."""
 READ_COUNT = 500
 """Entries fetched in one read at most."""
-
-EventType = Literal["delta", "restart", "done"]
-
-
-class JobNotFoundError(LookupError):
-    """No result document exists for this job id (never submitted, or expired)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One event of a job's stream.
-
-    ``delta``: ``text`` is the next piece of the answer. ``restart``: a new attempt (number
-    ``attempt``) begins after a failed one; drop the text gathered so far. ``done``: the last
-    event; ``result`` is the job's final document (``status`` succeeded, failed or cancelled)."""
-
-    id: str
-    """The entry's id in the Redis stream: pass it as ``after`` to resume behind this event."""
-    type: EventType
-    text: str | None = None
-    attempt: int | None = None
-    result: JobResult | None = None
 
 
 class StreamCursor:

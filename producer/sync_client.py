@@ -4,6 +4,7 @@ and plain scripts. Each runs the same method of ``producer.core``, its steps run
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -11,7 +12,7 @@ from typing import Any, Self, TypeVar
 import redis
 
 from producer import core
-from producer.calls import Calls, Cancellation, ProducerConfig, QueueDepths, config_of
+from producer.calls import Calls, config_of
 from producer.connect import sync_client
 from producer.contract import JobResult, done_channel
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
@@ -19,7 +20,8 @@ from producer.errors import redis_errors
 from producer.guard import read_facts_sync
 from producer.notify import published_result
 from producer.scripts import script
-from producer.streams import StreamCursor, StreamEvent
+from producer.streams import StreamCursor
+from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 
 __all__ = ["SyncProducer"]
 
@@ -88,7 +90,7 @@ class SyncProducer:
             ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
             result = self.get(job_id)
             while (delay_s := deadline.sleep_s(result)) is not None:
-                message = ps.get_message(timeout=delay_s)
+                message = _message(ps, delay_s)
                 while (more := ps.get_message(timeout=0)) is not None:  # more than one message: drain them
                     message = more
                 final = published_result(message["data"]) if message else None
@@ -155,3 +157,13 @@ class SyncProducer:
             pipe.wait(step.replicas, step.timeout_ms)
             reply, acked = pipe.execute()
         return reply, int(acked)
+
+
+def _message(pubsub: Any, timeout_s: float) -> Any:
+    """The next published message within ``timeout_s``, or None. (redis-py's ``get_message`` also
+    returns None at once for the subscription's own confirmation, which would cost a read.)"""
+    until = time.monotonic() + timeout_s
+    while (left_s := until - time.monotonic()) > 0:
+        if (message := pubsub.get_message(timeout=left_s)) is not None:
+            return message
+    return None

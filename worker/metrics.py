@@ -31,10 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 
 from producer.background import Background, repeat
-from producer.calls import DEPTHS_KEYS_MAX, QueueDepths
 from producer.contract import CHAT_ENDPOINT, PRIORITIES, Usage
 from producer.prices import Price, cost_usd
 from producer.scripts import script
+from producer.types import DEPTHS_KEYS_MAX, QueueDepths
 from worker.logs import get_logger
 
 __all__ = ["Metrics", "heartbeat"]

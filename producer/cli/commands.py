@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from producer.calls import Calls, ProducerConfig, QueueDepths
+from producer.calls import Calls
 from producer.cli.batch import Progress, manifest_items, output_line, parse_jsonl, valid_batch_name
 from producer.env import ConfigError
-from producer.errors import QueueUnavailableError, redis_errors
+from producer.errors import redis_errors
 from producer.prices import prices_from_env
 from producer.sync_client import SyncProducer
+from producer.types import ProducerConfig, QueueDepths, QueueUnavailableError
 from producer.validation import InvalidJobError, check_fairness_key, check_priority
 
 __all__ = ["main"]

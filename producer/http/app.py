@@ -37,12 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer.calls import ProducerConfig
 from producer.client import Producer
 from producer.contract import FAIRNESS_KEY_MAX_BYTES, dumps
 from producer.env import env_float, env_int
-from producer.errors import QueueFullError, QueueUnavailableError
-from producer.streams import JobNotFoundError, StreamEvent
+from producer.types import JobNotFoundError, ProducerConfig, QueueFullError, QueueUnavailableError, StreamEvent
 from producer.validation import JOB_ID_RE, InvalidJobError
 
 __all__ = ["app", "create_app"]

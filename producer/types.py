@@ -1,0 +1,195 @@
+"""The client library's public types, in one place: its settings (``ProducerConfig``), what its
+methods answer (``QueueDepths``, ``Cancellation``, ``StreamEvent``) and what they raise.
+
+The result document (``JobResult``, ``Usage``, ``JobError``) lives in ``producer.contract``, which
+the worker shares; ``InvalidJobError`` beside the checks that raise it (``producer.validation``),
+``ConfigError`` beside the environment's readers (``producer.env``). ``producer`` exports them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S, JobResult
+from producer.env import env_flag, env_int, env_redis_url
+from producer.guard import ALLOW_EVICTION_ENV
+
+__all__ = [
+    "DEFAULT_REPLICA_TIMEOUT_MS",
+    "DEPTHS_KEYS_MAX",
+    "Cancellation",
+    "EvictionPolicyError",
+    "JobNotFoundError",
+    "NotReplicatedError",
+    "ProducerConfig",
+    "QueueDepths",
+    "QueueFullError",
+    "QueueUnavailableError",
+    "RetryRefusedError",
+    "StreamEvent",
+]
+
+
+class QueueUnavailableError(ConnectionError):
+    """Redis did not answer (or cannot take the job): nothing was submitted (or read). The message
+    says where it looked."""
+
+
+class QueueFullError(QueueUnavailableError):
+    """Redis is out of memory (``maxmemory`` reached under ``noeviction``) and refused the write:
+    nothing of the refused call was written. Workers finishing jobs free memory; try again later."""
+
+    retry_after_s = 5
+    """A wait to suggest before trying again (the HTTP API's ``Retry-After``)."""
+
+
+class NotReplicatedError(QueueUnavailableError):
+    """With ``PROMPTQ_MIN_REPLICAS`` set, the write reached the primary but fewer replicas confirmed
+    it in time: it would be lost if the primary failed now. Sending it again is safe: the same job
+    ids enqueue nothing twice."""
+
+
+class EvictionPolicyError(QueueUnavailableError):
+    """Redis may evict keys under memory pressure (a ``maxmemory-policy`` other than ``noeviction``):
+    queued jobs and results could vanish without an error, so promptq refuses to write there (unless
+    ``PROMPTQ_ALLOW_EVICTION=1``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What ``cancel`` did: ``cancelled`` is False when the job had already finished (``result``
+    says how) or is unknown (``result`` is None)."""
+
+    job_id: str
+    cancelled: bool
+    result: JobResult | None
+
+    @property
+    def message(self) -> str:
+        if self.cancelled:
+            return f"job {self.job_id!r} cancelled"
+        if self.result is None:
+            return f"no job {self.job_id!r} (never submitted, or its result expired): nothing to cancel"
+        return f"job {self.job_id!r} already {self.result.status}: nothing to cancel"
+
+
+DEPTHS_KEYS_MAX = 1_000
+"""Fairness keys ``depths`` looks at per priority, at most (``QueueDepths.truncated`` says when more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepths:
+    """How many jobs wait where, fleet-wide (``Producer.depths``)."""
+
+    ready: dict[int, dict[str, int]]
+    """Jobs ready to run, per priority, per fairness key."""
+    running: int
+    """Jobs claimed by a worker (leased)."""
+    deferred: int
+    """Jobs waiting for a retry."""
+    failed: int
+    """Failed jobs indexed for ``failed()`` and ``retry()``."""
+    legacy: int = 0
+    """Jobs still in the queue of promptq 0.1 (a worker moves them over)."""
+    truncated: bool = False
+    """A priority had more than ``DEPTHS_KEYS_MAX`` fairness keys: ``ready`` lists that many only."""
+
+    @property
+    def waiting(self) -> int:
+        """Jobs ready to run, all priorities."""
+        return sum(self.by_priority.values()) + self.legacy
+
+    @property
+    def by_priority(self) -> dict[int, int]:
+        return {priority: sum(keys.values()) for priority, keys in self.ready.items()}
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> QueueDepths:
+        """From the ``depths`` script's reply."""
+        running, deferred, legacy, failed, *levels = reply
+        ready: dict[int, dict[str, int]] = {}
+        truncated = False
+        for level in levels:
+            priority, _, cut, *pairs = level
+            truncated = truncated or bool(int(cut))
+            ready[int(priority)] = {_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
+        return cls(ready, int(running), int(deferred), int(failed), int(legacy), truncated)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "waiting": self.waiting,
+            "running": self.running,
+            "deferred": self.deferred,
+            "failed": self.failed,
+            "legacy": self.legacy,
+            "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
+            "truncated": self.truncated,
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RetryRefusedError(ValueError):
+    """``retry`` was asked for a job that is not failed, or whose request is no longer kept."""
+
+
+DEFAULT_REPLICA_TIMEOUT_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerConfig:
+    redis_url: str = DEFAULT_REDIS_URL
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    allow_eviction: bool = False
+    """Write to a Redis whose ``maxmemory-policy`` may evict keys (``PROMPTQ_ALLOW_EVICTION``), with a warning."""
+    min_replicas: int = 0
+    """Replicas that must confirm each submit (``PROMPTQ_MIN_REPLICAS``; 0: none, the primary's word is enough)."""
+    replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS
+    """How long a submit waits for them (``PROMPTQ_REPLICA_TIMEOUT_MS``)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
+        """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``,
+        ``PROMPTQ_MIN_REPLICAS`` and ``PROMPTQ_REPLICA_TIMEOUT_MS``."""
+        env = os.environ if env is None else env
+        return cls(
+            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
+            result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
+            max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
+            allow_eviction=env_flag(env, ALLOW_EVICTION_ENV),
+            min_replicas=env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0),
+            replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", DEFAULT_REPLICA_TIMEOUT_MS),
+        )
+
+    def with_url(self, redis_url: str) -> ProducerConfig:
+        return dataclasses.replace(self, redis_url=redis_url)
+
+
+EventType = Literal["delta", "restart", "done"]
+
+
+class JobNotFoundError(LookupError):
+    """No result document exists for this job id (never submitted, or expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of a job's stream.
+
+    ``delta``: ``text`` is the next piece of the answer. ``restart``: a new attempt (number
+    ``attempt``) begins after a failed one; drop the text gathered so far. ``done``: the last
+    event; ``result`` is the job's final document (``status`` succeeded, failed or cancelled)."""
+
+    id: str
+    """The entry's id in the Redis stream: pass it as ``after`` to resume behind this event."""
+    type: EventType
+    text: str | None = None
+    attempt: int | None = None
+    result: JobResult | None = None
