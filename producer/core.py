@@ -16,7 +16,7 @@ Only ``wait`` is not here: each driver waits for the done message its own way (s
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -158,20 +158,24 @@ def get(job_id: str) -> Op[JobResult | None]:
     return parse((yield Command.of("get", result_key(job_id))))
 
 
+def _document_keys(job_ids: Iterable[str]) -> Iterator[list[str]]:
+    """The jobs' document keys, ``READ_CHUNK`` to a command."""
+    keys = [result_key(i) for i in job_ids]
+    for start in range(0, len(keys), READ_CHUNK):
+        yield keys[start : start + READ_CHUNK]
+
+
 def get_many(job_ids: Iterable[str]) -> Op[list[JobResult | None]]:
-    ids = list(job_ids)
     results: list[JobResult | None] = []
-    for start in range(0, len(ids), READ_CHUNK):
-        docs = yield Command.of("mget", [result_key(i) for i in ids[start : start + READ_CHUNK]])
-        results += map(parse, docs)
+    for keys in _document_keys(job_ids):
+        results += map(parse, (yield Command.of("mget", keys)))
     return results
 
 
 def known(job_ids: Iterable[str]) -> Op[int]:
-    ids = list(job_ids)
     found = 0
-    for start in range(0, len(ids), READ_CHUNK):
-        found += yield Command.of("exists", *(result_key(i) for i in ids[start : start + READ_CHUNK]))
+    for keys in _document_keys(job_ids):
+        found += yield Command.of("exists", *keys)
     return found
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "PromptJob",
     "check_fairness_key",
     "check_priority",
+    "embedding_inputs",
     "new_job_id",
 ]
 
@@ -392,16 +393,18 @@ def _tokens(value: Any) -> bool:
     )
 
 
+def embedding_inputs(value: Any) -> list[Any]:
+    """A valid embeddings ``input`` as its inputs, one an embedding: a string or a token array alone
+    is one input, a list of them is that many."""
+    return [value] if isinstance(value, str) or _tokens(value) else list(value)
+
+
 def _embedding_input(value: Any) -> Any:
     """A string, a list of strings, a token array or a list of token arrays (1 to 2,048 inputs)."""
-    if isinstance(value, str):
-        inputs: list[Any] = [value]
-    elif _tokens(value):
-        inputs = [value]
-    elif isinstance(value, list) and value and all(isinstance(v, str) or _tokens(v) for v in value):
-        inputs = value
-    else:
+    many = isinstance(value, list) and value and all(isinstance(v, str) or _tokens(v) for v in value)
+    if not (isinstance(value, str) or _tokens(value) or many):
         raise InvalidJobError("input must be a string, a list of strings, a token array or a list of token arrays")
+    inputs = embedding_inputs(value)
     if len(inputs) > MAX_EMBEDDING_INPUTS:
         raise InvalidJobError(
             f"input holds {len(inputs)} inputs, over the {MAX_EMBEDDING_INPUTS} one request may carry"

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 
 from producer.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit_keys
 from producer.scripts import script
-from producer.validation import PromptJob
+from producer.validation import PromptJob, embedding_inputs
 from worker.config import Limit
 from worker.redis_conn import persist
 from worker.retry import parse_duration_s
@@ -66,8 +66,8 @@ def estimate_tokens(job: PromptJob, completion_estimate: int) -> int:
     ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` or ``completion_estimate``
     (nothing for embeddings)."""
     if job.endpoint == EMBEDDINGS_ENDPOINT:
-        inputs = job.input if isinstance(job.input, list) and not _token_array(job.input) else [job.input]
-        return sum(len(i) if _token_array(i) else math.ceil(len(str(i)) / 4) for i in inputs) or 1
+        inputs = embedding_inputs(job.input)
+        return sum(len(i) if isinstance(i, list) else math.ceil(len(i) / 4) for i in inputs) or 1
     if job.endpoint == RESPONSES_ENDPOINT:
         prompt = math.ceil(len(json.dumps(job.input, ensure_ascii=False)) / 4) + 3
         instructions = job.params.get("instructions")
@@ -78,10 +78,6 @@ def estimate_tokens(job: PromptJob, completion_estimate: int) -> int:
     prompt = math.ceil(chars / 4) + 4 * len(job.messages) + 3
     asked = job.params.get("max_completion_tokens") or job.params.get("max_tokens")
     return prompt + int(asked if isinstance(asked, int) else completion_estimate)
-
-
-def _token_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
 
 def server_budget_wait_s(headers: Mapping[str, str], tokens: int, elapsed_s: float) -> float:

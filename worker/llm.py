@@ -31,7 +31,7 @@ import httpx2
 import openai
 
 from producer.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
-from producer.validation import PromptJob
+from producer.validation import PromptJob, embedding_inputs
 from worker.config import WorkerConfig
 from worker.retry import retry_after_s
 
@@ -211,7 +211,7 @@ def _embeddings(body: Any, headers: Mapping[str, str], given: Any) -> Completion
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise _bad("the API answered without a list of embeddings")
-    wanted = len(given) if isinstance(given, list) and not all(isinstance(t, int) for t in given) else 1
+    wanted = len(embedding_inputs(given))
     if len(data) != wanted:
         raise _bad(f"the API answered {len(data)} embeddings for {wanted} inputs")
     ordered = sorted(data, key=lambda d: d.get("index") if isinstance(d.get("index"), int) else 0)

@@ -32,28 +32,32 @@ class Streams:
         """A writer for one attempt of the job."""
         return StreamWriter(self, job_id)
 
+    async def begin(self, key: str, attempt: int) -> None:
+        """Mark a new attempt on the stream at ``key``, if an earlier one left deltas behind."""
+        keys, args = script("stream_begin").bind(stream=key, attempt=attempt, ttl_ms=self.ttl_ms)
+        await persist(lambda: self._begin(keys=keys, args=args))
+
 
 class StreamWriter:
     """Appends one job's events; one per attempt."""
 
     def __init__(self, streams: Streams, job_id: str) -> None:
-        self.streams, self.redis, self.key, self.ttl_ms = streams, streams.redis, stream_key(job_id), streams.ttl_ms
+        self.streams, self.key = streams, stream_key(job_id)
         self._fresh = True
         self._dropping = False
 
     async def begin(self, attempt: int) -> None:
         """Mark a new attempt, if an earlier one left deltas behind."""
-        keys, args = script("stream_begin").bind(stream=self.key, attempt=attempt, ttl_ms=self.ttl_ms)
-        await persist(lambda: self.streams._begin(keys=keys, args=args))
+        await self.streams.begin(self.key, attempt)
 
     async def delta(self, text: str) -> None:
         """Append a piece of the answer; a full Redis drops it (the document will hold the whole
         answer, and the call goes on)."""
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.streams.redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(self.key, {"type": "delta", "text": text}, maxlen=STREAM_MAXLEN, approximate=True)
                 if self._fresh:  # the first entry creates the stream: give it the result's lifetime
-                    pipe.pexpire(self.key, self.ttl_ms)
+                    pipe.pexpire(self.key, self.streams.ttl_ms)
                 await pipe.execute()
         except OutOfMemoryError as e:
             if not self._dropping:

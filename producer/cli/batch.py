@@ -8,7 +8,6 @@ interrupted ``submit`` is simply run again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -196,8 +195,11 @@ def _body(result: JobResult) -> dict[str, Any]:
     if result.endpoint == RESPONSES_ENDPOINT:
         spent = None
         if usage is not None:
-            names = ("input_tokens", "output_tokens", "total_tokens")
-            spent = dict(zip(names, dataclasses.astuple(usage), strict=True))
+            spent = {
+                "input_tokens": usage.prompt_tokens,
+                "output_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
         return {
             "id": result.job_id,
             "object": "response",
