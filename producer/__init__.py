@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from producer.client import Producer
     from producer.contract import JobError, JobResult, Usage
     from producer.env import ConfigError
+    from producer.overview import Overview
     from producer.sync_client import SyncProducer
     from producer.types import (
         Cancellation,
@@ -40,6 +41,7 @@ _HOME = {
     "JobNotFoundError": "producer.types",
     "JobResult": "producer.contract",
     "NotReplicatedError": "producer.types",
+    "Overview": "producer.overview",
     "Producer": "producer.client",
     "ProducerConfig": "producer.types",
     "QueueDepths": "producer.types",
@@ -60,6 +62,7 @@ __all__ = [
     "JobNotFoundError",
     "JobResult",
     "NotReplicatedError",
+    "Overview",
     "Producer",
     "ProducerConfig",
     "QueueDepths",

@@ -18,6 +18,7 @@ from producer.contract import (
     ARQ_RETRY_KEY_PREFIX,
     FAILED_JOB_KEY_PREFIX,
     JobResult,
+    batch_of,
     dumps,
     encode_job,
     queued_doc,
@@ -157,6 +158,8 @@ class Calls:
             doc_as_read=doc.decode() if isinstance(doc, bytes) else str(doc),
             cancelled_doc=cancelled.to_json(),
             job_id=job_id,
+            model=current.model or "",
+            batch=batch_of(job_id),
         )
         return call, cancelled
 
@@ -195,4 +198,5 @@ class Calls:
             ttl_ms=self.queued_ttl_ms,
             priority=str(failed.priority),
             fairness_key=failed.fairness_key,
+            batch=batch_of(job_id),
         )

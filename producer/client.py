@@ -23,6 +23,7 @@ from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script,
 from producer.errors import redis_errors
 from producer.guard import read_facts
 from producer.notify import DoneWatcher
+from producer.overview import Overview
 from producer.scripts import script
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
@@ -117,6 +118,11 @@ class Producer:
         assert result is not None
         return result
 
+    async def open_batch(self, name: str, total: int) -> None:
+        """Start counting a batch of ``total`` jobs (ids ``{name}:...``) before submitting them:
+        the dashboard shows its progress once its manifest is saved (``save_manifest``)."""
+        await self._run(core.open_batch(self._calls, name, total))
+
     async def save_manifest(self, name: str, manifest: str) -> None:
         """Keep a batch's manifest (JSON: its name and its ``[custom_id, job_id]`` items) under
         ``promptq:batch:{name}`` as long as its jobs' documents live."""
@@ -130,6 +136,12 @@ class Producer:
         """How many jobs wait where, for the whole fleet: ready per priority and fairness key,
         running, deferred for a retry, failed."""
         return await self._run(core.depths())
+
+    async def overview(self) -> Overview:
+        """The fleet at a glance, as the dashboard shows it: the queue per priority and fairness
+        key, the workers, the last 15 minutes (jobs, latency, tokens and cost per model), the
+        batches' progress and the newest failures."""
+        return await self._run(core.overview())
 
     async def failed(self, limit: int = 100) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""

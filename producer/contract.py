@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
@@ -17,7 +19,11 @@ __all__ = [
     "ARQ_IN_PROGRESS_KEY_PREFIX",
     "ARQ_JOB_KEY_PREFIX",
     "ARQ_RETRY_KEY_PREFIX",
+    "BATCHES_KEY",
+    "BATCHES_MAX",
     "BATCH_KEY_PREFIX",
+    "BATCH_NAME_RE",
+    "BATCH_TALLY_KEY_PREFIX",
     "CANCEL_CHANNEL",
     "CHAT_ENDPOINT",
     "DEFAULT_FAIRNESS_KEY",
@@ -34,6 +40,9 @@ __all__ = [
     "FAILED_SET_MAX",
     "FAIRNESS_KEY_MAX_BYTES",
     "JOB_FUNCTION",
+    "LATENCY_BUCKETS",
+    "LATENCY_BUCKET_BASE_MS",
+    "LATENCY_BUCKET_RATIO",
     "LEASE_SET",
     "LEGACY_PLACE_OFFSET",
     "LEGACY_QUEUE",
@@ -45,23 +54,35 @@ __all__ = [
     "RESULT_KEY_PREFIX",
     "ROUTES_KEY",
     "SEQUENCE_KEY",
+    "STATS_FIELDS_MAX",
+    "STATS_KEEP_S",
+    "STATS_KEY_PREFIX",
+    "STATS_OTHER_MODEL",
     "STATUSES",
     "STREAM_KEY_PREFIX",
     "STREAM_MAXLEN",
     "SUBMIT_MEMORY_PERCENT",
     "TERMINAL_STATUSES",
     "WAKE_CHANNEL",
+    "WORKERS_KEY",
+    "WORKERS_SEEN_KEY",
+    "WORKER_BEAT_S",
+    "WORKER_FORGET_S",
     "JobError",
     "JobResult",
     "Status",
     "Usage",
     "active_key",
     "batch_key",
+    "batch_of",
+    "batch_tally_key",
     "decode_vector",
     "done_channel",
     "dumps",
     "encode_job",
     "encode_vector",
+    "latency_bucket",
+    "latency_bucket_bounds",
     "limit_keys",
     "loads",
     "queued_doc",
@@ -125,6 +146,38 @@ STREAM_MAXLEN: Final = 100_000
 BATCH_KEY_PREFIX: Final = "promptq:batch:"
 """``promptq:batch:{name}``: a batch's manifest (JSON): ``{"name", "submitted_at", "items": [[custom_id,
 job_id], ...]}`` in input order, written by ``promptq submit``, kept as long as a queued job."""
+BATCH_TALLY_KEY_PREFIX: Final = "promptq:batch-tally:"
+"""``promptq:batch-tally:{name}``: a batch's running totals (a hash), written with its manifest
+(``total``, ``submitted_at`` in ms) and counted by the steps that end its jobs: ``succeeded``,
+``failed`` (less those retried), ``cancelled``, ``tokens``, ``cost_usd``, ``first_ms`` and
+``last_ms`` (Redis time of its first and latest ended job). A batch's jobs are those whose id is
+``{name}:...`` (``batch_of``). Kept as long as the manifest."""
+BATCHES_KEY: Final = "promptq:batches"
+"""A sorted set of batch names scored by when they were submitted (ms), the newest ``BATCHES_MAX`` kept."""
+BATCHES_MAX: Final = 1000
+STATS_KEY_PREFIX: Final = "promptq:stats:"
+"""``promptq:stats:{minute}`` (Unix minute, Redis time): a hash counting what ended in that minute,
+written by the steps that end jobs (the worker's finish, a cancel), expiring ``STATS_KEEP_S`` after
+its last write: ``s:{status}`` jobs ended; ``t:{bucket}`` their time from submit to end and
+``c:{bucket}`` their last attempt's (``latency_bucket``); per model ``j:{model}`` jobs ended,
+``i:{model}`` and ``o:{model}`` input and output tokens, ``$:{model}`` estimated cost in USD. Once
+the hash holds ``STATS_FIELDS_MAX`` fields, a new model is counted as ``STATS_OTHER_MODEL``."""
+STATS_KEEP_S: Final = 3600
+STATS_FIELDS_MAX: Final = 1000
+STATS_OTHER_MODEL: Final = "(other)"
+LATENCY_BUCKET_BASE_MS: Final = 10
+LATENCY_BUCKET_RATIO: Final = 1.25
+LATENCY_BUCKETS: Final = 64
+"""Latency bucket 0 holds times under 10 ms; bucket ``i`` (1 to 63) times from ``10 * 1.25 ** (i - 1)``
+to ``10 * 1.25 ** i`` ms (a quarter wider each; the last one holds everything from 2.8 hours on)."""
+WORKERS_KEY: Final = "promptq:workers"
+"""A hash: worker id -> JSON ``{"id", "host", "pid", "slots", "busy", "started_at"}``, rewritten by
+each worker every ``WORKER_BEAT_S`` and removed when it stops."""
+WORKERS_SEEN_KEY: Final = "promptq:workers:seen"
+"""A sorted set: worker id -> when it last wrote its entry (ms, Redis time); an entry silent for
+``WORKER_FORGET_S`` is dropped by the next worker's write."""
+WORKER_BEAT_S: Final = 5
+WORKER_FORGET_S: Final = 3600
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
 
@@ -180,6 +233,39 @@ def limit_keys(model: str, scope: str = "") -> tuple[str, str, str]:
 
 def batch_key(name: str) -> str:
     return BATCH_KEY_PREFIX + name
+
+
+def batch_tally_key(name: str) -> str:
+    return BATCH_TALLY_KEY_PREFIX + name
+
+
+def batch_of(job_id: str) -> str:
+    """The batch a job id names (``{batch}:{custom_id}``), or ``""``: a batch's manifest and tally
+    exist only for a name ``promptq submit`` gave, so any other id with a colon counts in none."""
+    name, colon, _ = job_id.partition(":")
+    return name if colon and BATCH_NAME_RE.fullmatch(name) else ""
+
+
+BATCH_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+"""What a batch name may be (no colon: a batch's job ids are ``{name}:{custom_id}``)."""
+
+
+def latency_bucket(ms: float) -> int:
+    """The latency bucket (``LATENCY_BUCKETS``) a time in milliseconds falls in."""
+    if ms < LATENCY_BUCKET_BASE_MS:
+        return 0
+    return min(LATENCY_BUCKETS - 1, 1 + int(math.log(ms / LATENCY_BUCKET_BASE_MS) / _LOG_RATIO))
+
+
+def latency_bucket_bounds(bucket: int) -> tuple[float, float]:
+    """The times (ms) a latency bucket holds, from and to."""
+    if bucket <= 0:
+        return 0.0, float(LATENCY_BUCKET_BASE_MS)
+    low = LATENCY_BUCKET_BASE_MS * LATENCY_BUCKET_RATIO ** (bucket - 1)
+    return low, low * LATENCY_BUCKET_RATIO
+
+
+_LOG_RATIO = math.log(LATENCY_BUCKET_RATIO)
 
 
 # -- JSON codec --------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from producer.calls import Call, Calls
-from producer.contract import FAILED_SET, JobResult, batch_key, result_key
+from producer.contract import BATCH_NAME_RE, FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
 from producer.notify import FALLBACK_POLL_S
+from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINUTES, SCAN_MAX, Overview
 from producer.scripts import Value, script
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, JobNotFoundError, QueueDepths, RetryRefusedError, StreamEvent
@@ -40,7 +41,7 @@ __all__ = [
     "Step",
 ]
 
-SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths")
+SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths", "overview", "open_batch")
 """The Lua scripts a producer runs (``producer/lua/``), registered once per producer."""
 CANCEL_ATTEMPTS = 20
 """Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
@@ -184,6 +185,16 @@ def save_manifest(calls: Calls, name: str, manifest: str) -> Op[None]:
     yield Command.of("set", batch_key(name), manifest, px=calls.queued_ttl_ms)
 
 
+def open_batch(calls: Calls, name: str, total: int) -> Op[None]:
+    if not BATCH_NAME_RE.fullmatch(name):
+        raise ValueError(f"batch name {name!r} must be 1 to 100 letters, digits, '_', '.' or '-'")
+    yield from _checked(calls)
+    keys, args = script("open_batch").bind(
+        tally=batch_tally_key(name), name=name, total=int(total), ttl_ms=calls.queued_ttl_ms
+    )
+    yield Script("open_batch", keys, args)
+
+
 def manifest(name: str) -> Op[str | None]:
     raw = yield Command.of("get", batch_key(name))
     return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -201,6 +212,15 @@ def failed(limit: int) -> Op[list[JobResult]]:
     ids = yield Command.of("zrevrange", FAILED_SET, 0, limit - 1)
     results = (yield from get_many(i.decode() for i in ids)) if ids else []
     return [r for r in results if r is not None and r.status == "failed"]
+
+
+def overview() -> Op[Overview]:
+    keys, args = script("overview").bind(
+        keys_max=DEPTHS_KEYS_MAX, scan_max=SCAN_MAX, minutes=OVERVIEW_MINUTES, batches=OVERVIEW_BATCHES
+    )
+    reply, _ = yield Script("overview", keys, args)
+    failures = yield from failed(OVERVIEW_FAILURES)
+    return Overview.from_reply(reply, failures)
 
 
 def ping() -> Op[bool]:

@@ -40,6 +40,9 @@ SCRIPT_NAMES: Final = (
     "unclaim",
     "pending",
     "depths",
+    "overview",
+    "open_batch",
+    "beat",
     "stream_begin",
     "limit_reserve",
     "limit_settle",
@@ -70,6 +73,16 @@ CONSTANTS: Final[dict[str, str | int]] = {
     "DEFAULT_FAIRNESS_KEY": c.DEFAULT_FAIRNESS_KEY,
     "LOWEST_PRIORITY": max(c.PRIORITIES),
     "SUBMIT_MEMORY_PERCENT": c.SUBMIT_MEMORY_PERCENT,
+    "STATS_PREFIX": c.STATS_KEY_PREFIX,
+    "STATS_KEEP_S": c.STATS_KEEP_S,
+    "STATS_FIELDS_MAX": c.STATS_FIELDS_MAX,
+    "STATS_OTHER": c.STATS_OTHER_MODEL,
+    "BATCH_PREFIX": c.BATCH_KEY_PREFIX,
+    "BATCH_TALLY_PREFIX": c.BATCH_TALLY_KEY_PREFIX,
+    "BATCHES": c.BATCHES_KEY,
+    "BATCHES_MAX": c.BATCHES_MAX,
+    "WORKERS": c.WORKERS_KEY,
+    "WORKERS_SEEN": c.WORKERS_SEEN_KEY,
 }
 """The names a script may use for the contract's keys and limits (defined as Lua locals when used)."""
 

@@ -19,6 +19,7 @@ from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script,
 from producer.errors import redis_errors
 from producer.guard import read_facts_sync
 from producer.notify import published_result
+from producer.overview import Overview
 from producer.scripts import script
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
@@ -98,6 +99,10 @@ class SyncProducer:
         assert result is not None
         return result
 
+    def open_batch(self, name: str, total: int) -> None:
+        """See :meth:`Producer.open_batch`."""
+        self._run(core.open_batch(self._calls, name, total))
+
     def save_manifest(self, name: str, manifest: str) -> None:
         """See :meth:`Producer.save_manifest`."""
         self._run(core.save_manifest(self._calls, name, manifest))
@@ -109,6 +114,10 @@ class SyncProducer:
     def depths(self) -> QueueDepths:
         """See :meth:`Producer.depths`."""
         return self._run(core.depths())
+
+    def overview(self) -> Overview:
+        """See :meth:`Producer.overview`."""
+        return self._run(core.overview())
 
     def failed(self, limit: int = 100) -> list[JobResult]:
         """See :meth:`Producer.failed`."""

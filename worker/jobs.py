@@ -26,6 +26,7 @@ from worker.lease import Leases
 from worker.limiter import BudgetWaitTooLongError, Limiter, LimitTooSmallError, estimate_tokens, server_budget_wait_s
 from worker.logs import get_logger
 from worker.metrics import Metrics
+from worker.presence import Presence
 from worker.queue import JobQueue
 from worker.retry import backoff_s
 from worker.store import ResultStore
@@ -50,6 +51,7 @@ class WorkerState:
     limiter: Limiter
     streams: Streams
     metrics: Metrics
+    presence: Presence
     settled: set[str]
     """Jobs the finish script let go of (nothing is left to do once arq is done with them)."""
 
@@ -257,12 +259,14 @@ async def _finish(
         finished_at=_now_s(),
         latency_ms=_ms_since(started_s),
     )
-    stored = await asyncio.shield(state.store.finish(final, streamed=streamed))
+    cost = state.metrics.cost_of(final.model, final.usage)
+    stored = await asyncio.shield(state.store.finish(final, streamed=streamed, cost_usd=cost))
     state.settled.add(final.job_id)
     if stored is not None:  # cancelled while the call ran: the cancelled document stays
         final = dataclasses.replace(stored, latency_ms=final.latency_ms, attempts=final.attempts)
+        cost = None
     usage = final.usage
-    state.metrics.job_ended(final.model, final.status, usage, final.endpoint)
+    state.metrics.job_ended(final.model, final.status, usage, final.endpoint, cost)
     log.info(
         "job.finished",
         status=final.status,

@@ -79,14 +79,25 @@ class Metrics:
         self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
 
-    def job_ended(self, model: str | None, status: str, usage: Usage | None, endpoint: str = CHAT_ENDPOINT) -> None:
+    def cost_of(self, model: str | None, usage: Usage | None) -> float | None:
+        """A job's estimated cost (``PROMPTQ_PRICES``), None when its model has no price."""
+        return None if usage is None else cost_usd(self.prices, model, usage)
+
+    def job_ended(
+        self,
+        model: str | None,
+        status: str,
+        usage: Usage | None,
+        endpoint: str = CHAT_ENDPOINT,
+        cost: float | None = None,
+    ) -> None:
         m = model or ""
         self.jobs.labels(m, status, endpoint).inc()
         if usage is not None:
             self.tokens.labels(m, "prompt").inc(usage.prompt_tokens)
             self.tokens.labels(m, "completion").inc(usage.completion_tokens)
-            if (cost := cost_usd(self.prices, model, usage)) is not None:
-                self.cost.labels(m).inc(cost)
+        if cost is not None:
+            self.cost.labels(m).inc(cost)
 
     def healthy(self) -> bool:
         return self.running() > 0 or time.monotonic() - _last_poll_s < self.stale_after_s

@@ -29,6 +29,7 @@ from worker.lease import Leases
 from worker.limiter import Limiter
 from worker.logs import configure_logging, get_logger
 from worker.metrics import Metrics
+from worker.presence import Presence
 from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
 from worker.store import ResultStore
@@ -65,6 +66,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     wake = WakeListener(ctx["redis"], on_cancel=leases.cancel)
     wake.start()
     metrics = Metrics(config.prices, running=lambda: len(leases.held))
+    presence = Presence(ctx["redis"], config.max_jobs + config.urgent_slots, busy=lambda: len(leases.held))
+    presence.start()
     if config.metrics_port is not None:
         await metrics.serve(config.metrics_port, ctx["redis"], poll_delay_s=config.poll_delay_s)
     ctx[CTX_STATE] = WorkerState(
@@ -77,6 +80,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
+        presence=presence,
         settled=set(),
     )
     log.info(
@@ -94,6 +98,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.leases.stop()
         await state.wake.stop()
         await state.metrics.close()
+        await state.presence.stop()
         await state.clients.aclose()
     log.info("worker.stopped")
 

@@ -23,6 +23,8 @@ from producer.contract import (
     ARQ_RETRY_KEY_PREFIX,
     FAILED_JOB_KEY_PREFIX,
     JobResult,
+    batch_of,
+    latency_bucket,
     result_key,
     stream_key,
 )
@@ -61,10 +63,17 @@ class ResultStore:
         )
         return _parse(await persist(lambda: self._release(keys=keys, args=args)))
 
-    async def finish(self, final: JobResult, *, streamed: bool = False) -> JobResult | None:
-        """Write the terminal document and let go of the job; return the stored one instead if the
-        job was cancelled meanwhile (that one stays)."""
+    async def finish(
+        self, final: JobResult, *, streamed: bool = False, cost_usd: float | None = None
+    ) -> JobResult | None:
+        """Write the terminal document and let go of the job, counting it in the minute's roll-up
+        and its batch's tally; return the stored one instead if the job was cancelled meanwhile
+        (that one stays)."""
         job_id = final.job_id
+        usage = final.usage
+        total_ms = None
+        if final.enqueued_at is not None and final.finished_at is not None:
+            total_ms = max(0.0, (final.finished_at - final.enqueued_at) * 1000)
         keys, args = script("finish").bind(
             doc=result_key(job_id),
             record=ARQ_JOB_KEY_PREFIX + job_id,
@@ -77,6 +86,13 @@ class ResultStore:
             status=final.status,
             now_ms=int(time.time() * 1000),
             streamed="1" if streamed else "0",
+            model=final.model or "",
+            total_bucket="" if total_ms is None else latency_bucket(total_ms),
+            call_bucket="" if final.latency_ms is None else latency_bucket(final.latency_ms),
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+            cost_usd="" if cost_usd is None else repr(cost_usd),
+            batch=batch_of(job_id),
         )
         if not self.min_replicas:
             return _parse(await persist(lambda: self._finish(keys=keys, args=args)))

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from producer.calls import Calls
-from producer.contract import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, ENDPOINTS, RESPONSES_ENDPOINT, JobResult, dumps
+from producer.contract import (
+    BATCH_NAME_RE,
+    CHAT_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
+    ENDPOINTS,
+    RESPONSES_ENDPOINT,
+    JobResult,
+    dumps,
+)
 from producer.prices import Price, cost_usd
 from producer.validation import JOB_ID_RE, InvalidJobError
 
 __all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_batch_name"]
 
-BATCH_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 QUEUE_FIELDS = ("priority", "fairness_key")
 """promptq's own fields a Batch API line may carry beside its body."""
 

@@ -68,6 +68,7 @@ class Cli:
             print(f"refused: {len(batch.bad)} bad line(s) and --strict; nothing was submitted", file=self.err)
             return ERROR
         known = self.producer.known([a["job_id"] for _, a in batch.items])
+        self.producer.open_batch(batch.name, len(batch.items))  # counted from its first job's end
         self.producer.submit_many([a for _, a in batch.items])
         self.producer.save_manifest(batch.name, batch.manifest(time.time()))
         new = len(batch.items) - known

@@ -7,15 +7,20 @@
   streams in, then one ``done`` event with the result document. Each event's ``id`` is its stream
   position: a client reconnecting with ``Last-Event-ID`` resumes behind it.
 - ``DELETE /v1/jobs/{id}``: cancel (``Producer.cancel``).
+- ``POST /v1/jobs/{id}/retry``: run a failed job again (``Producer.retry``); 202 with its document,
+  409 when it is not failed or its request is no longer kept.
+- ``GET /v1/dashboard``: the fleet at a glance (``Producer.overview``), as the dashboard shows it.
+- ``GET /v1/batches/{name}``: a batch's jobs, a page at a time (``offset``, ``limit``), with their status.
 - ``GET /healthz``: 200 when Redis answers, else 503. ``GET /``: a page to try a prompt.
+  ``GET /dashboard``: the operator's dashboard (its figures come through ``/v1``, with the token).
 
 Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``),
 ``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``,
 ``PROMPTQ_SSE_KEEPALIVE_S`` (15): an events stream sends a comment line when silent that long, and
 ``PROMPTQ_MAX_BODY_BYTES`` (16 MiB): a larger request body is refused with 413 before it is read.
 Every error answers ``{"detail": "..."}``: 400 a bad ``Last-Event-ID``, 401 without the token, 404 an
-unknown id, 413 a body over the limit, 422 a bad job (the message names the problem), 503 Redis
-away, full (with ``Retry-After``) or unsafe. Like the rest of the producer, it never imports openai.
+unknown id, 409 a retry refused, 413 a body over the limit, 422 a bad job (the message names the
+problem), 503 Redis away, full (with ``Retry-After``) or unsafe. Like the rest of the producer, it never imports openai.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,10 +42,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from producer.cli.batch import manifest_items
 from producer.client import Producer
-from producer.contract import FAIRNESS_KEY_MAX_BYTES, dumps
+from producer.contract import BATCH_NAME_RE, FAIRNESS_KEY_MAX_BYTES, JobResult, dumps
 from producer.env import env_float, env_int
-from producer.types import JobNotFoundError, ProducerConfig, QueueFullError, QueueUnavailableError, StreamEvent
+from producer.types import (
+    JobNotFoundError,
+    ProducerConfig,
+    QueueFullError,
+    QueueUnavailableError,
+    RetryRefusedError,
+    StreamEvent,
+)
 from producer.validation import JOB_ID_RE, InvalidJobError
 
 __all__ = ["app", "create_app"]
@@ -128,6 +141,110 @@ class ResultDocument(BaseModel):
     latency_ms: int | None
 
 
+class QueueRow(BaseModel):
+    priority: int
+    key: str
+    ready: int
+    running: int
+    deferred: int
+
+
+class QueueTotals(BaseModel):
+    ready: int
+    running: int
+    deferred: int
+    failed: int
+
+
+class QueueDoc(BaseModel):
+    totals: QueueTotals
+    rows: list[QueueRow]
+
+
+class WorkerDoc(BaseModel):
+    id: str
+    host: str | None
+    pid: int | None
+    slots: int
+    busy: int
+    started_at: float | None
+    seen_at: float
+    alive: bool
+
+
+class MinuteDoc(BaseModel):
+    t: int = Field(description="the minute's start, Unix seconds")
+    succeeded: int
+    failed: int
+    cancelled: int
+    p50_ms: float | None = Field(description="median time from submit to end of the jobs that ended")
+    p95_ms: float | None
+    call_p50_ms: float | None = Field(description="median duration of their last attempt")
+    call_p95_ms: float | None
+
+
+class ModelDoc(BaseModel):
+    model: str
+    jobs: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+
+class BatchDoc(BaseModel):
+    name: str
+    submitted_at: float
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    running: int
+    deferred: int
+    waiting: int
+    rate_per_s: float | None
+    eta_s: float | None
+    cost_usd: float | None
+    tokens: int
+
+
+class FailureDoc(BaseModel):
+    job_id: str
+    model: str | None
+    endpoint: str
+    finished_at: float | None
+    attempts: int
+    error: ErrorDoc | None
+
+
+class DashboardDocument(BaseModel):
+    """``Producer.overview``: the last 15 minutes' figures come from per-minute roll-ups the workers
+    write as jobs end, so every API replica shows the whole fleet."""
+
+    now: float
+    queue: QueueDoc
+    workers: list[WorkerDoc]
+    minutes: list[MinuteDoc]
+    models: list[ModelDoc]
+    batches: list[BatchDoc]
+    failures: list[FailureDoc]
+
+
+class BatchItem(BaseModel):
+    custom_id: str
+    job_id: str
+    status: str | None = Field(description="null when the job's document has expired")
+    attempts: int | None
+    latency_ms: int | None
+    error_type: str | None
+
+
+class BatchPage(BaseModel):
+    name: str
+    total: int
+    offset: int
+    items: list[BatchItem]
+
+
 class Cancelled(BaseModel):
     job_id: str
     cancelled: bool
@@ -150,7 +267,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "a body that cannot be read as JSON, or a Last-Event-ID that is not an event id",
         401: "missing or wrong bearer token",
-        404: "no such job (never submitted, or its result expired)",
+        404: "no such job or batch (never submitted, or expired)",
+        409: "the job is not failed, or its request is no longer kept",
         413: f"request body over {MAX_BODY_ENV}",
         422: "a bad job; the message names the problem",
         503: "Redis away, out of memory (with Retry-After) or evicting keys",
@@ -176,9 +294,11 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     app.add_exception_handler(QueueFullError, _error_handler(503, {"Retry-After": str(QueueFullError.retry_after_s)}))
     app.add_exception_handler(JobNotFoundError, _error_handler(404))
     app.add_exception_handler(InvalidJobError, _error_handler(422))
+    app.add_exception_handler(RetryRefusedError, _error_handler(409))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(jobs)
+    app.include_router(fleet)
     app.include_router(site)
     return app
 
@@ -272,6 +392,7 @@ def producer_of(request: Request) -> Producer:
 
 ProducerDep = Annotated[Producer, Depends(producer_of)]
 jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised)])
+fleet = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
 site = APIRouter()
 
 
@@ -349,6 +470,68 @@ async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
     return Cancelled(job_id=job_id, cancelled=outcome.cancelled, message=outcome.message, result=doc)
 
 
+@jobs.post(
+    "/{job_id}/retry",
+    status_code=202,
+    summary="Run a failed job again",
+    response_model=None,
+    responses={
+        202: {"model": ResultDocument, "description": "the result document, queued again"},
+        **_errors(401, 404, 409, 503),
+    },
+)
+async def retry(job_id: str, producer: ProducerDep) -> Any:
+    if await producer.get(job_id) is None:
+        raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
+    await producer.retry(job_id)
+    return _doc(await producer.get(job_id), job_id)
+
+
+@fleet.get(
+    "/dashboard",
+    summary="The fleet at a glance: queue, workers, the last 15 minutes, batches, failures",
+    responses=_errors(401, 503),
+)
+async def dashboard(producer: ProducerDep) -> DashboardDocument:
+    return DashboardDocument.model_validate((await producer.overview()).to_doc())
+
+
+@fleet.get(
+    "/batches/{name}",
+    summary="A batch's jobs, a page at a time",
+    responses=_errors(401, 404, 503),
+)
+async def batch(
+    name: str,
+    producer: ProducerDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> BatchPage:
+    raw = await producer.manifest(name) if BATCH_NAME_RE.fullmatch(name) else None
+    if raw is None:
+        raise HTTPException(404, f"no batch {name!r} (never submitted, or expired)")
+    items = manifest_items(raw, name)
+    page = items[offset : offset + limit]
+    results = await producer.get_many([job_id for _, job_id in page])
+    return BatchPage(
+        name=name,
+        total=len(items),
+        offset=offset,
+        items=[_batch_item(custom_id, job_id, r) for (custom_id, job_id), r in zip(page, results, strict=True)],
+    )
+
+
+def _batch_item(custom_id: str, job_id: str, result: JobResult | None) -> BatchItem:
+    return BatchItem(
+        custom_id=custom_id,
+        job_id=job_id,
+        status=result.status if result else None,
+        attempts=result.attempts if result else None,
+        latency_ms=result.latency_ms if result else None,
+        error_type=result.error.type if result and result.error else None,
+    )
+
+
 @site.get(
     "/healthz",
     summary="200 when Redis answers",
@@ -368,6 +551,11 @@ async def healthz(producer: ProducerDep) -> Any:
 @site.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> str:
     return resources.files("producer.http").joinpath("static/index.html").read_text()
+
+
+@site.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard_page() -> str:
+    return resources.files("producer.http").joinpath("static/dashboard.html").read_text()
 
 
 def _arguments(job: JobRequest) -> dict[str, Any]:

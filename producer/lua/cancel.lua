@@ -3,7 +3,7 @@
 -- A job a worker holds (leased) is named on the cancel channel, where that worker stops its request
 -- (or does not start it) and lets go of it; any other leaves whichever structure holds it (its ready
 -- set, the delayed set), so it never calls the API. Either way the job's stream gets its done entry
--- and waiters hear of it.
+-- and waiters hear of it. The job is counted as cancelled in the minute's roll-up and its batch's tally.
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
 -- KEYS[3] tries: arq's try counter
@@ -11,8 +11,12 @@
 -- ARGV[1] doc_as_read
 -- ARGV[2] cancelled_doc
 -- ARGV[3] job_id
+-- ARGV[4] model ('' none)
+-- ARGV[5] batch: the batch its id names ('' none)
 -- Returns 1 when cancelled, 0 when the document had changed.
 --!include queue
+--!include clock
+--!include tally
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 if redis.call('ZSCORE', LEASES, ARGV[3]) then
@@ -25,4 +29,5 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', STREAM_MAXLEN, '*', 'type', 'done', '
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
 redis.call('PUBLISH', DONE_PREFIX .. ARGV[3], ARGV[2])
+tally(now_ms(), 'cancelled', ARGV[4], '', '', '0', '0', '', ARGV[5])
 return 1

@@ -10,6 +10,7 @@
 -- ARGV[4] ttl_ms
 -- ARGV[5] priority
 -- ARGV[6] fairness_key
+-- ARGV[7] batch: the batch its id names ('' none): its tally counts one failed job fewer
 -- Returns 'ok', 'unknown' (no document) or 'not_failed'.
 --!include status
 --!include queue
@@ -24,6 +25,9 @@ local place = redis.call('INCR', SEQUENCE)
 set_route(ARGV[1], ARGV[5], place, ARGV[6])
 make_ready(ARGV[1], ARGV[5], place, ARGV[6])
 redis.call('ZREM', FAILED, ARGV[1])
+if ARGV[7] ~= '' and redis.call('EXISTS', BATCH_TALLY_PREFIX .. ARGV[7]) == 1 then
+  redis.call('HINCRBY', BATCH_TALLY_PREFIX .. ARGV[7], 'failed', -1)
+end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', WAKE, '1')
 return 'ok'

@@ -1,0 +1,223 @@
+"""The dashboard's figures (``Producer.overview``), built from one read of Redis (``lua/overview.lua``):
+the queue per priority and fairness key, the workers, the last minutes' roll-ups (jobs ended,
+latency quantiles, tokens and cost per model), the batches' progress and the newest failures.
+
+Nothing here does I/O: :meth:`Overview.from_reply` turns the script's reply into the document
+``GET /v1/dashboard`` answers. Latency quantiles come from the roll-ups' buckets (a quarter wide
+each), so a p95 is right to within that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from producer.contract import STATS_OTHER_MODEL, WORKER_BEAT_S, JobResult, latency_bucket_bounds, loads
+
+__all__ = ["OVERVIEW_MINUTES", "Overview", "quantile_ms"]
+
+OVERVIEW_MINUTES: Final = 15
+"""Minutes of roll-ups the overview reads (the chart's span)."""
+OVERVIEW_BATCHES: Final = 20
+"""Batches listed, the newest first."""
+OVERVIEW_FAILURES: Final = 20
+SCAN_MAX: Final = 10_000
+"""Running and deferred jobs looked at, each, to count them per priority and fairness key."""
+ALIVE_BEATS: Final = 3
+"""A worker is shown alive while its last beat is at most this many beats old."""
+
+
+def quantile_ms(buckets: Mapping[int, int], q: float) -> float | None:
+    """The ``q`` quantile (0 to 1) of the times counted per latency bucket, in ms (None: none counted),
+    taken between the bounds of the bucket it falls in."""
+    n = sum(buckets.values())
+    if n <= 0:
+        return None
+    target, before = q * n, 0
+    for bucket in sorted(buckets):
+        count = buckets[bucket]
+        if count > 0 and before + count >= target:
+            low, high = latency_bucket_bounds(bucket)
+            return round(low + (high - low) * max(0.0, target - before) / count, 1)
+        before += count
+    return round(latency_bucket_bounds(max(buckets))[1], 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """What ``GET /v1/dashboard`` answers (``to_doc``)."""
+
+    now: float
+    """Redis's time, Unix seconds."""
+    queue: dict[str, Any]
+    workers: list[dict[str, Any]]
+    minutes: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    batches: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "now": self.now,
+            "queue": self.queue,
+            "workers": self.workers,
+            "minutes": self.minutes,
+            "models": self.models,
+            "batches": self.batches,
+            "failures": self.failures,
+        }
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any], failures: Iterable[JobResult]) -> Overview:
+        now_ms, totals, ready, running, deferred, workers, minutes, batches = reply
+        now_s = int(now_ms) / 1000
+        rows: dict[tuple[int, str], dict[str, Any]] = {}
+        for kind, flat in (("ready", ready), ("running", running), ("deferred", deferred)):
+            for priority, key, n in _triples(flat):
+                row = rows.setdefault(
+                    (int(priority), _text(key)),
+                    {"priority": int(priority), "key": _text(key), "ready": 0, "running": 0, "deferred": 0},
+                )
+                row[kind] += int(n)
+        leased, delayed, legacy, failed = (int(v) for v in totals)
+        queue = {
+            "totals": {
+                "ready": sum(r["ready"] for r in rows.values()) + legacy,
+                "running": leased,
+                "deferred": delayed,
+                "failed": failed,
+            },
+            "rows": [rows[k] for k in sorted(rows)],
+        }
+        rolled = [_minute(row) for row in minutes]
+        return cls(
+            now=round(now_s, 3),
+            queue=queue,
+            workers=[_worker(i, seen, entry, now_ms) for i, seen, entry in _triples(workers)],
+            minutes=[m for m, _ in rolled],
+            models=_models(per_model for _, per_model in rolled),
+            batches=[_batch(row, now_s) for row in batches],
+            failures=[_failure(r) for r in failures],
+        )
+
+
+def _triples(flat: Sequence[Any]) -> Iterable[tuple[Any, Any, Any]]:
+    return zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(flat: Sequence[Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+
+
+def _worker(worker_id: Any, seen_ms: Any, entry: Any, now_ms: Any) -> dict[str, Any]:
+    try:
+        doc = loads(entry)
+    except ValueError:
+        doc = {}
+    seen = int(seen_ms)
+    return {
+        "id": _text(worker_id),
+        "host": doc.get("host"),
+        "pid": doc.get("pid"),
+        "slots": int(doc.get("slots") or 0),
+        "busy": int(doc.get("busy") or 0),
+        "started_at": doc.get("started_at"),
+        "seen_at": seen / 1000,
+        "alive": int(now_ms) - seen <= ALIVE_BEATS * WORKER_BEAT_S * 1000,
+    }
+
+
+def _minute(row: Sequence[Any]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """A minute's roll-up, and its counts per model."""
+    fields = _fields(row[1:])
+    total: dict[int, int] = {}
+    call: dict[int, int] = {}
+    ended: dict[str, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    per_model: dict[str, dict[str, float]] = {}
+    for name, value in fields.items():
+        kind, _, rest = name.partition(":")
+        if kind == "s":
+            ended[rest] = ended.get(rest, 0) + int(value)
+        elif kind in ("t", "c") and rest.isdigit():
+            (total if kind == "t" else call)[int(rest)] = int(value)
+        elif kind in ("j", "i", "o", "$"):
+            per_model.setdefault(rest, {})[kind] = float(value)
+    return {
+        "t": int(_text(row[0])) * 60,
+        **ended,
+        "p50_ms": quantile_ms(total, 0.5),
+        "p95_ms": quantile_ms(total, 0.95),
+        "call_p50_ms": quantile_ms(call, 0.5),
+        "call_p95_ms": quantile_ms(call, 0.95),
+    }, per_model
+
+
+def _models(minutes: Iterable[dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    summed: dict[str, dict[str, float]] = {}
+    priced: set[str] = set()
+    for per_model in minutes:
+        for model, counts in per_model.items():
+            into = summed.setdefault(model, {})
+            for kind, n in counts.items():
+                into[kind] = into.get(kind, 0.0) + n
+            if "$" in counts:
+                priced.add(model)
+    order = sorted(summed, key=lambda m: (m == STATS_OTHER_MODEL, -summed[m].get("j", 0), m))
+    return [
+        {
+            "model": model,
+            "jobs": int(summed[model].get("j", 0)),
+            "input_tokens": int(summed[model].get("i", 0)),
+            "output_tokens": int(summed[model].get("o", 0)),
+            "cost_usd": round(summed[model].get("$", 0.0), 6) if model in priced else None,
+        }
+        for model in order
+    ]
+
+
+def _batch(row: Sequence[Any], now_s: float) -> dict[str, Any]:
+    fields = _fields(row[3:])
+    total = int(fields.get("total", 0))
+    succeeded, failed, cancelled = (max(0, int(fields.get(k, 0))) for k in ("succeeded", "failed", "cancelled"))
+    running, deferred = int(row[1]), int(row[2])
+    ended = succeeded + failed + cancelled
+    submitted_s = int(fields.get("submitted_ms", 0)) / 1000
+    last_s = int(fields["last_ms"]) / 1000 if "last_ms" in fields else None
+    remaining = max(0, total - ended)
+    # jobs ended per second since the batch was submitted (until now while it runs, until its last end after)
+    span_s = (now_s if remaining else (last_s or now_s)) - submitted_s
+    rate = ended / span_s if ended and span_s > 0 else None
+    return {
+        "name": _text(row[0]),
+        "submitted_at": round(submitted_s, 3),
+        "total": total,
+        "succeeded": succeeded,
+        "failed": failed,
+        "cancelled": cancelled,
+        "running": min(running, remaining),
+        "deferred": min(deferred, max(0, remaining - running)),
+        "waiting": max(0, remaining - running - deferred),
+        "rate_per_s": None if rate is None else round(rate, 3),
+        "eta_s": round(remaining / rate, 1) if rate and remaining else (0.0 if not remaining else None),
+        "cost_usd": round(float(fields["cost_usd"]), 6) if "cost_usd" in fields else None,
+        "tokens": int(fields.get("tokens", 0)),
+    }
+
+
+def _failure(result: JobResult) -> dict[str, Any]:
+    e = result.error
+    return {
+        "job_id": result.job_id,
+        "model": result.model,
+        "endpoint": result.endpoint,
+        "finished_at": result.finished_at,
+        "attempts": result.attempts,
+        "error": None
+        if e is None
+        else {"type": e.type, "message": e.message, "status_code": e.status_code, "retryable": e.retryable},
+    }

@@ -1,0 +1,65 @@
+"""The worker's entry in the fleet's list (``WORKERS_KEY``): its host, pid and slots, and how many
+of them are busy, written every ``WORKER_BEAT_S`` and removed at shutdown. The dashboard reads it:
+a worker whose last beat is older than a few beats is shown gone; one silent for
+``WORKER_FORGET_S`` is dropped by the next beat of any worker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from producer.background import Background, repeat
+from producer.contract import WORKER_BEAT_S, WORKER_FORGET_S, WORKERS_KEY, WORKERS_SEEN_KEY, dumps
+from producer.scripts import script
+from worker.logs import get_logger
+
+__all__ = ["Presence"]
+
+log = get_logger("promptq.presence")
+
+
+class Presence:
+    def __init__(self, redis: Redis, slots: int, busy: Callable[[], int], every_s: float = WORKER_BEAT_S) -> None:
+        self.redis, self.slots, self.busy, self.every_s = redis, slots, busy, every_s
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}:{secrets.token_hex(2)}"
+        self.started_at = round(time.time(), 3)
+        self._beat = redis.register_script(script("beat").source)
+        self._beats = Background("promptq-presence")
+
+    def start(self) -> None:
+        self._beats.start(lambda: repeat(self.beat, self.every_s, _beat_failed))
+
+    async def beat(self) -> None:
+        entry = {
+            "id": self.worker_id,
+            "host": self.host,
+            "pid": self.pid,
+            "slots": self.slots,
+            "busy": self.busy(),
+            "started_at": self.started_at,
+        }
+        keys, args = script("beat").bind(
+            worker_id=self.worker_id, entry_json=dumps(entry), forget_ms=WORKER_FORGET_S * 1000
+        )
+        await self._beat(keys=keys, args=args)
+
+    async def stop(self) -> None:
+        """Stop beating and take the entry out (Redis away: it is shown gone after a few beats)."""
+        await self._beats.stop()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(WORKERS_KEY, self.worker_id)
+                pipe.zrem(WORKERS_SEEN_KEY, self.worker_id)
+                await pipe.execute()
+        except Exception as e:  # a shutdown goes on whatever Redis does
+            log.debug("presence.leave_failed", error=str(e))
+
+
+def _beat_failed(e: BaseException) -> None:
+    log.debug("presence.beat_failed", error=str(e))
