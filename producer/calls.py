@@ -28,6 +28,7 @@ from producer.contract import (
 from producer.env import redact_url
 from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
 from producer.scripts import Value, script
+from producer.tracing import current_trace
 from producer.types import (
     Cancellation,
     EvictionPolicyError,
@@ -87,17 +88,20 @@ class Calls:
             log.warning("promptq: %s (allowed by %s)", problem, ALLOW_EVICTION_ENV)
         self.checked = True
 
-    def build(self, prompt: str | None = None, **kwargs: Any) -> PromptJob:
-        return PromptJob.build(prompt, max_payload_bytes=self.config.max_payload_bytes, **kwargs)
+    def build(self, prompt: str | None = None, trace: Any = None, **kwargs: Any) -> PromptJob:
+        """A checked job; with traces on, it carries the caller's trace context unless given one."""
+        trace = trace if trace is not None else current_trace()
+        return PromptJob.build(prompt, max_payload_bytes=self.config.max_payload_bytes, trace=trace, **kwargs)
 
     def build_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[PromptJob]:
         jobs = []
+        trace = current_trace()
         for i, item in enumerate(items):
             try:
                 if isinstance(item, str):
-                    jobs.append(self.build(item))
+                    jobs.append(self.build(item, trace=trace))
                 elif isinstance(item, Mapping):
-                    jobs.append(self.build(**item))
+                    jobs.append(self.build(**{"trace": trace, **item}))
                 else:
                     raise InvalidJobError("must be a prompt string or a dict of submit arguments")
             except (InvalidJobError, TypeError) as e:

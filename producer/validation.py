@@ -25,6 +25,7 @@ from producer.contract import (
     RESPONSES_ENDPOINT,
     dumps,
 )
+from producer.tracing import check_trace
 
 __all__ = [
     "EMBEDDINGS_PARAMS",
@@ -167,6 +168,8 @@ class PromptJob:
     endpoint: str = CHAT_ENDPOINT
     input: Any = None
     """An embeddings or responses job's ``input``, as the API takes it."""
+    trace: dict[str, str] | None = None
+    """The W3C trace context (``traceparent``, ``tracestate``) the job was submitted in."""
 
     @classmethod
     def build(
@@ -182,6 +185,7 @@ class PromptJob:
         fairness_key: Any = None,
         endpoint: Any = None,
         input: Any = None,
+        trace: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
@@ -208,6 +212,11 @@ class PromptJob:
             payload["priority"] = priority
         if fairness_key is not None and check_fairness_key(fairness_key) != DEFAULT_FAIRNESS_KEY:
             payload["fairness_key"] = fairness_key
+        if trace is not None:
+            try:
+                payload["trace"] = check_trace(trace)
+            except ValueError as e:
+                raise InvalidJobError(str(e)) from None
         return cls._checked(job_id, payload, max_payload_bytes)
 
     @classmethod
@@ -215,7 +224,10 @@ class PromptJob:
         """Validate a payload read from the queue (the worker's side of :meth:`build`)."""
         if not isinstance(payload, dict):
             raise InvalidJobError("job payload is not a JSON object")
-        known = {"messages", "model", "params", "metadata", "stream", "priority", "fairness_key", "endpoint", "input"}
+        known = {
+            *("messages", "model", "params", "metadata", "stream", "priority", "fairness_key", "endpoint", "input"),
+            "trace",
+        }
         unknown = set(payload) - known
         if unknown:
             raise InvalidJobError(f"job payload has unknown fields: {', '.join(sorted(unknown))}")
@@ -232,6 +244,7 @@ class PromptJob:
             fairness_key=payload.get("fairness_key"),
             endpoint=payload.get("endpoint"),
             input=payload.get("input"),
+            trace=payload.get("trace"),
             max_payload_bytes=max_payload_bytes,
             **params,
         )
@@ -260,6 +273,7 @@ class PromptJob:
             fairness_key=payload.get("fairness_key", DEFAULT_FAIRNESS_KEY),
             endpoint=payload.get("endpoint", CHAT_ENDPOINT),
             input=payload.get("input"),
+            trace=payload.get("trace"),
         )
 
 

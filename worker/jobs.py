@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from producer.contract import JobResult
 from producer.validation import InvalidJobError, PromptJob
-from worker import llm
+from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE, Retry
 from worker.config import WorkerConfig
 from worker.lease import Leases
@@ -52,6 +52,7 @@ class WorkerState:
     streams: Streams
     metrics: Metrics
     presence: Presence
+    tracing: tracing.Tracing
     settled: set[str]
     """Jobs the finish script let go of (nothing is left to do once arq is done with them)."""
 
@@ -113,7 +114,8 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         if state.leases.cancelled_before_start(job_id):  # its document says cancelled: no call
             return _ended_elsewhere(state, base, "cancelled")
         try:
-            await _attempt(state, job, base)
+            with state.tracing.attempt(job, base):
+                await _attempt(state, job, base)
         except asyncio.CancelledError:
             if state.leases.cancelled(job_id):  # Producer.cancel: the document already says so
                 task = asyncio.current_task()
@@ -155,10 +157,13 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> None:
         error = llm.LLMError("limit_exceeded", str(e), retryable=False)
         return await _finish(state, base, started_s=time.monotonic(), error=error)
     except BudgetWaitTooLongError as e:
+        tracing.event("promptq.rate_limit_wait", **{"promptq.defer_ms": round(e.wait_s * 1000)})
         await _release(state, base, reason="rate limit")
+        tracing.ended("deferred")
         raise Retry(defer=e.wait_s) from None
     if waited_s:
         log.debug("job.budget_waited", waited_ms=round(waited_s * 1000))
+        tracing.event("promptq.rate_limit_wait", **{"promptq.wait_ms": round(waited_s * 1000)})
         state.metrics.budget_wait.labels(base.model).inc(waited_s)
 
     on_delta = None
@@ -191,8 +196,11 @@ async def _call(state: WorkerState, job: PromptJob, model: str, on_delta: llm.De
     metrics.in_flight.inc()
     started_s = time.monotonic()
     try:
-        async with asyncio.timeout(state.config.job_timeout_s):
-            return await llm.complete(state.clients.take(), job, model, on_delta)
+        with state.tracing.call(job, model) as span:
+            async with asyncio.timeout(state.config.job_timeout_s):
+                completion = await llm.complete(state.clients.take(), job, model, on_delta)
+            state.tracing.answered(span, completion)
+            return completion
     finally:
         metrics.in_flight.dec()
         metrics.latency.labels(model).observe(time.monotonic() - started_s)
@@ -209,6 +217,8 @@ async def _retry(state: WorkerState, base: JobResult, started_s: float, error: l
     state.metrics.retries.labels(base.model or "", error.type).inc()
     if (stored := await state.store.requeue(queued)) is not None:  # cancelled meanwhile: no retry
         return _ended_elsewhere(state, base, stored.status)
+    tracing.event("promptq.retry", **{"error.type": error.type, "promptq.delay_ms": round(delay_s * 1000)})
+    tracing.ended("retrying", error.type)
     log.info(
         "job.retrying",
         error_type=error.type,
@@ -228,6 +238,7 @@ async def _release(state: WorkerState, base: JobResult, reason: str = "shutdown"
 def _ended_elsewhere(state: WorkerState, base: JobResult, status: str) -> None:
     """The canonical line for a job whose document another party ended meanwhile (a cancel, which
     nobody else counts in the metrics; or, rarely, another worker)."""
+    tracing.ended(status)
     log.info("job.finished", status=status, model=base.model, endpoint=base.endpoint, attempts=base.attempts)
     if status == "cancelled":
         state.metrics.job_ended(base.model, status, None, base.endpoint)
@@ -267,6 +278,7 @@ async def _finish(
         cost = None
     usage = final.usage
     state.metrics.job_ended(final.model, final.status, usage, final.endpoint, cost)
+    tracing.ended(final.status, error.type if error and final.status == "failed" else None)
     log.info(
         "job.finished",
         status=final.status,

@@ -84,6 +84,9 @@ class Completion:
     """A response's output items."""
     embeddings: list[Any] | None = None
     """An embeddings answer's vectors, base64 float32 (``producer.contract.encode_vector``)."""
+    response_model: str | None = None
+    """The model that answered, as the API names it (for traces)."""
+    response_id: str | None = None
 
 
 class LLMError(Exception):
@@ -228,6 +231,7 @@ def _embeddings(body: Any, headers: Mapping[str, str], given: Any) -> Completion
         usage=Usage(prompt, 0, total) if isinstance(prompt, int) and isinstance(total, int) else None,
         rate_headers=_rate_headers(headers),
         embeddings=vectors,
+        response_model=_text(body, "model"),
     )
 
 
@@ -264,6 +268,8 @@ def _response(body: Any, headers: Mapping[str, str]) -> Completion:
         usage=_response_usage(usage) if isinstance(usage, dict) else None,
         rate_headers=_rate_headers(headers),
         output=output,
+        response_model=_text(body, "model"),
+        response_id=_text(body, "id"),
     )
 
 
@@ -311,6 +317,8 @@ def _completion(body: Any, headers: Mapping[str, str]) -> Completion:
         finish_reason=finish_reason,
         usage=_usage_of(usage) if isinstance(usage, dict) else None,
         rate_headers=_rate_headers(headers),
+        response_model=_text(body, "model"),
+        response_id=_text(body, "id"),
     )
 
 
@@ -334,8 +342,11 @@ async def _streamed(
     parts: list[str] = []
     finish_reason: str | None = None
     usage: Usage | None = None
+    answered_by: str | None = None
+    response_id: str | None = None
     async with raw.parse() as chunks:
         async for chunk in chunks:
+            answered_by, response_id = chunk.model or answered_by, chunk.id or response_id
             if chunk.usage is not None:
                 usage = _usage(chunk.usage)
             if not chunk.choices:
@@ -349,8 +360,18 @@ async def _streamed(
     if finish_reason is None:
         raise LLMError("bad_response", "the stream ended without a finish_reason", retryable=True)
     return Completion(
-        content="".join(parts), finish_reason=finish_reason, usage=usage, rate_headers=_rate_headers(raw.headers)
+        content="".join(parts),
+        finish_reason=finish_reason,
+        usage=usage,
+        rate_headers=_rate_headers(raw.headers),
+        response_model=answered_by,
+        response_id=response_id,
     )
+
+
+def _text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _usage(u: Any) -> Usage | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from producer import tracing as producer_tracing
 from producer.contract import JOB_FUNCTION, LEGACY_QUEUE
 from producer.env import ConfigError, redact_url
 from producer.guard import read_facts
@@ -34,6 +35,7 @@ from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
 from worker.store import ResultStore
 from worker.streams import Streams
+from worker.tracing import Tracing
 from worker.wake import WakeListener
 
 __all__ = ["make_settings", "on_startup", "settings_kwargs"]
@@ -60,6 +62,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         )
     if not ctx.get(CTX_CHECKED):  # Redis was away when the settings were made: check it now
         check_facts(await read_facts(ctx["redis"]), config.redis_url, config.allow_eviction)
+    producer_tracing.setup("promptq-worker")
     queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model)
     leases = Leases(queue, config.lease_s)
     leases.start()
@@ -81,6 +84,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
         presence=presence,
+        tracing=Tracing(config.openai_base_url),
         settled=set(),
     )
     log.info(
@@ -100,6 +104,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.metrics.close()
         await state.presence.stop()
         await state.clients.aclose()
+    producer_tracing.shutdown()  # the spans not yet sent go now
     log.info("worker.stopped")
 
 

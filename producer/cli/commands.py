@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from producer import tracing
 from producer.calls import Calls
 from producer.cli.batch import Progress, manifest_items, output_line, parse_jsonl, valid_batch_name
 from producer.env import ConfigError
@@ -261,8 +262,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = parser().parse_args(argv)
     try:
+        tracing.setup("promptq-cli")
         cli = Cli(args, out, err)
-        with cli.producer, redis_errors(cli.producer.config.redis_url):
+        # traced (traces on): a span for the command, in the trace a TRACEPARENT variable names
+        parent = {k: os.environ[k.upper()] for k in tracing.TRACE_FIELDS if os.environ.get(k.upper())}
+        with (
+            tracing.span(f"promptq {args.command}", carrier=parent if "traceparent" in parent else None),
+            cli.producer,
+            redis_errors(cli.producer.config.redis_url),
+        ):
             command = getattr(cli, args.command.replace("-", "_"))
             code: int = command()
             return code
@@ -272,6 +280,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     except KeyboardInterrupt:
         print(file=err)
         return 130
+    finally:
+        tracing.shutdown()  # the spans not yet sent go now
 
 
 if __name__ == "__main__":

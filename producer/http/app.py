@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
 import os
 import re
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from producer import tracing
 from producer.cli.batch import manifest_items
 from producer.client import Producer
 from producer.contract import BATCH_NAME_RE, FAIRNESS_KEY_MAX_BYTES, JobResult, dumps
@@ -270,7 +272,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "no such job or batch (never submitted, or expired)",
         409: "the job is not failed, or its request is no longer kept",
         413: f"request body over {MAX_BODY_ENV}",
-        422: "a bad job; the message names the problem",
+        422: "a bad job or query parameter; the message names the problem",
         503: "Redis away, out of memory (with Retry-After) or evicting keys",
     }
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
@@ -282,14 +284,20 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Producer(config=config or ProducerConfig.from_env()) as producer:
-            app.state.producer = producer
-            yield
+        tracing.setup("promptq-api")
+        try:
+            async with Producer(config=config or ProducerConfig.from_env()) as producer:
+                app.state.producer = producer
+                yield
+        finally:
+            tracing.shutdown()
 
     app = FastAPI(title="promptq", version="0.1.0", summary="LLM prompt jobs over Redis", lifespan=lifespan)
     app.state.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
     app.state.keepalive_s = env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S)
     app.add_middleware(BodyLimit, max_bytes=env_int(os.environ, MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
+    if tracing.enabled() and importlib.util.find_spec("fastapi.telemetry") is None:
+        app.add_middleware(Traced)  # newer FastAPI makes these spans itself
     app.add_exception_handler(QueueUnavailableError, _error_handler(503))
     app.add_exception_handler(QueueFullError, _error_handler(503, {"Retry-After": str(QueueFullError.retry_after_s)}))
     app.add_exception_handler(JobNotFoundError, _error_handler(404))
@@ -344,6 +352,30 @@ class BodyLimit:
         body = dumps({"detail": f"the request body is over {self.max_bytes} bytes ({MAX_BODY_ENV})"}).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
+
+
+class Traced:
+    """A SERVER span for each request (traces on, with a FastAPI that does not make them itself),
+    child of the caller's ``traceparent``: the jobs a request submits carry its context on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        with tracing.span(f"{method} {scope['path']}", "SERVER", carrier=headers, **attributes) as span:
+
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            await self.app(scope, receive, sending)
 
 
 def _error_handler(status: int, headers: dict[str, str] | None = None) -> Any:
@@ -499,7 +531,7 @@ async def dashboard(producer: ProducerDep) -> DashboardDocument:
 @fleet.get(
     "/batches/{name}",
     summary="A batch's jobs, a page at a time",
-    responses=_errors(401, 404, 503),
+    responses=_errors(401, 404, 422, 503),
 )
 async def batch(
     name: str,

@@ -16,6 +16,7 @@ from urllib.request import Request, urlopen
 import pytest
 
 from devtools.stack import ROOT, Api, Simulator, Worker, free_port
+from producer import ProducerConfig, SyncProducer
 from producer.contract import decode_vector
 from tests.conftest import worker_env
 
@@ -207,6 +208,47 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read(redis_url: str) -> Non
         assert call(small, "POST", "/v1/jobs", {"prompt": "fits"})[0] == 202
 
 
+def test_a_failed_job_is_retried_over_http_and_the_dashboard_sees_it(
+    api: Api, http_worker: Worker, sim: Simulator, redis_url: str
+) -> None:
+    sim.configure(error_rate=1.0, error_statuses=[400])
+    status, doc, _ = call(api, "POST", "/v1/jobs", {"prompt": "fails once", "job_id": "http-retry-1"})
+    assert status == 202
+    status, text, _ = call(api, "GET", "/v1/jobs/http-retry-1/events")
+    assert sse(text)[-1][2]["status"] == "failed"
+    status, board, _ = call(api, "GET", "/v1/dashboard")
+    assert status == 200 and [f["job_id"] for f in board["failures"]] == ["http-retry-1"]
+    assert board["queue"]["totals"]["failed"] == 1 and len(board["minutes"]) == 15
+
+    sim.configure(error_rate=0.0)
+    status, doc, _ = call(api, "POST", "/v1/jobs/http-retry-1/retry")
+    assert status == 202 and doc["status"] in JUST_SUBMITTED
+    status, text, _ = call(api, "GET", "/v1/jobs/http-retry-1/events")
+    assert sse(text)[-1][2]["status"] == "succeeded"
+    status, doc, _ = call(api, "POST", "/v1/jobs/http-retry-1/retry")
+    assert status == 409 and "not failed" in doc["detail"]
+    assert call(api, "POST", "/v1/jobs/never-was/retry")[0] == 404
+    assert call(api, "GET", "/v1/dashboard", headers={"Authorization": "Bearer wrong"})[0] == 401
+
+
+def test_a_batchs_jobs_are_listed_a_page_at_a_time(api: Api, redis_url: str) -> None:
+    with SyncProducer(config=ProducerConfig(redis_url=redis_url)) as producer:
+        ids = [f"paged:{i}" for i in range(5)]
+        producer.open_batch("paged", len(ids))
+        producer.submit_many([{"prompt": f"p{i}", "job_id": j} for i, j in enumerate(ids)])
+        producer.save_manifest(
+            "paged", json.dumps({"name": "paged", "items": [[str(i), j] for i, j in enumerate(ids)]})
+        )
+    status, page, _ = call(api, "GET", "/v1/batches/paged?offset=3&limit=10")
+    assert status == 200 and (page["total"], page["offset"]) == (5, 3)
+    assert [(i["custom_id"], i["job_id"]) for i in page["items"]] == [("3", "paged:3"), ("4", "paged:4")]
+    assert all(i["status"] in JUST_SUBMITTED for i in page["items"])
+    assert call(api, "GET", "/v1/batches/nope")[0] == 404
+    assert call(api, "GET", "/v1/batches/paged?limit=0")[0] == 422
+    status, board, _ = call(api, "GET", "/v1/dashboard")
+    assert [(b["name"], b["total"]) for b in board["batches"]] == [("paged", 5)]
+
+
 def test_every_error_answers_in_one_shape(api: Api, redis_url: str) -> None:
     for body in ({"prompt": "hi", "priority": "1"}, {"prompt": 5}, [{"prompt": "a"}] * 0):
         status, doc, _ = call(api, "POST", "/v1/jobs", body)
@@ -223,7 +265,15 @@ def test_redis_down_gets_503() -> None:
 def test_the_openapi_schema_is_the_documented_one(api: Api) -> None:
     status, schema, _ = call(api, "GET", "/openapi.json")
     assert status == 200
-    assert set(schema["paths"]) == {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/healthz"}
+    assert set(schema["paths"]) == {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/retry",
+        "/v1/dashboard",
+        "/v1/batches/{name}",
+        "/healthz",
+    }
     assert set(schema["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
     if os.environ.get("PROMPTQ_WRITE_OPENAPI"):
         OPENAPI_SNAPSHOT.write_text(json.dumps(schema, indent=2) + "\n")

@@ -4,6 +4,7 @@ producer loads neither openai nor the worker (nor, for the contract alone, redis
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,8 @@ def _name(requirement: str) -> str:
 
 def _declared() -> tuple[set[str], set[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["http"]}
+    extras = project["optional-dependencies"]
+    runtime = {_name(r) for r in project["dependencies"] + extras["http"] + extras["otel"]}
     return runtime, runtime | {_name(r) for r in project["optional-dependencies"]["dev"]}
 
 
@@ -67,6 +69,25 @@ def test_the_producer_loads_neither_openai_nor_the_worker_and_the_contract_not_e
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["", ""]
+
+
+def test_with_traces_off_nothing_of_opentelemetry_is_imported() -> None:
+    """(FastAPI imports it by itself where it is installed, so the HTTP API is left out.)"""
+    code = (
+        "import sys\n"
+        "from producer.calls import Calls\n"
+        "from producer.types import ProducerConfig\n"
+        "job = Calls(ProducerConfig()).build('hello')\n"
+        "assert job.trace is None\n"
+        "import producer.cli.commands, worker.settings, worker.jobs\n"
+        "from worker.tracing import Tracing\n"
+        "assert not Tracing(None).on\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMPTQ_"))}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_every_public_name_of_the_producer_loads() -> None:
