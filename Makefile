@@ -82,9 +82,10 @@ browser: $(STAMP)
 openapi: $(STAMP) redis
 	PROMPTQ_WRITE_OPENAPI=1 $(PY) -m pytest -q tests/integration/test_http.py -k openapi
 
-# The README's screenshot of the page, taken by the browser test.
+# The README's screenshots of the page and the dashboard, taken by the browser tests.
 screenshot: $(STAMP) redis browser
 	PROMPTQ_SCREENSHOT=docs/page.png $(PY) -m pytest -q tests/integration/test_page.py -k streams
+	PROMPTQ_DASHBOARD_SCREENSHOT=docs/dashboard.png $(PY) -m pytest -q tests/integration/test_dashboard.py -k counters
 
 # Handy for development: the simulator and a worker in the foreground.
 sim: $(STAMP)
