@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits bench-tracing redis browser api openapi screenshot sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ bench: $(STAMP) redis
 # (3 runs of 1, 2 and 4 workers, 3 limit windows each: about 35 minutes).
 bench-limits: $(STAMP) redis
 	$(PY) -m bench.limits --out bench/limits.md
+
+# The worker's CPU per job with traces off and on (OTLP export to a local receiver); writes
+# bench/tracing.md (about 3 minutes).
+bench-tracing: $(STAMP) redis
+	$(PY) -m bench.tracing --out bench/tracing.md
 
 # Makes sure the tests can have a Redis: a redis-server binary (the tests start their own on a free
 # port) or, failing that, one answering at REDIS_URL. Installs redis-server with apt-get as root.

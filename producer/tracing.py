@@ -22,36 +22,59 @@ from typing import Any, Final
 
 from producer.env import ConfigError, env_flag
 
-__all__ = ["ENV", "TRACE_FIELDS", "check_trace", "current_trace", "enabled", "setup", "span"]
+__all__ = [
+    "CAPTURE_ENV",
+    "ENV",
+    "TRACE_FIELDS",
+    "capture_content",
+    "check_trace",
+    "current_trace",
+    "enabled",
+    "setup",
+    "span",
+    "wanted",
+]
 
 ENV: Final = "PROMPTQ_OTEL"
 ENDPOINT_ENVS: Final = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 TRACE_FIELDS: Final = ("traceparent", "tracestate")
 TRACEPARENT_RE: Final = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 TRACESTATE_MAX: Final = 512
+CAPTURE_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_CAPTURE: Final = {"true", "1", "yes", "on", "span_only", "span_and_event", "event_only"}
+_NO_CAPTURE: Final = {"", "false", "0", "no", "off", "no_content"}
 _on: bool | None = None
 
 
 def wanted(env: Mapping[str, str]) -> bool:
-    """Whether the environment asks for traces (``ConfigError`` for a bad ``PROMPTQ_OTEL``)."""
+    """Whether the environment asks for traces; ``ConfigError`` for a bad ``PROMPTQ_OTEL``, or when
+    traces are asked for and OpenTelemetry is not installed."""
     if (env.get(ENV) or "").strip():
-        return env_flag(env, ENV)
-    return any((env.get(name) or "").strip() for name in ENDPOINT_ENVS)
+        on = env_flag(env, ENV)
+    else:
+        on = any((env.get(name) or "").strip() for name in ENDPOINT_ENVS)
+    if on:
+        try:
+            import opentelemetry.propagate  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{ENV} or {ENDPOINT_ENVS[0]} asks for traces: pip install 'promptq[otel]'") from None
+    return on
+
+
+def capture_content(env: Mapping[str, str]) -> bool:
+    """Whether ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` asks for prompts and answers
+    in the spans (``ConfigError`` for a value it cannot mean)."""
+    raw = (env.get(CAPTURE_ENV) or "").strip().lower()
+    if raw not in _CAPTURE | _NO_CAPTURE:
+        raise ConfigError(f"{CAPTURE_ENV} must be true or false, got {raw!r}")
+    return raw in _CAPTURE
 
 
 def enabled() -> bool:
-    """Traces are on (read from the environment once); ``ConfigError`` when they are asked for and
-    OpenTelemetry is not installed."""
+    """Traces are on (the environment read once, :func:`wanted`)."""
     global _on
     if _on is None:
-        on = wanted(os.environ)
-        if on:
-            try:
-                import opentelemetry.propagate  # noqa: F401
-            except ImportError:
-                names = f"{ENV} or {ENDPOINT_ENVS[0]}"
-                raise ConfigError(f"{names} asks for traces: pip install 'promptq[otel]'") from None
-        _on = on
+        _on = wanted(os.environ)
     return _on
 
 
@@ -83,11 +106,12 @@ def check_trace(trace: Any) -> dict[str, str]:
 _provider: Any = None
 
 
-def setup(service_name: str) -> None:
-    """Set up the SDK for a process promptq runs (once; nothing when traces are off or the process
-    has a tracer provider already): batched export over OTLP/HTTP as the ``OTEL_*`` variables say."""
+def setup(service_name: str, on: bool | None = None) -> None:
+    """Set up the SDK for a process promptq runs (once; nothing when traces are off, ``on`` or
+    :func:`enabled`, or the process has a tracer provider already): batched export over OTLP/HTTP
+    as the ``OTEL_*`` variables say."""
     global _provider
-    if not enabled() or _provider is not None:
+    if not (enabled() if on is None else on) or _provider is not None:
         return
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

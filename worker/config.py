@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from producer import tracing
 from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
 from producer.env import (
     ConfigError,
@@ -67,6 +68,9 @@ ENV_NAMES = (
     "PROMPTQ_PRICES",
     "PROMPTQ_LOG_FORMAT",
     "PROMPTQ_LOG_LEVEL",
+    "PROMPTQ_OTEL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
 )
 """Every variable the worker reads (the README and compose.yaml are checked against this list)."""
 
@@ -154,6 +158,10 @@ class WorkerConfig:
     """USD per million input and output tokens, per model (``PROMPTQ_PRICES``), for the cost metric."""
     log_format: str = "auto"
     log_level: str = "info"
+    traces: bool = False
+    """Send OpenTelemetry traces (``PROMPTQ_OTEL``, or ``OTEL_EXPORTER_OTLP_ENDPOINT`` set)."""
+    trace_content: bool = False
+    """Record prompts and answers in the spans (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -206,6 +214,8 @@ class WorkerConfig:
             prices=prices_from_env(env),
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
+            traces=tracing.wanted(env),
+            trace_content=tracing.capture_content(env),
         )
 
 

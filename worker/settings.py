@@ -62,7 +62,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         )
     if not ctx.get(CTX_CHECKED):  # Redis was away when the settings were made: check it now
         check_facts(await read_facts(ctx["redis"]), config.redis_url, config.allow_eviction)
-    producer_tracing.setup("promptq-worker")
+    producer_tracing.setup("promptq-worker", on=config.traces)
     queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model)
     leases = Leases(queue, config.lease_s)
     leases.start()
@@ -84,7 +84,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
         presence=presence,
-        tracing=Tracing(config.openai_base_url),
+        tracing=Tracing(config.openai_base_url, on=config.traces, capture=config.trace_content),
         settled=set(),
     )
     log.info(

@@ -9,29 +9,23 @@ long it waited in the queue; events mark a wait for rate-limit budget and a retr
 GenAI conventions (``chat gpt-4o-mini``, kind CLIENT: ``gen_ai.operation.name``,
 ``gen_ai.provider.name``, request and response model, token usage, finish reasons,
 ``error.type``). Prompts and answers are recorded only when
-``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` asks for them.
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` asks for them (``WorkerConfig.trace_content``).
 """
 
 from __future__ import annotations
 
 import contextvars
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from producer.contract import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, JobResult, dumps
-from producer.env import ConfigError
-from producer.tracing import enabled
 from producer.validation import PromptJob
 from worker.llm import Completion, LLMError
 
-__all__ = ["CAPTURE_ENV", "Tracing", "event"]
+__all__ = ["Tracing", "ended", "event"]
 
-CAPTURE_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-_CAPTURE = {"true", "1", "yes", "on", "span_only", "span_and_event", "event_only"}
-_NO_CAPTURE = {"", "false", "0", "no", "off", "no_content"}
 _REQUEST_PARAMS: Final = {
     "max_tokens": "gen_ai.request.max_tokens",
     "max_completion_tokens": "gen_ai.request.max_tokens",
@@ -45,24 +39,17 @@ _REQUEST_PARAMS: Final = {
     "dimensions": "gen_ai.embeddings.dimension.count",
 }
 _NOTHING: Final = nullcontext()
+_W3C: Any = None
+"""The W3C trace-context propagator (made when traces are on)."""
 _attempt: contextvars.ContextVar[Any] = contextvars.ContextVar("promptq_attempt_span", default=None)
-
-
-def capture_content(env: Mapping[str, str]) -> bool:
-    raw = (env.get(CAPTURE_ENV) or "").strip().lower()
-    if raw not in _CAPTURE | _NO_CAPTURE:
-        raise ConfigError(f"{CAPTURE_ENV} must be true or false, got {raw!r}")
-    return raw in _CAPTURE
 
 
 class Tracing:
     """Spans for one worker's jobs; with traces off, :meth:`attempt` and :meth:`call` hand out a
     context that does nothing."""
 
-    def __init__(self, api_base_url: str | None, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
-        self.on = enabled()
-        self.capture = capture_content(env) if self.on else False
+    def __init__(self, api_base_url: str | None, on: bool = False, capture: bool = False) -> None:
+        self.on, self.capture = on, on and capture
         where = urlsplit(api_base_url or "https://api.openai.com/v1")
         self.server: dict[str, Any] = {"server.address": where.hostname or ""}
         if where.port:
@@ -70,8 +57,11 @@ class Tracing:
         self._tracer: Any = None
         if self.on:
             from opentelemetry import trace
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+            global _W3C
             self._tracer = trace.get_tracer("promptq.worker")
+            _W3C = TraceContextTextMapPropagator()
 
     def attempt(self, job: PromptJob, base: JobResult) -> AbstractContextManager[Any]:
         """A ``promptq.process`` span around one attempt at ``job``, current while it runs."""
@@ -83,21 +73,17 @@ class Tracing:
 
     @contextmanager
     def _attempt(self, job: PromptJob, base: JobResult) -> Iterator[Any]:
-        from opentelemetry import propagate, trace
+        from opentelemetry import trace
 
-        parent = propagate.extract(job.trace) if job.trace else None
+        parent = _W3C.extract(job.trace) if job.trace else None
         submitted = trace.get_current_span(parent).get_span_context() if parent is not None else None
-        links = [trace.Link(submitted)] if submitted is not None and submitted.is_valid else None
         attributes: dict[str, Any] = {
             "messaging.system": "promptq",
             "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": f"priority {job.priority}",
             "messaging.message.id": job.job_id,
             "promptq.attempt": base.attempts,
             "promptq.priority": job.priority,
             "promptq.fairness_key": job.fairness_key,
-            "promptq.endpoint": job.endpoint,
         }
         if base.enqueued_at is not None and base.started_at is not None:
             attributes["promptq.queue_wait_ms"] = max(0, round((base.started_at - base.enqueued_at) * 1000))
@@ -105,7 +91,7 @@ class Tracing:
             "promptq.process",
             context=parent,
             kind=trace.SpanKind.CONSUMER,
-            links=links,
+            links=[trace.Link(submitted)] if submitted is not None and submitted.is_valid else None,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
@@ -127,52 +113,51 @@ class Tracing:
             "gen_ai.request.model": model,
             **self.server,
         }
-        for name, attribute in _REQUEST_PARAMS.items():
-            value = job.params.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+        for name, value in job.params.items():
+            attribute = _REQUEST_PARAMS.get(name)
+            if attribute is not None and isinstance(value, int | float) and not isinstance(value, bool):
                 attributes[attribute] = value
         stop = job.params.get("stop")
         if isinstance(stop, str | list):
             attributes["gen_ai.request.stop_sequences"] = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         if self.capture and job.endpoint != EMBEDDINGS_ENDPOINT:
             attributes["gen_ai.input.messages"] = dumps(_input_messages(job))
-        with self._tracer.start_as_current_span(
-            f"{operation} {model}",
-            kind=trace.SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except (LLMError, TimeoutError) as e:
-                error_type = e.type if isinstance(e, LLMError) else "timeout"
-                span.set_attribute("error.type", error_type)
-                if isinstance(e, LLMError) and e.status_code is not None:
-                    span.set_attribute("http.response.status_code", e.status_code)
-                span.set_status(trace.StatusCode.ERROR, error_type)
-                raise
+        span = self._tracer.start_span(f"{operation} {model}", kind=trace.SpanKind.CLIENT, attributes=attributes)
+        try:
+            yield span
+        except (LLMError, TimeoutError) as e:
+            error_type = e.type if isinstance(e, LLMError) else "timeout"
+            failed: dict[str, Any] = {"error.type": error_type}
+            if isinstance(e, LLMError) and e.status_code is not None:
+                failed["http.response.status_code"] = e.status_code
+            span.set_attributes(failed)
+            span.set_status(trace.StatusCode.ERROR, error_type)
+            raise
+        finally:
+            span.end()
 
     def answered(self, span: Any, completion: Completion) -> None:
         """Record what the API answered on the call's span (nothing when traces are off)."""
         if span is None:
             return
+        got: dict[str, Any] = {}
         if completion.response_model:
-            span.set_attribute("gen_ai.response.model", completion.response_model)
+            got["gen_ai.response.model"] = completion.response_model
         if completion.response_id:
-            span.set_attribute("gen_ai.response.id", completion.response_id)
+            got["gen_ai.response.id"] = completion.response_id
         if completion.finish_reason:
-            span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
+            got["gen_ai.response.finish_reasons"] = [completion.finish_reason]
         if completion.usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", completion.usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", completion.usage.completion_tokens)
+            got["gen_ai.usage.input_tokens"] = completion.usage.prompt_tokens
+            got["gen_ai.usage.output_tokens"] = completion.usage.completion_tokens
         if self.capture and completion.content is not None:
             message = {
                 "role": "assistant",
                 "parts": [{"type": "text", "content": completion.content}],
                 "finish_reason": completion.finish_reason or "stop",
             }
-            span.set_attribute("gen_ai.output.messages", dumps([message]))
+            got["gen_ai.output.messages"] = dumps([message])
+        span.set_attributes(got)
 
 
 def event(name: str, **attributes: Any) -> None:
@@ -188,12 +173,13 @@ def ended(status: str, error_type: str | None = None) -> None:
     span = _attempt.get()
     if span is None:
         return
-    span.set_attribute("promptq.outcome", status)
-    if error_type is not None:
-        from opentelemetry.trace import StatusCode
+    if error_type is None:
+        span.set_attribute("promptq.outcome", status)
+        return
+    from opentelemetry.trace import StatusCode
 
-        span.set_attribute("error.type", error_type)
-        span.set_status(StatusCode.ERROR, error_type)
+    span.set_attributes({"promptq.outcome": status, "error.type": error_type})
+    span.set_status(StatusCode.ERROR, error_type)
 
 
 def _operation(endpoint: str) -> str:
