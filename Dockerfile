@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY worker ./worker
 COPY sim ./sim
-RUN pip install '.[http]' && rm -rf build *.egg-info
+RUN pip install '.[http,otel]' && rm -rf build *.egg-info
 COPY devtools ./devtools
 
 USER nobody

@@ -35,6 +35,8 @@ class ReceivedSpan:
     links: list[tuple[str, str]] = field(default_factory=list)
     """(trace id, span id) of each linked span."""
     error: bool = False
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 def _value(v: AnyValue) -> Any:
@@ -110,6 +112,8 @@ class OtlpReceiver:
                             events=[(e.name, _attributes(e.attributes)) for e in s.events],
                             links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
                             error=s.status.code == Status.STATUS_CODE_ERROR,
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
                         )
                     )
         with self._lock:

@@ -46,12 +46,27 @@ def test_a_local_server_needs_no_key() -> None:
         ({**BASE, "PROMPTQ_SHUTDOWN_GRACE_S": "-1"}, "PROMPTQ_SHUTDOWN_GRACE_S must be a finite number at least 0"),
         ({**BASE, "PROMPTQ_SHUTDOWN_GRACE_S": "inf"}, "PROMPTQ_SHUTDOWN_GRACE_S must be a finite number"),
         ({**BASE, "PROMPTQ_POLL_DELAY_S": "nan"}, "PROMPTQ_POLL_DELAY_S must be a finite number"),
+        ({**BASE, "PROMPTQ_OTEL": "sometimes"}, "PROMPTQ_OTEL must be 1 or 0"),
+        (
+            {**BASE, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "maybe"},
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT must be true or false",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as e:
         WorkerConfig.from_env(env)
     assert message in str(e.value)
+
+
+def test_traces_are_on_with_an_endpoint_or_the_flag_and_off_with_the_flag() -> None:
+    assert not WorkerConfig.from_env(BASE).traces
+    assert WorkerConfig.from_env({**BASE, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).traces
+    assert WorkerConfig.from_env({**BASE, "PROMPTQ_OTEL": "1"}).traces
+    off = WorkerConfig.from_env({**BASE, "PROMPTQ_OTEL": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    assert not off.traces
+    capturing = {**BASE, "PROMPTQ_OTEL": "1", "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    assert WorkerConfig.from_env(capturing).trace_content
 
 
 def test_producer_config_from_env() -> None:

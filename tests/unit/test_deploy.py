@@ -31,6 +31,17 @@ def test_compose_has_the_services() -> None:
     assert services["demo"]["profiles"] == ["demo"]
 
 
+def test_the_collector_is_optional_and_the_default_stack_sends_no_traces() -> None:
+    services = _compose()["services"]
+    collector = services["collector"]
+    assert collector["profiles"] == ["otel"]
+    config = collector["volumes"][0].split(":")[0]
+    assert (ROOT / config).exists() and "4318" in (ROOT / config).read_text()
+    for name in ("worker", "api"):
+        assert services[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+    assert "otel]" in _dockerfile()  # the image can send them when asked
+
+
 def test_redis_is_pinned_persistent_and_health_checked() -> None:
     redis = _compose()["services"]["redis"]
     assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-[a-z]+)?", redis["image"]), "a pinned version, not latest"
@@ -79,7 +90,7 @@ def test_the_api_service_runs_the_http_app() -> None:
     api = _compose()["services"]["api"]
     assert api["command"][:2] == ["uvicorn", "producer.http:app"]
     assert "PROMPTQ_API_TOKEN" in api["environment"] and "/healthz" in " ".join(api["healthcheck"]["test"])
-    assert "[http]" in _dockerfile(), "the image installs the API's extra"
+    assert "[http,otel]" in _dockerfile(), "the image installs the API's extra (and the traces')"
 
 
 def test_the_dockerfile_installs_every_package_and_runs_the_worker() -> None:

@@ -130,3 +130,22 @@ def test_priority_and_fairness_key_travel_in_the_payload_only_when_not_the_defau
     again = PromptJob.from_payload(job.job_id, json.loads(job.payload_json), 10_000)
     assert (again.priority, again.fairness_key) == (job.priority, job.fairness_key)
     assert (plain.priority, plain.fairness_key) == (5, "default")
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_trace_context_travels_in_the_payload_and_is_checked() -> None:
+    job = PromptJob.build("hi", trace={"traceparent": TRACEPARENT, "tracestate": "vendor=1"})
+    assert json.loads(job.payload_json)["trace"] == {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
+    again = PromptJob.from_payload(job.job_id, json.loads(job.payload_json), 1 << 20)
+    assert again.trace == job.trace
+    assert "trace" not in json.loads(PromptJob.build("hi").payload_json)  # none unless given (or traces on)
+    for bad, words in (
+        ("00-abc", "trace must be"),
+        ({"traceparent": "00-xyz"}, "not a W3C traceparent"),
+        ({"traceparent": TRACEPARENT, "baggage": "x"}, "trace must be"),
+        ({"traceparent": TRACEPARENT, "tracestate": "x" * 600}, "at most 512"),
+    ):
+        with pytest.raises(InvalidJobError, match=words):
+            PromptJob.build("hi", trace=bad)
