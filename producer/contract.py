@@ -148,17 +148,17 @@ BATCH_KEY_PREFIX: Final = "promptq:batch:"
 job_id], ...]}`` in input order, written by ``promptq submit``, kept as long as a queued job."""
 BATCH_TALLY_KEY_PREFIX: Final = "promptq:batch-tally:"
 """``promptq:batch-tally:{name}``: a batch's running totals (a hash), written with its manifest
-(``total``, ``submitted_at`` in ms) and counted by the steps that end its jobs: ``succeeded``,
-``failed`` (less those retried), ``cancelled``, ``tokens``, ``cost_usd``, ``first_ms`` and
-``last_ms`` (Redis time of its first and latest ended job). A batch's jobs are those whose id is
+(``total``, ``submitted_ms``) and counted as its jobs end (the workers' roll-ups, a cancel):
+``succeeded``, ``failed`` (less those retried), ``cancelled``, ``tokens``, ``cost_usd`` and
+``last_ms`` (when its latest counts came, Redis time). A batch's jobs are those whose id is
 ``{name}:...`` (``batch_of``). Kept as long as the manifest."""
 BATCHES_KEY: Final = "promptq:batches"
 """A sorted set of batch names scored by when they were submitted (ms), the newest ``BATCHES_MAX`` kept."""
 BATCHES_MAX: Final = 1000
 STATS_KEY_PREFIX: Final = "promptq:stats:"
-"""``promptq:stats:{minute}`` (Unix minute, Redis time): a hash counting what ended in that minute,
-written by the steps that end jobs (the worker's finish, a cancel), expiring ``STATS_KEEP_S`` after
-its last write: ``s:{status}`` jobs ended; ``t:{bucket}`` their time from submit to end and
+"""``promptq:stats:{minute}`` (Unix minute): a hash counting what ended in that minute, added to by
+the workers (the jobs they end, counted as they end and rolled up every second: ``lua/roll_up.lua``)
+and by a cancel, expiring ``STATS_KEEP_S`` after the minute: ``s:{status}`` jobs ended; ``t:{bucket}`` their time from submit to end and
 ``c:{bucket}`` their last attempt's (``latency_bucket``); per model ``j:{model}`` jobs ended,
 ``i:{model}`` and ``o:{model}`` input and output tokens, ``$:{model}`` estimated cost in USD. Once
 the hash holds ``STATS_FIELDS_MAX`` fields, a new model is counted as ``STATS_OTHER_MODEL``."""

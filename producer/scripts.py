@@ -43,6 +43,7 @@ SCRIPT_NAMES: Final = (
     "overview",
     "open_batch",
     "beat",
+    "roll_up",
     "stream_begin",
     "limit_reserve",
     "limit_settle",

@@ -31,6 +31,7 @@ from worker.queue import JobQueue
 from worker.retry import backoff_s
 from worker.store import ResultStore
 from worker.streams import Streams
+from worker.tally import Tally
 from worker.wake import WakeListener
 
 __all__ = ["WorkerState", "run_prompt"]
@@ -52,6 +53,7 @@ class WorkerState:
     streams: Streams
     metrics: Metrics
     presence: Presence
+    tally: Tally
     tracing: tracing.Tracing
     settled: set[str]
     """Jobs the finish script let go of (nothing is left to do once arq is done with them)."""
@@ -271,11 +273,13 @@ async def _finish(
         latency_ms=_ms_since(started_s),
     )
     cost = state.metrics.cost_of(final.model, final.usage)
-    stored = await asyncio.shield(state.store.finish(final, streamed=streamed, cost_usd=cost))
+    finished = await asyncio.shield(state.store.finish(final, streamed=streamed))
     state.settled.add(final.job_id)
-    if stored is not None:  # cancelled while the call ran: the cancelled document stays
-        final = dataclasses.replace(stored, latency_ms=final.latency_ms, attempts=final.attempts)
+    if finished.cancelled is not None:  # cancelled while the call ran: the cancelled document stays
+        final = dataclasses.replace(finished.cancelled, latency_ms=final.latency_ms, attempts=final.attempts)
         cost = None
+    elif finished.ended_here:  # (not a second delivery of a job stored already)
+        state.tally.count(final, cost)
     usage = final.usage
     state.metrics.job_ended(final.model, final.status, usage, final.endpoint, cost)
     tracing.ended(final.status, error.type if error and final.status == "failed" else None)

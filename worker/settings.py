@@ -35,6 +35,7 @@ from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
 from worker.store import ResultStore
 from worker.streams import Streams
+from worker.tally import Tally
 from worker.tracing import Tracing
 from worker.wake import WakeListener
 
@@ -71,6 +72,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     metrics = Metrics(config.prices, running=lambda: len(leases.held))
     presence = Presence(ctx["redis"], config.max_jobs + config.urgent_slots, busy=lambda: len(leases.held))
     presence.start()
+    tally = Tally(ctx["redis"])
+    tally.start()
     if config.metrics_port is not None:
         await metrics.serve(config.metrics_port, ctx["redis"], poll_delay_s=config.poll_delay_s)
     ctx[CTX_STATE] = WorkerState(
@@ -84,6 +87,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
         presence=presence,
+        tally=tally,
         tracing=Tracing(config.openai_base_url, on=config.traces, capture=config.trace_content),
         settled=set(),
     )
@@ -103,6 +107,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.wake.stop()
         await state.metrics.close()
         await state.presence.stop()
+        await state.tally.stop()
         await state.clients.aclose()
     producer_tracing.shutdown()  # the spans not yet sent go now
     log.info("worker.stopped")

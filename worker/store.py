@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
@@ -23,8 +23,6 @@ from producer.contract import (
     ARQ_RETRY_KEY_PREFIX,
     FAILED_JOB_KEY_PREFIX,
     JobResult,
-    batch_of,
-    latency_bucket,
     result_key,
     stream_key,
 )
@@ -32,9 +30,16 @@ from producer.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import persist
 
-__all__ = ["ResultStore"]
+__all__ = ["Finished", "ResultStore"]
 
 log = get_logger("promptq.store")
+
+
+class Finished(NamedTuple):
+    cancelled: JobResult | None
+    """The cancelled document that stays, when the job was cancelled while it ran."""
+    ended_here: bool
+    """The job ended with this finish (False: its document was terminal already, or cancelled)."""
 
 
 class ResultStore:
@@ -63,17 +68,10 @@ class ResultStore:
         )
         return _parse(await persist(lambda: self._release(keys=keys, args=args)))
 
-    async def finish(
-        self, final: JobResult, *, streamed: bool = False, cost_usd: float | None = None
-    ) -> JobResult | None:
-        """Write the terminal document and let go of the job, counting it in the minute's roll-up
-        and its batch's tally; return the stored one instead if the job was cancelled meanwhile
-        (that one stays)."""
+    async def finish(self, final: JobResult, *, streamed: bool = False) -> Finished:
+        """Write the terminal document and let go of the job; say whether the job ended here, or
+        return the stored document instead if it was cancelled meanwhile (that one stays)."""
         job_id = final.job_id
-        usage = final.usage
-        total_ms = None
-        if final.enqueued_at is not None and final.finished_at is not None:
-            total_ms = max(0.0, (final.finished_at - final.enqueued_at) * 1000)
         keys, args = script("finish").bind(
             doc=result_key(job_id),
             record=ARQ_JOB_KEY_PREFIX + job_id,
@@ -86,17 +84,14 @@ class ResultStore:
             status=final.status,
             now_ms=int(time.time() * 1000),
             streamed="1" if streamed else "0",
-            model=final.model or "",
-            total_bucket="" if total_ms is None else latency_bucket(total_ms),
-            call_bucket="" if final.latency_ms is None else latency_bucket(final.latency_ms),
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-            cost_usd="" if cost_usd is None else repr(cost_usd),
-            batch=batch_of(job_id),
         )
         if not self.min_replicas:
-            return _parse(await persist(lambda: self._finish(keys=keys, args=args)))
-        return _parse(await persist(lambda: self._finish_replicated(keys, args, job_id)))
+            reply = await persist(lambda: self._finish(keys=keys, args=args))
+        else:
+            reply = await persist(lambda: self._finish_replicated(keys, args, job_id))
+        if isinstance(reply, int):
+            return Finished(None, ended_here=reply == 1)
+        return Finished(_parse(reply), ended_here=False)
 
     async def _finish_replicated(self, keys: list[str], args: list[Any], job_id: str) -> Any:
         """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result

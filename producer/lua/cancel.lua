@@ -29,5 +29,9 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', STREAM_MAXLEN, '*', 'type', 'done', '
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
 redis.call('PUBLISH', DONE_PREFIX .. ARGV[3], ARGV[2])
-tally(now_ms(), 'cancelled', ARGV[4], '', '', '0', '0', '', ARGV[5])
+local now = now_ms()
+local model = {}
+if ARGV[4] ~= '' then model[ARGV[4]] = {1, 0, 0, false} end
+roll_up(math.floor(now / 60000), {s = {cancelled = 1}, m = model})
+if ARGV[5] ~= '' then batch_up(ARGV[5], {0, 0, 1, 0, false}, now) end
 return 1

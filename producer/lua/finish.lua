@@ -4,8 +4,8 @@
 -- redelivery can run it again once its result is stored. A failed job's record is kept beside its
 -- result (for Producer.retry) and its id joins FAILED. A document cancelled meanwhile is kept (the
 -- bookkeeping goes all the same). A streamed job's stream gets its done entry; waiters get the document.
--- The job is counted in the minute's roll-up and its batch's tally (include/tally.lua), once: not
--- when its document was terminal already (a second delivery's finish).
+-- The worker counts the job for the dashboard (roll_up.lua) when this says it ended here: not when
+-- its document was terminal already (a second delivery's finish).
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
 -- KEYS[3] tries: arq's try counter
@@ -17,18 +17,10 @@
 -- ARGV[4] status: succeeded or failed
 -- ARGV[5] now_ms: when it failed
 -- ARGV[6] streamed: '1' for a streamed job
--- ARGV[7] model: the model it called ('' none)
--- ARGV[8] total_bucket: the latency bucket of its time from submit to end ('' unknown)
--- ARGV[9] call_bucket: the latency bucket of its last attempt ('' none)
--- ARGV[10] input_tokens
--- ARGV[11] output_tokens
--- ARGV[12] cost_usd: its estimated cost ('' unknown)
--- ARGV[13] batch: the batch its id names ('' none)
--- Returns the cancelled document that was kept, or false.
+-- Returns the cancelled document that was kept; else 1 when the job ended here, 0 when its document
+-- was terminal already.
 --!include status
 --!include queue
---!include clock
---!include tally
 local current = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'GET')
 local was = status_of(current)
 local cancelled = was == 'cancelled'
@@ -45,12 +37,10 @@ end
 redis.call('DEL', KEYS[2], KEYS[3])
 unplace(ARGV[1])
 if cancelled then return current end
-if not TERMINAL[was] then
-  tally(now_ms(), ARGV[4], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
-end
 if ARGV[6] == '1' then
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', STREAM_MAXLEN, '*', 'type', 'done', 'status', ARGV[4])
   redis.call('PEXPIRE', KEYS[5], ARGV[3])
 end
 redis.call('PUBLISH', DONE_PREFIX .. ARGV[1], ARGV[2])
-return false
+if TERMINAL[was] then return 0 end
+return 1

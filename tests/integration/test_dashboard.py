@@ -4,7 +4,6 @@ failed job is retried from its button, a queued one cancelled from its button.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -81,8 +80,6 @@ def test_the_counters_move_while_a_batch_runs(dashboard: tuple[Page, SyncProduce
     assert number(tab, f"{row} .total") == 80 and first < 80
     done_js = f"Number(document.querySelector('{row} .done').textContent.replace(/,/g, ''))"
     tab.wait_for_function(f"{done_js} > {first} && {done_js} < 80", timeout=15_000)  # moving, mid-way
-    if shot := os.environ.get("PROMPTQ_DASHBOARD_SCREENSHOT"):
-        tab.screenshot(path=shot)
     tab.wait_for_function(f"{done_js} === 80", timeout=30_000)
     tab.wait_for_function("Number(document.getElementById('count-running').textContent) === 0", timeout=10_000)
     ended = sum(int(b.get_attribute("data-jobs") or 0) for b in tab.query_selector_all("#chart rect.bar"))

@@ -8,10 +8,11 @@ import asyncio
 import dataclasses
 from typing import cast
 
+import pytest
 import redis
 import redis.asyncio
 
-from devtools.stack import Simulator
+from devtools.stack import Simulator, free_port
 from producer import Producer
 from producer.contract import STATS_KEY_PREFIX, WORKERS_KEY, JobResult, Usage, dumps, latency_bucket
 from producer.overview import quantile_ms
@@ -20,6 +21,7 @@ from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.queue import JobQueue
 from worker.store import ResultStore
+from worker.tally import Tally
 
 PRICES = {"priced-model": Price(input_per_million_usd=1.0, output_per_million_usd=2.0)}
 
@@ -113,18 +115,39 @@ async def test_a_cancel_counts_and_running_jobs_show_where_they_belong(producer:
 
 
 async def test_a_job_finished_twice_is_counted_once(producer: Producer, redis_url: str) -> None:
-    """A second delivery's finish (its lease ran out while the first was storing) counts nothing more."""
+    """A second delivery's finish (its lease ran out while the first was storing) says the job did
+    not end there, and the worker counts it once."""
     job_id = await producer.submit("twice", model="m")
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store = ResultStore(client, result_ttl_s=60)
+        store, tally = ResultStore(client, result_ttl_s=60), Tally(client)
         final = JobResult(job_id, "succeeded", attempts=1, model="m", usage=Usage(3, 4, 7), latency_ms=250)
-        await store.finish(final, cost_usd=0.5)
-        await store.finish(final, cost_usd=0.5)
+        first, second = await store.finish(final), await store.finish(final)
+        assert (first.ended_here, second.ended_here) == (True, False)
+        for finished in (first, second):
+            if finished.ended_here:
+                tally.count(final, 0.5)
+        await tally.roll_up()
+        await tally.roll_up()  # nothing new: nothing added
     finally:
         await client.aclose()
     [model] = (await producer.overview()).models
     assert model == {"model": "m", "jobs": 1, "input_tokens": 3, "output_tokens": 4, "cost_usd": 0.5}
+
+
+async def test_counts_redis_refused_are_kept_for_the_next_roll_up() -> None:
+    away = redis.asyncio.Redis(port=free_port())  # nothing listens there
+    tally = Tally(away)
+    try:
+        for n in (1, 2):
+            tally.count(JobResult(f"nightly:{n}", "succeeded", model="m", usage=Usage(1, 2, 3), latency_ms=5), 0.25)
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await tally.roll_up()
+    finally:
+        await away.aclose()
+    [counts] = tally._minutes.values()
+    assert counts["s"] == {"succeeded": 2} and counts["m"] == {"m": [2, 2, 4, 0.5]}
+    assert tally._batches == {"nightly": [2, 0, 0, 6, 0.5]}
 
 
 async def test_a_running_worker_is_listed_with_its_slots_until_it_stops(
@@ -147,9 +170,11 @@ async def test_a_running_worker_is_listed_with_its_slots_until_it_stops(
 async def test_the_roll_up_is_bounded_and_expires(producer: Producer, redis_url: str, sync_redis: redis.Redis) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store = ResultStore(client, result_ttl_s=60)
+        tally = Tally(client)
         for i in range(1100):  # a new model a job: past the field cap, they count as "(other)"
-            await store.finish(JobResult(f"j{i}", "succeeded", model=f"model-{i}", latency_ms=5))
+            tally.count(JobResult(f"j{i}", "succeeded", model=f"model-{i}", latency_ms=5), None)
+            if i % 100 == 99:
+                await tally.roll_up()
     finally:
         await client.aclose()
     [key] = [k.decode() for k in cast("list[bytes]", sync_redis.keys(STATS_KEY_PREFIX + "*"))]

@@ -1,32 +1,38 @@
--- tally(now, status, model, total_bucket, call_bucket, input, output, cost, batch): count a job that
--- ended (succeeded, failed or cancelled) in the roll-up of the minute `now` (ms) falls in
--- (STATS_PREFIX .. minute; the fields are listed in producer/contract.py) and, when `batch` names a
--- batch that has a tally, in that batch's. Empty strings stand for what is not known; a model new to
--- a full minute's hash counts as STATS_OTHER.
-local function tally(now, status, model, total_bucket, call_bucket, input, output, cost, batch)
-  local key = STATS_PREFIX .. math.floor(now / 60000)
-  redis.call('HINCRBY', key, 's:' .. status, 1)
-  if total_bucket ~= '' then redis.call('HINCRBY', key, 't:' .. total_bucket, 1) end
-  if call_bucket ~= '' then redis.call('HINCRBY', key, 'c:' .. call_bucket, 1) end
-  if model ~= '' then
-    if redis.call('HEXISTS', key, 'j:' .. model) == 0 and redis.call('HLEN', key) >= STATS_FIELDS_MAX then
+-- Counting jobs that ended, for the dashboard (the fields are listed in producer/contract.py).
+--
+-- roll_up(minute, counts): add `counts` to the roll-up of that minute (STATS_PREFIX .. minute):
+--   counts.s: {status = n}; counts.t, counts.c: {bucket = n} (time from submit to end, last
+--   attempt); counts.m: {model = {jobs, input_tokens, output_tokens, cost or false}}.
+-- A model new to a hash holding STATS_FIELDS_MAX fields counts as STATS_OTHER. The hash's time to
+-- live is set when a status first appears in it.
+-- batch_up(name, row, now): add row = {succeeded, failed, cancelled, tokens, cost or false} to the
+-- batch's tally, if it has one (a name no batch has counts nowhere), and note `now` as its last end.
+local function roll_up(minute, counts)
+  local key = STATS_PREFIX .. minute
+  for status, n in pairs(counts.s or {}) do
+    if redis.call('HINCRBY', key, 's:' .. status, n) == n then redis.call('EXPIRE', key, STATS_KEEP_S) end
+  end
+  for bucket, n in pairs(counts.t or {}) do redis.call('HINCRBY', key, 't:' .. bucket, n) end
+  for bucket, n in pairs(counts.c or {}) do redis.call('HINCRBY', key, 'c:' .. bucket, n) end
+  for model, row in pairs(counts.m or {}) do
+    if redis.call('HINCRBY', key, 'j:' .. model, row[1]) == row[1] and redis.call('HLEN', key) > STATS_FIELDS_MAX then
+      redis.call('HDEL', key, 'j:' .. model)
       model = STATS_OTHER
+      redis.call('HINCRBY', key, 'j:' .. model, row[1])
     end
-    redis.call('HINCRBY', key, 'j:' .. model, 1)
-    if input ~= '0' then redis.call('HINCRBY', key, 'i:' .. model, input) end
-    if output ~= '0' then redis.call('HINCRBY', key, 'o:' .. model, output) end
-    if cost ~= '' then redis.call('HINCRBYFLOAT', key, '$:' .. model, cost) end
+    if row[2] > 0 then redis.call('HINCRBY', key, 'i:' .. model, row[2]) end
+    if row[3] > 0 then redis.call('HINCRBY', key, 'o:' .. model, row[3]) end
+    if row[4] then redis.call('HINCRBYFLOAT', key, '$:' .. model, row[4]) end
   end
-  redis.call('EXPIRE', key, STATS_KEEP_S)
-  if batch ~= '' then
-    local bkey = BATCH_TALLY_PREFIX .. batch
-    if redis.call('EXISTS', bkey) == 1 then
-      redis.call('HINCRBY', bkey, status, 1)
-      local tokens = tonumber(input) + tonumber(output)
-      if tokens > 0 then redis.call('HINCRBY', bkey, 'tokens', tokens) end
-      if cost ~= '' then redis.call('HINCRBYFLOAT', bkey, 'cost_usd', cost) end
-      redis.call('HSETNX', bkey, 'first_ms', now)
-      redis.call('HSET', bkey, 'last_ms', now)
-    end
-  end
+end
+
+local function batch_up(name, row, now)
+  local key = BATCH_TALLY_PREFIX .. name
+  if redis.call('EXISTS', key) == 0 then return end
+  if row[1] > 0 then redis.call('HINCRBY', key, 'succeeded', row[1]) end
+  if row[2] > 0 then redis.call('HINCRBY', key, 'failed', row[2]) end
+  if row[3] > 0 then redis.call('HINCRBY', key, 'cancelled', row[3]) end
+  if row[4] > 0 then redis.call('HINCRBY', key, 'tokens', row[4]) end
+  if row[5] then redis.call('HINCRBYFLOAT', key, 'cost_usd', row[5]) end
+  redis.call('HSET', key, 'last_ms', now)
 end
