@@ -115,32 +115,40 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     with state.leases.holding(job_id):
         if state.leases.cancelled_before_start(job_id):  # its document says cancelled: no call
             return _ended_elsewhere(state, base, "cancelled")
+        with state.tracing.attempt(job, base):  # the attempt's span, around how it ends too
+            await _attempt_ending(state, job, base)
+
+
+async def _attempt_ending(state: WorkerState, job: PromptJob, base: JobResult) -> None:
+    """One attempt, and what becomes of the job when it is cancelled, shut down or hits a bug."""
+    job_id = job.job_id
+    try:
+        await _attempt(state, job, base)
+    except asyncio.CancelledError:
+        if state.leases.cancelled(job_id):  # Producer.cancel: the document already says so
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return _ended_elsewhere(state, base, "cancelled")
+        # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
+        # arq's): put the job back as it was, without spending a try.
         try:
-            with state.tracing.attempt(job, base):
-                await _attempt(state, job, base)
-        except asyncio.CancelledError:
-            if state.leases.cancelled(job_id):  # Producer.cancel: the document already says so
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                return _ended_elsewhere(state, base, "cancelled")
-            # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
-            # arq's): put the job back as it was, without spending a try.
-            try:
-                await asyncio.shield(_release(state, base))
-            except (RedisError, OSError) as e:  # Redis away: the job stays leased and runs again after the lease
-                log.warning("job.release_failed", error=str(e))
-            raise
-        except Retry:
-            raise
-        except (RedisError, OSError) as e:
-            # Redis failed past every retry: keep the job in arq's queue rather than let arq drop it
-            log.warning("job.redis_error", error=str(e))
-            raise Retry(defer=REDIS_ERROR_DEFER_S) from e
-        except Exception as e:  # a bug: end the job visibly rather than leave its document unfinished
-            log.exception("job.internal_error")
-            error = llm.LLMError("internal_error", f"{type(e).__name__}: {e}", retryable=False)
-            await _finish(state, base, started_s=time.monotonic(), error=error)
+            await asyncio.shield(_release(state, base))
+        except (RedisError, OSError) as e:  # Redis away: the job stays leased and runs again after the lease
+            log.warning("job.release_failed", error=str(e))
+        tracing.ended("released")
+        raise
+    except Retry:
+        raise
+    except (RedisError, OSError) as e:
+        # Redis failed past every retry: keep the job in arq's queue rather than let arq drop it
+        log.warning("job.redis_error", error=str(e))
+        tracing.ended("deferred", "redis_error")
+        raise Retry(defer=REDIS_ERROR_DEFER_S) from e
+    except Exception as e:  # a bug: end the job visibly rather than leave its document unfinished
+        log.exception("job.internal_error")
+        error = llm.LLMError("internal_error", f"{type(e).__name__}: {e}", retryable=False)
+        await _finish(state, base, started_s=time.monotonic(), error=error)
 
 
 REDIS_ERROR_DEFER_S = 5.0
