@@ -158,8 +158,9 @@ BATCHES_MAX: Final = 1000
 STATS_KEY_PREFIX: Final = "promptq:stats:"
 """``promptq:stats:{minute}`` (Unix minute): a hash counting what ended in that minute, added to by
 the workers (the jobs they end, counted as they end and rolled up every second: ``lua/roll_up.lua``)
-and by a cancel, expiring ``STATS_KEEP_S`` after the minute: ``s:{status}`` jobs ended; ``t:{bucket}`` their time from submit to end and
-``c:{bucket}`` their last attempt's (``latency_bucket``); per model ``j:{model}`` jobs ended,
+and by a cancel, expiring ``STATS_KEEP_S`` after the minute: ``s:{status}`` jobs ended;
+``t:{bucket}`` their time from submit to end and ``c:{bucket}`` their last attempt's
+(``latency_bucket``); per model ``j:{model}`` jobs ended,
 ``i:{model}`` and ``o:{model}`` input and output tokens, ``$:{model}`` estimated cost in USD. Once
 the hash holds ``STATS_FIELDS_MAX`` fields, a new model is counted as ``STATS_OTHER_MODEL``."""
 STATS_KEEP_S: Final = 3600

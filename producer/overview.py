@@ -210,14 +210,5 @@ def _batch(row: Sequence[Any], now_s: float) -> dict[str, Any]:
 
 
 def _failure(result: JobResult) -> dict[str, Any]:
-    e = result.error
-    return {
-        "job_id": result.job_id,
-        "model": result.model,
-        "endpoint": result.endpoint,
-        "finished_at": result.finished_at,
-        "attempts": result.attempts,
-        "error": None
-        if e is None
-        else {"type": e.type, "message": e.message, "status_code": e.status_code, "retryable": e.retryable},
-    }
+    doc = result.to_doc()
+    return {name: doc[name] for name in ("job_id", "model", "endpoint", "finished_at", "attempts", "error")}

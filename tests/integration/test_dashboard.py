@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from devtools.stack import Api, Simulator, Worker
+from devtools.stack import Api, Simulator
 from producer import ProducerConfig, SyncProducer
 from producer.contract import dumps
 from tests.conftest import worker_env
-from tests.integration.test_page import CHROMIUM, CHROMIUM_ARGS
+from tests.integration.test_page import serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.process]
 
@@ -23,19 +23,9 @@ SLOTS = 4
 
 @pytest.fixture(scope="module")
 def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browser, Api]]:
-    if CHROMIUM is None:
-        pytest.fail("no chromium on PATH: run `make browser` (Debian's chromium package)")
     env = worker_env(redis_server_url, sim_process, PROMPTQ_MAX_JOBS=str(SLOTS), PROMPTQ_MAX_TRIES="1")
-    with (
-        Api({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}) as api,
-        Worker(env),
-        sync_playwright() as pw,
-    ):
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser, api
-        finally:
-            browser.close()
+    with serving({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}, env) as served:
+        yield served
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ prompt, click, watch the answer stream in."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -35,21 +36,26 @@ new MutationObserver(() => window.answerLengths.push(document.getElementById("an
 PROMPT = "Explain, slowly and in several words, why the sky looks blue on a clear day."
 
 
-@pytest.fixture(scope="module")
-def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browser, Api]]:
-    """One API server, worker and browser for the module (each test gets a new page)."""
+@contextlib.contextmanager
+def serving(api_env: dict[str, str], worker_environment: dict[str, str]) -> Iterator[tuple[Browser, Api]]:
+    """An API server, a worker and a headless Chromium (a fresh profile), for a test module."""
     if CHROMIUM is None:
         pytest.fail("no chromium on PATH: run `make browser` (Debian's chromium package)")
-    with (
-        Api({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}) as api,
-        Worker(worker_env(redis_server_url, sim_process)),
-        sync_playwright() as pw,
-    ):
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)  # fresh profile
+    with Api(api_env) as api, Worker(worker_environment), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             yield browser, api
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browser, Api]]:
+    """One API server, worker and browser for the module (each test gets a new page)."""
+    with serving(
+        {"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}, worker_env(redis_server_url, sim_process)
+    ) as served:
+        yield served
 
 
 @pytest.fixture
