@@ -29,16 +29,18 @@ test-newest:
 	else $(MAKE) --no-print-directory pytest PYTHON=$(NEWEST_PYTHON) VENV=.venv-$(NEWEST); fi
 
 # The fast suite against the lowest version of each package pyproject allows, in its own virtualenv,
-# so that the lower bounds stay true. (The HTTP fuzz and page tests need the dev tools' newest
+# so that the lower bounds stay true. (The HTTP fuzz and browser tests need the dev tools' newest
 # versions and are left out; so is the OpenAPI file check, which FastAPI's version changes.)
 OLDEST := openai==3.0.0 httpx2==2.7.0 redis==5.0.1 arq==0.28.0 structlog==24.1.0 prometheus-client==0.20.0 \
-	fastapi==0.115.0 starlette==0.37.2 pydantic==2.7.0 uvicorn==0.30.0
+	fastapi==0.115.0 starlette==0.37.2 pydantic==2.7.0 uvicorn==0.30.0 \
+	opentelemetry-api==1.27.0 opentelemetry-sdk==1.27.0 opentelemetry-exporter-otlp-proto-http==1.27.0
 test-oldest: redis
 	@test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
-	.venv-oldest/bin/python -m pip install --quiet --disable-pip-version-check -e '.[http]' $(OLDEST) \
+	.venv-oldest/bin/python -m pip install --quiet --disable-pip-version-check -e '.[http,otel]' $(OLDEST) \
 		pytest pytest-asyncio pytest-timeout pyyaml
 	.venv-oldest/bin/python -m pytest -q -m "not faults and not process and not browser" \
-		--ignore tests/integration/test_http_fuzz.py --ignore tests/integration/test_page.py
+		--ignore tests/integration/test_http_fuzz.py --ignore tests/integration/test_page.py \
+		--ignore tests/integration/test_dashboard.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -70,7 +72,7 @@ bench-limits: $(STAMP) redis
 	$(PY) -m bench.limits --out bench/limits.md
 
 # The worker's CPU per job with traces off and on (OTLP export to a local receiver); writes
-# bench/tracing.md (about 3 minutes).
+# bench/tracing.md (about 3 minutes; 7 runs).
 bench-tracing: $(STAMP) redis
 	$(PY) -m bench.tracing --out bench/tracing.md
 

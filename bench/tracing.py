@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "tracing.md")
     parser.add_argument("--quick", action="store_true", help="one run, a small batch (a smoke test)")
     args = parser.parse_args()
-    runs, jobs, slots, latency_ms = (1, 300, 50, 20) if args.quick else (5, 3_000, 100, 50)
+    runs, jobs, slots, latency_ms = (1, 300, 50, 20) if args.quick else (7, 3_000, 100, 50)
     started = time.monotonic()
     off: list[float] = []
     on: list[float] = []

@@ -69,7 +69,7 @@ def main() -> None:
             asyncio.run(load(server.url, args.minutes * 60))
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-                tab = browser.new_page(viewport={"width": 1280, "height": 800})
+                tab = browser.new_page(viewport={"width": 1280, "height": 1040})
                 tab.goto(api.url + "/dashboard")
                 tab.wait_for_selector("tr.batch", timeout=10_000)
                 tab.wait_for_timeout(500)
