@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from producer.calls import Call, Calls
-from producer.contract import BATCH_NAME_RE, FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
+from producer.contract import FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
 from producer.notify import FALLBACK_POLL_S
 from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINUTES, SCAN_MAX, Overview
 from producer.scripts import Value, script
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, JobNotFoundError, QueueDepths, RetryRefusedError, StreamEvent
+from producer.validation import valid_batch_name
 
 __all__ = [
     "CANCEL_ATTEMPTS",
@@ -186,8 +187,7 @@ def save_manifest(calls: Calls, name: str, manifest: str) -> Op[None]:
 
 
 def open_batch(calls: Calls, name: str, total: int) -> Op[None]:
-    if not BATCH_NAME_RE.fullmatch(name):
-        raise ValueError(f"batch name {name!r} must be 1 to 100 letters, digits, '_', '.' or '-'")
+    valid_batch_name(name)
     yield from _checked(calls)
     keys, args = script("open_batch").bind(
         tally=batch_tally_key(name), name=name, total=int(total), ttl_ms=calls.queued_ttl_ms

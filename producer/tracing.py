@@ -128,12 +128,6 @@ def setup(service_name: str, on: bool | None = None) -> None:
     trace.set_tracer_provider(_provider)
 
 
-def flush(timeout_s: float = 5.0) -> None:
-    """Send the spans not yet exported (a process about to end)."""
-    if _provider is not None and hasattr(_provider, "force_flush"):
-        _provider.force_flush(int(timeout_s * 1000))
-
-
 def shutdown() -> None:
     """Flush and stop the SDK :func:`setup` made (nothing for a provider the process brought)."""
     global _provider
@@ -159,9 +153,3 @@ def span(
         name, context=parent, kind=getattr(trace.SpanKind, kind), attributes=attributes or None
     ) as current:
         yield current
-
-
-def reset_for_tests() -> None:
-    """Read the environment again at the next :func:`enabled`."""
-    global _on
-    _on = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from producer.contract import (
+    BATCH_NAME_RE,
     CHAT_ENDPOINT,
     DEFAULT_FAIRNESS_KEY,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -38,6 +39,7 @@ __all__ = [
     "check_priority",
     "embedding_inputs",
     "new_job_id",
+    "valid_batch_name",
 ]
 
 
@@ -282,6 +284,13 @@ def check_priority(priority: Any) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
         raise InvalidJobError(f"priority must be an integer from 0 (runs first) to 9 (last), got {priority!r}")
     return priority
+
+
+def valid_batch_name(name: str) -> str:
+    """``name`` as given, if it is a batch name (``BATCH_NAME_RE``); else ``ValueError``."""
+    if not BATCH_NAME_RE.fullmatch(name):
+        raise ValueError(f"batch name {name!r} must be 1 to 100 letters, digits, '_', '.' or '-'")
+    return name
 
 
 def check_fairness_key(key: Any, what: str = "fairness_key") -> str:

@@ -41,7 +41,7 @@ class Tally:
     def count(self, result: JobResult, cost_usd: float | None) -> None:
         """Count a job that ended here (its terminal document, its estimated cost)."""
         ended_s = result.finished_at or time.time()
-        minute = self._minutes.setdefault(int(ended_s // 60), {"s": {}, "t": {}, "c": {}, "m": {}})
+        minute = self._minutes.setdefault(int(ended_s // 60), _new_minute())
         _add(minute["s"], result.status, 1)
         if result.enqueued_at is not None:
             _add(minute["t"], str(latency_bucket(max(0.0, (ended_s - result.enqueued_at) * 1000))), 1)
@@ -49,19 +49,12 @@ class Tally:
             _add(minute["c"], str(latency_bucket(result.latency_ms)), 1)
         usage = result.usage
         given, made = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        cost = False if cost_usd is None else cost_usd
         if result.model:
-            row = minute["m"].setdefault(result.model, [0, 0, 0, False])
-            row[0] += 1
-            row[1] += given
-            row[2] += made
-            if cost_usd is not None:
-                row[3] = (row[3] or 0.0) + cost_usd
+            _merge(minute["m"].setdefault(result.model, [0, 0, 0, False]), [1, given, made, cost])
         if batch := batch_of(result.job_id):
-            tally = self._batches.setdefault(batch, [0, 0, 0, 0, False])
-            tally[("succeeded", "failed", "cancelled").index(result.status)] += 1
-            tally[3] += given + made
-            if cost_usd is not None:
-                tally[4] = (tally[4] or 0.0) + cost_usd
+            ended = [int(result.status == status) for status in ("succeeded", "failed", "cancelled")]
+            _merge(self._batches.setdefault(batch, [0, 0, 0, 0, False]), [*ended, given + made, cost])
 
     async def roll_up(self) -> None:
         """Add what was counted since the last roll-up to Redis (nothing counted: nothing sent)."""
@@ -93,7 +86,7 @@ class Tally:
         for minute, counts in minutes.items():
             if minute < oldest:
                 continue
-            into = self._minutes.setdefault(minute, {"s": {}, "t": {}, "c": {}, "m": {}})
+            into = self._minutes.setdefault(minute, _new_minute())
             for kind in ("s", "t", "c"):
                 for key, n in counts[kind].items():
                     _add(into[kind], key, n)
@@ -101,6 +94,11 @@ class Tally:
                 _merge(into["m"].setdefault(model, [0, 0, 0, False]), row)
         for name, row in batches.items():
             _merge(self._batches.setdefault(name, [0, 0, 0, 0, False]), row)
+
+
+def _new_minute() -> dict[str, Any]:
+    """A minute's counts (``lua/include/tally.lua``): by status, by the two latency buckets, by model."""
+    return {"s": {}, "t": {}, "c": {}, "m": {}}
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:

@@ -39,8 +39,6 @@ _REQUEST_PARAMS: Final = {
     "dimensions": "gen_ai.embeddings.dimension.count",
 }
 _NOTHING: Final = nullcontext()
-_W3C: Any = None
-"""The W3C trace-context propagator (made when traces are on)."""
 _attempt: contextvars.ContextVar[Any] = contextvars.ContextVar("promptq_attempt_span", default=None)
 
 
@@ -55,13 +53,14 @@ class Tracing:
         if where.port:
             self.server["server.port"] = where.port
         self._tracer: Any = None
+        self._w3c: Any = None
+        """The W3C trace-context propagator (the jobs carry ``traceparent`` and ``tracestate``)."""
         if self.on:
             from opentelemetry import trace
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-            global _W3C
             self._tracer = trace.get_tracer("promptq.worker")
-            _W3C = TraceContextTextMapPropagator()
+            self._w3c = TraceContextTextMapPropagator()
 
     def attempt(self, job: PromptJob, base: JobResult) -> AbstractContextManager[Any]:
         """A ``promptq.process`` span around one attempt at ``job``, current while it runs."""
@@ -75,7 +74,7 @@ class Tracing:
     def _attempt(self, job: PromptJob, base: JobResult) -> Iterator[Any]:
         from opentelemetry import trace
 
-        parent = _W3C.extract(job.trace) if job.trace else None
+        parent = self._w3c.extract(job.trace) if job.trace else None
         submitted = trace.get_current_span(parent).get_span_context() if parent is not None else None
         attributes: dict[str, Any] = {
             "messaging.system": "promptq",

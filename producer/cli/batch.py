@@ -17,7 +17,6 @@ from typing import Any
 
 from producer.calls import Calls
 from producer.contract import (
-    BATCH_NAME_RE,
     CHAT_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
@@ -26,18 +25,12 @@ from producer.contract import (
     dumps,
 )
 from producer.prices import Price, cost_usd
-from producer.validation import JOB_ID_RE, InvalidJobError
+from producer.validation import JOB_ID_RE, InvalidJobError, valid_batch_name
 
 __all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_batch_name"]
 
 QUEUE_FIELDS = ("priority", "fairness_key")
 """promptq's own fields a Batch API line may carry beside its body."""
-
-
-def valid_batch_name(name: str) -> str:
-    if not BATCH_NAME_RE.fullmatch(name):
-        raise ValueError(f"batch name {name!r} must be 1 to 100 letters, digits, '_', '.' or '-'")
-    return name
 
 
 @dataclass(frozen=True, slots=True)
