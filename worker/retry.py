@@ -27,13 +27,16 @@ def backoff_s(attempt: int, advised_s: float | None = None, *, rng: random.Rando
     """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
     The server's advice (``Retry-After``...) wins when given, plus up to 10 % jitter so that workers
-    advised alike do not return in step; otherwise capped exponential backoff with full jitter.
+    advised alike do not return in step; otherwise capped exponential backoff with equal jitter: a
+    wait between half and all of the step (1 s, 2 s, 4 s... up to 60 s), so that failing jobs spread
+    out but none comes back at once (full jitter could draw 0 ms, a retry the instant after a 5xx).
     """
     rng = rng or random.Random()
     if advised_s is not None:
         advised_s = min(max(advised_s, 0.0), MAX_RETRY_AFTER_S)
         return advised_s + rng.uniform(0, 0.1 * advised_s)
-    return rng.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+    step_s = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return rng.uniform(step_s / 2, step_s)
 
 
 def parse_duration_s(text: str) -> float | None:
