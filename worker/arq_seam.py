@@ -1,15 +1,15 @@
 """Every place promptq reaches into arq, in one module: the one that imports arq.
 
-arq's ``Worker`` runs each job (``run_job``: the job record, the try counter, the timeout, ``Retry``).
+arq's ``Worker`` runs each job (``run_job``: the job record, the try counter, the timeout).
 Around it, promptq replaces what its queue does differently, in :class:`PromptqWorker`, a subclass:
 
 - ``main``: the Redis pool (arq's ``ArqRedis`` over at most ``WORKER_CONNECTIONS`` connections), the
   poll loop (a submit or a freed slot wakes it; idle, it polls every ``PROMPTQ_POLL_DELAY_S``), and
   burst mode's end (nothing ready, running or deferred);
 - ``_poll_iteration``: the claim (``worker.queue``: as many jobs as free slots, in one script);
-- ``finish_job`` / ``finish_failed_job``: what becomes of a job arq is done with (deferred for a
-  retry, back in line after an interrupted call, or let go of; nothing when promptq's finish script
-  has done it already);
+- ``finish_job``: nothing; ``run_prompt`` settles every attempt itself, in one script
+  (``worker.lifecycle``), so arq's own clean-up (which would put a retry in arq's queue) is skipped;
+  ``finish_failed_job``: a job arq could not hand to ``run_prompt`` (its record gone) is let go of;
 - ``handle_sig``: SIGTERM and SIGINT drain (:meth:`PromptqWorker.drain`) instead of cancelling;
 - ``close``: a Redis that is away does not keep the process up (its calls give up once the grace
   is over).
@@ -38,7 +38,7 @@ from typing import Any, Final, Protocol
 import arq
 import arq.worker
 from arq.connections import ArqRedis
-from arq.worker import Retry, Worker, func
+from arq.worker import Worker, func
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from producer.contract import JOB_FUNCTION
@@ -47,6 +47,7 @@ from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat
 from worker.queue import JobQueue
 from worker.redis_conn import give_up_at, worker_pool
+from worker.settle import Settle
 
 __all__ = [
     "ARQ_JOB_LINES",
@@ -58,7 +59,6 @@ __all__ = [
     "POISON_FUNCTION_ARGS",
     "UNDECODABLE",
     "PromptqWorker",
-    "Retry",
     "check",
     "func",
     "install",
@@ -80,7 +80,7 @@ FULL_LOG_EVERY_S: Final = 10.0
 CTX_CONFIG: Final = "promptq.config"
 """The key of the worker's ``WorkerConfig`` in arq's ``ctx``: marks a worker as promptq's."""
 CTX_STATE: Final = "promptq"
-"""The key ``on_startup`` puts the worker's shared state under (``jobs.WorkerState``)."""
+"""The key ``on_startup`` puts the worker's shared state under (``state.WorkerState``)."""
 CTX_WORKER: Final = "promptq.worker"
 """The key of the running :class:`PromptqWorker` in ``ctx`` (``on_startup`` refuses to run without it)."""
 UNDECODABLE: Final = "promptq.undecodable"
@@ -112,7 +112,6 @@ MEMBERS: Final[dict[str, str]] = {
         "(self, pool_or_conn=None, job_serializer=None, job_deserializer=None, "
         "default_queue_name='arq:queue', expires_extra_ms=86400000, **kwargs)"
     ),
-    "Retry.__init__": "(self, defer=None)",
     "func": "(coroutine, *, name=None, keep_result=None, timeout=None, keep_result_forever=None, max_tries=None)",
 }
 """Each member of arq promptq overrides or calls, with its parameters (names and defaults) in the arq
@@ -157,7 +156,7 @@ def check() -> None:
 def parameters(name: str) -> str | None:
     """The parameters of arq's member ``name`` (a key of ``MEMBERS``), names and defaults only."""
     owner, _, attr = name.rpartition(".")
-    where: Any = {"Worker": Worker, "Retry": Retry, "ArqRedis": ArqRedis, "": arq.worker}[owner]
+    where: Any = {"Worker": Worker, "ArqRedis": ArqRedis, "": arq.worker}[owner]
     found = getattr(where, attr, None)
     if found is None:
         return None
@@ -167,16 +166,16 @@ def parameters(name: str) -> str | None:
 
 
 class _State(Protocol):
-    """What the loop needs from ``jobs.WorkerState`` (set by ``on_startup``)."""
+    """What the loop needs from ``state.WorkerState`` (set by ``on_startup``)."""
 
     @property
     def queue(self) -> JobQueue: ...
     @property
+    def settle(self) -> Settle: ...
+    @property
     def leases(self) -> Leases: ...
     @property
     def wake_event(self) -> asyncio.Event: ...
-    @property
-    def settled(self) -> set[str]: ...
     @property
     def shutdown_grace_s(self) -> float: ...
 
@@ -209,7 +208,6 @@ class PromptqWorker(Worker):
         self.ctx["redis"] = self.pool
         self.ctx[CTX_WORKER] = self
         give_up_at(None)
-        self._scores: dict[str, int] = {}
         self._ordinary: set[str] = set()
         """Running jobs at priorities 1 to 9: at most ``PROMPTQ_MAX_JOBS``; the urgent slots above it
         (arq's ``max_jobs`` counts both) are for priority 0 alone."""
@@ -286,7 +284,6 @@ class PromptqWorker(Worker):
     def _start(self, job_id: str, score: int, urgent: bool) -> None:
         """Run a claimed job as arq's own ``start_jobs`` would (its slot taken already)."""
         self.job_counter += 1
-        self._scores[job_id] = score
         self.state.leases.claimed.add(job_id)  # renewed from now on
         if not urgent:
             self._ordinary.add(job_id)
@@ -295,7 +292,6 @@ class PromptqWorker(Worker):
         self.tasks[job_id] = task
 
     def _slot_freed(self, job_id: str, _: object) -> None:
-        self._scores.pop(job_id, None)
         self._ordinary.discard(job_id)
         if self._state is not None:
             self._state.leases.claimed.discard(job_id)
@@ -314,25 +310,16 @@ class PromptqWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """Where the job goes once arq is done with it (arq keeps no result of its own here)."""
-        queue, settled = self.state.queue, self.state.settled
-        try:
-            if finish:
-                if job_id in settled:  # promptq's finish script has let go of it already
-                    settled.discard(job_id)
-                else:  # skipped (a result was stored), cancelled, or ended by arq itself
-                    await queue.forget(job_id)
-            elif incr_score:  # a Retry: arq moves the score by the wait plus the time since the claim (its clock)
-                score = self._scores.get(job_id, _now_ms())
-                await queue.defer(job_id, score + incr_score - _now_ms())
-            else:  # interrupted (a shutdown past its grace), or a Retry without a wait
-                await queue.back(job_id)
-        except (RedisError, OSError) as e:  # Redis away past every retry: the job stays leased and comes back
-            log.warning("job.unclaim_failed", job_id=job_id, error=str(e), note="it runs again after its lease")
+        """Nothing: ``run_prompt`` has settled the attempt (``worker.lifecycle``). An attempt it could
+        not settle (Redis away past every retry; arq's own timeout, out of reach above promptq's)
+        leaves the job leased, and it runs again once its lease runs out."""
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """A job arq could not run (its record gone, say): let go of it."""
-        await self.state.queue.forget(job_id)
+        """A job arq could not hand to ``run_prompt`` (its record gone, say): let go of it."""
+        try:
+            await self.state.settle.ack(job_id)
+        except (RedisError, OSError) as e:  # Redis away past every retry: the job comes back after its lease
+            log.warning("job.ack_failed", job_id=job_id, error=str(e), note="it runs again after its lease")
 
     # -- shutdown -------------------------------------------------------------------------------
     def handle_sig(self, signum: signal.Signals) -> None:
@@ -387,11 +374,6 @@ class PromptqWorker(Worker):
 
     def _running(self) -> list[asyncio.Task[Any]]:
         return [t for t in self.tasks.values() if not t.done()]
-
-
-def _now_ms() -> int:
-    """arq's scores: Unix time in ms."""
-    return int(time.time() * 1000)
 
 
 _original_init = Worker.__init__

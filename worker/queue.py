@@ -4,9 +4,10 @@ Ready jobs wait in one sorted set per (priority, fairness key); a claim serves t
 level with ready jobs and, within it, the fairness keys in turn (``PROMPTQ_FAIRNESS_WEIGHTS`` gives a
 key more turns). A claimed job moves to the lease set, scored by when its lease runs out; the worker
 running it renews the lease every third of ``PROMPTQ_LEASE_S`` (``worker.lease``), and a claim puts
-a job whose lease ran out back in line. A retry waits in the delayed set until it is due. Running
+a job whose lease ran out back in line, and a deferred job (a retry) whose time has come. Running
 and waiting jobs are never in a claim's way: each claim costs O(log n) per job it takes, however
-many run. The scripts are ``producer/lua/claim.lua``, ``renew.lua``, ``unclaim.lua`` and ``pending.lua``.
+many run. The scripts are ``producer/lua/claim.lua``, ``renew.lua`` and ``pending.lua``; how a job
+leaves the lease set when its attempt ends is ``worker.settle``'s.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from producer.contract import ARQ_JOB_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX, dumps
+from producer.contract import dumps
 from producer.scripts import script
 from worker.logs import get_logger
-from worker.redis_conn import persist
 
 __all__ = ["RETURN_STEP", "Claimed", "JobQueue"]
 
@@ -70,7 +70,6 @@ class JobQueue:
         self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
         self._claim = redis.register_script(script("claim").source)
         self._renew = redis.register_script(script("renew").source)
-        self._unclaim = redis.register_script(script("unclaim").source)
         self._pending = redis.register_script(script("pending").source)
 
     async def claim(self, want: int, want_ordinary: int | None = None) -> Claimed:
@@ -99,28 +98,6 @@ class JobQueue:
             keys, args = script("renew").bind(lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK])
             renewed += int(await self._renew(keys=keys, args=args))
         return renewed
-
-    async def forget(self, job_id: str) -> None:
-        """The job ended without promptq's finish (result stored already, cancelled, unreadable): let go."""
-        await self._unclaim_as(job_id, "forget", 0)
-
-    async def defer(self, job_id: str, delay_ms: int) -> None:
-        """A retry: the job waits in the delayed set for ``delay_ms``, holding no slot."""
-        await self._unclaim_as(job_id, "defer", max(0, delay_ms))
-
-    async def back(self, job_id: str) -> None:
-        """An interrupted call: the job goes back in line at its place."""
-        await self._unclaim_as(job_id, "back", 0)
-
-    async def _unclaim_as(self, job_id: str, mode: str, delay_ms: int) -> None:
-        keys, args = script("unclaim").bind(
-            record=ARQ_JOB_KEY_PREFIX + job_id,
-            tries=ARQ_RETRY_KEY_PREFIX + job_id,
-            job_id=job_id,
-            mode=mode,
-            delay_ms=delay_ms,
-        )
-        await persist(lambda: self._unclaim(keys=keys, args=args))
 
     async def pending(self) -> bool:
         """Whether any job is ready, running, deferred or in the legacy queue."""

@@ -25,7 +25,7 @@ from worker.arq_seam import (
     job_serializer,
 )
 from worker.config import WorkerConfig
-from worker.jobs import WorkerState, run_prompt
+from worker.jobs import run_prompt
 from worker.lease import Leases
 from worker.limiter import Limiter
 from worker.logs import configure_logging, get_logger
@@ -33,7 +33,8 @@ from worker.metrics import Metrics
 from worker.presence import Presence
 from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
-from worker.store import ResultStore
+from worker.settle import Settle
+from worker.state import WorkerState
 from worker.streams import Streams
 from worker.tally import Tally
 from worker.tracing import Tracing
@@ -80,7 +81,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         config=config,
         clients=llm.Clients(config),
         queue=queue,
-        store=ResultStore(ctx["redis"], config.result_ttl_s, config.min_replicas, config.replica_timeout_ms),
+        settle=Settle(ctx["redis"], config.result_ttl_s, config.min_replicas, config.replica_timeout_ms),
         leases=leases,
         wake=wake,
         limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
@@ -89,7 +90,6 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         presence=presence,
         tally=tally,
         tracing=Tracing(config.openai_base_url, on=config.traces, capture=config.trace_content),
-        settled=set(),
     )
     log.info(
         "worker.started",

@@ -2,7 +2,7 @@
 
 The entries are the contract's (``producer.contract.STREAM_KEY_PREFIX``): ``delta`` entries while
 the answer arrives, a ``restart`` entry when a later attempt begins after an earlier one wrote
-to the stream (a reader drops the text it had), and the ``done`` entry, which ``ResultStore.finish``
+to the stream (a reader drops the text it had), and the ``done`` entry, which ``Settle.finish``
 writes together with the result document. The stream lives as long as the result.
 """
 

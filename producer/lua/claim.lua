@@ -57,11 +57,11 @@ end
 local recovered, promoted, migrated = 0, 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
   redis.call('ZREM', LEASES, id)
-  if requeue(id) then recovered = recovered + 1 end
+  if back_in_line(id) then recovered = recovered + 1 end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, step)) do
   redis.call('ZREM', DELAYED, id)
-  if requeue(id) then promoted = promoted + 1 end
+  if back_in_line(id) then promoted = promoted + 1 end
 end
 if redis.call('EXISTS', LEGACY_QUEUE) == 1 then
   -- jobs not held by an older worker (its in-progress key) move over, ahead of every job submitted since

@@ -18,7 +18,7 @@ from producer import JobResult, Producer, SyncProducer
 from producer.contract import WAKE_CHANNEL, done_channel, result_key
 from tests.conftest import start_worker, stop_worker
 from worker.config import WorkerConfig
-from worker.store import ResultStore
+from worker.settle import Settle
 
 FAR_S = 60.0
 
@@ -49,8 +49,9 @@ def _done(job_ids: list[str]) -> list[str]:
 async def _finish(redis_url: str, job_id: str, content: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store = ResultStore(client, result_ttl_s=60)
-        await store.finish(JobResult(job_id=job_id, status="succeeded", attempts=1, content=content))
+        await Settle(client, result_ttl_s=60).finish(
+            JobResult(job_id=job_id, status="succeeded", attempts=1, content=content)
+        )
     finally:
         await client.aclose()
 

@@ -20,7 +20,7 @@ from producer.prices import Price
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.queue import JobQueue
-from worker.store import ResultStore
+from worker.settle import Settle
 from worker.tally import Tally
 
 PRICES = {"priced-model": Price(input_per_million_usd=1.0, output_per_million_usd=2.0)}
@@ -120,9 +120,9 @@ async def test_a_job_finished_twice_is_counted_once(producer: Producer, redis_ur
     job_id = await producer.submit("twice", model="m")
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        store, tally = ResultStore(client, result_ttl_s=60), Tally(client)
+        settle, tally = Settle(client, result_ttl_s=60), Tally(client)
         final = JobResult(job_id, "succeeded", attempts=1, model="m", usage=Usage(3, 4, 7), latency_ms=250)
-        first, second = await store.finish(final), await store.finish(final)
+        first, second = await settle.finish(final), await settle.finish(final)
         assert (first.ended_here, second.ended_here) == (True, False)
         for finished in (first, second):
             if finished.ended_here:

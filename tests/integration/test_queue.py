@@ -19,11 +19,13 @@ from producer import Producer, SyncProducer
 from producer.contract import (
     ARQ_IN_PROGRESS_KEY_PREFIX,
     ARQ_JOB_KEY_PREFIX,
+    ARQ_RETRY_KEY_PREFIX,
     DELAYED_SET,
     LEASE_SET,
     LEGACY_QUEUE,
     ROUTES_KEY,
     STATS_KEY_PREFIX,
+    JobResult,
     encode_job,
     queued_doc,
     result_key,
@@ -35,6 +37,7 @@ from worker import arq_seam
 from worker.config import WorkerConfig
 from worker.queue import JobQueue
 from worker.redis_conn import WORKER_CONNECTIONS
+from worker.settle import Settle
 
 
 def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = None, lease_ms: int = 60_000) -> list[str]:
@@ -192,10 +195,11 @@ async def test_a_lease_that_runs_out_puts_the_job_back_at_its_place(producer: Pr
 async def test_a_deferred_retry_holds_no_place_until_it_is_due(producer: Producer, redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        queue = JobQueue(client, lease_s=60)
+        queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
         job_id = await producer.submit("retried")
+        queued = JobResult(job_id, "queued", attempts=1)
         assert (await queue.claim(1)).job_ids == [job_id]
-        await queue.defer(job_id, 100)
+        await settle.defer(queued, 0.1, try_spent=True)
         assert await client.zscore(DELAYED_SET, job_id) is not None and await client.zcard(LEASE_SET) == 0
         assert (await queue.claim(1)).job_ids == []
         depths = await producer.depths()
@@ -203,9 +207,9 @@ async def test_a_deferred_retry_holds_no_place_until_it_is_due(producer: Produce
         while not (claimed := await queue.claim(1)).job_ids:
             await asyncio.sleep(0.02)
         assert claimed.job_ids == [job_id] and claimed.promoted == 1
-        await queue.back(job_id)  # an interrupted call: in line again at once
+        await settle.defer(queued, 0, try_spent=False)  # an interrupted call: in line again at once
         assert (await queue.claim(1)).job_ids == [job_id]
-        await queue.forget(job_id)
+        await settle.ack(job_id)
         assert not await client.exists(ROUTES_KEY, ARQ_JOB_KEY_PREFIX + job_id, LEASE_SET)
     finally:
         await client.aclose()
@@ -219,7 +223,7 @@ async def test_cancelling_takes_a_job_out_of_whichever_structure_holds_it(
         queue = JobQueue(client, lease_s=60)
         ready, deferred = await producer.submit("ready"), await producer.submit("deferred", priority=1)
         assert (await queue.claim(1)).job_ids == [deferred]
-        await queue.defer(deferred, 60_000)
+        await Settle(client, result_ttl_s=60).defer(JobResult(deferred, "queued", attempts=1), 60, try_spent=True)
         for job_id in (ready, deferred):
             assert (await producer.cancel(job_id)).cancelled
         depths = await producer.depths()
@@ -358,3 +362,28 @@ async def test_a_worker_with_many_free_slots_claims_a_few_at_a_time_and_renews_t
         await stop_worker(worker, main)
     assert all(r.ok for r in results) and max(starting) <= 6
     assert sim.stats()["peak_in_flight"] > 6  # the slots filled all the same
+
+
+async def test_deferring_keeps_or_gives_back_the_try_and_lets_go_of_a_cancelled_job(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
+        job_id = await producer.submit("deferred")
+        tries = ARQ_RETRY_KEY_PREFIX + job_id
+        queued = JobResult(job_id, "queued", attempts=1)
+        for try_spent, left in ((True, b"1"), (False, b"0")):
+            assert (await queue.claim(1)).job_ids == [job_id]
+            sync_redis.incr(tries)  # as arq's run_job counts the attempt
+            assert await settle.defer(queued, 0, try_spent=try_spent) is None
+            assert sync_redis.get(tries) == left and sync_redis.zscore(LEASE_SET, job_id) is None
+            sync_redis.set(tries, 0)
+        assert (await queue.claim(1)).job_ids == [job_id]
+        assert (await producer.cancel(job_id)).cancelled  # while it runs: the worker is told to let go
+        stored = await settle.defer(queued, 5, try_spent=True)
+        assert stored is not None and stored.status == "cancelled"
+        assert (await producer.get(job_id)).status == "cancelled"  # type: ignore[union-attr]
+        assert not sync_redis.exists(ARQ_JOB_KEY_PREFIX + job_id, tries, ROUTES_KEY, LEASE_SET, DELAYED_SET)
+    finally:
+        await client.aclose()

@@ -38,7 +38,7 @@ end
 
 -- Back in line at its own place (a lease that ran out, a retry that is due, an interrupted call).
 -- A job whose record is gone (cancelled meanwhile) is forgotten instead.
-local function requeue(id)
+local function back_in_line(id)
   if redis.call('EXISTS', RECORD_PREFIX .. id) == 0 then
     redis.call('HDEL', ROUTES, id)
     return false

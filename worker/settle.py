@@ -1,14 +1,17 @@
-"""The result document's transitions, each one atomic (a Lua script of ``producer/lua``, registered once).
+"""How an attempt's end reaches Redis: one Lua script per transition (``producer/lua``), registered once.
 
-- ``running``: written by the claim itself (``producer/lua/claim.lua``), which lets go of a job
-  whose document is terminal already instead of handing it out.
-- ``requeue``: back to ``queued`` with the failed attempt's error, while a retry waits.
-- ``release``: back to ``queued`` when a shutdown interrupts the call, giving back arq's try.
-- ``finish``: the terminal document, written together with the removal of the job from the queue
-  (its record, try counter, lease and route), so that no redelivery can run it again once its
-  result is stored; a failed job's id joins the failed set and its request is kept for
-  ``Producer.retry``; a streamed job's stream gets its ``done`` entry. A document
-  ``Producer.cancel`` marked ``cancelled`` is never overwritten.
+- ``finish`` (running → succeeded | failed): the terminal document, written together with the
+  removal of the job from the queue (its record, try counter, lease and route), so that no
+  redelivery can run it again once its result is stored; a failed job's id joins the failed set and
+  its request is kept for ``Producer.retry``; a streamed job's stream gets its ``done`` entry.
+- ``defer`` (running → queued): the document queued again and the job out of the lease set, into
+  the delayed set for a wait or back in line at its place, the try kept (a retry after its backoff)
+  or given back (a shutdown, a rate-limit budget too far away).
+- ``ack``: let go of a job that ended without a result of this attempt's (a cancel).
+
+A document ``Producer.cancel`` marked ``cancelled`` is never overwritten: ``finish`` and ``defer``
+hand it back instead, and let go of the job. Which outcome takes which step is written in
+:mod:`worker.lifecycle`.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from producer.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import persist
 
-__all__ = ["Finished", "ResultStore"]
+__all__ = ["Finished", "Settle"]
 
-log = get_logger("promptq.store")
+log = get_logger("promptq.settle")
 
 
 class Finished(NamedTuple):
@@ -42,31 +45,16 @@ class Finished(NamedTuple):
     """The job ended with this finish (False: its document was terminal already, or cancelled)."""
 
 
-class ResultStore:
+class Settle:
+    """The three steps an attempt can end in, each one script call (riding out a short Redis outage)."""
+
     def __init__(self, redis: Redis, result_ttl_s: int, min_replicas: int = 0, replica_timeout_ms: int = 1000) -> None:
         self.redis = redis
         self.result_ttl_ms = result_ttl_s * 1000
         self.min_replicas, self.replica_timeout_ms = min_replicas, replica_timeout_ms
-        self._requeue = redis.register_script(script("requeue").source)
-        self._release = redis.register_script(script("release").source)
         self._finish = redis.register_script(script("finish").source)
-
-    async def requeue(self, queued: JobResult) -> JobResult | None:
-        """Mark the job queued again (a retry waits); a terminal document is left alone (and returned)."""
-        keys, args = script("requeue").bind(
-            doc=result_key(queued.job_id), doc_json=queued.to_json(), ttl_ms=self.result_ttl_ms
-        )
-        return _parse(await persist(lambda: self._requeue(keys=keys, args=args)))
-
-    async def release(self, queued: JobResult) -> JobResult | None:
-        """Mark the job queued again after an interrupted attempt and give back arq's try for it."""
-        keys, args = script("release").bind(
-            doc=result_key(queued.job_id),
-            tries=ARQ_RETRY_KEY_PREFIX + queued.job_id,
-            doc_json=queued.to_json(),
-            ttl_ms=self.result_ttl_ms,
-        )
-        return _parse(await persist(lambda: self._release(keys=keys, args=args)))
+        self._defer = redis.register_script(script("defer").source)
+        self._ack = redis.register_script(script("ack").source)
 
     async def finish(self, final: JobResult, *, streamed: bool = False) -> Finished:
         """Write the terminal document and let go of the job; say whether the job ended here, or
@@ -92,6 +80,30 @@ class ResultStore:
         if isinstance(reply, int):
             return Finished(None, ended_here=reply == 1)
         return Finished(_parse(reply), ended_here=False)
+
+    async def defer(self, queued: JobResult, delay_s: float, *, try_spent: bool) -> JobResult | None:
+        """Mark the job queued again and let it wait ``delay_s`` (0: back in line now), keeping or
+        giving back the attempt's try; a job that ended meanwhile is let go of, its terminal document
+        returned."""
+        job_id = queued.job_id
+        keys, args = script("defer").bind(
+            doc=result_key(job_id),
+            record=ARQ_JOB_KEY_PREFIX + job_id,
+            tries=ARQ_RETRY_KEY_PREFIX + job_id,
+            job_id=job_id,
+            doc_json=queued.to_json(),
+            ttl_ms=self.result_ttl_ms,
+            delay_ms=max(0, round(delay_s * 1000)),
+            try_spent="1" if try_spent else "0",
+        )
+        return _parse(await persist(lambda: self._defer(keys=keys, args=args)))
+
+    async def ack(self, job_id: str) -> None:
+        """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""
+        keys, args = script("ack").bind(
+            record=ARQ_JOB_KEY_PREFIX + job_id, tries=ARQ_RETRY_KEY_PREFIX + job_id, job_id=job_id
+        )
+        await persist(lambda: self._ack(keys=keys, args=args))
 
     async def _finish_replicated(self, keys: list[str], args: list[Any], job_id: str) -> Any:
         """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result

@@ -1,0 +1,42 @@
+#!lua flags=allow-oom
+-- defer: a running job's attempt ended without its result and the job waits for another, in one
+-- step: its document goes back to queued, and the job leaves the lease set for the delayed set until
+-- now + delay_ms (Redis time) or, with delay_ms 0, goes back in line at its place at once. The try
+-- stays spent when the attempt counted (a retry after its backoff) and is given back when it did not
+-- (a shutdown interrupted the call; the rate-limit budget was too far away).
+-- A job that ended meanwhile (its document terminal: cancelled; or its record gone) is let go of
+-- instead: its record, try counter, lease and route go, and the stored document is returned.
+-- KEYS[1] doc: the result document
+-- KEYS[2] record: arq's job record
+-- KEYS[3] tries: arq's try counter, which arq raised when it started the attempt
+-- ARGV[1] job_id
+-- ARGV[2] doc_json: the queued document
+-- ARGV[3] ttl_ms: its time to live, if the document has none yet (else the current one is kept)
+-- ARGV[4] delay_ms: how long the job waits (0: back in line now)
+-- ARGV[5] try_spent: '1' keeps arq's try, '0' gives it back
+-- Returns the stored terminal document (the job was let go of), or false.
+--!include status
+--!include clock
+--!include queue
+local id = ARGV[1]
+local stored = false
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  stored = write_unless_terminal(KEYS[1], ARGV[2], ARGV[3])
+  if not stored then
+    if ARGV[5] == '0' and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
+    redis.call('ZREM', LEASES, id)
+    local delay_ms = tonumber(ARGV[4])
+    if delay_ms > 0 then
+      redis.call('ZADD', DELAYED, now_ms() + delay_ms, id)
+    else
+      back_in_line(id)
+    end
+    return false
+  end
+else  -- its record is gone: it ended meanwhile
+  local current = redis.call('GET', KEYS[1])
+  if TERMINAL[status_of(current)] then stored = current end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+unplace(id)
+return stored

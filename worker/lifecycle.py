@@ -1,0 +1,177 @@
+"""A job's lifecycle, written down once: its states, the ways an attempt can end, and the one place
+where each ending is settled in Redis and reported.
+
+The states are the result document's ``status``. Who moves a job from one to another, and how:
+
+=========  ===========  ==============================================  ==================
+from       to           when                                            step (Lua script)
+=========  ===========  ==============================================  ==================
+(none)     queued       ``submit``                                      submit, submit_many
+queued     running      a claim (leased for ``PROMPTQ_LEASE_S``)        claim
+running    succeeded    :class:`Finish`: the call answered              finish
+running    failed       :class:`Finish`: a final error, or no try left  finish
+running    queued       :class:`Backoff`: a retryable error, tries      defer (try spent)
+                        left: waits in the delayed set
+running    queued       :class:`Release`: a shutdown interrupted the    defer (try given back)
+                        call, or the rate-limit budget is too far away
+running    queued       the lease ran out (the worker died, or lost     claim
+                        Redis for longer than a lease)
+queued,    cancelled    ``Producer.cancel``                             cancel
+running
+running    (cancelled)  :class:`EndedElsewhere`: the worker lets go     ack
+failed     queued       ``Producer.retry``                              retry
+=========  ===========  ==============================================  ==================
+
+Every attempt the worker runs ends in exactly one :data:`Outcome`; :func:`end` settles it with the
+one script of its row and reports it once: the metrics, the dashboard's tally, the attempt's span
+and the job's canonical log line (``job.finished``, or ``job.retrying`` / ``job.released``). A
+document a cancel wrote meanwhile is never overwritten: the settle step hands it back and the
+outcome is reported as that cancel. A settle Redis does not take (an outage longer than the
+worker rides out) leaves the job leased: it runs again once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from producer.contract import JobResult
+from worker import tracing
+from worker.llm import LLMError
+from worker.logs import get_logger
+from worker.state import WorkerState
+
+__all__ = ["TERMINAL", "Backoff", "EndedElsewhere", "Finish", "Outcome", "Release", "end"]
+
+log = get_logger("promptq.job")
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+"""States a job does not leave (but for ``Producer.retry`` of a failed one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The attempt settled the job for good: ``result`` is its terminal document."""
+
+    result: JobResult
+    error: LLMError | None = None
+    streamed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """A retryable error with tries left: queued again with the error, waiting ``delay_s``."""
+
+    queued: JobResult
+    error: LLMError
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The attempt ended before its call counted: its try is given back, and the job goes back in line
+    at once (a shutdown) or after ``delay_s`` (rate-limit budget that far away)."""
+
+    queued: JobResult
+    reason: Literal["shutdown", "rate limit"]
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndedElsewhere:
+    """Another party ended the job meanwhile (a cancel): the worker lets go of it."""
+
+    base: JobResult
+    status: str
+
+
+Outcome = Finish | Backoff | Release | EndedElsewhere
+
+
+async def end(state: WorkerState, outcome: Outcome) -> None:
+    """Settle ``outcome`` in Redis (one script, shielded from a cancel), then report it once."""
+    match outcome:
+        case Finish(result, error, streamed):
+            finished = await asyncio.shield(state.settle.finish(result, streamed=streamed))
+            if finished.cancelled is not None:  # cancelled while the call ran: the cancelled document stays
+                cancelled = dataclasses.replace(
+                    finished.cancelled, latency_ms=result.latency_ms, attempts=result.attempts
+                )
+                return _report_finished(state, cancelled, error, counted=False)
+            _report_finished(state, result, error, counted=finished.ended_here)
+        case Backoff(queued, error, delay_s):
+            stored = await asyncio.shield(state.settle.defer(queued, delay_s, try_spent=True))
+            if stored is not None:  # cancelled meanwhile: no retry
+                return _report_ended_elsewhere(state, queued, stored.status)
+            _report_backoff(state, queued, error, delay_s)
+        case Release(queued, reason, delay_s):
+            stored = await asyncio.shield(state.settle.defer(queued, delay_s, try_spent=False))
+            if stored is not None:
+                return _report_ended_elsewhere(state, queued, stored.status)
+            _report_release(queued, reason, delay_s)
+        case EndedElsewhere(base, status):
+            await asyncio.shield(state.settle.ack(base.job_id))
+            _report_ended_elsewhere(state, base, status)
+
+
+def _report_finished(state: WorkerState, final: JobResult, error: LLMError | None, *, counted: bool) -> None:
+    cost = None if final.status == "cancelled" else state.metrics.cost_of(final.model, final.usage)
+    if counted:  # (not a second delivery of a job stored already)
+        state.tally.count(final, cost)
+    usage = final.usage
+    state.metrics.job_ended(final.model, final.status, usage, final.endpoint, cost)
+    tracing.ended(final.status, error.type if error and final.status == "failed" else None)
+    log.info(
+        "job.finished",
+        status=final.status,
+        model=final.model,
+        endpoint=final.endpoint,
+        attempts=final.attempts,
+        latency_ms=final.latency_ms,
+        queued_ms=_queued_ms(final),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        finish_reason=final.finish_reason,
+        error_type=error.type if error else None,
+        status_code=error.status_code if error else None,
+    )
+
+
+def _report_backoff(state: WorkerState, queued: JobResult, error: LLMError, delay_s: float) -> None:
+    state.metrics.retries.labels(queued.model or "", error.type).inc()
+    tracing.event("promptq.retry", **{"error.type": error.type, "promptq.delay_ms": round(delay_s * 1000)})
+    tracing.ended("retrying", error.type)
+    log.info(
+        "job.retrying",
+        error_type=error.type,
+        status_code=error.status_code,
+        delay_ms=round(delay_s * 1000),
+        retry_after_ms=None if error.retry_after_s is None else round(error.retry_after_s * 1000),
+    )
+
+
+def _report_release(queued: JobResult, reason: str, delay_s: float) -> None:
+    if reason == "rate limit":
+        tracing.event("promptq.rate_limit_wait", **{"promptq.defer_ms": round(delay_s * 1000)})
+        tracing.ended("deferred")
+    else:
+        tracing.ended("released")
+    log.info("job.released", reason=reason)
+
+
+def _report_ended_elsewhere(state: WorkerState, base: JobResult, status: str) -> None:
+    """The canonical line for a job whose document another party ended meanwhile (a cancel, which
+    nobody else counts in the metrics; or, rarely, another worker)."""
+    tracing.ended(status)
+    log.info("job.finished", status=status, model=base.model, endpoint=base.endpoint, attempts=base.attempts)
+    if status == "cancelled":
+        state.metrics.job_ended(base.model, status, None, base.endpoint)
+
+
+def _queued_ms(result: JobResult) -> int | None:
+    if result.enqueued_at is None or result.started_at is None:
+        return None
+    return max(0, round((result.started_at - result.enqueued_at) * 1000))

@@ -1,0 +1,47 @@
+"""What every job of one worker process shares (``ctx["promptq"]``), built by ``on_startup``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from worker import llm, tracing
+from worker.config import WorkerConfig
+from worker.lease import Leases
+from worker.limiter import Limiter
+from worker.metrics import Metrics
+from worker.presence import Presence
+from worker.queue import JobQueue
+from worker.settle import Settle
+from worker.streams import Streams
+from worker.tally import Tally
+from worker.wake import WakeListener
+
+__all__ = ["WorkerState"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One worker's settings, clients and helpers, shared by its jobs and its loop."""
+
+    config: WorkerConfig
+    clients: llm.Clients
+    queue: JobQueue
+    settle: Settle
+    leases: Leases
+    wake: WakeListener
+    limiter: Limiter
+    streams: Streams
+    metrics: Metrics
+    presence: Presence
+    tally: Tally
+    tracing: tracing.Tracing
+
+    @property
+    def wake_event(self) -> asyncio.Event:
+        """Set by a submit (``worker.wake``) or a freed slot: the poll loop looks at the queue at once."""
+        return self.wake.event
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self.config.shutdown_grace_s
