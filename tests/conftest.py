@@ -67,16 +67,31 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+_STARTED_SIMULATORS: list[Simulator] = []
+"""The session's simulator once started: every test then begins with it reset (``_fresh_simulator``)."""
+
+
 @pytest.fixture(scope="session")
 def sim_process() -> Iterator[Simulator]:
     with Simulator() as sim:
+        _STARTED_SIMULATORS.append(sim)
         yield sim
+        _STARTED_SIMULATORS.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_simulator() -> None:
+    """Every test starts with the shared simulator at its defaults, whether it asks for ``sim`` or only
+    uses it through a module's worker: knobs a test before it left set (a hang rate, an error rate)
+    must not decide how a later test's jobs end, whatever order the tests run in."""
+    for started in _STARTED_SIMULATORS:
+        started.reset()
 
 
 @pytest.fixture
 def sim(sim_process: Simulator) -> Simulator:
-    """The simulator with default knobs (echo replies, no latency, no faults) and zeroed counters."""
-    sim_process.reset()
+    """The simulator with default knobs (echo replies, no latency, no faults) and zeroed counters
+    (``_fresh_simulator`` reset it; one started for this test is fresh)."""
     return sim_process
 
 

@@ -84,7 +84,7 @@ def test_one_trace_runs_from_the_callers_span_through_the_job_to_the_llm_call(
     assert doc["status"] == "succeeded"
     spans = receiver.wait_for(lambda got: len(of_job(got, doc["job_id"])) == 2)
     [process, llm] = of_job(spans, doc["job_id"])
-    [root] = [s for s in spans if s.name == "caller" and s.service == "caller"]
+    [root] = [s for s in spans if s.name == "caller" and s.service == "caller" and s.span_id == caller["span_id"]]
 
     assert process.trace_id == llm.trace_id == root.trace_id == caller["trace_id"]  # one trace
     assert process.parent_id == root.span_id and process.links == [(root.trace_id, root.span_id)]
