@@ -10,6 +10,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY promptq_core ./promptq_core
 COPY producer ./producer
 COPY worker ./worker
 COPY sim ./sim

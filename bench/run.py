@@ -26,7 +26,7 @@ import redis
 
 from devtools.stack import ROOT, RedisServer, Simulator, Worker
 from producer import Producer
-from producer.contract import DELAYED_SET, LEASE_SET, LEVELS_KEY
+from promptq_core.contract import DELAYED_SET, LEASE_SET, LEVELS_KEY
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

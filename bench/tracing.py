@@ -32,8 +32,8 @@ OFF_PATH = """
 import os, timeit
 for name in [n for n in os.environ if n.startswith("OTEL_") or n == "PROMPTQ_OTEL"]:
     del os.environ[name]
-from producer.contract import JobResult
-from producer.validation import PromptJob
+from promptq_core.contract import JobResult
+from promptq_core.validation import PromptJob
 from worker import tracing
 from worker.llm import Completion
 

@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 
 from devtools.stack import ROOT, Api, RedisServer, Simulator, Worker
 from producer import Producer, ProducerConfig
-from producer.contract import dumps
+from promptq_core.contract import dumps
 
 PRICES = json.dumps({"gpt-4o-mini": {"input": 0.15, "output": 0.6}})
 

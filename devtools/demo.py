@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from devtools.stack import Simulator, Worker, redis_url_for
 from producer import JobResult, Producer
-from producer.contract import DEFAULT_REDIS_URL
+from promptq_core.contract import DEFAULT_REDIS_URL
 
 PROMPTS = [
     "What is the capital of Vietnam?",

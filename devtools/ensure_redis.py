@@ -8,7 +8,7 @@ import sys
 
 from devtools.apt import apt_install
 from devtools.stack import NO_REDIS_HELP, redis_answers
-from producer.contract import DEFAULT_REDIS_URL
+from promptq_core.contract import DEFAULT_REDIS_URL
 
 
 def main() -> int:

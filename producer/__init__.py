@@ -2,7 +2,7 @@
 
     from producer import Producer, SyncProducer, JobResult
 
-It never imports openai or the worker. Its names load on first use, so that ``producer.contract``
+It never imports openai or the worker. Its names load on first use, so that ``promptq_core.contract``
 (the key names and the result document, standard library only, which the worker imports too)
 loads without the client or redis-py.
 """
@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from producer.client import Producer
-    from producer.contract import JobError, JobResult, Usage
-    from producer.env import ConfigError
     from producer.overview import Overview
     from producer.sync_client import SyncProducer
     from producer.types import (
@@ -30,16 +28,18 @@ if TYPE_CHECKING:
         RetryRefusedError,
         StreamEvent,
     )
-    from producer.validation import InvalidJobError
+    from promptq_core.contract import JobError, JobResult, Usage
+    from promptq_core.env import ConfigError
+    from promptq_core.validation import InvalidJobError
 
 _HOME = {
     "Cancellation": "producer.types",
-    "ConfigError": "producer.env",
+    "ConfigError": "promptq_core.env",
     "EvictionPolicyError": "producer.types",
-    "InvalidJobError": "producer.validation",
-    "JobError": "producer.contract",
+    "InvalidJobError": "promptq_core.validation",
+    "JobError": "promptq_core.contract",
     "JobNotFoundError": "producer.types",
-    "JobResult": "producer.contract",
+    "JobResult": "promptq_core.contract",
     "NotReplicatedError": "producer.types",
     "Overview": "producer.overview",
     "Producer": "producer.client",
@@ -50,7 +50,7 @@ _HOME = {
     "RetryRefusedError": "producer.types",
     "StreamEvent": "producer.types",
     "SyncProducer": "producer.sync_client",
-    "Usage": "producer.contract",
+    "Usage": "promptq_core.contract",
 }
 
 __all__ = [

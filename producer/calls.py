@@ -13,7 +13,15 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from producer.contract import (
+from producer.types import (
+    Cancellation,
+    EvictionPolicyError,
+    NotReplicatedError,
+    ProducerConfig,
+    QueueUnavailableError,
+    RetryRefusedError,
+)
+from promptq_core.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
     FAILED_JOB_KEY_PREFIX,
@@ -25,19 +33,11 @@ from producer.contract import (
     result_key,
     stream_key,
 )
-from producer.env import redact_url
-from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
-from producer.scripts import Value, script
-from producer.tracing import current_trace
-from producer.types import (
-    Cancellation,
-    EvictionPolicyError,
-    NotReplicatedError,
-    ProducerConfig,
-    QueueUnavailableError,
-    RetryRefusedError,
-)
-from producer.validation import InvalidJobError, PromptJob
+from promptq_core.env import redact_url
+from promptq_core.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
+from promptq_core.scripts import Value, script
+from promptq_core.tracing import current_trace
+from promptq_core.validation import InvalidJobError, PromptJob
 
 __all__ = ["SUBMIT_CHUNK", "Calls", "config_of"]
 

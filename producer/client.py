@@ -17,16 +17,16 @@ import redis.asyncio
 
 from producer import core
 from producer.calls import Calls, config_of
-from producer.connect import async_client
-from producer.contract import JobResult
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
-from producer.guard import read_facts
 from producer.notify import DoneWatcher
 from producer.overview import Overview
-from producer.scripts import script
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
+from promptq_core.connect import async_client
+from promptq_core.contract import JobResult
+from promptq_core.guard import read_facts
+from promptq_core.scripts import script
 
 __all__ = ["Producer"]
 

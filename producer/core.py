@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from producer.calls import Call, Calls
-from producer.contract import FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
 from producer.notify import FALLBACK_POLL_S
 from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINUTES, SCAN_MAX, Overview
-from producer.scripts import Value, script
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, JobNotFoundError, QueueDepths, RetryRefusedError, StreamEvent
-from producer.validation import valid_batch_name
+from promptq_core.contract import FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
+from promptq_core.scripts import Value, script
+from promptq_core.validation import valid_batch_name
 
 __all__ = [
     "CANCEL_ATTEMPTS",
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths", "overview", "open_batch")
-"""The Lua scripts a producer runs (``producer/lua/``), registered once per producer."""
+"""The Lua scripts a producer runs (``producer/lua/``, and ``depths`` from the core), registered once per producer."""
 CANCEL_ATTEMPTS = 20
 """Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
 DEFAULT_WAIT_TIMEOUT_S = 60.0
@@ -81,7 +81,7 @@ class Script:
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    """What the eviction guard needs to know of this Redis (``producer.guard.RedisFacts``)."""
+    """What the eviction guard needs to know of this Redis (``promptq_core.guard.RedisFacts``)."""
 
 
 Step = Command | Script | Facts
@@ -95,7 +95,7 @@ def parse(raw: bytes | str | None) -> JobResult | None:
 
 # -- writes ---------------------------------------------------------------------------------------
 def _checked(calls: Calls) -> Op[None]:
-    """Once, before a producer's first write: is this Redis safe to write to (``producer.guard``)?"""
+    """Once, before a producer's first write: is this Redis safe to write to (``promptq_core.guard``)?"""
     if not calls.checked:
         calls.check((yield Facts()))
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import redis
 
-from producer.env import redact_url
 from producer.types import QueueFullError, QueueUnavailableError
+from promptq_core.env import redact_url
 
 __all__ = ["redis_errors"]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import redis.asyncio
 
-from producer.background import REDIS_TROUBLE, Background
-from producer.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel, result_key
+from promptq_core.background import REDIS_TROUBLE, Background
+from promptq_core.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel, result_key
 
 __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from producer.contract import STATS_OTHER_MODEL, WORKER_BEAT_S, JobResult, latency_bucket_bounds, loads
+from promptq_core.contract import STATS_OTHER_MODEL, WORKER_BEAT_S, JobResult, latency_bucket_bounds, loads
 
 __all__ = ["OVERVIEW_MINUTES", "Overview", "quantile_ms"]
 

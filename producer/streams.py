@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.contract import JobResult, result_key, stream_key
 from producer.types import JobNotFoundError, StreamEvent
+from promptq_core.contract import JobResult, result_key, stream_key
 
 __all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor"]
 

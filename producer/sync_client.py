@@ -13,16 +13,16 @@ import redis
 
 from producer import core
 from producer.calls import Calls, config_of
-from producer.connect import sync_client
-from producer.contract import JobResult, done_channel
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
-from producer.guard import read_facts_sync
 from producer.notify import published_result
 from producer.overview import Overview
-from producer.scripts import script
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
+from promptq_core.connect import sync_client
+from promptq_core.contract import JobResult, done_channel
+from promptq_core.guard import read_facts_sync
+from promptq_core.scripts import script
 
 __all__ = ["SyncProducer"]
 

@@ -1,9 +1,11 @@
 """The client library's public types, in one place: its settings (``ProducerConfig``), what its
 methods answer (``QueueDepths``, ``Cancellation``, ``StreamEvent``) and what they raise.
 
-The result document (``JobResult``, ``Usage``, ``JobError``) lives in ``producer.contract``, which
-the worker shares; ``InvalidJobError`` beside the checks that raise it (``producer.validation``),
-``ConfigError`` beside the environment's readers (``producer.env``). ``producer`` exports them all.
+The result document (``JobResult``, ``Usage``, ``JobError``) lives in ``promptq_core.contract``, which
+the worker shares, and ``QueueDepths`` (what the queue's ``depths`` script answers, which the worker's
+metrics read too) in ``promptq_core.depths``; ``InvalidJobError`` beside the checks that raise it
+(``promptq_core.validation``), ``ConfigError`` beside the environment's readers
+(``promptq_core.env``). ``producer`` exports them all.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S, JobResult
-from producer.env import env_flag, env_int, env_redis_url
-from producer.guard import ALLOW_EVICTION_ENV
+from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S, JobResult
+from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
+from promptq_core.env import env_flag, env_int, env_redis_url
+from promptq_core.guard import ALLOW_EVICTION_ENV
 
 __all__ = [
     "DEFAULT_REPLICA_TIMEOUT_MS",
@@ -75,64 +78,6 @@ class Cancellation:
         if self.result is None:
             return f"no job {self.job_id!r} (never submitted, or its result expired): nothing to cancel"
         return f"job {self.job_id!r} already {self.result.status}: nothing to cancel"
-
-
-DEPTHS_KEYS_MAX = 1_000
-"""Fairness keys ``depths`` looks at per priority, at most (``QueueDepths.truncated`` says when more)."""
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepths:
-    """How many jobs wait where, fleet-wide (``Producer.depths``)."""
-
-    ready: dict[int, dict[str, int]]
-    """Jobs ready to run, per priority, per fairness key."""
-    running: int
-    """Jobs claimed by a worker (leased)."""
-    deferred: int
-    """Jobs waiting for a retry."""
-    failed: int
-    """Failed jobs indexed for ``failed()`` and ``retry()``."""
-    legacy: int = 0
-    """Jobs still in the queue of promptq 0.1 (a worker moves them over)."""
-    truncated: bool = False
-    """A priority had more than ``DEPTHS_KEYS_MAX`` fairness keys: ``ready`` lists that many only."""
-
-    @property
-    def waiting(self) -> int:
-        """Jobs ready to run, all priorities."""
-        return sum(self.by_priority.values()) + self.legacy
-
-    @property
-    def by_priority(self) -> dict[int, int]:
-        return {priority: sum(keys.values()) for priority, keys in self.ready.items()}
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> QueueDepths:
-        """From the ``depths`` script's reply."""
-        running, deferred, legacy, failed, *levels = reply
-        ready: dict[int, dict[str, int]] = {}
-        truncated = False
-        for level in levels:
-            priority, _, cut, *pairs = level
-            truncated = truncated or bool(int(cut))
-            ready[int(priority)] = {_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
-        return cls(ready, int(running), int(deferred), int(failed), int(legacy), truncated)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "waiting": self.waiting,
-            "running": self.running,
-            "deferred": self.deferred,
-            "failed": self.failed,
-            "legacy": self.legacy,
-            "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
-            "truncated": self.truncated,
-        }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RetryRefusedError(ValueError):

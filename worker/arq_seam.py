@@ -41,7 +41,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from producer.contract import JOB_FUNCTION
+from promptq_core.contract import JOB_FUNCTION
 from worker.lease import Leases
 from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat

@@ -7,9 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from producer import tracing
-from producer.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
-from producer.env import (
+from promptq_core import tracing
+from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
+from promptq_core.env import (
     ConfigError,
     env_choice,
     env_flag,
@@ -19,8 +19,8 @@ from producer.env import (
     env_redis_url,
     env_str,
 )
-from producer.prices import Price, prices_from_env
-from producer.validation import InvalidJobError, check_fairness_key
+from promptq_core.prices import Price, prices_from_env
+from promptq_core.validation import InvalidJobError, check_fairness_key
 
 __all__ = [
     "ENV_NAMES",

@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from producer.contract import JobResult
-from producer.validation import InvalidJobError, PromptJob
+from promptq_core.contract import JobResult
+from promptq_core.validation import InvalidJobError, PromptJob
 from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE
 from worker.config import WorkerConfig

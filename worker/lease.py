@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
-from producer.background import Background, repeat
+from promptq_core.background import Background, repeat
 from worker.logs import get_logger
 from worker.queue import JobQueue
 

@@ -37,7 +37,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from producer.contract import JobResult
+from promptq_core.contract import JobResult
 from worker import tracing
 from worker.llm import LLMError
 from worker.logs import get_logger

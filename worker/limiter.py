@@ -13,8 +13,8 @@ After the call, the estimate is settled against the real ``usage``. A 429 from t
 response saying the server's budget is spent, sets a shared cool-down, so every worker pauses
 instead of each finding out alone.
 
-Keys: ``producer.contract.limit_keys`` (theoretical arrival times, ms, and the cool-down); the
-scripts: ``producer/lua/limit_*.lua``. With ``PROMPTQ_LIMIT_SCOPE=process`` each worker process
+Keys: ``promptq_core.contract.limit_keys`` (theoretical arrival times, ms, and the cool-down); the
+scripts: ``worker/lua/limit_*.lua``. With ``PROMPTQ_LIMIT_SCOPE=process`` each worker process
 keeps its own keys (for workers that each have an API key of their own).
 """
 
@@ -31,9 +31,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from producer.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit_keys
-from producer.scripts import script
-from producer.validation import PromptJob, embedding_inputs
+from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit_keys
+from promptq_core.scripts import script
+from promptq_core.validation import PromptJob, embedding_inputs
 from worker.config import Limit
 from worker.redis_conn import persist
 from worker.retry import parse_duration_s

@@ -13,7 +13,7 @@ Two choices here are for speed, each measured (see the README's Speed section):
 - A plain request is sent with the client's ``post`` and its JSON read here, rather than through
   ``chat.completions.create``: the typed method walks its parameter annotations over every message
   to build the body and builds pydantic models of the reply, about 1.3 ms a call on the development
-  machine. The body is already plain JSON, checked by ``producer.validation``, and the result keeps
+  machine. The body is already plain JSON, checked by ``promptq_core.validation``, and the result keeps
   three fields. ``post`` is the same request path (authentication, headers, timeouts, the same
   ``APIStatusError`` for an error status). Streamed requests use the typed method.
 """
@@ -30,8 +30,8 @@ from typing import Any
 import httpx2
 import openai
 
-from producer.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
-from producer.validation import PromptJob, embedding_inputs
+from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
+from promptq_core.validation import PromptJob, embedding_inputs
 from worker.config import WorkerConfig
 from worker.retry import retry_after_s
 
@@ -83,7 +83,7 @@ class Completion:
     output: list[Any] | None = None
     """A response's output items."""
     embeddings: list[Any] | None = None
-    """An embeddings answer's vectors, base64 float32 (``producer.contract.encode_vector``)."""
+    """An embeddings answer's vectors, base64 float32 (``promptq_core.contract.encode_vector``)."""
     response_model: str | None = None
     """The model that answered, as the API names it (for traces)."""
     response_id: str | None = None

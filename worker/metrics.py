@@ -30,11 +30,11 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
 
-from producer.background import Background, repeat
-from producer.contract import CHAT_ENDPOINT, PRIORITIES, Usage
-from producer.prices import Price, cost_usd
-from producer.scripts import script
-from producer.types import DEPTHS_KEYS_MAX, QueueDepths
+from promptq_core.background import Background, repeat
+from promptq_core.contract import CHAT_ENDPOINT, PRIORITIES, Usage
+from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
+from promptq_core.prices import Price, cost_usd
+from promptq_core.scripts import script
 from worker.logs import get_logger
 
 __all__ = ["Metrics", "heartbeat"]

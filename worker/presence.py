@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from producer.background import Background, repeat
-from producer.contract import WORKER_BEAT_S, WORKER_FORGET_S, WORKERS_KEY, WORKERS_SEEN_KEY, dumps
-from producer.scripts import script
+from promptq_core.background import Background, repeat
+from promptq_core.contract import WORKER_BEAT_S, WORKER_FORGET_S, WORKERS_KEY, WORKERS_SEEN_KEY, dumps
+from promptq_core.scripts import script
 from worker.logs import get_logger
 
 __all__ = ["Presence"]

@@ -6,7 +6,7 @@ key more turns). A claimed job moves to the lease set, scored by when its lease 
 running it renews the lease every third of ``PROMPTQ_LEASE_S`` (``worker.lease``), and a claim puts
 a job whose lease ran out back in line, and a deferred job (a retry) whose time has come. Running
 and waiting jobs are never in a claim's way: each claim costs O(log n) per job it takes, however
-many run. The scripts are ``producer/lua/claim.lua``, ``renew.lua`` and ``pending.lua``; how a job
+many run. The scripts are ``worker/lua/claim.lua``, ``renew.lua`` and ``pending.lua``; how a job
 leaves the lease set when its attempt ends is ``worker.settle``'s.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from producer.contract import dumps
-from producer.scripts import script
+from promptq_core.contract import dumps
+from promptq_core.scripts import script
 from worker.logs import get_logger
 
 __all__ = ["RETURN_STEP", "Claimed", "JobQueue"]

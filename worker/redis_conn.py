@@ -27,9 +27,9 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from producer.connect import async_sentinel, parse_sentinel, sync_client
-from producer.env import ConfigError, redact_url
-from producer.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, read_facts_sync, version_problem
+from promptq_core.connect import async_sentinel, parse_sentinel, sync_client
+from promptq_core.env import ConfigError, redact_url
+from promptq_core.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, read_facts_sync, version_problem
 from worker.logs import get_logger
 
 __all__ = [

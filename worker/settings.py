@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from producer import tracing as producer_tracing
-from producer.contract import JOB_FUNCTION, LEGACY_QUEUE
-from producer.env import ConfigError, redact_url
-from producer.guard import read_facts
+from promptq_core import tracing as core_tracing
+from promptq_core.contract import JOB_FUNCTION, LEGACY_QUEUE
+from promptq_core.env import ConfigError, redact_url
+from promptq_core.guard import read_facts
 from worker import arq_seam, llm
 from worker.arq_seam import (
     CTX_CONFIG,
@@ -64,7 +64,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         )
     if not ctx.get(CTX_CHECKED):  # Redis was away when the settings were made: check it now
         check_facts(await read_facts(ctx["redis"]), config.redis_url, config.allow_eviction)
-    producer_tracing.setup("promptq-worker", on=config.traces)
+    core_tracing.setup("promptq-worker", on=config.traces)
     queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model)
     leases = Leases(queue, config.lease_s)
     leases.start()
@@ -109,7 +109,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.presence.stop()
         await state.tally.stop()
         await state.clients.aclose()
-    producer_tracing.shutdown()  # the spans not yet sent go now
+    core_tracing.shutdown()  # the spans not yet sent go now
     log.info("worker.stopped")
 
 

@@ -1,4 +1,4 @@
-"""How an attempt's end reaches Redis: one Lua script per transition (``producer/lua``), registered once.
+"""How an attempt's end reaches Redis: one Lua script per transition (``worker/lua``), registered once.
 
 - ``finish`` (running → succeeded | failed): the terminal document, written together with the
   removal of the job from the queue (its record, try counter, lease and route), so that no
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from producer.contract import (
+from promptq_core.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
     FAILED_JOB_KEY_PREFIX,
@@ -29,7 +29,7 @@ from producer.contract import (
     result_key,
     stream_key,
 )
-from producer.scripts import script
+from promptq_core.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import persist
 

@@ -1,6 +1,6 @@
 """A streamed job's events, written to ``promptq:stream:{job_id}`` as the API sends its deltas.
 
-The entries are the contract's (``producer.contract.STREAM_KEY_PREFIX``): ``delta`` entries while
+The entries are the contract's (``promptq_core.contract.STREAM_KEY_PREFIX``): ``delta`` entries while
 the answer arrives, a ``restart`` entry when a later attempt begins after an earlier one wrote
 to the stream (a reader drops the text it had), and the ``done`` entry, which ``Settle.finish``
 writes together with the result document. The stream lives as long as the result.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from producer.contract import STREAM_MAXLEN, stream_key
-from producer.scripts import script
+from promptq_core.contract import STREAM_MAXLEN, stream_key
+from promptq_core.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import persist
 

@@ -17,9 +17,9 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from producer.background import REDIS_TROUBLE, Background, repeat
-from producer.contract import STATS_KEEP_S, JobResult, batch_of, dumps, latency_bucket
-from producer.scripts import script
+from promptq_core.background import REDIS_TROUBLE, Background, repeat
+from promptq_core.contract import STATS_KEEP_S, JobResult, batch_of, dumps, latency_bucket
+from promptq_core.scripts import script
 from worker.logs import get_logger
 
 __all__ = ["ROLL_UP_EVERY_S", "Tally"]

@@ -1,4 +1,4 @@
-"""The worker's spans (traces on: see ``producer.tracing``; off, every call here is a no-op that
+"""The worker's spans (traces on: see ``promptq_core.tracing``; off, every call here is a no-op that
 imports nothing).
 
 Each attempt at a job is a ``promptq.process`` span (kind CONSUMER, per the messaging conventions),
@@ -20,8 +20,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from producer.contract import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, JobResult, dumps
-from producer.validation import PromptJob
+from promptq_core.contract import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, JobResult, dumps
+from promptq_core.validation import PromptJob
 from worker.llm import Completion, LLMError
 
 __all__ = ["Tracing", "ended", "event"]

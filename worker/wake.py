@@ -17,8 +17,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from producer.background import REDIS_TROUBLE, Background, repeat
-from producer.contract import CANCEL_CHANNEL, WAKE_CHANNEL
+from promptq_core.background import REDIS_TROUBLE, Background, repeat
+from promptq_core.contract import CANCEL_CHANNEL, WAKE_CHANNEL
 from worker.logs import get_logger
 
 __all__ = ["WakeListener"]

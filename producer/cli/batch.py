@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.calls import Calls
-from producer.contract import (
+from promptq_core.contract import (
     CHAT_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
@@ -24,8 +24,8 @@ from producer.contract import (
     JobResult,
     dumps,
 )
-from producer.prices import Price, cost_usd
-from producer.validation import JOB_ID_RE, InvalidJobError, valid_batch_name
+from promptq_core.prices import Price, cost_usd
+from promptq_core.validation import JOB_ID_RE, InvalidJobError, valid_batch_name
 
 __all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_batch_name"]
 

@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from producer import tracing
 from producer.calls import Calls
 from producer.cli.batch import Progress, manifest_items, output_line, parse_jsonl, valid_batch_name
-from producer.env import ConfigError
 from producer.errors import redis_errors
-from producer.prices import prices_from_env
 from producer.sync_client import SyncProducer
 from producer.types import ProducerConfig, QueueDepths, QueueUnavailableError
-from producer.validation import InvalidJobError, check_fairness_key, check_priority
+from promptq_core import tracing
+from promptq_core.env import ConfigError
+from promptq_core.prices import prices_from_env
+from promptq_core.validation import InvalidJobError, check_fairness_key, check_priority
 
 __all__ = ["main"]
 

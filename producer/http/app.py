@@ -43,11 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer import tracing
 from producer.cli.batch import manifest_items
 from producer.client import Producer
-from producer.contract import BATCH_NAME_RE, FAIRNESS_KEY_MAX_BYTES, JobResult, dumps
-from producer.env import env_float, env_int
 from producer.types import (
     JobNotFoundError,
     ProducerConfig,
@@ -56,7 +53,10 @@ from producer.types import (
     RetryRefusedError,
     StreamEvent,
 )
-from producer.validation import JOB_ID_RE, InvalidJobError
+from promptq_core import tracing
+from promptq_core.contract import BATCH_NAME_RE, FAIRNESS_KEY_MAX_BYTES, JobResult, dumps
+from promptq_core.env import env_float, env_int
+from promptq_core.validation import JOB_ID_RE, InvalidJobError
 
 __all__ = ["app", "create_app"]
 

@@ -13,7 +13,7 @@ import redis
 
 from devtools.stack import RedisServer, SentinelSet, Simulator, Worker, wait_until
 from producer import ProducerConfig, QueueUnavailableError, SyncProducer
-from producer.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, result_key
+from promptq_core.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, result_key
 from tests.faults.conftest import record, wait_all, worker_env
 
 # each scenario waits for its jobs with its own bound; pytest's per-test limit sits above them all

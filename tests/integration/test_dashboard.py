@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, Page
 
 from devtools.stack import Api, Simulator
 from producer import ProducerConfig, SyncProducer
-from producer.contract import dumps
+from promptq_core.contract import dumps
 from tests.conftest import worker_env
 from tests.integration.test_page import serving
 

@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import InvalidJobError, Producer
-from producer.contract import result_key
+from promptq_core.contract import result_key
 from tests.conftest import run_burst
 from worker.config import WorkerConfig
 

@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator, free_port
 from producer import Producer, QueueUnavailableError, RetryRefusedError, SyncProducer
-from producer.contract import ARQ_RETRY_KEY_PREFIX, FAILED_JOB_KEY_PREFIX, LEASE_SET
+from promptq_core.contract import ARQ_RETRY_KEY_PREFIX, FAILED_JOB_KEY_PREFIX, LEASE_SET
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 

@@ -17,7 +17,7 @@ import pytest
 
 from devtools.stack import ROOT, Api, Simulator, Worker, free_port
 from producer import ProducerConfig, SyncProducer
-from producer.contract import decode_vector
+from promptq_core.contract import decode_vector
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.process

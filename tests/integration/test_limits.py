@@ -13,7 +13,7 @@ import redis.asyncio
 
 from devtools.stack import Simulator, Worker
 from producer import Producer, SyncProducer
-from producer.validation import PromptJob
+from promptq_core.validation import PromptJob
 from tests.conftest import run_burst, worker_env
 from worker.config import ConfigError, Limit, WorkerConfig, limits_from_env
 from worker.limiter import (

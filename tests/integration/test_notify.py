@@ -15,7 +15,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import JobResult, Producer, SyncProducer
-from producer.contract import WAKE_CHANNEL, done_channel, result_key
+from promptq_core.contract import WAKE_CHANNEL, done_channel, result_key
 from tests.conftest import start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.settle import Settle

@@ -14,9 +14,9 @@ import redis.asyncio
 
 from devtools.stack import Simulator, free_port
 from producer import Producer
-from producer.contract import STATS_KEY_PREFIX, WORKERS_KEY, JobResult, Usage, dumps, latency_bucket
 from producer.overview import quantile_ms
-from producer.prices import Price
+from promptq_core.contract import STATS_KEY_PREFIX, WORKERS_KEY, JobResult, Usage, dumps, latency_bucket
+from promptq_core.prices import Price
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.queue import JobQueue

@@ -1,4 +1,4 @@
-"""The queue (producer/lua, worker.queue): priorities, fairness keys taking turns, leases, deferred
+"""The queue (worker/lua, worker.queue): priorities, fairness keys taking turns, leases, deferred
 retries, the legacy queue, and a claim whose cost does not grow with the jobs running."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import redis.asyncio
 
 from devtools.stack import Simulator
 from producer import Producer, SyncProducer
-from producer.contract import (
+from promptq_core.contract import (
     ARQ_IN_PROGRESS_KEY_PREFIX,
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
@@ -31,7 +31,7 @@ from producer.contract import (
     result_key,
     stream_key,
 )
-from producer.scripts import script
+from promptq_core.scripts import script
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker import arq_seam
 from worker.config import WorkerConfig

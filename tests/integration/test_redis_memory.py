@@ -22,8 +22,8 @@ import redis
 from devtools.stack import ROOT, Api, RedisServer, Simulator
 from producer import EvictionPolicyError, Producer, ProducerConfig, QueueFullError, SyncProducer
 from producer.cli import main as promptq
-from producer.contract import ARQ_JOB_KEY_PREFIX, LEASE_SET, RESULT_KEY_PREFIX, ROUTES_KEY, ready_key
-from producer.env import ConfigError
+from promptq_core.contract import ARQ_JOB_KEY_PREFIX, LEASE_SET, RESULT_KEY_PREFIX, ROUTES_KEY, ready_key
+from promptq_core.env import ConfigError
 from tests.conftest import run_burst, start_worker, stop_worker, worker_env
 from worker.config import WorkerConfig
 

@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import Producer, StreamEvent, SyncProducer
-from producer.contract import ARQ_JOB_KEY_PREFIX, ROUTES_KEY, result_key, stream_key
+from promptq_core.contract import ARQ_JOB_KEY_PREFIX, ROUTES_KEY, result_key, stream_key
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 

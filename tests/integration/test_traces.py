@@ -28,7 +28,8 @@ SECRET = "the launch code is 0000-tango"
 CALLER = """
 import json, sys
 from opentelemetry import trace
-from producer import SyncProducer, tracing
+from producer import SyncProducer
+from promptq_core import tracing
 
 tracing.setup("caller")
 with SyncProducer() as p:

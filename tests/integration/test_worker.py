@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import Producer
-from producer.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, encode_job, result_key
+from promptq_core.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, encode_job, result_key
 from tests.conftest import make_worker, run_burst
 from worker.config import WorkerConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.contract import Usage, decode_vector, encode_vector
+from promptq_core.contract import Usage, decode_vector, encode_vector
 from worker.llm import LLMError, _body, _embeddings, _response
 
 

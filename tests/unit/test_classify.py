@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.contract import Usage
+from promptq_core.contract import Usage
 from worker.llm import LLMError, _completion, classify
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from producer.cli.batch import Progress, output_line
 from producer.cli.commands import _bar
-from producer.contract import JobError, JobResult
+from promptq_core.contract import JobError, JobResult
 
 
 def test_the_progress_bar_shows_counts_rate_tokens_and_eta() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from producer import ProducerConfig
-from producer.env import ConfigError, redact_url
+from promptq_core.env import ConfigError, redact_url
 from worker.config import UNUSED_API_KEY, WorkerConfig
 
 BASE = {"OPENAI_API_KEY": "sk-x"}
@@ -95,8 +95,8 @@ def test_redis_urls_carry_tls_credentials_and_database_to_arq() -> None:
 
 
 def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> None:
-    from producer.connect import parse_sentinel
-    from producer.env import env_redis_url
+    from promptq_core.connect import parse_sentinel
+    from promptq_core.env import env_redis_url
 
     url = "redis+sentinel://app:s3cret@10.0.0.1:26379,10.0.0.2,10.0.0.3:26380/queue/2"
     target = parse_sentinel(url, {"PROMPTQ_SENTINEL_PASSWORD": "watch"})
@@ -118,8 +118,8 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> No
 
 
 def test_prices_take_input_and_output_or_input_alone_for_an_embedding_model() -> None:
-    from producer.contract import Usage
-    from producer.prices import cost_usd, prices_from_env
+    from promptq_core.contract import Usage
+    from promptq_core.prices import cost_usd, prices_from_env
 
     table = '{"gpt-4o-mini": {"input": 0.15, "output": 0.6}, "text-embedding-3-small": {"input": 0.02}}'
     prices = prices_from_env({"PROMPTQ_PRICES": table})

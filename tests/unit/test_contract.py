@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from arq.jobs import deserialize_job_raw
 
-from producer.contract import (
+from promptq_core.contract import (
     EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
     JOB_FUNCTION,
@@ -96,7 +96,7 @@ def test_job_record_is_json_that_arq_reads() -> None:
 def test_to_doc_matches_asdict_field_for_field() -> None:
     import dataclasses
 
-    from producer.contract import JobError
+    from promptq_core.contract import JobError
 
     full = JobResult(
         job_id="j",
@@ -121,7 +121,7 @@ def test_to_doc_matches_asdict_field_for_field() -> None:
 
 
 def test_the_queued_document_template_matches_the_result_document() -> None:
-    from producer.contract import queued_doc
+    from promptq_core.contract import queued_doc
 
     for job_id, model, metadata, at in [
         ("a", "gpt-4o-mini", None, 1.5),

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from producer.contract import STATUSES, JobResult
-from producer.validation import EMBEDDINGS_PARAMS, PASS_THROUGH_PARAMS, RESPONSES_PARAMS
+from promptq_core.contract import STATUSES, JobResult
+from promptq_core.validation import EMBEDDINGS_PARAMS, PASS_THROUGH_PARAMS, RESPONSES_PARAMS
 from worker.config import ENV_NAMES
 from worker.llm import STATUS_CLASSES
 

@@ -13,7 +13,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OWN = {"producer", "worker", "sim", "devtools", "bench", "tests"}
+OWN = {"promptq_core", "producer", "worker", "sim", "devtools", "bench", "tests"}
 
 
 def _name(requirement: str) -> str:
@@ -48,7 +48,10 @@ def test_pyproject_declares_every_package_the_code_imports() -> None:
     runtime, everything = _declared()
     distributions = packages_distributions()
     missing = []
-    for folders, declared in ((("producer", "worker", "sim"), runtime), (("tests", "devtools", "bench"), everything)):
+    for folders, declared in (
+        (("promptq_core", "producer", "worker", "sim"), runtime),
+        (("tests", "devtools", "bench"), everything),
+    ):
         for folder in folders:
             for module, where in _imports(folder).items():
                 names = {_name(d) for d in distributions.get(module, [module])}
@@ -57,10 +60,38 @@ def test_pyproject_declares_every_package_the_code_imports() -> None:
     assert missing == []
 
 
+def _own_imports(folder: str) -> dict[str, set[str]]:
+    """Each file of the folder, and the packages of ours it imports."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        tops = found.setdefault(str(path.relative_to(ROOT)), set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops.add(node.module.split(".")[0])
+    return {f: tops & OWN for f, tops in found.items()}
+
+
+def test_the_core_imports_neither_side_and_the_worker_nothing_of_the_client() -> None:
+    allowed = {
+        "promptq_core": {"promptq_core"},
+        "worker": {"promptq_core", "worker"},
+        "producer": {"promptq_core", "producer"},
+    }
+    crossing = [
+        f"{path} imports {sorted(tops - ours)}"
+        for folder, ours in allowed.items()
+        for path, tops in _own_imports(folder).items()
+        if tops - ours
+    ]
+    assert crossing == []
+
+
 def test_the_producer_loads_neither_openai_nor_the_worker_and_the_contract_not_even_redis() -> None:
     code = (
         "import sys\n"
-        "import producer.contract\n"
+        "import promptq_core.contract\n"
         "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'openai', 'worker'})))\n"
         "from producer import Producer, SyncProducer, JobResult\n"
         "bad = {'openai', 'worker', 'arq', 'structlog', 'httpx', 'httpx2'}\n"

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from producer.scripts import CONSTANTS, SCRIPT_NAMES, script
+from promptq_core.scripts import CONSTANTS, SCRIPT_HOMES, SCRIPT_NAMES, script
 
 
 def test_every_script_file_is_listed_and_loads() -> None:
     files = {
-        p.name.removesuffix(".lua")
-        for p in resources.files("producer").joinpath("lua").iterdir()
+        p.name.removesuffix(".lua"): home
+        for home in ("promptq_core", "producer", "worker")
+        for p in resources.files(home).joinpath("lua").iterdir()
         if p.name.endswith(".lua")
     }
-    assert files == set(SCRIPT_NAMES)
+    assert files == SCRIPT_HOMES  # each script in the one home the loader looks in
     for name in SCRIPT_NAMES:
         loaded = script(name)
         assert loaded.source.count("--!include") == 0
@@ -28,7 +29,7 @@ def test_every_script_file_is_listed_and_loads() -> None:
 
 def test_no_script_spells_a_key() -> None:
     for name in SCRIPT_NAMES:
-        raw = resources.files("producer").joinpath(f"lua/{name}.lua").read_text()
+        raw = resources.files(SCRIPT_HOMES[name]).joinpath(f"lua/{name}.lua").read_text()
         assert "promptq:" not in raw and "arq:" not in raw, name
     assert all(script(n).source for n in SCRIPT_NAMES) and "READY_PREFIX" in CONSTANTS
 
@@ -56,7 +57,7 @@ def test_no_module_but_the_contract_spells_a_key() -> None:
     spelled = re.compile(r"""["']promptq:[a-z]""")
     offenders = [
         str(path.relative_to(root))
-        for folder in ("producer", "worker")
+        for folder in ("promptq_core", "producer", "worker")
         for path in (root / folder).rglob("*.py")
         if path.name != "contract.py" and spelled.search(path.read_text(encoding="utf-8"))
     ]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from producer.contract import dumps
-from producer.validation import InvalidJobError, PromptJob
+from promptq_core.contract import dumps
+from promptq_core.validation import InvalidJobError, PromptJob
 
 BAD: list[tuple[dict[str, Any], str]] = [
     ({}, "exactly one of prompt or messages"),

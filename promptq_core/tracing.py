@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from producer.env import ConfigError, env_flag
+from promptq_core.env import ConfigError, env_flag
 
 __all__ = [
     "CAPTURE_ENV",

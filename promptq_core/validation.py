@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from producer.contract import (
+from promptq_core.contract import (
     BATCH_NAME_RE,
     CHAT_ENDPOINT,
     DEFAULT_FAIRNESS_KEY,
@@ -26,7 +26,7 @@ from producer.contract import (
     RESPONSES_ENDPOINT,
     dumps,
 )
-from producer.tracing import check_trace
+from promptq_core.tracing import check_trace
 
 __all__ = [
     "EMBEDDINGS_PARAMS",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from producer.connect import SENTINEL_SCHEMES, parse_sentinel
+from promptq_core.connect import SENTINEL_SCHEMES, parse_sentinel
 
 __all__ = [
     "ConfigError",

@@ -12,8 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from producer.contract import Usage
-from producer.env import ConfigError, env_json_table
+from promptq_core.contract import Usage
+from promptq_core.env import ConfigError, env_json_table
 
 __all__ = ["PRICES_ENV", "Price", "cost_usd", "prices_from_env"]
 

@@ -1,4 +1,7 @@
-"""Every Lua script promptq runs on Redis, loaded from ``producer/lua/*.lua`` (standard library only).
+"""Every Lua script promptq runs on Redis, loaded from the ``lua/`` folder of its home (standard
+library only): the client's in ``producer/lua``, the worker's in ``worker/lua``, the shared helpers
+and the scripts both run in ``promptq_core/lua`` (``SCRIPT_HOMES`` says which is where; loading a
+script reads its file, and imports nothing of the other side).
 
 Each file opens with a header naming its ``KEYS`` and ``ARGV`` (``-- KEYS[1] doc: ...``, ``-- ARGV[2]
 ttl_ms: ...``; a last ``ARGV[n..]`` takes a list) and what it returns, after a ``#!lua flags=...``
@@ -7,8 +10,8 @@ finish, which frees memory; their writes are small), the read-only ones ``no-wri
 without flags (the producer's submits) are refused whole by a full Redis before they write anything.
 :meth:`LuaScript.bind` builds a call's ``keys`` and ``args`` from those names, so an argument cannot
 land in the wrong position.
-``--!include NAME`` pulls in ``lua/include/NAME.lua`` (shared helpers, written once). Key names and
-limits come from :mod:`producer.contract`: the loader defines, at the top of each script, the
+``--!include NAME`` pulls in ``promptq_core/lua/include/NAME.lua`` (shared helpers, written once).
+Key names and limits come from :mod:`promptq_core.contract`: the loader defines, at the top of each script, the
 constants it uses (``READY_PREFIX``, ``LEASES``, ...), so no script spells a key.
 
 Both sides use these scripts: the producer's (``submit``, ``cancel``...) and the worker's
@@ -23,31 +26,33 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
-from producer import contract as c
+from promptq_core import contract as c
 
-__all__ = ["CONSTANTS", "SCRIPT_NAMES", "LuaScript", "Value", "script"]
+__all__ = ["CONSTANTS", "SCRIPT_HOMES", "SCRIPT_NAMES", "LuaScript", "Value", "script"]
 
-SCRIPT_NAMES: Final = (
-    "submit",
-    "submit_many",
-    "cancel",
-    "retry",
-    "claim",
-    "renew",
-    "finish",
-    "defer",
-    "ack",
-    "pending",
-    "depths",
-    "overview",
-    "open_batch",
-    "beat",
-    "roll_up",
-    "stream_begin",
-    "limit_reserve",
-    "limit_settle",
-    "limit_cool_down",
-)
+SCRIPT_HOMES: Final[dict[str, str]] = {
+    **dict.fromkeys(("submit", "submit_many", "cancel", "retry", "open_batch", "overview"), "producer"),
+    **dict.fromkeys(
+        (
+            "claim",
+            "renew",
+            "finish",
+            "defer",
+            "ack",
+            "pending",
+            "beat",
+            "roll_up",
+            "stream_begin",
+            "limit_reserve",
+            "limit_settle",
+            "limit_cool_down",
+        ),
+        "worker",
+    ),
+    "depths": "promptq_core",
+}
+"""Each script and the package whose ``lua/`` folder holds it."""
+SCRIPT_NAMES: Final = tuple(SCRIPT_HOMES)
 
 CONSTANTS: Final[dict[str, str | int]] = {
     "READY_PREFIX": c.READY_KEY_PREFIX,
@@ -116,7 +121,7 @@ class LuaScript:
 
 @functools.cache
 def script(name: str) -> LuaScript:
-    """The script ``producer/lua/{name}.lua``, read and checked once."""
+    """The script ``{home}/lua/{name}.lua``, read and checked once."""
     raw = _read(name)
     shebang, _, text = raw.partition("\n") if raw.startswith("#!lua") else ("", "", raw)
     body = _INCLUDE_RE.sub(lambda m: _read(f"include/{m.group(1)}"), text)
@@ -149,7 +154,8 @@ def script(name: str) -> LuaScript:
 
 
 def _read(name: str) -> str:
-    return resources.files("producer").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+    home = "promptq_core" if name.startswith("include/") else SCRIPT_HOMES[name]
+    return resources.files(home).joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
 
 def _lua(value: str | int) -> str:

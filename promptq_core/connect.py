@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-if TYPE_CHECKING:  # (the URL's parsing is standard library only: producer.env checks REDIS_URL with it)
+if TYPE_CHECKING:  # (the URL's parsing is standard library only: promptq_core.env checks REDIS_URL with it)
     import redis
     import redis.asyncio
 
