@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from promptq_core import contract as c
 
-__all__ = ["CONSTANTS", "SCRIPT_HOMES", "SCRIPT_NAMES", "LuaScript", "Value", "script"]
+__all__ = ["CONSTANTS", "FIXED_KEYS", "SCRIPT_HOMES", "SCRIPT_NAMES", "LuaScript", "Value", "script"]
 
 SCRIPT_HOMES: Final[dict[str, str]] = {
     **dict.fromkeys(("submit", "submit_many", "cancel", "retry", "open_batch", "overview"), "producer"),
@@ -54,21 +54,32 @@ SCRIPT_HOMES: Final[dict[str, str]] = {
 """Each script and the package whose ``lua/`` folder holds it."""
 SCRIPT_NAMES: Final = tuple(SCRIPT_HOMES)
 
-CONSTANTS: Final[dict[str, str | int]] = {
-    "READY_PREFIX": c.READY_KEY_PREFIX,
-    "ACTIVE_PREFIX": c.ACTIVE_KEY_PREFIX,
+FIXED_KEYS: Final[dict[str, str]] = {
     "LEVELS": c.LEVELS_KEY,
     "LEASES": c.LEASE_SET,
     "DELAYED": c.DELAYED_SET,
     "ROUTES": c.ROUTES_KEY,
     "SEQUENCE": c.SEQUENCE_KEY,
     "LEGACY_QUEUE": c.LEGACY_QUEUE,
+    "FAILED": c.FAILED_SET,
+    "BATCHES": c.BATCHES_KEY,
+    "WORKERS": c.WORKERS_KEY,
+    "WORKERS_SEEN": c.WORKERS_SEEN_KEY,
+}
+"""The contract's fixed keys, by the name a script uses for each. A script that touches one declares
+it in its header's ``KEYS`` by that name (``-- KEYS[4] LEASES: ...``): :meth:`LuaScript.bind` passes
+it, and the script reads it as ``KEYS[4]``, so Redis (and a Cluster) is told every fixed key a
+script touches. The loader refuses a script that uses one it does not declare, or declares one it
+does not use."""
+
+CONSTANTS: Final[dict[str, str | int]] = {
+    "READY_PREFIX": c.READY_KEY_PREFIX,
+    "ACTIVE_PREFIX": c.ACTIVE_KEY_PREFIX,
     "LEGACY_PLACE_OFFSET": c.LEGACY_PLACE_OFFSET,
     "RECORD_PREFIX": c.ARQ_JOB_KEY_PREFIX,
     "TRIES_PREFIX": c.ARQ_RETRY_KEY_PREFIX,
     "IN_PROGRESS_PREFIX": c.ARQ_IN_PROGRESS_KEY_PREFIX,
     "RESULT_PREFIX": c.RESULT_KEY_PREFIX,
-    "FAILED": c.FAILED_SET,
     "FAILED_MAX": c.FAILED_SET_MAX,
     "DONE_PREFIX": c.DONE_CHANNEL_PREFIX,
     "WAKE": c.WAKE_CHANNEL,
@@ -84,15 +95,20 @@ CONSTANTS: Final[dict[str, str | int]] = {
     "STATS_OTHER": c.STATS_OTHER_MODEL,
     "BATCH_PREFIX": c.BATCH_KEY_PREFIX,
     "BATCH_TALLY_PREFIX": c.BATCH_TALLY_KEY_PREFIX,
-    "BATCHES": c.BATCHES_KEY,
     "BATCHES_MAX": c.BATCHES_MAX,
-    "WORKERS": c.WORKERS_KEY,
-    "WORKERS_SEEN": c.WORKERS_SEEN_KEY,
 }
-"""The names a script may use for the contract's keys and limits (defined as Lua locals when used)."""
+"""The other names a script may use: the prefixes of the keys it builds from the ids it is given or
+finds (a job's document, record and try counter, a priority's ready sets...), channels and limits
+(defined as Lua locals when used)."""
+
+KEY_PREFIXES: Final = frozenset(n for n in CONSTANTS if n.endswith("_PREFIX") and n != "DONE_PREFIX")
+"""The prefixes of keys a script builds from ids (not channels): each script names those it uses in
+its header ("Keys it builds from the ids it is given or finds: ..."), the keys a Cluster must find
+in the slot of its ``KEYS``."""
 
 _HEADER_RE = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)\b", re.M)
 _INCLUDE_RE = re.compile(r"^--!include (\w+)\s*$", re.M)
+_COMMENT_RE = re.compile(r"--[^\n]*")
 Value = str | int | float | bytes
 
 
@@ -108,15 +124,16 @@ class LuaScript:
     """The name of the last argument when it takes a list (``ARGV[n..]``)."""
 
     def bind(self, **values: Any) -> tuple[list[str], list[Value]]:
-        """``keys`` and ``args`` for a call, from every name the header declares (no more, no less)."""
-        wanted = {*self.keys, *self.args, *([self.rest] if self.rest else [])}
+        """``keys`` and ``args`` for a call, from every name the header declares (no more, no less);
+        the fixed keys it declares are filled in from the contract."""
+        wanted = {*(k for k in self.keys if k not in FIXED_KEYS), *self.args, *([self.rest] if self.rest else [])}
         if values.keys() != wanted:
             missing, unknown = sorted(wanted - values.keys()), sorted(values.keys() - wanted)
             raise TypeError(f"script {self.name}: missing {missing}, unknown {unknown}")
         args = [values[name] for name in self.args]
         if self.rest is not None:
             args.extend(values[self.rest])
-        return [str(values[name]) for name in self.keys], args
+        return [FIXED_KEYS[name] if name in FIXED_KEYS else str(values[name]) for name in self.keys], args
 
 
 @functools.cache
@@ -125,8 +142,8 @@ def script(name: str) -> LuaScript:
     raw = _read(name)
     shebang, _, text = raw.partition("\n") if raw.startswith("#!lua") else ("", "", raw)
     body = _INCLUDE_RE.sub(lambda m: _read(f"include/{m.group(1)}"), text)
-    used = [n for n in CONSTANTS if re.search(rf"\b{n}\b", body)]
-    preamble = (shebang + "\n" if shebang else "") + "".join(f"local {n} = {_lua(CONSTANTS[n])}\n" for n in used)
+    code = _COMMENT_RE.sub("", body)
+    used = [n for n in CONSTANTS if re.search(rf"\b{n}\b", code)]
     keys: dict[int, str] = {}
     args: dict[int, str] = {}
     rest: str | None = None
@@ -144,6 +161,20 @@ def script(name: str) -> LuaScript:
             raise ValueError(f"{name}.lua: {kind} must be numbered 1 to n in its header")
     if rest is not None and rest_index != len(args) + 1:
         raise ValueError(f"{name}.lua: ARGV[{rest_index}..] must follow the last ARGV")
+    fixed = {ident: index for index, ident in keys.items() if ident.isupper()}
+    touched = {n for n in FIXED_KEYS if re.search(rf"\b{n}\b", code)}
+    if unknown := sorted(fixed.keys() - FIXED_KEYS.keys()):
+        raise ValueError(f"{name}.lua: KEYS {unknown} are not fixed keys of the contract (FIXED_KEYS)")
+    if touched != fixed.keys():
+        undeclared, unused = sorted(touched - fixed.keys()), sorted(fixed.keys() - touched)
+        raise ValueError(f"{name}.lua: fixed keys used, not in KEYS {undeclared}; in KEYS, unused {unused}")
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("--"))
+    if unsaid := [n for n in used if n in KEY_PREFIXES and not re.search(rf"\b{n}\b", header)]:
+        raise ValueError(f"{name}.lua: builds keys from {unsaid} without saying so in its header")
+    preamble = (shebang + "\n" if shebang else "") + "".join(
+        [f"local {n} = KEYS[{i}]\n" for n, i in sorted(fixed.items(), key=lambda item: item[1])]
+        + [f"local {n} = {_lua(CONSTANTS[n])}\n" for n in used]
+    )
     return LuaScript(
         name=name,
         source=preamble + body,

@@ -265,9 +265,8 @@ class PromptqWorker(Worker):
         await self.heart_beat()
 
     def _starting(self) -> int:
-        """Jobs claimed here whose call has not begun yet."""
-        leases = self.state.leases
-        return len(leases.claimed) - len(leases.held)
+        """Jobs claimed here whose attempt has not begun yet."""
+        return len(self.state.leases.starting)
 
     def _backlog_moves(self) -> None:
         """A claimed job began its call; when the jobs still starting are few again, claim more."""
@@ -284,7 +283,7 @@ class PromptqWorker(Worker):
     def _start(self, job_id: str, score: int, urgent: bool) -> None:
         """Run a claimed job as arq's own ``start_jobs`` would (its slot taken already)."""
         self.job_counter += 1
-        self.state.leases.claimed.add(job_id)  # renewed from now on
+        self.state.leases.claimed(job_id)  # renewed from now on
         if not urgent:
             self._ordinary.add(job_id)
         task = self.loop.create_task(self.run_job(job_id, score))
@@ -294,7 +293,7 @@ class PromptqWorker(Worker):
     def _slot_freed(self, job_id: str, _: object) -> None:
         self._ordinary.discard(job_id)
         if self._state is not None:
-            self._state.leases.claimed.discard(job_id)
+            self._state.leases.let_go(job_id)
         self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
         if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll

@@ -31,11 +31,13 @@ class Leases:
     def __init__(self, queue: JobQueue, lease_s: float) -> None:
         self.queue = queue
         self.renew_every_s = lease_s / 3
-        self.claimed: set[str] = set()
+        self.leased: set[str] = set()
         """Every job claimed here and not yet let go of: renewed from the claim on (a worker that
         claims thousands at once takes a while to start them all)."""
-        self.held: dict[str, asyncio.Task[object] | None] = {}
-        """The jobs whose call is under way here, with the task running each."""
+        self.starting: set[str] = set()
+        """Leased jobs whose attempt has not begun yet (the worker claims a few hundred ahead at most)."""
+        self.running: dict[str, asyncio.Task[object] | None] = {}
+        """The jobs whose attempt is under way here, with the task running each."""
         self.on_start: Callable[[], object] | None = None
         """Called when a job's call begins (the worker waits for its claimed jobs to start)."""
         self._cancelled: set[str] = set()
@@ -43,22 +45,33 @@ class Leases:
         """Jobs cancelled before their task got here (claimed a moment ago), with when: they do not start."""
         self._renewals = Background("promptq-leases")
 
+    def claimed(self, job_id: str) -> None:
+        """A claim leased the job to this worker: renewed from now on, starting until its attempt begins."""
+        self.leased.add(job_id)
+        self.starting.add(job_id)
+
+    def let_go(self, job_id: str) -> None:
+        """The job's attempt is over here (settled, or handed back): no more renewals."""
+        self.leased.discard(job_id)
+        self.starting.discard(job_id)
+
     @contextlib.contextmanager
     def holding(self, job_id: str) -> Iterator[None]:
-        """Renew the job's lease while the block runs (the claim set the first one)."""
-        self.held[job_id] = asyncio.current_task()
+        """The job's attempt runs while the block does (its lease renewed since the claim)."""
+        self.starting.discard(job_id)
+        self.running[job_id] = asyncio.current_task()
         if self.on_start is not None:
             self.on_start()
         try:
             yield
         finally:
-            self.held.pop(job_id, None)
+            self.running.pop(job_id, None)
             self._cancelled.discard(job_id)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel the task running ``job_id`` here, if any (its document already says cancelled). A job
         not running yet is remembered for a while: claimed here a moment ago, it must not start."""
-        task = self.held.get(job_id)
+        task = self.running.get(job_id)
         if task is None or task.done():
             now = time.monotonic()
             self._cancelled_early = {j: t for j, t in self._cancelled_early.items() if now - t < EARLY_CANCEL_S}
@@ -84,8 +97,8 @@ class Leases:
 
     async def renew(self) -> None:
         """One round: every claimed job's lease runs out ``PROMPTQ_LEASE_S`` from now."""
-        if self.claimed:
-            await self.queue.renew(list(self.claimed))
+        if self.leased:
+            await self.queue.renew(list(self.leased))
 
     def _renew_failed(self, e: BaseException) -> None:  # Redis away for a moment: the next round tries again
-        log.warning("lease.renew_failed", error=str(e), jobs=len(self.claimed))
+        log.warning("lease.renew_failed", error=str(e), jobs=len(self.leased))

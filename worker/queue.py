@@ -101,4 +101,5 @@ class JobQueue:
 
     async def pending(self) -> bool:
         """Whether any job is ready, running, deferred or in the legacy queue."""
-        return bool(await self._pending(keys=[], args=[]))
+        keys, args = script("pending").bind()
+        return bool(await self._pending(keys=keys, args=args))

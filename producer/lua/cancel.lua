@@ -8,6 +8,14 @@
 -- KEYS[2] record: arq's job record
 -- KEYS[3] tries: arq's try counter
 -- KEYS[4] stream: the job's event stream
+-- KEYS[5] LEVELS: the priorities with ready jobs
+-- KEYS[6] LEASES: running jobs, by when their lease runs out
+-- KEYS[7] DELAYED: deferred jobs, by when they are due
+-- KEYS[8] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[9] LEGACY_QUEUE: promptq 0.1's queue
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX), minute roll-ups (STATS_PREFIX), batch tallies
+--  (BATCH_TALLY_PREFIX).
 -- ARGV[1] doc_as_read
 -- ARGV[2] cancelled_doc
 -- ARGV[3] job_id

@@ -4,6 +4,7 @@
 -- nothing new); the batch joins BATCHES (the newest BATCHES_MAX kept). Lists show a batch once its
 -- manifest is saved, after its jobs.
 -- KEYS[1] tally: the batch's tally
+-- KEYS[2] BATCHES: batch names, by submit time
 -- ARGV[1] name
 -- ARGV[2] total: its jobs
 -- ARGV[3] ttl_ms: as long as its jobs are kept

@@ -4,6 +4,18 @@
 -- running (LEASES) and deferred (DELAYED) ones per priority and fairness key (their routes; at most
 -- scan_max of each looked at), the workers, the last `minutes` minutes' roll-ups, and the newest
 -- `batches` batches whose manifest is saved, with their tallies and their jobs running and deferred.
+-- KEYS[1] LEVELS: the priorities with ready jobs
+-- KEYS[2] LEASES: running jobs, by when their lease runs out
+-- KEYS[3] DELAYED: deferred jobs, by when they are due
+-- KEYS[4] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[5] LEGACY_QUEUE: promptq 0.1's queue
+-- KEYS[6] FAILED: failed job ids, by when they failed
+-- KEYS[7] BATCHES: batch names, by submit time
+-- KEYS[8] WORKERS: each worker's entry
+-- KEYS[9] WORKERS_SEEN: when each worker last beat
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), minute roll-ups (STATS_PREFIX), batch manifests (BATCH_PREFIX), batch tallies
+--  (BATCH_TALLY_PREFIX).
 -- ARGV[1] keys_max
 -- ARGV[2] scan_max
 -- ARGV[3] minutes

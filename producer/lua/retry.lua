@@ -4,6 +4,15 @@
 -- KEYS[2] kept: the failed job's kept record
 -- KEYS[3] record: arq's job record
 -- KEYS[4] tries: arq's try counter
+-- KEYS[5] LEVELS: the priorities with ready jobs
+-- KEYS[6] LEASES: running jobs, by when their lease runs out
+-- KEYS[7] DELAYED: deferred jobs, by when they are due
+-- KEYS[8] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[9] SEQUENCE: the counter of places in line
+-- KEYS[10] LEGACY_QUEUE: promptq 0.1's queue
+-- KEYS[11] FAILED: failed job ids, by when they failed
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX), batch tallies (BATCH_TALLY_PREFIX).
 -- ARGV[1] job_id
 -- ARGV[2] record_json: the record to run (the kept one, with a new enqueue time)
 -- ARGV[3] doc_json: the queued result document

@@ -1,6 +1,14 @@
 -- submit: enqueue one job, unless its id is known (queued, running, or finished and not expired).
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
+-- KEYS[3] LEVELS: the priorities with ready jobs
+-- KEYS[4] LEASES: running jobs, by when their lease runs out
+-- KEYS[5] DELAYED: deferred jobs, by when they are due
+-- KEYS[6] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[7] SEQUENCE: the counter of places in line
+-- KEYS[8] LEGACY_QUEUE: promptq 0.1's queue
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id
 -- ARGV[2] record_json: the job record (arq's fields, JSON)
 -- ARGV[3] doc_json: the queued result document

@@ -1,4 +1,12 @@
 -- submit_many: enqueue a chunk of jobs in one call, each as submit does (a known id is skipped).
+-- KEYS[1] LEVELS: the priorities with ready jobs
+-- KEYS[2] LEASES: running jobs, by when their lease runs out
+-- KEYS[3] DELAYED: deferred jobs, by when they are due
+-- KEYS[4] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[5] SEQUENCE: the counter of places in line
+-- KEYS[6] LEGACY_QUEUE: promptq 0.1's queue
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX), result documents (RESULT_PREFIX).
 -- ARGV[1] ttl_ms: how long each record and document live
 -- ARGV[2] count: jobs in the chunk
 -- ARGV[3] chunk: for each job its id, record, queued document, priority and fairness key, every

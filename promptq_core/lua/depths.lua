@@ -1,6 +1,13 @@
 #!lua flags=no-writes
 -- depths: how many jobs wait where. For each priority with ready jobs: its number, the jobs ready at
 -- it, and its fairness keys with their ready jobs (at most keys_max keys a level are looked at).
+-- KEYS[1] LEVELS: the priorities with ready jobs
+-- KEYS[2] LEASES: running jobs, by when their lease runs out
+-- KEYS[3] DELAYED: deferred jobs, by when they are due
+-- KEYS[4] LEGACY_QUEUE: promptq 0.1's queue
+-- KEYS[5] FAILED: failed job ids, by when they failed
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX).
 -- ARGV[1] keys_max
 -- Returns {leased, delayed, legacy, failed, {priority, ready, truncated, key, n, key, n, ...}, ...}.
 local keys_max = tonumber(ARGV[1])

@@ -47,10 +47,10 @@ def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = Non
 
 
 def claim_reply(client: redis.Redis, want: int, ordinary: int, weights: list[str], lease_ms: int = 60_000) -> list[Any]:
-    _, args = script("claim").bind(
+    keys, args = script("claim").bind(
         lease_ms=lease_ms, want=want, want_ordinary=ordinary, step=500, model_json='"the-default"', weights=weights
     )
-    reply: Any = client.eval(script("claim").source, 0, *(str(a) for a in args))
+    reply: Any = client.eval(script("claim").source, len(keys), *keys, *(str(a) for a in args))
     return [int(n) for n in reply[:7]] + [job_id.decode() for job_id in reply[7:]]
 
 
@@ -354,8 +354,8 @@ async def test_a_worker_with_many_free_slots_claims_a_few_at_a_time_and_renews_t
         while not all(r is not None and r.done for r in [await producer.get(i) for i in ids[-3:]]):
             if worker._state is not None:
                 leases = worker.state.leases
-                starting.append(len(leases.claimed) - len(leases.held))
-                assert set(leases.held) <= leases.claimed  # every running job is renewed
+                starting.append(len(leases.starting))  # claimed, attempt not begun (not: finishing)
+                assert set(leases.running) <= leases.leased  # every running job is renewed
             await asyncio.sleep(0.002)
         results = [await producer.wait(i, timeout=10) for i in ids]
     finally:

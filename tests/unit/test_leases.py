@@ -30,4 +30,4 @@ async def test_a_cancel_stops_the_task_holding_the_job() -> None:
     await started.wait()
     assert leases.cancel("j") and leases.cancelled("j")
     await asyncio.gather(task, return_exceptions=True)
-    assert task.cancelled() and "j" not in leases.held
+    assert task.cancelled() and "j" not in leases.running

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from promptq_core.scripts import CONSTANTS, SCRIPT_HOMES, SCRIPT_NAMES, script
+from promptq_core.scripts import CONSTANTS, FIXED_KEYS, SCRIPT_HOMES, SCRIPT_NAMES, script
 
 
 def test_every_script_file_is_listed_and_loads() -> None:
@@ -36,12 +36,13 @@ def test_no_script_spells_a_key() -> None:
 
 def test_a_call_binds_exactly_the_names_of_the_header() -> None:
     submit = script("submit")
-    assert submit.keys == ("doc", "record")
+    fixed = ("LEVELS", "LEASES", "DELAYED", "ROUTES", "SEQUENCE", "LEGACY_QUEUE")
+    assert submit.keys == ("doc", "record", *fixed)
     names = dict(
         doc="d", record="r", job_id="j", record_json="{}", doc_json="{}", ttl_ms=1, priority="5", fairness_key="k"
     )
     keys, args = submit.bind(**names)
-    assert keys == ["d", "r"] and args == ["j", "{}", "{}", 1, "5", "k"]
+    assert keys == ["d", "r", *(FIXED_KEYS[k] for k in fixed)] and args == ["j", "{}", "{}", 1, "5", "k"]
     with pytest.raises(TypeError, match=r"missing \['ttl_ms'\]"):
         submit.bind(**{k: v for k, v in names.items() if k != "ttl_ms"})
     with pytest.raises(TypeError, match=r"unknown \['extra'\]"):
@@ -49,7 +50,7 @@ def test_a_call_binds_exactly_the_names_of_the_header() -> None:
     claim = script("claim")
     assert claim.rest == "weights"
     bound = claim.bind(lease_ms=1, want=2, want_ordinary=1, step=3, model_json='"m"', weights=["a", "2"])
-    assert bound == ([], [1, 2, 1, 3, '"m"', "a", "2"])
+    assert bound == ([FIXED_KEYS[k] for k in claim.keys], [1, 2, 1, 3, '"m"', "a", "2"])
 
 
 def test_no_module_but_the_contract_spells_a_key() -> None:
@@ -62,3 +63,23 @@ def test_no_module_but_the_contract_spells_a_key() -> None:
         if path.name != "contract.py" and spelled.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_a_script_declares_every_fixed_key_it_touches_and_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis (and a Cluster, which refuses a key outside the slot of those declared) is told every
+    fixed key: one used but not declared, or declared but not used, is refused at load."""
+    from promptq_core import scripts
+
+    for name in SCRIPT_NAMES:
+        loaded = script(name)
+        for key in (k for k in loaded.keys if k in FIXED_KEYS):
+            assert f"local {key} = KEYS[{loaded.keys.index(key) + 1}]" in loaded.source
+    sources = {
+        "undeclared": "-- undeclared: reads LEASES\n-- Returns it.\nreturn redis.call('ZCARD', LEASES)",
+        "unused": "-- unused\n-- KEYS[1] LEASES: the lease set\n-- Returns 1.\nreturn 1",
+    }
+    monkeypatch.setattr(scripts, "_read", lambda name: sources[name])
+    with pytest.raises(ValueError, match=r"not in KEYS \['LEASES'\]"):
+        scripts.script.__wrapped__("undeclared")
+    with pytest.raises(ValueError, match=r"in KEYS, unused \['LEASES'\]"):
+        scripts.script.__wrapped__("unused")

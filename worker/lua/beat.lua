@@ -1,6 +1,8 @@
 #!lua flags=allow-oom
 -- beat: a worker says it is alive (its entry in WORKERS, and when, in WORKERS_SEEN); entries of
 -- workers silent since forget_before are dropped.
+-- KEYS[1] WORKERS: each worker's entry
+-- KEYS[2] WORKERS_SEEN: when each worker last beat
 -- ARGV[1] worker_id
 -- ARGV[2] entry_json: {"id", "host", "pid", "slots", "busy", "started_at"}
 -- ARGV[3] forget_ms: how long an entry lasts without a beat

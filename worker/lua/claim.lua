@@ -14,6 +14,14 @@
 -- Each job taken is marked running in its result document (status, attempts, started_at; a default
 -- model filled in), in this same step. A job whose document is terminal already (its result was
 -- stored by an earlier delivery, or it was cancelled) is let go of instead: it is not handed out.
+-- KEYS[1] LEVELS: the priorities with ready jobs
+-- KEYS[2] LEASES: running jobs, by when their lease runs out
+-- KEYS[3] DELAYED: deferred jobs, by when they are due
+-- KEYS[4] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[5] LEGACY_QUEUE: promptq 0.1's queue
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX), try counters (TRIES_PREFIX), arq's in-progress
+--  markers (IN_PROGRESS_PREFIX), result documents (RESULT_PREFIX).
 -- ARGV[1] lease_ms
 -- ARGV[2] want: jobs wanted at priority 0 (every free slot)
 -- ARGV[3] want_ordinary: jobs wanted at priorities 1 to 9 at most (free ordinary slots)

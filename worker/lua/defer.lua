@@ -9,6 +9,13 @@
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
 -- KEYS[3] tries: arq's try counter, which arq raised when it started the attempt
+-- KEYS[4] LEVELS: the priorities with ready jobs
+-- KEYS[5] LEASES: running jobs, by when their lease runs out
+-- KEYS[6] DELAYED: deferred jobs, by when they are due
+-- KEYS[7] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[8] LEGACY_QUEUE: promptq 0.1's queue
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id
 -- ARGV[2] doc_json: the queued document
 -- ARGV[3] ttl_ms: its time to live, if the document has none yet (else the current one is kept)

@@ -11,6 +11,14 @@
 -- KEYS[3] tries: arq's try counter
 -- KEYS[4] kept: where a failed job's record is kept
 -- KEYS[5] stream: the job's event stream
+-- KEYS[6] LEVELS: the priorities with ready jobs
+-- KEYS[7] LEASES: running jobs, by when their lease runs out
+-- KEYS[8] DELAYED: deferred jobs, by when they are due
+-- KEYS[9] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[10] LEGACY_QUEUE: promptq 0.1's queue
+-- KEYS[11] FAILED: failed job ids, by when they failed
+-- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id
 -- ARGV[2] doc_json: the terminal document
 -- ARGV[3] ttl_ms

@@ -1,6 +1,7 @@
 #!lua flags=allow-oom
 -- renew: extend the leases of a worker's running jobs to now + lease_ms (Redis time). A job no longer
 -- leased (it ended, or its lease ran out and it went back in line) is left as it is.
+-- KEYS[1] LEASES: running jobs, by when their lease runs out
 -- ARGV[1] lease_ms
 -- ARGV[2..] job_ids: a thousand at most (one ZADD takes them all)
 -- Returns how many leases were extended.
