@@ -14,20 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from producer.client import Producer
-    from producer.overview import Overview
-    from producer.sync_client import SyncProducer
-    from producer.types import (
-        Cancellation,
+    from producer.errors import (
         EvictionPolicyError,
         JobNotFoundError,
         NotReplicatedError,
-        ProducerConfig,
-        QueueDepths,
         QueueFullError,
         QueueUnavailableError,
         RetryRefusedError,
-        StreamEvent,
     )
+    from producer.overview import Overview
+    from producer.sync_client import SyncProducer
+    from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
     from promptq_core.contract import JobError, JobResult, Usage
     from promptq_core.env import ConfigError
     from promptq_core.validation import InvalidJobError
@@ -35,19 +32,19 @@ if TYPE_CHECKING:
 _HOME = {
     "Cancellation": "producer.types",
     "ConfigError": "promptq_core.env",
-    "EvictionPolicyError": "producer.types",
+    "EvictionPolicyError": "producer.errors",
     "InvalidJobError": "promptq_core.validation",
     "JobError": "promptq_core.contract",
-    "JobNotFoundError": "producer.types",
+    "JobNotFoundError": "producer.errors",
     "JobResult": "promptq_core.contract",
-    "NotReplicatedError": "producer.types",
+    "NotReplicatedError": "producer.errors",
     "Overview": "producer.overview",
     "Producer": "producer.client",
     "ProducerConfig": "producer.types",
     "QueueDepths": "producer.types",
-    "QueueFullError": "producer.types",
-    "QueueUnavailableError": "producer.types",
-    "RetryRefusedError": "producer.types",
+    "QueueFullError": "producer.errors",
+    "QueueUnavailableError": "producer.errors",
+    "RetryRefusedError": "producer.errors",
     "StreamEvent": "producer.types",
     "SyncProducer": "producer.sync_client",
     "Usage": "promptq_core.contract",

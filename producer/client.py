@@ -16,13 +16,13 @@ import redis
 import redis.asyncio
 
 from producer import core
-from producer.calls import Calls, config_of
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
 from producer.notify import DoneWatcher
 from producer.overview import Overview
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
+from producer.writes import Writes, config_of
 from promptq_core.connect import async_client
 from promptq_core.contract import JobResult
 from promptq_core.guard import read_facts
@@ -48,7 +48,7 @@ class Producer:
         config: ProducerConfig | None = None,
         client: redis.asyncio.Redis | None = None,
     ) -> None:
-        self._calls = Calls(config_of(redis_url, config))
+        self._writes = Writes(config_of(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else async_client(self.config.redis_url)
         self._scripts = {name: self.redis.register_script(script(name).source) for name in core.SCRIPTS}
@@ -56,7 +56,7 @@ class Producer:
 
     @property
     def config(self) -> ProducerConfig:
-        return self._calls.config
+        return self._writes.config
 
     async def __aenter__(self) -> Self:
         return self
@@ -80,7 +80,7 @@ class Producer:
         take turns at one priority; default: one shared key), ``stream``, and Chat Completions
         parameters (``temperature``, ``max_tokens``, ...).
         """
-        return await self._run(core.submit(self._calls, prompt, kwargs))
+        return await self._run(core.submit(self._writes, prompt, kwargs))
 
     async def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """Validate every item, then enqueue them all in pipelined round trips; return the ids in order.
@@ -88,7 +88,7 @@ class Producer:
         An item is a prompt string or a dict of :meth:`submit` arguments. One bad item refuses the
         whole call before anything is written.
         """
-        return await self._run(core.submit_many(self._calls, items))
+        return await self._run(core.submit_many(self._writes, items))
 
     async def get(self, job_id: str) -> JobResult | None:
         """The job's result document now, or None for an unknown (or expired) id."""
@@ -121,12 +121,12 @@ class Producer:
     async def open_batch(self, name: str, total: int) -> None:
         """Start counting a batch of ``total`` jobs (ids ``{name}:...``) before submitting them:
         the dashboard shows its progress once its manifest is saved (``save_manifest``)."""
-        await self._run(core.open_batch(self._calls, name, total))
+        await self._run(core.open_batch(self._writes, name, total))
 
     async def save_manifest(self, name: str, manifest: str) -> None:
         """Keep a batch's manifest (JSON: its name and its ``[custom_id, job_id]`` items) under
         ``promptq:batch:{name}`` as long as its jobs' documents live."""
-        await self._run(core.save_manifest(self._calls, name, manifest))
+        await self._run(core.save_manifest(self._writes, name, manifest))
 
     async def manifest(self, name: str) -> str | None:
         """A batch's manifest as saved, or None (never saved, or expired)."""
@@ -153,10 +153,10 @@ class Producer:
         Raises :class:`RetryRefusedError` (a ``ValueError``) if the job is not failed or its request
         has expired. Retrying an id twice queues it once.
         """
-        return await self._run(core.retry(self._calls, job_id))
+        return await self._run(core.retry(self._writes, job_id))
 
     async def cancel(self, job_id: str) -> Cancellation:
-        """Cancel a job: a queued one never calls the API, a running one has its request stopped;
+        """Cancel a job: a queued one never writes the API, a running one has its request stopped;
         its status becomes ``cancelled`` and it is not retried. A finished or unknown job is left
         as it is (``Cancellation.cancelled`` is False and its ``message`` says why)."""
         return await self._run(core.cancel(job_id))

@@ -20,11 +20,12 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from producer.calls import Call, Calls
-from producer.notify import FALLBACK_POLL_S
+from producer.errors import JobNotFoundError, RetryRefusedError
+from producer.notify import FALLBACK_POLL_S, READ_CHUNK
 from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINUTES, SCAN_MAX, Overview
 from producer.streams import READ_BLOCK_MS, StreamCursor
-from producer.types import DEPTHS_KEYS_MAX, Cancellation, JobNotFoundError, QueueDepths, RetryRefusedError, StreamEvent
+from producer.types import DEPTHS_KEYS_MAX, Cancellation, QueueDepths, StreamEvent
+from producer.writes import Bound, Writes
 from promptq_core.contract import FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
 from promptq_core.scripts import Value, script
 from promptq_core.validation import valid_batch_name
@@ -32,11 +33,10 @@ from promptq_core.validation import valid_batch_name
 __all__ = [
     "CANCEL_ATTEMPTS",
     "DEFAULT_WAIT_TIMEOUT_S",
-    "READ_CHUNK",
     "SCRIPTS",
     "Command",
     "Deadline",
-    "Facts",
+    "GuardFacts",
     "Op",
     "Script",
     "Step",
@@ -47,8 +47,6 @@ SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths", "overview", "op
 CANCEL_ATTEMPTS = 20
 """Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
 DEFAULT_WAIT_TIMEOUT_S = 60.0
-READ_CHUNK = 1_000
-"""Documents read in one MGET, at most (``get_many``)."""
 
 T = TypeVar("T")
 
@@ -80,11 +78,11 @@ class Script:
 
 
 @dataclass(frozen=True, slots=True)
-class Facts:
+class GuardFacts:
     """What the eviction guard needs to know of this Redis (``promptq_core.guard.RedisFacts``)."""
 
 
-Step = Command | Script | Facts
+Step = Command | Script | GuardFacts
 Op = Generator[Step, Any, T]
 """A core method: yields steps, is sent their replies, returns the answer."""
 
@@ -94,47 +92,47 @@ def parse(raw: bytes | str | None) -> JobResult | None:
 
 
 # -- writes ---------------------------------------------------------------------------------------
-def _checked(calls: Calls) -> Op[None]:
+def _guard_once(writes: Writes) -> Op[None]:
     """Once, before a producer's first write: is this Redis safe to write to (``promptq_core.guard``)?"""
-    if not calls.checked:
-        calls.check((yield Facts()))
+    if not writes.checked:
+        writes.check((yield GuardFacts()))
 
 
-def _writing(calls: Calls, name: str, call: Call) -> Script:
-    keys, args = call
-    config = calls.config
+def _write(writes: Writes, name: str, bound: Bound) -> Script:
+    keys, args = bound
+    config = writes.config
     return Script(name, keys, args, config.min_replicas, config.replica_timeout_ms)
 
 
-def _written(calls: Calls, reply: tuple[Any, int | None]) -> Any:
+def _confirmed(writes: Writes, reply: tuple[Any, int | None]) -> Any:
     """A write script's reply; :class:`NotReplicatedError` when fewer replicas confirmed it than asked."""
     answer, acked = reply
     if acked is not None:
-        calls.replicated(acked)
+        writes.replicated(acked)
     return answer
 
 
-def submit(calls: Calls, prompt: str | None, kwargs: Mapping[str, Any]) -> Op[str]:
-    job = calls.build(prompt, **kwargs)
-    call = calls.submit(job, time.time())
-    yield from _checked(calls)
-    _written(calls, (yield _writing(calls, "submit", call)))
+def submit(writes: Writes, prompt: str | None, kwargs: Mapping[str, Any]) -> Op[str]:
+    job = writes.build(prompt, **kwargs)
+    call = writes.submit(job, time.time())
+    yield from _guard_once(writes)
+    _confirmed(writes, (yield _write(writes, "submit", call)))
     return job.job_id
 
 
-def submit_many(calls: Calls, items: Iterable[str | Mapping[str, Any]]) -> Op[list[str]]:
-    jobs = calls.build_many(items)
-    yield from _checked(calls)
-    for call in calls.chunks(jobs):  # a round trip each
-        _written(calls, (yield _writing(calls, "submit_many", call)))
+def submit_many(writes: Writes, items: Iterable[str | Mapping[str, Any]]) -> Op[list[str]]:
+    jobs = writes.build_many(items)
+    yield from _guard_once(writes)
+    for call in writes.chunks(jobs):  # a round trip each
+        _confirmed(writes, (yield _write(writes, "submit_many", call)))
     return [job.job_id for job in jobs]
 
 
-def retry(calls: Calls, job_id: str) -> Op[str]:
-    yield from _checked(calls)
-    doc, record = yield Command.of("mget", Calls.retry_reads(job_id))
-    call = calls.retry(job_id, doc, record, time.time())
-    outcome = _written(calls, (yield _writing(calls, "retry", call)))
+def retry(writes: Writes, job_id: str) -> Op[str]:
+    yield from _guard_once(writes)
+    doc, record = yield Command.of("mget", Writes.retry_reads(job_id))
+    call = writes.retry(job_id, doc, record, time.time())
+    outcome = _confirmed(writes, (yield _write(writes, "retry", call)))
     if outcome in (b"unknown", "unknown"):  # a race lost to expiry or to another retry
         raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
     if outcome in (b"not_failed", "not_failed"):
@@ -145,7 +143,7 @@ def retry(calls: Calls, job_id: str) -> Op[str]:
 def cancel(job_id: str) -> Op[Cancellation]:
     for _ in range(CANCEL_ATTEMPTS):
         doc = yield Command.of("get", result_key(job_id))
-        call = Calls.cancel(job_id, doc, time.time())
+        call = Writes.cancel(job_id, doc, time.time())
         if isinstance(call, Cancellation):
             return call
         (keys, args), cancelled = call
@@ -181,16 +179,16 @@ def known(job_ids: Iterable[str]) -> Op[int]:
     return found
 
 
-def save_manifest(calls: Calls, name: str, manifest: str) -> Op[None]:
-    yield from _checked(calls)
-    yield Command.of("set", batch_key(name), manifest, px=calls.queued_ttl_ms)
+def save_manifest(writes: Writes, name: str, manifest: str) -> Op[None]:
+    yield from _guard_once(writes)
+    yield Command.of("set", batch_key(name), manifest, px=writes.queued_ttl_ms)
 
 
-def open_batch(calls: Calls, name: str, total: int) -> Op[None]:
+def open_batch(writes: Writes, name: str, total: int) -> Op[None]:
     valid_batch_name(name)
-    yield from _checked(calls)
+    yield from _guard_once(writes)
     keys, args = script("open_batch").bind(
-        tally=batch_tally_key(name), name=name, total=int(total), ttl_ms=calls.queued_ttl_ms
+        tally=batch_tally_key(name), name=name, total=int(total), ttl_ms=writes.queued_ttl_ms
     )
     yield Script("open_batch", keys, args)
 

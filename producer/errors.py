@@ -1,5 +1,17 @@
-"""redis-py's errors as the producer's (``producer.types``: unavailable, full, unsafe), each saying
-where it looked (the URL, password redacted) and what to do.
+"""Every error the client raises, and redis-py's errors turned into them (each saying where it looked,
+the URL's password redacted, and what to do)::
+
+    ConnectionError
+    └── QueueUnavailableError      Redis did not answer, or cannot take the job: nothing was written
+        ├── QueueFullError         Redis is out of memory (noeviction) and refused the write
+        ├── NotReplicatedError     fewer replicas than PROMPTQ_MIN_REPLICAS confirmed the write
+        └── EvictionPolicyError    Redis may evict keys: promptq refuses to write there
+    LookupError
+    └── JobNotFoundError           no such job (never submitted, or its result expired)
+    ValueError
+    ├── RetryRefusedError          retry() of a job that is not failed, or whose request is gone
+    ├── InvalidJobError            (promptq_core.validation) a job that fails its checks
+    └── ConfigError                (promptq_core.env) a setting that fails its checks
 """
 
 from __future__ import annotations
@@ -9,10 +21,50 @@ from collections.abc import Iterator
 
 import redis
 
-from producer.types import QueueFullError, QueueUnavailableError
 from promptq_core.env import redact_url
 
-__all__ = ["redis_errors"]
+__all__ = [
+    "EvictionPolicyError",
+    "JobNotFoundError",
+    "NotReplicatedError",
+    "QueueFullError",
+    "QueueUnavailableError",
+    "RetryRefusedError",
+    "redis_errors",
+]
+
+
+class QueueUnavailableError(ConnectionError):
+    """Redis did not answer (or cannot take the job): nothing was submitted (or read). The message
+    says where it looked."""
+
+
+class QueueFullError(QueueUnavailableError):
+    """Redis is out of memory (``maxmemory`` reached under ``noeviction``) and refused the write:
+    nothing of the refused call was written. Workers finishing jobs free memory; try again later."""
+
+    retry_after_s = 5
+    """A wait to suggest before trying again (the HTTP API's ``Retry-After``)."""
+
+
+class NotReplicatedError(QueueUnavailableError):
+    """With ``PROMPTQ_MIN_REPLICAS`` set, the write reached the primary but fewer replicas confirmed
+    it in time: it would be lost if the primary failed now. Sending it again is safe: the same job
+    ids enqueue nothing twice."""
+
+
+class EvictionPolicyError(QueueUnavailableError):
+    """Redis may evict keys under memory pressure (a ``maxmemory-policy`` other than ``noeviction``):
+    queued jobs and results could vanish without an error, so promptq refuses to write there (unless
+    ``PROMPTQ_ALLOW_EVICTION=1``)."""
+
+
+class RetryRefusedError(ValueError):
+    """``retry`` was asked for a job that is not failed, or whose request is no longer kept."""
+
+
+class JobNotFoundError(LookupError):
+    """No result document exists for this job id (never submitted, or expired)."""
 
 
 @contextlib.contextmanager

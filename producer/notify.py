@@ -26,8 +26,9 @@ __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 FALLBACK_POLL_S = 15.0
 """How often a waiter re-reads the document even without a message (a safety net only)."""
 RECONNECT_S = 0.5
+"""How long a lost subscription waits before it connects again."""
 READ_CHUNK = 1_000
-"""Documents read in one MGET after a subscription, at most."""
+"""Documents read in one MGET, at most: after a subscription, and by ``get_many``."""
 UNSUBSCRIBE_DELAY_S = 0.05
 """How long a finished wait's channel stays subscribed (its job publishes nothing more), so that the
 unsubscriptions of many waits go out as one command."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.types import JobNotFoundError, StreamEvent
+from producer.errors import JobNotFoundError
+from producer.types import StreamEvent
 from promptq_core.contract import JobResult, result_key, stream_key
 
 __all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor"]

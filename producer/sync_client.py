@@ -12,13 +12,13 @@ from typing import Any, Self, TypeVar
 import redis
 
 from producer import core
-from producer.calls import Calls, config_of
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
 from producer.notify import published_result
 from producer.overview import Overview
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
+from producer.writes import Writes, config_of
 from promptq_core.connect import sync_client
 from promptq_core.contract import JobResult, done_channel
 from promptq_core.guard import read_facts_sync
@@ -42,14 +42,14 @@ class SyncProducer:
         config: ProducerConfig | None = None,
         client: redis.Redis | None = None,
     ) -> None:
-        self._calls = Calls(config_of(redis_url, config))
+        self._writes = Writes(config_of(redis_url, config))
         self._owns_client = client is None
         self.redis = client if client is not None else sync_client(self.config.redis_url)
         self._scripts = {name: self.redis.register_script(script(name).source) for name in core.SCRIPTS}
 
     @property
     def config(self) -> ProducerConfig:
-        return self._calls.config
+        return self._writes.config
 
     def __enter__(self) -> Self:
         return self
@@ -65,11 +65,11 @@ class SyncProducer:
 
     def submit(self, prompt: str | None = None, **kwargs: Any) -> str:
         """See :meth:`Producer.submit`."""
-        return self._run(core.submit(self._calls, prompt, kwargs))
+        return self._run(core.submit(self._writes, prompt, kwargs))
 
     def submit_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """See :meth:`Producer.submit_many`."""
-        return self._run(core.submit_many(self._calls, items))
+        return self._run(core.submit_many(self._writes, items))
 
     def get(self, job_id: str) -> JobResult | None:
         """See :meth:`Producer.get`."""
@@ -101,11 +101,11 @@ class SyncProducer:
 
     def open_batch(self, name: str, total: int) -> None:
         """See :meth:`Producer.open_batch`."""
-        self._run(core.open_batch(self._calls, name, total))
+        self._run(core.open_batch(self._writes, name, total))
 
     def save_manifest(self, name: str, manifest: str) -> None:
         """See :meth:`Producer.save_manifest`."""
-        self._run(core.save_manifest(self._calls, name, manifest))
+        self._run(core.save_manifest(self._writes, name, manifest))
 
     def manifest(self, name: str) -> str | None:
         """See :meth:`Producer.manifest`."""
@@ -125,7 +125,7 @@ class SyncProducer:
 
     def retry(self, job_id: str) -> str:
         """See :meth:`Producer.retry`."""
-        return self._run(core.retry(self._calls, job_id))
+        return self._run(core.retry(self._writes, job_id))
 
     def cancel(self, job_id: str) -> Cancellation:
         """See :meth:`Producer.cancel`."""

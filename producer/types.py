@@ -1,5 +1,5 @@
-"""The client library's public types, in one place: its settings (``ProducerConfig``), what its
-methods answer (``QueueDepths``, ``Cancellation``, ``StreamEvent``) and what they raise.
+"""The client library's public types: its settings (``ProducerConfig``) and what its methods answer
+(``QueueDepths``, ``Cancellation``, ``StreamEvent``); what they raise is in ``producer.errors``.
 
 The result document (``JobResult``, ``Usage``, ``JobError``) lives in ``promptq_core.contract``, which
 the worker shares, and ``QueueDepths`` (what the queue's ``depths`` script answers, which the worker's
@@ -25,41 +25,10 @@ __all__ = [
     "DEFAULT_REPLICA_TIMEOUT_MS",
     "DEPTHS_KEYS_MAX",
     "Cancellation",
-    "EvictionPolicyError",
-    "JobNotFoundError",
-    "NotReplicatedError",
     "ProducerConfig",
     "QueueDepths",
-    "QueueFullError",
-    "QueueUnavailableError",
-    "RetryRefusedError",
     "StreamEvent",
 ]
-
-
-class QueueUnavailableError(ConnectionError):
-    """Redis did not answer (or cannot take the job): nothing was submitted (or read). The message
-    says where it looked."""
-
-
-class QueueFullError(QueueUnavailableError):
-    """Redis is out of memory (``maxmemory`` reached under ``noeviction``) and refused the write:
-    nothing of the refused call was written. Workers finishing jobs free memory; try again later."""
-
-    retry_after_s = 5
-    """A wait to suggest before trying again (the HTTP API's ``Retry-After``)."""
-
-
-class NotReplicatedError(QueueUnavailableError):
-    """With ``PROMPTQ_MIN_REPLICAS`` set, the write reached the primary but fewer replicas confirmed
-    it in time: it would be lost if the primary failed now. Sending it again is safe: the same job
-    ids enqueue nothing twice."""
-
-
-class EvictionPolicyError(QueueUnavailableError):
-    """Redis may evict keys under memory pressure (a ``maxmemory-policy`` other than ``noeviction``):
-    queued jobs and results could vanish without an error, so promptq refuses to write there (unless
-    ``PROMPTQ_ALLOW_EVICTION=1``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +47,6 @@ class Cancellation:
         if self.result is None:
             return f"no job {self.job_id!r} (never submitted, or its result expired): nothing to cancel"
         return f"job {self.job_id!r} already {self.result.status}: nothing to cancel"
-
-
-class RetryRefusedError(ValueError):
-    """``retry`` was asked for a job that is not failed, or whose request is no longer kept."""
 
 
 DEFAULT_REPLICA_TIMEOUT_MS = 1000
@@ -118,10 +83,6 @@ class ProducerConfig:
 
 
 EventType = Literal["delta", "restart", "done"]
-
-
-class JobNotFoundError(LookupError):
-    """No result document exists for this job id (never submitted, or expired)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,6 @@ __all__ = [
     "JobResult",
     "Status",
     "Usage",
-    "active_key",
     "batch_key",
     "batch_of",
     "batch_tally_key",
@@ -214,10 +213,6 @@ def result_key(job_id: str) -> str:
 
 def ready_key(priority: int, fairness_key: str) -> str:
     return f"{READY_KEY_PREFIX}{priority}:{fairness_key}"
-
-
-def active_key(priority: int) -> str:
-    return f"{ACTIVE_KEY_PREFIX}{priority}"
 
 
 def stream_key(job_id: str) -> str:

@@ -23,6 +23,7 @@ from promptq_core.prices import Price, prices_from_env
 from promptq_core.validation import InvalidJobError, check_fairness_key
 
 __all__ = [
+    "DEFAULT_MODEL",
     "ENV_NAMES",
     "ConfigError",
     "Limit",
@@ -115,12 +116,16 @@ def _optional_int(env: Mapping[str, str], name: str) -> int | None:
     return env_int(env, name, 0) or None if env.get(name, "").strip() else None
 
 
+DEFAULT_MODEL = "gpt-4o-mini"
+"""The model of a job that names none (``PROMPTQ_MODEL``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     redis_url: str = DEFAULT_REDIS_URL
     openai_api_key: str = field(default=UNUSED_API_KEY, repr=False)
     openai_base_url: str | None = None
-    model: str = "gpt-4o-mini"
+    model: str = DEFAULT_MODEL
     max_jobs: int = 16
     urgent_slots: int = 1
     """Slots beyond ``max_jobs`` that only priority-0 jobs may take (default a tenth of ``max_jobs``,

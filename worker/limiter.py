@@ -35,7 +35,7 @@ from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit
 from promptq_core.scripts import script
 from promptq_core.validation import PromptJob, embedding_inputs
 from worker.config import Limit
-from worker.redis_conn import persist
+from worker.redis_conn import ride_out
 from worker.retry import parse_duration_s
 
 __all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens", "server_budget_wait_s"]
@@ -43,8 +43,6 @@ __all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_
 LIMIT_USE = 0.98
 """Requests and tokens are spaced for this share of each limit: a request that leaves a little late
 and the next one on time still fall in different seconds of a server counting per second."""
-BURST_S = 0.0
-"""No burst: the budget is never spent faster than its pace, not even after an idle spell."""
 _NO_MAX_WAIT_MS = 10**12
 
 
@@ -153,10 +151,9 @@ class Limiter:
                 rpm=(limit.rpm or 0) * LIMIT_USE,
                 tpm=(limit.tpm or 0) * LIMIT_USE,
                 tokens=tokens if limit.tpm else 0,
-                burst_s=BURST_S,
                 max_wait_ms=left_ms,
             )
-            reply: Any = await persist(functools.partial(self._reserve, keys=keys, args=args))
+            reply: Any = await ride_out(functools.partial(self._reserve, keys=keys, args=args))
             reserved, wait_s = int(reply[0]), int(reply[1]) / 1000
             if not reserved and waited_s + wait_s > max_wait_s:
                 raise BudgetWaitTooLongError(wait_s)
@@ -173,14 +170,14 @@ class Limiter:
             keys, args = script("limit_settle").bind(
                 tpm_tat=self.keys(model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated
             )
-            await persist(lambda: self._settle(keys=keys, args=args))
+            await ride_out(lambda: self._settle(keys=keys, args=args))
 
     async def cool_down(self, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` for ``seconds`` (a 429 or the server's headers said
         so); a longer cool-down already running is kept."""
         if self.limit_for(model).rpm or self.limit_for(model).tpm:
             keys, args = script("limit_cool_down").bind(cooldown=self.keys(model)[2], ms=max(1, round(seconds * 1000)))
-            await persist(lambda: self._cool_down(keys=keys, args=args))
+            await ride_out(lambda: self._cool_down(keys=keys, args=args))
 
 
 def _process_scope() -> str:

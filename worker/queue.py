@@ -19,13 +19,13 @@ from redis.asyncio import Redis
 
 from promptq_core.contract import dumps
 from promptq_core.scripts import script
+from worker.config import DEFAULT_MODEL
 from worker.logs import get_logger
 
 __all__ = ["RETURN_STEP", "Claimed", "JobQueue"]
 
 log = get_logger("promptq.queue")
 
-DEFAULT_MODEL = "gpt-4o-mini"
 RETURN_STEP = 500
 """Jobs one claim brings back in line at most of each kind (leases run out, retries due, jobs of the
 legacy queue): bounds the time one claim holds Redis after a worker with many jobs died."""

@@ -39,8 +39,8 @@ __all__ = [
     "check_access",
     "check_facts",
     "give_up_at",
-    "persist",
     "redis_settings",
+    "ride_out",
     "worker_pool",
 ]
 
@@ -76,7 +76,7 @@ class OutageRetry(Retry):
         return await _ride_out(do, self._supported_errors, self._backoff, self.outage_s, fail)
 
 
-async def persist(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUTAGE_S) -> T:
+async def ride_out(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUTAGE_S) -> T:
     """Run a Redis call until Redis takes it, for up to ``outage_s``. For the writes a job cannot do
     without (its result above all): redis-py retries a command, but not the handshake of a new
     connection, which fails when Redis goes away just then. The calls given are safe to repeat.

@@ -31,7 +31,7 @@ from promptq_core.contract import (
 )
 from promptq_core.scripts import script
 from worker.logs import get_logger
-from worker.redis_conn import persist
+from worker.redis_conn import ride_out
 
 __all__ = ["Finished", "Settle"]
 
@@ -74,9 +74,9 @@ class Settle:
             streamed="1" if streamed else "0",
         )
         if not self.min_replicas:
-            reply = await persist(lambda: self._finish(keys=keys, args=args))
+            reply = await ride_out(lambda: self._finish(keys=keys, args=args))
         else:
-            reply = await persist(lambda: self._finish_replicated(keys, args, job_id))
+            reply = await ride_out(lambda: self._finish_replicated(keys, args, job_id))
         if isinstance(reply, int):
             return Finished(None, ended_here=reply == 1)
         return Finished(_parse(reply), ended_here=False)
@@ -96,14 +96,14 @@ class Settle:
             delay_ms=max(0, round(delay_s * 1000)),
             try_spent="1" if try_spent else "0",
         )
-        return _parse(await persist(lambda: self._defer(keys=keys, args=args)))
+        return _parse(await ride_out(lambda: self._defer(keys=keys, args=args)))
 
     async def ack(self, job_id: str) -> None:
         """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""
         keys, args = script("ack").bind(
             record=ARQ_JOB_KEY_PREFIX + job_id, tries=ARQ_RETRY_KEY_PREFIX + job_id, job_id=job_id
         )
-        await persist(lambda: self._ack(keys=keys, args=args))
+        await ride_out(lambda: self._ack(keys=keys, args=args))
 
     async def _finish_replicated(self, keys: list[str], args: list[Any], job_id: str) -> Any:
         """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result

@@ -14,7 +14,7 @@ from redis.exceptions import OutOfMemoryError
 from promptq_core.contract import STREAM_MAXLEN, stream_key
 from promptq_core.scripts import script
 from worker.logs import get_logger
-from worker.redis_conn import persist
+from worker.redis_conn import ride_out
 
 __all__ = ["StreamWriter", "Streams"]
 
@@ -35,7 +35,7 @@ class Streams:
     async def begin(self, key: str, attempt: int) -> None:
         """Mark a new attempt on the stream at ``key``, if an earlier one left deltas behind."""
         keys, args = script("stream_begin").bind(stream=key, attempt=attempt, ttl_ms=self.ttl_ms)
-        await persist(lambda: self._begin(keys=keys, args=args))
+        await ride_out(lambda: self._begin(keys=keys, args=args))
 
 
 class StreamWriter:

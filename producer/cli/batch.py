@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.calls import Calls
+from producer.writes import Writes
 from promptq_core.contract import (
     CHAT_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
@@ -55,7 +55,7 @@ class Batch:
 
 
 def parse_jsonl(
-    lines: Iterable[str], batch: str, calls: Calls, *, priority: int | None = None, fairness_key: str | None = None
+    lines: Iterable[str], batch: str, writes: Writes, *, priority: int | None = None, fairness_key: str | None = None
 ) -> Batch:
     """Read each line as the Batch API's ``{"custom_id", "method", "url", "body"}`` or as plain
     ``{"prompt" | "messages", ...options, "custom_id"?}``; check it as ``submit`` would.
@@ -76,7 +76,7 @@ def parse_jsonl(
             arguments.setdefault("fairness_key", fairness_key or batch)
             if priority is not None:
                 arguments.setdefault("priority", priority)
-            calls.build(**arguments)  # the same checks as submit, before anything is written
+            writes.build(**arguments)  # the same checks as submit, before anything is written
         except (InvalidJobError, TypeError, ValueError) as e:
             parsed.bad.append(BadLine(line_no, str(e)))
             continue

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from producer.calls import Calls
 from producer.cli.batch import Progress, manifest_items, output_line, parse_jsonl, valid_batch_name
-from producer.errors import redis_errors
+from producer.errors import QueueUnavailableError, redis_errors
 from producer.sync_client import SyncProducer
-from producer.types import ProducerConfig, QueueDepths, QueueUnavailableError
+from producer.types import ProducerConfig, QueueDepths
+from producer.writes import Writes
 from promptq_core import tracing
 from promptq_core.env import ConfigError
 from promptq_core.prices import prices_from_env
@@ -59,7 +59,7 @@ class Cli:
             batch = parse_jsonl(
                 lines,
                 name,
-                Calls(self.producer.config),
+                Writes(self.producer.config),
                 priority=self.args.priority,
                 fairness_key=self.args.fairness_key,
             )

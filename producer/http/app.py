@@ -45,14 +45,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.cli.batch import manifest_items
 from producer.client import Producer
-from producer.types import (
-    JobNotFoundError,
-    ProducerConfig,
-    QueueFullError,
-    QueueUnavailableError,
-    RetryRefusedError,
-    StreamEvent,
-)
+from producer.errors import JobNotFoundError, QueueFullError, QueueUnavailableError, RetryRefusedError
+from producer.types import ProducerConfig, StreamEvent
 from promptq_core import tracing
 from promptq_core.contract import BATCH_NAME_RE, FAIRNESS_KEY_MAX_BYTES, JobResult, dumps
 from promptq_core.env import env_float, env_int

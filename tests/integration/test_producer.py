@@ -10,8 +10,8 @@ import redis
 import redis.asyncio
 
 from producer import InvalidJobError, JobNotFoundError, Producer, SyncProducer
-from producer.calls import SUBMIT_CHUNK
 from producer.types import ProducerConfig
+from producer.writes import SUBMIT_CHUNK
 from promptq_core.contract import ARQ_JOB_KEY_PREFIX, JOB_FUNCTION, SEQUENCE_KEY, ready_key, result_key
 
 DEFAULT_LINE = ready_key(5, "default")

@@ -106,9 +106,9 @@ def test_with_traces_off_nothing_of_opentelemetry_is_imported() -> None:
     """(FastAPI imports it by itself where it is installed, so the HTTP API is left out.)"""
     code = (
         "import sys\n"
-        "from producer.calls import Calls\n"
+        "from producer.writes import Writes\n"
         "from producer.types import ProducerConfig\n"
-        "job = Calls(ProducerConfig()).build('hello')\n"
+        "job = Writes(ProducerConfig()).build('hello')\n"
         "assert job.trace is None\n"
         "import producer.cli.commands, worker.settings, worker.jobs\n"
         "from worker.tracing import Tracing\n"

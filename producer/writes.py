@@ -1,5 +1,6 @@
-"""The producer's Redis calls, without the I/O: its Lua scripts' arguments for its settings
-(``producer.types.ProducerConfig``), and the checks before its first write.
+"""What a producer writes to Redis, without the I/O: jobs built and checked, each write script's keys
+and arguments for its settings (``producer.types.ProducerConfig``), and the checks before its first
+write and after a replicated one.
 
 ``Producer`` and ``SyncProducer`` send what this module builds, so both behave the same.
 """
@@ -13,14 +14,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from producer.types import (
-    Cancellation,
-    EvictionPolicyError,
-    NotReplicatedError,
-    ProducerConfig,
-    QueueUnavailableError,
-    RetryRefusedError,
-)
+from producer.errors import EvictionPolicyError, NotReplicatedError, QueueUnavailableError, RetryRefusedError
+from producer.types import Cancellation, ProducerConfig
 from promptq_core.contract import (
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
@@ -39,7 +34,7 @@ from promptq_core.scripts import Value, script
 from promptq_core.tracing import current_trace
 from promptq_core.validation import InvalidJobError, PromptJob
 
-__all__ = ["SUBMIT_CHUNK", "Calls", "config_of"]
+__all__ = ["SUBMIT_CHUNK", "Writes", "config_of"]
 
 log = logging.getLogger("promptq.producer")
 
@@ -48,7 +43,8 @@ SUBMIT_CHUNK = 1_000
 MIN_QUEUED_TTL_S = 86_400
 """A queued job and its document live at least this long, however short the result TTL."""
 
-Call = tuple[list[str], list[Value]]
+Bound = tuple[list[str], list[Value]]
+"""A script's keys and arguments, bound (``LuaScript.bind``)."""
 
 
 def config_of(redis_url: str | None, config: ProducerConfig | None) -> ProducerConfig:
@@ -57,7 +53,7 @@ def config_of(redis_url: str | None, config: ProducerConfig | None) -> ProducerC
     return config if redis_url is None else config.with_url(redis_url)
 
 
-class Calls:
+class Writes:
     """Validation, and the arguments of each script, for one producer's settings."""
 
     def __init__(self, config: ProducerConfig) -> None:
@@ -108,7 +104,7 @@ class Calls:
                 raise InvalidJobError(f"item {i}: {e}") from None
         return jobs
 
-    def chunks(self, jobs: list[PromptJob]) -> Iterator[Call]:
+    def chunks(self, jobs: list[PromptJob]) -> Iterator[Bound]:
         """``submit_many``'s arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
 
         Re-sending a chunk is safe: the script writes nothing for an id it already knows.
@@ -132,7 +128,7 @@ class Calls:
             fields.append("")  # the last field ends with a newline too
             yield bind(ttl_ms=self.queued_ttl_ms, count=len(chunk), chunk="\n".join(fields))
 
-    def submit(self, job: PromptJob, now_s: float) -> Call:
+    def submit(self, job: PromptJob, now_s: float) -> Bound:
         return script("submit").bind(
             doc=result_key(job.job_id),
             record=ARQ_JOB_KEY_PREFIX + job.job_id,
@@ -147,7 +143,7 @@ class Calls:
         )
 
     @staticmethod
-    def cancel(job_id: str, doc: bytes | None, now_s: float) -> tuple[Call, JobResult] | Cancellation:
+    def cancel(job_id: str, doc: bytes | None, now_s: float) -> tuple[Bound, JobResult] | Cancellation:
         """The cancel script's arguments for the document as read, with the cancelled document they
         write; or the answer if there is nothing to cancel."""
         current = None if doc is None else JobResult.from_json(doc)
@@ -172,7 +168,7 @@ class Calls:
         """The keys ``retry`` reads first: the result document and the kept job record."""
         return [result_key(job_id), FAILED_JOB_KEY_PREFIX + job_id]
 
-    def retry(self, job_id: str, doc: bytes | None, record: bytes | None, now_s: float) -> Call:
+    def retry(self, job_id: str, doc: bytes | None, record: bytes | None, now_s: float) -> Bound:
         """The retry script's arguments; :class:`RetryRefusedError` when the job cannot be retried."""
         if doc is None:
             raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
