@@ -21,7 +21,6 @@ keeps its own keys (for workers that each have an API key of their own).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import math
 import os
@@ -32,11 +31,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit_keys
-from promptq_core.scripts import script
 from promptq_core.validation import PromptJob, embedding_inputs
 from worker.config import Limit
-from worker.redis_conn import ride_out
 from worker.retry import parse_duration_s
+from worker.scripts import WorkerScript
 
 __all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens", "server_budget_wait_s"]
 
@@ -111,9 +109,9 @@ class Limiter:
     def __init__(self, redis: Redis, default: Limit, per_model: dict[str, Limit], *, shared: bool = True) -> None:
         self.default, self.per_model = default, per_model
         self.scope = "" if shared else _process_scope()
-        self._reserve = redis.register_script(script("limit_reserve").source)
-        self._settle = redis.register_script(script("limit_settle").source)
-        self._cool_down = redis.register_script(script("limit_cool_down").source)
+        self._reserve = WorkerScript(redis, "limit_reserve", rides_out=True)
+        self._settle = WorkerScript(redis, "limit_settle", rides_out=True)
+        self._cool_down = WorkerScript(redis, "limit_cool_down", rides_out=True)
         self.redis = redis
 
     def keys(self, model: str) -> tuple[str, str, str]:
@@ -144,7 +142,7 @@ class Limiter:
         rpm_tat, tpm_tat, cooldown = self.keys(model)
         while True:
             left_ms = _NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round((max_wait_s - waited_s) * 1000))
-            keys, args = script("limit_reserve").bind(
+            reply: Any = await self._reserve(
                 rpm_tat=rpm_tat,
                 tpm_tat=tpm_tat,
                 cooldown=cooldown,
@@ -153,7 +151,6 @@ class Limiter:
                 tokens=tokens if limit.tpm else 0,
                 max_wait_ms=left_ms,
             )
-            reply: Any = await ride_out(functools.partial(self._reserve, keys=keys, args=args))
             reserved, wait_s = int(reply[0]), int(reply[1]) / 1000
             if not reserved and waited_s + wait_s > max_wait_s:
                 raise BudgetWaitTooLongError(wait_s)
@@ -167,17 +164,13 @@ class Limiter:
         limit = self.limit_for(model)
         tpm = limit.tpm
         if tpm and used != estimated:
-            keys, args = script("limit_settle").bind(
-                tpm_tat=self.keys(model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated
-            )
-            await ride_out(lambda: self._settle(keys=keys, args=args))
+            await self._settle(tpm_tat=self.keys(model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated)
 
     async def cool_down(self, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` for ``seconds`` (a 429 or the server's headers said
         so); a longer cool-down already running is kept."""
         if self.limit_for(model).rpm or self.limit_for(model).tpm:
-            keys, args = script("limit_cool_down").bind(cooldown=self.keys(model)[2], ms=max(1, round(seconds * 1000)))
-            await ride_out(lambda: self._cool_down(keys=keys, args=args))
+            await self._cool_down(cooldown=self.keys(model)[2], ms=max(1, round(seconds * 1000)))
 
 
 def _process_scope() -> str:

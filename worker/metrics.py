@@ -34,8 +34,8 @@ from promptq_core.background import Background, repeat
 from promptq_core.contract import CHAT_ENDPOINT, PRIORITIES, Usage
 from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
 from promptq_core.prices import Price, cost_usd
-from promptq_core.scripts import script
 from worker.logs import get_logger
+from worker.scripts import WorkerScript
 
 __all__ = ["Metrics", "heartbeat"]
 
@@ -106,11 +106,10 @@ class Metrics:
         """Start the HTTP server (port 0: any free one) and the queue-depth reader; return the port."""
         self.stale_after_s = max(60.0, 10 * poll_delay_s)
         self._server = await asyncio.start_server(self._answer, host, port)
-        depths = redis.register_script(script("depths").source)
-        keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
+        depths = WorkerScript(redis, "depths")
 
         async def read() -> None:
-            self.set_depths(QueueDepths.from_reply(await depths(keys=keys, args=args)))
+            self.set_depths(QueueDepths.from_reply(await depths(keys_max=DEPTHS_KEYS_MAX)))
 
         self._depth_reader.start(lambda: repeat(read, QUEUE_DEPTH_EVERY_S, _depth_failed))
         bound: int = self._server.sockets[0].getsockname()[1]

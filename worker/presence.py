@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from promptq_core.background import Background, repeat
 from promptq_core.contract import WORKER_BEAT_S, WORKER_FORGET_S, WORKERS_KEY, WORKERS_SEEN_KEY, dumps
-from promptq_core.scripts import script
 from worker.logs import get_logger
+from worker.scripts import WorkerScript
 
 __all__ = ["Presence"]
 
@@ -29,7 +29,7 @@ class Presence:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.worker_id = f"{self.host}:{self.pid}:{secrets.token_hex(2)}"
         self.started_at = round(time.time(), 3)
-        self._beat = redis.register_script(script("beat").source)
+        self._beat = WorkerScript(redis, "beat")
         self._beats = Background("promptq-presence")
 
     def start(self) -> None:
@@ -44,10 +44,7 @@ class Presence:
             "busy": self.busy(),
             "started_at": self.started_at,
         }
-        keys, args = script("beat").bind(
-            worker_id=self.worker_id, entry_json=dumps(entry), forget_ms=WORKER_FORGET_S * 1000
-        )
-        await self._beat(keys=keys, args=args)
+        await self._beat(worker_id=self.worker_id, entry_json=dumps(entry), forget_ms=WORKER_FORGET_S * 1000)
 
     async def stop(self) -> None:
         """Stop beating and take the entry out (Redis away: it is shown gone after a few beats)."""

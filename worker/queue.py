@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from promptq_core.contract import dumps
-from promptq_core.scripts import script
 from worker.config import DEFAULT_MODEL
 from worker.logs import get_logger
+from worker.scripts import WorkerScript
 
 __all__ = ["RETURN_STEP", "Claimed", "JobQueue"]
 
@@ -68,14 +68,14 @@ class JobQueue:
         self.lease_ms = max(1, round(lease_s * 1000))
         self.model_json = dumps(default_model)
         self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
-        self._claim = redis.register_script(script("claim").source)
-        self._renew = redis.register_script(script("renew").source)
-        self._pending = redis.register_script(script("pending").source)
+        self._claim = WorkerScript(redis, "claim")
+        self._renew = WorkerScript(redis, "renew")
+        self._pending = WorkerScript(redis, "pending")
 
     async def claim(self, want: int, want_ordinary: int | None = None) -> Claimed:
         """Take up to ``want`` ready jobs, leased for ``lease_ms``; at most ``want_ordinary`` of them
         at priorities 1 to 9 (the others are urgent: priority 0)."""
-        keys, args = script("claim").bind(
+        reply: list[bytes | int] = await self._claim(
             lease_ms=self.lease_ms,
             want=want,
             want_ordinary=want if want_ordinary is None else want_ordinary,
@@ -83,7 +83,6 @@ class JobQueue:
             model_json=self.model_json,
             weights=self.weights,
         )
-        reply: list[bytes | int] = await self._claim(keys=keys, args=args)
         at_ms, recovered, promoted, migrated, skipped, more, urgent = (int(n) for n in reply[:7])
         job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[7:]]
         if recovered or migrated or skipped:
@@ -95,11 +94,9 @@ class JobQueue:
         ids = list(job_ids)
         renewed = 0
         for start in range(0, len(ids), RENEW_CHUNK):
-            keys, args = script("renew").bind(lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK])
-            renewed += int(await self._renew(keys=keys, args=args))
+            renewed += int(await self._renew(lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK]))
         return renewed
 
     async def pending(self) -> bool:
         """Whether any job is ready, running, deferred or in the legacy queue."""
-        keys, args = script("pending").bind()
-        return bool(await self._pending(keys=keys, args=args))
+        return bool(await self._pending())

@@ -29,9 +29,9 @@ from promptq_core.contract import (
     result_key,
     stream_key,
 )
-from promptq_core.scripts import script
 from worker.logs import get_logger
 from worker.redis_conn import ride_out
+from worker.scripts import WorkerScript
 
 __all__ = ["Finished", "Settle"]
 
@@ -52,15 +52,15 @@ class Settle:
         self.redis = redis
         self.result_ttl_ms = result_ttl_s * 1000
         self.min_replicas, self.replica_timeout_ms = min_replicas, replica_timeout_ms
-        self._finish = redis.register_script(script("finish").source)
-        self._defer = redis.register_script(script("defer").source)
-        self._ack = redis.register_script(script("ack").source)
+        self._finish = WorkerScript(redis, "finish", rides_out=True)
+        self._defer = WorkerScript(redis, "defer", rides_out=True)
+        self._ack = WorkerScript(redis, "ack", rides_out=True)
 
     async def finish(self, final: JobResult, *, streamed: bool = False) -> Finished:
         """Write the terminal document and let go of the job; say whether the job ended here, or
         return the stored document instead if it was cancelled meanwhile (that one stays)."""
         job_id = final.job_id
-        keys, args = script("finish").bind(
+        values = dict(
             doc=result_key(job_id),
             record=ARQ_JOB_KEY_PREFIX + job_id,
             tries=ARQ_RETRY_KEY_PREFIX + job_id,
@@ -74,9 +74,9 @@ class Settle:
             streamed="1" if streamed else "0",
         )
         if not self.min_replicas:
-            reply = await ride_out(lambda: self._finish(keys=keys, args=args))
+            reply = await self._finish(**values)
         else:
-            reply = await ride_out(lambda: self._finish_replicated(keys, args, job_id))
+            reply = await ride_out(lambda: self._finish_replicated(values, job_id))
         if isinstance(reply, int):
             return Finished(None, ended_here=reply == 1)
         return Finished(_parse(reply), ended_here=False)
@@ -86,7 +86,7 @@ class Settle:
         giving back the attempt's try; a job that ended meanwhile is let go of, its terminal document
         returned."""
         job_id = queued.job_id
-        keys, args = script("defer").bind(
+        stored = await self._defer(
             doc=result_key(job_id),
             record=ARQ_JOB_KEY_PREFIX + job_id,
             tries=ARQ_RETRY_KEY_PREFIX + job_id,
@@ -96,21 +96,18 @@ class Settle:
             delay_ms=max(0, round(delay_s * 1000)),
             try_spent="1" if try_spent else "0",
         )
-        return _parse(await ride_out(lambda: self._defer(keys=keys, args=args)))
+        return _parse(stored)
 
     async def ack(self, job_id: str) -> None:
         """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""
-        keys, args = script("ack").bind(
-            record=ARQ_JOB_KEY_PREFIX + job_id, tries=ARQ_RETRY_KEY_PREFIX + job_id, job_id=job_id
-        )
-        await ride_out(lambda: self._ack(keys=keys, args=args))
+        await self._ack(record=ARQ_JOB_KEY_PREFIX + job_id, tries=ARQ_RETRY_KEY_PREFIX + job_id, job_id=job_id)
 
-    async def _finish_replicated(self, keys: list[str], args: list[Any], job_id: str) -> Any:
+    async def _finish_replicated(self, values: dict[str, Any], job_id: str) -> Any:
         """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result
         fewer replicas confirmed is logged: if the primary fails before they have it, the job's lease
         comes back on the new primary and the job runs again (once more paid, never lost)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._finish(keys=keys, args=args, client=pipe)
+            await self._finish(pipe, **values)
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
             stored, acked = await pipe.execute()
         if int(acked) < self.min_replicas:

@@ -12,9 +12,8 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from promptq_core.contract import STREAM_MAXLEN, stream_key
-from promptq_core.scripts import script
 from worker.logs import get_logger
-from worker.redis_conn import ride_out
+from worker.scripts import WorkerScript
 
 __all__ = ["StreamWriter", "Streams"]
 
@@ -26,7 +25,7 @@ class Streams:
 
     def __init__(self, redis: Redis, ttl_ms: int) -> None:
         self.redis, self.ttl_ms = redis, ttl_ms
-        self._begin = redis.register_script(script("stream_begin").source)
+        self._begin = WorkerScript(redis, "stream_begin", rides_out=True)
 
     def writer(self, job_id: str) -> StreamWriter:
         """A writer for one attempt of the job."""
@@ -34,8 +33,7 @@ class Streams:
 
     async def begin(self, key: str, attempt: int) -> None:
         """Mark a new attempt on the stream at ``key``, if an earlier one left deltas behind."""
-        keys, args = script("stream_begin").bind(stream=key, attempt=attempt, ttl_ms=self.ttl_ms)
-        await ride_out(lambda: self._begin(keys=keys, args=args))
+        await self._begin(stream=key, attempt=attempt, ttl_ms=self.ttl_ms)
 
 
 class StreamWriter:

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 
 from promptq_core.background import REDIS_TROUBLE, Background, repeat
 from promptq_core.contract import STATS_KEEP_S, JobResult, batch_of, dumps, latency_bucket
-from promptq_core.scripts import script
 from worker.logs import get_logger
+from worker.scripts import WorkerScript
 
 __all__ = ["ROLL_UP_EVERY_S", "Tally"]
 
@@ -35,7 +35,7 @@ class Tally:
         self.redis, self.every_s = redis, every_s
         self._minutes: dict[int, dict[str, Any]] = {}
         self._batches: dict[str, list[Any]] = {}
-        self._script = redis.register_script(script("roll_up").source)
+        self._roll_up = WorkerScript(redis, "roll_up")
         self._roll_ups = Background("promptq-tally")
 
     def count(self, result: JobResult, cost_usd: float | None) -> None:
@@ -64,7 +64,7 @@ class Tally:
         self._minutes, self._batches = {}, {}
         try:
             payload = dumps({"minutes": {str(m): c for m, c in minutes.items()}, "batches": batches})
-            await self._script(keys=[], args=[payload])
+            await self._roll_up(counts_json=payload)
         except REDIS_TROUBLE:
             self._keep(minutes, batches)  # back in, for the next roll-up
             raise

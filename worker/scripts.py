@@ -1,0 +1,34 @@
+"""The worker's Lua scripts, each registered once on the worker's Redis and called by its header's
+names: ``await claim(lease_ms=..., want=...)`` binds them (``LuaScript.bind``) and runs the script.
+A step that must not be lost rides out a short Redis outage (``ride_out=True``: ``worker.redis_conn``);
+the others (a claim, a renewal, a roll-up) fail at once and are tried again by their loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from promptq_core.scripts import script
+from worker.redis_conn import ride_out
+
+__all__ = ["WorkerScript"]
+
+
+class WorkerScript:
+    """One script of ``worker/lua`` (or the core's), registered on ``redis``."""
+
+    def __init__(self, redis: Redis, name: str, *, rides_out: bool = False) -> None:
+        self.lua = script(name)
+        self.rides_out = rides_out
+        self._registered = redis.register_script(self.lua.source)
+
+    async def __call__(self, client: Any = None, **values: Any) -> Any:
+        """Run the script with the header's names bound to ``values`` (on ``client``: a pipeline)."""
+        keys, args = self.lua.bind(**values)
+        if client is not None:  # queued on a pipeline: its execute() runs it
+            return await self._registered(keys=keys, args=args, client=client)
+        if self.rides_out:
+            return await ride_out(lambda: self._registered(keys=keys, args=args))
+        return await self._registered(keys=keys, args=args)
