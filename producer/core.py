@@ -26,7 +26,7 @@ from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINU
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, QueueDepths, StreamEvent
 from producer.writes import Bound, Writes
-from promptq_core.contract import FAILED_SET, JobResult, batch_key, batch_tally_key, result_key
+from promptq_core.contract import FAILED_SET, JobResult, Reply, batch_key, batch_tally_key, result_key
 from promptq_core.scripts import Value, script
 from promptq_core.validation import valid_batch_name
 
@@ -133,9 +133,10 @@ def retry(writes: Writes, job_id: str) -> Op[str]:
     doc, record = yield Command.of("mget", Writes.retry_reads(job_id))
     call = writes.retry(job_id, doc, record, time.time())
     outcome = _confirmed(writes, (yield _write(writes, "retry", call)))
-    if outcome in (b"unknown", "unknown"):  # a race lost to expiry or to another retry
+    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+    if outcome == Reply.NO_DOCUMENT:  # a race lost to expiry or to another retry
         raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
-    if outcome in (b"not_failed", "not_failed"):
+    if outcome == Reply.NOT_FAILED:
         raise RetryRefusedError(f"job {job_id!r} is no longer failed (retried already?)")
     return job_id
 
@@ -148,7 +149,7 @@ def cancel(job_id: str) -> Op[Cancellation]:
             return call
         (keys, args), cancelled = call
         done, _ = yield Script("cancel", keys, args)
-        if done:
+        if done == Reply.CANCELLED:
             return Cancellation(job_id, cancelled=True, result=cancelled)
     raise RuntimeError(f"job {job_id!r} kept changing while it was being cancelled")
 

@@ -70,6 +70,7 @@ __all__ = [
     "WORKER_FORGET_S",
     "JobError",
     "JobResult",
+    "Reply",
     "Status",
     "Usage",
     "batch_key",
@@ -262,6 +263,39 @@ def latency_bucket_bounds(bucket: int) -> tuple[float, float]:
 
 
 _LOG_RATIO = math.log(LATENCY_BUCKET_RATIO)
+
+
+# -- what the scripts answer ----------------------------------------------------------------------
+class Reply:
+    """The answers of the Lua scripts, named once: the loader defines each in a script that uses it
+    (``return ENQUEUED``), and Python compares with the same name (``Reply.ENQUEUED``)."""
+
+    ENQUEUED: Final = 1
+    """submit: the job was new and is in line."""
+    ALREADY_KNOWN: Final = 0
+    """submit: a job or result with that id exists; nothing was written."""
+    CANCELLED: Final = 1
+    """cancel: the document was marked cancelled."""
+    CHANGED_MEANWHILE: Final = 0
+    """cancel: the document was no longer the one read (read it again)."""
+    ENDED_HERE: Final = 1
+    """finish: the job ended with this finish."""
+    ENDED_BEFORE: Final = 0
+    """finish: the job's document was terminal already (a second delivery's finish)."""
+    RESERVED: Final = 1
+    """limit_reserve: a reservation was made."""
+    NOT_RESERVED: Final = 0
+    """limit_reserve: none was (a cool-down runs, or the wait is over the maximum)."""
+    RETRIED: Final = "ok"
+    """retry: the failed job is back in line."""
+    NO_DOCUMENT: Final = "unknown"
+    """retry: no document (never submitted, or expired)."""
+    NOT_FAILED: Final = "not_failed"
+    """retry: the job is not failed (retried already?), or its request is no longer kept."""
+
+    @classmethod
+    def names(cls) -> dict[str, int | str]:
+        return {name: value for name, value in vars(cls).items() if name.isupper()}
 
 
 # -- JSON codec --------------------------------------------------------------------------------

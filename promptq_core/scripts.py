@@ -96,6 +96,7 @@ CONSTANTS: Final[dict[str, str | int]] = {
     "BATCH_PREFIX": c.BATCH_KEY_PREFIX,
     "BATCH_TALLY_PREFIX": c.BATCH_TALLY_KEY_PREFIX,
     "BATCHES_MAX": c.BATCHES_MAX,
+    **c.Reply.names(),
 }
 """The other names a script may use: the prefixes of the keys it builds from the ids it is given or
 finds (a job's document, record and try counter, a priority's ready sets...), channels and limits

@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, limit_keys
+from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, Reply, limit_keys
 from promptq_core.validation import PromptJob, embedding_inputs
 from worker.config import Limit
 from worker.retry import parse_duration_s
@@ -151,7 +151,7 @@ class Limiter:
                 tokens=tokens if limit.tpm else 0,
                 max_wait_ms=left_ms,
             )
-            reserved, wait_s = int(reply[0]), int(reply[1]) / 1000
+            reserved, wait_s = int(reply[0]) == Reply.RESERVED, int(reply[1]) / 1000
             if not reserved and waited_s + wait_s > max_wait_s:
                 raise BudgetWaitTooLongError(wait_s)
             if wait_s > 0:

@@ -26,6 +26,7 @@ from promptq_core.contract import (
     ARQ_RETRY_KEY_PREFIX,
     FAILED_JOB_KEY_PREFIX,
     JobResult,
+    Reply,
     result_key,
     stream_key,
 )
@@ -78,7 +79,7 @@ class Settle:
         else:
             reply = await ride_out(lambda: self._finish_replicated(values, job_id))
         if isinstance(reply, int):
-            return Finished(None, ended_here=reply == 1)
+            return Finished(None, ended_here=reply == Reply.ENDED_HERE)
         return Finished(_parse(reply), ended_here=False)
 
     async def defer(self, queued: JobResult, delay_s: float, *, try_spent: bool) -> JobResult | None:

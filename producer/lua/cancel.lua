@@ -21,11 +21,11 @@
 -- ARGV[3] job_id
 -- ARGV[4] model ('' none)
 -- ARGV[5] batch: the batch its id names ('' none)
--- Returns 1 when cancelled, 0 when the document had changed.
+-- Returns CANCELLED, or CHANGED_MEANWHILE when the document had changed (read it again).
 --!include queue
 --!include clock
 --!include tally
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return CHANGED_MEANWHILE end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 if redis.call('ZSCORE', LEASES, ARGV[3]) then
   redis.call('PUBLISH', CANCEL, ARGV[3])
@@ -42,4 +42,4 @@ local model = {}
 if ARGV[4] ~= '' then model[ARGV[4]] = {1, 0, 0, false} end
 roll_up(math.floor(now / 60000), {s = {cancelled = 1}, m = model})
 if ARGV[5] ~= '' then batch_up(ARGV[5], {0, 0, 1, 0, false}, now) end
-return 1
+return CANCELLED

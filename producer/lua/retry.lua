@@ -20,14 +20,14 @@
 -- ARGV[5] priority
 -- ARGV[6] fairness_key
 -- ARGV[7] batch: the batch its id names ('' none): its tally counts one failed job fewer
--- Returns 'ok', 'unknown' (no document) or 'not_failed'.
+-- Returns RETRIED, NO_DOCUMENT or NOT_FAILED.
 --!include status
 --!include queue
 --!include memory
 if full(#ARGV[2] + #ARGV[3]) then return redis.error_reply(FULL) end
 local current = redis.call('GET', KEYS[1])
-if not current then return 'unknown' end
-if status_of(current) ~= 'failed' or redis.call('EXISTS', KEYS[3]) == 1 then return 'not_failed' end
+if not current then return NO_DOCUMENT end
+if status_of(current) ~= 'failed' or redis.call('EXISTS', KEYS[3]) == 1 then return NOT_FAILED end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
 redis.call('DEL', KEYS[2], KEYS[4])
 local place = redis.call('INCR', SEQUENCE)
@@ -39,4 +39,4 @@ if ARGV[7] ~= '' and redis.call('EXISTS', BATCH_TALLY_PREFIX .. ARGV[7]) == 1 th
 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('PUBLISH', WAKE, '1')
-return 'ok'
+return RETRIED

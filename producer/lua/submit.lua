@@ -15,15 +15,15 @@
 -- ARGV[4] ttl_ms: how long the record and the document live
 -- ARGV[5] priority: '0' to '9'
 -- ARGV[6] fairness_key
--- Returns 1 when the job was enqueued, 0 when the id was known (then nothing is written).
+-- Returns ENQUEUED, or ALREADY_KNOWN when the id was known (then nothing is written).
 --!include queue
 --!include memory
 if full(#ARGV[2] + #ARGV[3]) then return redis.error_reply(FULL) end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return ALREADY_KNOWN end
 local place = redis.call('INCR', SEQUENCE)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 set_route(ARGV[1], ARGV[5], place, ARGV[6])
 make_ready(ARGV[1], ARGV[5], place, ARGV[6])
 redis.call('PUBLISH', WAKE, '1')
-return 1
+return ENQUEUED

@@ -25,7 +25,7 @@
 -- ARGV[4] status: succeeded or failed
 -- ARGV[5] now_ms: when it failed
 -- ARGV[6] streamed: '1' for a streamed job
--- Returns the cancelled document that was kept; else 1 when the job ended here, 0 when its document
+-- Returns the cancelled document that was kept; else ENDED_HERE, or ENDED_BEFORE when its document
 -- was terminal already.
 --!include status
 --!include queue
@@ -50,5 +50,5 @@ if ARGV[6] == '1' then
   redis.call('PEXPIRE', KEYS[5], ARGV[3])
 end
 redis.call('PUBLISH', DONE_PREFIX .. ARGV[1], ARGV[2])
-if TERMINAL[was] then return 0 end
-return 1
+if TERMINAL[was] then return ENDED_BEFORE end
+return ENDED_HERE

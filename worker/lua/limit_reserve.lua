@@ -10,12 +10,12 @@
 -- ARGV[2] tpm: tokens a minute (0: no token limit)
 -- ARGV[3] tokens: the request's estimate (0: not counted)
 -- ARGV[4] max_wait_ms: reserve nothing when the request could go only later than this
--- Returns {1, wait ms} when a reservation was made (go after wait ms), {0, wait ms} when none was
+-- Returns {RESERVED, wait ms} when a reservation was made (go after wait ms), {NOT_RESERVED, wait ms} when none was
 -- (a cool-down runs, or the wait is over the maximum): ask again after that wait, or give up.
 --!include clock
 local now = now_ms()
 local cooldown = redis.call('PTTL', KEYS[3])
-if cooldown > 0 then return {0, cooldown} end
+if cooldown > 0 then return {NOT_RESERVED, cooldown} end
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_wait_ms = tonumber(ARGV[4])
 local at, tat_r, tat_t, step, cost = now, nil, nil, 0, 0
@@ -30,7 +30,7 @@ if tpm > 0 and tokens > 0 then
   at = math.max(at, tat_t)
 end
 local wait = math.ceil(at - now)
-if wait > max_wait_ms then return {0, wait} end
+if wait > max_wait_ms then return {NOT_RESERVED, wait} end
 if tat_r then
   local new = math.max(tat_r, at) + step
   redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil(new - now) + 60000)
@@ -39,4 +39,4 @@ if tat_t then
   local new = math.max(tat_t, at) + cost
   redis.call('SET', KEYS[2], tostring(new), 'PX', math.ceil(new - now) + 60000)
 end
-return {1, wait}
+return {RESERVED, wait}
