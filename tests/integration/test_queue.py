@@ -161,6 +161,31 @@ def test_a_claim_marks_its_jobs_running_and_lets_go_of_those_already_ended(
     assert sync_redis.zscore(LEASE_SET, "done") is None
 
 
+def test_a_claim_marks_running_a_document_whose_fields_are_in_another_order(
+    sync_producer: SyncProducer, sync_redis: redis.Redis
+) -> None:
+    """The claim reads promptq's own layout fast, and any other order (another client's document, a
+    later promptq's) by its fields: the order of ``JobResult.to_doc`` is not wire format."""
+    sync_producer.submit("hi", job_id="shuffled", metadata={"status": "vip", "note": 'a "quoted" [x] {y}'})
+    sync_producer.submit("hi", job_id="named", model="m-1")
+    for job_id in ("shuffled", "named"):
+        doc = json.loads(sync_redis.get(result_key(job_id)))  # type: ignore[arg-type]
+        reordered = dict(reversed(list(doc.items())))  # metadata (with its own "status") before status
+        sync_redis.set(result_key(job_id), json.dumps(reordered, indent=1), keepttl=True)
+    sync_redis.set("arq:retry:named", 2)
+    reply = claim_reply(sync_redis, 10, 10, [])
+    assert reply[7:] == ["shuffled", "named"]
+    shuffled, named = sync_producer.get("shuffled"), sync_producer.get("named")
+    assert shuffled is not None and (shuffled.status, shuffled.attempts, shuffled.model) == (
+        "running",
+        1,
+        "the-default",
+    )
+    assert shuffled.started_at == round(reply[0] / 1000, 3)
+    assert shuffled.metadata == {"status": "vip", "note": 'a "quoted" [x] {y}'}
+    assert named is not None and (named.status, named.attempts, named.model) == ("running", 3, "m-1")
+
+
 def test_a_claim_costs_the_same_with_thousands_of_jobs_running(
     sync_producer: SyncProducer, sync_redis: redis.Redis
 ) -> None:

@@ -32,6 +32,7 @@
 -- `more` is 1 when ready jobs are left, `urgent` how many of the job ids (the first ones) are at
 -- priority 0, `skipped` how many jobs were let go of for a terminal document.
 --!include status
+--!include document
 --!include queue
 --!include clock
 local now = now_ms()
@@ -41,8 +42,8 @@ local started_at = string.format('%d.%03d', math.floor(now / 1000), now % 1000)
 
 -- Mark a claimed job running; false when its document is terminal (the job is let go of). The
 -- document is rewritten where its fields sit in promptq's own layout (job_id, status and attempts
--- first; enqueued_at, started_at, finished_at and latency_ms last); one in another shape is left
--- for the worker's finish to write.
+-- first; enqueued_at, started_at, finished_at and latency_ms last), or else wherever they are
+-- (document.lua's slower reading of the fields, in any order).
 local function start(id)
   local key = RESULT_PREFIX .. id
   local raw = redis.call('GET', key)
@@ -52,13 +53,22 @@ local function start(id)
     return false
   end
   if not raw then return true end
-  local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
-  if not head then return true end
-  local body, tail = string.match(middle, '^(.*,"started_at":)[^,]*(,"finished_at":[^,]*,"latency_ms":[^,]*})$')
-  if not body then return true end
   local tries = tonumber(redis.call('GET', TRIES_PREFIX .. id) or '0')
-  if model == 'null' then model = ARGV[5] end
-  redis.call('SET', key, head .. '"running","attempts":' .. (tries + 1) .. ',"model":' .. model .. body .. started_at .. tail, 'KEEPTTL')
+  local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
+  local body, tail
+  if head then
+    body, tail = string.match(middle, '^(.*,"started_at":)[^,]*(,"finished_at":[^,]*,"latency_ms":[^,]*})$')
+  end
+  if body then
+    if model == 'null' then model = ARGV[5] end
+    redis.call('SET', key, head .. '"running","attempts":' .. (tries + 1) .. ',"model":' .. model .. body .. started_at .. tail, 'KEEPTTL')
+    return true
+  end
+  local values = {status = '"running"', attempts = tostring(tries + 1), started_at = started_at}
+  local spans = field_spans(raw)
+  if spans and spans.model and string.sub(raw, spans.model[1], spans.model[2]) == 'null' then values.model = ARGV[5] end
+  local running = with_fields(raw, values)
+  if running then redis.call('SET', key, running, 'KEEPTTL') end
   return true
 end
 
