@@ -1,0 +1,98 @@
+"""The client's I/O-free layers, without Redis: ``producer.core``'s steps driven by hand (as both
+clients drive them), ``producer.writes``' bound scripts, ``producer.streams``' cursor."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from producer import core
+from producer.core import Command, GuardFacts, Script
+from producer.errors import EvictionPolicyError, JobNotFoundError, RetryRefusedError
+from producer.streams import StreamCursor
+from producer.types import Cancellation, ProducerConfig
+from producer.writes import Writes
+from promptq_core.contract import JobResult, Reply, result_key, stream_key
+from promptq_core.guard import RedisFacts
+
+SAFE = RedisFacts(policy="noeviction", version=(7, 2, 0))
+
+
+def drive(op: core.Op[Any], replies: list[Any]) -> tuple[list[Any], Any]:
+    """Run ``op`` with ``replies`` sent to its steps in turn: the steps it yielded, and its answer."""
+    steps: list[Any] = []
+    done, value = core.advance(op, None)
+    while not done:
+        steps.append(value)
+        done, value = core.advance(op, replies[len(steps) - 1])
+    return steps, value
+
+
+def test_submit_checks_the_redis_once_then_writes_one_script() -> None:
+    writes = Writes(ProducerConfig())
+    steps, job_id = drive(core.submit(writes, "hello", {"job_id": "a"}), [SAFE, (Reply.ENQUEUED, None)])
+    assert job_id == "a" and isinstance(steps[0], GuardFacts)
+    [write] = steps[1:]
+    assert isinstance(write, Script) and write.name == "submit" and write.keys[:2] == [result_key("a"), "arq:job:a"]
+    steps, _ = drive(core.submit(writes, "again", {"job_id": "b"}), [(Reply.ENQUEUED, None)])
+    assert [type(s) for s in steps] == [Script]  # checked once per producer
+
+
+def test_a_redis_that_may_evict_is_refused_before_anything_is_written() -> None:
+    evicting = RedisFacts(policy="allkeys-lru", version=(7, 2, 0))
+    with pytest.raises(EvictionPolicyError, match="maxmemory-policy"):
+        drive(core.submit(Writes(ProducerConfig()), "hello", {}), [evicting])
+
+
+def test_cancel_reads_then_cancels_or_answers_what_it_found() -> None:
+    queued = JobResult("j", "queued", attempts=0).to_json().encode()
+    steps, answer = drive(core.cancel("j"), [queued, (Reply.CANCELLED, None)])
+    assert [type(s) for s in steps] == [Command, Script] and steps[1].name == "cancel"
+    assert answer.cancelled and answer.result.status == "cancelled"
+    changed = [queued, (Reply.CHANGED_MEANWHILE, None), queued, (Reply.CANCELLED, None)]
+    steps, answer = drive(core.cancel("j"), changed)  # the document changed between read and write: again
+    assert len(steps) == 4 and answer.cancelled
+    done = JobResult("j", "succeeded", attempts=1).to_json().encode()
+    _, answer = drive(core.cancel("j"), [done])
+    assert answer == Cancellation("j", cancelled=False, result=JobResult.from_json(done))
+
+
+def test_retry_names_why_it_is_refused() -> None:
+    writes = Writes(ProducerConfig())
+    failed = JobResult("j", "failed", attempts=3).to_json().encode()
+    record = json.dumps({"t": 1, "f": "promptq", "a": [{}], "k": {}, "et": 1}).encode()
+    _, job_id = drive(core.retry(writes, "j"), [SAFE, (failed, record), (Reply.RETRIED, None)])
+    assert job_id == "j"
+    with pytest.raises(RetryRefusedError, match="no longer failed"):
+        drive(core.retry(writes, "j"), [(failed, record), (Reply.NOT_FAILED.encode(), None)])
+    with pytest.raises(RetryRefusedError, match="not failed"):
+        drive(core.retry(writes, "j"), [(JobResult("j", "running", attempts=1).to_json().encode(), record)])
+
+
+def test_a_stream_cursor_reads_events_and_ends_at_done() -> None:
+    cursor = StreamCursor("j")
+    assert cursor.read_args()["streams"] == {stream_key("j"): "0"}
+    reply = [
+        (
+            stream_key("j").encode(),
+            [
+                (b"1-0", {b"type": b"delta", b"text": b"Hel"}),
+                (b"2-0", {b"type": b"restart", b"attempt": b"2"}),
+                (b"3-0", {b"type": b"done", b"status": b"succeeded"}),
+                (b"4-0", {b"type": b"delta", b"text": b"after the end"}),
+            ],
+        )
+    ]
+    events = cursor.events(reply)
+    assert [(e.type, e.text, e.attempt) for e in events] == [
+        ("delta", "Hel", None),
+        ("restart", None, 2),
+        ("done", None, None),
+    ]
+    assert cursor.finished and cursor.position == "3-0"
+    with pytest.raises(JobNotFoundError):
+        StreamCursor("gone").ended(None)
+    with pytest.raises(ValueError, match="stream entry id"):
+        StreamCursor("j", after="")
