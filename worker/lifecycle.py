@@ -22,7 +22,8 @@ running    (cancelled)  :class:`EndedElsewhere`: the worker lets go     ack
 failed     queued       ``Producer.retry``                              retry
 =========  ===========  ==============================================  ==================
 
-Every attempt the worker runs ends in exactly one :data:`Outcome`; :func:`end` settles it with the
+The terminal states (``contract.TERMINAL_STATUSES``) are left only by ``Producer.retry`` of a failed
+job. Every attempt the worker runs ends in exactly one :data:`Outcome`; :func:`end` settles it with the
 one script of its row and reports it once: the metrics, the dashboard's tally, the attempt's span
 and the job's canonical log line (``job.finished``, or ``job.retrying`` / ``job.released``). A
 document a cancel wrote meanwhile is never overwritten: the settle step hands it back and the
@@ -43,13 +44,9 @@ from worker.llm import LLMError
 from worker.logs import get_logger
 from worker.state import WorkerState
 
-__all__ = ["TERMINAL", "Backoff", "EndedElsewhere", "Finish", "Outcome", "Release", "end"]
+__all__ = ["Backoff", "EndedElsewhere", "Finish", "Outcome", "Release", "end"]
 
 log = get_logger("promptq.job")
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-"""States a job does not leave (but for ``Producer.retry`` of a failed one)."""
-
 
 @dataclass(frozen=True, slots=True)
 class Finish:
