@@ -222,13 +222,10 @@ def _embeddings(body: Any, headers: Mapping[str, str], given: Any) -> Completion
         vectors = [_vector(d.get("embedding")) for d in ordered]
     except ValueError as e:
         raise _bad(f"the API answered with an unreadable embedding: {e}") from None
-    usage = body.get("usage")
-    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    total = usage.get("total_tokens", prompt) if isinstance(usage, dict) else None
     return Completion(
         content=None,
         finish_reason=None,
-        usage=Usage(prompt, 0, total) if isinstance(prompt, int) and isinstance(total, int) else None,
+        usage=_usage(body.get("usage"), made=None),
         rate_headers=_rate_headers(headers),
         embeddings=vectors,
         response_model=_text(body, "model"),
@@ -265,19 +262,12 @@ def _response(body: Any, headers: Mapping[str, str]) -> Completion:
     return Completion(
         content="".join(texts) if texts else None,
         finish_reason=finish,
-        usage=_response_usage(usage) if isinstance(usage, dict) else None,
+        usage=_usage(usage, "input_tokens", "output_tokens"),
         rate_headers=_rate_headers(headers),
         output=output,
         response_model=_text(body, "model"),
         response_id=_text(body, "id"),
     )
-
-
-def _response_usage(u: dict[str, Any]) -> Usage | None:
-    given, made, total = u.get("input_tokens"), u.get("output_tokens"), u.get("total_tokens")
-    if isinstance(given, int) and isinstance(made, int):
-        return Usage(given, made, total if isinstance(total, int) else given + made)
-    return None
 
 
 async def _streamed_response(
@@ -311,22 +301,14 @@ def _completion(body: Any, headers: Mapping[str, str]) -> Completion:
     readable = isinstance(message, dict) and isinstance(content, str | None) and isinstance(finish_reason, str | None)
     if not readable:
         raise LLMError("bad_response", "the API answered with a choice that is not a chat message", retryable=True)
-    usage = body.get("usage")
     return Completion(
         content=content,
         finish_reason=finish_reason,
-        usage=_usage_of(usage) if isinstance(usage, dict) else None,
+        usage=_usage(body.get("usage")),
         rate_headers=_rate_headers(headers),
         response_model=_text(body, "model"),
         response_id=_text(body, "id"),
     )
-
-
-def _usage_of(u: dict[str, Any]) -> Usage | None:
-    prompt, completion, total = u.get("prompt_tokens"), u.get("completion_tokens"), u.get("total_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int) and isinstance(total, int):
-        return Usage(prompt, completion, total)
-    return None
 
 
 async def _streamed(
@@ -348,7 +330,7 @@ async def _streamed(
         async for chunk in chunks:
             answered_by, response_id = chunk.model or answered_by, chunk.id or response_id
             if chunk.usage is not None:
-                usage = _usage(chunk.usage)
+                usage = _usage(chunk.usage.model_dump())
             if not chunk.choices:
                 continue
             choice = chunk.choices[0]
@@ -374,8 +356,16 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _usage(u: Any) -> Usage | None:
-    return Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens) if u else None
+def _usage(u: Any, given: str = "prompt_tokens", made: str | None = "completion_tokens") -> Usage | None:
+    """The token counts of an answer, as each endpoint writes them (chat: prompt and completion;
+    responses: input and output; embeddings: the input alone, ``made`` None), the total their sum
+    when not given; None when they are missing or not whole numbers."""
+    if not isinstance(u, dict):
+        return None
+    prompt, completion, total = u.get(given), u.get(made, 0) if made else 0, u.get("total_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int) or not isinstance(total, int | None):
+        return None
+    return Usage(prompt, completion, prompt + completion if total is None else total)
 
 
 def _rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
