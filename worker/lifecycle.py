@@ -48,6 +48,7 @@ __all__ = ["Backoff", "EndedElsewhere", "Finish", "Outcome", "Release", "end"]
 
 log = get_logger("promptq.job")
 
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The attempt settled the job for good: ``result`` is its terminal document."""

@@ -362,7 +362,7 @@ def _usage(u: Any, given: str = "prompt_tokens", made: str | None = "completion_
     when not given; None when they are missing or not whole numbers."""
     if not isinstance(u, dict):
         return None
-    prompt, completion, total = u.get(given), u.get(made, 0) if made else 0, u.get("total_tokens")
+    prompt, completion, total = u.get(given), u.get(made) if made else 0, u.get("total_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int) or not isinstance(total, int | None):
         return None
     return Usage(prompt, completion, prompt + completion if total is None else total)

@@ -1,0 +1,285 @@
+"""The HTTP API's routes: jobs (``/v1/jobs``), the fleet (``/v1/dashboard``, ``/v1/batches``) and the
+site (health, the pages), each through the client's public methods (``producer.Producer``); the
+bearer token's check."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
+
+from producer.cli.batch import manifest_items
+from producer.client import Producer
+from producer.http.middleware import MAX_BODY_ENV
+from producer.http.schema import (
+    BatchItem,
+    BatchPage,
+    Cancelled,
+    DashboardDocument,
+    ErrorBody,
+    Health,
+    JobRequest,
+    ResultDocument,
+)
+from producer.types import StreamEvent
+from promptq_core.contract import BATCH_NAME_RE, JobResult, dumps
+from promptq_core.validation import InvalidJobError
+
+__all__ = ["KEEPALIVE_ENV", "TOKEN_ENV", "fleet", "jobs", "site"]
+
+TOKEN_ENV = "PROMPTQ_API_TOKEN"
+KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
+MAX_JOBS_PER_REQUEST = 10_000
+EVENT_ID_RE = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        400: "a body that cannot be read as JSON, or a Last-Event-ID that is not an event id",
+        401: "missing or wrong bearer token",
+        404: "no such job or batch (never submitted, or expired)",
+        409: "the job is not failed, or its request is no longer kept",
+        413: f"request body over {MAX_BODY_ENV}",
+        422: "a bad job or query parameter; the message names the problem",
+        503: "Redis away, out of memory (with Retry-After) or evicting keys",
+    }
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+bearer = HTTPBearer(auto_error=False, description=f"the token in {TOKEN_ENV}, when it is set")
+
+
+async def authorised(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """With ``PROMPTQ_API_TOKEN`` set, ``Authorization: Bearer <token>`` (compared in constant time)."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    given = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def producer_of(request: Request) -> Producer:
+    producer: Producer = request.app.state.producer
+    return producer
+
+
+ProducerDep = Annotated[Producer, Depends(producer_of)]
+jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised)])
+fleet = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
+site = APIRouter()
+
+
+@jobs.post(
+    "",
+    status_code=202,
+    summary="Submit one job or a list of jobs",
+    response_model=None,
+    responses={
+        202: {"model": ResultDocument | list[ResultDocument], "description": "the result document(s), queued"},
+        **_errors(400, 401, 413, 422, 503),
+    },
+)
+async def submit(
+    body: JobRequest | Annotated[list[JobRequest], Field(min_length=1, max_length=MAX_JOBS_PER_REQUEST)],
+    producer: ProducerDep,
+) -> Any:
+    if isinstance(body, list):
+        if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
+            raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
+        ids = await producer.submit_many([_arguments(j) for j in body])
+        docs = await producer.get_many(ids)  # every document in one read
+        return [_doc(d, i) for i, d in zip(ids, docs, strict=True)]
+    job_id = await producer.submit(**_arguments(body))
+    return _doc(await producer.get(job_id), job_id)
+
+
+@jobs.get(
+    "/{job_id}",
+    summary="The job's result document",
+    response_model=None,
+    responses={200: {"model": ResultDocument, "description": "the result document"}, **_errors(401, 404, 503)},
+)
+async def get(job_id: str, producer: ProducerDep) -> Any:
+    return _doc(await producer.get(job_id), job_id)
+
+
+@jobs.get(
+    "/{job_id}/events",
+    summary="The job's events as Server-Sent Events (delta, restart, done)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the events, then the stream ends"},
+        **_errors(400, 401, 404, 503),
+    },
+)
+async def events(
+    request: Request,
+    job_id: str,
+    producer: ProducerDep,
+    last_event_id: Annotated[
+        str | None, Header(description="resume behind this event (its id); 0 or absent: from the start")
+    ] = None,
+) -> StreamingResponse:
+    after = last_event_id or "0"
+    if not EVENT_ID_RE.fullmatch(after):
+        raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an event id (like 1795636687650-0)")
+    _doc(await producer.get(job_id), job_id)  # 404 before the stream starts
+    keepalive_s: float = request.app.state.keepalive_s
+
+    async def sse() -> AsyncIterator[str]:
+        async for event in _with_keepalive(producer.stream(job_id, after=after), keepalive_s):
+            yield ": keep-alive\n\n" if event is None else _sse(event)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+
+@jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 404, 503))
+async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
+    outcome = await producer.cancel(job_id)
+    if outcome.result is None and not outcome.cancelled:
+        raise HTTPException(404, outcome.message)
+    doc = ResultDocument.model_validate(outcome.result.to_doc()) if outcome.result else None
+    return Cancelled(job_id=job_id, cancelled=outcome.cancelled, message=outcome.message, result=doc)
+
+
+@jobs.post(
+    "/{job_id}/retry",
+    status_code=202,
+    summary="Run a failed job again",
+    response_model=None,
+    responses={
+        202: {"model": ResultDocument, "description": "the result document, queued again"},
+        **_errors(401, 404, 409, 503),
+    },
+)
+async def retry(job_id: str, producer: ProducerDep) -> Any:
+    if await producer.get(job_id) is None:
+        raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
+    await producer.retry(job_id)
+    return _doc(await producer.get(job_id), job_id)
+
+
+@fleet.get(
+    "/dashboard",
+    summary="The fleet at a glance: queue, workers, the last 15 minutes, batches, failures",
+    responses=_errors(401, 503),
+)
+async def dashboard(producer: ProducerDep) -> DashboardDocument:
+    return DashboardDocument.model_validate((await producer.overview()).to_doc())
+
+
+@fleet.get(
+    "/batches/{name}",
+    summary="A batch's jobs, a page at a time",
+    responses=_errors(401, 404, 422, 503),
+)
+async def batch(
+    name: str,
+    producer: ProducerDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> BatchPage:
+    raw = await producer.manifest(name) if BATCH_NAME_RE.fullmatch(name) else None
+    if raw is None:
+        raise HTTPException(404, f"no batch {name!r} (never submitted, or expired)")
+    items = manifest_items(raw, name)
+    page = items[offset : offset + limit]
+    results = await producer.get_many([job_id for _, job_id in page])
+    return BatchPage(
+        name=name,
+        total=len(items),
+        offset=offset,
+        items=[_batch_item(custom_id, job_id, r) for (custom_id, job_id), r in zip(page, results, strict=True)],
+    )
+
+
+def _batch_item(custom_id: str, job_id: str, result: JobResult | None) -> BatchItem:
+    return BatchItem(
+        custom_id=custom_id,
+        job_id=job_id,
+        status=result.status if result else None,
+        attempts=result.attempts if result else None,
+        latency_ms=result.latency_ms if result else None,
+        error_type=result.error.type if result and result.error else None,
+    )
+
+
+@site.get(
+    "/healthz",
+    summary="200 when Redis answers",
+    response_model=Health,
+    response_model_exclude_none=True,
+    responses={503: {"model": Health, "description": "Redis does not answer"}},
+)
+async def healthz(producer: ProducerDep) -> Any:
+    try:
+        await producer.ping()
+    except Exception as e:  # any failure to reach Redis
+        cause = e.__cause__ or e  # redis-py's error, which the producer's names
+        return JSONResponse({"ok": False, "detail": f"Redis unavailable: {type(cause).__name__}"}, status_code=503)
+    return {"ok": True}
+
+
+@site.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> str:
+    return resources.files("producer.http").joinpath("static/index.html").read_text()
+
+
+@site.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard_page() -> str:
+    return resources.files("producer.http").joinpath("static/dashboard.html").read_text()
+
+
+def _arguments(job: JobRequest) -> dict[str, Any]:
+    """The submit arguments as sent (fields left out stay out, so the producer's checks see them)."""
+    return job.model_dump(exclude_unset=True)
+
+
+def _doc(result: Any, job_id: str) -> dict[str, Any]:
+    if result is None:
+        raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
+    doc: dict[str, Any] = result.to_doc()
+    return doc
+
+
+async def _with_keepalive(events: AsyncIterator[StreamEvent], every_s: float) -> AsyncIterator[StreamEvent | None]:
+    """The events, with a None whenever ``every_s`` passes without one (a job waiting in the queue
+    sends nothing for minutes; proxies close a connection that stays silent)."""
+    pending: asyncio.Future[StreamEvent] = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield event
+            pending = asyncio.ensure_future(anext(events))
+    finally:
+        pending.cancel()
+
+
+def _sse(event: StreamEvent) -> str:
+    if event.type == "delta":
+        data = dumps({"text": event.text})
+    elif event.type == "restart":
+        data = dumps({"attempt": event.attempt})
+    else:
+        data = dumps(event.result.to_doc() if event.result else None)
+    head = f"id: {event.id}\n" if event.id and event.id != "0" else ""
+    return f"{head}event: {event.type}\ndata: {data}\n\n"

@@ -1,0 +1,226 @@
+"""What the HTTP API takes and answers, as pydantic models: they validate a request's body and
+write the OpenAPI schema (``docs/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from promptq_core.contract import FAIRNESS_KEY_MAX_BYTES
+from promptq_core.validation import JOB_ID_RE
+
+__all__ = [
+    "BatchDoc",
+    "BatchItem",
+    "BatchPage",
+    "Cancelled",
+    "DashboardDocument",
+    "ErrorBody",
+    "ErrorDoc",
+    "FailureDoc",
+    "Health",
+    "JobRequest",
+    "MinuteDoc",
+    "ModelDoc",
+    "QueueDoc",
+    "QueueRow",
+    "QueueTotals",
+    "ResultDocument",
+    "UsageDoc",
+    "WorkerDoc",
+]
+
+
+class JobRequest(BaseModel):
+    """One job: ``prompt`` or ``messages`` (chat), or ``prompt`` or ``input`` (``endpoint``
+    ``/v1/embeddings`` or ``/v1/responses``), plus any parameter promptq passes on for that endpoint
+    (``temperature``, ``max_tokens``, ``dimensions``, ``instructions``...). Checked as
+    ``Producer.submit`` checks it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"prompt": "What is the capital of Vietnam?", "stream": True}]},
+    )
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1)
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"] | None = Field(
+        None, description="the API endpoint the job calls (default /v1/chat/completions)"
+    )
+    input: str | list[Any] | None = Field(
+        None,
+        description="an embeddings job's input (strings or token arrays), or a response's input (a string or items)",
+    )
+    model: str | None = Field(None, min_length=1)
+    job_id: str | None = Field(
+        None,
+        pattern=f"^{JOB_ID_RE.pattern}$",
+        description="your own id; submitting it again enqueues nothing new",
+    )
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+    priority: int | None = Field(None, ge=0, le=9, strict=True, description="0 runs first, 9 last (default 5)")
+    fairness_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=FAIRNESS_KEY_MAX_BYTES,
+        description="jobs under different keys take turns for the workers at one priority (default: a shared key)",
+    )
+
+
+class UsageDoc(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ErrorDoc(BaseModel):
+    type: str
+    message: str
+    status_code: int | None
+    retryable: bool
+
+
+class ResultDocument(BaseModel):
+    """The result document (``promptq:result:{job_id}``), as ``GET`` and the ``done`` event give it."""
+
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    attempts: int
+    model: str | None
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
+    content: str | None
+    output: list[Any] | None
+    embeddings: list[str | list[str]] | None
+    finish_reason: str | None
+    usage: UsageDoc | None
+    error: ErrorDoc | None
+    metadata: dict[str, Any] | None
+    priority: int
+    fairness_key: str
+    enqueued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    latency_ms: int | None
+
+
+class QueueRow(BaseModel):
+    priority: int
+    key: str
+    ready: int
+    running: int
+    deferred: int
+
+
+class QueueTotals(BaseModel):
+    ready: int
+    running: int
+    deferred: int
+    failed: int
+
+
+class QueueDoc(BaseModel):
+    totals: QueueTotals
+    rows: list[QueueRow]
+
+
+class WorkerDoc(BaseModel):
+    id: str
+    host: str | None
+    pid: int | None
+    slots: int
+    busy: int
+    started_at: float | None
+    seen_at: float
+    alive: bool
+
+
+class MinuteDoc(BaseModel):
+    t: int = Field(description="the minute's start, Unix seconds")
+    succeeded: int
+    failed: int
+    cancelled: int
+    p50_ms: float | None = Field(description="median time from submit to end of the jobs that ended")
+    p95_ms: float | None
+    call_p50_ms: float | None = Field(description="median duration of their last attempt")
+    call_p95_ms: float | None
+
+
+class ModelDoc(BaseModel):
+    model: str
+    jobs: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+
+class BatchDoc(BaseModel):
+    name: str
+    submitted_at: float
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    running: int
+    deferred: int
+    waiting: int
+    rate_per_s: float | None
+    eta_s: float | None
+    cost_usd: float | None
+    tokens: int
+
+
+class FailureDoc(BaseModel):
+    job_id: str
+    model: str | None
+    endpoint: str
+    finished_at: float | None
+    attempts: int
+    error: ErrorDoc | None
+
+
+class DashboardDocument(BaseModel):
+    """``Producer.overview``: the last 15 minutes' figures come from per-minute roll-ups the workers
+    write as jobs end, so every API replica shows the whole fleet."""
+
+    now: float
+    queue: QueueDoc
+    workers: list[WorkerDoc]
+    minutes: list[MinuteDoc]
+    models: list[ModelDoc]
+    batches: list[BatchDoc]
+    failures: list[FailureDoc]
+
+
+class BatchItem(BaseModel):
+    custom_id: str
+    job_id: str
+    status: str | None = Field(description="null when the job's document has expired")
+    attempts: int | None
+    latency_ms: int | None
+    error_type: str | None
+
+
+class BatchPage(BaseModel):
+    name: str
+    total: int
+    offset: int
+    items: list[BatchItem]
+
+
+class Cancelled(BaseModel):
+    job_id: str
+    cancelled: bool
+    message: str
+    result: ResultDocument | None
+
+
+class ErrorBody(BaseModel):
+    """Every error: what went wrong, in words."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    ok: bool
+    detail: str | None = None
