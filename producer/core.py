@@ -26,7 +26,7 @@ from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINU
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, QueueDepths, StreamEvent
 from producer.writes import Bound, Writes
-from promptq_core.contract import FAILED_SET, JobResult, Reply, batch_key, batch_tally_key, result_key
+from promptq_core.contract import FAILED_SET, JobResult, Reply, as_text, batch_key, batch_tally_key, result_key
 from promptq_core.scripts import Value, script
 from promptq_core.validation import valid_batch_name
 
@@ -133,8 +133,7 @@ def retry(writes: Writes, job_id: str) -> Op[str]:
     doc, record = yield Command.of("mget", Writes.retry_reads(job_id))
     call = writes.retry(job_id, doc, record, time.time())
     outcome = _confirmed(writes, (yield _write(writes, "retry", call)))
-    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-    if outcome == Reply.NO_DOCUMENT:  # a race lost to expiry or to another retry
+    if (outcome := as_text(outcome)) == Reply.NO_DOCUMENT:  # a race lost to expiry or to another retry
         raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
     if outcome == Reply.NOT_FAILED:
         raise RetryRefusedError(f"job {job_id!r} is no longer failed (retried already?)")
@@ -196,7 +195,7 @@ def open_batch(writes: Writes, name: str, total: int) -> Op[None]:
 
 def manifest(name: str) -> Op[str | None]:
     raw = yield Command.of("get", batch_key(name))
-    return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+    return None if raw is None else as_text(raw)
 
 
 def depths() -> Op[QueueDepths]:

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio
 
 from promptq_core.background import REDIS_TROUBLE, Background
-from promptq_core.contract import DONE_CHANNEL_PREFIX, JobResult, done_channel, result_key
+from promptq_core.contract import DONE_CHANNEL_PREFIX, JobResult, as_text, done_channel, result_key
 
 __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 
@@ -172,7 +172,7 @@ class DoneWatcher:
                 self._wake_all()
             if message and message.get("type") == "message":
                 channel = message["channel"]
-                job_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(DONE_CHANNEL_PREFIX) :]
+                job_id = as_text(channel)[len(DONE_CHANNEL_PREFIX) :]
                 final = published_result(message["data"])  # parsed once for all its waiters
                 for signal in self._events.get(job_id, ()):
                     signal.raise_(final)

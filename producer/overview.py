@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from promptq_core.contract import STATS_OTHER_MODEL, WORKER_BEAT_S, JobResult, latency_bucket_bounds, loads
+from promptq_core.contract import STATS_OTHER_MODEL, WORKER_BEAT_S, JobResult, as_text, latency_bucket_bounds, loads
 
 __all__ = ["OVERVIEW_MINUTES", "Overview", "quantile_ms"]
 
@@ -76,8 +76,8 @@ class Overview:
         for kind, flat in (("ready", ready), ("running", running), ("deferred", deferred)):
             for priority, key, n in _triples(flat):
                 row = rows.setdefault(
-                    (int(priority), _text(key)),
-                    {"priority": int(priority), "key": _text(key), "ready": 0, "running": 0, "deferred": 0},
+                    (int(priority), as_text(key)),
+                    {"priority": int(priority), "key": as_text(key), "ready": 0, "running": 0, "deferred": 0},
                 )
                 row[kind] += int(n)
         leased, delayed, legacy, failed = (int(v) for v in totals)
@@ -106,12 +106,8 @@ def _triples(flat: Sequence[Any]) -> Iterable[tuple[Any, Any, Any]]:
     return zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _fields(flat: Sequence[Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+    return {as_text(k): as_text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
 def _worker(worker_id: Any, seen_ms: Any, entry: Any, now_ms: Any) -> dict[str, Any]:
@@ -121,7 +117,7 @@ def _worker(worker_id: Any, seen_ms: Any, entry: Any, now_ms: Any) -> dict[str, 
         doc = {}
     seen = int(seen_ms)
     return {
-        "id": _text(worker_id),
+        "id": as_text(worker_id),
         "host": doc.get("host"),
         "pid": doc.get("pid"),
         "slots": int(doc.get("slots") or 0),
@@ -148,7 +144,7 @@ def _minute(row: Sequence[Any]) -> tuple[dict[str, Any], dict[str, dict[str, flo
         elif kind in ("j", "i", "o", "$"):
             per_model.setdefault(rest, {})[kind] = float(value)
     return {
-        "t": int(_text(row[0])) * 60,
+        "t": int(as_text(row[0])) * 60,
         **ended,
         "p50_ms": quantile_ms(total, 0.5),
         "p95_ms": quantile_ms(total, 0.95),
@@ -193,7 +189,7 @@ def _batch(row: Sequence[Any], now_s: float) -> dict[str, Any]:
     span_s = (now_s if remaining else (last_s or now_s)) - submitted_s
     rate = ended / span_s if ended and span_s > 0 else None
     return {
-        "name": _text(row[0]),
+        "name": as_text(row[0]),
         "submitted_at": round(submitted_s, 3),
         "total": total,
         "succeeded": succeeded,

@@ -14,7 +14,7 @@ from typing import Any
 
 from producer.errors import JobNotFoundError
 from producer.types import StreamEvent
-from promptq_core.contract import JobResult, result_key, stream_key
+from promptq_core.contract import JobResult, as_text, result_key, stream_key
 
 __all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor"]
 
@@ -42,9 +42,9 @@ class StreamCursor:
         out: list[StreamEvent] = []
         for _key, entries in reply or []:
             for raw_id, fields in entries:
-                entry_id = _text(raw_id)
+                entry_id = as_text(raw_id)
                 self.position = entry_id
-                event = _event(entry_id, {_text(k): _text(v) for k, v in fields.items()})
+                event = _event(entry_id, {as_text(k): as_text(v) for k, v in fields.items()})
                 out.append(event)
                 if event.type == "done":
                     self.finished = True
@@ -62,10 +62,6 @@ class StreamCursor:
         """The ``done`` event carrying the final document (``event`` is the stream's own, if any)."""
         self.finished = True
         return StreamEvent(id=event.id if event else self.position, type="done", result=result)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> StreamEvent:

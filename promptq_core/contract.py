@@ -73,6 +73,7 @@ __all__ = [
     "Reply",
     "Status",
     "Usage",
+    "as_text",
     "batch_key",
     "batch_of",
     "batch_tally_key",
@@ -313,6 +314,11 @@ def dumps(obj: Any) -> str:
 
 def loads(raw: str | bytes) -> Any:
     return json.loads(raw)
+
+
+def as_text(value: Any) -> str:
+    """A value Redis answered (bytes, or already text, or a number) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def encode_job(payload_json: str, enqueued_at_ms: int) -> str:

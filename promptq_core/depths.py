@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from promptq_core.contract import as_text
+
 __all__ = ["DEPTHS_KEYS_MAX", "QueueDepths"]
 
 DEPTHS_KEYS_MAX = 1_000
@@ -47,7 +49,7 @@ class QueueDepths:
         for level in levels:
             priority, _, cut, *pairs = level
             truncated = truncated or bool(int(cut))
-            ready[int(priority)] = {_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
+            ready[int(priority)] = {as_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
         return cls(ready, int(running), int(deferred), int(failed), int(legacy), truncated)
 
     def to_json(self) -> dict[str, Any]:
@@ -60,7 +62,3 @@ class QueueDepths:
             "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
             "truncated": self.truncated,
         }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

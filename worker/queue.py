@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import dumps
+from promptq_core.contract import as_text, dumps
 from worker.config import DEFAULT_MODEL
 from worker.logs import get_logger
 from worker.scripts import WorkerScript
@@ -84,7 +84,7 @@ class JobQueue:
             weights=self.weights,
         )
         at_ms, recovered, promoted, migrated, skipped, more, urgent = (int(n) for n in reply[:7])
-        job_ids = [j.decode() if isinstance(j, bytes) else str(j) for j in reply[7:]]
+        job_ids = [as_text(j) for j in reply[7:]]
         if recovered or migrated or skipped:
             log.info("queue.returned", recovered=recovered, promoted=promoted, migrated=migrated, skipped=skipped)
         return Claimed(job_ids, at_ms, urgent, bool(more), recovered, promoted, migrated, skipped)
