@@ -1,5 +1,6 @@
 """The client's I/O-free layers, without Redis: ``producer.core``'s steps driven by hand (as both
-clients drive them), ``producer.writes``' bound scripts, ``producer.streams``' cursor."""
+clients drive them), ``producer.writes``' bound scripts, ``producer.streams``' cursor, the overview
+read from its script's reply."""
 
 from __future__ import annotations
 
@@ -96,3 +97,28 @@ def test_a_stream_cursor_reads_events_and_ends_at_done() -> None:
         StreamCursor("gone").ended(None)
     with pytest.raises(ValueError, match="stream entry id"):
         StreamCursor("j", after="")
+
+
+def test_the_overview_reads_its_scripts_reply_into_rows_per_priority_and_key() -> None:
+    from producer.overview import Overview
+
+    now_ms = 1_764_000_000_000
+    entry = json.dumps({"id": "w1", "host": "h", "pid": 1, "slots": 10, "busy": 3, "started_at": 1_763_999_990.0})
+    reply = [
+        now_ms,
+        [4, 1, 0, 2],  # leased, delayed, legacy, failed
+        [b"5", b"default", 7, b"0", b"web", 2],  # ready: priority, key, n...
+        [b"5", b"default", 4],  # running
+        [b"0", b"web", 1],  # deferred
+        [b"w1", now_ms - 1000, entry.encode()],  # workers: id, seen, entry
+        [],  # minutes
+        [],  # batches
+    ]
+    overview = Overview.from_reply(reply, [JobResult("f", "failed", attempts=3)])
+    assert overview.now == now_ms / 1000
+    assert overview.queue["totals"] == {"ready": 9, "running": 4, "deferred": 1, "failed": 2}
+    assert overview.queue["rows"] == [
+        {"priority": 0, "key": "web", "ready": 2, "running": 0, "deferred": 1},
+        {"priority": 5, "key": "default", "ready": 7, "running": 4, "deferred": 0},
+    ]
+    assert [w["id"] for w in overview.workers] == ["w1"] and [f["job_id"] for f in overview.failures] == ["f"]
