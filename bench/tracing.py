@@ -35,16 +35,18 @@ for name in [n for n in os.environ if n.startswith("OTEL_") or n == "PROMPTQ_OTE
 from promptq_core.contract import JobResult
 from promptq_core.validation import PromptJob
 from worker import tracing
+from worker.backends import Backend
 from worker.llm import Completion
 
-t = tracing.Tracing(None, on=False)
+t = tracing.Tracing(on=False)
+backend = Backend("default", None, "unused", None)
 job = PromptJob.build("hello", job_id="j")
 base = JobResult("j", "running", attempts=1)
 answer = Completion(content="hi", finish_reason="stop", usage=None)
 
 def one_job():
     with t.attempt(job, base):
-        with t.call(job, "m") as span:
+        with t.call(job, "m", backend) as span:
             t.answered(span, answer)
         tracing.event("promptq.rate_limit_wait", waited_ms=1)
         tracing.ended("succeeded")

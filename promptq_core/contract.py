@@ -19,6 +19,8 @@ __all__ = [
     "ARQ_IN_PROGRESS_KEY_PREFIX",
     "ARQ_JOB_KEY_PREFIX",
     "ARQ_RETRY_KEY_PREFIX",
+    "BACKEND_NAME_RE",
+    "BACKEND_WAITS_KEY",
     "BATCHES_KEY",
     "BATCHES_MAX",
     "BATCH_KEY_PREFIX",
@@ -26,6 +28,8 @@ __all__ = [
     "BATCH_TALLY_KEY_PREFIX",
     "CANCEL_CHANNEL",
     "CHAT_ENDPOINT",
+    "CIRCUIT_KEY_PREFIX",
+    "DEFAULT_BACKEND",
     "DEFAULT_FAIRNESS_KEY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_PRIORITY",
@@ -77,6 +81,7 @@ __all__ = [
     "batch_key",
     "batch_of",
     "batch_tally_key",
+    "circuit_key",
     "decode_vector",
     "done_channel",
     "dumps",
@@ -136,8 +141,18 @@ CANCEL_CHANNEL: Final = "promptq:cancel"
 """A pub/sub channel; ``Producer.cancel`` publishes a running job's id there, after marking its
 document ``cancelled``, and the worker running it stops its request."""
 LIMIT_KEY_PREFIX: Final = "promptq:limit:"
-"""``promptq:limit:{scope}{model}:rpm``, ``:tpm`` and ``:cooldown``: the rate-limit budgets
-(``limit_keys``), kept by the worker's limiter."""
+"""``promptq:limit:{scope}{backend}/{model}:rpm``, ``:tpm`` and ``:cooldown`` (for the backend named
+``default``, ``promptq:limit:{scope}{model}:...``): the rate-limit budgets of one model on one backend
+(``limit_keys``), kept by the worker's router and limiter."""
+CIRCUIT_KEY_PREFIX: Final = "promptq:circuit:"
+"""``promptq:circuit:{backend}``: a backend's circuit breaker (a hash, ``worker/lua/route.lua`` and
+``circuit.lua``): ``fails`` (consecutive retryable failures), and while it is open ``open_until``
+(ms, Redis time: a probe may go from then on), ``cooldown_ms`` (the latest cool-down), ``opened_at``
+(ms), ``probe_until`` (a probe is out until then) and ``scout`` (the ``open_until`` a waiting job
+was sent back for, to carry the probe). No key: closed, no failure."""
+BACKEND_WAITS_KEY: Final = "promptq:backend-waits"
+"""A sorted set of the ids of jobs waiting for a backend (every backend of their model down), scored
+by when they went to wait (ms): when a circuit closes, they are all due at once."""
 STREAM_KEY_PREFIX: Final = "promptq:stream:"
 """``promptq:stream:{job_id}``: a Redis stream of a ``stream=True`` job's events, kept as long as its
 result. Each entry has a ``type``: ``delta`` (with ``text``), ``restart`` (with ``attempt``: a new
@@ -192,6 +207,9 @@ ENDPOINTS: Final = (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT)
 """The API endpoints a job may call, as the Batch API's ``url`` names them."""
 
 DEFAULT_PRIORITY: Final = 5
+DEFAULT_BACKEND: Final = "default"
+"""The backend a worker makes of ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` when no backends are listed."""
+BACKEND_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_FAIRNESS_KEY: Final = "default"
 """The fairness key of jobs submitted without one."""
 FAIRNESS_KEY_MAX_BYTES: Final = 128
@@ -221,12 +239,21 @@ def stream_key(job_id: str) -> str:
     return STREAM_KEY_PREFIX + job_id
 
 
-def limit_keys(model: str, scope: str = "") -> tuple[str, str, str]:
-    """A model's rate-limit keys: requests' and tokens' theoretical arrival times (ms), and the
-    cool-down every worker pauses for. ``scope`` is empty for the budget all workers share, a
-    process's own prefix for one budget per process."""
-    base = f"{LIMIT_KEY_PREFIX}{scope}{model}"
+def limit_keys(backend: str, model: str, scope: str = "") -> tuple[str, str, str]:
+    """A model's rate-limit keys on a backend: requests' and tokens' theoretical arrival times (ms),
+    and the cool-down every worker pauses for. ``scope`` is empty for the budget all workers share,
+    a process's own prefix for one budget per process. The backend named ``default`` keeps the keys
+    of promptq before backends (one budget per model)."""
+    base = (
+        f"{LIMIT_KEY_PREFIX}{scope}{model}"
+        if backend == DEFAULT_BACKEND
+        else f"{LIMIT_KEY_PREFIX}{scope}{backend}/{model}"
+    )
     return f"{base}:rpm", f"{base}:tpm", f"{base}:cooldown"
+
+
+def circuit_key(backend: str) -> str:
+    return CIRCUIT_KEY_PREFIX + backend
 
 
 def batch_key(name: str) -> str:
@@ -284,9 +311,17 @@ class Reply:
     ENDED_BEFORE: Final = 0
     """finish: the job's document was terminal already (a second delivery's finish)."""
     RESERVED: Final = 1
-    """limit_reserve: a reservation was made."""
+    """route: a backend was chosen and a reservation made in its budget."""
     NOT_RESERVED: Final = 0
-    """limit_reserve: none was (a cool-down runs, or the wait is over the maximum)."""
+    """route: none was (the soonest budget is further away than the job may wait in its slot)."""
+    ALL_DOWN: Final = 2
+    """route: every backend serving the model is down (its circuit open)."""
+    CIRCUIT_CLOSED: Final = 0
+    """circuit: the backend's circuit is closed."""
+    CIRCUIT_OPEN: Final = 1
+    """circuit: it is open (no call goes there until its cool-down ends)."""
+    CIRCUIT_RECOVERED: Final = 2
+    """circuit: it was open and this success closed it."""
     RETRIED: Final = "ok"
     """retry: the failed job is back in line."""
     NO_DOCUMENT: Final = "unknown"
@@ -384,6 +419,8 @@ class JobResult:
     """0 (runs first) to 9 (last)."""
     fairness_key: str = DEFAULT_FAIRNESS_KEY
     """The key the job shares the workers under: keys with ready jobs at one priority take turns."""
+    backend: str | None = None
+    """The backend the latest attempt went to (``PROMPTQ_BACKENDS``; ``default`` without them)."""
     enqueued_at: float | None = None
     started_at: float | None = None
     """When the latest attempt started."""
@@ -434,6 +471,7 @@ class JobResult:
             "metadata": self.metadata,
             "priority": self.priority,
             "fairness_key": self.fairness_key,
+            "backend": self.backend,
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -456,6 +494,7 @@ class JobResult:
         usage, error = doc.get("usage"), doc.get("error")
         priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
         endpoint, output, embeddings = doc.get("endpoint"), doc.get("output"), doc.get("embeddings")
+        backend = doc.get("backend")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
@@ -471,6 +510,7 @@ class JobResult:
             metadata=doc.get("metadata"),
             priority=priority if isinstance(priority, int) else DEFAULT_PRIORITY,  # documents of promptq 0.1 have none
             fairness_key=fairness_key if isinstance(fairness_key, str) else DEFAULT_FAIRNESS_KEY,
+            backend=backend if isinstance(backend, str) else None,
             enqueued_at=doc.get("enqueued_at"),
             started_at=doc.get("started_at"),
             finished_at=doc.get("finished_at"),
@@ -498,7 +538,7 @@ def queued_doc(
         f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},'
         f'"endpoint":{_string(endpoint)},"content":null,"output":null,"embeddings":null,"finish_reason":null,'
         f'"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
-        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},'
+        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"backend":null,'
         f'"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
 

@@ -43,7 +43,8 @@ SCRIPT_HOMES: Final[dict[str, str]] = {
             "beat",
             "roll_up",
             "stream_begin",
-            "limit_reserve",
+            "route",
+            "circuit",
             "limit_settle",
             "limit_cool_down",
         ),
@@ -65,6 +66,7 @@ FIXED_KEYS: Final[dict[str, str]] = {
     "BATCHES": c.BATCHES_KEY,
     "WORKERS": c.WORKERS_KEY,
     "WORKERS_SEEN": c.WORKERS_SEEN_KEY,
+    "BACKEND_WAITS": c.BACKEND_WAITS_KEY,
 }
 """The contract's fixed keys, by the name a script uses for each. A script that touches one declares
 it in its header's ``KEYS`` by that name (``-- KEYS[4] LEASES: ...``): :meth:`LuaScript.bind` passes
@@ -123,18 +125,27 @@ class LuaScript:
     args: tuple[str, ...]
     rest: str | None = None
     """The name of the last argument when it takes a list (``ARGV[n..]``)."""
+    key_rest: str | None = None
+    """The name of the last key when it takes a list (``KEYS[n..]``)."""
 
     def bind(self, **values: Any) -> tuple[list[str], list[Value]]:
         """``keys`` and ``args`` for a call, from every name the header declares (no more, no less);
         the fixed keys it declares are filled in from the contract."""
-        wanted = {*(k for k in self.keys if k not in FIXED_KEYS), *self.args, *([self.rest] if self.rest else [])}
+        wanted = {
+            *(k for k in self.keys if k not in FIXED_KEYS),
+            *self.args,
+            *(name for name in (self.rest, self.key_rest) if name),
+        }
         if values.keys() != wanted:
             missing, unknown = sorted(wanted - values.keys()), sorted(values.keys() - wanted)
             raise TypeError(f"script {self.name}: missing {missing}, unknown {unknown}")
         args = [values[name] for name in self.args]
         if self.rest is not None:
             args.extend(values[self.rest])
-        return [FIXED_KEYS[name] if name in FIXED_KEYS else str(values[name]) for name in self.keys], args
+        keys = [FIXED_KEYS[name] if name in FIXED_KEYS else str(values[name]) for name in self.keys]
+        if self.key_rest is not None:
+            keys.extend(values[self.key_rest])
+        return keys, args
 
 
 @functools.cache
@@ -147,21 +158,21 @@ def script(name: str) -> LuaScript:
     used = [n for n in CONSTANTS if re.search(rf"\b{n}\b", code)]
     keys: dict[int, str] = {}
     args: dict[int, str] = {}
-    rest: str | None = None
-    rest_index = 0
+    rests: dict[str, tuple[str, int]] = {}
     for kind, index, dots, ident in _HEADER_RE.findall(raw):
         if dots:
-            if kind != "ARGV" or rest is not None:
-                raise ValueError(f"{name}.lua: only the last ARGV may take a list")
-            rest = ident
-            rest_index = int(index)
+            if kind in rests:
+                raise ValueError(f"{name}.lua: only the last {kind} may take a list")
+            rests[kind] = (ident, int(index))
         else:
             (keys if kind == "KEYS" else args)[int(index)] = ident
     for table, kind in ((keys, "KEYS"), (args, "ARGV")):
         if sorted(table) != list(range(1, len(table) + 1)):
             raise ValueError(f"{name}.lua: {kind} must be numbered 1 to n in its header")
-    if rest is not None and rest_index != len(args) + 1:
-        raise ValueError(f"{name}.lua: ARGV[{rest_index}..] must follow the last ARGV")
+    for kind, table in (("KEYS", keys), ("ARGV", args)):
+        if kind in rests and rests[kind][1] != len(table) + 1:
+            raise ValueError(f"{name}.lua: {kind}[{rests[kind][1]}..] must follow the last {kind}")
+    rest, key_rest = rests.get("ARGV", (None, 0))[0], rests.get("KEYS", (None, 0))[0]
     fixed = {ident: index for index, ident in keys.items() if ident.isupper()}
     touched = {n for n in FIXED_KEYS if re.search(rf"\b{n}\b", code)}
     if unknown := sorted(fixed.keys() - FIXED_KEYS.keys()):
@@ -182,6 +193,7 @@ def script(name: str) -> LuaScript:
         keys=tuple(keys[i] for i in sorted(keys)),
         args=tuple(args[i] for i in sorted(args)),
         rest=rest,
+        key_rest=key_rest,
     )
 
 

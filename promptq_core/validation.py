@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -50,6 +51,12 @@ class InvalidJobError(ValueError):
 ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@/+=#~-]{1,200}")
+MODEL_MAX_CHARS: Final = 256
+"""A model name's length at most (a job's, a fallback's, a backend's)."""
+MAX_FALLBACKS: Final = 5
+"""Fallback models a job may list at most."""
+MAX_DEADLINE_S: Final = 30 * 86_400
+"""A deadline is at most this far ahead (a job's result is kept for a day by default anyway)."""
 CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -172,6 +179,11 @@ class PromptJob:
     """An embeddings or responses job's ``input``, as the API takes it."""
     trace: dict[str, str] | None = None
     """The W3C trace context (``traceparent``, ``tracestate``) the job was submitted in."""
+    deadline: float | None = None
+    """Unix time (s) after which the job is not started any more: it fails ``expired``."""
+    fallbacks: tuple[str, ...] = ()
+    """Models the job moves to, in order, when its model's backends stay down or its input is too
+    long for the model (``context_length_exceeded``)."""
 
     @classmethod
     def build(
@@ -188,6 +200,9 @@ class PromptJob:
         endpoint: Any = None,
         input: Any = None,
         trace: Any = None,
+        deadline_s: Any = None,
+        deadline: Any = None,
+        fallbacks: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
@@ -214,11 +229,7 @@ class PromptJob:
             payload["priority"] = priority
         if fairness_key is not None and check_fairness_key(fairness_key) != DEFAULT_FAIRNESS_KEY:
             payload["fairness_key"] = fairness_key
-        if trace is not None:
-            try:
-                payload["trace"] = check_trace(trace)
-            except ValueError as e:
-                raise InvalidJobError(str(e)) from None
+        payload.update(_delivery(trace, deadline_s, deadline, fallbacks, model))
         return cls._checked(job_id, payload, max_payload_bytes)
 
     @classmethod
@@ -228,7 +239,7 @@ class PromptJob:
             raise InvalidJobError("job payload is not a JSON object")
         known = {
             *("messages", "model", "params", "metadata", "stream", "priority", "fairness_key", "endpoint", "input"),
-            "trace",
+            *("trace", "deadline", "fallbacks"),
         }
         unknown = set(payload) - known
         if unknown:
@@ -247,6 +258,8 @@ class PromptJob:
             endpoint=payload.get("endpoint"),
             input=payload.get("input"),
             trace=payload.get("trace"),
+            deadline=payload.get("deadline"),
+            fallbacks=payload.get("fallbacks"),
             max_payload_bytes=max_payload_bytes,
             **params,
         )
@@ -276,6 +289,8 @@ class PromptJob:
             endpoint=payload.get("endpoint", CHAT_ENDPOINT),
             input=payload.get("input"),
             trace=payload.get("trace"),
+            deadline=payload.get("deadline"),
+            fallbacks=tuple(payload.get("fallbacks", ())),
         )
 
 
@@ -316,12 +331,57 @@ def _serialisable(value: Any) -> bool:
     return True
 
 
-def _model(model: Any) -> str | None:
+def _model(model: Any, what: str = "model") -> str | None:
     if model is None:
         return None
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidJobError("model must be a non-empty string")
+    if not isinstance(model, str) or not model.strip() or len(model) > MODEL_MAX_CHARS or CONTROL_RE.search(model):
+        raise InvalidJobError(
+            f"{what} must be a model name of 1 to {MODEL_MAX_CHARS} characters without control characters"
+        )
     return model
+
+
+def _delivery(trace: Any, deadline_s: Any, deadline: Any, fallbacks: Any, model: Any) -> dict[str, Any]:
+    """The payload's fields about how the job is delivered: its trace context, deadline and fallbacks."""
+    fields: dict[str, Any] = {}
+    if trace is not None:
+        try:
+            fields["trace"] = check_trace(trace)
+        except ValueError as e:
+            raise InvalidJobError(str(e)) from None
+    if (at := _deadline(deadline_s, deadline)) is not None:
+        fields["deadline"] = at
+    if fallbacks is not None and (chain := _fallbacks(fallbacks, model)):
+        fields["fallbacks"] = chain
+    return fields
+
+
+def _deadline(deadline_s: Any, deadline: Any) -> float | None:
+    """The job's deadline as Unix time: ``deadline_s`` from now, or ``deadline`` as given."""
+    if deadline_s is not None and deadline is not None:
+        raise InvalidJobError("give deadline_s (seconds from now) or deadline (Unix time), not both")
+    value, name = (deadline_s, "deadline_s") if deadline_s is not None else (deadline, "deadline")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidJobError(f"{name} must be a number, got {value!r}")
+    at = time.time() + value if name == "deadline_s" else float(value)
+    if name == "deadline_s" and not 0 < value <= MAX_DEADLINE_S:
+        raise InvalidJobError(f"deadline_s must be more than 0 and at most {MAX_DEADLINE_S} seconds, got {value!r}")
+    if name == "deadline" and not 0 < at <= time.time() + MAX_DEADLINE_S:
+        raise InvalidJobError(f"deadline must be a Unix time at most {MAX_DEADLINE_S} seconds from now, got {value!r}")
+    return round(at, 3)
+
+
+def _fallbacks(fallbacks: Any, model: Any) -> list[str]:
+    if not isinstance(fallbacks, list | tuple) or len(fallbacks) > MAX_FALLBACKS:
+        raise InvalidJobError(f"fallbacks must be a list of at most {MAX_FALLBACKS} model names")
+    chain = [m for m in fallbacks if _model(m, "each of fallbacks") is not None]
+    if len(chain) != len(fallbacks):
+        raise InvalidJobError("fallbacks may not hold null")
+    if model in chain or len(set(chain)) != len(chain):
+        raise InvalidJobError("fallbacks may not name the job's model, or a model twice")
+    return chain
 
 
 def _request(endpoint: str, prompt: Any, messages: Any, value: Any, stream: Any) -> dict[str, Any]:

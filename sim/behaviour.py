@@ -12,6 +12,9 @@ from typing import Any
 __all__ = ["Bucket", "SimConfig", "SimStats", "Window", "chance", "count_tokens", "message_text", "reply_text"]
 
 
+OUTAGES = ("", "503", "529", "refuse")
+
+
 @dataclass
 class SimConfig:
     """Every knob, settable at start (``python -m sim --help``) or at run time (``POST /_sim/config``)."""
@@ -53,6 +56,12 @@ class SimConfig:
     """0: the limits are token buckets (above). Else each is enforced per fixed window of this many
     seconds on the clock (1: per calendar second), each allowing ``rpm`` (or ``tpm``) times
     ``limit_window_s / 60``, as a server enforcing a per-minute limit over shorter periods may."""
+    outage: str = ""
+    """A provider outage: ``503`` or ``529`` (every API request answered with that status at once),
+    ``refuse`` (the port closed and every connection dropped: connection refused), or ``""`` (none)."""
+    outage_s: float = 0.0
+    """The outage ends by itself after this many seconds (0: when ``outage`` is set back to ``""``;
+    ``refuse`` needs it, since the control routes are gone with the port)."""
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -60,6 +69,10 @@ class SimConfig:
         unknown = set(changes) - names
         if unknown:
             raise ValueError(f"unknown simulator settings: {', '.join(sorted(unknown))}")
+        if changes.get("outage", self.outage) not in OUTAGES:
+            raise ValueError(f"outage must be one of {', '.join(map(repr, OUTAGES))}")
+        if changes.get("outage", self.outage) == "refuse" and not changes.get("outage_s", self.outage_s):
+            raise ValueError("outage 'refuse' needs outage_s (the control routes close with the port)")
         for name, value in changes.items():
             setattr(self, name, value)
 
@@ -74,6 +87,10 @@ class SimStats:
     peak_in_flight: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
+    models: dict[str, int] = field(default_factory=dict)
+    """API requests by the model their body names."""
+    deployments: dict[str, int] = field(default_factory=dict)
+    """Azure-style requests (``/openai/deployments/{name}/...``), by ``"{name} {query}"``."""
 
     def count(self, bucket: dict[str, int], key: str) -> None:
         bucket[key] = bucket.get(key, 0) + 1

@@ -7,6 +7,9 @@ connection or a hang are exact). Routes:
   ``usage``), ``POST /v1/embeddings`` (floats or base64; ``sim.endpoints``), ``GET /v1/models``;
 - ``GET /_sim/stats`` (requests, completions, in flight, peak in flight, statuses, faults),
   ``POST /_sim/reset`` (zero the counters), ``POST /_sim/config`` (change knobs, JSON), ``GET /healthz``.
+
+An outage (``outage`` in the knobs) answers every API request 503 or 529 at once, or closes the port
+and every connection for ``outage_s`` (connection refused), then reopens it on the same port.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import itertools
 import json
 import math
 import random
+import re
 import time
 from typing import Any
 
@@ -32,9 +36,20 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
+AZURE_PATH_RE = re.compile(r"^/openai/deployments/([^/]+)(/chat/completions|/embeddings)$")
+"""Azure OpenAI's form of an endpoint: the deployment in the path (``?api-version=`` in the query)."""
+
+
 class Request:
-    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
-        self.method, self.path, self.headers, self.body = method, path, headers, body
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, query: str = "") -> None:
+        self.method, self.path, self.headers, self.body, self.query = method, path, headers, body, query
+        self.deployment: str | None = None
+        if azure := AZURE_PATH_RE.match(path):
+            self.deployment, self.path = azure.group(1), "/v1" + azure.group(2)
+
+    def authorized(self, key: str) -> bool:
+        """The request carries ``key``: as a bearer token (OpenAI), or in ``api-key`` (Azure)."""
+        return self.headers.get("authorization") == f"Bearer {key}" or self.headers.get("api-key") == key
 
     @property
     def keep_alive(self) -> bool:
@@ -57,7 +72,8 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     if length > MAX_BODY_BYTES:
         return None
     body = await reader.readexactly(length) if length else b""
-    return Request(method, path.split("?", 1)[0], headers, body)
+    target, _, query = path.partition("?")
+    return Request(method, target, headers, body, query)
 
 
 class Simulator:
@@ -69,17 +85,22 @@ class Simulator:
         self._buckets: dict[str, Bucket | Window] = {}
         """The rate limits in force: ``requests`` and ``tokens``, as configured."""
         self._server: asyncio.Server | None = None
+        self._where: tuple[str, int] = ("127.0.0.1", 0)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._outage_end: asyncio.Task[None] | None = None
         self.calls: list[list[Any]] = []
         """Each API request: [arrival (Unix s), last user message (or first input), status or 0 if unanswered]."""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; return the port (useful with ``port=0``)."""
-        self._server = await asyncio.start_server(self._serve, host, port, backlog=4096)
-        return int(self._server.sockets[0].getsockname()[1])
+        self._server = await asyncio.start_server(self._serve, host, port, backlog=4096, reuse_address=True)
+        self._where = (host, int(self._server.sockets[0].getsockname()[1]))
+        return self._where[1]
 
     async def serve_forever(self) -> None:
+        """Serve until cancelled (the listening socket serves by itself, and an outage replaces it)."""
         assert self._server is not None
-        await self._server.serve_forever()
+        await asyncio.get_running_loop().create_future()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -88,6 +109,7 @@ class Simulator:
                 await asyncio.wait_for(self._server.wait_closed(), 1)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while (request := await read_request(reader)) is not None:
                 if not await self._dispatch(request, reader, writer) or not request.keep_alive:
@@ -95,7 +117,34 @@ class Simulator:
         except (ConnectionError, ValueError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
+
+    def _outage_changed(self) -> None:
+        """Start (or end) the outage the knobs now describe."""
+        if self._outage_end is not None:
+            self._outage_end.cancel()
+            self._outage_end = None
+        if self.config.outage == "refuse":
+            self._outage_end = asyncio.create_task(self._refuse(self.config.outage_s))
+        elif self.config.outage and self.config.outage_s > 0:
+            self._outage_end = asyncio.create_task(self._end_outage_after(self.config.outage_s))
+
+    async def _end_outage_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.config.outage = ""
+
+    async def _refuse(self, seconds: float) -> None:
+        """Close the port and every connection for ``seconds``, then listen again on the same port."""
+        await asyncio.sleep(0.05)  # the answer to the request that asked for it goes first
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await asyncio.sleep(seconds)
+        host, port = self._where
+        self._server = await asyncio.start_server(self._serve, host, port, backlog=4096, reuse_address=True)
+        self.config.outage = ""
 
     def _log_call(self, prompt: str) -> None:
         call: list[Any] = [round(time.time(), 4), prompt, 0]
@@ -108,6 +157,8 @@ class Simulator:
         route = (req.method, req.path)
         if req.method == "POST" and req.path in endpoints.ENDPOINTS:
             self.stats.requests += 1
+            if req.deployment is not None:
+                self.stats.count(self.stats.deployments, f"{req.deployment} {req.query}")
             self.stats.in_flight += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
             try:
@@ -137,6 +188,7 @@ class Simulator:
             self.rng = random.Random(self.config.seed)
             self._buckets = {}
             await self._json(writer, 200, dataclasses.asdict(self.config), counted=False)
+            self._outage_changed()
         elif route == ("GET", "/healthz"):
             await self._json(writer, 200, {"ok": True}, counted=False)
         else:
@@ -152,11 +204,9 @@ class Simulator:
         except BadRequest as e:
             answer = e
         self._log_call(answer.prompt if isinstance(answer, Answer) else "")
-        if cfg.require_api_key and req.headers.get("authorization") != f"Bearer {cfg.require_api_key}":
-            await self._error(writer, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
-            return True
-        if isinstance(answer, BadRequest):
-            await self._error(writer, 400, str(answer), "invalid_request_error")
+        if isinstance(answer, Answer):
+            self.stats.count(self.stats.models, str(answer.body["model"]))
+        if await self._refused(req, answer, writer) or isinstance(answer, BadRequest):
             return True
         costs = {"requests": 1, "tokens": answer.token_cost if cfg.tpm else 0}
         if (limited := self._rate_limited(costs)) is not None:
@@ -201,6 +251,21 @@ class Simulator:
         if answer.streamed:
             return await self._stream(writer, answer)
         await self._json(writer, 200, endpoints.plain_body(answer, next(self._ids)), self._limit_headers())
+        return True
+
+    async def _refused(self, req: Request, answer: Answer | BadRequest, writer: asyncio.StreamWriter) -> bool:
+        """Answer an API request the server refuses before any work (an outage, a wrong key, a bad
+        body); False when it goes on."""
+        cfg = self.config
+        if cfg.outage in ("503", "529"):
+            self.stats.count(self.stats.faults, f"outage_{cfg.outage}")
+            await self._error(writer, int(cfg.outage), "the service is unavailable (simulated outage)", "server_error")
+        elif cfg.require_api_key and not req.authorized(cfg.require_api_key):
+            await self._error(writer, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        elif isinstance(answer, BadRequest):
+            await self._error(writer, 400, str(answer), "invalid_request_error")
+        else:
+            return False
         return True
 
     async def _stream(self, writer: asyncio.StreamWriter, answer: Answer) -> bool:

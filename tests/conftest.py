@@ -21,6 +21,7 @@ from arq.worker import Worker
 from devtools.stack import RedisServer, Simulator, redis_answers
 from producer import Producer, ProducerConfig, SyncProducer
 from worker.arq_seam import PromptqWorker
+from worker.circuit import CircuitRules
 from worker.config import WorkerConfig
 from worker.settings import settings_kwargs
 
@@ -97,6 +98,8 @@ def sim(sim_process: Simulator) -> Simulator:
 
 @pytest.fixture
 def worker_config(redis_url: str, sim: Simulator) -> WorkerConfig:
+    """An in-process worker's settings against ``sim``. Its circuit breaker opens only after 100
+    failures in a row, so that tests of retries see every try fail; the circuit's own tests lower it."""
     return WorkerConfig(
         redis_url=redis_url,
         openai_api_key=TEST_API_KEY,
@@ -105,6 +108,7 @@ def worker_config(redis_url: str, sim: Simulator) -> WorkerConfig:
         job_timeout_s=8,
         poll_delay_s=0.02,
         max_tries=3,
+        circuit=CircuitRules(failures=100),
     )
 
 

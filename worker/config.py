@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from promptq_core import tracing
-from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
+from promptq_core.contract import DEFAULT_BACKEND, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
 from promptq_core.env import (
     ConfigError,
     env_choice,
@@ -21,6 +21,16 @@ from promptq_core.env import (
 )
 from promptq_core.prices import Price, prices_from_env
 from promptq_core.validation import InvalidJobError, check_fairness_key
+from worker.backends import (
+    BACKENDS_ENV,
+    BACKENDS_FILE_ENV,
+    UNUSED_API_KEY,
+    Backend,
+    Limit,
+    backends_from_env,
+    fallbacks_from_env,
+)
+from worker.circuit import CircuitRules
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -29,6 +39,7 @@ __all__ = [
     "Limit",
     "WorkerConfig",
     "default_urgent_slots",
+    "ignored_variables",
     "limits_from_env",
     "weights_from_env",
 ]
@@ -37,8 +48,8 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LIMIT_SCOPES = ("shared", "process")
 WEIGHTS_ENV = "PROMPTQ_FAIRNESS_WEIGHTS"
-UNUSED_API_KEY = "unused"
-"""Sent when OPENAI_BASE_URL points at a local server and no key is set (they ignore it)."""
+DEFAULT_BACKEND_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PROMPTQ_RPM", "PROMPTQ_TPM", "PROMPTQ_LIMITS")
+"""What the ``default`` backend is made of; not used when backends are listed."""
 
 ENV_NAMES = (
     "REDIS_URL",
@@ -63,6 +74,14 @@ ENV_NAMES = (
     "PROMPTQ_TPM",
     "PROMPTQ_LIMITS",
     "PROMPTQ_LIMIT_SCOPE",
+    "PROMPTQ_BACKENDS",
+    "PROMPTQ_BACKENDS_FILE",
+    "PROMPTQ_FALLBACKS",
+    "PROMPTQ_FALLBACK_AFTER_S",
+    "PROMPTQ_CIRCUIT_FAILURES",
+    "PROMPTQ_CIRCUIT_COOL_DOWN_S",
+    "PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S",
+    "PROMPTQ_DEFAULT_DEADLINE_S",
     "PROMPTQ_COMPLETION_ESTIMATE_TOKENS",
     "PROMPTQ_SHUTDOWN_GRACE_S",
     "PROMPTQ_METRICS_PORT",
@@ -74,12 +93,6 @@ ENV_NAMES = (
     "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
 )
 """Every variable the worker reads (the README and compose.yaml are checked against this list)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    rpm: int | None = None
-    tpm: int | None = None
 
 
 def limits_from_env(env: Mapping[str, str]) -> tuple[Limit, dict[str, Limit]]:
@@ -155,6 +168,17 @@ class WorkerConfig:
     limit_scope: str = "shared"
     """``shared``: one budget for every worker on this Redis; ``process``: one budget per worker
     process (for workers that each have an API key, and an organisation, of their own)."""
+    backends: tuple[Backend, ...] = ()
+    """The listed backends (``PROMPTQ_BACKENDS`` or ``PROMPTQ_BACKENDS_FILE``); none: one backend
+    named ``default`` made of ``openai_base_url``, ``openai_api_key``, ``limit`` and ``limits``."""
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """A model -> the models its jobs move to when its backends stay down (``PROMPTQ_FALLBACKS``)."""
+    fallback_after_s: float = 30.0
+    """A job moves to its next model once every backend of its model has been down this long."""
+    circuit: CircuitRules = field(default_factory=CircuitRules)
+    default_deadline_s: float | None = None
+    """A job submitted without a deadline fails ``expired`` this long after its submit, if it has
+    not run by then (``PROMPTQ_DEFAULT_DEADLINE_S``; None: it waits as long as it takes)."""
     completion_estimate_tokens: int = 500
     """Completion tokens reserved for a request that sets no max_tokens (settled after the call)."""
     metrics_port: int | None = None
@@ -168,19 +192,30 @@ class WorkerConfig:
     trace_content: bool = False
     """Record prompts and answers in the spans (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``)."""
 
+    def all_backends(self) -> tuple[Backend, ...]:
+        """The backends calls go to: the listed ones, or the ``default`` one."""
+        if self.backends:
+            return self.backends
+        default = Backend(
+            DEFAULT_BACKEND, self.openai_base_url, self.openai_api_key, None, limit=self.limit, limits=self.limits
+        )
+        return (default,)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
         """Read and check every variable; raise :class:`ConfigError` naming the first bad one."""
         env = os.environ if env is None else env
         d = cls()
+        listed = env_str(env, BACKENDS_ENV) is not None or env_str(env, BACKENDS_FILE_ENV) is not None
         base_url = env_str(env, "OPENAI_BASE_URL")
         if base_url is not None and not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"OPENAI_BASE_URL must be an http:// or https:// URL, got {base_url!r}")
         api_key = env_str(env, "OPENAI_API_KEY")
         if api_key is None:
-            if base_url is None:
+            if base_url is None and not listed:
                 raise ConfigError(
-                    "OPENAI_API_KEY is not set (set it, or set OPENAI_BASE_URL to a server that needs no key)"
+                    "OPENAI_API_KEY is not set (set it, or set OPENAI_BASE_URL to a server that needs no key, "
+                    f"or list backends in {BACKENDS_ENV})"
                 )
             api_key = UNUSED_API_KEY
         request_timeout_s = env_float(env, "PROMPTQ_REQUEST_TIMEOUT_S", d.request_timeout_s)
@@ -192,6 +227,18 @@ class WorkerConfig:
             )
         limit, limits = limits_from_env(env)
         max_jobs = env_int(env, "PROMPTQ_MAX_JOBS", d.max_jobs)
+        backends = backends_from_env(env, Backend(DEFAULT_BACKEND, base_url, api_key, None, limit, limits))
+        circuit = CircuitRules(
+            failures=env_int(env, "PROMPTQ_CIRCUIT_FAILURES", d.circuit.failures),
+            cool_down_s=env_float(env, "PROMPTQ_CIRCUIT_COOL_DOWN_S", d.circuit.cool_down_s),
+            max_cool_down_s=env_float(env, "PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S", d.circuit.max_cool_down_s),
+        )
+        if circuit.max_cool_down_s < circuit.cool_down_s:
+            raise ConfigError(
+                f"PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S ({circuit.max_cool_down_s:g}) must be at least "
+                f"PROMPTQ_CIRCUIT_COOL_DOWN_S ({circuit.cool_down_s:g})"
+            )
+        deadline = env_float(env, "PROMPTQ_DEFAULT_DEADLINE_S", 0.0)
         return cls(
             redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
             openai_api_key=api_key,
@@ -214,6 +261,11 @@ class WorkerConfig:
             limit=limit,
             limits=limits,
             limit_scope=env_choice(env, "PROMPTQ_LIMIT_SCOPE", d.limit_scope, LIMIT_SCOPES),
+            backends=backends if listed else (),
+            fallbacks=fallbacks_from_env(env, backends),
+            fallback_after_s=env_float(env, "PROMPTQ_FALLBACK_AFTER_S", d.fallback_after_s, or_equal=True),
+            circuit=circuit,
+            default_deadline_s=deadline or None,
             completion_estimate_tokens=env_int(env, "PROMPTQ_COMPLETION_ESTIMATE_TOKENS", d.completion_estimate_tokens),
             metrics_port=_optional_port(env, "PROMPTQ_METRICS_PORT"),
             prices=prices_from_env(env),
@@ -222,6 +274,13 @@ class WorkerConfig:
             traces=tracing.wanted(env),
             trace_content=tracing.capture_content(env),
         )
+
+
+def ignored_variables(env: Mapping[str, str]) -> list[str]:
+    """The variables of the ``default`` backend that are set although backends are listed (unused)."""
+    if env_str(env, BACKENDS_ENV) is None and env_str(env, BACKENDS_FILE_ENV) is None:
+        return []
+    return [name for name in DEFAULT_BACKEND_VARIABLES if env_str(env, name) is not None]
 
 
 def default_urgent_slots(max_jobs: int) -> int:

@@ -22,11 +22,13 @@ from promptq_core.contract import JobResult
 from promptq_core.validation import InvalidJobError, PromptJob
 from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE
+from worker.circuit import PARK_S
 from worker.config import WorkerConfig
 from worker.lifecycle import Backoff, EndedElsewhere, Finish, Outcome, Release, end
 from worker.limiter import BudgetWaitTooLongError, LimitTooSmallError, estimate_tokens, server_budget_wait_s
 from worker.logs import get_logger
 from worker.retry import backoff_s
+from worker.routing import AllDownError, NoBackendError, Route
 from worker.state import WorkerState
 
 __all__ = ["run_prompt"]
@@ -75,6 +77,9 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         fairness_key=job.fairness_key,
         started_at=_claimed_at(ctx),
     )
+    if (deadline := _deadline(config, job, base)) is not None and time.time() >= deadline:
+        error = llm.LLMError("expired", "the job's deadline passed before it could run", retryable=False)
+        return await _end(state, _failed(base, error, started_s=time.monotonic()))
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _end(state, _failed(base, error, started_s=time.monotonic()))
@@ -125,21 +130,48 @@ MAX_BUDGET_WAIT_S = 10.0
 
 
 async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outcome:
-    """Take the rate-limit budget, call the API once, and say how the attempt ends."""
+    """Route the call (the job's model, then its fallbacks), call the API once, and say how the
+    attempt ends."""
     config = state.config
     assert base.model is not None
-    estimate = estimate_tokens(job, config.completion_estimate_tokens) if state.limiter.enabled else 0
-    try:
-        waited_s = await state.limiter.acquire(base.model, estimate, max_wait_s=MAX_BUDGET_WAIT_S)
-    except LimitTooSmallError as e:
-        return _failed(base, llm.LLMError("limit_exceeded", str(e), retryable=False), started_s=time.monotonic())
-    except BudgetWaitTooLongError as e:
-        return Release(_released(base), "rate limit", e.wait_s)
-    if waited_s:
-        log.debug("job.budget_waited", waited_ms=round(waited_s * 1000))
-        tracing.event("promptq.rate_limit_wait", **{"promptq.wait_ms": round(waited_s * 1000)})
-        state.metrics.budget_wait.labels(base.model).inc(waited_s)
+    chain = (base.model, *(job.fallbacks or config.fallbacks.get(base.model, ())))
+    for step, model in enumerate(chain):
+        last = step == len(chain) - 1
+        base = dataclasses.replace(base, model=model)
+        estimate = estimate_tokens(job, config.completion_estimate_tokens) if state.router.limited(model) else 0
+        try:
+            route = await state.router.route(model, estimate, max_wait_s=MAX_BUDGET_WAIT_S)
+        except NoBackendError as e:
+            if not last:
+                continue
+            return _failed(base, llm.LLMError("no_backend", str(e), retryable=False), started_s=time.monotonic())
+        except LimitTooSmallError as e:
+            return _failed(base, llm.LLMError("limit_exceeded", str(e), retryable=False), started_s=time.monotonic())
+        except BudgetWaitTooLongError as e:
+            return Release(_released(base), "rate limit", e.wait_s)
+        except AllDownError as e:
+            if not last and e.down_s >= config.fallback_after_s:
+                continue  # down long enough: the next model
+            return _wait_for_backend(state, job, base, e)
+        outcome = await _call_routed(state, job, dataclasses.replace(base, backend=route.backend.name), route, estimate)
+        if last or not _moves_on(outcome):
+            return outcome
+    raise AssertionError("unreachable: the last model's attempt returns")
 
+
+def _moves_on(outcome: Outcome) -> bool:
+    """The attempt failed for a reason the next fallback model may not have (its input is too long)."""
+    return isinstance(outcome, Finish) and outcome.error is not None and outcome.error.type == "context_length_exceeded"
+
+
+async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, route: Route, estimate: int) -> Outcome:
+    """The call on its route, and what it means for the budgets, the backend's circuit and the job."""
+    config = state.config
+    assert base.model is not None
+    if route.waited_s:
+        log.debug("job.budget_waited", waited_ms=round(route.waited_s * 1000))
+        tracing.event("promptq.rate_limit_wait", **{"promptq.wait_ms": round(route.waited_s * 1000)})
+        state.metrics.budget_wait.labels(base.model).inc(route.waited_s)
     on_delta = None
     if job.stream:
         writer = state.streams.writer(job.job_id)
@@ -147,20 +179,32 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
         on_delta = writer.delta
     started_s = time.monotonic()
     try:
-        completion = await _call(state, job, base.model, on_delta)
+        completion = await _call(state, job, route, on_delta)
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
             state.metrics.rate_limited.labels(base.model).inc()
-            await state.limiter.cool_down(base.model, error.retry_after_s or 1.0)
+            await state.router.cool_down(route.backend, base.model, error.retry_after_s or 1.0)
+        elif error.retryable:  # the backend's health: enough of these in a row open its circuit
+            health = await state.circuits.failed(route.backend.name, probe=route.probe)
+            state.metrics.backend_health(route.backend.name, up=not health.open)
+            if route.probe:  # the probe of a backend known down: no try spent; routed again at once
+                return Release(_released(base, error), "backend down")
         if error.retryable and base.attempts < config.max_tries:
             queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
             return Backoff(queued, error, backoff_s(base.attempts, error.retry_after_s))
         return _failed(base, error, started_s=started_s, streamed=job.stream)
+    if route.probe or not route.clean:
+        health = await state.circuits.succeeded(route.backend.name, probe=route.probe)
+        state.metrics.backend_health(route.backend.name, up=True)
+        if health.recovered:
+            log.info("backend.recovered", backend=route.backend.name, jobs_woken=health.woken)
     if estimate and completion.usage:
-        await state.limiter.settle(base.model, estimate, completion.usage.total_tokens)
+        await state.router.settle(route.backend, base.model, estimate, completion.usage.total_tokens)
     if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
-        await state.limiter.cool_down(base.model, pause_s)  # the server's budget is spent: pause every worker
+        await state.router.cool_down(
+            route.backend, base.model, pause_s
+        )  # the server's budget is spent: pause every worker
     final = dataclasses.replace(
         base,
         status="succeeded",
@@ -169,27 +213,59 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
         embeddings=completion.embeddings,
         finish_reason=completion.finish_reason,
         usage=completion.usage,
+        error=None,
         finished_at=_now_s(),
         latency_ms=_ms_since(started_s),
     )
     return Finish(final, streamed=job.stream)
 
 
-async def _call(state: WorkerState, job: PromptJob, model: str, on_delta: llm.DeltaSink | None) -> llm.Completion:
+def _wait_for_backend(state: WorkerState, job: PromptJob, base: JobResult, down: AllDownError) -> Release:
+    """Every backend of the model is down: the job waits in the queue, its try given back. The scout
+    comes back when a probe may go; the others when a circuit closes (or after ``PARK_S``), and none
+    past its deadline."""
+    wait_s = down.wait_s if down.scout else PARK_S
+    if (deadline := _deadline(state.config, job, base)) is not None:
+        wait_s = max(0.0, min(wait_s, deadline - time.time()))
+    error = llm.LLMError("backend_down", f"{down}: the job waits for one", retryable=True)
+    return Release(_released(base, error), "backend down", wait_s, for_backend=True)
+
+
+def _deadline(config: WorkerConfig, job: PromptJob, base: JobResult) -> float | None:
+    """When the job stops being worth starting (Unix s): its own deadline, or the fleet's default."""
+    if job.deadline is not None:
+        return job.deadline
+    if config.default_deadline_s is not None and base.enqueued_at is not None:
+        return base.enqueued_at + config.default_deadline_s
+    return None
+
+
+async def _call(state: WorkerState, job: PromptJob, route: Route, on_delta: llm.DeltaSink | None) -> llm.Completion:
     """The API call itself, bounded by PROMPTQ_JOB_TIMEOUT_S and counted in the metrics."""
     metrics = state.metrics
-    metrics.attempts.labels(model).inc()
+    backend = route.backend.name
+    metrics.attempts.labels(route.model).inc()
     metrics.in_flight.inc()
     started_s = time.monotonic()
+    outcome = "error"
     try:
-        with state.tracing.call(job, model) as span:
+        with state.tracing.call(job, route.model, route.backend) as span:
             async with asyncio.timeout(state.config.job_timeout_s):
-                completion = await llm.complete(state.clients.take(), job, model, on_delta)
+                completion = await llm.complete(state.clients.take(backend), job, route.model, on_delta)
             state.tracing.answered(span, completion)
+            outcome = "ok"
             return completion
+    except llm.LLMError as e:
+        outcome = e.type
+        raise
+    except TimeoutError:
+        outcome = "timeout"
+        raise
     finally:
         metrics.in_flight.dec()
-        metrics.latency.labels(model).observe(time.monotonic() - started_s)
+        elapsed_s = time.monotonic() - started_s
+        metrics.latency.labels(route.model).observe(elapsed_s)
+        metrics.backend_call(backend, outcome, elapsed_s)
 
 
 def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:
@@ -204,9 +280,10 @@ def _failed(base: JobResult, error: llm.LLMError, *, started_s: float, streamed:
     return Finish(final, error, streamed)
 
 
-def _released(base: JobResult) -> JobResult:
-    """The document of a job going back in line without spending its try."""
-    return dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None)
+def _released(base: JobResult, why: llm.LLMError | None = None) -> JobResult:
+    """The document of a job going back in line without spending its try (``why``: the error it shows meanwhile)."""
+    error = None if why is None else why.to_error()
+    return dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None, error=error)
 
 
 def _ms_since(started_s: float) -> int:

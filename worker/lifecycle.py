@@ -9,11 +9,15 @@ from       to           when                                            step (Lu
 (none)     queued       ``submit``                                      submit, submit_many
 queued     running      a claim (leased for ``PROMPTQ_LEASE_S``)        claim
 running    succeeded    :class:`Finish`: the call answered              finish
-running    failed       :class:`Finish`: a final error, or no try left  finish
+running    failed       :class:`Finish`: a final error, no try left,    finish
+                        no backend for its model, or its deadline
+                        passed (``expired``)
 running    queued       :class:`Backoff`: a retryable error, tries      defer (try spent)
                         left: waits in the delayed set
 running    queued       :class:`Release`: a shutdown interrupted the    defer (try given back)
-                        call, or the rate-limit budget is too far away
+                        call, the rate-limit budget is too far away,
+                        or every backend of its model is down (it
+                        waits for one: due when a circuit closes)
 running    queued       the lease ran out (the worker died, or lost     claim
                         Redis for longer than a lease)
 queued,    cancelled    ``Producer.cancel``                             cancel
@@ -70,11 +74,14 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Release:
     """The attempt ended before its call counted: its try is given back, and the job goes back in line
-    at once (a shutdown) or after ``delay_s`` (rate-limit budget that far away)."""
+    at once (a shutdown; a backend that just went down, to be routed again) or after ``delay_s``
+    (rate-limit budget that far away; every backend of its model down: ``for_backend``, due at once
+    when a circuit closes)."""
 
     queued: JobResult
-    reason: Literal["shutdown", "rate limit"]
+    reason: Literal["shutdown", "rate limit", "backend down"]
     delay_s: float = 0.0
+    for_backend: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +111,12 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
             if stored is not None:  # cancelled meanwhile: no retry
                 return _report_ended_elsewhere(state, queued, stored.status)
             _report_backoff(state, queued, error, delay_s)
-        case Release(queued, reason, delay_s):
-            stored = await asyncio.shield(state.settle.defer(queued, delay_s, try_spent=False))
+        case Release(queued, reason, delay_s, for_backend):
+            deferred = state.settle.defer(queued, delay_s, try_spent=False, for_backend=for_backend)
+            stored = await asyncio.shield(deferred)
             if stored is not None:
                 return _report_ended_elsewhere(state, queued, stored.status)
-            _report_release(queued, reason, delay_s)
+            _report_release(state, queued, reason, delay_s)
         case EndedElsewhere(base, status):
             await asyncio.shield(state.settle.ack(base.job_id))
             _report_ended_elsewhere(state, base, status)
@@ -133,6 +141,7 @@ def _report_finished(state: WorkerState, final: JobResult, error: LLMError | Non
         completion_tokens=usage.completion_tokens if usage else None,
         total_tokens=usage.total_tokens if usage else None,
         finish_reason=final.finish_reason,
+        backend=final.backend,
         error_type=error.type if error else None,
         status_code=error.status_code if error else None,
     )
@@ -144,6 +153,7 @@ def _report_backoff(state: WorkerState, queued: JobResult, error: LLMError, dela
     tracing.ended("retrying", error.type)
     log.info(
         "job.retrying",
+        backend=queued.backend,
         error_type=error.type,
         status_code=error.status_code,
         delay_ms=round(delay_s * 1000),
@@ -151,13 +161,17 @@ def _report_backoff(state: WorkerState, queued: JobResult, error: LLMError, dela
     )
 
 
-def _report_release(queued: JobResult, reason: str, delay_s: float) -> None:
+def _report_release(state: WorkerState, queued: JobResult, reason: str, delay_s: float) -> None:
     if reason == "rate limit":
         tracing.event("promptq.rate_limit_wait", **{"promptq.defer_ms": round(delay_s * 1000)})
         tracing.ended("deferred")
+    elif reason == "backend down":
+        state.metrics.backend_waits.labels(queued.model or "").inc()
+        tracing.event("promptq.backend_wait", **{"promptq.defer_ms": round(delay_s * 1000)})
+        tracing.ended("deferred", "backend_down")
     else:
         tracing.ended("released")
-    log.info("job.released", reason=reason)
+    log.info("job.released", reason=reason, backend=queued.backend, delay_ms=round(delay_s * 1000))
 
 
 def _report_ended_elsewhere(state: WorkerState, base: JobResult, status: str) -> None:

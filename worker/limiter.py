@@ -1,47 +1,23 @@
-"""Rate limits shared by every worker: requests and tokens per minute, per model, kept in Redis.
-
-Each limit is a GCRA (generic cell rate algorithm) over Redis time: the budget is spread evenly
-over the minute with no burst, at ``LIMIT_USE`` of the limit, since a server may enforce a
-per-minute limit over shorter periods (OpenAI says it may: 10 requests in each second for 600 RPM).
-Requests at most 60 / (rpm * 0.98) s apart never put more than the limit's share in any one second,
-at the start of a run or after an idle spell alike, with 2 % left for timing jitter.
-Before a call the worker *reserves* one request and an estimate of its tokens (prompt + the
-completion it may produce): one Lua script returns the moment the reservation falls due, and the
-worker sleeps until then. Reservations are handed out in the order they are asked for, so waiting
-jobs go in roughly submit order, and a waiting job costs no further Redis calls (no polling herd).
-After the call, the estimate is settled against the real ``usage``. A 429 from the API, or a
-response saying the server's budget is spent, sets a shared cool-down, so every worker pauses
-instead of each finding out alone.
-
-Keys: ``promptq_core.contract.limit_keys`` (theoretical arrival times, ms, and the cool-down); the
-scripts: ``worker/lua/limit_*.lua``. With ``PROMPTQ_LIMIT_SCOPE=process`` each worker process
-keeps its own keys (for workers that each have an API key of their own).
+"""Rate limits: what a call may cost (its token estimate), what a server's own headers say about its
+budget, and the errors of a budget that cannot be had. The budgets themselves (a GCRA per backend and
+model, shared through Redis) are taken by :mod:`worker.routing`, which chooses the backend too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import os
-import socket
 from collections.abc import Mapping
-from typing import Any
 
-from redis.asyncio import Redis
-
-from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, Reply, limit_keys
+from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT
 from promptq_core.validation import PromptJob, embedding_inputs
-from worker.config import Limit
 from worker.retry import parse_duration_s
-from worker.scripts import WorkerScript
 
-__all__ = ["BudgetWaitTooLongError", "LimitTooSmallError", "Limiter", "estimate_tokens", "server_budget_wait_s"]
+__all__ = ["LIMIT_USE", "BudgetWaitTooLongError", "LimitTooSmallError", "estimate_tokens", "server_budget_wait_s"]
 
 LIMIT_USE = 0.98
 """Requests and tokens are spaced for this share of each limit: a request that leaves a little late
 and the next one on time still fall in different seconds of a server counting per second."""
-_NO_MAX_WAIT_MS = 10**12
 
 
 class LimitTooSmallError(ValueError):
@@ -101,77 +77,3 @@ def _number(raw: str | None) -> float | None:
         return float(raw) if raw is not None else None
     except ValueError:
         return None
-
-
-class Limiter:
-    """Reserve before a call, settle after it, cool down on a 429: for every worker at once."""
-
-    def __init__(self, redis: Redis, default: Limit, per_model: dict[str, Limit], *, shared: bool = True) -> None:
-        self.default, self.per_model = default, per_model
-        self.scope = "" if shared else _process_scope()
-        self._reserve = WorkerScript(redis, "limit_reserve", rides_out=True)
-        self._settle = WorkerScript(redis, "limit_settle", rides_out=True)
-        self._cool_down = WorkerScript(redis, "limit_cool_down", rides_out=True)
-        self.redis = redis
-
-    def keys(self, model: str) -> tuple[str, str, str]:
-        """The model's keys: requests' TAT, tokens' TAT, cool-down."""
-        return limit_keys(model, self.scope)
-
-    def limit_for(self, model: str) -> Limit:
-        return self.per_model.get(model, self.default)
-
-    @property
-    def enabled(self) -> bool:
-        return any((self.default.rpm, self.default.tpm)) or bool(self.per_model)
-
-    async def acquire(self, model: str, tokens: int, max_wait_s: float = math.inf) -> float:
-        """Reserve one request of ``tokens`` in the model's budget and wait until it falls due;
-        return the seconds waited.
-
-        Raises :class:`BudgetWaitTooLongError` instead of waiting past ``max_wait_s`` in all (and
-        then reserves nothing)."""
-        limit = self.limit_for(model)
-        if not (limit.rpm or limit.tpm):
-            return 0.0
-        if limit.tpm and tokens > limit.tpm:
-            raise LimitTooSmallError(
-                f"the request may use {tokens} tokens, more than the {limit.tpm} tokens per minute allowed for {model}"
-            )
-        waited_s = 0.0
-        rpm_tat, tpm_tat, cooldown = self.keys(model)
-        while True:
-            left_ms = _NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round((max_wait_s - waited_s) * 1000))
-            reply: Any = await self._reserve(
-                rpm_tat=rpm_tat,
-                tpm_tat=tpm_tat,
-                cooldown=cooldown,
-                rpm=(limit.rpm or 0) * LIMIT_USE,
-                tpm=(limit.tpm or 0) * LIMIT_USE,
-                tokens=tokens if limit.tpm else 0,
-                max_wait_ms=left_ms,
-            )
-            reserved, wait_s = int(reply[0]) == Reply.RESERVED, int(reply[1]) / 1000
-            if not reserved and waited_s + wait_s > max_wait_s:
-                raise BudgetWaitTooLongError(wait_s)
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-                waited_s += wait_s
-            if reserved:
-                return waited_s
-
-    async def settle(self, model: str, estimated: int, used: int) -> None:
-        limit = self.limit_for(model)
-        tpm = limit.tpm
-        if tpm and used != estimated:
-            await self._settle(tpm_tat=self.keys(model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated)
-
-    async def cool_down(self, model: str, seconds: float) -> None:
-        """Pause every worker's calls to ``model`` for ``seconds`` (a 429 or the server's headers said
-        so); a longer cool-down already running is kept."""
-        if self.limit_for(model).rpm or self.limit_for(model).tpm:
-            await self._cool_down(cooldown=self.keys(model)[2], ms=max(1, round(seconds * 1000)))
-
-
-def _process_scope() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:"

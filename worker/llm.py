@@ -32,6 +32,7 @@ import openai
 
 from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
 from promptq_core.validation import PromptJob, embedding_inputs
+from worker.backends import Backend
 from worker.config import WorkerConfig
 from worker.retry import retry_after_s
 
@@ -41,30 +42,50 @@ SLOTS_PER_CLIENT = 10
 """Job slots that share one client (and so one HTTP connection pool)."""
 
 
-def make_client(config: WorkerConfig, tls: ssl.SSLContext | None = None) -> openai.AsyncOpenAI:
-    """A client for the worker; the worker owns retries, so the client makes none. ``tls``: a TLS
-    context to share (each client otherwise loads the CA certificates anew, about 40 ms)."""
+def make_client(config: WorkerConfig, backend: Backend, tls: ssl.SSLContext | None = None) -> openai.AsyncOpenAI:
+    """A client for one backend; the worker owns retries, so the client makes none. ``tls``: a TLS
+    context to share (each client otherwise loads the CA certificates anew, about 40 ms). An Azure
+    backend gets the package's Azure client: the ``api-key`` header, ``api-version`` on every
+    request, and the deployment (the backend's name for the model) in the path."""
+    http_client = None if tls is None else openai.DefaultAsyncHttpxClient(verify=tls)
+    if backend.kind == "azure":
+        return openai.AsyncAzureOpenAI(
+            api_key=backend.api_key,
+            api_version=backend.api_version,
+            azure_endpoint=backend.base_url or "",
+            max_retries=0,
+            timeout=config.request_timeout_s,
+            default_headers=backend.headers or None,
+            http_client=http_client,
+        )
     return openai.AsyncOpenAI(
-        api_key=config.openai_api_key,
-        base_url=config.openai_base_url,
+        api_key=backend.api_key,
+        base_url=backend.base_url,
         max_retries=0,
         timeout=config.request_timeout_s,
-        http_client=None if tls is None else openai.DefaultAsyncHttpxClient(verify=tls),
+        default_headers=backend.headers or None,
+        http_client=http_client,
     )
 
 
 class Clients:
-    """A worker's clients, one per ``SLOTS_PER_CLIENT`` of its ``PROMPTQ_MAX_JOBS`` slots, handed
-    out in turn (made at start-up, closed at shutdown)."""
+    """A worker's clients: per backend, one per ``SLOTS_PER_CLIENT`` of its ``PROMPTQ_MAX_JOBS``
+    slots, handed out in turn (made at start-up, closed at shutdown)."""
 
     def __init__(self, config: WorkerConfig) -> None:
         count = max(1, math.ceil(config.max_jobs / SLOTS_PER_CLIENT))
         tls = httpx2.create_ssl_context()  # the CA certificates loaded once for every client
-        self.all = tuple(make_client(config, tls) for _ in range(count))
-        self._turns = itertools.cycle(self.all)
+        self.of: dict[str, tuple[openai.AsyncOpenAI, ...]] = {
+            b.name: tuple(make_client(config, b, tls) for _ in range(count)) for b in config.all_backends()
+        }
+        self._turns = {name: itertools.cycle(clients) for name, clients in self.of.items()}
 
-    def take(self) -> openai.AsyncOpenAI:
-        return next(self._turns)
+    @property
+    def all(self) -> tuple[openai.AsyncOpenAI, ...]:
+        return tuple(c for clients in self.of.values() for c in clients)
+
+    def take(self, backend: str) -> openai.AsyncOpenAI:
+        return next(self._turns[backend])
 
     async def aclose(self) -> None:
         for client in self.all:
@@ -114,6 +135,7 @@ RATE_HEADER_PREFIX = "x-ratelimit-"
 # status code -> (error type, retryable). 429 depends on the body's code: see classify().
 STATUS_CLASSES: dict[int, tuple[str, bool]] = {
     400: ("bad_request", False),
+    529: ("overloaded", True),
     401: ("authentication", False),
     403: ("permission_denied", False),
     404: ("not_found", False),
@@ -128,6 +150,8 @@ def classify(status_code: int, code: str | None = None) -> tuple[str, bool]:
     """The error type and whether to retry, for an HTTP error status (and the body's ``code``)."""
     if status_code == 429 and code == "insufficient_quota":
         return "insufficient_quota", False
+    if status_code == 400 and code == "context_length_exceeded":
+        return "context_length_exceeded", False
     if status_code in STATUS_CLASSES:
         return STATUS_CLASSES[status_code]
     if status_code >= 500:

@@ -16,6 +16,13 @@ Metrics (labels in brackets):
 - ``promptq_rate_limit_wait_seconds_total`` [model]: time spent waiting for shared budget.
 - ``promptq_rate_limited_total`` [model]: 429 answers from the API.
 - ``promptq_in_flight``: API calls running in this worker.
+- ``promptq_backend_calls_total`` [backend, outcome]: API calls per backend, by how they ended
+  (``ok``, or the error type: ``server_error``, ``connection_error``, ``timeout``, ``rate_limited``...).
+- ``promptq_backend_call_seconds`` [backend]: histogram of their durations.
+- ``promptq_backend_up`` [backend]: 1 while the backend's circuit is closed, 0 while it is open
+  (fleet-wide: read with the queue depths, and set by each call this worker records).
+- ``promptq_backend_waits_total`` [model]: attempts sent back to wait because every backend of
+  their model was down (no try spent).
 - ``promptq_queue_depth`` [priority]: jobs ready to run, per priority, fleet-wide; with
   ``promptq_queue_running`` (jobs claimed by any worker) and ``promptq_queue_deferred`` (retries
   waiting), read every 5 s. Counts per fairness key: ``Producer.depths`` or ``promptq status``.
@@ -31,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 
 from promptq_core.background import Background, repeat
-from promptq_core.contract import CHAT_ENDPOINT, PRIORITIES, Usage
+from promptq_core.contract import CHAT_ENDPOINT, PRIORITIES, Usage, circuit_key
 from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
 from promptq_core.prices import Price, cost_usd
 from worker.logs import get_logger
@@ -54,8 +61,14 @@ def heartbeat() -> None:
 class Metrics:
     """One worker's metrics (its own registry), and the HTTP server that exposes them."""
 
-    def __init__(self, prices: dict[str, Price] | None = None, running: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        prices: dict[str, Price] | None = None,
+        running: Callable[[], int] = lambda: 0,
+        backends: tuple[str, ...] = (),
+    ) -> None:
         self.prices = prices or {}
+        self.backends = backends
         self.running = running
         """How many jobs hold a slot here (a busy worker's poll loop waits for a free slot)."""
         r = self.registry = CollectorRegistry()
@@ -72,6 +85,24 @@ class Metrics:
         )
         self.rate_limited = Counter("promptq_rate_limited", "429 answers from the API", ["model"], registry=r)
         self.in_flight = Gauge("promptq_in_flight", "API calls running in this worker", registry=r)
+        self.backend_calls = Counter(
+            "promptq_backend_calls", "API calls per backend, by outcome", ["backend", "outcome"], registry=r
+        )
+        self.backend_latency = Histogram(
+            "promptq_backend_call_seconds",
+            "API call duration per backend",
+            ["backend"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "promptq_backend_up", "1: the backend's circuit is closed; 0: open", ["backend"], registry=r
+        )
+        for name in backends:
+            self.backend_up.labels(name).set(1)
+        self.backend_waits = Counter(
+            "promptq_backend_waits", "Attempts sent back to wait for a backend", ["model"], registry=r
+        )
         self.queue_depth = Gauge("promptq_queue_depth", "Jobs ready to run", ["priority"], registry=r)
         self.queue_running = Gauge("promptq_queue_running", "Jobs claimed by a worker (all workers)", registry=r)
         self.queue_deferred = Gauge("promptq_queue_deferred", "Jobs waiting for a retry", registry=r)
@@ -99,6 +130,13 @@ class Metrics:
         if cost is not None:
             self.cost.labels(m).inc(cost)
 
+    def backend_call(self, backend: str, outcome: str, seconds: float) -> None:
+        self.backend_calls.labels(backend, outcome).inc()
+        self.backend_latency.labels(backend).observe(seconds)
+
+    def backend_health(self, backend: str, *, up: bool) -> None:
+        self.backend_up.labels(backend).set(1 if up else 0)
+
     def healthy(self) -> bool:
         return self.running() > 0 or time.monotonic() - _last_poll_s < self.stale_after_s
 
@@ -110,6 +148,13 @@ class Metrics:
 
         async def read() -> None:
             self.set_depths(QueueDepths.from_reply(await depths(keys_max=DEPTHS_KEYS_MAX)))
+            if self.backends:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for name in self.backends:
+                        pipe.hget(circuit_key(name), "open_until")
+                    opened = await pipe.execute()
+                for name, open_until in zip(self.backends, opened, strict=True):
+                    self.backend_health(name, up=not open_until or int(open_until) == 0)
 
         self._depth_reader.start(lambda: repeat(read, QUEUE_DEPTH_EVERY_S, _depth_failed))
         bound: int = self._server.sockets[0].getsockname()[1]

@@ -7,6 +7,7 @@ shutdown) and keeps no arq result of its own: the result document is promptq's.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -24,15 +25,17 @@ from worker.arq_seam import (
     job_deserializer,
     job_serializer,
 )
-from worker.config import WorkerConfig
+from worker.backends import describe
+from worker.circuit import Circuits
+from worker.config import WorkerConfig, ignored_variables
 from worker.jobs import run_prompt
 from worker.lease import Leases
-from worker.limiter import Limiter
 from worker.logs import configure_logging, get_logger
 from worker.metrics import Metrics
 from worker.presence import Presence
 from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
+from worker.routing import Router
 from worker.settle import Settle
 from worker.state import WorkerState
 from worker.streams import Streams
@@ -70,7 +73,9 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     leases.start()
     wake = WakeListener(ctx["redis"], on_cancel=leases.cancel)
     wake.start()
-    metrics = Metrics(config.prices, running=lambda: len(leases.running))
+    metrics = Metrics(
+        config.prices, running=lambda: len(leases.running), backends=tuple(b.name for b in config.all_backends())
+    )
     presence = Presence(ctx["redis"], config.max_jobs + config.urgent_slots, busy=lambda: len(leases.running))
     presence.start()
     tally = Tally(ctx["redis"])
@@ -84,17 +89,25 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         settle=Settle(ctx["redis"], config.result_ttl_s, config.min_replicas, config.replica_timeout_ms),
         leases=leases,
         wake=wake,
-        limiter=Limiter(ctx["redis"], config.limit, config.limits, shared=config.limit_scope == "shared"),
+        router=Router(
+            ctx["redis"],
+            config.all_backends(),
+            probe_s=config.job_timeout_s + 5,
+            shared=config.limit_scope == "shared",
+        ),
+        circuits=Circuits(ctx["redis"], config.circuit),
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
         presence=presence,
         tally=tally,
-        tracing=Tracing(config.openai_base_url, on=config.traces, capture=config.trace_content),
+        tracing=Tracing(on=config.traces, capture=config.trace_content),
     )
+    if ignored := ignored_variables(os.environ):
+        log.warning("worker.variables_ignored", variables=ignored, note="backends are listed: these are not used")
     log.info(
         "worker.started",
         redis_url=redact_url(config.redis_url),
-        api_base_url=config.openai_base_url or "https://api.openai.com/v1",
+        backends=describe(config.all_backends()),
         model=config.model,
         max_jobs=config.max_jobs,
     )

@@ -82,9 +82,12 @@ class Settle:
             return Finished(None, ended_here=reply == Reply.ENDED_HERE)
         return Finished(_parse(reply), ended_here=False)
 
-    async def defer(self, queued: JobResult, delay_s: float, *, try_spent: bool) -> JobResult | None:
+    async def defer(
+        self, queued: JobResult, delay_s: float, *, try_spent: bool, for_backend: bool = False
+    ) -> JobResult | None:
         """Mark the job queued again and let it wait ``delay_s`` (0: back in line now), keeping or
-        giving back the attempt's try; a job that ended meanwhile is let go of, its terminal document
+        giving back the attempt's try (``for_backend``: it waits for a backend, and is due at once
+        when a circuit closes); a job that ended meanwhile is let go of, its terminal document
         returned."""
         job_id = queued.job_id
         stored = await self._defer(
@@ -96,6 +99,7 @@ class Settle:
             ttl_ms=self.result_ttl_ms,
             delay_ms=max(0, round(delay_s * 1000)),
             try_spent="1" if try_spent else "0",
+            for_backend="1" if for_backend else "0",
         )
         return _parse(stored)
 

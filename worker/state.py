@@ -6,12 +6,13 @@ import asyncio
 from dataclasses import dataclass
 
 from worker import llm, tracing
+from worker.circuit import Circuits
 from worker.config import WorkerConfig
 from worker.lease import Leases
-from worker.limiter import Limiter
 from worker.metrics import Metrics
 from worker.presence import Presence
 from worker.queue import JobQueue
+from worker.routing import Router
 from worker.settle import Settle
 from worker.streams import Streams
 from worker.tally import Tally
@@ -30,7 +31,8 @@ class WorkerState:
     settle: Settle
     leases: Leases
     wake: WakeListener
-    limiter: Limiter
+    router: Router
+    circuits: Circuits
     streams: Streams
     metrics: Metrics
     presence: Presence

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from promptq_core.contract import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, JobResult, dumps
 from promptq_core.validation import PromptJob
+from worker.backends import Backend
 from worker.llm import Completion, LLMError
 
 __all__ = ["Tracing", "ended", "event"]
@@ -46,12 +47,10 @@ class Tracing:
     """Spans for one worker's jobs; with traces off, :meth:`attempt` and :meth:`call` hand out a
     context that does nothing."""
 
-    def __init__(self, api_base_url: str | None, on: bool = False, capture: bool = False) -> None:
+    def __init__(self, on: bool = False, capture: bool = False) -> None:
         self.on, self.capture = on, on and capture
-        where = urlsplit(api_base_url or "https://api.openai.com/v1")
-        self.server: dict[str, Any] = {"server.address": where.hostname or ""}
-        if where.port:
-            self.server["server.port"] = where.port
+        self._servers: dict[str, dict[str, Any]] = {}
+        """Per backend: the ``server.address`` and ``server.port`` of its calls."""
         self._tracer: Any = None
         self._w3c: Any = None
         """The W3C trace-context propagator (the jobs carry ``traceparent`` and ``tracestate``)."""
@@ -66,9 +65,19 @@ class Tracing:
         """A ``promptq.process`` span around one attempt at ``job``, current while it runs."""
         return self._attempt(job, base) if self.on else _NOTHING
 
-    def call(self, job: PromptJob, model: str) -> AbstractContextManager[Any]:
-        """The GenAI span around the API call; ``answered(span, completion)`` records the answer."""
-        return self._call(job, model) if self.on else _NOTHING
+    def call(self, job: PromptJob, model: str, backend: Backend) -> AbstractContextManager[Any]:
+        """The GenAI span around the API call to ``backend``; ``answered(span, completion)`` records the answer."""
+        return self._call(job, model, backend) if self.on else _NOTHING
+
+    def _server(self, backend: Backend) -> dict[str, Any]:
+        server = self._servers.get(backend.name)
+        if server is None:
+            where = urlsplit(backend.base_url or "https://api.openai.com/v1")
+            server = {"server.address": where.hostname or "", "promptq.backend": backend.name}
+            if where.port:
+                server["server.port"] = where.port
+            self._servers[backend.name] = server
+        return server
 
     @contextmanager
     def _attempt(self, job: PromptJob, base: JobResult) -> Iterator[Any]:
@@ -102,7 +111,7 @@ class Tracing:
                 _attempt.reset(token)
 
     @contextmanager
-    def _call(self, job: PromptJob, model: str) -> Iterator[Any]:
+    def _call(self, job: PromptJob, model: str, backend: Backend) -> Iterator[Any]:
         from opentelemetry import trace
 
         operation = _operation(job.endpoint)
@@ -110,7 +119,7 @@ class Tracing:
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": "openai",
             "gen_ai.request.model": model,
-            **self.server,
+            **self._server(backend),
         }
         for name, value in job.params.items():
             attribute = _REQUEST_PARAMS.get(name)

@@ -3,12 +3,12 @@ write the OpenAPI schema (``docs/openapi.json``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from promptq_core.contract import FAIRNESS_KEY_MAX_BYTES
-from promptq_core.validation import JOB_ID_RE
+from promptq_core.validation import JOB_ID_RE, MAX_DEADLINE_S, MAX_FALLBACKS, MODEL_MAX_CHARS
 
 __all__ = [
     "BatchDoc",
@@ -66,6 +66,17 @@ class JobRequest(BaseModel):
         max_length=FAIRNESS_KEY_MAX_BYTES,
         description="jobs under different keys take turns for the workers at one priority (default: a shared key)",
     )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        description="seconds from now after which the job is not started any more: it fails `expired`",
+    )
+    fallbacks: list[Annotated[str, StringConstraints(min_length=1, max_length=MODEL_MAX_CHARS)]] | None = Field(
+        None,
+        max_length=MAX_FALLBACKS,
+        description="models to move to, in order, when the job's model stays down or its input is too long for it",
+    )
 
 
 class UsageDoc(BaseModel):
@@ -98,6 +109,7 @@ class ResultDocument(BaseModel):
     metadata: dict[str, Any] | None
     priority: int
     fairness_key: str
+    backend: str | None = Field(None, description="the backend the latest attempt went to")
     enqueued_at: float | None
     started_at: float | None
     finished_at: float | None

@@ -15,14 +15,21 @@ from devtools.stack import Simulator, Worker
 from producer import Producer, SyncProducer
 from promptq_core.validation import PromptJob
 from tests.conftest import run_burst, worker_env
+from worker.backends import Backend
 from worker.config import ConfigError, Limit, WorkerConfig, limits_from_env
-from worker.limiter import (
-    BudgetWaitTooLongError,
-    Limiter,
-    LimitTooSmallError,
-    estimate_tokens,
-    server_budget_wait_s,
-)
+from worker.limiter import BudgetWaitTooLongError, LimitTooSmallError, estimate_tokens, server_budget_wait_s
+from worker.routing import Router
+
+ONE = Backend("default", None, "unused", None)
+
+
+def limiter(client: redis.asyncio.Redis, limit: Limit, *, shared: bool = True) -> Router:
+    """A router of one backend (``default``, every model) with ``limit`` for each model."""
+    return Router(client, (dataclasses.replace(ONE, limit=limit),), probe_s=10, shared=shared)
+
+
+async def acquire(router: Router, model: str, tokens: int, max_wait_s: float = float("inf")) -> float:
+    return (await router.route(model, tokens, max_wait_s)).waited_s
 
 
 def test_limits_come_from_the_environment() -> None:
@@ -51,20 +58,20 @@ def test_the_token_estimate_works_offline_and_counts_the_completion() -> None:
 async def test_the_budget_is_spread_over_the_minute(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        limiter = Limiter(client, Limit(rpm=600), {})  # 10 a second, spaced at 98 % of it: 102 ms apart
+        router = limiter(client, Limit(rpm=600))  # 10 a second, spaced at 98 % of it: 102 ms apart
         started = time.monotonic()
-        waits = [await limiter.acquire("m", 0) for _ in range(20)]
+        waits = [await acquire(router, "m", 0) for _ in range(20)]
         elapsed = time.monotonic() - started
         assert waits[0] == 0 and sum(w == 0 for w in waits) <= 2  # no burst, not even the first second's
         assert 19 * 0.1 <= elapsed <= 2.6  # at the limit's pace throughout
         with pytest.raises(BudgetWaitTooLongError):
             for _ in range(30):
-                await limiter.acquire("m", 0, max_wait_s=0.05)
+                await acquire(router, "m", 0, max_wait_s=0.05)
         with pytest.raises(LimitTooSmallError, match="more than the 1000 tokens per minute"):
-            await Limiter(client, Limit(tpm=1000), {}).acquire("m", 5000)
-        await limiter.cool_down("other", 0.3)
+            await acquire(limiter(client, Limit(tpm=1000)), "m", 5000)
+        await router.cool_down(router.backends[0], "other", 0.3)
         started = time.monotonic()
-        await limiter.acquire("other", 0)
+        await acquire(router, "other", 0)
         assert time.monotonic() - started >= 0.25
     finally:
         await client.aclose()
@@ -73,14 +80,14 @@ async def test_the_budget_is_spread_over_the_minute(redis_url: str) -> None:
 async def test_waiting_jobs_go_in_the_order_they_asked_with_one_redis_call_each(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        limiter = Limiter(client, Limit(rpm=1200), {})  # one every 51 ms
+        router = limiter(client, Limit(rpm=1200))  # one every 51 ms
         for _ in range(3):  # the budget is in use: the next ones wait
-            await limiter.acquire("m", 0)
+            await acquire(router, "m", 0)
         await client.config_resetstat()
         finished: list[int] = []
 
         async def one(i: int) -> None:
-            await limiter.acquire("m", 0)
+            await acquire(router, "m", 0)
             finished.append(i)
 
         tasks = []
@@ -99,26 +106,26 @@ async def test_waiting_jobs_go_in_the_order_they_asked_with_one_redis_call_each(
 async def test_a_cool_down_is_never_shortened_and_a_too_long_wait_reserves_nothing(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        limiter = Limiter(client, Limit(rpm=60), {})
-        await limiter.cool_down("m", 5)
-        await limiter.cool_down("m", 0.1)
+        router = limiter(client, Limit(rpm=60))
+        await router.cool_down(router.backends[0], "m", 5)
+        await router.cool_down(router.backends[0], "m", 0.1)
         assert await client.pttl("promptq:limit:m:cooldown") > 4000
         await client.delete("promptq:limit:m:cooldown")
         for _ in range(2):
-            await limiter.acquire("m", 0)  # one a second for 60 rpm: the second waits about 1 s
+            await acquire(router, "m", 0)  # one a second for 60 rpm: the second waits about 1 s
         before = await client.get("promptq:limit:m:rpm")
         with pytest.raises(BudgetWaitTooLongError):
-            await limiter.acquire("m", 0, max_wait_s=0.5)
+            await acquire(router, "m", 0, max_wait_s=0.5)
         assert await client.get("promptq:limit:m:rpm") == before
     finally:
         await client.aclose()
 
 
 def test_per_process_scope_keeps_its_own_keys() -> None:
-    shared = Limiter(redis.asyncio.Redis(), Limit(rpm=5), {})
-    own = Limiter(redis.asyncio.Redis(), Limit(rpm=5), {}, shared=False)
-    assert shared.keys("m")[0] == "promptq:limit:m:rpm"
-    assert own.keys("m")[0].endswith(f":{os.getpid()}:m:rpm") and own.keys("m") != shared.keys("m")
+    shared = limiter(redis.asyncio.Redis(), Limit(rpm=5))
+    own = limiter(redis.asyncio.Redis(), Limit(rpm=5), shared=False)
+    assert shared.keys(ONE, "m")[0] == "promptq:limit:m:rpm"
+    assert own.keys(ONE, "m")[0].endswith(f":{os.getpid()}:m:rpm") and own.keys(ONE, "m") != shared.keys(ONE, "m")
     assert WorkerConfig.from_env({"OPENAI_BASE_URL": "http://x", "PROMPTQ_LIMIT_SCOPE": "process"}).limit_scope == (
         "process"
     )

@@ -25,7 +25,7 @@ from worker.llm import LLMError, _completion, classify
         (500, None, ("server_error", True)),
         (502, None, ("server_error", True)),
         (503, None, ("server_error", True)),
-        (529, None, ("server_error", True)),
+        (529, None, ("overloaded", True)),
     ],
 )
 def test_classify(status: int, code: str | None, expected: tuple[str, bool]) -> None:

@@ -18,7 +18,7 @@ async def test_one_client_per_slots_per_client_slots(max_jobs: int, expected: in
     clients = Clients(config)
     try:
         assert len(clients.all) == expected
-        taken = [clients.take() for _ in range(2 * expected)]
+        taken = [clients.take("default") for _ in range(2 * expected)]
         assert taken == list(clients.all) * 2  # in turn, each as often as the others
     finally:
         await clients.aclose()

@@ -6,7 +6,8 @@ import pytest
 
 from producer import ProducerConfig
 from promptq_core.env import ConfigError, redact_url
-from worker.config import UNUSED_API_KEY, WorkerConfig
+from worker.backends import UNUSED_API_KEY
+from worker.config import WorkerConfig
 
 BASE = {"OPENAI_API_KEY": "sk-x"}
 

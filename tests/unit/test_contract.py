@@ -40,6 +40,7 @@ DOCUMENTED_FIELDS = [
     "metadata",
     "priority",
     "fairness_key",
+    "backend",
     "enqueued_at",
     "started_at",
     "finished_at",

@@ -112,7 +112,7 @@ def test_with_traces_off_nothing_of_opentelemetry_is_imported() -> None:
         "assert job.trace is None\n"
         "import producer.cli.commands, worker.settings, worker.jobs\n"
         "from worker.tracing import Tracing\n"
-        "assert not Tracing(None).on\n"
+        "assert not Tracing().on\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMPTQ_"))}

@@ -26,7 +26,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"messages": [{"role": "user", "content": []}]}, "non-empty list of parts"),
     ({"messages": [{"role": "user", "content": "a", "colour": 1}]}, "messages[0] has unknown fields: colour"),
     ({"messages": [{"role": "tool", "content": "42"}]}, "needs a tool_call_id"),
-    ({"prompt": "hi", "model": ""}, "model must be a non-empty string"),
+    ({"prompt": "hi", "model": ""}, "model must be a model name of 1 to 256 characters"),
     ({"prompt": "hi", "job_id": ""}, "job_id ''"),
     ({"prompt": "hi", "job_id": "has space"}, "job_id 'has space'"),
     ({"prompt": "hi", "job_id": "x" * 201}, "1 to 200 characters"),

@@ -3,7 +3,7 @@
 -- step: its document goes back to queued, and the job leaves the lease set for the delayed set until
 -- now + delay_ms (Redis time) or, with delay_ms 0, goes back in line at its place at once. The try
 -- stays spent when the attempt counted (a retry after its backoff) and is given back when it did not
--- (a shutdown interrupted the call; the rate-limit budget was too far away).
+-- (a shutdown interrupted the call; the rate-limit budget was too far away; every backend was down).
 -- A job that ended meanwhile (its document terminal: cancelled; or its record gone) is let go of
 -- instead: its record, try counter, lease and route go, and the stored document is returned.
 -- KEYS[1] doc: the result document
@@ -14,6 +14,7 @@
 -- KEYS[6] DELAYED: deferred jobs, by when they are due
 -- KEYS[7] ROUTES: each queued job's priority, place and fairness key
 -- KEYS[8] LEGACY_QUEUE: promptq 0.1's queue
+-- KEYS[9] BACKEND_WAITS: jobs waiting for a backend
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id
@@ -21,6 +22,8 @@
 -- ARGV[3] ttl_ms: its time to live, if the document has none yet (else the current one is kept)
 -- ARGV[4] delay_ms: how long the job waits (0: back in line now)
 -- ARGV[5] try_spent: '1' keeps arq's try, '0' gives it back
+-- ARGV[6] for_backend: '1' the job waits for a backend (every backend of its model is down): it is
+--  due at once when a circuit closes
 -- Returns the stored terminal document (the job was let go of), or false.
 --!include status
 --!include clock
@@ -35,6 +38,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     local delay_ms = tonumber(ARGV[4])
     if delay_ms > 0 then
       redis.call('ZADD', DELAYED, now_ms() + delay_ms, id)
+      if ARGV[6] == '1' then redis.call('ZADD', BACKEND_WAITS, now_ms(), id) end
     else
       back_in_line(id)
     end

@@ -1,0 +1,81 @@
+"""Each backend's health: a circuit breaker kept in Redis, the same for every worker.
+
+closed --(``PROMPTQ_CIRCUIT_FAILURES`` retryable failures in a row)--> open
+open --(its cool-down ends)--> half-open: one call, the probe, may go (``worker/lua/route.lua``)
+half-open --(the probe succeeds)--> closed: every job waiting for a backend is due at once
+half-open --(the probe fails)--> open again, for twice the last cool-down (at most
+``PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S``)
+
+What counts as a failure: a retryable error of the call (5xx and 529, a connection refused or
+reset, a timeout, an unreadable answer), never a 429, which is the rate limiter's business (its
+cool-down), nor an error of the job's own (400, 401...). While a circuit is open no worker sends the
+backend anything but the probe, so an outage costs the fleet a probe per cool-down, not a call per
+job. The script is ``worker/lua/circuit.lua``; the key ``promptq_core.contract.circuit_key``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from promptq_core.contract import Reply, circuit_key
+from worker.scripts import WorkerScript
+
+__all__ = ["PARK_S", "CircuitRules", "Circuits", "Health"]
+
+PARK_S = 60.0
+"""A job waiting for a backend is due again when a circuit closes, or after this long at the latest
+(should the job sent back to carry the probe be lost: cancelled, or its worker gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitRules:
+    failures: int = 5
+    """Retryable failures in a row that open a backend's circuit (``PROMPTQ_CIRCUIT_FAILURES``)."""
+    cool_down_s: float = 1.0
+    """The first cool-down before a probe (``PROMPTQ_CIRCUIT_COOL_DOWN_S``); doubled after each failed probe."""
+    max_cool_down_s: float = 8.0
+    """The longest cool-down (``PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S``): a recovered backend is found within it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A backend's circuit after a call was recorded."""
+
+    open: bool
+    wait_s: float = 0.0
+    """Open: how long until a probe may go."""
+    recovered: bool = False
+    """This success closed an open circuit."""
+    woken: int = 0
+    """Jobs waiting for a backend that were made due by the recovery."""
+
+
+class Circuits:
+    """Record how calls to backends ended."""
+
+    def __init__(self, redis: Redis, rules: CircuitRules) -> None:
+        self.rules = rules
+        self._record = WorkerScript(redis, "circuit", rides_out=True)
+
+    async def succeeded(self, backend: str, *, probe: bool) -> Health:
+        return await self._call(backend, ok=True, probe=probe)
+
+    async def failed(self, backend: str, *, probe: bool) -> Health:
+        return await self._call(backend, ok=False, probe=probe)
+
+    async def _call(self, backend: str, *, ok: bool, probe: bool) -> Health:
+        reply: Any = await self._record(
+            circuit=circuit_key(backend),
+            ok="1" if ok else "0",
+            probe="1" if probe else "0",
+            failures=self.rules.failures,
+            cool_down_ms=max(1, round(self.rules.cool_down_s * 1000)),
+            max_cool_down_ms=max(1, round(self.rules.max_cool_down_s * 1000)),
+        )
+        code = int(reply[0])
+        if code == Reply.CIRCUIT_OPEN:
+            return Health(open=True, wait_s=int(reply[1]) / 1000)
+        return Health(open=False, recovered=code == Reply.CIRCUIT_RECOVERED, woken=int(reply[2]))

@@ -1,0 +1,169 @@
+"""Which backend a call goes to, and the budgets it takes there: shared by every worker through Redis.
+
+A job's model is served by the backends that list it (:mod:`worker.backends`). Before each call,
+one Lua script (``worker/lua/route.lua``) looks at those backends together: it skips the ones whose
+circuit is open (:mod:`worker.circuit`; after its cool-down, one call goes as the probe), and among
+the rest takes the one whose budget lets the call go soonest. Backends with budget now are picked at
+random in proportion to their limits times their weights, so calls spread over them, and a backend
+whose budget is spent (or that is cooling down after a 429) is passed over for another that has
+budget: calls spill over instead of waiting.
+
+Each budget (requests and tokens per minute of one model on one backend) is a GCRA (generic cell
+rate algorithm) over Redis time: spread evenly over the minute with no burst, at ``LIMIT_USE`` of the
+limit, since a server may enforce a per-minute limit over shorter periods (OpenAI says it may: 10
+requests in each second for 600 RPM). Requests at most 60 / (rpm * 0.98) s apart never put more than
+the limit's share in any one second, at the start of a run or after an idle spell alike, with 2 %
+left for timing jitter. The script *reserves* one request and an estimate of its tokens (prompt +
+the completion it may produce) and returns the moment the reservation falls due; the worker sleeps
+until then. Reservations are handed out in the order they are asked for, so waiting jobs go in
+roughly submit order, and a waiting job costs no further Redis calls (no polling herd). After the
+call, the estimate is settled against the real ``usage``. A 429 from the API, or a response saying
+the server's budget is spent, sets a cool-down on that backend and model, so every worker pauses
+its calls there instead of each finding out alone.
+
+Keys: ``promptq_core.contract.limit_keys`` and ``circuit_key``. With ``PROMPTQ_LIMIT_SCOPE=process``
+each worker process keeps its own budgets (for workers that each have an API key of their own); the
+circuits are always shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from promptq_core.contract import Reply, circuit_key, limit_keys
+from worker.backends import Backend, Limit
+from worker.limiter import LIMIT_USE, BudgetWaitTooLongError, LimitTooSmallError
+from worker.scripts import WorkerScript
+
+__all__ = ["AllDownError", "NoBackendError", "Route", "Router"]
+
+_NO_MAX_WAIT_MS = 10**12
+
+
+class NoBackendError(LookupError):
+    """No backend serves the job's model."""
+
+
+class AllDownError(Exception):
+    """Every backend serving the model is down: a probe may go in ``wait_s``; ``scout``: this job
+    is the one to carry it; ``down_s``: every one of them has been down at least this long."""
+
+    def __init__(self, model: str, wait_s: float, scout: bool, down_s: float) -> None:
+        super().__init__(f"every backend serving {model} is down")
+        self.model, self.wait_s, self.scout, self.down_s = model, wait_s, scout, down_s
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one call goes: the backend, the model by the backend's name for it, and what it cost to get there."""
+
+    backend: Backend
+    model: str
+    """The job's model as this backend names it."""
+    waited_s: float
+    probe: bool
+    """The call is the probe of an open circuit: how it ends closes or opens it again."""
+    clean: bool
+    """The backend's circuit had no failure on record (a success need not be written)."""
+
+
+class Router:
+    """Route a call, settle its tokens after it, cool a backend's model down on a 429."""
+
+    def __init__(self, redis: Redis, backends: tuple[Backend, ...], *, probe_s: float, shared: bool = True) -> None:
+        self.backends = backends
+        self.scope = "" if shared else _process_scope()
+        self.probe_ms = max(1, round(probe_s * 1000))
+        self._route = WorkerScript(redis, "route", rides_out=True)
+        self._settle = WorkerScript(redis, "limit_settle", rides_out=True)
+        self._cool_down = WorkerScript(redis, "limit_cool_down", rides_out=True)
+        self._served: dict[str, tuple[tuple[Backend, str], ...]] = {}
+
+    def serving(self, model: str) -> tuple[tuple[Backend, str], ...]:
+        """The backends that serve ``model``, each with its name for it."""
+        found = self._served.get(model)
+        if found is None:
+            found = tuple((b, own) for b in self.backends if (own := b.serves(model)) is not None)
+            if len(self._served) < 10_000:
+                self._served[model] = found
+        return found
+
+    def keys(self, backend: Backend, model: str) -> tuple[str, str, str]:
+        """The budget's keys of ``model`` on ``backend``: requests' TAT, tokens' TAT, cool-down."""
+        return limit_keys(backend.name, model, self.scope)
+
+    def limited(self, model: str) -> bool:
+        """Some backend of ``model`` has a limit (a call's tokens must be estimated)."""
+        return any(b.limit_for(model).any for b, _ in self.serving(model))
+
+    async def route(self, model: str, tokens: int, max_wait_s: float = math.inf) -> Route:
+        """Choose the backend for one call of about ``tokens``, reserve its budget and wait until it
+        falls due. Raises :class:`NoBackendError`, :class:`AllDownError`,
+        :class:`LimitTooSmallError` (no backend's TPM limit could ever take the call) or
+        :class:`BudgetWaitTooLongError` (every budget is further than ``max_wait_s``; nothing reserved)."""
+        serving = self.serving(model)
+        if not serving:
+            names = ", ".join(b.name for b in self.backends)
+            raise NoBackendError(f"no backend serves the model {model!r} (backends: {names})")
+        fits = [(b, own) for b, own in serving if not (tpm := b.limit_for(model).tpm) or tokens <= tpm]
+        if not fits:
+            tpm = max(b.limit_for(model).tpm or 0 for b, _ in serving)
+            raise LimitTooSmallError(
+                f"the request may use {tokens} tokens, more than the {tpm} tokens per minute allowed for {model}"
+            )
+        keys: list[str] = []
+        budgets: list[float | int] = []
+        for backend, _ in fits:
+            limit = backend.limit_for(model)
+            keys += [circuit_key(backend.name), *self.keys(backend, model)]
+            budgets += [(limit.rpm or 0) * LIMIT_USE, (limit.tpm or 0) * LIMIT_USE, tokens if limit.tpm else 0]
+            budgets.append(_share(limit) * backend.weight)
+        reply: Any = await self._route(
+            backend_keys=keys,
+            max_wait_ms=_NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round(max_wait_s * 1000)),
+            probe_ms=self.probe_ms,
+            pick=random.random(),
+            budgets=budgets,
+        )
+        code, wait_s = int(reply[0]), int(reply[1]) / 1000
+        if code == Reply.ALL_DOWN:
+            raise AllDownError(model, wait_s, scout=int(reply[3]) == 1, down_s=int(reply[4]) / 1000)
+        if code == Reply.NOT_RESERVED:
+            raise BudgetWaitTooLongError(wait_s)
+        backend, own = fits[int(reply[2]) - 1]
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        return Route(backend, own, wait_s, probe=int(reply[3]) == 1, clean=int(reply[4]) == 1)
+
+    async def settle(self, backend: Backend, model: str, estimated: int, used: int) -> None:
+        """Move the backend's token budget for ``model`` by what the call used beyond its estimate."""
+        tpm = backend.limit_for(model).tpm
+        if tpm and used != estimated:
+            await self._settle(tpm_tat=self.keys(backend, model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated)
+
+    async def cool_down(self, backend: Backend, model: str, seconds: float) -> None:
+        """Pause every worker's calls to ``model`` on ``backend`` for ``seconds`` (a 429 or the server's
+        headers said so); a longer cool-down already running is kept."""
+        await self._cool_down(cooldown=self.keys(backend, model)[2], ms=max(1, round(seconds * 1000)))
+
+
+def _share(limit: Limit) -> float:
+    """A backend's share of the calls it competes for: its request limit, else its token limit in
+    thousands, else 1."""
+    if limit.rpm:
+        return float(limit.rpm)
+    if limit.tpm:
+        return limit.tpm / 1000
+    return 1.0
+
+
+def _process_scope() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:"
