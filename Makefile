@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits bench-tracing redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits bench-tracing bench-backends redis browser api openapi screenshot sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ bench: $(STAMP) redis
 # (3 runs of 1, 2 and 4 workers, 3 limit windows each: about 35 minutes).
 bench-limits: $(STAMP) redis
 	$(PY) -m bench.limits --out bench/limits.md
+
+# Several backends: a provider outage (503, then connection refused) under a batch, the spread over
+# three backends of different limits, and one of them dying mid-run; writes bench/backends.md
+# (about 10 minutes).
+bench-backends: $(STAMP) redis
+	$(PY) -m bench.backends --out bench/backends.md
 
 # The worker's CPU per job with traces off and on (OTLP export to a local receiver); writes
 # bench/tracing.md (about 3 minutes; 7 runs).
