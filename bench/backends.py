@@ -99,7 +99,6 @@ def run_batch(outage: str | None) -> tuple[float, int, int]:
             "OPENAI_BASE_URL": sim.base_url,
             "PROMPTQ_MAX_JOBS": str(SLOTS),
             "PROMPTQ_METRICS_PORT": str(port),
-            "PROMPTQ_LOG_LEVEL": "warning",
         }
         with Worker(env), SyncProducer(server.url) as producer:
             started = time.monotonic()
@@ -132,7 +131,6 @@ def run_spread(failover: bool) -> Spread | Failover:
                 "REDIS_URL": server.url,
                 "PROMPTQ_BACKENDS": json.dumps(backends),
                 "PROMPTQ_MAX_JOBS": str(SLOTS),
-                "PROMPTQ_LOG_LEVEL": "warning",
             }
             jobs = round(sum(RPMS) / 60 * (WARM_UP_S + WINDOW_S) * 1.2)
             with Worker(env), SyncProducer(server.url) as producer:

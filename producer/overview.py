@@ -56,11 +56,13 @@ class Overview:
     models: list[dict[str, Any]]
     batches: list[dict[str, Any]]
     failures: list[dict[str, Any]]
+    backends: list[dict[str, Any]]
 
     def to_doc(self) -> dict[str, Any]:
         return {
             "now": self.now,
             "queue": self.queue,
+            "backends": self.backends,
             "workers": self.workers,
             "minutes": self.minutes,
             "models": self.models,
@@ -70,7 +72,7 @@ class Overview:
 
     @classmethod
     def from_reply(cls, reply: Sequence[Any], failures: Iterable[JobResult]) -> Overview:
-        now_ms, totals, ready, running, deferred, workers, minutes, batches = reply
+        now_ms, totals, ready, running, deferred, workers, minutes, batches, circuits = reply
         now_s = int(now_ms) / 1000
         rows: dict[tuple[int, str], dict[str, Any]] = {}
         for kind, flat in (("ready", ready), ("running", running), ("deferred", deferred)):
@@ -80,21 +82,24 @@ class Overview:
                     {"priority": int(priority), "key": as_text(key), "ready": 0, "running": 0, "deferred": 0},
                 )
                 row[kind] += int(n)
-        leased, delayed, legacy, failed = (int(v) for v in totals)
+        leased, delayed, legacy, failed, waiting = (int(v) for v in totals)
         queue = {
             "totals": {
                 "ready": sum(r["ready"] for r in rows.values()) + legacy,
                 "running": leased,
                 "deferred": delayed,
                 "failed": failed,
+                "waiting_for_backend": waiting,
             },
             "rows": [rows[k] for k in sorted(rows)],
         }
         rolled = [_minute(row) for row in minutes]
+        entries = [(i, seen, _entry(entry)) for i, seen, entry in _triples(workers)]
         return cls(
             now=round(now_s, 3),
             queue=queue,
-            workers=[_worker(i, seen, entry, now_ms) for i, seen, entry in _triples(workers)],
+            backends=_backends(circuits, [doc for _, _, doc in entries], int(now_ms)),
+            workers=[_worker(i, seen, doc, now_ms) for i, seen, doc in entries],
             minutes=[m for m, _ in rolled],
             models=_models(per_model for _, per_model in rolled),
             batches=[_batch(row, now_s) for row in batches],
@@ -110,11 +115,42 @@ def _fields(flat: Sequence[Any]) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
-def _worker(worker_id: Any, seen_ms: Any, entry: Any, now_ms: Any) -> dict[str, Any]:
+def _entry(entry: Any) -> dict[str, Any]:
+    """A worker's entry (``WORKERS_KEY``), or an empty one when it is not a JSON object."""
     try:
         doc = loads(entry)
     except ValueError:
-        doc = {}
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _backends(circuits: Sequence[Any], entries: list[dict[str, Any]], now_ms: int) -> list[dict[str, Any]]:
+    """Each backend the workers name: its circuit (fleet-wide) and the calls the workers made to it
+    since they started (their entries' counts, summed)."""
+    found = []
+    for i in range(0, len(circuits), 4):
+        name = as_text(circuits[i])
+        open_until, opened_at, fails = (int(float(as_text(v))) for v in circuits[i + 1 : i + 4])
+        counts = [e["backends"][name] for e in entries if isinstance(e.get("backends"), dict) and name in e["backends"]]
+        calls = sum(int(c.get("calls", 0)) for c in counts if isinstance(c, dict))
+        errors = sum(int(c.get("errors", 0)) for c in counts if isinstance(c, dict))
+        seconds = sum(float(c.get("seconds", 0)) for c in counts if isinstance(c, dict))
+        found.append(
+            {
+                "name": name,
+                "up": open_until == 0,
+                "down_for_s": round((now_ms - opened_at) / 1000, 1) if open_until else None,
+                "probe_in_s": round(max(0, open_until - now_ms) / 1000, 1) if open_until else None,
+                "failures_in_a_row": fails,
+                "calls": calls,
+                "errors": errors,
+                "mean_call_ms": round(seconds / calls * 1000, 1) if calls else None,
+            }
+        )
+    return sorted(found, key=lambda b: b["name"])
+
+
+def _worker(worker_id: Any, seen_ms: Any, doc: dict[str, Any], now_ms: Any) -> dict[str, Any]:
     seen = int(seen_ms)
     return {
         "id": as_text(worker_id),

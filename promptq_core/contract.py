@@ -54,6 +54,7 @@ __all__ = [
     "LIMIT_KEY_PREFIX",
     "PRIORITIES",
     "READY_KEY_PREFIX",
+    "RECOVERIES_KEY",
     "RESPONSES_ENDPOINT",
     "RESULT_KEY_PREFIX",
     "ROUTES_KEY",
@@ -150,6 +151,9 @@ CIRCUIT_KEY_PREFIX: Final = "promptq:circuit:"
 (ms, Redis time: a probe may go from then on), ``cooldown_ms`` (the latest cool-down), ``opened_at``
 (ms), ``probe_until`` (a probe is out until then) and ``scout`` (the ``open_until`` a waiting job
 was sent back for, to carry the probe). No key: closed, no failure."""
+RECOVERIES_KEY: Final = "promptq:backend-recoveries"
+"""A counter of the circuits that closed after being open: a job told every backend is down waits only
+if none recovered between the telling and its going back to the queue."""
 BACKEND_WAITS_KEY: Final = "promptq:backend-waits"
 """A sorted set of the ids of jobs waiting for a backend (every backend of their model down), scored
 by when they went to wait (ms): when a circuit closes, they are all due at once."""
@@ -188,7 +192,8 @@ LATENCY_BUCKETS: Final = 64
 """Latency bucket 0 holds times under 10 ms; bucket ``i`` (1 to 63) times from ``10 * 1.25 ** (i - 1)``
 to ``10 * 1.25 ** i`` ms (a quarter wider each; the last one holds everything from 2.8 hours on)."""
 WORKERS_KEY: Final = "promptq:workers"
-"""A hash: worker id -> JSON ``{"id", "host", "pid", "slots", "busy", "started_at"}``, rewritten by
+"""A hash: worker id -> JSON ``{"id", "host", "pid", "slots", "busy", "started_at", "backends"}`` (``backends``:
+per backend, the ``calls``, ``errors`` and ``seconds`` of its calls since it started), rewritten by
 each worker every ``WORKER_BEAT_S`` and removed when it stops."""
 WORKERS_SEEN_KEY: Final = "promptq:workers:seen"
 """A sorted set: worker id -> when it last wrote its entry (ms, Redis time); an entry silent for

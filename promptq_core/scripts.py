@@ -67,6 +67,7 @@ FIXED_KEYS: Final[dict[str, str]] = {
     "WORKERS": c.WORKERS_KEY,
     "WORKERS_SEEN": c.WORKERS_SEEN_KEY,
     "BACKEND_WAITS": c.BACKEND_WAITS_KEY,
+    "RECOVERIES": c.RECOVERIES_KEY,
 }
 """The contract's fixed keys, by the name a script uses for each. A script that touches one declares
 it in its header's ``KEYS`` by that name (``-- KEYS[4] LEASES: ...``): :meth:`LuaScript.bind` passes
@@ -98,6 +99,7 @@ CONSTANTS: Final[dict[str, str | int]] = {
     "BATCH_PREFIX": c.BATCH_KEY_PREFIX,
     "BATCH_TALLY_PREFIX": c.BATCH_TALLY_KEY_PREFIX,
     "BATCHES_MAX": c.BATCHES_MAX,
+    "CIRCUIT_PREFIX": c.CIRCUIT_KEY_PREFIX,
     **c.Reply.names(),
 }
 """The other names a script may use: the prefixes of the keys it builds from the ids it is given or

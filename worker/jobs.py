@@ -185,20 +185,18 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
             state.metrics.rate_limited.labels(base.model).inc()
             await state.router.cool_down(route.backend, base.model, error.retry_after_s or 1.0)
-        elif error.retryable:  # the backend's health: enough of these in a row open its circuit
+        if error.retryable and error.type != "rate_limited":  # enough of these in a row open its circuit
             health = await state.circuits.failed(route.backend.name, probe=route.probe)
             state.metrics.backend_health(route.backend.name, up=not health.open)
             if route.probe:  # the probe of a backend known down: no try spent; routed again at once
                 return Release(_released(base, error), "backend down")
+        else:  # the backend answered (a 429, or an error of the job's own): it is up
+            await _answered(state, route)
         if error.retryable and base.attempts < config.max_tries:
             queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
             return Backoff(queued, error, backoff_s(base.attempts, error.retry_after_s))
         return _failed(base, error, started_s=started_s, streamed=job.stream)
-    if route.probe or not route.clean:
-        health = await state.circuits.succeeded(route.backend.name, probe=route.probe)
-        state.metrics.backend_health(route.backend.name, up=True)
-        if health.recovered:
-            log.info("backend.recovered", backend=route.backend.name, jobs_woken=health.woken)
+    await _answered(state, route)
     if estimate and completion.usage:
         await state.router.settle(route.backend, base.model, estimate, completion.usage.total_tokens)
     if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
@@ -220,6 +218,16 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
     return Finish(final, streamed=job.stream)
 
 
+async def _answered(state: WorkerState, route: Route) -> None:
+    """The backend answered: its circuit closes (written only when it had failures on record, or was
+    open and this was its probe)."""
+    if route.probe or not route.clean:
+        health = await state.circuits.succeeded(route.backend.name, probe=route.probe)
+        state.metrics.backend_health(route.backend.name, up=True)
+        if health.recovered:
+            log.info("backend.recovered", backend=route.backend.name, jobs_woken=health.woken)
+
+
 def _wait_for_backend(state: WorkerState, job: PromptJob, base: JobResult, down: AllDownError) -> Release:
     """Every backend of the model is down: the job waits in the queue, its try given back. The scout
     comes back when a probe may go; the others when a circuit closes (or after ``PARK_S``), and none
@@ -228,7 +236,7 @@ def _wait_for_backend(state: WorkerState, job: PromptJob, base: JobResult, down:
     if (deadline := _deadline(state.config, job, base)) is not None:
         wait_s = max(0.0, min(wait_s, deadline - time.time()))
     error = llm.LLMError("backend_down", f"{down}: the job waits for one", retryable=True)
-    return Release(_released(base, error), "backend down", wait_s, for_backend=True)
+    return Release(_released(base, error), "backend down", wait_s, down.recoveries)
 
 
 def _deadline(config: WorkerConfig, job: PromptJob, base: JobResult) -> float | None:

@@ -74,14 +74,15 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Release:
     """The attempt ended before its call counted: its try is given back, and the job goes back in line
-    at once (a shutdown; a backend that just went down, to be routed again) or after ``delay_s``
-    (rate-limit budget that far away; every backend of its model down: ``for_backend``, due at once
-    when a circuit closes)."""
+    at once (a shutdown; a failed probe, to be routed again) or after ``delay_s`` (rate-limit budget
+    that far away; every backend of its model down: it waits for a backend, due at once when a
+    circuit closes, or at once if one closed since ``recoveries``, the count it was told)."""
 
     queued: JobResult
     reason: Literal["shutdown", "rate limit", "backend down"]
     delay_s: float = 0.0
-    for_backend: bool = False
+    recoveries: int | None = None
+    """Waiting for a backend: the recoveries count when the job found every backend down."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +112,8 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
             if stored is not None:  # cancelled meanwhile: no retry
                 return _report_ended_elsewhere(state, queued, stored.status)
             _report_backoff(state, queued, error, delay_s)
-        case Release(queued, reason, delay_s, for_backend):
-            deferred = state.settle.defer(queued, delay_s, try_spent=False, for_backend=for_backend)
+        case Release(queued, reason, delay_s, recoveries):
+            deferred = state.settle.defer(queued, delay_s, try_spent=False, recoveries=recoveries)
             stored = await asyncio.shield(deferred)
             if stored is not None:
                 return _report_ended_elsewhere(state, queued, stored.status)

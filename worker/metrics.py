@@ -100,6 +100,7 @@ class Metrics:
         )
         for name in backends:
             self.backend_up.labels(name).set(1)
+        self._backend_totals: dict[str, list[float]] = {}
         self.backend_waits = Counter(
             "promptq_backend_waits", "Attempts sent back to wait for a backend", ["model"], registry=r
         )
@@ -133,6 +134,18 @@ class Metrics:
     def backend_call(self, backend: str, outcome: str, seconds: float) -> None:
         self.backend_calls.labels(backend, outcome).inc()
         self.backend_latency.labels(backend).observe(seconds)
+        totals = self._backend_totals.setdefault(backend, [0, 0, 0.0])
+        totals[0] += 1
+        totals[1] += outcome != "ok"
+        totals[2] += seconds
+
+    def backend_summary(self) -> dict[str, dict[str, float]]:
+        """Per backend: calls, errors and seconds spent in calls since start (the worker's entry
+        carries them to the dashboard)."""
+        summary = {name: {"calls": 0, "errors": 0, "seconds": 0.0} for name in self.backends}
+        for name, (calls, errors, seconds) in self._backend_totals.items():
+            summary[name] = {"calls": calls, "errors": errors, "seconds": round(seconds, 3)}
+        return summary
 
     def backend_health(self, backend: str, *, up: bool) -> None:
         self.backend_up.labels(backend).set(1 if up else 0)

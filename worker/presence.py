@@ -1,5 +1,6 @@
-"""The worker's entry in the fleet's list (``WORKERS_KEY``): its host, pid and slots, and how many
-of them are busy, written every ``WORKER_BEAT_S`` and removed at shutdown. The dashboard reads it:
+"""The worker's entry in the fleet's list (``WORKERS_KEY``): its host, pid and slots, how many of
+them are busy, and its calls to each backend since it started, written every ``WORKER_BEAT_S`` and
+removed at shutdown. The dashboard reads it:
 a worker whose last beat is older than a few beats is shown gone; one silent for
 ``WORKER_FORGET_S`` is dropped by the next beat of any worker."""
 
@@ -10,6 +11,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -24,8 +26,16 @@ log = get_logger("promptq.presence")
 
 
 class Presence:
-    def __init__(self, redis: Redis, slots: int, busy: Callable[[], int], every_s: float = WORKER_BEAT_S) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        slots: int,
+        busy: Callable[[], int],
+        every_s: float = WORKER_BEAT_S,
+        backends: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         self.redis, self.slots, self.busy, self.every_s = redis, slots, busy, every_s
+        self.backends = backends
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.worker_id = f"{self.host}:{self.pid}:{secrets.token_hex(2)}"
         self.started_at = round(time.time(), 3)
@@ -43,6 +53,7 @@ class Presence:
             "slots": self.slots,
             "busy": self.busy(),
             "started_at": self.started_at,
+            "backends": self.backends(),
         }
         await self._beat(worker_id=self.worker_id, entry_json=dumps(entry), forget_ms=WORKER_FORGET_S * 1000)
 

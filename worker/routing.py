@@ -54,11 +54,13 @@ class NoBackendError(LookupError):
 
 class AllDownError(Exception):
     """Every backend serving the model is down: a probe may go in ``wait_s``; ``scout``: this job
-    is the one to carry it; ``down_s``: every one of them has been down at least this long."""
+    is the one to carry it; ``down_s``: every one of them has been down at least this long;
+    ``recoveries``: how many circuits had recovered by then (a job waits only if none has since)."""
 
-    def __init__(self, model: str, wait_s: float, scout: bool, down_s: float) -> None:
+    def __init__(self, model: str, wait_s: float, scout: bool, down_s: float, recoveries: int) -> None:
         super().__init__(f"every backend serving {model} is down")
         self.model, self.wait_s, self.scout, self.down_s = model, wait_s, scout, down_s
+        self.recoveries = recoveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,7 @@ class Router:
         )
         code, wait_s = int(reply[0]), int(reply[1]) / 1000
         if code == Reply.ALL_DOWN:
-            raise AllDownError(model, wait_s, scout=int(reply[3]) == 1, down_s=int(reply[4]) / 1000)
+            raise AllDownError(model, wait_s, int(reply[3]) == 1, int(reply[4]) / 1000, int(reply[5]))
         if code == Reply.NOT_RESERVED:
             raise BudgetWaitTooLongError(wait_s)
         backend, own = fits[int(reply[2]) - 1]

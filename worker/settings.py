@@ -76,7 +76,12 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     metrics = Metrics(
         config.prices, running=lambda: len(leases.running), backends=tuple(b.name for b in config.all_backends())
     )
-    presence = Presence(ctx["redis"], config.max_jobs + config.urgent_slots, busy=lambda: len(leases.running))
+    presence = Presence(
+        ctx["redis"],
+        config.max_jobs + config.urgent_slots,
+        busy=lambda: len(leases.running),
+        backends=metrics.backend_summary,
+    )
     presence.start()
     tally = Tally(ctx["redis"])
     tally.start()

@@ -83,12 +83,12 @@ class Settle:
         return Finished(_parse(reply), ended_here=False)
 
     async def defer(
-        self, queued: JobResult, delay_s: float, *, try_spent: bool, for_backend: bool = False
+        self, queued: JobResult, delay_s: float, *, try_spent: bool, recoveries: int | None = None
     ) -> JobResult | None:
         """Mark the job queued again and let it wait ``delay_s`` (0: back in line now), keeping or
-        giving back the attempt's try (``for_backend``: it waits for a backend, and is due at once
-        when a circuit closes); a job that ended meanwhile is let go of, its terminal document
-        returned."""
+        giving back the attempt's try (``recoveries``: it waits for a backend, and is due at once
+        when a circuit closes, or at once if one closed since that count); a job that ended
+        meanwhile is let go of, its terminal document returned."""
         job_id = queued.job_id
         stored = await self._defer(
             doc=result_key(job_id),
@@ -99,7 +99,8 @@ class Settle:
             ttl_ms=self.result_ttl_ms,
             delay_ms=max(0, round(delay_s * 1000)),
             try_spent="1" if try_spent else "0",
-            for_backend="1" if for_backend else "0",
+            for_backend="0" if recoveries is None else "1",
+            recoveries=recoveries or 0,
         )
         return _parse(stored)
 

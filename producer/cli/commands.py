@@ -109,7 +109,10 @@ class Cli:
             self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
             return OK
         depths = self.producer.depths()
-        self.emit(_queue_lines(depths), depths.to_json())
+        overview = self.producer.overview()
+        waiting = overview.queue["totals"]["waiting_for_backend"]
+        lines = _queue_lines(depths) + _backend_lines(overview.backends, waiting)
+        self.emit(lines, {**depths.to_json(), "backends": overview.backends, "waiting_for_backend": waiting})
         return OK
 
     def result(self) -> int:
@@ -205,6 +208,18 @@ def _queue_lines(d: QueueDepths) -> str:
     if d.legacy:
         lines.append(f"  {d.legacy} job(s) still in promptq 0.1's queue (a worker moves them over)")
     return "\n".join(lines)
+
+
+def _backend_lines(backends: list[dict[str, Any]], waiting: int) -> str:
+    """The backends the workers name, as ``promptq status`` shows them."""
+    if not backends:
+        return ""
+    rows = []
+    for b in backends:
+        health = "up" if b["up"] else f"DOWN for {b['down_for_s']:g} s (probe in {b['probe_in_s']:g} s)"
+        rows.append(f"  {b['name']}: {health}; {b['calls']} call(s), {b['errors']} error(s) since the workers started")
+    note = f"; {waiting} job(s) waiting for one" if waiting else ""
+    return "\nbackends" + note + ":\n" + "\n".join(rows)
 
 
 def _summary(name: str, p: Progress) -> str:

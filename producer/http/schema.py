@@ -129,6 +129,18 @@ class QueueTotals(BaseModel):
     running: int
     deferred: int
     failed: int
+    waiting_for_backend: int = Field(description="deferred jobs waiting for a backend of their model to come back")
+
+
+class BackendDoc(BaseModel):
+    name: str
+    up: bool = Field(description="its circuit is closed (fleet-wide, kept in Redis)")
+    down_for_s: float | None = Field(description="open: since when its circuit opened")
+    probe_in_s: float | None = Field(description="open: when a probe call may go")
+    failures_in_a_row: int
+    calls: int = Field(description="calls the workers alive made to it since they started")
+    errors: int
+    mean_call_ms: float | None
 
 
 class QueueDoc(BaseModel):
@@ -197,6 +209,7 @@ class DashboardDocument(BaseModel):
 
     now: float
     queue: QueueDoc
+    backends: list[BackendDoc]
     workers: list[WorkerDoc]
     minutes: list[MinuteDoc]
     models: list[ModelDoc]

@@ -16,7 +16,7 @@ import pytest
 from devtools.stack import Simulator
 from producer import Producer
 from promptq_core.contract import JobResult
-from tests.conftest import TEST_API_KEY, run_burst
+from tests.conftest import TEST_API_KEY, run_burst, start_worker, stop_worker
 from worker.backends import Backend, Limit
 from worker.circuit import CircuitRules
 from worker.config import WorkerConfig
@@ -217,11 +217,39 @@ async def test_an_azure_backend_gets_azure_requests(
     a, _ = fleet
     a.configure(require_api_key="azure-key-1")
     base = a.base_url.removesuffix("/v1")
-    azure = Backend(
-        "azure", base, "azure-key-1", {MODEL: "my-deployment"}, kind="azure", api_version="2024-10-21"
-    )
+    azure = Backend("azure", base, "azure-key-1", {MODEL: "my-deployment"}, kind="azure", api_version="2024-10-21")
     job_id = await producer.submit("to azure")
     await run_burst(with_backends(worker_config, azure))
     r = await producer.wait(job_id, 1)
     assert r.ok and r.backend == "azure" and r.model == MODEL
     assert a.stats()["deployments"] == {"my-deployment api-version=2024-10-21": 1}
+
+
+async def test_the_overview_shows_each_backend_up_or_down_and_the_jobs_waiting_for_one(
+    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
+) -> None:
+    a, b = fleet
+    a.configure(outage="503")
+    config = with_backends(
+        worker_config, backend("a", a), backend("b", b, "gpt-4o"), circuit=CircuitRules(failures=2, cool_down_s=30)
+    )
+    worker, main = start_worker(config)
+    try:
+        ids = await producer.submit_many([f"to a {i}" for i in range(6)])
+        served = await producer.submit("to b", model="gpt-4o")
+        assert (await producer.wait(served, 5)).ok
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # until the workers' next beat carries their calls
+            seen = await producer.overview()
+            rows = {row["name"]: row for row in seen.backends}
+            if rows.get("b", {}).get("calls") and seen.queue["totals"]["waiting_for_backend"] == len(ids):
+                break
+            await asyncio.sleep(0.2)
+        assert rows["a"]["up"] is False and rows["a"]["probe_in_s"] > 0 and rows["a"]["errors"] >= 2
+        assert rows["b"]["up"] is True and rows["b"]["calls"] == 1 and rows["b"]["errors"] == 0
+        assert seen.queue["totals"]["waiting_for_backend"] == len(ids)
+        assert all(
+            r.status == "queued" and r.error and r.error.type == "backend_down" for r in await results(producer, ids)
+        )
+    finally:
+        await stop_worker(worker, main)

@@ -74,6 +74,10 @@ def test_the_counters_move_while_a_batch_runs(dashboard: tuple[Page, SyncProduce
     tab.wait_for_function("Number(document.getElementById('count-running').textContent) === 0", timeout=10_000)
     ended = sum(int(b.get_attribute("data-jobs") or 0) for b in tab.query_selector_all("#chart rect.bar"))
     assert ended >= 80  # the chart counts them
+    backend = 'tr.backend[data-backend="default"][data-up="true"]'  # the worker's one backend, and its calls
+    tab.wait_for_function(
+        f"Number(document.querySelector('{backend} .calls')?.textContent.replace(/,/g, '')) >= 80", timeout=15_000
+    )
 
 
 def test_a_failed_job_is_retried_from_its_button(dashboard: tuple[Page, SyncProducer], sim: Simulator) -> None:

@@ -103,20 +103,36 @@ def test_the_overview_reads_its_scripts_reply_into_rows_per_priority_and_key() -
     from producer.overview import Overview
 
     now_ms = 1_764_000_000_000
-    entry = json.dumps({"id": "w1", "host": "h", "pid": 1, "slots": 10, "busy": 3, "started_at": 1_763_999_990.0})
+    calls = {"east": {"calls": 10, "errors": 2, "seconds": 5.0}, "west": {"calls": 0, "errors": 0, "seconds": 0}}
+    entry = json.dumps(
+        {"id": "w1", "host": "h", "pid": 1, "slots": 10, "busy": 3, "started_at": 1_763_999_990.0, "backends": calls}
+    )
     reply = [
         now_ms,
-        [4, 1, 0, 2],  # leased, delayed, legacy, failed
+        [4, 1, 0, 2, 1],  # leased, delayed, legacy, failed, waiting for a backend
         [b"5", b"default", 7, b"0", b"web", 2],  # ready: priority, key, n...
         [b"5", b"default", 4],  # running
         [b"0", b"web", 1],  # deferred
         [b"w1", now_ms - 1000, entry.encode()],  # workers: id, seen, entry
         [],  # minutes
         [],  # batches
+        [b"west", str(now_ms + 2500).encode(), str(now_ms - 30_000).encode(), b"5", b"east", b"0", b"0", b"1"],
     ]
     overview = Overview.from_reply(reply, [JobResult("f", "failed", attempts=3)])
     assert overview.now == now_ms / 1000
-    assert overview.queue["totals"] == {"ready": 9, "running": 4, "deferred": 1, "failed": 2}
+    assert overview.queue["totals"] == {"ready": 9, "running": 4, "deferred": 1, "failed": 2, "waiting_for_backend": 1}
+    east, west = overview.backends
+    assert east == {
+        "name": "east",
+        "up": True,
+        "down_for_s": None,
+        "probe_in_s": None,
+        "failures_in_a_row": 1,
+        "calls": 10,
+        "errors": 2,
+        "mean_call_ms": 500.0,
+    }
+    assert (west["up"], west["down_for_s"], west["probe_in_s"], west["calls"]) == (False, 30.0, 2.5, 0)
     assert overview.queue["rows"] == [
         {"priority": 0, "key": "web", "ready": 2, "running": 0, "deferred": 1},
         {"priority": 5, "key": "default", "ready": 7, "running": 4, "deferred": 0},

@@ -4,7 +4,7 @@
 -- KEYS[1] WORKERS: each worker's entry
 -- KEYS[2] WORKERS_SEEN: when each worker last beat
 -- ARGV[1] worker_id
--- ARGV[2] entry_json: {"id", "host", "pid", "slots", "busy", "started_at"}
+-- ARGV[2] entry_json: {"id", "host", "pid", "slots", "busy", "started_at", "backends"}
 -- ARGV[3] forget_ms: how long an entry lasts without a beat
 -- Returns the time of the beat (ms, Redis time).
 --!include clock

@@ -9,6 +9,7 @@
 --  probe_until, scout)
 -- KEYS[2] DELAYED: deferred jobs, by when they are due
 -- KEYS[3] BACKEND_WAITS: jobs waiting for a backend
+-- KEYS[4] RECOVERIES: how many circuits have closed after being open
 -- ARGV[1] ok: '1' the call succeeded, '0' it failed with a retryable error
 -- ARGV[2] probe: '1' the call was the probe
 -- ARGV[3] failures: failures in a row that open the circuit
@@ -23,6 +24,7 @@ local open_until = tonumber(c[1] or '0')
 if ARGV[1] == '1' then
   redis.call('DEL', KEYS[1])
   if open_until == 0 then return {CIRCUIT_CLOSED, 0, 0} end
+  redis.call('INCR', RECOVERIES)
   local waiting = redis.call('ZRANGE', BACKEND_WAITS, 0, -1)
   for _, id in ipairs(waiting) do redis.call('ZADD', DELAYED, 'XX', now, id) end
   redis.call('DEL', BACKEND_WAITS)

@@ -10,7 +10,8 @@
 -- spell. A 429's cool-down on a backend holds its calls back until it ends.
 -- When every backend is down, the first job told so for a given end of cool-down is the scout
 -- (it comes back then, to carry the probe); the others wait for a circuit to close.
--- KEYS[1..] backend_keys: per backend, in order: its circuit, the model's requests' TAT, tokens' TAT
+-- KEYS[1] RECOVERIES: how many circuits have closed after being open
+-- KEYS[2..] backend_keys: per backend, in order: its circuit, the model's requests' TAT, tokens' TAT
 --  and cool-down
 -- ARGV[1] max_wait_ms: reserve nothing when the call could go only later than this
 -- ARGV[2] probe_ms: how long a probe may take (another may go after that)
@@ -20,14 +21,16 @@
 -- Returns {RESERVED, wait ms, backend index, probe 0/1, clean 0/1} (go after wait ms; clean: its
 -- circuit has no failure on record), {NOT_RESERVED, wait ms, backend index} (the soonest budget is
 -- past max_wait_ms), or {ALL_DOWN, wait ms until a probe may go, 0, scout 0/1, ms every backend has
--- been down}.
+-- been down, the RECOVERIES count now (for defer: a recovery since then means no wait)}.
 --!include clock
 local now = now_ms()
+-- The n-th key (1 circuit, 2 requests' TAT, 3 tokens' TAT, 4 cool-down) of the i-th backend.
+local function key(i, n) return KEYS[1 + 4 * (i - 1) + n] end
 local max_wait, probe_ms, pick = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ready, total, soonest = {}, 0, nil
 local reopen, reopen_circuit, down_since = nil, nil, 0
-for i = 1, #KEYS / 4 do
-  local circuit, cooldown = KEYS[4 * i - 3], KEYS[4 * i]
+for i = 1, (#KEYS - 1) / 4 do
+  local circuit, cooldown = key(i, 1), key(i, 4)
   local rpm, tpm = tonumber(ARGV[4 * i]), tonumber(ARGV[4 * i + 1])
   local tokens, share = tonumber(ARGV[4 * i + 2]), tonumber(ARGV[4 * i + 3])
   local c = redis.call('HMGET', circuit, 'fails', 'open_until', 'probe_until', 'opened_at')
@@ -42,11 +45,11 @@ for i = 1, #KEYS / 4 do
     if cool > 0 then at = now + cool end
     local tat_r, tat_t = nil, nil
     if rpm > 0 then
-      tat_r = math.max(tonumber(redis.call('GET', KEYS[4 * i - 2]) or '0'), now)
+      tat_r = math.max(tonumber(redis.call('GET', key(i, 2)) or '0'), now)
       at = math.max(at, tat_r)
     end
     if tpm > 0 and tokens > 0 then
-      tat_t = math.max(tonumber(redis.call('GET', KEYS[4 * i - 1]) or '0'), now)
+      tat_t = math.max(tonumber(redis.call('GET', key(i, 3)) or '0'), now)
       at = math.max(at, tat_t)
     end
     local candidate = {i = i, at = at, rpm = rpm, tpm = tpm, tokens = tokens, tat_r = tat_r, tat_t = tat_t,
@@ -65,7 +68,7 @@ if not soonest then
     redis.call('HSET', reopen_circuit, 'scout', due)
     scout = 1
   end
-  return {ALL_DOWN, reopen - now, 0, scout, now - down_since}
+  return {ALL_DOWN, reopen - now, 0, scout, now - down_since, tonumber(redis.call('GET', RECOVERIES) or '0')}
 end
 local chosen = soonest
 if #ready > 1 then
@@ -82,13 +85,13 @@ local wait = math.ceil(chosen.at - now)
 if wait > max_wait then return {NOT_RESERVED, wait, chosen.i} end
 if chosen.tat_r then
   local new = math.max(chosen.tat_r, chosen.at) + 60000 / chosen.rpm
-  redis.call('SET', KEYS[4 * chosen.i - 2], tostring(new), 'PX', math.ceil(new - now) + 60000)
+  redis.call('SET', key(chosen.i, 2), tostring(new), 'PX', math.ceil(new - now) + 60000)
 end
 if chosen.tat_t then
   local new = math.max(chosen.tat_t, chosen.at) + chosen.tokens * 60000 / chosen.tpm
-  redis.call('SET', KEYS[4 * chosen.i - 1], tostring(new), 'PX', math.ceil(new - now) + 60000)
+  redis.call('SET', key(chosen.i, 3), tostring(new), 'PX', math.ceil(new - now) + 60000)
 end
 if chosen.probe then
-  redis.call('HSET', KEYS[4 * chosen.i - 3], 'probe_until', string.format('%d', now + wait + probe_ms))
+  redis.call('HSET', key(chosen.i, 1), 'probe_until', string.format('%d', now + wait + probe_ms))
 end
 return {RESERVED, wait, chosen.i, chosen.probe and 1 or 0, chosen.clean and 1 or 0}
