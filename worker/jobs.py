@@ -1,8 +1,10 @@
 """The arq job: one attempt at a claimed job (the claim marked it running), ended in one outcome.
 
-``run_prompt`` validates the job, waits for its rate-limit budget, calls the API once and turns what
-happened into one :data:`worker.lifecycle.Outcome` (finish, back off, release, ended elsewhere),
-which :func:`worker.lifecycle.end` settles and reports. The job function itself decides about
+``run_prompt`` validates the job, checks its deadline, routes the call (:mod:`worker.routing`: a
+backend of the job's model, or of a fallback model, with budget now and its circuit closed), calls
+the API once, records what the call says of the backend's health (:mod:`worker.circuit`) and turns
+what happened into one :data:`worker.lifecycle.Outcome` (finish, back off, release, ended
+elsewhere), which :func:`worker.lifecycle.end` settles and reports. The job function itself decides about
 retries (arq's ``max_tries`` is only a backstop) and bounds each attempt by
 ``PROMPTQ_JOB_TIMEOUT_S`` before arq's own timeout could fire.
 """

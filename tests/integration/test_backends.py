@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from devtools.stack import Simulator
-from producer import Producer
+from devtools.stack import Simulator, Worker
+from producer import Producer, SyncProducer
 from promptq_core.contract import JobResult
 from tests.conftest import TEST_API_KEY, run_burst, start_worker, stop_worker
 from worker.backends import Backend, Limit
@@ -253,3 +254,40 @@ async def test_the_overview_shows_each_backend_up_or_down_and_the_jobs_waiting_f
         )
     finally:
         await stop_worker(worker, main)
+
+
+@pytest.mark.process
+def test_two_worker_processes_share_each_backends_budget(
+    redis_url: str, fleet: list[Simulator], sync_producer: SyncProducer
+) -> None:
+    a, b = fleet
+    for sim, rpm in ((a, 120), (b, 240)):  # 2 and 4 calls in each calendar second
+        sim.configure(rpm=rpm, rpm_burst=rpm // 60, limit_window_s=1)
+    listing = [
+        {"name": "a", "base_url": a.base_url, "models": [MODEL], "rpm": 120},
+        {"name": "b", "base_url": b.base_url, "models": [MODEL], "rpm": 240},
+    ]
+    env = {
+        "REDIS_URL": redis_url,
+        "PROMPTQ_BACKENDS": json.dumps(listing),
+        "PROMPTQ_POLL_DELAY_S": "0.05",
+        "PROMPTQ_MAX_JOBS": "16",
+    }
+    with Worker(env), Worker(env):
+        ids = sync_producer.submit_many([f"two workers {i}" for i in range(36)])
+        done = [sync_producer.wait(i, timeout=60) for i in ids]
+    assert all(r.ok for r in done)
+    by_backend = Counter(r.backend for r in done)
+    assert 8 <= by_backend["a"] <= 16 and by_backend["a"] + by_backend["b"] == 36  # about a third: 2 of 6 a second
+    assert a.stats()["by_status"].get("429", 0) == 0 and b.stats()["by_status"].get("429", 0) == 0
+
+
+async def test_a_streamed_job_streams_from_a_listed_backend(
+    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
+) -> None:
+    _, b = fleet
+    job_id = await producer.submit("stream me from b", stream=True)
+    await run_burst(with_backends(worker_config, backend("b", b)))
+    text = "".join([e.text async for e in producer.stream(job_id) if e.type == "delta" and e.text])
+    r = await producer.wait(job_id, 1)
+    assert r.ok and r.backend == "b" and text == r.content == "stream me from b"

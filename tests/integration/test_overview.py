@@ -41,7 +41,8 @@ def ended(overview_minutes: list[dict[str, object]], status: str) -> int:
 
 async def test_an_empty_fleet_reads_as_zeros(producer: Producer) -> None:
     overview = await producer.overview()
-    assert overview.queue["totals"] == {"ready": 0, "running": 0, "deferred": 0, "failed": 0}
+    totals = {"ready": 0, "running": 0, "deferred": 0, "failed": 0, "waiting_for_backend": 0}
+    assert overview.queue["totals"] == totals and overview.backends == []
     assert overview.queue["rows"] == [] and overview.workers == [] and overview.batches == []
     assert len(overview.minutes) == 15 and overview.minutes[-1]["t"] <= overview.now < overview.minutes[-1]["t"] + 60
     assert all(m["succeeded"] == 0 and m["p50_ms"] is None for m in overview.minutes)

@@ -1,7 +1,7 @@
 #!lua flags=allow-oom
 -- circuit: record how a call to a backend ended, in its circuit breaker, shared by every worker.
 -- A success closes the circuit (and forgets its failures); when it was open, every job waiting for a
--- backend is due at once. A retryable failure (not a 429) counts: `failures` in a row open it for
+-- backend is due at once (and idle workers are woken on WAKE). A retryable failure (not a 429) counts: `failures` in a row open it for
 -- `cool_down_ms`. While it is open, only the probe's failure counts: it opens again for twice the
 -- last cool-down (at most `max_cool_down_ms`). A failure of a call sent before the circuit opened
 -- changes nothing.
@@ -28,6 +28,7 @@ if ARGV[1] == '1' then
   local waiting = redis.call('ZRANGE', BACKEND_WAITS, 0, -1)
   for _, id in ipairs(waiting) do redis.call('ZADD', DELAYED, 'XX', now, id) end
   redis.call('DEL', BACKEND_WAITS)
+  redis.call('PUBLISH', WAKE, '1')
   return {CIRCUIT_RECOVERED, 0, #waiting}
 end
 if open_until == 0 then
