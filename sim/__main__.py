@@ -45,6 +45,7 @@ async def main(argv: list[str] | None = None) -> None:
     sim = Simulator(config)
     port = await sim.start(host, port)
     print(f"listening on http://{host}:{port}", flush=True)
+    sim.outage_changed()  # an outage given on the command line
     print(f"settings: {json.dumps(dataclasses.asdict(config))}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

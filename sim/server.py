@@ -103,6 +103,8 @@ class Simulator:
         await asyncio.get_running_loop().create_future()
 
     async def close(self) -> None:
+        if self._outage_end is not None:
+            self._outage_end.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -120,8 +122,8 @@ class Simulator:
             self._writers.discard(writer)
             writer.close()
 
-    def _outage_changed(self) -> None:
-        """Start (or end) the outage the knobs now describe."""
+    def outage_changed(self) -> None:
+        """Start (or end) the outage the knobs now describe (after a change of them, or at start)."""
         if self._outage_end is not None:
             self._outage_end.cancel()
             self._outage_end = None
@@ -181,14 +183,16 @@ class Simulator:
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
         elif route == ("POST", "/_sim/config"):
             try:
-                self.config.update(json.loads(req.body or b"{}"))
+                changes = json.loads(req.body or b"{}")
+                self.config.update(changes)
             except (ValueError, TypeError) as e:
                 await self._json(writer, 400, {"error": str(e)}, counted=False)
                 return True
             self.rng = random.Random(self.config.seed)
             self._buckets = {}
             await self._json(writer, 200, dataclasses.asdict(self.config), counted=False)
-            self._outage_changed()
+            if {"outage", "outage_s"} & set(changes):
+                self.outage_changed()
         elif route == ("GET", "/healthz"):
             await self._json(writer, 200, {"ok": True}, counted=False)
         else:

@@ -83,7 +83,8 @@ class Backend:
     kind: str = "openai"
     api_version: str | None = None
     """``kind`` azure: the API version every request names."""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    """Sent with every request (they may hold secrets: never in a repr)."""
 
     def serves(self, model: str) -> str | None:
         """The name this backend knows ``model`` by, or None when it does not serve it."""

@@ -23,7 +23,12 @@ from redis.asyncio import Redis
 from promptq_core.contract import Reply, circuit_key
 from worker.scripts import WorkerScript
 
-__all__ = ["PARK_S", "CircuitRules", "Circuits", "Health"]
+__all__ = ["PARK_S", "PROCESSED_MAYBE", "CircuitRules", "Circuits", "Health"]
+
+PROCESSED_MAYBE = frozenset({"timeout", "bad_response"})
+"""Failures after which the request may have been processed (and billed): a probe that fails so
+spends its job's try like any call; other failed probes (a 5xx or 529 answer, a connection refused)
+give it back."""
 
 PARK_S = 60.0
 """A job waiting for a backend is due again when a circuit closes, or after this long at the latest
@@ -37,7 +42,8 @@ class CircuitRules:
     cool_down_s: float = 1.0
     """The first cool-down before a probe (``PROMPTQ_CIRCUIT_COOL_DOWN_S``); doubled after each failed probe."""
     max_cool_down_s: float = 8.0
-    """The longest cool-down (``PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S``): a recovered backend is found within it."""
+    """The longest cool-down (``PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S``): a recovered backend is found within it
+    (plus the probe's own time: a backend that hangs holds its probe up to ``PROMPTQ_JOB_TIMEOUT_S``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +65,20 @@ class Circuits:
     def __init__(self, redis: Redis, rules: CircuitRules) -> None:
         self.rules = rules
         self._record = WorkerScript(redis, "circuit", rides_out=True)
+        self._failing: set[str] = set()
+        """Backends this worker saw fail since its last success there: the next success is written
+        (it ends the run of failures), even for a call routed while the circuit was clean."""
+
+    def failing_here(self, backend: str) -> bool:
+        return backend in self._failing
 
     async def succeeded(self, backend: str, *, probe: bool) -> Health:
-        return await self._call(backend, ok=True, probe=probe)
+        health = await self._call(backend, ok=True, probe=probe)
+        self._failing.discard(backend)
+        return health
 
     async def failed(self, backend: str, *, probe: bool) -> Health:
+        self._failing.add(backend)
         return await self._call(backend, ok=False, probe=probe)
 
     async def _call(self, backend: str, *, ok: bool, probe: bool) -> Health:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +26,7 @@ from promptq_core.contract import JobResult
 from promptq_core.validation import InvalidJobError, PromptJob
 from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE
-from worker.circuit import PARK_S
+from worker.circuit import PARK_S, PROCESSED_MAYBE
 from worker.config import WorkerConfig
 from worker.lifecycle import Backoff, EndedElsewhere, Finish, Outcome, Release, end
 from worker.limiter import BudgetWaitTooLongError, LimitTooSmallError, estimate_tokens, server_budget_wait_s
@@ -129,6 +131,8 @@ async def _end(state: WorkerState, outcome: Outcome) -> None:
 
 MAX_BUDGET_WAIT_S = 10.0
 """A job waits this long at most in its slot for rate-limit budget; longer, it waits in the queue."""
+FALLBACK_CHECK_S = 0.5
+"""A job with a fallback model, waiting for its own, comes back no sooner than this to look again."""
 
 
 async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outcome:
@@ -137,24 +141,29 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
     config = state.config
     assert base.model is not None
     chain = (base.model, *(job.fallbacks or config.fallbacks.get(base.model, ())))
+    down: tuple[JobResult, AllDownError] | None = None
+    """The first model found with every backend down: if no later one can run, the job waits for it."""
     for step, model in enumerate(chain):
         last = step == len(chain) - 1
         base = dataclasses.replace(base, model=model)
         estimate = estimate_tokens(job, config.completion_estimate_tokens) if state.router.limited(model) else 0
+        falls_back_s = math.inf if last else config.fallback_after_s
         try:
-            route = await state.router.route(model, estimate, max_wait_s=MAX_BUDGET_WAIT_S)
-        except NoBackendError as e:
+            route = await state.router.route(model, estimate, MAX_BUDGET_WAIT_S, falls_back_s)
+        except (NoBackendError, LimitTooSmallError) as e:
+            if down is not None:  # a fallback that cannot run: wait for the model that is down
+                return _wait_for_backend(state, job, *down, falls_back_s=math.inf)
             if not last:
                 continue
-            return _failed(base, llm.LLMError("no_backend", str(e), retryable=False), started_s=time.monotonic())
-        except LimitTooSmallError as e:
-            return _failed(base, llm.LLMError("limit_exceeded", str(e), retryable=False), started_s=time.monotonic())
+            kind = "no_backend" if isinstance(e, NoBackendError) else "limit_exceeded"
+            return _failed(base, llm.LLMError(kind, str(e), retryable=False), started_s=time.monotonic())
         except BudgetWaitTooLongError as e:
             return Release(_released(base), "rate limit", e.wait_s)
         except AllDownError as e:
-            if not last and e.down_s >= config.fallback_after_s:
+            down = down or (base, e)
+            if not last and e.down_s >= falls_back_s:
                 continue  # down long enough: the next model
-            return _wait_for_backend(state, job, base, e)
+            return _wait_for_backend(state, job, base, e, falls_back_s=falls_back_s)
         outcome = await _call_routed(state, job, dataclasses.replace(base, backend=route.backend.name), route, estimate)
         if last or not _moves_on(outcome):
             return outcome
@@ -181,7 +190,7 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
         on_delta = writer.delta
     started_s = time.monotonic()
     try:
-        completion = await _call(state, job, route, on_delta)
+        completion = await _call(state, job, route, base.model, on_delta)
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
@@ -190,21 +199,15 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
         if error.retryable and error.type != "rate_limited":  # enough of these in a row open its circuit
             health = await state.circuits.failed(route.backend.name, probe=route.probe)
             state.metrics.backend_health(route.backend.name, up=not health.open)
-            if route.probe:  # the probe of a backend known down: no try spent; routed again at once
+            if route.probe and error.type not in PROCESSED_MAYBE:  # known down: no try spent, routed again
                 return Release(_released(base, error), "backend down")
         else:  # the backend answered (a 429, or an error of the job's own): it is up
-            await _answered(state, route)
+            await _settled_after_call(_answered(state, route))
         if error.retryable and base.attempts < config.max_tries:
             queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
             return Backoff(queued, error, backoff_s(base.attempts, error.retry_after_s))
         return _failed(base, error, started_s=started_s, streamed=job.stream)
-    await _answered(state, route)
-    if estimate and completion.usage:
-        await state.router.settle(route.backend, base.model, estimate, completion.usage.total_tokens)
-    if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
-        await state.router.cool_down(
-            route.backend, base.model, pause_s
-        )  # the server's budget is spent: pause every worker
+    await _settled_after_call(_after_success(state, route, base.model, estimate, completion, started_s))
     final = dataclasses.replace(
         base,
         status="succeeded",
@@ -220,21 +223,44 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
     return Finish(final, streamed=job.stream)
 
 
+async def _after_success(
+    state: WorkerState, route: Route, model: str, estimate: int, completion: llm.Completion, started_s: float
+) -> None:
+    """The bookkeeping of a call that succeeded: the backend's health, its token budget, its server's word."""
+    await _answered(state, route)
+    if estimate and completion.usage:
+        await state.router.settle(route.backend, model, estimate, completion.usage.total_tokens)
+    if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
+        await state.router.cool_down(route.backend, model, pause_s)  # the server's budget is spent: pause all
+
+
+async def _settled_after_call(bookkeeping: Awaitable[None]) -> None:
+    """Run the bookkeeping after an answered call; Redis failing it (past every retry) loses the
+    bookkeeping, never the answer, which is paid for."""
+    try:
+        await bookkeeping
+    except (RedisError, OSError) as e:
+        log.warning("job.bookkeeping_failed", error=str(e), note="the answer is kept")
+
+
 async def _answered(state: WorkerState, route: Route) -> None:
-    """The backend answered: its circuit closes (written only when it had failures on record, or was
-    open and this was its probe)."""
-    if route.probe or not route.clean:
+    """The backend answered: its circuit closes (written only when it had failures on record when
+    the call was routed, or this worker saw one since, or this was its probe)."""
+    if route.probe or not route.clean or state.circuits.failing_here(route.backend.name):
         health = await state.circuits.succeeded(route.backend.name, probe=route.probe)
         state.metrics.backend_health(route.backend.name, up=True)
         if health.recovered:
             log.info("backend.recovered", backend=route.backend.name, jobs_woken=health.woken)
 
 
-def _wait_for_backend(state: WorkerState, job: PromptJob, base: JobResult, down: AllDownError) -> Release:
+def _wait_for_backend(
+    state: WorkerState, job: PromptJob, base: JobResult, down: AllDownError, *, falls_back_s: float
+) -> Release:
     """Every backend of the model is down: the job waits in the queue, its try given back. The scout
-    comes back when a probe may go; the others when a circuit closes (or after ``PARK_S``), and none
-    past its deadline."""
+    comes back when a probe may go; the others when a circuit closes (or after ``PARK_S``); none past
+    its deadline, nor past the time it moves to its next model (``falls_back_s`` of the outage)."""
     wait_s = down.wait_s if down.scout else PARK_S
+    wait_s = min(wait_s, max(FALLBACK_CHECK_S, falls_back_s - down.down_s))
     if (deadline := _deadline(state.config, job, base)) is not None:
         wait_s = max(0.0, min(wait_s, deadline - time.time()))
     error = llm.LLMError("backend_down", f"{down}: the job waits for one", retryable=True)
@@ -250,11 +276,14 @@ def _deadline(config: WorkerConfig, job: PromptJob, base: JobResult) -> float | 
     return None
 
 
-async def _call(state: WorkerState, job: PromptJob, route: Route, on_delta: llm.DeltaSink | None) -> llm.Completion:
-    """The API call itself, bounded by PROMPTQ_JOB_TIMEOUT_S and counted in the metrics."""
+async def _call(
+    state: WorkerState, job: PromptJob, route: Route, model: str, on_delta: llm.DeltaSink | None
+) -> llm.Completion:
+    """The API call itself, bounded by PROMPTQ_JOB_TIMEOUT_S and counted in the metrics (under the
+    job's name for the model, whatever the backend calls it)."""
     metrics = state.metrics
     backend = route.backend.name
-    metrics.attempts.labels(route.model).inc()
+    metrics.attempts.labels(model).inc()
     metrics.in_flight.inc()
     started_s = time.monotonic()
     outcome = "error"
@@ -274,7 +303,7 @@ async def _call(state: WorkerState, job: PromptJob, route: Route, on_delta: llm.
     finally:
         metrics.in_flight.dec()
         elapsed_s = time.monotonic() - started_s
-        metrics.latency.labels(route.model).observe(elapsed_s)
+        metrics.latency.labels(model).observe(elapsed_s)
         metrics.backend_call(backend, outcome, elapsed_s)
 
 

@@ -117,7 +117,7 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
             stored = await asyncio.shield(deferred)
             if stored is not None:
                 return _report_ended_elsewhere(state, queued, stored.status)
-            _report_release(state, queued, reason, delay_s)
+            _report_release(state, queued, reason, delay_s, waiting=recoveries is not None)
         case EndedElsewhere(base, status):
             await asyncio.shield(state.settle.ack(base.job_id))
             _report_ended_elsewhere(state, base, status)
@@ -162,12 +162,13 @@ def _report_backoff(state: WorkerState, queued: JobResult, error: LLMError, dela
     )
 
 
-def _report_release(state: WorkerState, queued: JobResult, reason: str, delay_s: float) -> None:
+def _report_release(state: WorkerState, queued: JobResult, reason: str, delay_s: float, *, waiting: bool) -> None:
     if reason == "rate limit":
         tracing.event("promptq.rate_limit_wait", **{"promptq.defer_ms": round(delay_s * 1000)})
         tracing.ended("deferred")
     elif reason == "backend down":
-        state.metrics.backend_waits.labels(queued.model or "").inc()
+        if waiting:  # (not a failed probe, routed again at once)
+            state.metrics.backend_waits.labels(queued.model or "").inc()
         tracing.event("promptq.backend_wait", **{"promptq.defer_ms": round(delay_s * 1000)})
         tracing.ended("deferred", "backend_down")
     else:

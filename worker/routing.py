@@ -106,11 +106,15 @@ class Router:
         """Some backend of ``model`` has a limit (a call's tokens must be estimated)."""
         return any(b.limit_for(model).any for b, _ in self.serving(model))
 
-    async def route(self, model: str, tokens: int, max_wait_s: float = math.inf) -> Route:
+    async def route(
+        self, model: str, tokens: int, max_wait_s: float = math.inf, falls_back_s: float = math.inf
+    ) -> Route:
         """Choose the backend for one call of about ``tokens``, reserve its budget and wait until it
         falls due. Raises :class:`NoBackendError`, :class:`AllDownError`,
         :class:`LimitTooSmallError` (no backend's TPM limit could ever take the call) or
-        :class:`BudgetWaitTooLongError` (every budget is further than ``max_wait_s``; nothing reserved)."""
+        :class:`BudgetWaitTooLongError` (every budget is further than ``max_wait_s``; nothing reserved).
+        ``falls_back_s``: the job moves to another model once every backend has been down this long
+        (it is then never the scout of this model's probe)."""
         serving = self.serving(model)
         if not serving:
             names = ", ".join(b.name for b in self.backends)
@@ -133,6 +137,7 @@ class Router:
             max_wait_ms=_NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round(max_wait_s * 1000)),
             probe_ms=self.probe_ms,
             pick=random.random(),
+            falls_back_ms=_NO_MAX_WAIT_MS if math.isinf(falls_back_s) else round(falls_back_s * 1000),
             budgets=budgets,
         )
         code, wait_s = int(reply[0]), int(reply[1]) / 1000

@@ -216,7 +216,8 @@ def _backend_lines(backends: list[dict[str, Any]], waiting: int) -> str:
         return ""
     rows = []
     for b in backends:
-        health = "up" if b["up"] else f"DOWN for {b['down_for_s']:g} s (probe in {b['probe_in_s']:g} s)"
+        probe = f"probe in {b['probe_in_s']:g} s" if b["probe_in_s"] else "probe due"
+        health = "up" if b["up"] else f"DOWN for {b['down_for_s']:g} s ({probe})"
         rows.append(f"  {b['name']}: {health}; {b['calls']} call(s), {b['errors']} error(s) since the workers started")
     note = f"; {waiting} job(s) waiting for one" if waiting else ""
     return "\nbackends" + note + ":\n" + "\n".join(rows)

@@ -72,6 +72,7 @@ class JobRequest(BaseModel):
         le=MAX_DEADLINE_S,
         description="seconds from now after which the job is not started any more: it fails `expired`",
     )
+    deadline: float | None = Field(None, gt=0, description="the same as deadline_s, as a Unix time (seconds)")
     fallbacks: list[Annotated[str, StringConstraints(min_length=1, max_length=MODEL_MAX_CHARS)]] | None = Field(
         None,
         max_length=MAX_FALLBACKS,

@@ -291,3 +291,34 @@ async def test_a_streamed_job_streams_from_a_listed_backend(
     text = "".join([e.text async for e in producer.stream(job_id) if e.type == "delta" and e.text])
     r = await producer.wait(job_id, 1)
     assert r.ok and r.backend == "b" and text == r.content == "stream me from b"
+
+
+async def test_a_waiting_job_moves_to_its_fallback_when_the_time_comes_not_a_minute_later(
+    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
+) -> None:
+    a, b = fleet
+    a.configure(outage="503")
+    config = with_backends(
+        worker_config,
+        backend("big", a, "gpt-4o"),
+        backend("small", b, MODEL),
+        circuit=CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30),
+        fallback_after_s=1.5,
+    )
+    moves = await producer.submit("moves on", model="gpt-4o", fallbacks=[MODEL])
+    stays = await producer.submit("a fallback nobody serves", model="gpt-4o", fallbacks=["gpt-9"])
+    worker, main = start_worker(config)
+    try:
+        started = time.monotonic()
+        r = await producer.wait(moves, 10)
+        assert r.ok and (r.model, r.backend) == (MODEL, "small") and time.monotonic() - started < 8
+        await asyncio.sleep(1.5)  # past the time it would move on, were its fallback served
+        for _ in range(50):  # its fallback cannot run: it waits for its own model (read between claims)
+            waiting = await producer.get(stays)
+            if waiting is not None and waiting.status == "queued":
+                break
+            await asyncio.sleep(0.05)
+        assert waiting is not None and waiting.status == "queued" and waiting.error is not None
+        assert waiting.error.type == "backend_down" and waiting.attempts <= 1
+    finally:
+        await stop_worker(worker, main)

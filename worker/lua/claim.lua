@@ -19,6 +19,7 @@
 -- KEYS[3] DELAYED: deferred jobs, by when they are due
 -- KEYS[4] ROUTES: each queued job's priority, place and fairness key
 -- KEYS[5] LEGACY_QUEUE: promptq 0.1's queue
+-- KEYS[6] BACKEND_WAITS: jobs waiting for a backend (a job back in line waits no more)
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), try counters (TRIES_PREFIX), arq's in-progress
 --  markers (IN_PROGRESS_PREFIX), result documents (RESULT_PREFIX).
@@ -79,6 +80,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0,
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, step)) do
   redis.call('ZREM', DELAYED, id)
+  redis.call('ZREM', BACKEND_WAITS, id)
   if back_in_line(id) then promoted = promoted + 1 end
 end
 if redis.call('EXISTS', LEGACY_QUEUE) == 1 then

@@ -16,7 +16,9 @@
 -- ARGV[1] max_wait_ms: reserve nothing when the call could go only later than this
 -- ARGV[2] probe_ms: how long a probe may take (another may go after that)
 -- ARGV[3] pick: a random number from 0 to 1
--- ARGV[4..] budgets: per backend, in the same order: rpm and tpm to space for (0: no limit), the
+-- ARGV[4] falls_back_ms: the job moves to another model once every backend has been down this long
+--  (it is then no scout here)
+-- ARGV[5..] budgets: per backend, in the same order: rpm and tpm to space for (0: no limit), the
 --  call's tokens (0: not counted), its share
 -- Returns {RESERVED, wait ms, backend index, probe 0/1, clean 0/1} (go after wait ms; clean: its
 -- circuit has no failure on record), {NOT_RESERVED, wait ms, backend index} (the soonest budget is
@@ -27,12 +29,13 @@ local now = now_ms()
 -- The n-th key (1 circuit, 2 requests' TAT, 3 tokens' TAT, 4 cool-down) of the i-th backend.
 local function key(i, n) return KEYS[1 + 4 * (i - 1) + n] end
 local max_wait, probe_ms, pick = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local falls_back_ms = tonumber(ARGV[4])
 local ready, total, soonest = {}, 0, nil
 local reopen, reopen_circuit, down_since = nil, nil, 0
 for i = 1, (#KEYS - 1) / 4 do
   local circuit, cooldown = key(i, 1), key(i, 4)
-  local rpm, tpm = tonumber(ARGV[4 * i]), tonumber(ARGV[4 * i + 1])
-  local tokens, share = tonumber(ARGV[4 * i + 2]), tonumber(ARGV[4 * i + 3])
+  local rpm, tpm = tonumber(ARGV[4 * i + 1]), tonumber(ARGV[4 * i + 2])
+  local tokens, share = tonumber(ARGV[4 * i + 3]), tonumber(ARGV[4 * i + 4])
   local c = redis.call('HMGET', circuit, 'fails', 'open_until', 'probe_until', 'opened_at')
   local open_until = tonumber(c[2] or '0')
   local back = math.max(open_until, tonumber(c[3] or '0'))
@@ -64,7 +67,7 @@ end
 if not soonest then
   local scout = 0
   local due = string.format('%d', reopen)
-  if redis.call('HGET', reopen_circuit, 'scout') ~= due then
+  if now - down_since < falls_back_ms and redis.call('HGET', reopen_circuit, 'scout') ~= due then
     redis.call('HSET', reopen_circuit, 'scout', due)
     scout = 1
   end
