@@ -197,7 +197,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "backends.md")
+    parser.add_argument("--outage", choices=("503", "refuse"), help="run this outage once and print it, nothing else")
     args = parser.parse_args()
+    if args.outage:
+        print(run_batch(args.outage))
+        return
     started = time.monotonic()
     outages: list[Outage] = []
     for run in range(args.runs):

@@ -82,6 +82,7 @@ __all__ = [
     "batch_key",
     "batch_of",
     "batch_tally_key",
+    "circuit_failures_key",
     "circuit_key",
     "decode_vector",
     "done_channel",
@@ -147,7 +148,9 @@ LIMIT_KEY_PREFIX: Final = "promptq:limit:"
 (``limit_keys``), kept by the worker's router and limiter."""
 CIRCUIT_KEY_PREFIX: Final = "promptq:circuit:"
 """``promptq:circuit:{backend}``: a backend's circuit breaker (a hash, ``worker/lua/route.lua`` and
-``circuit.lua``): ``fails`` (consecutive retryable failures), and while it is open ``open_until``
+``circuit.lua``): ``fails`` (retryable failures on record: of the calls routed after the
+latest-routed success, kept in ``promptq:circuit:{backend}:fails``), ``ok_at`` (when that success
+was routed, ms), and while it is open ``open_until``
 (ms, Redis time: a probe may go from then on), ``cooldown_ms`` (the latest cool-down), ``opened_at``
 (ms), ``probe_until`` (a probe is out until then) and ``scout`` (the ``open_until`` a waiting job
 was sent back for, to carry the probe). No key: closed, no failure."""
@@ -259,6 +262,11 @@ def limit_keys(backend: str, model: str, scope: str = "") -> tuple[str, str, str
 
 def circuit_key(backend: str) -> str:
     return CIRCUIT_KEY_PREFIX + backend
+
+
+def circuit_failures_key(backend: str) -> str:
+    """The failures a backend's circuit has on record: a sorted set of calls, by when they were routed."""
+    return f"{CIRCUIT_KEY_PREFIX}{backend}:fails"
 
 
 def batch_key(name: str) -> str:

@@ -15,12 +15,14 @@ job. The script is ``worker/lua/circuit.lua``; the key ``promptq_core.contract.c
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import Reply, circuit_key
+from promptq_core.contract import Reply, circuit_failures_key, circuit_key
 from worker.scripts import WorkerScript
 
 __all__ = ["PARK_S", "PROCESSED_MAYBE", "CircuitRules", "Circuits", "Health"]
@@ -65,30 +67,43 @@ class Circuits:
     def __init__(self, redis: Redis, rules: CircuitRules) -> None:
         self.rules = rules
         self._record = WorkerScript(redis, "circuit", rides_out=True)
-        self._failing: set[str] = set()
-        """Backends this worker saw fail since its last success there: the next success is written
-        (it ends the run of failures), even for a call routed while the circuit was clean."""
+        self._failing: dict[str, tuple[int, float]] = {}
+        """Backends this worker saw fail since its last success there: failures in a row, and when
+        the last came (monotonic s). The next success is written (it ends the run of failures), even
+        for a call routed while the circuit was clean."""
 
     def failing_here(self, backend: str) -> bool:
         return backend in self._failing
 
-    async def succeeded(self, backend: str, *, probe: bool) -> Health:
-        health = await self._call(backend, ok=True, probe=probe)
-        self._failing.discard(backend)
+    def down_here(self, backend: str) -> bool:
+        """This worker has just seen ``failures`` failures in a row there (within the first cool-down):
+        a call routed before the shared circuit learnt of them is held back. Jobs a busy worker
+        started together (their calls all routed while the circuit was closed) so send one burst of
+        calls into an outage, not one each."""
+        run = self._failing.get(backend)
+        return run is not None and run[0] >= self.rules.failures and time.monotonic() - run[1] < self.rules.cool_down_s
+
+    async def succeeded(self, backend: str, *, probe: bool, routed_at_ms: int) -> Health:
+        health = await self._call(backend, ok=True, probe=probe, routed_at_ms=routed_at_ms)
+        self._failing.pop(backend, None)
         return health
 
-    async def failed(self, backend: str, *, probe: bool) -> Health:
-        self._failing.add(backend)
-        return await self._call(backend, ok=False, probe=probe)
+    async def failed(self, backend: str, *, probe: bool, routed_at_ms: int) -> Health:
+        run = self._failing.get(backend, (0, 0.0))
+        self._failing[backend] = (run[0] + 1, time.monotonic())  # before the script: the next call sees it
+        return await self._call(backend, ok=False, probe=probe, routed_at_ms=routed_at_ms)
 
-    async def _call(self, backend: str, *, ok: bool, probe: bool) -> Health:
+    async def _call(self, backend: str, *, ok: bool, probe: bool, routed_at_ms: int) -> Health:
         reply: Any = await self._record(
             circuit=circuit_key(backend),
+            failures=circuit_failures_key(backend),
             ok="1" if ok else "0",
             probe="1" if probe else "0",
-            failures=self.rules.failures,
+            failures_to_open=self.rules.failures,
             cool_down_ms=max(1, round(self.rules.cool_down_s * 1000)),
             max_cool_down_ms=max(1, round(self.rules.max_cool_down_s * 1000)),
+            routed_at=routed_at_ms,
+            call=secrets.token_hex(8),
         )
         code = int(reply[0])
         if code == Reply.CIRCUIT_OPEN:

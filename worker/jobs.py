@@ -183,6 +183,8 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
         log.debug("job.budget_waited", waited_ms=round(route.waited_s * 1000))
         tracing.event("promptq.rate_limit_wait", **{"promptq.wait_ms": round(route.waited_s * 1000)})
         state.metrics.budget_wait.labels(base.model).inc(route.waited_s)
+    if not route.probe and state.circuits.down_here(route.backend.name):  # it failed since the route: again
+        return Release(_released(base), "backend down")
     on_delta = None
     if job.stream:
         writer = state.streams.writer(job.job_id)
@@ -197,7 +199,7 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
             state.metrics.rate_limited.labels(base.model).inc()
             await state.router.cool_down(route.backend, base.model, error.retry_after_s or 1.0)
         if error.retryable and error.type != "rate_limited":  # enough of these in a row open its circuit
-            health = await state.circuits.failed(route.backend.name, probe=route.probe)
+            health = await state.circuits.failed(route.backend.name, probe=route.probe, routed_at_ms=route.routed_at_ms)
             state.metrics.backend_health(route.backend.name, up=not health.open)
             if route.probe and error.type not in PROCESSED_MAYBE:  # known down: no try spent, routed again
                 return Release(_released(base, error), "backend down")
@@ -247,7 +249,7 @@ async def _answered(state: WorkerState, route: Route) -> None:
     """The backend answered: its circuit closes (written only when it had failures on record when
     the call was routed, or this worker saw one since, or this was its probe)."""
     if route.probe or not route.clean or state.circuits.failing_here(route.backend.name):
-        health = await state.circuits.succeeded(route.backend.name, probe=route.probe)
+        health = await state.circuits.succeeded(route.backend.name, probe=route.probe, routed_at_ms=route.routed_at_ms)
         state.metrics.backend_health(route.backend.name, up=True)
         if health.recovered:
             log.info("backend.recovered", backend=route.backend.name, jobs_woken=health.woken)

@@ -75,6 +75,8 @@ class Route:
     """The call is the probe of an open circuit: how it ends closes or opens it again."""
     clean: bool
     """The backend's circuit had no failure on record (a success need not be written)."""
+    routed_at_ms: int = 0
+    """When it was routed (ms, Redis time): the circuit orders calls by it."""
 
 
 class Router:
@@ -148,7 +150,9 @@ class Router:
         backend, own = fits[int(reply[2]) - 1]
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-        return Route(backend, own, wait_s, probe=int(reply[3]) == 1, clean=int(reply[4]) == 1)
+        return Route(
+            backend, own, wait_s, probe=int(reply[3]) == 1, clean=int(reply[4]) == 1, routed_at_ms=int(reply[5])
+        )
 
     async def settle(self, backend: Backend, model: str, estimated: int, used: int) -> None:
         """Move the backend's token budget for ``model`` by what the call used beyond its estimate."""

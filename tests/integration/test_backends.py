@@ -49,6 +49,15 @@ def with_backends(config: WorkerConfig, *backends: Backend, **changes: Any) -> W
     return dataclasses.replace(config, backends=backends, **changes)
 
 
+def big_down_small_up(config: WorkerConfig, fleet: list[Simulator], **changes: Any) -> WorkerConfig:
+    """``gpt-4o`` on the first simulator, down (its circuit opens at the first failure, for 30 s);
+    ``gpt-4o-mini`` on the second, up."""
+    a, b = fleet
+    a.configure(outage="503")
+    slow_probe = CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30)
+    return with_backends(config, backend("big", a, "gpt-4o"), backend("small", b, MODEL), circuit=slow_probe, **changes)
+
+
 async def results(producer: Producer, ids: list[str]) -> list[JobResult]:
     found = await producer.get_many(ids)
     assert all(r is not None for r in found)
@@ -177,16 +186,8 @@ async def test_a_job_waiting_for_a_down_backend_expires_at_its_deadline(
 async def test_a_job_moves_to_its_fallback_model_when_its_own_stays_down(
     producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
 ) -> None:
-    a, b = fleet
-    a.configure(outage="503")
-    config = with_backends(
-        worker_config,
-        backend("big", a, "gpt-4o"),
-        backend("small", b, MODEL),
-        circuit=CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30),
-        fallbacks={"gpt-4o": (MODEL,)},
-        fallback_after_s=0,
-    )
+    a, _ = fleet
+    config = big_down_small_up(worker_config, fleet, fallbacks={"gpt-4o": (MODEL,)}, fallback_after_s=0)
     by_fleet = await producer.submit("fleet fallback", model="gpt-4o")
     own = await producer.submit("own fallback", model="gpt-4o", fallbacks=[MODEL], job_id="own")
     await run_burst(config)
@@ -296,15 +297,7 @@ async def test_a_streamed_job_streams_from_a_listed_backend(
 async def test_a_waiting_job_moves_to_its_fallback_when_the_time_comes_not_a_minute_later(
     producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
 ) -> None:
-    a, b = fleet
-    a.configure(outage="503")
-    config = with_backends(
-        worker_config,
-        backend("big", a, "gpt-4o"),
-        backend("small", b, MODEL),
-        circuit=CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30),
-        fallback_after_s=1.5,
-    )
+    config = big_down_small_up(worker_config, fleet, fallback_after_s=1.5)
     moves = await producer.submit("moves on", model="gpt-4o", fallbacks=[MODEL])
     stays = await producer.submit("a fallback nobody serves", model="gpt-4o", fallbacks=["gpt-9"])
     worker, main = start_worker(config)

@@ -1,29 +1,42 @@
 #!lua flags=allow-oom
 -- circuit: record how a call to a backend ended, in its circuit breaker, shared by every worker.
--- A success closes the circuit (and forgets its failures); when it was open, every job waiting for a
--- backend is due at once (and idle workers are woken on WAKE). A retryable failure (not a 429) counts: `failures` in a row open it for
--- `cool_down_ms`. While it is open, only the probe's failure counts: it opens again for twice the
--- last cool-down (at most `max_cool_down_ms`). A failure of a call sent before the circuit opened
--- changes nothing.
--- KEYS[1] circuit: the backend's circuit (a hash: fails, open_until, cooldown_ms, opened_at,
+-- "In a row" is in the order the calls were routed (Redis time), not the order their answers came:
+-- the failures on record are those of calls routed after the latest-routed success. A success
+-- forgets the failures of calls routed before it; a failure of a call routed before the latest
+-- success is stale (the backend answered since). `failures` failures on record open the circuit
+-- for `cool_down_ms`. While it is open, only the probe counts: its success closes the circuit, and
+-- every job waiting for a backend is due at once (idle workers are woken on WAKE); its failure opens
+-- it again for twice the last cool-down (at most `max_cool_down_ms`). The answers of calls routed
+-- before it opened (in flight then) change nothing.
+-- KEYS[1] circuit: the backend's circuit (a hash: fails, ok_at, open_until, cooldown_ms, opened_at,
 --  probe_until, scout)
--- KEYS[2] DELAYED: deferred jobs, by when they are due
--- KEYS[3] BACKEND_WAITS: jobs waiting for a backend
--- KEYS[4] RECOVERIES: how many circuits have closed after being open
--- ARGV[1] ok: '1' the call succeeded, '0' it failed with a retryable error
+-- KEYS[2] failures: the failures on record (a sorted set of calls, by when they were routed)
+-- KEYS[3] DELAYED: deferred jobs, by when they are due
+-- KEYS[4] BACKEND_WAITS: jobs waiting for a backend
+-- KEYS[5] RECOVERIES: how many circuits have closed after being open
+-- ARGV[1] ok: '1' the call succeeded (or the backend answered), '0' it failed with a retryable error
 -- ARGV[2] probe: '1' the call was the probe
--- ARGV[3] failures: failures in a row that open the circuit
+-- ARGV[3] failures_to_open: failures on record that open the circuit
 -- ARGV[4] cool_down_ms: the first cool-down
 -- ARGV[5] max_cool_down_ms
+-- ARGV[6] routed_at: when the call was routed (ms, Redis time: route.lua's answer)
+-- ARGV[7] call: the call's id (unique)
 -- Returns {CIRCUIT_CLOSED, 0, 0}, {CIRCUIT_RECOVERED, 0, jobs made due}, or {CIRCUIT_OPEN, ms until a
 -- probe may go, 0}.
 --!include clock
 local now = now_ms()
-local c = redis.call('HMGET', KEYS[1], 'open_until', 'cooldown_ms')
-local open_until = tonumber(c[1] or '0')
-if ARGV[1] == '1' then
-  redis.call('DEL', KEYS[1])
-  if open_until == 0 then return {CIRCUIT_CLOSED, 0, 0} end
+local routed, probe = tonumber(ARGV[6]), ARGV[2] == '1'
+local c = redis.call('HMGET', KEYS[1], 'open_until', 'cooldown_ms', 'ok_at', 'opened_at')
+local open_until, ok_at = tonumber(c[1] or '0'), tonumber(c[3] or '0')
+if open_until > 0 then
+  if not probe then return {CIRCUIT_OPEN, math.max(open_until - now, 0), 0} end  -- sent before it opened
+  if ARGV[1] == '0' then
+    local cool = math.min(tonumber(c[2] or ARGV[4]) * 2, tonumber(ARGV[5]))
+    local due = string.format('%d', now + cool)
+    redis.call('HSET', KEYS[1], 'open_until', due, 'cooldown_ms', cool, 'probe_until', '0')
+    return {CIRCUIT_OPEN, cool, 0}
+  end
+  redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('INCR', RECOVERIES)
   local waiting = redis.call('ZRANGE', BACKEND_WAITS, 0, -1)
   for _, id in ipairs(waiting) do redis.call('ZADD', DELAYED, 'XX', now, id) end
@@ -31,17 +44,21 @@ if ARGV[1] == '1' then
   redis.call('PUBLISH', WAKE, '1')
   return {CIRCUIT_RECOVERED, 0, #waiting}
 end
-if open_until == 0 then
-  if redis.call('HINCRBY', KEYS[1], 'fails', 1) < tonumber(ARGV[3]) then return {CIRCUIT_CLOSED, 0, 0} end
-  local cool = tonumber(ARGV[4])
-  redis.call('HSET', KEYS[1], 'open_until', string.format('%d', now + cool), 'cooldown_ms', cool,
-    'opened_at', string.format('%d', now))
-  return {CIRCUIT_OPEN, cool, 0}
+if ARGV[1] == '1' then
+  if routed > ok_at then
+    redis.call('HSET', KEYS[1], 'ok_at', string.format('%d', routed))
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', routed)
+    if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('HDEL', KEYS[1], 'fails') end
+  end
+  return {CIRCUIT_CLOSED, 0, 0}
 end
-if ARGV[2] == '1' then
-  local cool = math.min(tonumber(c[2] or ARGV[4]) * 2, tonumber(ARGV[5]))
-  local due = string.format('%d', now + cool)
-  redis.call('HSET', KEYS[1], 'open_until', due, 'cooldown_ms', cool, 'probe_until', '0')
-  return {CIRCUIT_OPEN, cool, 0}
-end
-return {CIRCUIT_OPEN, math.max(open_until - now, 0), 0}
+if routed <= ok_at then return {CIRCUIT_CLOSED, 0, 0} end  -- stale: a call routed after it succeeded
+redis.call('ZADD', KEYS[2], routed, ARGV[7])
+local fails = redis.call('ZCARD', KEYS[2])
+redis.call('HSET', KEYS[1], 'fails', fails)
+if fails < tonumber(ARGV[3]) then return {CIRCUIT_CLOSED, 0, 0} end
+local cool = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'open_until', string.format('%d', now + cool), 'cooldown_ms', cool,
+  'opened_at', string.format('%d', now))
+redis.call('DEL', KEYS[2])
+return {CIRCUIT_OPEN, cool, 0}

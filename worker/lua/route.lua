@@ -20,8 +20,8 @@
 --  (it is then no scout here)
 -- ARGV[5..] budgets: per backend, in the same order: rpm and tpm to space for (0: no limit), the
 --  call's tokens (0: not counted), its share
--- Returns {RESERVED, wait ms, backend index, probe 0/1, clean 0/1} (go after wait ms; clean: its
--- circuit has no failure on record), {NOT_RESERVED, wait ms, backend index} (the soonest budget is
+-- Returns {RESERVED, wait ms, backend index, probe 0/1, clean 0/1, now ms} (go after wait ms; clean:
+-- its circuit has no failure on record; now: when it was routed, for circuit.lua), {NOT_RESERVED, wait ms, backend index} (the soonest budget is
 -- past max_wait_ms), or {ALL_DOWN, wait ms until a probe may go, 0, scout 0/1, ms every backend has
 -- been down, the RECOVERIES count now (for defer: a recovery since then means no wait)}.
 --!include clock
@@ -97,4 +97,4 @@ end
 if chosen.probe then
   redis.call('HSET', key(chosen.i, 1), 'probe_until', string.format('%d', now + wait + probe_ms))
 end
-return {RESERVED, wait, chosen.i, chosen.probe and 1 or 0, chosen.clean and 1 or 0}
+return {RESERVED, wait, chosen.i, chosen.probe and 1 or 0, chosen.clean and 1 or 0, now}
