@@ -198,12 +198,13 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
             state.metrics.rate_limited.labels(base.model).inc()
             await state.router.cool_down(route.backend, base.model, error.retry_after_s or 1.0)
-        if error.retryable and error.type != "rate_limited":  # enough of these in a row open its circuit
+            await _settled_after_call(_answered(state, route))  # the backend answered: it is up
+        elif error.retryable:  # enough of these in a row open its circuit
             health = await state.circuits.failed(route.backend.name, probe=route.probe, routed_at_ms=route.routed_at_ms)
             state.metrics.backend_health(route.backend.name, up=not health.open)
             if route.probe and error.type not in PROCESSED_MAYBE:  # known down: no try spent, routed again
                 return Release(_released(base, error), "backend down")
-        else:  # the backend answered (a 429, or an error of the job's own): it is up
+        else:  # an error of the job's own (400, 401...): the backend answered, it is up
             await _settled_after_call(_answered(state, route))
         if error.retryable and base.attempts < config.max_tries:
             queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))

@@ -75,7 +75,7 @@ class Route:
     """The call is the probe of an open circuit: how it ends closes or opens it again."""
     clean: bool
     """The backend's circuit had no failure on record (a success need not be written)."""
-    routed_at_ms: int = 0
+    routed_at_ms: int
     """When it was routed (ms, Redis time): the circuit orders calls by it."""
 
 
@@ -136,10 +136,10 @@ class Router:
             budgets.append(_share(limit) * backend.weight)
         reply: Any = await self._route(
             backend_keys=keys,
-            max_wait_ms=_NO_MAX_WAIT_MS if math.isinf(max_wait_s) else max(0, round(max_wait_s * 1000)),
+            max_wait_ms=_ms(max_wait_s),
             probe_ms=self.probe_ms,
             pick=random.random(),
-            falls_back_ms=_NO_MAX_WAIT_MS if math.isinf(falls_back_s) else round(falls_back_s * 1000),
+            falls_back_ms=_ms(falls_back_s),
             budgets=budgets,
         )
         code, wait_s = int(reply[0]), int(reply[1]) / 1000
@@ -164,6 +164,11 @@ class Router:
         """Pause every worker's calls to ``model`` on ``backend`` for ``seconds`` (a 429 or the server's
         headers said so); a longer cool-down already running is kept."""
         await self._cool_down(cooldown=self.keys(backend, model)[2], ms=max(1, round(seconds * 1000)))
+
+
+def _ms(seconds: float) -> int:
+    """A bound in seconds as the scripts take it: ms, or ``_NO_MAX_WAIT_MS`` for none."""
+    return _NO_MAX_WAIT_MS if math.isinf(seconds) else max(0, round(seconds * 1000))
 
 
 def _share(limit: Limit) -> float:

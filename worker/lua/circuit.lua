@@ -26,7 +26,7 @@
 --!include clock
 local now = now_ms()
 local routed, probe = tonumber(ARGV[6]), ARGV[2] == '1'
-local c = redis.call('HMGET', KEYS[1], 'open_until', 'cooldown_ms', 'ok_at', 'opened_at')
+local c = redis.call('HMGET', KEYS[1], 'open_until', 'cooldown_ms', 'ok_at')
 local open_until, ok_at = tonumber(c[1] or '0'), tonumber(c[3] or '0')
 if open_until > 0 then
   if not probe then return {CIRCUIT_OPEN, math.max(open_until - now, 0), 0} end  -- sent before it opened

@@ -74,15 +74,11 @@ if not soonest then
   return {ALL_DOWN, reopen - now, 0, scout, now - down_since, tonumber(redis.call('GET', RECOVERIES) or '0')}
 end
 local chosen = soonest
-if #ready > 1 then
-  local point = pick * total
-  for _, candidate in ipairs(ready) do
-    chosen = candidate
-    point = point - candidate.share
-    if point < 0 then break end
-  end
-elseif #ready == 1 then
-  chosen = ready[1]
+local point = pick * total
+for _, candidate in ipairs(ready) do
+  chosen = candidate
+  point = point - candidate.share
+  if point < 0 then break end
 end
 local wait = math.ceil(chosen.at - now)
 if wait > max_wait then return {NOT_RESERVED, wait, chosen.i} end
