@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits bench-tracing bench-backends redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster redis browser api openapi screenshot sim worker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-limits: $(STAMP) redis
 # (about 10 minutes).
 bench-backends: $(STAMP) redis
 	$(PY) -m bench.backends --out bench/backends.md
+
+# Four named queues on one Redis and on a local Redis Cluster (3 primaries + 3 replicas), the same
+# run; writes bench/cluster.md (3 runs each: about 3 minutes).
+bench-cluster: $(STAMP) redis
+	$(PY) -m bench.cluster --out bench/cluster.md
 
 # The worker's CPU per job with traces off and on (OTLP export to a local receiver); writes
 # bench/tracing.md (about 3 minutes; 7 runs).

@@ -26,7 +26,7 @@ import redis
 
 from devtools.stack import ROOT, RedisServer, Simulator, Worker
 from producer import Producer
-from promptq_core.contract import DELAYED_SET, LEASE_SET, LEVELS_KEY
+from promptq_core.contract import DELAYED, LEASES, LEVELS, queue_keys
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -133,7 +133,10 @@ def batch_submit(rows: list[Row], runs: int, n: int) -> None:
             per_job.append((int(_info(client, "memory")["used_memory"]) - before) / n)
             with Simulator() as sim, Worker(worker_env(server.url, sim, PROMPTQ_MAX_JOBS="200")):
                 deadline = time.monotonic() + 120
-                while client.exists(LEVELS_KEY, LEASE_SET, DELAYED_SET) and time.monotonic() < deadline:
+                while (
+                    client.exists(queue_keys().key(LEVELS), queue_keys().key(LEASES), queue_keys().key(DELAYED))
+                    and time.monotonic() < deadline
+                ):
                     time.sleep(0.2)
                 time.sleep(1)
             per_result.append((int(_info(client, "memory")["used_memory"]) - before) / n)

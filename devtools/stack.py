@@ -24,6 +24,7 @@ from urllib.request import Request, urlopen
 
 import redis
 
+from promptq_core.connect import sync_client
 from sim.behaviour import SimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +41,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CLUSTER_BUS_OFFSET = 10_000
+"""A cluster node also listens on its port plus this (the cluster bus)."""
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port is free too (and below 65536)."""
+    for _ in range(1000):
+        port = 20_000 + int.from_bytes(os.urandom(2), "big") % 30_000
+        try:
+            for candidate in (port, port + CLUSTER_BUS_OFFSET):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
 def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    """A Redis (or a Sentinel's primary, or a Cluster) answers at ``url``."""
+    client = None
     try:
+        client = sync_client(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)  # (a Cluster: connects)
         return bool(client.ping())
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
         return False
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def wait_until(check: object, timeout_s: float, what: str, interval_s: float = 0.02) -> None:
@@ -232,6 +254,118 @@ class SentinelSet:
         self.stop()
 
 
+class ClusterSet:
+    """A Redis Cluster of throw-away servers (``redis-server --cluster-enabled yes``): three primaries
+    with a replica each unless told, made with ``redis-cli --cluster create``; ``url`` is the
+    ``redis+cluster://`` URL promptq takes. ``start`` returns once every node agrees on the map and
+    every replica is in sync: a failover before then could lose writes."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+        self.primaries, self.replicas, self.node_timeout_ms = primaries, replicas, node_timeout_ms
+        self.servers: list[RedisServer] = []
+        self.url = ""
+
+    def start(self) -> Self:
+        for _ in range(self.primaries * (1 + self.replicas)):
+            port = cluster_port()
+            server = RedisServer(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                port=port,
+            )
+            self.servers.append(server.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed")
+        nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(self._settled, 60, "the cluster's nodes agreeing, every replica in sync")
+        self.url = "redis+cluster://" + ",".join(nodes[:2])
+        return self
+
+    def _settled(self) -> bool:
+        views = set()
+        for server in self.servers:
+            client = redis.Redis(port=server.port, socket_timeout=0.5)
+            try:
+                info: Any = _command(client, "CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text:
+                    return False
+                views.add(tuple(sorted(self._primaries_seen(client))))
+                role: Any = client.info("replication")
+                if role.get("role") == "slave" and role.get("master_link_status") != "up":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return len(views) == 1 and len(next(iter(views))) == self.primaries
+
+    @staticmethod
+    def _primaries_seen(client: redis.Redis) -> list[str]:
+        raw: Any = _command(client, "CLUSTER", "NODES")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return [line.split()[1] for line in text.splitlines() if "master" in line.split()[2] and "fail" not in line]
+
+    def primaries_now(self) -> list[RedisServer]:
+        """The servers that are primaries now (after a failover, the promoted replicas)."""
+        found = []
+        for server in self.servers:
+            client = redis.Redis(port=server.port, socket_timeout=0.5)
+            try:
+                role: Any = client.info("replication")
+                if role.get("role") == "master":
+                    found.append(server)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return found
+
+    def node_of(self, key: str) -> RedisServer:
+        """The primary serving the slot of ``key`` now."""
+        for server in self.primaries_now():
+            client = redis.Redis(port=server.port, socket_timeout=0.5)
+            try:
+                slot = int(_command(client, "CLUSTER", "KEYSLOT", key))
+                raw: Any = _command(client, "CLUSTER", "NODES")
+            finally:
+                client.close()
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            for line in text.splitlines():
+                fields = line.split()
+                if "myself" in fields[2] and "master" in fields[2]:
+                    for span in fields[8:]:
+                        low, _, high = span.partition("-")
+                        if low.isdigit() and int(low) <= slot <= int(high or low):
+                            return server
+        raise LookupError(f"no primary serves the slot of {key!r}")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
 class Simulator(Proc):
     """``python -m sim`` on a free port; ``base_url`` is what OPENAI_BASE_URL takes."""
 
@@ -304,3 +438,9 @@ def redis_url_for(url: str) -> Iterator[str]:
         raise SystemExit(NO_REDIS_HELP.format(url=url))
     with RedisServer() as server:
         yield server.url
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    """A raw command (redis-py leaves ``execute_command`` untyped)."""
+    run: Any = client.execute_command
+    return run(*args)

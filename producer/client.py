@@ -74,8 +74,10 @@ class Producer:
     async def submit(self, prompt: str | None = None, **kwargs: Any) -> str:
         """Validate and enqueue one job; return its id.
 
-        Keyword arguments: ``messages`` (instead of ``prompt``), ``model``, ``job_id`` (idempotent:
-        an id already queued, running or finished is returned as is, nothing enqueued), ``metadata``,
+        Keyword arguments: ``messages`` (instead of ``prompt``), ``model``, ``queue`` (the named
+        queue; default the producer's, ``PROMPTQ_QUEUE`` or ``default``), ``job_id`` (idempotent
+        within its queue: an id already queued, running or finished there is returned as is,
+        nothing enqueued), ``metadata``,
         ``priority`` (0 runs first, 9 last; default 5), ``fairness_key`` (jobs under different keys
         take turns at one priority; default: one shared key), ``stream``, and Chat Completions
         parameters (``temperature``, ``max_tokens``, ...).
@@ -90,87 +92,96 @@ class Producer:
         """
         return await self._run(core.submit_many(self._writes, items))
 
-    async def get(self, job_id: str) -> JobResult | None:
-        """The job's result document now, or None for an unknown (or expired) id."""
-        return await self._run(core.get(job_id))
+    async def get(self, job_id: str, *, queue: str | None = None) -> JobResult | None:
+        """The job's result document now, or None for an unknown (or expired) id. Every method
+        that names a job looks for it in ``queue`` (default: the producer's)."""
+        return await self._run(core.get(self._writes.queue(queue), job_id))
 
-    async def get_many(self, job_ids: Iterable[str]) -> list[JobResult | None]:
+    async def get_many(self, job_ids: Iterable[str], *, queue: str | None = None) -> list[JobResult | None]:
         """The result documents of these jobs, in their order (None for an unknown or expired id),
         read a thousand at a time."""
-        return await self._run(core.get_many(job_ids))
+        return await self._run(core.get_many(self._writes.queue(queue), job_ids))
 
-    async def known(self, job_ids: Iterable[str]) -> int:
+    async def known(self, job_ids: Iterable[str], *, queue: str | None = None) -> int:
         """How many of these jobs exist (queued, running, or ended with a result not yet expired)."""
-        return await self._run(core.known(job_ids))
+        return await self._run(core.known(self._writes.queue(queue), job_ids))
 
-    async def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:  # noqa: ASYNC109
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT_S,  # noqa: ASYNC109
+        *,
+        queue: str | None = None,
+    ) -> JobResult:
         """Return the result once its status is terminal; raise ``TimeoutError`` after ``timeout`` s."""
         deadline = Deadline(job_id, timeout)
+        keys = self._writes.queue(queue)
         with redis_errors(self.config.redis_url):
-            async with self._watcher.watching(job_id) as done:  # subscribed before the first read
-                result = core.parse(done.first) if done.read else await self.get(job_id)
+            async with self._watcher.watching(keys, job_id) as done:  # subscribed before the first read
+                result = core.parse(done.first) if done.read else await self.get(job_id, queue=keys.name)
                 while (delay_s := deadline.sleep_s(result)) is not None:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay_s):
                             await done.event.wait()
                     done.event.clear()
-                    result = done.final or await self.get(job_id)  # the message carries the document
+                    result = done.final or await self.get(job_id, queue=keys.name)  # the message carries the document
         assert result is not None
         return result
 
-    async def open_batch(self, name: str, total: int) -> None:
-        """Start counting a batch of ``total`` jobs (ids ``{name}:...``) before submitting them:
-        the dashboard shows its progress once its manifest is saved (``save_manifest``)."""
-        await self._run(core.open_batch(self._writes, name, total))
+    async def open_batch(self, name: str, total: int, *, queue: str | None = None) -> None:
+        """Start counting a batch of ``total`` jobs (ids ``{name}:...``, in ``queue``) before
+        submitting them: the dashboard shows its progress once its manifest is saved
+        (``save_manifest``)."""
+        await self._run(core.open_batch(self._writes, self._writes.queue(queue), name, total))
 
-    async def save_manifest(self, name: str, manifest: str) -> None:
-        """Keep a batch's manifest (JSON: its name and its ``[custom_id, job_id]`` items) under
-        ``promptq:batch:{name}`` as long as its jobs' documents live."""
-        await self._run(core.save_manifest(self._writes, name, manifest))
+    async def save_manifest(self, name: str, manifest: str, *, queue: str | None = None) -> None:
+        """Keep a batch's manifest (JSON: its name and its ``[custom_id, job_id]`` items) in its
+        queue as long as its jobs' documents live."""
+        await self._run(core.save_manifest(self._writes, self._writes.queue(queue), name, manifest))
 
-    async def manifest(self, name: str) -> str | None:
+    async def manifest(self, name: str, *, queue: str | None = None) -> str | None:
         """A batch's manifest as saved, or None (never saved, or expired)."""
-        return await self._run(core.manifest(name))
+        return await self._run(core.manifest(self._writes.queue(queue), name))
 
-    async def depths(self) -> QueueDepths:
-        """How many jobs wait where, for the whole fleet: ready per priority and fairness key,
-        running, deferred for a retry, failed."""
-        return await self._run(core.depths())
+    async def depths(self, *, queue: str | None = None) -> QueueDepths:
+        """How many jobs wait where in ``queue`` (default: the producer's): ready per priority and
+        fairness key, running, deferred for a retry, failed."""
+        return await self._run(core.depths(self._writes.queue(queue)))
 
-    async def overview(self) -> Overview:
-        """The fleet at a glance, as the dashboard shows it: the queue per priority and fairness
-        key, the workers, the last 15 minutes (jobs, latency, tokens and cost per model), the
-        batches' progress and the newest failures."""
-        return await self._run(core.overview())
+    async def overview(self, *, queue: str | None = None) -> Overview:
+        """The queue and the fleet at a glance, as the dashboard shows them: the queue per
+        priority and fairness key, the workers, the last 15 minutes (jobs, latency, tokens and cost
+        per model), the batches' progress and the newest failures."""
+        return await self._run(core.overview(self._writes.queue(queue)))
 
-    async def failed(self, limit: int = 100) -> list[JobResult]:
+    async def failed(self, limit: int = 100, *, queue: str | None = None) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""
-        return await self._run(core.failed(limit))
+        return await self._run(core.failed(self._writes.queue(queue), limit))
 
-    async def retry(self, job_id: str) -> str:
-        """Put a failed job back in the queue (same id, same request, tries counted afresh).
+    async def retry(self, job_id: str, *, queue: str | None = None) -> str:
+        """Put a failed job back in its queue (same id, same request, tries counted afresh).
 
         Raises :class:`RetryRefusedError` (a ``ValueError``) if the job is not failed or its request
         has expired. Retrying an id twice queues it once.
         """
-        return await self._run(core.retry(self._writes, job_id))
+        return await self._run(core.retry(self._writes, self._writes.queue(queue), job_id))
 
-    async def cancel(self, job_id: str) -> Cancellation:
+    async def cancel(self, job_id: str, *, queue: str | None = None) -> Cancellation:
         """Cancel a job: a queued one never writes the API, a running one has its request stopped;
         its status becomes ``cancelled`` and it is not retried. A finished or unknown job is left
         as it is (``Cancellation.cancelled`` is False and its ``message`` says why)."""
-        return await self._run(core.cancel(job_id))
+        return await self._run(core.cancel(self._writes.queue(queue), job_id))
 
     async def ping(self) -> bool:
         """Whether Redis answers (:class:`QueueUnavailableError` when it does not)."""
         return await self._run(core.ping())
 
-    async def stream(self, job_id: str, after: str = "0") -> AsyncIterator[StreamEvent]:
+    async def stream(self, job_id: str, after: str = "0", *, queue: str | None = None) -> AsyncIterator[StreamEvent]:
         """The job's events as they come: ``delta`` (a piece of the answer), ``restart`` (a retry
         begins: drop the text so far) and, last, ``done`` with the final result. Replays what was
         written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
         without ``stream=True`` yields only its ``done`` event."""
-        cursor = StreamCursor(job_id, after)
+        cursor = StreamCursor(self._writes.queue(queue), job_id, after)
         while not cursor.finished:
             for event in await self._run(core.stream_read(cursor)):
                 yield event

@@ -6,7 +6,7 @@ eviction guard reads) and is sent back each step's reply; it *returns* the metho
 that (and :func:`advance` is their whole loop).
 
     def get(job_id):                       # a method of the core
-        raw = yield Command("get", result_key(job_id))
+        raw = yield Command("get", queue.result(job_id))
         return parse(raw)
 
 Only ``wait`` is not here: each driver waits for the done message its own way (see
@@ -22,11 +22,19 @@ from typing import Any, TypeVar
 
 from producer.errors import JobNotFoundError, RetryRefusedError
 from producer.notify import FALLBACK_POLL_S, READ_CHUNK
-from producer.overview import OVERVIEW_BATCHES, OVERVIEW_FAILURES, OVERVIEW_MINUTES, SCAN_MAX, Overview
+from producer.overview import (
+    OVERVIEW_BACKENDS,
+    OVERVIEW_BATCHES,
+    OVERVIEW_FAILURES,
+    OVERVIEW_MINUTES,
+    SCAN_MAX,
+    Overview,
+    backends_named,
+)
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, QueueDepths, StreamEvent
 from producer.writes import Bound, Writes
-from promptq_core.contract import FAILED_SET, JobResult, Reply, as_text, batch_key, batch_tally_key, result_key
+from promptq_core.contract import FAILED, JobResult, QueueKeys, Reply, as_text, circuit_key
 from promptq_core.scripts import Value, script
 from promptq_core.validation import valid_batch_name
 
@@ -42,7 +50,7 @@ __all__ = [
     "Step",
 ]
 
-SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths", "overview", "open_batch")
+SCRIPTS = ("submit", "submit_many", "retry", "cancel", "depths", "overview", "fleet", "open_batch")
 """The Lua scripts a producer runs (``producer/lua/``, and ``depths`` from the core), registered once per producer."""
 CANCEL_ATTEMPTS = 20
 """Times ``cancel`` reads again when the document changes under it (a worker starting the job)."""
@@ -128,10 +136,10 @@ def submit_many(writes: Writes, items: Iterable[str | Mapping[str, Any]]) -> Op[
     return [job.job_id for job in jobs]
 
 
-def retry(writes: Writes, job_id: str) -> Op[str]:
+def retry(writes: Writes, queue: QueueKeys, job_id: str) -> Op[str]:
     yield from _guard_once(writes)
-    doc, record = yield Command.of("mget", Writes.retry_reads(job_id))
-    call = writes.retry(job_id, doc, record, time.time())
+    doc, record = yield Command.of("mget", Writes.retry_reads(queue, job_id))
+    call = writes.retry(queue, job_id, doc, record, time.time())
     outcome = _confirmed(writes, (yield _write(writes, "retry", call)))
     if (outcome := as_text(outcome)) == Reply.NO_DOCUMENT:  # a race lost to expiry or to another retry
         raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
@@ -140,10 +148,10 @@ def retry(writes: Writes, job_id: str) -> Op[str]:
     return job_id
 
 
-def cancel(job_id: str) -> Op[Cancellation]:
+def cancel(queue: QueueKeys, job_id: str) -> Op[Cancellation]:
     for _ in range(CANCEL_ATTEMPTS):
-        doc = yield Command.of("get", result_key(job_id))
-        call = Writes.cancel(job_id, doc, time.time())
+        doc = yield Command.of("get", queue.result(job_id))
+        call = Writes.cancel(queue, job_id, doc, time.time())
         if isinstance(call, Cancellation):
             return call
         (keys, args), cancelled = call
@@ -154,71 +162,79 @@ def cancel(job_id: str) -> Op[Cancellation]:
 
 
 # -- reads ----------------------------------------------------------------------------------------
-def get(job_id: str) -> Op[JobResult | None]:
-    return parse((yield Command.of("get", result_key(job_id))))
+def get(queue: QueueKeys, job_id: str) -> Op[JobResult | None]:
+    return parse((yield Command.of("get", queue.result(job_id))))
 
 
-def _document_keys(job_ids: Iterable[str]) -> Iterator[list[str]]:
+def _document_keys(queue: QueueKeys, job_ids: Iterable[str]) -> Iterator[list[str]]:
     """The jobs' document keys, ``READ_CHUNK`` to a command."""
-    keys = [result_key(i) for i in job_ids]
+    keys = [queue.result(i) for i in job_ids]
     for start in range(0, len(keys), READ_CHUNK):
         yield keys[start : start + READ_CHUNK]
 
 
-def get_many(job_ids: Iterable[str]) -> Op[list[JobResult | None]]:
+def get_many(queue: QueueKeys, job_ids: Iterable[str]) -> Op[list[JobResult | None]]:
     results: list[JobResult | None] = []
-    for keys in _document_keys(job_ids):
+    for keys in _document_keys(queue, job_ids):
         results += map(parse, (yield Command.of("mget", keys)))
     return results
 
 
-def known(job_ids: Iterable[str]) -> Op[int]:
+def known(queue: QueueKeys, job_ids: Iterable[str]) -> Op[int]:
     found = 0
-    for keys in _document_keys(job_ids):
+    for keys in _document_keys(queue, job_ids):
         found += yield Command.of("exists", *keys)
     return found
 
 
-def save_manifest(writes: Writes, name: str, manifest: str) -> Op[None]:
+def save_manifest(writes: Writes, queue: QueueKeys, name: str, manifest: str) -> Op[None]:
     yield from _guard_once(writes)
-    yield Command.of("set", batch_key(name), manifest, px=writes.queued_ttl_ms)
+    yield Command.of("set", queue.batch(name), manifest, px=writes.queued_ttl_ms)
 
 
-def open_batch(writes: Writes, name: str, total: int) -> Op[None]:
+def open_batch(writes: Writes, queue: QueueKeys, name: str, total: int) -> Op[None]:
     valid_batch_name(name)
     yield from _guard_once(writes)
     keys, args = script("open_batch").bind(
-        tally=batch_tally_key(name), name=name, total=int(total), ttl_ms=writes.queued_ttl_ms
+        queue, tally=queue.batch_tally(name), name=name, total=int(total), ttl_ms=writes.queued_ttl_ms
     )
     yield Script("open_batch", keys, args)
 
 
-def manifest(name: str) -> Op[str | None]:
-    raw = yield Command.of("get", batch_key(name))
+def manifest(queue: QueueKeys, name: str) -> Op[str | None]:
+    raw = yield Command.of("get", queue.batch(name))
     return None if raw is None else as_text(raw)
 
 
-def depths() -> Op[QueueDepths]:
-    keys, args = script("depths").bind(keys_max=DEPTHS_KEYS_MAX)
+def depths(queue: QueueKeys) -> Op[QueueDepths]:
+    keys, args = script("depths").bind(queue, keys_max=DEPTHS_KEYS_MAX)
     reply, _ = yield Script("depths", keys, args)
-    return QueueDepths.from_reply(reply)
+    return QueueDepths.from_reply(reply, queue.name)
 
 
-def failed(limit: int) -> Op[list[JobResult]]:
+def failed(queue: QueueKeys, limit: int) -> Op[list[JobResult]]:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
-    ids = yield Command.of("zrevrange", FAILED_SET, 0, limit - 1)
-    results = (yield from get_many(i.decode() for i in ids)) if ids else []
+    ids = yield Command.of("zrevrange", queue.key(FAILED), 0, limit - 1)
+    results = (yield from get_many(queue, (i.decode() for i in ids))) if ids else []
     return [r for r in results if r is not None and r.status == "failed"]
 
 
-def overview() -> Op[Overview]:
+def overview(queue: QueueKeys) -> Op[Overview]:
+    """The queue's part (one script in its slot), then the fleet's: the workers (one script in
+    theirs) and the circuits of the backends they name (a read each, in the backends' slot)."""
     keys, args = script("overview").bind(
-        keys_max=DEPTHS_KEYS_MAX, scan_max=SCAN_MAX, minutes=OVERVIEW_MINUTES, batches=OVERVIEW_BATCHES
+        queue, keys_max=DEPTHS_KEYS_MAX, scan_max=SCAN_MAX, minutes=OVERVIEW_MINUTES, batches=OVERVIEW_BATCHES
     )
     reply, _ = yield Script("overview", keys, args)
-    failures = yield from failed(OVERVIEW_FAILURES)
-    return Overview.from_reply(reply, failures)
+    keys, args = script("fleet").bind()
+    workers, _ = yield Script("fleet", keys, args)
+    circuits: list[Any] = []
+    for name in backends_named(workers)[:OVERVIEW_BACKENDS]:
+        state = yield Command.of("hmget", circuit_key(name), "open_until", "opened_at", "fails")
+        circuits += [name, *(v or "0" for v in state)]
+    failures = yield from failed(queue, OVERVIEW_FAILURES)
+    return Overview.from_reply(reply, workers, circuits, failures, queue.name)
 
 
 def ping() -> Op[bool]:

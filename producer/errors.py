@@ -78,6 +78,12 @@ def redis_errors(redis_url: str) -> Iterator[None]:
         raise QueueUnavailableError(refused.format(e)) from e
     except (redis.ConnectionError, redis.TimeoutError) as e:
         raise QueueUnavailableError(f"Redis at {where} is unavailable: {e}") from e
+    except (redis.exceptions.ClusterError, redis.exceptions.TryAgainError) as e:  # a slot without a primary, a moment
+        raise QueueUnavailableError(f"Redis Cluster at {where} is unavailable for a moment: {e}") from e
+    except redis.exceptions.RedisClusterException as e:
+        if "not enabled" in str(e):
+            raise QueueUnavailableError(f"Redis at {where} is not in cluster mode: use REDIS_URL=redis://") from e
+        raise QueueUnavailableError(f"Redis Cluster at {where} is unavailable: {e}") from e
     except redis.exceptions.OutOfMemoryError as e:
         raise QueueFullError(
             f"Redis at {where} is out of memory (maxmemory reached) and refused the write: nothing of this "

@@ -19,7 +19,8 @@ from typing import Any
 import redis.asyncio
 
 from promptq_core.background import REDIS_TROUBLE, Background
-from promptq_core.contract import DONE_CHANNEL_PREFIX, JobResult, as_text, done_channel, result_key
+from promptq_core.connect import pubsub_client
+from promptq_core.contract import JobResult, QueueKeys, as_text
 
 __all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 
@@ -77,7 +78,11 @@ class DoneWatcher:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self._pubsub: Any = None
+        self._source: Any = None
         self._events: dict[str, set[Signal]] = {}
+        """Per done channel (``QueueKeys.done``), the waits on it."""
+        self._docs: dict[str, str] = {}
+        """Per done channel, the key of its job's document."""
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
         self._reader = Background("promptq-done-watcher")
@@ -86,31 +91,34 @@ class DoneWatcher:
         self._resync = False
 
     @contextlib.asynccontextmanager
-    async def watching(self, job_id: str) -> AsyncIterator[Signal]:
+    async def watching(self, queue: QueueKeys, job_id: str) -> AsyncIterator[Signal]:
         """A signal raised whenever the job's channel has a message, subscribed before the block runs."""
         signal = Signal()
-        self._add(job_id, signal)
+        channel = queue.done(job_id)
+        self._docs[channel] = queue.result(job_id)
+        self._add(channel, signal)
         try:
             await self._sync()
             yield signal
         finally:
-            self._remove(job_id, signal)
+            self._remove(channel, signal)
 
-    def _add(self, job_id: str, signal: Signal) -> None:
-        signals = self._events.setdefault(job_id, set())
+    def _add(self, channel: str, signal: Signal) -> None:
+        signals = self._events.setdefault(channel, set())
         signals.add(signal)
         if len(signals) == 1:
-            self._to_unsubscribe.discard(job_id)
-            self._to_subscribe.add(job_id)
+            self._to_unsubscribe.discard(channel)
+            self._to_subscribe.add(channel)
 
-    def _remove(self, job_id: str, signal: Signal) -> None:
-        signals = self._events.get(job_id, set())
+    def _remove(self, channel: str, signal: Signal) -> None:
+        signals = self._events.get(channel, set())
         signals.discard(signal)
         if signals:
             return
-        self._events.pop(job_id, None)
-        self._to_subscribe.discard(job_id)
-        self._to_unsubscribe.add(job_id)
+        self._events.pop(channel, None)
+        self._docs.pop(channel, None)
+        self._to_subscribe.discard(channel)
+        self._to_unsubscribe.add(channel)
         self._unsubscriber.start(self._unsubscribe_all)
 
     async def _unsubscribe_all(self) -> None:
@@ -123,39 +131,45 @@ class DoneWatcher:
         """Send the subscriptions and unsubscriptions asked for so far. When it returns, every
         channel added before the call is subscribed (by this call or by one before it)."""
         async with self._lock:
-            if self._pubsub is None:
-                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            if self._pubsub is None:  # (on a Cluster: through one of its nodes)
+                self._source = await pubsub_client(self.client)
+                self._pubsub = self._source.pubsub(ignore_subscribe_messages=True)
             if gone := self._take(self._to_unsubscribe):
                 with contextlib.suppress(*REDIS_TROUBLE):  # best effort: their jobs publish nothing more
-                    await self._pubsub.unsubscribe(*(done_channel(job_id) for job_id in gone))
+                    await self._pubsub.unsubscribe(*gone)
             if wanted := self._take(self._to_subscribe):
                 try:
-                    await self._pubsub.subscribe(*(done_channel(job_id) for job_id in wanted))
+                    await self._pubsub.subscribe(*wanted)
                 except BaseException:
-                    self._to_subscribe.update(job_id for job_id in wanted if job_id in self._events)
+                    self._to_subscribe.update(channel for channel in wanted if channel in self._events)
                     raise
                 await self._read_first(wanted)
             if self._events:
                 self._reader.start(self._read)
 
-    async def _read_first(self, job_ids: list[str]) -> None:
-        """Read the documents of the waits just subscribed (one MGET a thousand); a failure leaves
-        each wait to read its own."""
-        for start in range(0, len(job_ids), READ_CHUNK):
-            chunk = job_ids[start : start + READ_CHUNK]
-            try:
-                docs = await self.client.mget([result_key(job_id) for job_id in chunk])
-            except REDIS_TROUBLE:
-                return
-            for job_id, doc in zip(chunk, docs, strict=True):
-                for signal in self._events.get(job_id, ()):
-                    if not signal.read:
-                        signal.first = doc
+    async def _read_first(self, channels: list[str]) -> None:
+        """Read the documents of the waits just subscribed (one MGET a thousand, of one queue each:
+        a Cluster wants one slot a command); a failure leaves each wait to read its own."""
+        by_queue: dict[str, list[str]] = {}
+        for channel in channels:
+            if channel in self._docs:  # (its tag: the text up to its first "}")
+                by_queue.setdefault(channel.partition("}")[0], []).append(channel)
+        for same in by_queue.values():
+            for start in range(0, len(same), READ_CHUNK):
+                chunk = same[start : start + READ_CHUNK]
+                try:
+                    docs = await self.client.mget([self._docs[channel] for channel in chunk])
+                except REDIS_TROUBLE:
+                    return
+                for channel, doc in zip(chunk, docs, strict=True):
+                    for signal in self._events.get(channel, ()):
+                        if not signal.read:
+                            signal.first = doc
 
     @staticmethod
-    def _take(job_ids: set[str]) -> list[str]:
-        taken = list(job_ids)
-        job_ids.clear()
+    def _take(channels: set[str]) -> list[str]:
+        taken = list(channels)
+        channels.clear()
         return taken
 
     async def _read(self) -> None:
@@ -171,10 +185,9 @@ class DoneWatcher:
                 self._resync = False
                 self._wake_all()
             if message and message.get("type") == "message":
-                channel = message["channel"]
-                job_id = as_text(channel)[len(DONE_CHANNEL_PREFIX) :]
+                channel = as_text(message["channel"])
                 final = published_result(message["data"])  # parsed once for all its waiters
-                for signal in self._events.get(job_id, ()):
+                for signal in self._events.get(channel, ()):
                     signal.raise_(final)
 
     def _wake_all(self) -> None:
@@ -188,3 +201,5 @@ class DoneWatcher:
         if self._pubsub is not None:
             with contextlib.suppress(*REDIS_TROUBLE):
                 await self._pubsub.aclose()
+                if self._source is not self.client:
+                    await self._source.aclose()

@@ -1,8 +1,9 @@
-"""The dashboard's figures (``Producer.overview``), built from one read of Redis (``lua/overview.lua``):
-the queue per priority and fairness key, the workers, the last minutes' roll-ups (jobs ended,
-latency quantiles, tokens and cost per model), the batches' progress and the newest failures.
+"""The dashboard's figures (``Producer.overview``), built from one read of a queue's slot
+(``lua/overview.lua``) and one of the fleet's (``lua/fleet.lua``, then the circuits the workers
+name): the queue per priority and fairness key, the workers, the last minutes' roll-ups (jobs
+ended, latency quantiles, tokens and cost per model), the batches' progress and the newest failures.
 
-Nothing here does I/O: :meth:`Overview.from_reply` turns the script's reply into the document
+Nothing here does I/O: :meth:`Overview.from_reply` turns the replies into the document
 ``GET /v1/dashboard`` answers. Latency quantiles come from the roll-ups' buckets (a quarter wide
 each), so a p95 is right to within that.
 """
@@ -13,15 +14,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from promptq_core.contract import STATS_OTHER_MODEL, WORKER_BEAT_S, JobResult, as_text, latency_bucket_bounds, loads
+from promptq_core.contract import (
+    DEFAULT_QUEUE,
+    STATS_OTHER_MODEL,
+    WORKER_BEAT_S,
+    JobResult,
+    as_text,
+    latency_bucket_bounds,
+    loads,
+)
 
-__all__ = ["OVERVIEW_MINUTES", "Overview", "quantile_ms"]
+__all__ = ["OVERVIEW_BACKENDS", "OVERVIEW_MINUTES", "Overview", "backends_named", "quantile_ms"]
 
 OVERVIEW_MINUTES: Final = 15
 """Minutes of roll-ups the overview reads (the chart's span)."""
 OVERVIEW_BATCHES: Final = 20
 """Batches listed, the newest first."""
 OVERVIEW_FAILURES: Final = 20
+OVERVIEW_BACKENDS: Final = 100
+"""Backends whose circuit is read, at most (those the workers' entries name)."""
 SCAN_MAX: Final = 10_000
 """Running and deferred jobs looked at, each, to count them per priority and fairness key."""
 ALIVE_BEATS: Final = 3
@@ -71,8 +82,17 @@ class Overview:
         }
 
     @classmethod
-    def from_reply(cls, reply: Sequence[Any], failures: Iterable[JobResult]) -> Overview:
-        now_ms, totals, ready, running, deferred, workers, minutes, batches, circuits = reply
+    def from_reply(
+        cls,
+        reply: Sequence[Any],
+        workers: Sequence[Any],
+        circuits: Sequence[Any],
+        failures: Iterable[JobResult],
+        queue_name: str = DEFAULT_QUEUE,
+    ) -> Overview:
+        """From the queue's ``overview`` script, the ``fleet`` script's workers and the circuits
+        (flat: backend, open_until, opened_at, failures...)."""
+        now_ms, totals, ready, running, deferred, minutes, batches = reply
         now_s = int(now_ms) / 1000
         rows: dict[tuple[int, str], dict[str, Any]] = {}
         for kind, flat in (("ready", ready), ("running", running), ("deferred", deferred)):
@@ -82,10 +102,11 @@ class Overview:
                     {"priority": int(priority), "key": as_text(key), "ready": 0, "running": 0, "deferred": 0},
                 )
                 row[kind] += int(n)
-        leased, delayed, legacy, failed, waiting = (int(v) for v in totals)
+        leased, delayed, failed, waiting = (int(v) for v in totals)
         queue = {
+            "name": queue_name,
             "totals": {
-                "ready": sum(r["ready"] for r in rows.values()) + legacy,
+                "ready": sum(r["ready"] for r in rows.values()),
                 "running": leased,
                 "deferred": delayed,
                 "failed": failed,
@@ -105,6 +126,16 @@ class Overview:
             batches=[_batch(row, now_s) for row in batches],
             failures=[_failure(r) for r in failures],
         )
+
+
+def backends_named(workers: Sequence[Any]) -> list[str]:
+    """The backends the workers' entries name (``fleet.lua``'s reply), each once, in order."""
+    names: dict[str, None] = {}
+    for _, _, entry in _triples(workers):
+        found = _entry(entry).get("backends")
+        if isinstance(found, dict):
+            names.update(dict.fromkeys(n for n in found if isinstance(n, str)))
+    return list(names)
 
 
 def _triples(flat: Sequence[Any]) -> Iterable[tuple[Any, Any, Any]]:
@@ -159,6 +190,7 @@ def _worker(worker_id: Any, seen_ms: Any, doc: dict[str, Any], now_ms: Any) -> d
         "slots": int(doc.get("slots") or 0),
         "busy": int(doc.get("busy") or 0),
         "started_at": doc.get("started_at"),
+        "queues": [q for q in doc.get("queues") or [DEFAULT_QUEUE] if isinstance(q, str)],
         "seen_at": seen / 1000,
         "alive": int(now_ms) - seen <= ALIVE_BEATS * WORKER_BEAT_S * 1000,
     }

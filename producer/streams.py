@@ -14,7 +14,7 @@ from typing import Any
 
 from producer.errors import JobNotFoundError
 from producer.types import StreamEvent
-from promptq_core.contract import JobResult, as_text, result_key, stream_key
+from promptq_core.contract import JobResult, QueueKeys, as_text
 
 __all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor"]
 
@@ -27,11 +27,11 @@ READ_COUNT = 500
 class StreamCursor:
     """Where one reader is in a job's stream, and what it has learnt."""
 
-    def __init__(self, job_id: str, after: str = "0") -> None:
+    def __init__(self, queue: QueueKeys, job_id: str, after: str = "0") -> None:
         if not isinstance(after, str) or not after:
             raise ValueError(f"after must be a stream entry id such as '0' or '1700000000000-0', got {after!r}")
         self.job_id, self.position = job_id, after
-        self.key, self.doc_key = stream_key(job_id), result_key(job_id)
+        self.key, self.doc_key = queue.stream(job_id), queue.result(job_id)
         self.finished = False
 
     def read_args(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 from producer.writes import Writes, config_of
 from promptq_core.connect import sync_client
-from promptq_core.contract import JobResult, done_channel
+from promptq_core.contract import JobResult
 from promptq_core.guard import read_facts_sync
 from promptq_core.scripts import script
 
@@ -71,73 +71,76 @@ class SyncProducer:
         """See :meth:`Producer.submit_many`."""
         return self._run(core.submit_many(self._writes, items))
 
-    def get(self, job_id: str) -> JobResult | None:
+    def get(self, job_id: str, *, queue: str | None = None) -> JobResult | None:
         """See :meth:`Producer.get`."""
-        return self._run(core.get(job_id))
+        return self._run(core.get(self._writes.queue(queue), job_id))
 
-    def get_many(self, job_ids: Iterable[str]) -> list[JobResult | None]:
+    def get_many(self, job_ids: Iterable[str], *, queue: str | None = None) -> list[JobResult | None]:
         """See :meth:`Producer.get_many`."""
-        return self._run(core.get_many(job_ids))
+        return self._run(core.get_many(self._writes.queue(queue), job_ids))
 
-    def known(self, job_ids: Iterable[str]) -> int:
+    def known(self, job_ids: Iterable[str], *, queue: str | None = None) -> int:
         """See :meth:`Producer.known`."""
-        return self._run(core.known(job_ids))
+        return self._run(core.known(self._writes.queue(queue), job_ids))
 
-    def wait(self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S) -> JobResult:
+    def wait(
+        self, job_id: str, timeout: float | None = DEFAULT_WAIT_TIMEOUT_S, *, queue: str | None = None
+    ) -> JobResult:
         """See :meth:`Producer.wait`."""
         deadline = Deadline(job_id, timeout)
+        keys = self._writes.queue(queue)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         with redis_errors(self.config.redis_url), contextlib.closing(pubsub) as ps:
-            ps.subscribe(done_channel(job_id))  # before the first read: no result can slip between
-            result = self.get(job_id)
+            ps.subscribe(keys.done(job_id))  # before the first read: no result can slip between
+            result = self.get(job_id, queue=keys.name)
             while (delay_s := deadline.sleep_s(result)) is not None:
                 message = _message(ps, delay_s)
                 while (more := ps.get_message(timeout=0)) is not None:  # more than one message: drain them
                     message = more
                 final = published_result(message["data"]) if message else None
-                result = final or self.get(job_id)  # the message carries the document
+                result = final or self.get(job_id, queue=keys.name)  # the message carries the document
         assert result is not None
         return result
 
-    def open_batch(self, name: str, total: int) -> None:
+    def open_batch(self, name: str, total: int, *, queue: str | None = None) -> None:
         """See :meth:`Producer.open_batch`."""
-        self._run(core.open_batch(self._writes, name, total))
+        self._run(core.open_batch(self._writes, self._writes.queue(queue), name, total))
 
-    def save_manifest(self, name: str, manifest: str) -> None:
+    def save_manifest(self, name: str, manifest: str, *, queue: str | None = None) -> None:
         """See :meth:`Producer.save_manifest`."""
-        self._run(core.save_manifest(self._writes, name, manifest))
+        self._run(core.save_manifest(self._writes, self._writes.queue(queue), name, manifest))
 
-    def manifest(self, name: str) -> str | None:
+    def manifest(self, name: str, *, queue: str | None = None) -> str | None:
         """See :meth:`Producer.manifest`."""
-        return self._run(core.manifest(name))
+        return self._run(core.manifest(self._writes.queue(queue), name))
 
-    def depths(self) -> QueueDepths:
+    def depths(self, *, queue: str | None = None) -> QueueDepths:
         """See :meth:`Producer.depths`."""
-        return self._run(core.depths())
+        return self._run(core.depths(self._writes.queue(queue)))
 
-    def overview(self) -> Overview:
+    def overview(self, *, queue: str | None = None) -> Overview:
         """See :meth:`Producer.overview`."""
-        return self._run(core.overview())
+        return self._run(core.overview(self._writes.queue(queue)))
 
-    def failed(self, limit: int = 100) -> list[JobResult]:
+    def failed(self, limit: int = 100, *, queue: str | None = None) -> list[JobResult]:
         """See :meth:`Producer.failed`."""
-        return self._run(core.failed(limit))
+        return self._run(core.failed(self._writes.queue(queue), limit))
 
-    def retry(self, job_id: str) -> str:
+    def retry(self, job_id: str, *, queue: str | None = None) -> str:
         """See :meth:`Producer.retry`."""
-        return self._run(core.retry(self._writes, job_id))
+        return self._run(core.retry(self._writes, self._writes.queue(queue), job_id))
 
-    def cancel(self, job_id: str) -> Cancellation:
+    def cancel(self, job_id: str, *, queue: str | None = None) -> Cancellation:
         """See :meth:`Producer.cancel`."""
-        return self._run(core.cancel(job_id))
+        return self._run(core.cancel(self._writes.queue(queue), job_id))
 
     def ping(self) -> bool:
         """See :meth:`Producer.ping`."""
         return self._run(core.ping())
 
-    def stream(self, job_id: str, after: str = "0") -> Iterator[StreamEvent]:
+    def stream(self, job_id: str, after: str = "0", *, queue: str | None = None) -> Iterator[StreamEvent]:
         """See :meth:`Producer.stream`."""
-        cursor = StreamCursor(job_id, after)
+        cursor = StreamCursor(self._writes.queue(queue), job_id, after)
         while not cursor.finished:
             yield from self._run(core.stream_read(cursor))
 

@@ -16,9 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S, JobResult
+from promptq_core.connect import is_cluster
+from promptq_core.contract import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_URL,
+    DEFAULT_RESULT_TTL_S,
+    JobResult,
+    queue_keys,
+)
 from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
-from promptq_core.env import env_flag, env_int, env_redis_url
+from promptq_core.env import NO_REPLICAS_ON_CLUSTER, ConfigError, env_flag, env_int, env_queue, env_redis_url
 from promptq_core.guard import ALLOW_EVICTION_ENV
 
 __all__ = [
@@ -63,19 +71,29 @@ class ProducerConfig:
     """Replicas that must confirm each submit (``PROMPTQ_MIN_REPLICAS``; 0: none, the primary's word is enough)."""
     replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS
     """How long a submit waits for them (``PROMPTQ_REPLICA_TIMEOUT_MS``)."""
+    queue: str = DEFAULT_QUEUE
+    """The queue jobs go to and are read from unless a call names another (``PROMPTQ_QUEUE``)."""
+
+    def __post_init__(self) -> None:
+        queue_keys(self.queue)  # a ValueError naming a bad queue name
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
         """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``,
-        ``PROMPTQ_MIN_REPLICAS`` and ``PROMPTQ_REPLICA_TIMEOUT_MS``."""
+        ``PROMPTQ_MIN_REPLICAS``, ``PROMPTQ_REPLICA_TIMEOUT_MS`` and ``PROMPTQ_QUEUE``."""
         env = os.environ if env is None else env
+        redis_url = env_redis_url(env, DEFAULT_REDIS_URL)
+        min_replicas = env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0)
+        if min_replicas and is_cluster(redis_url):
+            raise ConfigError(NO_REPLICAS_ON_CLUSTER)
         return cls(
-            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
+            redis_url=redis_url,
             result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", DEFAULT_RESULT_TTL_S),
             max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
             allow_eviction=env_flag(env, ALLOW_EVICTION_ENV),
-            min_replicas=env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0),
+            min_replicas=min_replicas,
             replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", DEFAULT_REPLICA_TIMEOUT_MS),
+            queue=env_queue(env, "PROMPTQ_QUEUE"),
         )
 
     def with_url(self, redis_url: str) -> ProducerConfig:

@@ -17,23 +17,20 @@ from typing import Any
 from producer.errors import EvictionPolicyError, NotReplicatedError, QueueUnavailableError, RetryRefusedError
 from producer.types import Cancellation, ProducerConfig
 from promptq_core.contract import (
-    ARQ_JOB_KEY_PREFIX,
-    ARQ_RETRY_KEY_PREFIX,
-    FAILED_JOB_KEY_PREFIX,
     JobResult,
+    QueueKeys,
     as_text,
     batch_of,
     dumps,
     encode_job,
+    queue_keys,
     queued_doc,
-    result_key,
-    stream_key,
 )
 from promptq_core.env import redact_url
-from promptq_core.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, version_problem
+from promptq_core.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, mode_problem, version_problem
 from promptq_core.scripts import Value, script
 from promptq_core.tracing import current_trace
-from promptq_core.validation import InvalidJobError, PromptJob
+from promptq_core.validation import InvalidJobError, PromptJob, check_queue
 
 __all__ = ["SUBMIT_CHUNK", "Writes", "config_of"]
 
@@ -77,7 +74,7 @@ class Writes:
         """Before the first write: refuse a Redis that evicts keys (:class:`EvictionPolicyError`)
         unless ``allow_eviction``, then only warn; refuse a Redis older than 7.0."""
         where = redact_url(self.config.redis_url)
-        if problem := version_problem(facts, where):
+        if problem := version_problem(facts, where) or mode_problem(facts, self.config.redis_url, where):
             raise QueueUnavailableError(problem)
         if problem := eviction_problem(facts, where):
             if not self.config.allow_eviction:
@@ -85,10 +82,21 @@ class Writes:
             log.warning("promptq: %s (allowed by %s)", problem, ALLOW_EVICTION_ENV)
         self.checked = True
 
-    def build(self, prompt: str | None = None, trace: Any = None, **kwargs: Any) -> PromptJob:
-        """A checked job; with traces on, it carries the caller's trace context unless given one."""
+    def queue(self, name: str | None) -> QueueKeys:
+        """The keys of the queue ``name`` (checked), or of the producer's own (``PROMPTQ_QUEUE``)."""
+        return queue_keys(self.config.queue if name is None else check_queue(name))
+
+    def build(self, prompt: str | None = None, trace: Any = None, queue: Any = None, **kwargs: Any) -> PromptJob:
+        """A checked job, in the producer's queue unless given one; with traces on, it carries the
+        caller's trace context unless given one."""
         trace = trace if trace is not None else current_trace()
-        return PromptJob.build(prompt, max_payload_bytes=self.config.max_payload_bytes, trace=trace, **kwargs)
+        return PromptJob.build(
+            prompt,
+            max_payload_bytes=self.config.max_payload_bytes,
+            trace=trace,
+            queue=self.config.queue if queue is None else queue,
+            **kwargs,
+        )
 
     def build_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[PromptJob]:
         jobs = []
@@ -106,37 +114,59 @@ class Writes:
         return jobs
 
     def chunks(self, jobs: list[PromptJob]) -> Iterator[Bound]:
-        """``submit_many``'s arguments, ``SUBMIT_CHUNK`` jobs at a time (one round trip each).
+        """``submit_many``'s arguments, ``SUBMIT_CHUNK`` jobs of one queue at a time (one round
+        trip each; jobs for several queues go queue by queue, in the order each first appears).
 
         Re-sending a chunk is safe: the script writes nothing for an id it already knows.
         """
         now_s = time.time()
         now_ms, enqueued_at = int(now_s * 1000), round(now_s, 3)
-        bind = script("submit_many").bind
-        for start in range(0, len(jobs), SUBMIT_CHUNK):
-            fields: list[str] = []
-            chunk = jobs[start : start + SUBMIT_CHUNK]
-            for job in chunk:
-                fields += (
+        by_queue: dict[str, list[PromptJob]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job)
+        for name, queued in by_queue.items():
+            for start in range(0, len(queued), SUBMIT_CHUNK):
+                yield self._chunk(queue_keys(name), queued[start : start + SUBMIT_CHUNK], now_ms, enqueued_at)
+
+    def _chunk(self, queue: QueueKeys, chunk: list[PromptJob], now_ms: int, enqueued_at: float) -> Bound:
+        fields: list[str] = []
+        for job in chunk:
+            fields += (
+                job.job_id,
+                encode_job(job.payload_json, now_ms),
+                queued_doc(
                     job.job_id,
-                    encode_job(job.payload_json, now_ms),
-                    queued_doc(
-                        job.job_id, job.model, job.metadata, enqueued_at, job.priority, job.fairness_key, job.endpoint
-                    ),
-                    str(job.priority),
+                    job.model,
+                    job.metadata,
+                    enqueued_at,
+                    job.priority,
                     job.fairness_key,
-                )
-            fields.append("")  # the last field ends with a newline too
-            yield bind(ttl_ms=self.queued_ttl_ms, count=len(chunk), chunk="\n".join(fields))
+                    job.endpoint,
+                    job.queue,
+                ),
+                str(job.priority),
+                job.fairness_key,
+            )
+        fields.append("")  # the last field ends with a newline too
+        return script("submit_many").bind(queue, ttl_ms=self.queued_ttl_ms, count=len(chunk), chunk="\n".join(fields))
 
     def submit(self, job: PromptJob, now_s: float) -> Bound:
+        keys = job.keys
         return script("submit").bind(
-            doc=result_key(job.job_id),
-            record=ARQ_JOB_KEY_PREFIX + job.job_id,
+            keys,
+            doc=keys.result(job.job_id),
+            record=keys.record(job.job_id),
             job_id=job.job_id,
             record_json=encode_job(job.payload_json, int(now_s * 1000)),
             doc_json=queued_doc(
-                job.job_id, job.model, job.metadata, round(now_s, 3), job.priority, job.fairness_key, job.endpoint
+                job.job_id,
+                job.model,
+                job.metadata,
+                round(now_s, 3),
+                job.priority,
+                job.fairness_key,
+                job.endpoint,
+                job.queue,
             ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(job.priority),
@@ -144,7 +174,9 @@ class Writes:
         )
 
     @staticmethod
-    def cancel(job_id: str, doc: bytes | None, now_s: float) -> tuple[Bound, JobResult] | Cancellation:
+    def cancel(
+        queue: QueueKeys, job_id: str, doc: bytes | None, now_s: float
+    ) -> tuple[Bound, JobResult] | Cancellation:
         """The cancel script's arguments for the document as read, with the cancelled document they
         write; or the answer if there is nothing to cancel."""
         current = None if doc is None else JobResult.from_json(doc)
@@ -152,10 +184,11 @@ class Writes:
             return Cancellation(job_id, cancelled=False, result=current)
         cancelled = dataclasses.replace(current, status="cancelled", finished_at=round(now_s, 3))
         call = script("cancel").bind(
-            doc=result_key(job_id),
-            record=ARQ_JOB_KEY_PREFIX + job_id,
-            tries=ARQ_RETRY_KEY_PREFIX + job_id,
-            stream=stream_key(job_id),
+            queue,
+            doc=queue.result(job_id),
+            record=queue.record(job_id),
+            tries=queue.tries(job_id),
+            stream=queue.stream(job_id),
             doc_as_read=as_text(doc),
             cancelled_doc=cancelled.to_json(),
             job_id=job_id,
@@ -165,11 +198,11 @@ class Writes:
         return call, cancelled
 
     @staticmethod
-    def retry_reads(job_id: str) -> list[str]:
+    def retry_reads(queue: QueueKeys, job_id: str) -> list[str]:
         """The keys ``retry`` reads first: the result document and the kept job record."""
-        return [result_key(job_id), FAILED_JOB_KEY_PREFIX + job_id]
+        return [queue.result(job_id), queue.kept(job_id)]
 
-    def retry(self, job_id: str, doc: bytes | None, record: bytes | None, now_s: float) -> Bound:
+    def retry(self, queue: QueueKeys, job_id: str, doc: bytes | None, record: bytes | None, now_s: float) -> Bound:
         """The retry script's arguments; :class:`RetryRefusedError` when the job cannot be retried."""
         if doc is None:
             raise RetryRefusedError(f"job {job_id!r} is unknown or its result has expired")
@@ -181,10 +214,11 @@ class Writes:
         fresh = json.loads(record)
         fresh["et"] = int(now_s * 1000)
         return script("retry").bind(
-            doc=result_key(job_id),
-            kept=FAILED_JOB_KEY_PREFIX + job_id,
-            record=ARQ_JOB_KEY_PREFIX + job_id,
-            tries=ARQ_RETRY_KEY_PREFIX + job_id,
+            queue,
+            doc=queue.result(job_id),
+            kept=queue.kept(job_id),
+            record=queue.record(job_id),
+            tries=queue.tries(job_id),
             job_id=job_id,
             record_json=dumps(fresh),
             doc_json=queued_doc(
@@ -195,6 +229,7 @@ class Writes:
                 failed.priority,
                 failed.fairness_key,
                 failed.endpoint,
+                queue.name,
             ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(failed.priority),

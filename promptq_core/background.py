@@ -17,12 +17,13 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 __all__ = ["REDIS_TROUBLE", "Background", "repeat"]
 
-REDIS_TROUBLE = (RedisError, OSError)
-"""What a background task outlives: Redis away, a connection reset. Anything else is a bug and ends it."""
+REDIS_TROUBLE = (RedisError, OSError, RedisClusterException)
+"""What a background task outlives: Redis away, a connection reset, a Cluster with no node answering
+for a moment. Anything else is a bug and ends it."""
 
 
 class Background:

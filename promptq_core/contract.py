@@ -7,6 +7,7 @@ language) agree through what is written here; nothing else in the code base spel
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import re
@@ -15,77 +16,81 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
 
 __all__ = [
-    "ACTIVE_KEY_PREFIX",
+    "ACTIVE",
     "ARQ_IN_PROGRESS_KEY_PREFIX",
     "ARQ_JOB_KEY_PREFIX",
+    "ARQ_QUEUE_NAME",
     "ARQ_RETRY_KEY_PREFIX",
+    "BACKENDS_CHANNEL",
     "BACKEND_NAME_RE",
-    "BACKEND_WAITS_KEY",
-    "BATCHES_KEY",
+    "BACKEND_RECOVERIES_KEY",
+    "BACKEND_WAITS",
+    "BATCH",
+    "BATCHES",
     "BATCHES_MAX",
-    "BATCH_KEY_PREFIX",
     "BATCH_NAME_RE",
-    "BATCH_TALLY_KEY_PREFIX",
-    "CANCEL_CHANNEL",
+    "BATCH_TALLY",
+    "CANCEL",
     "CHAT_ENDPOINT",
     "CIRCUIT_KEY_PREFIX",
     "DEFAULT_BACKEND",
     "DEFAULT_FAIRNESS_KEY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_PRIORITY",
+    "DEFAULT_QUEUE",
     "DEFAULT_REDIS_URL",
     "DEFAULT_RESULT_TTL_S",
-    "DELAYED_SET",
-    "DONE_CHANNEL_PREFIX",
+    "DELAYED",
+    "DONE",
     "EMBEDDINGS_ENDPOINT",
     "ENDPOINTS",
-    "FAILED_JOB_KEY_PREFIX",
-    "FAILED_SET",
+    "FAILED",
+    "FAILED_JOB",
     "FAILED_SET_MAX",
     "FAIRNESS_KEY_MAX_BYTES",
     "JOB_FUNCTION",
-    "LATENCY_BUCKETS",
-    "LATENCY_BUCKET_BASE_MS",
-    "LATENCY_BUCKET_RATIO",
-    "LEASE_SET",
+    "LEASES",
     "LEGACY_PLACE_OFFSET",
     "LEGACY_QUEUE",
-    "LEVELS_KEY",
+    "LEVELS",
     "LIMIT_KEY_PREFIX",
+    "OLD_KEYS",
+    "OLD_KEY_PREFIX",
+    "OLD_PREFIXES",
     "PRIORITIES",
-    "READY_KEY_PREFIX",
-    "RECOVERIES_KEY",
+    "QUEUE_KEY_PREFIX",
+    "QUEUE_NAME_RE",
+    "READY",
+    "RECOVERIES",
     "RESPONSES_ENDPOINT",
-    "RESULT_KEY_PREFIX",
-    "ROUTES_KEY",
-    "SEQUENCE_KEY",
+    "RESULT",
+    "ROUTES",
+    "SEQUENCE",
+    "STATS",
     "STATS_FIELDS_MAX",
     "STATS_KEEP_S",
-    "STATS_KEY_PREFIX",
     "STATS_OTHER_MODEL",
     "STATUSES",
-    "STREAM_KEY_PREFIX",
+    "STREAM",
     "STREAM_MAXLEN",
     "SUBMIT_MEMORY_PERCENT",
     "TERMINAL_STATUSES",
-    "WAKE_CHANNEL",
+    "WAKE",
     "WORKERS_KEY",
     "WORKERS_SEEN_KEY",
     "WORKER_BEAT_S",
     "WORKER_FORGET_S",
     "JobError",
     "JobResult",
+    "QueueKeys",
     "Reply",
     "Status",
     "Usage",
     "as_text",
-    "batch_key",
     "batch_of",
-    "batch_tally_key",
     "circuit_failures_key",
     "circuit_key",
     "decode_vector",
-    "done_channel",
     "dumps",
     "encode_job",
     "encode_vector",
@@ -93,99 +98,85 @@ __all__ = [
     "latency_bucket_bounds",
     "limit_keys",
     "loads",
+    "queue_keys",
     "queued_doc",
-    "ready_key",
-    "result_key",
-    "stream_key",
+    "split_arq_id",
 ]
 
 # -- names ---------------------------------------------------------------------------------------
+# Every key of one named queue carries the queue's hash tag, ``{queue}``: ``promptq:{default}:levels``,
+# ``promptq:{default}:result:order-42``, and arq's records ``arq:job:{default}order-42``. So a queue
+# lives in one Redis Cluster slot, different queues spread over the shards, and each script touches
+# the keys of one slot. Keys that are not per queue have a tag of their own: the workers' registry
+# ``{fleet}``, the backends' budgets and circuits ``{backends}``.
+QUEUE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""What a queue name may be: 1 to 64 letters, digits, ``_``, ``.`` and ``-`` (no braces, colon or
+space: a name sits inside a key's hash tag)."""
+DEFAULT_QUEUE: Final = "default"
+"""The queue of jobs submitted without one, and the one a worker serves without ``PROMPTQ_QUEUES``."""
+QUEUE_KEY_PREFIX: Final = "promptq:"
+"""A queue's keys are ``promptq:{queue}:`` followed by one of the names below (``QueueKeys``)."""
+
 # The queue: ready jobs wait in one sorted set per (priority, fairness key); a claim takes the lowest
 # priority level that has ready jobs, and within it serves the fairness keys in turn. Claimed jobs
 # sit in the lease set, deferred retries in the delayed set; neither is in a claim's way.
-READY_KEY_PREFIX: Final = "promptq:ready:"
-"""``promptq:ready:{priority}:{fairness_key}``: a sorted set of the ids of the jobs ready to run at
-that priority under that fairness key, scored by their place in line (submit order)."""
-ACTIVE_KEY_PREFIX: Final = "promptq:active:"
-"""``promptq:active:{priority}``: a sorted set of the fairness keys that have ready jobs at that
-priority, scored by their turn (a claim serves the lowest turn, then moves it on by 1 / weight)."""
-LEVELS_KEY: Final = "promptq:levels"
+READY: Final = "ready:"
+"""``ready:{priority}:{fairness_key}``: a sorted set of the ids of the jobs ready to run at that
+priority under that fairness key, scored by their place in line (submit order)."""
+ACTIVE: Final = "active:"
+"""``active:{priority}``: a sorted set of the fairness keys that have ready jobs at that priority,
+scored by their turn (a claim serves the lowest turn, then moves it on by 1 / weight)."""
+LEVELS: Final = "levels"
 """A sorted set of the priorities (``"0"`` to ``"9"``, scored by their number) that have ready jobs."""
-LEASE_SET: Final = "promptq:leases"
+LEASES: Final = "leases"
 """A sorted set of claimed (running) job ids scored by when their lease runs out (ms, Redis time); a
 job whose lease runs out goes back in line at its place."""
-DELAYED_SET: Final = "promptq:delayed"
+DELAYED: Final = "delayed"
 """A sorted set of the ids of jobs waiting for a retry, scored by when they may run (ms, Redis time)."""
-ROUTES_KEY: Final = "promptq:routes"
+ROUTES: Final = "routes"
 """A hash: job id -> ``"{priority} {place} {fairness_key}"``, where the job goes back in line (while
 it is queued, deferred or running)."""
-SEQUENCE_KEY: Final = "promptq:seq"
+SEQUENCE: Final = "seq"
 """The counter that gives each submitted job its place in line."""
-LEGACY_QUEUE: Final = "promptq:queue"
-"""The single queue of promptq 0.1 (a sorted set of ids scored by when they may run, in ms): workers
-move what an older producer or worker left there into the queue above."""
-LEGACY_PLACE_OFFSET: Final = 10**13
-"""A job moved from the legacy queue takes the place ``score - LEGACY_PLACE_OFFSET``: ahead of every
-job submitted since, in its old order."""
-RESULT_KEY_PREFIX: Final = "promptq:result:"
-"""``promptq:result:{job_id}`` holds the result document (JSON), written at submit."""
-FAILED_SET: Final = "promptq:failed"
+RESULT: Final = "result:"
+"""``result:{job_id}`` holds the result document (JSON), written at submit."""
+FAILED: Final = "failed"
 """A sorted set of failed job ids scored by the time they failed (ms), the newest ``FAILED_SET_MAX`` kept."""
 FAILED_SET_MAX: Final = 10_000
-FAILED_JOB_KEY_PREFIX: Final = "promptq:failed-job:"
-"""``promptq:failed-job:{job_id}``: a failed job's arq record, kept as long as its result for a retry."""
-DONE_CHANNEL_PREFIX: Final = "promptq:done:"
-"""``promptq:done:{job_id}``: a pub/sub channel; the final result document is published there when the
-job ends (by the worker, or by ``cancel``)."""
-WAKE_CHANNEL: Final = "promptq:wake"
-"""A pub/sub channel; producers publish to it after enqueueing, so idle workers start at once."""
-CANCEL_CHANNEL: Final = "promptq:cancel"
-"""A pub/sub channel; ``Producer.cancel`` publishes a running job's id there, after marking its
-document ``cancelled``, and the worker running it stops its request."""
-LIMIT_KEY_PREFIX: Final = "promptq:limit:"
-"""``promptq:limit:{scope}{backend}/{model}:rpm``, ``:tpm`` and ``:cooldown`` (for the backend named
-``default``, ``promptq:limit:{scope}{model}:...``): the rate-limit budgets of one model on one backend
-(``limit_keys``), kept by the worker's router and limiter."""
-CIRCUIT_KEY_PREFIX: Final = "promptq:circuit:"
-"""``promptq:circuit:{backend}``: a backend's circuit breaker (a hash, ``worker/lua/route.lua`` and
-``circuit.lua``): ``fails`` (retryable failures on record: of the calls routed after the
-latest-routed success, kept in ``promptq:circuit:{backend}:fails``), ``ok_at`` (when that success
-was routed, ms), and while it is open ``open_until``
-(ms, Redis time: a probe may go from then on), ``cooldown_ms`` (the latest cool-down), ``opened_at``
-(ms), ``probe_until`` (a probe is out until then) and ``scout`` (the ``open_until`` a waiting job
-was sent back for, to carry the probe). No key: closed, no failure."""
-RECOVERIES_KEY: Final = "promptq:backend-recoveries"
-"""A counter of the circuits that closed after being open: a job told every backend is down waits only
-if none recovered between the telling and its going back to the queue."""
-BACKEND_WAITS_KEY: Final = "promptq:backend-waits"
-"""A sorted set of the ids of jobs waiting for a backend (every backend of their model down), scored
-by when they went to wait (ms): when a circuit closes, they are all due at once."""
-STREAM_KEY_PREFIX: Final = "promptq:stream:"
-"""``promptq:stream:{job_id}``: a Redis stream of a ``stream=True`` job's events, kept as long as its
+FAILED_JOB: Final = "failed-job:"
+"""``failed-job:{job_id}``: a failed job's arq record, kept as long as its result for a retry."""
+STREAM: Final = "stream:"
+"""``stream:{job_id}``: a Redis stream of a ``stream=True`` job's events, kept as long as its
 result. Each entry has a ``type``: ``delta`` (with ``text``), ``restart`` (with ``attempt``: a new
 attempt begins, discard the text so far) or ``done`` (with ``status``; the last entry)."""
 STREAM_MAXLEN: Final = 100_000
 """Entries a stream keeps at most (older ones are trimmed)."""
-BATCH_KEY_PREFIX: Final = "promptq:batch:"
-"""``promptq:batch:{name}``: a batch's manifest (JSON): ``{"name", "submitted_at", "items": [[custom_id,
+BACKEND_WAITS: Final = "backend-waits"
+"""A sorted set of the ids of jobs waiting for a backend (every backend of their model down), scored
+by when they went to wait (ms): when a circuit closes, they are all due at once."""
+RECOVERIES: Final = "recoveries"
+"""The backends' recoveries count (``BACKEND_RECOVERIES_KEY``) the queue's workers have heard of: a
+job told every backend of its model was down before that recovery does not wait."""
+BATCH: Final = "batch:"
+"""``batch:{name}``: a batch's manifest (JSON): ``{"name", "submitted_at", "items": [[custom_id,
 job_id], ...]}`` in input order, written by ``promptq submit``, kept as long as a queued job."""
-BATCH_TALLY_KEY_PREFIX: Final = "promptq:batch-tally:"
-"""``promptq:batch-tally:{name}``: a batch's running totals (a hash), written with its manifest
-(``total``, ``submitted_ms``) and counted as its jobs end (the workers' roll-ups, a cancel):
-``succeeded``, ``failed`` (less those retried), ``cancelled``, ``tokens``, ``cost_usd`` and
-``last_ms`` (when its latest counts came, Redis time). A batch's jobs are those whose id is
-``{name}:...`` (``batch_of``). Kept as long as the manifest."""
-BATCHES_KEY: Final = "promptq:batches"
+BATCH_TALLY: Final = "batch-tally:"
+"""``batch-tally:{name}``: a batch's running totals (a hash), written with its manifest (``total``,
+``submitted_ms``) and counted as its jobs end (the workers' roll-ups, a cancel): ``succeeded``,
+``failed`` (less those retried), ``cancelled``, ``tokens``, ``cost_usd`` and ``last_ms`` (when its
+latest counts came, Redis time). A batch's jobs are those of its queue whose id is ``{name}:...``
+(``batch_of``). Kept as long as the manifest."""
+BATCHES: Final = "batches"
 """A sorted set of batch names scored by when they were submitted (ms), the newest ``BATCHES_MAX`` kept."""
 BATCHES_MAX: Final = 1000
-STATS_KEY_PREFIX: Final = "promptq:stats:"
-"""``promptq:stats:{minute}`` (Unix minute): a hash counting what ended in that minute, added to by
-the workers (the jobs they end, counted as they end and rolled up every second: ``lua/roll_up.lua``)
-and by a cancel, expiring ``STATS_KEEP_S`` after the minute: ``s:{status}`` jobs ended;
-``t:{bucket}`` their time from submit to end and ``c:{bucket}`` their last attempt's
-(``latency_bucket``); per model ``j:{model}`` jobs ended,
-``i:{model}`` and ``o:{model}`` input and output tokens, ``$:{model}`` estimated cost in USD. Once
-the hash holds ``STATS_FIELDS_MAX`` fields, a new model is counted as ``STATS_OTHER_MODEL``."""
+STATS: Final = "stats:"
+"""``stats:{minute}`` (Unix minute): a hash counting what ended in that minute in the queue, added to
+by the workers (the jobs they end, counted as they end and rolled up every second:
+``lua/roll_up.lua``) and by a cancel, expiring ``STATS_KEEP_S`` after the minute: ``s:{status}``
+jobs ended; ``t:{bucket}`` their time from submit to end and ``c:{bucket}`` their last attempt's
+(``latency_bucket``); per model ``j:{model}`` jobs ended, ``i:{model}`` and ``o:{model}`` input and
+output tokens, ``$:{model}`` estimated cost in USD. Once the hash holds ``STATS_FIELDS_MAX`` fields,
+a new model is counted as ``STATS_OTHER_MODEL``."""
 STATS_KEEP_S: Final = 3600
 STATS_FIELDS_MAX: Final = 1000
 STATS_OTHER_MODEL: Final = "(other)"
@@ -194,17 +185,150 @@ LATENCY_BUCKET_RATIO: Final = 1.25
 LATENCY_BUCKETS: Final = 64
 """Latency bucket 0 holds times under 10 ms; bucket ``i`` (1 to 63) times from ``10 * 1.25 ** (i - 1)``
 to ``10 * 1.25 ** i`` ms (a quarter wider each; the last one holds everything from 2.8 hours on)."""
-WORKERS_KEY: Final = "promptq:workers"
-"""A hash: worker id -> JSON ``{"id", "host", "pid", "slots", "busy", "started_at", "backends"}`` (``backends``:
-per backend, the ``calls``, ``errors`` and ``seconds`` of its calls since it started), rewritten by
-each worker every ``WORKER_BEAT_S`` and removed when it stops."""
-WORKERS_SEEN_KEY: Final = "promptq:workers:seen"
+DONE: Final = "done:"
+"""``done:{job_id}``: a pub/sub channel; the final result document is published there when the job
+ends (by the worker, or by ``cancel``)."""
+WAKE: Final = "wake"
+"""A pub/sub channel; producers publish to it after enqueueing, so the queue's idle workers start at once."""
+CANCEL: Final = "cancel"
+"""A pub/sub channel; ``Producer.cancel`` publishes a running job's id there, after marking its
+document ``cancelled``, and the worker running it stops its request."""
+
+# arq's own bookkeeping keys; arq fixes these prefixes and puts the job id after them: promptq's arq
+# job id is the queue's tag and the job id (``{default}order-42``), so they are in the queue's slot.
+ARQ_JOB_KEY_PREFIX: Final = "arq:job:"
+ARQ_IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
+ARQ_RETRY_KEY_PREFIX: Final = "arq:retry:"
+
+# The fleet: keys that belong to no queue.
+WORKERS_KEY: Final = "promptq:{fleet}:workers"
+"""A hash: worker id -> JSON ``{"id", "host", "pid", "slots", "busy", "started_at", "queues",
+"backends"}`` (``backends``: per backend, the ``calls``, ``errors`` and ``seconds`` of its calls
+since it started), rewritten by each worker every ``WORKER_BEAT_S`` and removed when it stops."""
+WORKERS_SEEN_KEY: Final = "promptq:{fleet}:workers-seen"
 """A sorted set: worker id -> when it last wrote its entry (ms, Redis time); an entry silent for
 ``WORKER_FORGET_S`` is dropped by the next worker's write."""
 WORKER_BEAT_S: Final = 5
 WORKER_FORGET_S: Final = 3600
+LIMIT_KEY_PREFIX: Final = "promptq:{backends}:limit:"
+"""``promptq:{backends}:limit:{scope}{backend}/{model}:rpm``, ``:tpm`` and ``:cooldown``: the
+rate-limit budgets of one model on one backend (``limit_keys``), kept by the worker's router and
+limiter. All the backends' keys share one slot: a route reads every backend of a model at once."""
+CIRCUIT_KEY_PREFIX: Final = "promptq:{backends}:circuit:"
+"""``promptq:{backends}:circuit:{backend}``: a backend's circuit breaker (a hash,
+``worker/lua/route.lua`` and ``circuit.lua``): ``fails`` (retryable failures on record: of the calls
+routed after the latest-routed success, kept in ``...:circuit:{backend}:fails``), ``ok_at`` (when
+that success was routed, ms), and while it is open ``open_until`` (ms, Redis time: a probe may go
+from then on), ``cooldown_ms`` (the latest cool-down), ``opened_at`` (ms), ``probe_until`` (a probe
+is out until then) and ``scout`` (the ``open_until`` a waiting job was sent back for, to carry the
+probe). No key: closed, no failure."""
+BACKEND_RECOVERIES_KEY: Final = "promptq:{backends}:recoveries"
+"""A counter of the circuits that closed after being open."""
+BACKENDS_CHANNEL: Final = "promptq:backends"
+"""A pub/sub channel: a backend's name is published there when its circuit closes after being open;
+every worker then makes the jobs waiting for a backend in its queues due at once."""
+ARQ_QUEUE_NAME: Final = "promptq:{fleet}:arq"
+"""The queue name arq is given (promptq claims from its own queues: arq only counts this one's
+length, never filled, in its hourly health line, written to ``promptq:{fleet}:arq:health-check``)."""
 JOB_FUNCTION: Final = "run_prompt"
 """The arq function name every promptq job is enqueued under."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys and channels of one named queue, all under its hash tag."""
+
+    name: str
+
+    @property
+    def tag(self) -> str:
+        """The queue's hash tag, ``{name}``."""
+        return "{" + self.name + "}"
+
+    @property
+    def base(self) -> str:
+        return f"{QUEUE_KEY_PREFIX}{{{self.name}}}:"
+
+    def key(self, name: str) -> str:
+        """The queue's key (or key prefix, or channel) of that name (``LEVELS``, ``RESULT``...)."""
+        return self.base + name
+
+    def ready(self, priority: int, fairness_key: str) -> str:
+        return f"{self.base}{READY}{priority}:{fairness_key}"
+
+    def result(self, job_id: str) -> str:
+        return self.base + RESULT + job_id
+
+    def stream(self, job_id: str) -> str:
+        return self.base + STREAM + job_id
+
+    def kept(self, job_id: str) -> str:
+        """Where a failed job's record is kept for a retry."""
+        return self.base + FAILED_JOB + job_id
+
+    def done(self, job_id: str) -> str:
+        return self.base + DONE + job_id
+
+    def batch(self, name: str) -> str:
+        return self.base + BATCH + name
+
+    def batch_tally(self, name: str) -> str:
+        return self.base + BATCH_TALLY + name
+
+    def stats(self, minute: int | str) -> str:
+        return f"{self.base}{STATS}{minute}"
+
+    def arq_id(self, job_id: str) -> str:
+        """The id arq knows the job by: the queue's tag, then the job id."""
+        return self.tag + job_id
+
+    def record(self, job_id: str) -> str:
+        """arq's job record."""
+        return ARQ_JOB_KEY_PREFIX + self.tag + job_id
+
+    def tries(self, job_id: str) -> str:
+        """arq's try counter."""
+        return ARQ_RETRY_KEY_PREFIX + self.tag + job_id
+
+
+@functools.cache
+def queue_keys(name: str = DEFAULT_QUEUE) -> QueueKeys:
+    """The keys of the queue ``name`` (a valid name: ``QUEUE_NAME_RE``)."""
+    if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
+        raise ValueError(f"queue name {name!r} is not 1 to 64 of A-Z a-z 0-9 _ . -")
+    return QueueKeys(name)
+
+
+def split_arq_id(arq_id: str) -> tuple[str, str]:
+    """``(queue, job_id)`` of an id arq knows a job by (``QueueKeys.arq_id``)."""
+    if arq_id.startswith("{"):
+        queue, brace, job_id = arq_id[1:].partition("}")
+        if brace and QUEUE_NAME_RE.fullmatch(queue):
+            return queue, job_id
+    raise ValueError(f"{arq_id!r} is not a promptq job's arq id ({{queue}}job_id)")
+
+
+# Older layouts, read only to move what they hold into the default queue (``promptq_core/lua/upgrade.lua``).
+OLD_KEY_PREFIX: Final = "promptq:"
+"""promptq before named queues wrote a queue's keys without a tag, under ``promptq:`` with the same
+names (``promptq:levels``, ``promptq:result:{job_id}``...), and arq's records as ``arq:job:{job_id}``."""
+OLD_PREFIXES: Final = {
+    "READY": READY,
+    "ACTIVE": ACTIVE,
+    "RESULT": RESULT,
+    "STREAM": STREAM,
+    "FAILED_JOB": FAILED_JOB,
+    "BATCH": BATCH,
+    "BATCH_TALLY": BATCH_TALLY,
+}
+"""The older layout's prefixes of keys built from ids (``OLD_KEY_PREFIX`` and the name)."""
+OLD_KEYS: Final = (LEVELS, LEASES, DELAYED, ROUTES, SEQUENCE, FAILED, BATCHES)
+"""The older layout's fixed keys (``OLD_KEY_PREFIX`` and the name)."""
+LEGACY_QUEUE: Final = "promptq:queue"
+"""The single queue of promptq 0.1 (a sorted set of ids scored by when they may run, in ms)."""
+LEGACY_PLACE_OFFSET: Final = 10**13
+"""A job moved from the legacy queue takes the place ``score - LEGACY_PLACE_OFFSET``: ahead of every
+job submitted since, in its old order."""
 
 PRIORITIES: Final = range(10)
 """``priority``: 0 runs first, 9 last."""
@@ -225,38 +349,16 @@ SUBMIT_MEMORY_PERCENT: Final = 90
 """Submits are refused (``QueueFullError``) once Redis holds this share of its ``maxmemory``: the rest
 is left for the workers, whose claims and finishes a full Redis would refuse."""
 
-# arq's own bookkeeping keys; arq fixes these names, they are listed here so nothing else spells them.
-ARQ_JOB_KEY_PREFIX: Final = "arq:job:"
-ARQ_IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
-ARQ_RETRY_KEY_PREFIX: Final = "arq:retry:"
-
 DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 DEFAULT_RESULT_TTL_S: Final = 86_400
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1_048_576
 
 
-def result_key(job_id: str) -> str:
-    return RESULT_KEY_PREFIX + job_id
-
-
-def ready_key(priority: int, fairness_key: str) -> str:
-    return f"{READY_KEY_PREFIX}{priority}:{fairness_key}"
-
-
-def stream_key(job_id: str) -> str:
-    return STREAM_KEY_PREFIX + job_id
-
-
 def limit_keys(backend: str, model: str, scope: str = "") -> tuple[str, str, str]:
     """A model's rate-limit keys on a backend: requests' and tokens' theoretical arrival times (ms),
     and the cool-down every worker pauses for. ``scope`` is empty for the budget all workers share,
-    a process's own prefix for one budget per process. The backend named ``default`` keeps the keys
-    of promptq before backends (one budget per model)."""
-    base = (
-        f"{LIMIT_KEY_PREFIX}{scope}{model}"
-        if backend == DEFAULT_BACKEND
-        else f"{LIMIT_KEY_PREFIX}{scope}{backend}/{model}"
-    )
+    a process's own prefix for one budget per process."""
+    base = f"{LIMIT_KEY_PREFIX}{scope}{backend}/{model}"
     return f"{base}:rpm", f"{base}:tpm", f"{base}:cooldown"
 
 
@@ -267,14 +369,6 @@ def circuit_key(backend: str) -> str:
 def circuit_failures_key(backend: str) -> str:
     """The failures a backend's circuit has on record: a sorted set of calls, by when they were routed."""
     return f"{CIRCUIT_KEY_PREFIX}{backend}:fails"
-
-
-def batch_key(name: str) -> str:
-    return BATCH_KEY_PREFIX + name
-
-
-def batch_tally_key(name: str) -> str:
-    return BATCH_TALLY_KEY_PREFIX + name
 
 
 def batch_of(job_id: str) -> str:
@@ -348,10 +442,6 @@ class Reply:
 
 
 # -- JSON codec --------------------------------------------------------------------------------
-def done_channel(job_id: str) -> str:
-    return DONE_CHANNEL_PREFIX + job_id
-
-
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -432,6 +522,8 @@ class JobResult:
     """0 (runs first) to 9 (last)."""
     fairness_key: str = DEFAULT_FAIRNESS_KEY
     """The key the job shares the workers under: keys with ready jobs at one priority take turns."""
+    queue: str = DEFAULT_QUEUE
+    """The named queue the job waits in."""
     backend: str | None = None
     """The backend the latest attempt went to (``PROMPTQ_BACKENDS``; ``default`` without them)."""
     enqueued_at: float | None = None
@@ -484,6 +576,7 @@ class JobResult:
             "metadata": self.metadata,
             "priority": self.priority,
             "fairness_key": self.fairness_key,
+            "queue": self.queue,
             "backend": self.backend,
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
@@ -507,7 +600,7 @@ class JobResult:
         usage, error = doc.get("usage"), doc.get("error")
         priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
         endpoint, output, embeddings = doc.get("endpoint"), doc.get("output"), doc.get("embeddings")
-        backend = doc.get("backend")
+        backend, queue = doc.get("backend"), doc.get("queue")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
@@ -523,6 +616,7 @@ class JobResult:
             metadata=doc.get("metadata"),
             priority=priority if isinstance(priority, int) else DEFAULT_PRIORITY,  # documents of promptq 0.1 have none
             fairness_key=fairness_key if isinstance(fairness_key, str) else DEFAULT_FAIRNESS_KEY,
+            queue=queue if isinstance(queue, str) else DEFAULT_QUEUE,  # documents before named queues
             backend=backend if isinstance(backend, str) else None,
             enqueued_at=doc.get("enqueued_at"),
             started_at=doc.get("started_at"),
@@ -543,15 +637,16 @@ def queued_doc(
     priority: int = DEFAULT_PRIORITY,
     fairness_key: str = DEFAULT_FAIRNESS_KEY,
     endpoint: str = CHAT_ENDPOINT,
+    queue: str = DEFAULT_QUEUE,
 ) -> str:
     """``JobResult(job_id, "queued", model=..., metadata=..., priority=..., fairness_key=...,
-    endpoint=..., enqueued_at=...).to_json()``, written straight from a template (a submit's hottest
-    step; a test keeps the two equal)."""
+    queue=..., endpoint=..., enqueued_at=...).to_json()``, written straight from a template (a
+    submit's hottest step; a test keeps the two equal)."""
     return (
         f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},'
         f'"endpoint":{_string(endpoint)},"content":null,"output":null,"embeddings":null,"finish_reason":null,'
         f'"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
-        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"backend":null,'
+        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"queue":{_string(queue)},"backend":null,'
         f'"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
 

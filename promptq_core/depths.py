@@ -1,4 +1,4 @@
-"""How many jobs wait where, fleet-wide: the answer of ``lua/depths.lua``, which the client's
+"""How many jobs wait where in one queue: the answer of ``lua/depths.lua``, which the client's
 ``depths`` and the worker's metrics both run."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from promptq_core.contract import as_text
+from promptq_core.contract import DEFAULT_QUEUE, as_text
 
 __all__ = ["DEPTHS_KEYS_MAX", "QueueDepths"]
 
@@ -16,7 +16,7 @@ DEPTHS_KEYS_MAX = 1_000
 
 @dataclass(frozen=True, slots=True)
 class QueueDepths:
-    """How many jobs wait where, fleet-wide (``Producer.depths``)."""
+    """How many jobs wait where in one queue (``Producer.depths``)."""
 
     ready: dict[int, dict[str, int]]
     """Jobs ready to run, per priority, per fairness key."""
@@ -26,39 +26,38 @@ class QueueDepths:
     """Jobs waiting for a retry."""
     failed: int
     """Failed jobs indexed for ``failed()`` and ``retry()``."""
-    legacy: int = 0
-    """Jobs still in the queue of promptq 0.1 (a worker moves them over)."""
+    queue: str = DEFAULT_QUEUE
     truncated: bool = False
     """A priority had more than ``DEPTHS_KEYS_MAX`` fairness keys: ``ready`` lists that many only."""
 
     @property
     def waiting(self) -> int:
         """Jobs ready to run, all priorities."""
-        return sum(self.by_priority.values()) + self.legacy
+        return sum(self.by_priority.values())
 
     @property
     def by_priority(self) -> dict[int, int]:
         return {priority: sum(keys.values()) for priority, keys in self.ready.items()}
 
     @classmethod
-    def from_reply(cls, reply: Any) -> QueueDepths:
-        """From the ``depths`` script's reply."""
-        running, deferred, legacy, failed, *levels = reply
+    def from_reply(cls, reply: Any, queue: str = DEFAULT_QUEUE) -> QueueDepths:
+        """From the ``depths`` script's reply for ``queue``."""
+        running, deferred, failed, *levels = reply
         ready: dict[int, dict[str, int]] = {}
         truncated = False
         for level in levels:
             priority, _, cut, *pairs = level
             truncated = truncated or bool(int(cut))
             ready[int(priority)] = {as_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
-        return cls(ready, int(running), int(deferred), int(failed), int(legacy), truncated)
+        return cls(ready, int(running), int(deferred), int(failed), queue, truncated)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "queue": self.queue,
             "waiting": self.waiting,
             "running": self.running,
             "deferred": self.deferred,
             "failed": self.failed,
-            "legacy": self.legacy,
             "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
             "truncated": self.truncated,
         }

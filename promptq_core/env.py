@@ -7,19 +7,29 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from promptq_core.connect import SENTINEL_SCHEMES, parse_sentinel
+from promptq_core.connect import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_cluster, parse_sentinel
+from promptq_core.contract import DEFAULT_QUEUE, QUEUE_NAME_RE
 
 __all__ = [
+    "NO_REPLICAS_ON_CLUSTER",
     "ConfigError",
     "env_choice",
     "env_flag",
     "env_float",
     "env_int",
     "env_json_table",
+    "env_queue",
+    "env_queues",
     "env_redis_url",
     "env_str",
     "redact_url",
 ]
+
+
+NO_REPLICAS_ON_CLUSTER = (
+    "PROMPTQ_MIN_REPLICAS is not supported with a redis+cluster:// REDIS_URL (a Cluster's replicas are "
+    "per shard: set it to 0, and rely on the cluster's own replication)"
+)
 
 
 class ConfigError(ValueError):
@@ -102,9 +112,17 @@ def env_redis_url(env: Mapping[str, str], default: str) -> str:
             raise ConfigError(
                 f"REDIS_URL {redact_url(url)!r}: {e} (redis+sentinel://[user:password@]host:port,.../service[/db])"
             ) from None
+    elif scheme in CLUSTER_SCHEMES:
+        try:
+            parse_cluster(url)
+        except ValueError as e:
+            raise ConfigError(
+                f"REDIS_URL {redact_url(url)!r}: {e} (redis+cluster://[user:password@]host:port[,host:port...])"
+            ) from None
     elif scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(
-            f"REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://, got {redact_url(url)!r}"
+            "REDIS_URL must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://, "
+            f"got {redact_url(url)!r}"
         )
     return url
 
@@ -116,3 +134,27 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def env_queues(env: Mapping[str, str], name: str, default: str = DEFAULT_QUEUE) -> tuple[str, ...]:
+    """A comma-separated list of queue names (``QUEUE_NAME_RE``), none twice; ``default`` when unset."""
+    raw = env.get(name)
+    if raw is None:
+        return (default,)
+    names = [part.strip() for part in raw.split(",")]
+    for queue in names:
+        if not QUEUE_NAME_RE.fullmatch(queue):
+            shown = repr(queue[:40]) if queue else "an empty name"
+            raise ConfigError(f"{name}: {shown} is not a queue name (1 to 64 of A-Z a-z 0-9 _ . -)")
+    if len(set(names)) < len(names):
+        twice = sorted({q for q in names if names.count(q) > 1})
+        raise ConfigError(f"{name} names {', '.join(twice)} more than once")
+    return tuple(names)
+
+
+def env_queue(env: Mapping[str, str], name: str, default: str = DEFAULT_QUEUE) -> str:
+    """One queue name (``QUEUE_NAME_RE``); ``default`` when unset."""
+    queues = env_queues(env, name, default)
+    if len(queues) != 1:
+        raise ConfigError(f"{name} must name one queue, got {len(queues)}")
+    return queues[0]

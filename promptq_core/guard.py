@@ -21,6 +21,7 @@ __all__ = [
     "SAFE_POLICY",
     "RedisFacts",
     "eviction_problem",
+    "mode_problem",
     "read_facts",
     "read_facts_sync",
     "version_problem",
@@ -37,6 +38,8 @@ class RedisFacts:
 
     policy: str | None
     version: tuple[int, ...] | None
+    cluster: bool | None = None
+    """The Redis is a node of a Redis Cluster (``INFO``'s ``cluster_enabled``)."""
 
     @classmethod
     def of(cls, config: Any, info: Mapping[str, Any]) -> RedisFacts:
@@ -47,7 +50,9 @@ class RedisFacts:
             version = tuple(int(part) for part in raw.split(".")[:2]) if raw else None
         except ValueError:
             version = None
-        return cls(_text(policy) if policy is not None else None, version)
+        enabled = info.get("cluster_enabled")
+        cluster = None if enabled is None else str(enabled) == "1"
+        return cls(_text(policy) if policy is not None else None, version, cluster)
 
 
 def eviction_problem(facts: RedisFacts, where: str) -> str | None:
@@ -68,6 +73,21 @@ def version_problem(facts: RedisFacts, where: str) -> str | None:
     found = ".".join(map(str, facts.version))
     wanted = ".".join(map(str, MIN_REDIS_VERSION))
     return f"Redis at {where} is version {found}; promptq needs Redis {wanted} or newer"
+
+
+def mode_problem(facts: RedisFacts, url: str, where: str) -> str | None:
+    """The refusal's message when a plain or Sentinel URL leads to a node of a Redis Cluster (whose
+    other slots it would not reach), or a cluster URL to a Redis that is not one."""
+    from promptq_core.connect import is_cluster
+
+    if facts.cluster and not is_cluster(url):
+        return (
+            f"Redis at {where} is a node of a Redis Cluster: use REDIS_URL=redis+cluster://host:port[,host:port...] "
+            "(the cluster client finds each queue's node)"
+        )
+    if facts.cluster is False and is_cluster(url):
+        return f"Redis at {where} is not in cluster mode: use REDIS_URL=redis://host:port"
+    return None
 
 
 def read_facts_sync(client: Any) -> RedisFacts:

@@ -20,12 +20,16 @@ from promptq_core.contract import (
     DEFAULT_FAIRNESS_KEY,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_PRIORITY,
+    DEFAULT_QUEUE,
     EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
     FAIRNESS_KEY_MAX_BYTES,
     PRIORITIES,
+    QUEUE_NAME_RE,
     RESPONSES_ENDPOINT,
+    QueueKeys,
     dumps,
+    queue_keys,
 )
 from promptq_core.tracing import check_trace
 
@@ -38,6 +42,7 @@ __all__ = [
     "PromptJob",
     "check_fairness_key",
     "check_priority",
+    "check_queue",
     "embedding_inputs",
     "new_job_id",
     "valid_batch_name",
@@ -184,6 +189,13 @@ class PromptJob:
     fallbacks: tuple[str, ...] = ()
     """Models the job moves to, in order, when its model's backends stay down or its input is too
     long for the model (``context_length_exceeded``)."""
+    queue: str = DEFAULT_QUEUE
+    """The named queue the job waits in (not in the payload: the job's keys say it)."""
+
+    @property
+    def keys(self) -> QueueKeys:
+        """The keys of the job's queue."""
+        return queue_keys(self.queue)
 
     @classmethod
     def build(
@@ -203,10 +215,12 @@ class PromptJob:
         deadline_s: Any = None,
         deadline: Any = None,
         fallbacks: Any = None,
+        queue: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
         """Validate a submit call; raise :class:`InvalidJobError` naming the first problem."""
+        queue = DEFAULT_QUEUE if queue is None else check_queue(queue)
         endpoint = _endpoint(endpoint)
         checked_params = _params(params, endpoint)  # first: a misspelt ``promt=`` is named as such
         payload = _request(endpoint, prompt, messages, input, stream)
@@ -230,11 +244,11 @@ class PromptJob:
         if fairness_key is not None and check_fairness_key(fairness_key) != DEFAULT_FAIRNESS_KEY:
             payload["fairness_key"] = fairness_key
         payload.update(_delivery(trace, deadline_s, deadline, fallbacks, model))
-        return cls._checked(job_id, payload, max_payload_bytes)
+        return cls._checked(job_id, payload, max_payload_bytes, queue)
 
     @classmethod
-    def from_payload(cls, job_id: str, payload: Any, max_payload_bytes: int) -> PromptJob:
-        """Validate a payload read from the queue (the worker's side of :meth:`build`)."""
+    def from_payload(cls, job_id: str, payload: Any, max_payload_bytes: int, queue: str = DEFAULT_QUEUE) -> PromptJob:
+        """Validate a payload read from ``queue`` (the worker's side of :meth:`build`)."""
         if not isinstance(payload, dict):
             raise InvalidJobError("job payload is not a JSON object")
         known = {
@@ -260,12 +274,13 @@ class PromptJob:
             trace=payload.get("trace"),
             deadline=payload.get("deadline"),
             fallbacks=payload.get("fallbacks"),
+            queue=queue,
             max_payload_bytes=max_payload_bytes,
             **params,
         )
 
     @classmethod
-    def _checked(cls, job_id: str, payload: dict[str, Any], max_payload_bytes: int) -> PromptJob:
+    def _checked(cls, job_id: str, payload: dict[str, Any], max_payload_bytes: int, queue: str) -> PromptJob:
         try:
             payload_json = dumps(payload)
         except (TypeError, ValueError) as e:
@@ -291,7 +306,22 @@ class PromptJob:
             trace=payload.get("trace"),
             deadline=payload.get("deadline"),
             fallbacks=tuple(payload.get("fallbacks", ())),
+            queue=queue,
         )
+
+
+def check_queue(name: Any, what: str = "queue") -> str:
+    """``name`` as given, if it is a queue name (``QUEUE_NAME_RE``); else :class:`InvalidJobError`."""
+    if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
+        raise InvalidJobError(f"{what} must be 1 to 64 of A-Z a-z 0-9 _ . - (got {_shown(name)})")
+    return name
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error shows it: its type, or a string's first 40 characters."""
+    if not isinstance(value, str):
+        return type(value).__name__
+    return repr(value[:40]) + (f" and {len(value) - 40} more characters" if len(value) > 40 else "")
 
 
 def check_priority(priority: Any) -> int:

@@ -33,20 +33,24 @@ import json
 import math
 import signal
 import time
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, Self, cast
 
 import arq
 import arq.worker
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from promptq_core.contract import JOB_FUNCTION
+from promptq_core.background import REDIS_TROUBLE
+from promptq_core.connect import is_cluster
+from promptq_core.contract import JOB_FUNCTION, queue_keys, split_arq_id
+from promptq_core.scripts import script
 from worker.lease import Leases
 from worker.logs import ARQ_JOB_LINES, get_logger
 from worker.metrics import heartbeat
 from worker.queue import JobQueue
-from worker.redis_conn import give_up_at, worker_pool
+from worker.redis_conn import cluster_settings, give_up_at, worker_pool
 from worker.settle import Settle
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "MEMBERS",
     "POISON_FUNCTION_ARGS",
     "UNDECODABLE",
+    "ArqCluster",
     "PromptqWorker",
     "check",
     "func",
@@ -169,7 +174,7 @@ class _State(Protocol):
     """What the loop needs from ``state.WorkerState`` (set by ``on_startup``)."""
 
     @property
-    def queue(self) -> JobQueue: ...
+    def queues(self) -> tuple[JobQueue, ...]: ...
     @property
     def settle(self) -> Settle: ...
     @property
@@ -188,6 +193,8 @@ class PromptqWorker(Worker):
     """The last claim left ready jobs behind: a freed slot wakes the loop to claim again."""
     _draining: asyncio.Task[None] | None = None
     _full_logged_s = -math.inf
+    _turn = 0
+    """The queue the next poll claims from first (``PROMPTQ_QUEUES``, in turn)."""
 
     @property
     def state(self) -> _State:
@@ -197,14 +204,18 @@ class PromptqWorker(Worker):
 
     # -- the loop --------------------------------------------------------------------------------
     async def main(self) -> None:
-        if self._pool is None:  # arq's pool, over a bounded one of promptq's
-            self._pool = ArqRedis(
-                worker_pool(self.ctx[CTX_CONFIG].redis_url),
-                job_serializer=self.job_serializer,
-                job_deserializer=self.job_deserializer,
-                default_queue_name=self.queue_name,
-                expires_extra_ms=self.expires_extra_ms,
-            )
+        if self._pool is None:  # arq's pool, over a bounded one of promptq's (or a cluster client)
+            url = self.ctx[CTX_CONFIG].redis_url
+            if is_cluster(url):
+                self._pool = cast(ArqRedis, ArqCluster(**cluster_settings(url)))  # type: ignore[abstract]
+            else:
+                self._pool = ArqRedis(
+                    worker_pool(url),
+                    job_serializer=self.job_serializer,
+                    job_deserializer=self.job_deserializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
         self.ctx["redis"] = self.pool
         self.ctx[CTX_WORKER] = self
         give_up_at(None)
@@ -223,7 +234,7 @@ class PromptqWorker(Worker):
                 if time.monotonic() - self._full_logged_s > FULL_LOG_EVERY_S:
                     log.warning("redis.full", error=str(e), note="no new job until Redis has room")
                     self._full_logged_s = time.monotonic()
-            except (RedisError, OSError) as e:
+            except REDIS_TROUBLE as e:
                 log.warning("worker.poll_failed", error=str(e), note="the next poll tries again")
             if self.burst and await self._burst_over():
                 return
@@ -233,36 +244,56 @@ class PromptqWorker(Worker):
             wake.clear()
 
     async def _burst_over(self) -> bool:
-        if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self.state.queue.pending():
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self._pending():
             await asyncio.gather(*self.tasks.values())
             return True
         return False
 
+    async def _pending(self) -> bool:
+        for queue in self.state.queues:
+            if await queue.pending():
+                return True
+        return False
+
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs:
-            while (free := self._free_slots()) > 0:
-                if (room := START_BACKLOG - self._starting()) < free:  # a few hundred at a time
-                    self.state.leases.on_start = self._backlog_moves
-                    if room <= 0:
-                        break
-                    free = room
-                ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
-                claimed = await self.state.queue.claim(free, ordinary)
-                score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
-                for n, job_id in enumerate(claimed.job_ids):
-                    running = self.tasks.get(job_id)
-                    if running is not None and not running.done():
-                        continue  # still running here (its lease ran out in an outage): the lease is ours again
-                    await self.sem.acquire()  # free while job_counter < max_jobs: no wait
-                    self._start(job_id, score, urgent=n < claimed.urgent)
-                self._more = claimed.more
-                if len(claimed.job_ids) < free or not claimed.more:
+            queues = self.state.queues
+            first, self._turn = self._turn, (self._turn + 1) % len(queues)
+            more = False
+            for n, queue in enumerate(queues[first:] + queues[:first]):  # in turn, the first moving on each poll
+                more = await self._claim_from(queue) or more
+                if self._free_slots() <= 0:
+                    more = more or n < len(queues) - 1  # the queues not looked at may have jobs
                     break
+            self._more = more
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # as arq does: an error in run_job surfaces here
         await self.heart_beat()
+
+    async def _claim_from(self, queue: JobQueue) -> bool:
+        """Claim as many of the queue's ready jobs as there are free slots; whether it has more."""
+        more = False
+        while (free := self._free_slots()) > 0:
+            if (room := START_BACKLOG - self._starting()) < free:  # a few hundred at a time
+                self.state.leases.on_start = self._backlog_moves
+                if room <= 0:
+                    return True
+                free = room
+            ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
+            claimed = await queue.claim(free, ordinary)
+            score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
+            for n, job_id in enumerate(claimed.job_ids):
+                running = self.tasks.get(job_id)
+                if running is not None and not running.done():
+                    continue  # still running here (its lease ran out in an outage): the lease is ours again
+                await self.sem.acquire()  # free while job_counter < max_jobs: no wait
+                self._start(job_id, score, urgent=n < claimed.urgent)
+            more = claimed.more
+            if len(claimed.job_ids) < free or not claimed.more:
+                break
+        return more
 
     def _starting(self) -> int:
         """Jobs claimed here whose attempt has not begun yet."""
@@ -316,8 +347,9 @@ class PromptqWorker(Worker):
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """A job arq could not hand to ``run_prompt`` (its record gone, say): let go of it."""
         try:
-            await self.state.settle.ack(job_id)
-        except (RedisError, OSError) as e:  # Redis away past every retry: the job comes back after its lease
+            queue, own_id = split_arq_id(job_id)
+            await self.state.settle.ack(queue_keys(queue), own_id)
+        except REDIS_TROUBLE as e:  # Redis away past every retry: the job comes back after its lease
             log.warning("job.ack_failed", job_id=job_id, error=str(e), note="it runs again after its lease")
 
     # -- shutdown -------------------------------------------------------------------------------
@@ -373,6 +405,61 @@ class PromptqWorker(Worker):
 
     def _running(self) -> list[asyncio.Task[Any]]:
         return [t for t in self.tasks.values() if not t.done()]
+
+
+class ArqCluster(RedisCluster):
+    """The worker's Redis on a Redis Cluster, as arq uses it: the commands are the cluster
+    client's; a transaction (arq's ``pipeline(transaction=True)`` when a job starts: its record read,
+    its try counted) runs as one script on the slot of its keys (:class:`SlotTransaction`), since
+    redis-py's cluster client runs no ``MULTI``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.atomic = cast(Any, self).register_script(script("atomic").source)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        return SlotTransaction(self) if transaction else super().pipeline()
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:  # (arq passes the argument)
+        await super().aclose()
+
+
+class SlotTransaction:
+    """The commands of one arq transaction, gathered, then run together (``worker/lua/atomic.lua``)."""
+
+    def __init__(self, client: ArqCluster) -> None:
+        self.client = client
+        self.keys: list[str] = []
+        self.args: list[str | int] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.keys, self.args = [], []
+
+    def _add(self, command: str, key: str, *args: str | int) -> Self:
+        self.keys.append(key)
+        self.args += [command, len(args), *args]
+        return self
+
+    def get(self, name: str) -> Self:
+        return self._add("GET", name)
+
+    def incr(self, name: str, amount: int = 1) -> Self:
+        return self._add("INCRBY", name, amount)
+
+    def expire(self, name: str, time: int) -> Self:
+        return self._add("EXPIRE", name, int(time))
+
+    def zrem(self, name: str, *values: str) -> Self:
+        return self._add("ZREM", name, *values)
+
+    async def execute(self) -> list[Any]:
+        keys, args = script("atomic").bind(keys=self.keys, commands=self.args)
+        replies: list[Any] = await self.client.atomic(keys=keys, args=args)
+        self.keys, self.args = [], []
+        return replies
 
 
 _original_init = Worker.__init__

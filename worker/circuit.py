@@ -57,8 +57,9 @@ class Health:
     """Open: how long until a probe may go."""
     recovered: bool = False
     """This success closed an open circuit."""
-    woken: int = 0
-    """Jobs waiting for a backend that were made due by the recovery."""
+    recoveries: int = 0
+    """Recovered: the backends' recoveries count it made (each queue's waiting jobs are then due:
+    ``JobQueue.wait_over``)."""
 
 
 class Circuits:
@@ -108,4 +109,4 @@ class Circuits:
         code = int(reply[0])
         if code == Reply.CIRCUIT_OPEN:
             return Health(open=True, wait_s=int(reply[1]) / 1000)
-        return Health(open=False, recovered=code == Reply.CIRCUIT_RECOVERED, woken=int(reply[2]))
+        return Health(open=False, recovered=code == Reply.CIRCUIT_RECOVERED, recoveries=int(reply[2]))

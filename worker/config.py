@@ -8,14 +8,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from promptq_core import tracing
-from promptq_core.contract import DEFAULT_BACKEND, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REDIS_URL, DEFAULT_RESULT_TTL_S
+from promptq_core.connect import is_cluster
+from promptq_core.contract import (
+    DEFAULT_BACKEND,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_URL,
+    DEFAULT_RESULT_TTL_S,
+)
 from promptq_core.env import (
+    NO_REPLICAS_ON_CLUSTER,
     ConfigError,
     env_choice,
     env_flag,
     env_float,
     env_int,
     env_json_table,
+    env_queues,
     env_redis_url,
     env_str,
 )
@@ -56,6 +65,7 @@ ENV_NAMES = (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "PROMPTQ_MODEL",
+    "PROMPTQ_QUEUES",
     "PROMPTQ_MAX_JOBS",
     "PROMPTQ_URGENT_SLOTS",
     "PROMPTQ_REQUEST_TIMEOUT_S",
@@ -139,6 +149,8 @@ class WorkerConfig:
     openai_api_key: str = field(default=UNUSED_API_KEY, repr=False)
     openai_base_url: str | None = None
     model: str = DEFAULT_MODEL
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    """The named queues this worker serves, claiming from each in turn (``PROMPTQ_QUEUES``)."""
     max_jobs: int = 16
     urgent_slots: int = 1
     """Slots beyond ``max_jobs`` that only priority-0 jobs may take (default a tenth of ``max_jobs``,
@@ -239,11 +251,16 @@ class WorkerConfig:
                 f"PROMPTQ_CIRCUIT_COOL_DOWN_S ({circuit.cool_down_s:g})"
             )
         deadline = env_float(env, "PROMPTQ_DEFAULT_DEADLINE_S", 0.0)
+        redis_url = env_redis_url(env, DEFAULT_REDIS_URL)
+        min_replicas = env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0)
+        if min_replicas and is_cluster(redis_url):
+            raise ConfigError(NO_REPLICAS_ON_CLUSTER)
         return cls(
-            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
+            redis_url=redis_url,
             openai_api_key=api_key,
             openai_base_url=base_url,
             model=env_str(env, "PROMPTQ_MODEL", d.model) or d.model,
+            queues=env_queues(env, "PROMPTQ_QUEUES"),
             max_jobs=max_jobs,
             urgent_slots=env_int(env, "PROMPTQ_URGENT_SLOTS", default_urgent_slots(max_jobs), minimum=0),
             request_timeout_s=request_timeout_s,
@@ -255,7 +272,7 @@ class WorkerConfig:
             lease_s=env_float(env, "PROMPTQ_LEASE_S", d.lease_s, minimum=1.0, or_equal=True),
             fairness_weights=weights_from_env(env),
             allow_eviction=env_flag(env, "PROMPTQ_ALLOW_EVICTION"),
-            min_replicas=env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0),
+            min_replicas=min_replicas,
             replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", d.replica_timeout_ms),
             shutdown_grace_s=env_float(env, "PROMPTQ_SHUTDOWN_GRACE_S", d.shutdown_grace_s, or_equal=True),
             limit=limit,

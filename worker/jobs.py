@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
-from promptq_core.contract import JobResult
+from promptq_core.background import REDIS_TROUBLE
+from promptq_core.contract import JobResult, split_arq_id
 from promptq_core.validation import InvalidJobError, PromptJob
 from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE
@@ -59,15 +59,16 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     """Run one prompt job (the function every promptq job is enqueued under)."""
     state: WorkerState = ctx["promptq"]
     config = state.config
-    job_id: str = ctx["job_id"]
+    handle: str = ctx["job_id"]  # arq's id: the queue's tag, then the job id
+    queue, job_id = split_arq_id(handle)
     attempt: int = ctx["job_try"]
-    structlog.contextvars.bind_contextvars(job_id=job_id, attempt=attempt)
-    base = JobResult(job_id=job_id, status="running", attempts=attempt, enqueued_at=_enqueued_at(ctx))
+    structlog.contextvars.bind_contextvars(job_id=job_id, queue=queue, attempt=attempt)
+    base = JobResult(job_id=job_id, status="running", attempts=attempt, queue=queue, enqueued_at=_enqueued_at(ctx))
 
     try:
         if isinstance(payload, dict) and UNDECODABLE in payload:
             raise InvalidJobError(str(payload[UNDECODABLE]))
-        job = PromptJob.from_payload(job_id, payload, config.max_payload_bytes)
+        job = PromptJob.from_payload(job_id, payload, config.max_payload_bytes, queue)
     except InvalidJobError as e:
         error = llm.LLMError("invalid_payload", str(e), retryable=False)
         return await _end(state, _failed(base, error, started_s=time.monotonic()))
@@ -87,8 +88,8 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
         return await _end(state, _failed(base, error, started_s=time.monotonic()))
-    with state.leases.holding(job_id):
-        if state.leases.cancelled_before_start(job_id):  # its document says cancelled: no call
+    with state.leases.holding(handle):
+        if state.leases.cancelled_before_start(handle):  # its document says cancelled: no call
             return await _end(state, EndedElsewhere(base, "cancelled"))
         with state.tracing.attempt(job, base):  # the attempt's span, around how it ends too
             await _attempt_ending(state, job, base)
@@ -99,7 +100,7 @@ async def _attempt_ending(state: WorkerState, job: PromptJob, base: JobResult) -
     try:
         outcome = await _attempt(state, job, base)
     except asyncio.CancelledError:
-        if not state.leases.cancelled(job.job_id):
+        if not state.leases.cancelled(job.keys.arq_id(job.job_id)):
             # A shutdown past its grace (our own timeout raises TimeoutError, and fires before
             # arq's): put the job back as it was, without spending a try.
             await _end(state, Release(_released(base), "shutdown"))
@@ -108,7 +109,7 @@ async def _attempt_ending(state: WorkerState, job: PromptJob, base: JobResult) -
         if task is not None:
             task.uncancel()
         outcome = EndedElsewhere(base, "cancelled")
-    except (RedisError, OSError) as e:  # Redis failed past every retry before the call
+    except REDIS_TROUBLE as e:  # Redis failed past every retry before the call
         log.warning("job.redis_error", error=str(e), note="it runs again once its lease runs out")
         tracing.ended("deferred", "redis_error")
         return
@@ -124,7 +125,7 @@ async def _end(state: WorkerState, outcome: Outcome) -> None:
     once its lease runs out)."""
     try:
         await end(state, outcome)
-    except (RedisError, OSError) as e:
+    except REDIS_TROUBLE as e:
         log.warning("job.settle_failed", error=str(e), note="it runs again once its lease runs out")
         tracing.ended("deferred", "redis_error")
 
@@ -187,7 +188,7 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
         return Release(_released(base), "backend down")
     on_delta = None
     if job.stream:
-        writer = state.streams.writer(job.job_id)
+        writer = state.streams.writer(job.keys.stream(job.job_id))
         await writer.begin(base.attempts)
         on_delta = writer.delta
     started_s = time.monotonic()
@@ -242,7 +243,7 @@ async def _settled_after_call(bookkeeping: Awaitable[None]) -> None:
     bookkeeping, never the answer, which is paid for."""
     try:
         await bookkeeping
-    except (RedisError, OSError) as e:
+    except REDIS_TROUBLE as e:
         log.warning("job.bookkeeping_failed", error=str(e), note="the answer is kept")
 
 
@@ -253,7 +254,8 @@ async def _answered(state: WorkerState, route: Route) -> None:
         health = await state.circuits.succeeded(route.backend.name, probe=route.probe, routed_at_ms=route.routed_at_ms)
         state.metrics.backend_health(route.backend.name, up=True)
         if health.recovered:
-            log.info("backend.recovered", backend=route.backend.name, jobs_woken=health.woken)
+            log.info("backend.recovered", backend=route.backend.name)
+            await state.backends_recovered(health.recoveries)
 
 
 def _wait_for_backend(

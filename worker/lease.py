@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from promptq_core.background import Background, repeat
+from promptq_core.contract import split_arq_id
 from worker.logs import get_logger
 from worker.queue import JobQueue
 
@@ -26,10 +27,11 @@ EARLY_CANCEL_S = 60.0
 class Leases:
     """The jobs one worker process has claimed, and the task that renews their leases.
 
-    Also where a cancel message finds the task running a job (``cancel``)."""
+    Also where a cancel message finds the task running a job (``cancel``). Jobs are named by arq's
+    ids (``{queue}job_id``), so the jobs of every queue the worker serves are told apart."""
 
-    def __init__(self, queue: JobQueue, lease_s: float) -> None:
-        self.queue = queue
+    def __init__(self, queues: Mapping[str, JobQueue], lease_s: float) -> None:
+        self.queues = queues
         self.renew_every_s = lease_s / 3
         self.leased: set[str] = set()
         """Every job claimed here and not yet let go of: renewed from the claim on (a worker that
@@ -96,9 +98,14 @@ class Leases:
         await self._renewals.stop()
 
     async def renew(self) -> None:
-        """One round: every claimed job's lease runs out ``PROMPTQ_LEASE_S`` from now."""
-        if self.leased:
-            await self.queue.renew(list(self.leased))
+        """One round: every claimed job's lease runs out ``PROMPTQ_LEASE_S`` from now (a script call
+        per queue, a thousand jobs each)."""
+        by_queue: dict[str, list[str]] = {}
+        for handle in list(self.leased):
+            queue, job_id = split_arq_id(handle)
+            by_queue.setdefault(queue, []).append(job_id)
+        for queue, job_ids in by_queue.items():
+            await self.queues[queue].renew(job_ids)
 
     def _renew_failed(self, e: BaseException) -> None:  # Redis away for a moment: the next round tries again
         log.warning("lease.renew_failed", error=str(e), jobs=len(self.leased))

@@ -42,7 +42,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from promptq_core.contract import JobResult
+from promptq_core.contract import JobResult, queue_keys
 from worker import tracing
 from worker.llm import LLMError
 from worker.logs import get_logger
@@ -119,7 +119,7 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
                 return _report_ended_elsewhere(state, queued, stored.status)
             _report_release(state, queued, reason, delay_s, waiting=recoveries is not None)
         case EndedElsewhere(base, status):
-            await asyncio.shield(state.settle.ack(base.job_id))
+            await asyncio.shield(state.settle.ack(queue_keys(base.queue), base.job_id))
             _report_ended_elsewhere(state, base, status)
 
 

@@ -23,9 +23,10 @@ Metrics (labels in brackets):
   (fleet-wide: read with the queue depths, and set by each call this worker records).
 - ``promptq_backend_waits_total`` [model]: attempts sent back to wait because every backend of
   their model was down (no try spent).
-- ``promptq_queue_depth`` [priority]: jobs ready to run, per priority, fleet-wide; with
-  ``promptq_queue_running`` (jobs claimed by any worker) and ``promptq_queue_deferred`` (retries
-  waiting), read every 5 s. Counts per fairness key: ``Producer.depths`` or ``promptq status``.
+- ``promptq_queue_depth`` [queue, priority]: jobs ready to run, per priority, fleet-wide, for each
+  queue the worker serves; with ``promptq_queue_running`` [queue] (jobs claimed by any worker) and
+  ``promptq_queue_deferred`` [queue] (retries waiting), read every 5 s. Counts per fairness key:
+  ``Producer.depths`` or ``promptq status``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 
 from promptq_core.background import Background, repeat
-from promptq_core.contract import CHAT_ENDPOINT, PRIORITIES, Usage, circuit_key
+from promptq_core.contract import CHAT_ENDPOINT, DEFAULT_QUEUE, PRIORITIES, Usage, circuit_key, queue_keys
 from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
 from promptq_core.prices import Price, cost_usd
 from worker.logs import get_logger
@@ -66,9 +67,10 @@ class Metrics:
         prices: dict[str, Price] | None = None,
         running: Callable[[], int] = lambda: 0,
         backends: tuple[str, ...] = (),
+        queues: tuple[str, ...] = (DEFAULT_QUEUE,),
     ) -> None:
         self.prices = prices or {}
-        self.backends = backends
+        self.backends, self.queues = backends, queues
         self.running = running
         """How many jobs hold a slot here (a busy worker's poll loop waits for a free slot)."""
         r = self.registry = CollectorRegistry()
@@ -104,9 +106,11 @@ class Metrics:
         self.backend_waits = Counter(
             "promptq_backend_waits", "Attempts sent back to wait for a backend", ["model"], registry=r
         )
-        self.queue_depth = Gauge("promptq_queue_depth", "Jobs ready to run", ["priority"], registry=r)
-        self.queue_running = Gauge("promptq_queue_running", "Jobs claimed by a worker (all workers)", registry=r)
-        self.queue_deferred = Gauge("promptq_queue_deferred", "Jobs waiting for a retry", registry=r)
+        self.queue_depth = Gauge("promptq_queue_depth", "Jobs ready to run", ["queue", "priority"], registry=r)
+        self.queue_running = Gauge(
+            "promptq_queue_running", "Jobs claimed by a worker (all workers)", ["queue"], registry=r
+        )
+        self.queue_deferred = Gauge("promptq_queue_deferred", "Jobs waiting for a retry", ["queue"], registry=r)
         self.stale_after_s = 60.0
         self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
@@ -160,7 +164,9 @@ class Metrics:
         depths = WorkerScript(redis, "depths")
 
         async def read() -> None:
-            self.set_depths(QueueDepths.from_reply(await depths(keys_max=DEPTHS_KEYS_MAX)))
+            for name in self.queues:
+                keys = queue_keys(name)
+                self.set_depths(QueueDepths.from_reply(await depths(keys, keys_max=DEPTHS_KEYS_MAX), name))
             if self.backends:
                 async with redis.pipeline(transaction=False) as pipe:
                     for name in self.backends:
@@ -183,9 +189,9 @@ class Metrics:
     def set_depths(self, depths: QueueDepths) -> None:
         by_priority = depths.by_priority
         for priority in PRIORITIES:
-            self.queue_depth.labels(str(priority)).set(by_priority.get(priority, 0))
-        self.queue_running.set(depths.running)
-        self.queue_deferred.set(depths.deferred)
+            self.queue_depth.labels(depths.queue, str(priority)).set(by_priority.get(priority, 0))
+        self.queue_running.labels(depths.queue).set(depths.running)
+        self.queue_deferred.labels(depths.queue).set(depths.deferred)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

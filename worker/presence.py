@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from promptq_core.background import Background, repeat
-from promptq_core.contract import WORKER_BEAT_S, WORKER_FORGET_S, WORKERS_KEY, WORKERS_SEEN_KEY, dumps
+from promptq_core.contract import DEFAULT_QUEUE, WORKER_BEAT_S, WORKER_FORGET_S, WORKERS_KEY, WORKERS_SEEN_KEY, dumps
 from worker.logs import get_logger
 from worker.scripts import WorkerScript
 
@@ -33,9 +33,10 @@ class Presence:
         busy: Callable[[], int],
         every_s: float = WORKER_BEAT_S,
         backends: Callable[[], dict[str, Any]] = dict,
+        queues: tuple[str, ...] = (DEFAULT_QUEUE,),
     ) -> None:
         self.redis, self.slots, self.busy, self.every_s = redis, slots, busy, every_s
-        self.backends = backends
+        self.backends, self.queues = backends, queues
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.worker_id = f"{self.host}:{self.pid}:{secrets.token_hex(2)}"
         self.started_at = round(time.time(), 3)
@@ -53,6 +54,7 @@ class Presence:
             "slots": self.slots,
             "busy": self.busy(),
             "started_at": self.started_at,
+            "queues": list(self.queues),
             "backends": self.backends(),
         }
         await self._beat(worker_id=self.worker_id, entry_json=dumps(entry), forget_ms=WORKER_FORGET_S * 1000)

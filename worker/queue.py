@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import as_text, dumps
+from promptq_core.contract import DEFAULT_QUEUE, as_text, dumps, queue_keys
 from worker.config import DEFAULT_MODEL
 from worker.logs import get_logger
 from worker.scripts import WorkerScript
@@ -27,8 +27,8 @@ __all__ = ["RETURN_STEP", "Claimed", "JobQueue"]
 log = get_logger("promptq.queue")
 
 RETURN_STEP = 500
-"""Jobs one claim brings back in line at most of each kind (leases run out, retries due, jobs of the
-legacy queue): bounds the time one claim holds Redis after a worker with many jobs died."""
+"""Jobs one claim brings back in line at most of each kind (leases run out, retries due): bounds the
+time one claim holds Redis after a worker with many jobs died."""
 RENEW_CHUNK = 1_000
 """Leases renewed in one script call (a worker with 10,000 running jobs sends ten)."""
 
@@ -38,6 +38,7 @@ class Claimed:
     """What one claim did: the jobs it took, in the order served, and what it brought back in line."""
 
     job_ids: list[str]
+    """arq's ids of the jobs (``QueueKeys.arq_id``: the queue's tag, then the job id)."""
     at_ms: int = 0
     """When the claim was made (Redis time, Unix ms): the jobs' ``started_at``."""
     urgent: int = 0
@@ -48,14 +49,12 @@ class Claimed:
     """Jobs whose lease had run out (their worker died, or lost Redis for longer than a lease)."""
     promoted: int = 0
     """Deferred retries that were due."""
-    migrated: int = 0
-    """Jobs moved from the queue of promptq 0.1 (``promptq:queue``)."""
     skipped: int = 0
     """Jobs let go of instead of handed out: their result was stored already, or they were cancelled."""
 
 
 class JobQueue:
-    """One worker's claims and leases, with its fairness weights."""
+    """One worker's claims and leases in one named queue, with its fairness weights."""
 
     def __init__(
         self,
@@ -63,19 +62,23 @@ class JobQueue:
         lease_s: float,
         weights: Mapping[str, float] | None = None,
         default_model: str = DEFAULT_MODEL,
+        name: str = DEFAULT_QUEUE,
     ) -> None:
         self.redis = redis
+        self.keys = queue_keys(name)
         self.lease_ms = max(1, round(lease_s * 1000))
         self.model_json = dumps(default_model)
         self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
         self._claim = WorkerScript(redis, "claim")
         self._renew = WorkerScript(redis, "renew")
         self._pending = WorkerScript(redis, "pending")
+        self._wait_over = WorkerScript(redis, "wait_over", rides_out=True)
 
     async def claim(self, want: int, want_ordinary: int | None = None) -> Claimed:
         """Take up to ``want`` ready jobs, leased for ``lease_ms``; at most ``want_ordinary`` of them
         at priorities 1 to 9 (the others are urgent: priority 0)."""
         reply: list[bytes | int] = await self._claim(
+            self.keys,
             lease_ms=self.lease_ms,
             want=want,
             want_ordinary=want if want_ordinary is None else want_ordinary,
@@ -83,20 +86,29 @@ class JobQueue:
             model_json=self.model_json,
             weights=self.weights,
         )
-        at_ms, recovered, promoted, migrated, skipped, more, urgent = (int(n) for n in reply[:7])
-        job_ids = [as_text(j) for j in reply[7:]]
-        if recovered or migrated or skipped:
-            log.info("queue.returned", recovered=recovered, promoted=promoted, migrated=migrated, skipped=skipped)
-        return Claimed(job_ids, at_ms, urgent, bool(more), recovered, promoted, migrated, skipped)
+        at_ms, recovered, promoted, skipped, more, urgent = (int(n) for n in reply[:6])
+        tag = self.keys.tag
+        job_ids = [tag + as_text(j) for j in reply[6:]]
+        if recovered or skipped:
+            log.info("queue.returned", queue=self.keys.name, recovered=recovered, promoted=promoted, skipped=skipped)
+        return Claimed(job_ids, at_ms, urgent, bool(more), recovered, promoted, skipped)
 
     async def renew(self, job_ids: Iterable[str]) -> int:
-        """Extend the leases of these running jobs to ``lease_ms`` from now; how many were still leased."""
+        """Extend the leases of these running jobs of the queue (their ids, not arq's) to ``lease_ms``
+        from now; how many were still leased."""
         ids = list(job_ids)
         renewed = 0
         for start in range(0, len(ids), RENEW_CHUNK):
-            renewed += int(await self._renew(lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK]))
+            renewed += int(
+                await self._renew(self.keys, lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK])
+            )
         return renewed
 
     async def pending(self) -> bool:
-        """Whether any job is ready, running, deferred or in the legacy queue."""
-        return bool(await self._pending())
+        """Whether any job of the queue is ready, running or deferred."""
+        return bool(await self._pending(self.keys))
+
+    async def wait_over(self, recoveries: int) -> int:
+        """A backend recovered (the backends' recoveries count is now ``recoveries``): the jobs of
+        the queue waiting for a backend are due now; how many there were."""
+        return int(await self._wait_over(self.keys, recoveries=recoveries))

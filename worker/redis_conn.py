@@ -20,16 +20,26 @@ from redis.backoff import AbstractBackoff, ExponentialBackoff, NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    ClusterError,
     ConnectionError,
     NoPermissionError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     TimeoutError,
+    TryAgainError,
 )
 
-from promptq_core.connect import async_sentinel, parse_sentinel, sync_client
+from promptq_core.connect import async_sentinel, parse_cluster, parse_sentinel, sync_client
 from promptq_core.env import ConfigError, redact_url
-from promptq_core.guard import ALLOW_EVICTION_ENV, RedisFacts, eviction_problem, read_facts_sync, version_problem
+from promptq_core.guard import (
+    ALLOW_EVICTION_ENV,
+    RedisFacts,
+    eviction_problem,
+    mode_problem,
+    read_facts_sync,
+    version_problem,
+)
 from worker.logs import get_logger
 
 __all__ = [
@@ -38,6 +48,7 @@ __all__ = [
     "OutageRetry",
     "check_access",
     "check_facts",
+    "cluster_settings",
     "give_up_at",
     "redis_settings",
     "ride_out",
@@ -80,9 +91,10 @@ async def ride_out(call: Callable[[], Awaitable[T]], outage_s: float = REDIS_OUT
     """Run a Redis call until Redis takes it, for up to ``outage_s``. For the writes a job cannot do
     without (its result above all): redis-py retries a command, but not the handshake of a new
     connection, which fails when Redis goes away just then. The calls given are safe to repeat.
-    (NoScriptError: Redis restarted again between loading a script and running it.)"""
+    (NoScriptError: Redis restarted again between loading a script and running it; ClusterError and
+    TryAgainError: a Cluster whose slot has no primary for a moment, during a failover.)"""
     backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
-    errors = (ConnectionError, TimeoutError, OSError, NoScriptError)
+    errors = (ConnectionError, TimeoutError, OSError, NoScriptError, ClusterError, TryAgainError)
     return await _ride_out(call, errors, backoff, outage_s)
 
 
@@ -143,6 +155,11 @@ def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
             password=target.password,
             ssl=target.ssl,
             conn_retries=0,
+        )
+    if (cluster := parse_cluster(url)) is not None:  # (arq knows no Cluster: its first seed node)
+        host, port = cluster.nodes[0]
+        return RedisSettings(
+            host=host, port=port, username=cluster.username, password=cluster.password, ssl=cluster.ssl, conn_retries=0
         )
     kw: dict[str, Any] = dict(parse_url(url))
     return RedisSettings(
@@ -233,12 +250,30 @@ def worker_pool(url: str, max_connections: int = WORKER_CONNECTIONS, outage_s: f
     return BoundedSentinelPool(target.service, sentinel, is_master=True, **settings)
 
 
+def cluster_settings(url: str, max_connections: int = WORKER_CONNECTIONS) -> dict[str, Any]:
+    """The worker's cluster client settings (``ArqCluster``): the seed nodes and credentials, at
+    most ``max_connections`` to each node. A command to a node that fails is retried by the cluster
+    client, which reads the cluster's map again (a replica promoted); what must not be lost rides
+    out a longer failover (:func:`ride_out`)."""
+    from redis.asyncio.cluster import ClusterNode
+
+    target = parse_cluster(url)
+    assert target is not None
+    return {
+        "startup_nodes": [ClusterNode(host, port) for host, port in target.nodes],
+        "max_connections": max_connections,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        **target.client_kwargs(),
+    }
+
+
 def check_access(url: str, allow_eviction: bool = False, timeout_s: float = 2.0) -> bool:
     """Refuse to start with credentials Redis rejects (a clear error naming REDIS_URL), or on a Redis
     that could lose jobs (``check_facts``). A Redis that does not answer is not refused: the worker
     starts and waits for it, as during an outage (and checks it then). True when it was checked."""
-    client = sync_client(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    client = None
     try:
+        client = sync_client(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)  # (a cluster's: connects)
         client.ping()
         check_facts(read_facts_sync(client), url, allow_eviction)
         return True
@@ -247,15 +282,21 @@ def check_access(url: str, allow_eviction: bool = False, timeout_s: float = 2.0)
     except (ConnectionError, TimeoutError, OSError) as e:
         log.warning("redis.unavailable", error=str(e), note="the worker starts and waits for Redis")
         return False
+    except RedisClusterException as e:  # a cluster URL to a Redis that is not one, or no node answered
+        if "not enabled" in str(e):
+            raise ConfigError(f"REDIS_URL: Redis at {redact_url(url)} is not in cluster mode: use redis://") from None
+        log.warning("redis.unavailable", error=str(e), note="the worker starts and waits for the cluster")
+        return False
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def check_facts(facts: RedisFacts, url: str, allow_eviction: bool) -> None:
     """:class:`ConfigError` on a Redis older than 7.0 or one that evicts keys (a warning instead
     with ``PROMPTQ_ALLOW_EVICTION``)."""
     where = redact_url(url)
-    if problem := version_problem(facts, where):
+    if problem := version_problem(facts, where) or mode_problem(facts, url, where):
         raise ConfigError(f"REDIS_URL: {problem}")
     if problem := eviction_problem(facts, where):
         if not allow_eviction:

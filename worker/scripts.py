@@ -10,6 +10,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from promptq_core.contract import QueueKeys
 from promptq_core.scripts import script
 from worker.redis_conn import ride_out
 
@@ -24,9 +25,10 @@ class WorkerScript:
         self.rides_out = rides_out
         self._registered = redis.register_script(self.lua.source)
 
-    async def __call__(self, client: Any = None, **values: Any) -> Any:
-        """Run the script with the header's names bound to ``values`` (on ``client``: a pipeline)."""
-        keys, args = self.lua.bind(**values)
+    async def __call__(self, queue: QueueKeys | None = None, client: Any = None, **values: Any) -> Any:
+        """Run the script with the header's names bound to ``values``, a queue's script on ``queue``
+        (on ``client``: a pipeline)."""
+        keys, args = self.lua.bind(queue, **values)
         if client is not None:  # queued on a pipeline: its execute() runs it
             return await self._registered(keys=keys, args=args, client=client)
         if self.rides_out:

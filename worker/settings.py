@@ -7,12 +7,14 @@ shutdown) and keeps no arq result of its own: the result document is promptq's.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from typing import Any
 
 from promptq_core import tracing as core_tracing
-from promptq_core.contract import JOB_FUNCTION, LEGACY_QUEUE
+from promptq_core.background import REDIS_TROUBLE
+from promptq_core.contract import ARQ_QUEUE_NAME, JOB_FUNCTION
 from promptq_core.env import ConfigError, redact_url
 from promptq_core.guard import read_facts
 from worker import arq_seam, llm
@@ -41,6 +43,7 @@ from worker.state import WorkerState
 from worker.streams import Streams
 from worker.tally import Tally
 from worker.tracing import Tracing
+from worker.upgrade import Upgrade
 from worker.wake import WakeListener
 
 __all__ = ["make_settings", "on_startup", "settings_kwargs"]
@@ -53,6 +56,8 @@ log = get_logger("promptq.worker")
 ARQ_TIMEOUT_MARGIN_S = 60.0
 """arq's own job timeout sits this far above ``PROMPTQ_JOB_TIMEOUT_S``, which fires first: arq's
 timeout would end the job without its result, so it is kept out of reach of a Redis outage too."""
+LISTEN_TIMEOUT_S = 5.0
+"""A worker starting waits this long at most for its pub/sub channels before it claims."""
 ARQ_MAX_TRIES_MARGIN = 10
 """arq's own try limit is a backstop this far above ``PROMPTQ_MAX_TRIES``, which the job enforces."""
 
@@ -68,19 +73,38 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     if not ctx.get(CTX_CHECKED):  # Redis was away when the settings were made: check it now
         check_facts(await read_facts(ctx["redis"]), config.redis_url, config.allow_eviction)
     core_tracing.setup("promptq-worker", on=config.traces)
-    queue = JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model)
-    leases = Leases(queue, config.lease_s)
+    upgrade = Upgrade(ctx["redis"])
+    await upgrade.run()  # jobs an older promptq left, into the default queue before the first claim
+    upgrade.start()
+    queues = tuple(
+        JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model, name) for name in config.queues
+    )
+    leases = Leases({q.keys.name: q for q in queues}, config.lease_s)
     leases.start()
-    wake = WakeListener(ctx["redis"], on_cancel=leases.cancel)
+    recovered: list[asyncio.Task[None]] = []  # (the tasks a recovery message starts, held until done)
+
+    def on_recovery(recoveries: int) -> None:
+        state: WorkerState | None = ctx.get(CTX_STATE)
+        if state is not None:
+            task = asyncio.get_running_loop().create_task(_recovered(state, recoveries))
+            recovered.append(task)
+            task.add_done_callback(recovered.remove)
+
+    wake = WakeListener(ctx["redis"], tuple(q.keys for q in queues), on_cancel=leases.cancel, on_recovery=on_recovery)
     wake.start()
+    await wake.started(LISTEN_TIMEOUT_S)  # before the first claim: a cancel published for a job claimed is heard
     metrics = Metrics(
-        config.prices, running=lambda: len(leases.running), backends=tuple(b.name for b in config.all_backends())
+        config.prices,
+        running=lambda: len(leases.running),
+        backends=tuple(b.name for b in config.all_backends()),
+        queues=config.queues,
     )
     presence = Presence(
         ctx["redis"],
         config.max_jobs + config.urgent_slots,
         busy=lambda: len(leases.running),
         backends=metrics.backend_summary,
+        queues=config.queues,
     )
     presence.start()
     tally = Tally(ctx["redis"])
@@ -90,7 +114,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx[CTX_STATE] = WorkerState(
         config=config,
         clients=llm.Clients(config),
-        queue=queue,
+        queues=queues,
         settle=Settle(ctx["redis"], config.result_ttl_s, config.min_replicas, config.replica_timeout_ms),
         leases=leases,
         wake=wake,
@@ -105,6 +129,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         metrics=metrics,
         presence=presence,
         tally=tally,
+        upgrade=upgrade,
         tracing=Tracing(on=config.traces, capture=config.trace_content),
     )
     if ignored := ignored_variables(os.environ):
@@ -113,9 +138,17 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         "worker.started",
         redis_url=redact_url(config.redis_url),
         backends=describe(config.all_backends()),
+        queues=list(config.queues),
         model=config.model,
         max_jobs=config.max_jobs,
     )
+
+
+async def _recovered(state: WorkerState, recoveries: int) -> None:
+    try:
+        await state.backends_recovered(recoveries)
+    except REDIS_TROUBLE as e:  # the waiting jobs come back after PARK_S anyway
+        log.warning("backend.wake_failed", error=str(e))
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
@@ -126,6 +159,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.metrics.close()
         await state.presence.stop()
         await state.tally.stop()
+        await state.upgrade.stop()
         await state.clients.aclose()
     core_tracing.shutdown()  # the spans not yet sent go now
     log.info("worker.stopped")
@@ -144,7 +178,7 @@ def settings_kwargs(config: WorkerConfig, *, checked: bool = False) -> dict[str,
                 max_tries=config.max_tries + ARQ_MAX_TRIES_MARGIN,
             )
         ],
-        "queue_name": LEGACY_QUEUE,  # arq only counts it in its hourly health line
+        "queue_name": ARQ_QUEUE_NAME,  # arq only counts it in its hourly health line
         "redis_settings": redis_settings(config.redis_url),
         "max_jobs": config.max_jobs + config.urgent_slots,  # the ordinary ones are PromptqWorker's to count
         "job_timeout": config.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,

@@ -21,15 +21,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import (
-    ARQ_JOB_KEY_PREFIX,
-    ARQ_RETRY_KEY_PREFIX,
-    FAILED_JOB_KEY_PREFIX,
-    JobResult,
-    Reply,
-    result_key,
-    stream_key,
-)
+from promptq_core.contract import JobResult, QueueKeys, Reply, queue_keys
 from worker.logs import get_logger
 from worker.redis_conn import ride_out
 from worker.scripts import WorkerScript
@@ -60,13 +52,14 @@ class Settle:
     async def finish(self, final: JobResult, *, streamed: bool = False) -> Finished:
         """Write the terminal document and let go of the job; say whether the job ended here, or
         return the stored document instead if it was cancelled meanwhile (that one stays)."""
-        job_id = final.job_id
-        values = dict(
-            doc=result_key(job_id),
-            record=ARQ_JOB_KEY_PREFIX + job_id,
-            tries=ARQ_RETRY_KEY_PREFIX + job_id,
-            kept=FAILED_JOB_KEY_PREFIX + job_id,
-            stream=stream_key(job_id),
+        job_id, keys = final.job_id, queue_keys(final.queue)
+        values: dict[str, Any] = dict(
+            queue=keys,
+            doc=keys.result(job_id),
+            record=keys.record(job_id),
+            tries=keys.tries(job_id),
+            kept=keys.kept(job_id),
+            stream=keys.stream(job_id),
             job_id=job_id,
             doc_json=final.to_json(),
             ttl_ms=self.result_ttl_ms,
@@ -89,11 +82,12 @@ class Settle:
         giving back the attempt's try (``recoveries``: it waits for a backend, and is due at once
         when a circuit closes, or at once if one closed since that count); a job that ended
         meanwhile is let go of, its terminal document returned."""
-        job_id = queued.job_id
+        job_id, keys = queued.job_id, queue_keys(queued.queue)
         stored = await self._defer(
-            doc=result_key(job_id),
-            record=ARQ_JOB_KEY_PREFIX + job_id,
-            tries=ARQ_RETRY_KEY_PREFIX + job_id,
+            keys,
+            doc=keys.result(job_id),
+            record=keys.record(job_id),
+            tries=keys.tries(job_id),
             job_id=job_id,
             doc_json=queued.to_json(),
             ttl_ms=self.result_ttl_ms,
@@ -104,16 +98,16 @@ class Settle:
         )
         return _parse(stored)
 
-    async def ack(self, job_id: str) -> None:
+    async def ack(self, queue: QueueKeys, job_id: str) -> None:
         """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""
-        await self._ack(record=ARQ_JOB_KEY_PREFIX + job_id, tries=ARQ_RETRY_KEY_PREFIX + job_id, job_id=job_id)
+        await self._ack(queue, record=queue.record(job_id), tries=queue.tries(job_id), job_id=job_id)
 
     async def _finish_replicated(self, values: dict[str, Any], job_id: str) -> Any:
         """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result
         fewer replicas confirmed is logged: if the primary fails before they have it, the job's lease
         comes back on the new primary and the job runs again (once more paid, never lost)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._finish(pipe, **values)
+            await self._finish(client=pipe, **values)
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
             stored, acked = await pipe.execute()
         if int(acked) < self.min_replicas:

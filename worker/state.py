@@ -16,6 +16,7 @@ from worker.routing import Router
 from worker.settle import Settle
 from worker.streams import Streams
 from worker.tally import Tally
+from worker.upgrade import Upgrade
 from worker.wake import WakeListener
 
 __all__ = ["WorkerState"]
@@ -27,7 +28,8 @@ class WorkerState:
 
     config: WorkerConfig
     clients: llm.Clients
-    queue: JobQueue
+    queues: tuple[JobQueue, ...]
+    """The named queues the worker serves (``PROMPTQ_QUEUES``), claimed from in turn."""
     settle: Settle
     leases: Leases
     wake: WakeListener
@@ -37,6 +39,7 @@ class WorkerState:
     metrics: Metrics
     presence: Presence
     tally: Tally
+    upgrade: Upgrade
     tracing: tracing.Tracing
 
     @property
@@ -47,3 +50,12 @@ class WorkerState:
     @property
     def shutdown_grace_s(self) -> float:
         return self.config.shutdown_grace_s
+
+    async def backends_recovered(self, recoveries: int) -> None:
+        """A backend recovered: the jobs waiting for one in every queue served here are due now
+        (each worker hears of it; the script is the same whoever runs it first)."""
+        woken = 0
+        for queue in self.queues:
+            woken += await queue.wait_over(recoveries)
+        if woken:
+            self.wake.event.set()

@@ -1,4 +1,4 @@
-"""A streamed job's events, written to ``promptq:stream:{job_id}`` as the API sends its deltas.
+"""A streamed job's events, written to the job's stream (``QueueKeys.stream``) as the API sends its deltas.
 
 The entries are the contract's (``promptq_core.contract.STREAM_KEY_PREFIX``): ``delta`` entries while
 the answer arrives, a ``restart`` entry when a later attempt begins after an earlier one wrote
@@ -11,7 +11,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from promptq_core.contract import STREAM_MAXLEN, stream_key
+from promptq_core.contract import STREAM_MAXLEN
 from worker.logs import get_logger
 from worker.scripts import WorkerScript
 
@@ -27,9 +27,9 @@ class Streams:
         self.redis, self.ttl_ms = redis, ttl_ms
         self._begin = WorkerScript(redis, "stream_begin", rides_out=True)
 
-    def writer(self, job_id: str) -> StreamWriter:
-        """A writer for one attempt of the job."""
-        return StreamWriter(self, job_id)
+    def writer(self, key: str) -> StreamWriter:
+        """A writer for one attempt of the job whose stream is at ``key`` (``QueueKeys.stream``)."""
+        return StreamWriter(self, key)
 
     async def begin(self, key: str, attempt: int) -> None:
         """Mark a new attempt on the stream at ``key``, if an earlier one left deltas behind."""
@@ -39,8 +39,8 @@ class Streams:
 class StreamWriter:
     """Appends one job's events; one per attempt."""
 
-    def __init__(self, streams: Streams, job_id: str) -> None:
-        self.streams, self.key = streams, stream_key(job_id)
+    def __init__(self, streams: Streams, key: str) -> None:
+        self.streams, self.key = streams, key
         self._fresh = True
         self._dropping = False
 

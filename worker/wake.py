@@ -1,9 +1,10 @@
 """Waking an idle worker as soon as a job is submitted, instead of at its next poll (and hearing
-of cancelled jobs, on the same pub/sub connection).
+of cancelled jobs and of backends that recovered, on the same pub/sub connection).
 
-An idle worker polls the queue every ``PROMPTQ_POLL_DELAY_S`` (for retries whose wait has passed).
-Producers publish on ``promptq:wake`` after enqueueing (once a job, or once a ``submit_many``
-chunk); each worker listens there and sets ``event``, which ends its poll's sleep
+An idle worker polls its queues every ``PROMPTQ_POLL_DELAY_S`` (for retries whose wait has passed).
+Producers publish on the queue's wake channel (``promptq:{queue}:wake``) after enqueueing (once a
+job, or once a ``submit_many`` chunk); each worker listens on its queues' and sets ``event``, which
+ends its poll's sleep
 (``worker.arq_seam``), so a new job starts within milliseconds. A busy worker is not slowed either:
 while jobs wait for its slots, a finishing job sets the same event.
 """
@@ -18,48 +19,77 @@ from typing import Any
 from redis.asyncio import Redis
 
 from promptq_core.background import REDIS_TROUBLE, Background, repeat
-from promptq_core.contract import CANCEL_CHANNEL, WAKE_CHANNEL
+from promptq_core.connect import pubsub_client
+from promptq_core.contract import BACKENDS_CHANNEL, CANCEL, WAKE, QueueKeys
 from worker.logs import get_logger
 
 __all__ = ["WakeListener"]
 
 log = get_logger("promptq.wake")
 RECONNECT_S = 1.0
+BACKENDS_BYTES = BACKENDS_CHANNEL.encode()
 
 
 class WakeListener:
-    """Sets ``event`` whenever a producer publishes on the wake channel, and hands each job id
-    published on the cancel channel to ``on_cancel``."""
+    """Sets ``event`` whenever a producer publishes on a queue's wake channel, hands each job
+    published on a queue's cancel channel to ``on_cancel`` (as arq's id: ``{queue}job_id``), and
+    each recoveries count published on ``BACKENDS_CHANNEL`` to ``on_recovery``."""
 
-    def __init__(self, redis: Redis, on_cancel: Callable[[str], object] | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        queues: tuple[QueueKeys, ...],
+        on_cancel: Callable[[str], object] | None = None,
+        on_recovery: Callable[[int], object] | None = None,
+    ) -> None:
         self.redis = redis
-        self.on_cancel = on_cancel
+        self.on_cancel, self.on_recovery = on_cancel, on_recovery
+        self._cancels = {q.key(CANCEL).encode(): q.tag for q in queues}
+        self._channels = [c for q in queues for c in (q.key(WAKE), q.key(CANCEL))] + [BACKENDS_CHANNEL]
         self.event = asyncio.Event()
+        self.listening = asyncio.Event()
+        """Set once the channels are subscribed (a job claimed before would miss its cancel)."""
         self._listener = Background("promptq-wake")
 
     def start(self) -> None:
         # a failure is logged, and the poll goes on meanwhile; listen again shortly
         self._listener.start(lambda: repeat(self._listen, RECONNECT_S, self._listen_failed))
 
+    async def started(self, timeout_s: float) -> bool:
+        """Wait until the channels are subscribed, for up to ``timeout_s`` (Redis away: the worker
+        goes on, and a cancel published before the subscription reaches the job by its document)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.listening.wait()
+        return self.listening.is_set()
+
     async def stop(self) -> None:
         await self._listener.stop()
 
     async def _listen(self) -> None:
-        pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)
+        source = await pubsub_client(self.redis)  # (on a Cluster: a node of its, chosen afresh each time)
+        pubsub: Any = source.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(WAKE_CHANNEL, CANCEL_CHANNEL)
+            await pubsub.subscribe(*self._channels)
+            self.listening.set()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
                 if message is None:
                     continue
-                if message["channel"] == CANCEL_CHANNEL.encode():
+                channel = message["channel"]
+                if (tag := self._cancels.get(channel)) is not None:
                     if self.on_cancel is not None:
-                        self.on_cancel(message["data"].decode())
+                        self.on_cancel(tag + message["data"].decode())
+                elif channel == BACKENDS_BYTES:
+                    if self.on_recovery is not None and message["data"].isdigit():
+                        self.on_recovery(int(message["data"]))
                 else:
                     self.event.set()
         finally:
             with contextlib.suppress(*REDIS_TROUBLE):
                 await pubsub.aclose()
+                if source is not self.redis:
+                    await source.aclose()
 
     @staticmethod
     def _listen_failed(e: BaseException) -> None:

@@ -15,6 +15,8 @@ error (bad arguments, Redis unavailable, unknown batch or job), 2 some jobs fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import sys
@@ -30,7 +32,7 @@ from producer.writes import Writes
 from promptq_core import tracing
 from promptq_core.env import ConfigError
 from promptq_core.prices import prices_from_env
-from promptq_core.validation import InvalidJobError, check_fairness_key, check_priority
+from promptq_core.validation import InvalidJobError, check_fairness_key, check_priority, check_queue
 
 __all__ = ["main"]
 
@@ -45,6 +47,8 @@ class Cli:
         config = ProducerConfig.from_env()
         if args.redis_url:
             config = config.with_url(args.redis_url)
+        if args.queue:
+            config = dataclasses.replace(config, queue=args.queue)
         self.producer = SyncProducer(config=config)
         self.prices = prices_from_env(os.environ)
 
@@ -199,14 +203,15 @@ STATUS_KEYS_SHOWN = 10
 
 def _queue_lines(d: QueueDepths) -> str:
     """The queue as ``promptq status`` shows it: totals, then each priority with its busiest keys."""
-    lines = [f"queue: {d.waiting} waiting, {d.running} in flight, {d.deferred} deferred; {d.failed} failed job(s) kept"]
+    lines = [
+        f"queue {d.queue}: {d.waiting} waiting, {d.running} in flight, {d.deferred} deferred; "
+        f"{d.failed} failed job(s) kept"
+    ]
     for priority, keys in sorted(d.ready.items()):
         busiest = sorted(keys.items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{key} {n}" for key, n in busiest[:STATUS_KEYS_SHOWN])
         more = f", and {len(busiest) - STATUS_KEYS_SHOWN} more key(s)" if len(busiest) > STATUS_KEYS_SHOWN else ""
         lines.append(f"  priority {priority}: {sum(keys.values())} waiting ({shown}{more})")
-    if d.legacy:
-        lines.append(f"  {d.legacy} job(s) still in promptq 0.1's queue (a worker moves them over)")
     return "\n".join(lines)
 
 
@@ -229,6 +234,13 @@ def _summary(name: str, p: Progress) -> str:
     return f"batch {name}: {p.total} job(s): {counts or 'none'}; {p.tokens:,} tokens{cost}"
 
 
+def _queue(raw: str) -> str:
+    try:
+        return check_queue(raw)
+    except InvalidJobError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _priority(raw: str) -> int:
     try:
         return check_priority(int(raw))
@@ -247,8 +259,14 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="promptq", description="Batches and jobs of promptq, over Redis (REDIS_URL).")
     top.add_argument("--redis-url", help="default: REDIS_URL, else redis://localhost:6379/0")
     top.add_argument("--json", action="store_true", help="print one JSON object")
+    queue = argparse.ArgumentParser(add_help=False)  # every command takes --queue, before or after its name
+    queue.add_argument(
+        "--queue", type=_queue, default=argparse.SUPPRESS, help="the named queue (default: PROMPTQ_QUEUE, else default)"
+    )
+    top.add_argument("--queue", type=_queue, default=None, help=argparse.SUPPRESS)
     sub = top.add_subparsers(dest="command", required=True)
-    submit = sub.add_parser("submit", help="enqueue a JSONL file (Batch API input format, or prompt/messages lines)")
+    add = functools.partial(sub.add_parser, parents=[queue])
+    submit = add("submit", help="enqueue a JSONL file (Batch API input format, or prompt/messages lines)")
     submit.add_argument("file")
     submit.add_argument("--batch", type=valid_batch_name, help="the batch's name (default: the file's name)")
     submit.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad")
@@ -261,17 +279,15 @@ def parser() -> argparse.ArgumentParser:
         help="the key lines without their own share the workers under (default: the batch's name)",
     )
     for name, text in (("wait", "show progress until every job ended"), ("collect", "wait, then write the output")):
-        cmd = sub.add_parser(name, help=text)
+        cmd = add(name, help=text)
         cmd.add_argument("batch", type=valid_batch_name)
         cmd.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
         if name == "collect":
             cmd.add_argument("-o", "--output", required=True, help="the JSONL file to write (Batch API output)")
-    sub.add_parser("status", help="the queue, or one batch").add_argument("batch", nargs="?", type=valid_batch_name)
-    sub.add_parser("result", help="a job's result document (JSON)").add_argument("id")
-    sub.add_parser("cancel", help="cancel a queued or running job").add_argument("id")
-    sub.add_parser("retry-failed", help="queue a batch's failed jobs again").add_argument(
-        "batch", type=valid_batch_name
-    )
+    add("status", help="the queue, or one batch").add_argument("batch", nargs="?", type=valid_batch_name)
+    add("result", help="a job's result document (JSON)").add_argument("id")
+    add("cancel", help="cancel a queued or running job").add_argument("id")
+    add("retry-failed", help="queue a batch's failed jobs again").add_argument("batch", type=valid_batch_name)
     return top
 
 

@@ -30,7 +30,7 @@ from producer.http.schema import (
     ResultDocument,
 )
 from producer.types import StreamEvent
-from promptq_core.contract import BATCH_NAME_RE, JobResult, dumps
+from promptq_core.contract import BATCH_NAME_RE, QUEUE_NAME_RE, JobResult, dumps
 from promptq_core.validation import InvalidJobError
 
 __all__ = ["KEEPALIVE_ENV", "TOKEN_ENV", "fleet", "jobs", "site"]
@@ -69,14 +69,28 @@ async def authorised(
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
+def known_query(request: Request) -> None:
+    """A query parameter the route does not take is refused (422), not silently ignored."""
+    route = request.scope.get("route")
+    taken = {p.alias for p in route.dependant.query_params} if route is not None else set()
+    if unknown := sorted(set(request.query_params) - taken):
+        raise InvalidJobError(
+            f"unknown query parameter {unknown[0][:40]!r} (this route takes {sorted(taken) or 'none'})"
+        )
+
+
 def producer_of(request: Request) -> Producer:
     producer: Producer = request.app.state.producer
     return producer
 
 
 ProducerDep = Annotated[Producer, Depends(producer_of)]
-jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised)])
-fleet = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
+QueueParam = Annotated[
+    str | None,
+    Query(pattern=f"^{QUEUE_NAME_RE.pattern}$", description="the named queue (default: the API's PROMPTQ_QUEUE)"),
+]
+jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised), Depends(known_query)])
+fleet = APIRouter(prefix="/v1", dependencies=[Depends(authorised), Depends(known_query)])
 site = APIRouter()
 
 
@@ -98,20 +112,24 @@ async def submit(
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
         ids = await producer.submit_many([_arguments(j) for j in body])
-        docs = await producer.get_many(ids)  # every document in one read
-        return [_doc(d, i) for i, d in zip(ids, docs, strict=True)]
+        queues = [j.queue for j in body]
+        docs: dict[tuple[str | None, str], Any] = {}
+        for queue in dict.fromkeys(queues):  # every document of a queue in one read
+            mine = [i for i, q in zip(ids, queues, strict=True) if q == queue]
+            docs.update(zip(((queue, i) for i in mine), await producer.get_many(mine, queue=queue), strict=True))
+        return [_doc(docs[q, i], i) for i, q in zip(ids, queues, strict=True)]
     job_id = await producer.submit(**_arguments(body))
-    return _doc(await producer.get(job_id), job_id)
+    return _doc(await producer.get(job_id, queue=body.queue), job_id)
 
 
 @jobs.get(
     "/{job_id}",
     summary="The job's result document",
     response_model=None,
-    responses={200: {"model": ResultDocument, "description": "the result document"}, **_errors(401, 404, 503)},
+    responses={200: {"model": ResultDocument, "description": "the result document"}, **_errors(401, 404, 422, 503)},
 )
-async def get(job_id: str, producer: ProducerDep) -> Any:
-    return _doc(await producer.get(job_id), job_id)
+async def get(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> Any:
+    return _doc(await producer.get(job_id, queue=queue), job_id)
 
 
 @jobs.get(
@@ -120,7 +138,7 @@ async def get(job_id: str, producer: ProducerDep) -> Any:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the events, then the stream ends"},
-        **_errors(400, 401, 404, 503),
+        **_errors(400, 401, 404, 422, 503),
     },
 )
 async def events(
@@ -130,24 +148,25 @@ async def events(
     last_event_id: Annotated[
         str | None, Header(description="resume behind this event (its id); 0 or absent: from the start")
     ] = None,
+    queue: QueueParam = None,
 ) -> StreamingResponse:
     after = last_event_id or "0"
     if not EVENT_ID_RE.fullmatch(after):
         raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an event id (like 1795636687650-0)")
-    _doc(await producer.get(job_id), job_id)  # 404 before the stream starts
+    _doc(await producer.get(job_id, queue=queue), job_id)  # 404 before the stream starts
     keepalive_s: float = request.app.state.keepalive_s
 
     async def sse() -> AsyncIterator[str]:
-        async for event in _with_keepalive(producer.stream(job_id, after=after), keepalive_s):
+        async for event in _with_keepalive(producer.stream(job_id, after=after, queue=queue), keepalive_s):
             yield ": keep-alive\n\n" if event is None else _sse(event)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 
-@jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 404, 503))
-async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
-    outcome = await producer.cancel(job_id)
+@jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 404, 422, 503))
+async def cancel(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> Cancelled:
+    outcome = await producer.cancel(job_id, queue=queue)
     if outcome.result is None and not outcome.cancelled:
         raise HTTPException(404, outcome.message)
     doc = ResultDocument.model_validate(outcome.result.to_doc()) if outcome.result else None
@@ -161,23 +180,23 @@ async def cancel(job_id: str, producer: ProducerDep) -> Cancelled:
     response_model=None,
     responses={
         202: {"model": ResultDocument, "description": "the result document, queued again"},
-        **_errors(401, 404, 409, 503),
+        **_errors(401, 404, 409, 422, 503),
     },
 )
-async def retry(job_id: str, producer: ProducerDep) -> Any:
-    if await producer.get(job_id) is None:
+async def retry(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> Any:
+    if await producer.get(job_id, queue=queue) is None:
         raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
-    await producer.retry(job_id)
-    return _doc(await producer.get(job_id), job_id)
+    await producer.retry(job_id, queue=queue)
+    return _doc(await producer.get(job_id, queue=queue), job_id)
 
 
 @fleet.get(
     "/dashboard",
     summary="The fleet at a glance: queue, workers, the last 15 minutes, batches, failures",
-    responses=_errors(401, 503),
+    responses=_errors(401, 422, 503),
 )
-async def dashboard(producer: ProducerDep) -> DashboardDocument:
-    return DashboardDocument.model_validate((await producer.overview()).to_doc())
+async def dashboard(producer: ProducerDep, queue: QueueParam = None) -> DashboardDocument:
+    return DashboardDocument.model_validate((await producer.overview(queue=queue)).to_doc())
 
 
 @fleet.get(
@@ -190,13 +209,14 @@ async def batch(
     producer: ProducerDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    queue: QueueParam = None,
 ) -> BatchPage:
-    raw = await producer.manifest(name) if BATCH_NAME_RE.fullmatch(name) else None
+    raw = await producer.manifest(name, queue=queue) if BATCH_NAME_RE.fullmatch(name) else None
     if raw is None:
         raise HTTPException(404, f"no batch {name!r} (never submitted, or expired)")
     items = manifest_items(raw, name)
     page = items[offset : offset + limit]
-    results = await producer.get_many([job_id for _, job_id in page])
+    results = await producer.get_many([job_id for _, job_id in page], queue=queue)
     return BatchPage(
         name=name,
         total=len(items),

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from promptq_core.contract import FAIRNESS_KEY_MAX_BYTES
+from promptq_core.contract import DEFAULT_QUEUE, FAIRNESS_KEY_MAX_BYTES, QUEUE_NAME_RE
 from promptq_core.validation import JOB_ID_RE, MAX_DEADLINE_S, MAX_FALLBACKS, MODEL_MAX_CHARS
 
 __all__ = [
@@ -52,10 +52,15 @@ class JobRequest(BaseModel):
         description="an embeddings job's input (strings or token arrays), or a response's input (a string or items)",
     )
     model: str | None = Field(None, min_length=1)
+    queue: str | None = Field(
+        None,
+        pattern=f"^{QUEUE_NAME_RE.pattern}$",
+        description="the named queue (default: the API's PROMPTQ_QUEUE, else default)",
+    )
     job_id: str | None = Field(
         None,
         pattern=f"^{JOB_ID_RE.pattern}$",
-        description="your own id; submitting it again enqueues nothing new",
+        description="your own id; submitting it again to its queue enqueues nothing new",
     )
     metadata: dict[str, Any] | None = None
     stream: bool = False
@@ -110,6 +115,7 @@ class ResultDocument(BaseModel):
     metadata: dict[str, Any] | None
     priority: int
     fairness_key: str
+    queue: str = Field(DEFAULT_QUEUE, description="the named queue the job waits in")
     backend: str | None = Field(None, description="the backend the latest attempt went to")
     enqueued_at: float | None
     started_at: float | None
@@ -145,6 +151,7 @@ class BackendDoc(BaseModel):
 
 
 class QueueDoc(BaseModel):
+    name: str
     totals: QueueTotals
     rows: list[QueueRow]
 
@@ -156,6 +163,7 @@ class WorkerDoc(BaseModel):
     slots: int
     busy: int
     started_at: float | None
+    queues: list[str]
     seen_at: float
     alive: bool
 

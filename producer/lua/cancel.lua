@@ -12,7 +12,6 @@
 -- KEYS[6] LEASES: running jobs, by when their lease runs out
 -- KEYS[7] DELAYED: deferred jobs, by when they are due
 -- KEYS[8] ROUTES: each queued job's priority, place and fairness key
--- KEYS[9] LEGACY_QUEUE: promptq 0.1's queue
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), minute roll-ups (STATS_PREFIX), batch tallies
 --  (BATCH_TALLY_PREFIX).

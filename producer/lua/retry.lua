@@ -9,8 +9,7 @@
 -- KEYS[7] DELAYED: deferred jobs, by when they are due
 -- KEYS[8] ROUTES: each queued job's priority, place and fairness key
 -- KEYS[9] SEQUENCE: the counter of places in line
--- KEYS[10] LEGACY_QUEUE: promptq 0.1's queue
--- KEYS[11] FAILED: failed job ids, by when they failed
+-- KEYS[10] FAILED: failed job ids, by when they failed
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), batch tallies (BATCH_TALLY_PREFIX).
 -- ARGV[1] job_id

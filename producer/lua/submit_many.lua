@@ -4,7 +4,6 @@
 -- KEYS[3] DELAYED: deferred jobs, by when they are due
 -- KEYS[4] ROUTES: each queued job's priority, place and fairness key
 -- KEYS[5] SEQUENCE: the counter of places in line
--- KEYS[6] LEGACY_QUEUE: promptq 0.1's queue
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), result documents (RESULT_PREFIX).
 -- ARGV[1] ttl_ms: how long each record and document live

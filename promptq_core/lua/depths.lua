@@ -4,15 +4,13 @@
 -- KEYS[1] LEVELS: the priorities with ready jobs
 -- KEYS[2] LEASES: running jobs, by when their lease runs out
 -- KEYS[3] DELAYED: deferred jobs, by when they are due
--- KEYS[4] LEGACY_QUEUE: promptq 0.1's queue
--- KEYS[5] FAILED: failed job ids, by when they failed
+-- KEYS[4] FAILED: failed job ids, by when they failed
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX).
 -- ARGV[1] keys_max
--- Returns {leased, delayed, legacy, failed, {priority, ready, truncated, key, n, key, n, ...}, ...}.
+-- Returns {leased, delayed, failed, {priority, ready, truncated, key, n, key, n, ...}, ...}.
 local keys_max = tonumber(ARGV[1])
-local out = {redis.call('ZCARD', LEASES), redis.call('ZCARD', DELAYED), redis.call('ZCARD', LEGACY_QUEUE),
-             redis.call('ZCARD', FAILED)}
+local out = {redis.call('ZCARD', LEASES), redis.call('ZCARD', DELAYED), redis.call('ZCARD', FAILED)}
 for _, level in ipairs(redis.call('ZRANGE', LEVELS, 0, -1)) do
   local active = ACTIVE_PREFIX .. level
   local row, total = {level, 0, redis.call('ZCARD', active) > keys_max and 1 or 0}, 0

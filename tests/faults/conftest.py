@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.stack import Simulator, Worker
-from producer import JobResult, SyncProducer
+from producer import JobResult, QueueUnavailableError, SyncProducer
 from tests.conftest import worker_env as base_worker_env
 
 FIGURES: list[dict[str, Any]] = []
@@ -46,7 +46,11 @@ def wait_all(producer: SyncProducer, ids: list[str], timeout_s: float) -> dict[s
     results: dict[str, JobResult | None] = {}
     while pending and time.monotonic() < deadline:
         for job_id in list(pending):
-            r = producer.get(job_id)
+            try:
+                r = producer.get(job_id)
+            except QueueUnavailableError:  # the Redis failing over: ask again shortly
+                time.sleep(0.2)
+                break
             results[job_id] = r
             if r is not None and r.done:
                 pending.discard(job_id)

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from promptq_core.contract import BACKEND_WAITS_KEY, DELAYED_SET, circuit_key
+from promptq_core.contract import BACKEND_WAITS, DELAYED, circuit_key, queue_keys
 from worker.circuit import CircuitRules, Circuits
+from worker.queue import JobQueue
 
 RULES = CircuitRules(failures=3, cool_down_s=1, max_cool_down_s=4)
 
@@ -55,11 +56,12 @@ async def test_a_failed_probe_opens_it_for_longer_and_a_good_one_wakes_the_waiti
         assert (await circuits.failed("b", probe=False, routed_at_ms=4)).open  # a straggler: still open
         again = await circuits.failed("b", probe=True, routed_at_ms=5)
         assert again.open and again.wait_s == pytest.approx(2 * RULES.cool_down_s, abs=0.01)
-        await client.zadd(DELAYED_SET, {"parked": 10**15})
-        await client.zadd(BACKEND_WAITS_KEY, {"parked": 1})
+        await client.zadd(queue_keys().key(DELAYED), {"parked": 10**15})
+        await client.zadd(queue_keys().key(BACKEND_WAITS), {"parked": 1})
         ok = await circuits.succeeded("b", probe=True, routed_at_ms=6)
-        assert ok.recovered and ok.woken == 1 and not ok.open
-        assert (await client.zscore(DELAYED_SET, "parked") or 0) < 10**15  # due now
-        assert await client.exists(circuit_key("b"), BACKEND_WAITS_KEY) == 0
+        assert ok.recovered and ok.recoveries == 1 and not ok.open
+        assert await JobQueue(client, lease_s=60).wait_over(ok.recoveries) == 1  # what a worker then does
+        assert (await client.zscore(queue_keys().key(DELAYED), "parked") or 0) < 10**15  # due now
+        assert await client.exists(circuit_key("b"), queue_keys().key(BACKEND_WAITS)) == 0
     finally:
         await client.aclose()

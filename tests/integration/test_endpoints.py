@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import InvalidJobError, Producer
-from promptq_core.contract import result_key
+from promptq_core.contract import queue_keys
 from tests.conftest import run_burst
 from worker.config import WorkerConfig
 
@@ -39,7 +39,7 @@ async def test_an_embeddings_job_gives_one_unit_vector_an_input_stored_compactly
     assert single.vectors == [vectors[0]]  # the same input, the same float32 values
     assert [len(v) for v in (await producer.wait(small, timeout=1)).vectors or []] == [64]
     assert isinstance(r.embeddings, list) and all(isinstance(e, str) for e in r.embeddings)  # base64 float32
-    size = int(cast(int, sync_redis.memory_usage(result_key(one))))
+    size = int(cast(int, sync_redis.memory_usage(queue_keys().result(one))))
     assert 1536 * 4 < size < 11_000  # one 1,536-dimension vector as base64 float32: ~10.3 KB, not ~41 KB as JSON
 
 

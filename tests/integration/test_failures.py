@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator, free_port
 from producer import Producer, QueueUnavailableError, RetryRefusedError, SyncProducer
-from promptq_core.contract import ARQ_RETRY_KEY_PREFIX, FAILED_JOB_KEY_PREFIX, LEASE_SET
+from promptq_core.contract import FAILED_JOB, LEASES, queue_keys
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 
@@ -32,7 +32,7 @@ async def test_failed_jobs_are_listed_newest_first_and_can_be_retried(
     assert [r.job_id for r in failed] == [second, first]
     assert all(r.status == "failed" and r.error is not None for r in failed)
     assert [r.job_id for r in await producer.failed(limit=1)] == [second]
-    assert sync_redis.exists(FAILED_JOB_KEY_PREFIX + first)
+    assert sync_redis.exists(queue_keys().key(FAILED_JOB) + first)
 
     assert await producer.retry(first) == first
     queued = await producer.get(first)
@@ -43,7 +43,7 @@ async def test_failed_jobs_are_listed_newest_first_and_can_be_retried(
     r = await producer.wait(first, timeout=1)
     assert r.ok and r.attempts == 1 and r.content == "one" and r.metadata == {"row": 1}
     assert [j.job_id for j in await producer.failed()] == [second]
-    assert not sync_redis.exists(FAILED_JOB_KEY_PREFIX + first)
+    assert not sync_redis.exists(queue_keys().key(FAILED_JOB) + first)
     assert sim.stats()["completions"] == 2  # f-ok and the retried f-1
 
     with pytest.raises(RetryRefusedError, match="succeeded, not failed"):
@@ -74,13 +74,13 @@ async def test_a_running_job_holds_a_short_renewed_lease(
     sim.configure(latency_ms=1500)
     job_id = await producer.submit("slow")
     burst = asyncio.create_task(run_burst(dataclasses.replace(worker_config, lease_s=1.0)))
-    while sync_redis.zscore(LEASE_SET, job_id) is None:
+    while sync_redis.zscore(queue_keys().key(LEASES), job_id) is None:
         await asyncio.sleep(0.01)
     left_ms = []
     for _ in range(12):  # 1.2 s: longer than one lease, so it must have been renewed
         await asyncio.sleep(0.1)
         seconds, micros = cast("tuple[int, int]", sync_redis.time())
-        deadline_ms = cast("float | None", sync_redis.zscore(LEASE_SET, job_id))
+        deadline_ms = cast("float | None", sync_redis.zscore(queue_keys().key(LEASES), job_id))
         if deadline_ms is not None:
             left_ms.append(deadline_ms - (seconds * 1000 + micros // 1000))
     await burst
@@ -103,7 +103,7 @@ async def test_a_shutdown_past_its_grace_puts_the_job_back_without_spending_a_tr
     await _shut_down_once_running(producer, worker_config, job_id, grace_s=0.2)
     back = await producer.get(job_id)
     assert back is not None and back.status == "queued" and back.attempts == 0
-    assert int(sync_redis.get(ARQ_RETRY_KEY_PREFIX + job_id) or 0) == 0  # type: ignore[arg-type]
+    assert int(sync_redis.get(queue_keys().tries(job_id)) or 0) == 0  # type: ignore[arg-type]
     sim.configure(latency_ms=0)
     await run_burst(worker_config)
     r = await producer.wait(job_id, timeout=1)

@@ -13,6 +13,7 @@ import redis.asyncio
 
 from devtools.stack import Simulator, Worker
 from producer import Producer, SyncProducer
+from promptq_core.contract import DEFAULT_BACKEND, limit_keys
 from promptq_core.validation import PromptJob
 from tests.conftest import run_burst, worker_env
 from worker.backends import Backend
@@ -109,14 +110,15 @@ async def test_a_cool_down_is_never_shortened_and_a_too_long_wait_reserves_nothi
         router = limiter(client, Limit(rpm=60))
         await router.cool_down(router.backends[0], "m", 5)
         await router.cool_down(router.backends[0], "m", 0.1)
-        assert await client.pttl("promptq:limit:m:cooldown") > 4000
-        await client.delete("promptq:limit:m:cooldown")
+        rpm, _, cooldown = limit_keys(DEFAULT_BACKEND, "m")
+        assert await client.pttl(cooldown) > 4000
+        await client.delete(cooldown)
         for _ in range(2):
             await acquire(router, "m", 0)  # one a second for 60 rpm: the second waits about 1 s
-        before = await client.get("promptq:limit:m:rpm")
+        before = await client.get(rpm)
         with pytest.raises(BudgetWaitTooLongError):
             await acquire(router, "m", 0, max_wait_s=0.5)
-        assert await client.get("promptq:limit:m:rpm") == before
+        assert await client.get(rpm) == before
     finally:
         await client.aclose()
 
@@ -124,8 +126,9 @@ async def test_a_cool_down_is_never_shortened_and_a_too_long_wait_reserves_nothi
 def test_per_process_scope_keeps_its_own_keys() -> None:
     shared = limiter(redis.asyncio.Redis(), Limit(rpm=5))
     own = limiter(redis.asyncio.Redis(), Limit(rpm=5), shared=False)
-    assert shared.keys(ONE, "m")[0] == "promptq:limit:m:rpm"
-    assert own.keys(ONE, "m")[0].endswith(f":{os.getpid()}:m:rpm") and own.keys(ONE, "m") != shared.keys(ONE, "m")
+    assert shared.keys(ONE, "m")[0] == limit_keys(DEFAULT_BACKEND, "m")[0] == "promptq:{backends}:limit:default/m:rpm"
+    assert own.keys(ONE, "m")[0].endswith(f":{os.getpid()}:default/m:rpm")
+    assert own.keys(ONE, "m") != shared.keys(ONE, "m")
     assert WorkerConfig.from_env({"OPENAI_BASE_URL": "http://x", "PROMPTQ_LIMIT_SCOPE": "process"}).limit_scope == (
         "process"
     )
@@ -157,7 +160,7 @@ async def test_a_success_that_spends_the_servers_budget_pauses_every_worker(
     assert (await producer.wait(job_id, timeout=1)).ok
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        pause_ms = await client.pttl(f"promptq:limit:{worker_config.model}:cooldown")
+        pause_ms = await client.pttl(limit_keys(DEFAULT_BACKEND, worker_config.model)[2])
     finally:
         await client.aclose()
     assert 0 < pause_ms <= 1000

@@ -49,5 +49,6 @@ def test_the_metrics_endpoint(redis_url: str, sim: Simulator, sync_producer: Any
     completion = sum(r.usage.completion_tokens for r in results)
     assert got[("promptq_tokens_total", (("kind", "prompt"), *model))] == prompt
     assert got[("promptq_cost_usd_total", model)] == pytest.approx((prompt * 1.0 + completion * 2.0) / 1e6)
-    assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_running", ())] == 0
-    assert all(got[("promptq_queue_depth", (("priority", str(p)),))] == 0 for p in range(10))
+    queue = (("queue", "default"),)
+    assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_running", queue)] == 0
+    assert all(got[("promptq_queue_depth", (("priority", str(p)), *queue))] == 0 for p in range(10))

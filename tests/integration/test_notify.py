@@ -15,7 +15,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import JobResult, Producer, SyncProducer
-from promptq_core.contract import WAKE_CHANNEL, done_channel, result_key
+from promptq_core.contract import WAKE, queue_keys
 from tests.conftest import start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.settle import Settle
@@ -43,7 +43,7 @@ async def subscribed(redis_url: str, channels: list[str], subscribers: int = 1) 
 
 
 def _done(job_ids: list[str]) -> list[str]:
-    return [done_channel(i) for i in job_ids]
+    return [queue_keys().done(i) for i in job_ids]
 
 
 async def _finish(redis_url: str, job_id: str, content: str) -> None:
@@ -101,12 +101,12 @@ async def test_a_timeout_still_applies(producer: Producer, sync_redis: redis.Red
     job_id = await producer.submit("never run")
     with pytest.raises(TimeoutError):
         await producer.wait(job_id, timeout=0.3)
-    assert sync_redis.exists(result_key(job_id))
+    assert sync_redis.exists(queue_keys().result(job_id))
 
 
 async def test_a_submit_wakes_an_idle_worker(producer: Producer, worker_config: WorkerConfig, sim: Simulator) -> None:
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=FAR_S))
-    await subscribed(worker_config.redis_url, [WAKE_CHANNEL])
+    await subscribed(worker_config.redis_url, [queue_keys().key(WAKE)])
     await asyncio.sleep(0.1)  # and asleep in its poll (which says nothing outside)
     try:
         one = await producer.submit("wake up")
@@ -165,17 +165,17 @@ async def test_waits_started_together_subscribe_and_unsubscribe_in_a_few_command
     await subscribed(redis_url, _done(ids))
     assert _calls(sync_redis, "subscribe") <= 3  # not one per wait
     assert _calls(sync_redis, "mget") <= 3 and _calls(sync_redis, "get") == 0  # the first reads together
-    channels: Any = sync_redis.pubsub_channels("promptq:done:*")
+    channels: Any = sync_redis.pubsub_channels(queue_keys().done("*"))
     assert len(channels) == 200
     for i in ids:
         await _finish(redis_url, i, f"answer {i}")
     results = await asyncio.gather(*waits)
     assert [r.content for r in results] == [f"answer {i}" for i in ids]
     for _ in range(100):  # the unsubscriptions go out shortly after the waits end, batched
-        if not sync_redis.pubsub_channels("promptq:done:*"):
+        if not sync_redis.pubsub_channels(queue_keys().done("*")):
             break
         await asyncio.sleep(0.02)
-    assert sync_redis.pubsub_channels("promptq:done:*") == []
+    assert sync_redis.pubsub_channels(queue_keys().done("*")) == []
     assert _calls(sync_redis, "unsubscribe") < 50
 
 
@@ -190,7 +190,7 @@ async def test_a_wait_on_a_job_whose_unsubscription_is_pending_is_still_woken(
     # The same id again at once (a retried job), before the first wait's channel is let go.
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        await client.set(result_key(job_id), JobResult(job_id=job_id, status="queued").to_json())
+        await client.set(queue_keys().result(job_id), JobResult(job_id=job_id, status="queued").to_json())
     finally:
         await client.aclose()
     second = asyncio.create_task(producer.wait(job_id, timeout=5))

@@ -15,7 +15,7 @@ import redis.asyncio
 from devtools.stack import Simulator, free_port
 from producer import Producer
 from producer.overview import quantile_ms
-from promptq_core.contract import STATS_KEY_PREFIX, WORKERS_KEY, JobResult, Usage, dumps, latency_bucket
+from promptq_core.contract import STATS, WORKERS_KEY, JobResult, Usage, dumps, latency_bucket, queue_keys
 from promptq_core.prices import Price
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
@@ -104,7 +104,7 @@ async def test_a_cancel_counts_and_running_jobs_show_where_they_belong(producer:
     ids = await submit_batch(producer, "mixed", ["a", "b"], priority=2, fairness_key="team-a")
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        assert (await JobQueue(client, lease_s=60).claim(1)).job_ids == [ids[0]]
+        assert (await JobQueue(client, lease_s=60).claim(1)).job_ids == [queue_keys().arq_id(ids[0])]
         overview = await producer.overview()
         assert overview.queue["rows"] == [{"priority": 2, "key": "team-a", "ready": 1, "running": 1, "deferred": 0}]
         assert overview.batches[0]["running"] == 1 and overview.batches[0]["waiting"] == 1
@@ -146,9 +146,10 @@ async def test_counts_redis_refused_are_kept_for_the_next_roll_up() -> None:
                 await tally.roll_up()
     finally:
         await away.aclose()
-    [counts] = tally._minutes.values()
+    [kept] = tally._queues.values()
+    [counts] = kept.minutes.values()
     assert counts["s"] == {"succeeded": 2} and counts["m"] == {"m": [2, 2, 4, 0.5]}
-    assert tally._batches == {"nightly": [2, 0, 0, 6, 0.5]}
+    assert kept.batches == {"nightly": [2, 0, 0, 6, 0.5]}
 
 
 async def test_a_running_worker_is_listed_with_its_slots_until_it_stops(
@@ -178,7 +179,7 @@ async def test_the_roll_up_is_bounded_and_expires(producer: Producer, redis_url:
                 await tally.roll_up()
     finally:
         await client.aclose()
-    [key] = [k.decode() for k in cast("list[bytes]", sync_redis.keys(STATS_KEY_PREFIX + "*"))]
+    [key] = [k.decode() for k in cast("list[bytes]", sync_redis.keys(queue_keys().key(STATS) + "*"))]
     assert cast(int, sync_redis.hlen(key)) <= 1000 + 4 and 0 < cast(int, sync_redis.ttl(key)) <= 3600
     models = {m["model"]: m["jobs"] for m in (await producer.overview()).models}
     assert sum(models.values()) == 1100 and models["(other)"] > 0

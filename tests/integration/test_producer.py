@@ -12,9 +12,9 @@ import redis.asyncio
 from producer import InvalidJobError, JobNotFoundError, Producer, SyncProducer
 from producer.types import ProducerConfig
 from producer.writes import SUBMIT_CHUNK
-from promptq_core.contract import ARQ_JOB_KEY_PREFIX, JOB_FUNCTION, SEQUENCE_KEY, ready_key, result_key
+from promptq_core.contract import JOB_FUNCTION, SEQUENCE, queue_keys
 
-DEFAULT_LINE = ready_key(5, "default")
+DEFAULT_LINE = queue_keys().ready(5, "default")
 
 
 class CountingConnection(redis.asyncio.Connection):
@@ -31,32 +31,35 @@ async def test_submit_writes_the_queued_document_the_job_record_and_the_queue_en
     producer: Producer, sync_redis: redis.Redis
 ) -> None:
     job_id = await producer.submit("What is the capital of Vietnam?", model="m1", metadata={"u": 7}, temperature=0.2)
-    doc = json.loads(sync_redis.get(result_key(job_id)))  # type: ignore[arg-type]
+    doc = json.loads(sync_redis.get(queue_keys().result(job_id)))  # type: ignore[arg-type]
     assert doc["status"] == "queued" and doc["job_id"] == job_id and doc["model"] == "m1"
     assert doc["metadata"] == {"u": 7} and doc["attempts"] == 0 and doc["enqueued_at"] > 0
     assert doc["priority"] == 5 and doc["fairness_key"] == "default"
-    record = json.loads(sync_redis.get(ARQ_JOB_KEY_PREFIX + job_id))  # type: ignore[arg-type]
+    record = json.loads(sync_redis.get(queue_keys().record(job_id)))  # type: ignore[arg-type]
     assert record["f"] == JOB_FUNCTION
     assert record["a"][0]["params"] == {"temperature": 0.2}
     assert sync_redis.zscore(DEFAULT_LINE, job_id) is not None
-    assert 86_000 < int(sync_redis.ttl(result_key(job_id))) <= 86_400  # type: ignore[arg-type]
+    assert 86_000 < int(sync_redis.ttl(queue_keys().result(job_id))) <= 86_400  # type: ignore[arg-type]
     result = await producer.get(job_id)
     assert result is not None and result.status == "queued" and not result.done
 
 
 async def test_submitting_a_known_id_enqueues_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
     assert await producer.submit("first", job_id="order-42") == "order-42"
-    before = sync_redis.get(ARQ_JOB_KEY_PREFIX + "order-42")
+    before = sync_redis.get(queue_keys().record("order-42"))
     assert await producer.submit("second", job_id="order-42") == "order-42"
-    assert sync_redis.get(ARQ_JOB_KEY_PREFIX + "order-42") == before
+    assert sync_redis.get(queue_keys().record("order-42")) == before
     assert sync_redis.zcard(DEFAULT_LINE) == 1
     # finished: only the result document is left; the id is still taken
-    doc = sync_redis.get(result_key("order-42"))
+    doc = sync_redis.get(queue_keys().result("order-42"))
     sync_redis.flushdb()
-    sync_redis.set(result_key("order-42"), doc)  # type: ignore[arg-type]
+    sync_redis.set(queue_keys().result("order-42"), doc)  # type: ignore[arg-type]
     assert await producer.submit_many([{"prompt": "third", "job_id": "order-42"}]) == ["order-42"]
     assert (await producer.depths()).waiting == 0
-    assert set(cast("list[bytes]", sync_redis.keys())) == {result_key("order-42").encode(), SEQUENCE_KEY.encode()}
+    assert set(cast("list[bytes]", sync_redis.keys())) == {
+        queue_keys().result("order-42").encode(),
+        queue_keys().key(SEQUENCE).encode(),
+    }
 
 
 async def test_bad_input_writes_nothing(producer: Producer, sync_redis: redis.Redis) -> None:

@@ -17,19 +17,24 @@ import redis.asyncio
 from devtools.stack import Simulator
 from producer import Producer, SyncProducer
 from promptq_core.contract import (
+    ACTIVE,
     ARQ_IN_PROGRESS_KEY_PREFIX,
     ARQ_JOB_KEY_PREFIX,
     ARQ_RETRY_KEY_PREFIX,
-    DELAYED_SET,
-    LEASE_SET,
+    DELAYED,
+    LEASES,
     LEGACY_QUEUE,
-    ROUTES_KEY,
-    STATS_KEY_PREFIX,
+    LEVELS,
+    OLD_KEY_PREFIX,
+    READY,
+    RESULT,
+    ROUTES,
+    SEQUENCE,
+    STATS,
     JobResult,
     encode_job,
+    queue_keys,
     queued_doc,
-    result_key,
-    stream_key,
 )
 from promptq_core.scripts import script
 from tests.conftest import run_burst, start_worker, stop_worker
@@ -38,20 +43,27 @@ from worker.config import WorkerConfig
 from worker.queue import JobQueue
 from worker.redis_conn import WORKER_CONNECTIONS
 from worker.settle import Settle
+from worker.upgrade import Upgrade
 
 
 def claim(client: redis.Redis, want: int, weights: dict[str, float] | None = None, lease_ms: int = 60_000) -> list[str]:
     """One claim, as a worker makes it (``worker.queue.JobQueue.claim``), from a plain client."""
     pairs = [str(v) for k, w in (weights or {}).items() for v in (k, w)]
-    return claim_reply(client, want, want, pairs, lease_ms)[7:]
+    return claim_reply(client, want, want, pairs, lease_ms)[6:]
 
 
 def claim_reply(client: redis.Redis, want: int, ordinary: int, weights: list[str], lease_ms: int = 60_000) -> list[Any]:
     keys, args = script("claim").bind(
-        lease_ms=lease_ms, want=want, want_ordinary=ordinary, step=500, model_json='"the-default"', weights=weights
+        queue_keys(),
+        lease_ms=lease_ms,
+        want=want,
+        want_ordinary=ordinary,
+        step=500,
+        model_json='"the-default"',
+        weights=weights,
     )
     reply: Any = client.eval(script("claim").source, len(keys), *keys, *(str(a) for a in args))
-    return [int(n) for n in reply[:7]] + [job_id.decode() for job_id in reply[7:]]
+    return [int(n) for n in reply[:6]] + [job_id.decode() for job_id in reply[6:]]
 
 
 def test_priorities_are_strict_and_each_key_keeps_its_order(
@@ -65,7 +77,7 @@ def test_priorities_are_strict_and_each_key_keeps_its_order(
     assert claim(sync_redis, 1) == ["i1"]
     assert claim(sync_redis, 10) == ["i2", "a1", "a2", "a3", "z"]
     assert claim(sync_redis, 10) == []
-    assert sync_redis.zcard(LEASE_SET) == 6
+    assert sync_redis.zcard(queue_keys().key(LEASES)) == 6
     depths = sync_producer.depths()
     assert depths.waiting == 0 and depths.running == 6 and depths.ready == {}
 
@@ -96,7 +108,7 @@ def test_a_weighted_key_gets_that_many_turns(sync_producer: SyncProducer, sync_r
     for key in ("heavy", "light"):
         sync_producer.submit_many([{"prompt": f"{key} {i}", "fairness_key": key} for i in range(60)])
     taken = Counter(
-        json.loads(sync_redis.get(result_key(job_id)) or "{}")["fairness_key"]  # type: ignore[arg-type]
+        json.loads(sync_redis.get(queue_keys().result(job_id)) or "{}")["fairness_key"]  # type: ignore[arg-type]
         for job_id in claim(sync_redis, 40, weights={"heavy": 3})
     )
     assert taken == {"heavy": 30, "light": 10}
@@ -137,7 +149,7 @@ def test_the_claim_script_keeps_ordinary_jobs_out_of_urgent_slots(
     sync_producer.submit_many([{"prompt": f"b{i}", "job_id": f"b{i}"} for i in range(3)])
     sync_producer.submit("u", job_id="u", priority=0)
     reply = claim_reply(sync_redis, 3, 1, [])
-    more, urgent, ids = reply[5], reply[6], reply[7:]
+    more, urgent, ids = reply[4], reply[5], reply[6:]
     assert (ids, urgent, more) == (["u", "b0"], 1, 1)
 
 
@@ -147,18 +159,21 @@ def test_a_claim_marks_its_jobs_running_and_lets_go_of_those_already_ended(
     sync_producer.submit("hi", job_id="plain", metadata={"started_at": 1, "x": {"attempts": 2}})
     sync_producer.submit("hi", job_id="named", model="m-1")
     sync_producer.submit("hi", job_id="done")
-    sync_redis.set("arq:retry:named", 2)  # two earlier attempts
-    sync_redis.set(result_key("done"), sync_redis.get(result_key("done")).replace(b'"queued"', b'"succeeded"'))  # type: ignore[union-attr]
+    sync_redis.set(queue_keys().tries("named"), 2)  # two earlier attempts
+    done = cast(bytes, sync_redis.get(queue_keys().result("done")))
+    sync_redis.set(queue_keys().result("done"), done.replace(b'"queued"', b'"succeeded"'))
     reply = claim_reply(sync_redis, 10, 10, [])
-    at_ms, skipped, ids = reply[0], reply[4], reply[7:]
+    at_ms, skipped, ids = reply[0], reply[3], reply[6:]
     assert ids == ["plain", "named"] and skipped == 1
     plain = sync_producer.get("plain")
     assert plain is not None and (plain.status, plain.attempts, plain.model) == ("running", 1, "the-default")
     assert plain.started_at == round(at_ms / 1000, 3) and plain.metadata == {"started_at": 1, "x": {"attempts": 2}}
     named = sync_producer.get("named")
     assert named is not None and (named.status, named.attempts, named.model) == ("running", 3, "m-1")
-    assert not sync_redis.exists("arq:job:done") and sync_redis.hget(ROUTES_KEY, "done") is None
-    assert sync_redis.zscore(LEASE_SET, "done") is None
+    assert (
+        not sync_redis.exists(queue_keys().record("done")) and sync_redis.hget(queue_keys().key(ROUTES), "done") is None
+    )
+    assert sync_redis.zscore(queue_keys().key(LEASES), "done") is None
 
 
 def test_a_claim_marks_running_a_document_whose_fields_are_in_another_order(
@@ -169,12 +184,12 @@ def test_a_claim_marks_running_a_document_whose_fields_are_in_another_order(
     sync_producer.submit("hi", job_id="shuffled", metadata={"status": "vip", "note": 'a "quoted" [x] {y}'})
     sync_producer.submit("hi", job_id="named", model="m-1")
     for job_id in ("shuffled", "named"):
-        doc = json.loads(sync_redis.get(result_key(job_id)))  # type: ignore[arg-type]
+        doc = json.loads(sync_redis.get(queue_keys().result(job_id)))  # type: ignore[arg-type]
         reordered = dict(reversed(list(doc.items())))  # metadata (with its own "status") before status
-        sync_redis.set(result_key(job_id), json.dumps(reordered, indent=1), keepttl=True)
-    sync_redis.set("arq:retry:named", 2)
+        sync_redis.set(queue_keys().result(job_id), json.dumps(reordered, indent=1), keepttl=True)
+    sync_redis.set(queue_keys().tries("named"), 2)
     reply = claim_reply(sync_redis, 10, 10, [])
-    assert reply[7:] == ["shuffled", "named"]
+    assert reply[6:] == ["shuffled", "named"]
     shuffled, named = sync_producer.get("shuffled"), sync_producer.get("named")
     assert shuffled is not None and (shuffled.status, shuffled.attempts, shuffled.model) == (
         "running",
@@ -199,7 +214,7 @@ def test_a_claim_costs_the_same_with_thousands_of_jobs_running(
     idle = commands_for_one_claim()
     sync_producer.submit_many([f"held {i}" for i in range(5000)])
     assert len(claim(sync_redis, 5000)) == 5000  # 5,001 running now, each with a lease
-    assert sync_redis.zcard(LEASE_SET) == 5001
+    assert sync_redis.zcard(queue_keys().key(LEASES)) == 5001
     assert commands_for_one_claim() == idle  # no step past the running jobs
 
 
@@ -208,10 +223,12 @@ async def test_a_lease_that_runs_out_puts_the_job_back_at_its_place(producer: Pr
     try:
         ids = await producer.submit_many(["first", "second"])
         short = JobQueue(client, lease_s=0.05)
-        assert (await short.claim(1)).job_ids == [ids[0]]  # its worker dies: nobody renews
+        assert (await short.claim(1)).job_ids == [queue_keys().arq_id(ids[0])]  # its worker dies: nobody renews
         await asyncio.sleep(0.1)
         again = await JobQueue(client, lease_s=60).claim(2)
-        assert again.job_ids == ids and again.recovered == 1  # back ahead of the second, where it was
+        assert (
+            again.job_ids == [queue_keys().arq_id(i) for i in ids] and again.recovered == 1
+        )  # back ahead of the second, where it was
         assert await short.renew(ids) == 2 and await short.renew(["not-leased"]) == 0
     finally:
         await client.aclose()
@@ -223,19 +240,22 @@ async def test_a_deferred_retry_holds_no_place_until_it_is_due(producer: Produce
         queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
         job_id = await producer.submit("retried")
         queued = JobResult(job_id, "queued", attempts=1)
-        assert (await queue.claim(1)).job_ids == [job_id]
+        assert (await queue.claim(1)).job_ids == [queue_keys().arq_id(job_id)]
         await settle.defer(queued, 0.1, try_spent=True)
-        assert await client.zscore(DELAYED_SET, job_id) is not None and await client.zcard(LEASE_SET) == 0
+        assert (
+            await client.zscore(queue_keys().key(DELAYED), job_id) is not None
+            and await client.zcard(queue_keys().key(LEASES)) == 0
+        )
         assert (await queue.claim(1)).job_ids == []
         depths = await producer.depths()
         assert depths.deferred == 1 and depths.waiting == 0
         while not (claimed := await queue.claim(1)).job_ids:
             await asyncio.sleep(0.02)
-        assert claimed.job_ids == [job_id] and claimed.promoted == 1
+        assert claimed.job_ids == [queue_keys().arq_id(job_id)] and claimed.promoted == 1
         await settle.defer(queued, 0, try_spent=False)  # an interrupted call: in line again at once
-        assert (await queue.claim(1)).job_ids == [job_id]
-        await settle.ack(job_id)
-        assert not await client.exists(ROUTES_KEY, ARQ_JOB_KEY_PREFIX + job_id, LEASE_SET)
+        assert (await queue.claim(1)).job_ids == [queue_keys().arq_id(job_id)]
+        await settle.ack(queue_keys(), job_id)
+        assert not await client.exists(queue_keys().key(ROUTES), queue_keys().record(job_id), queue_keys().key(LEASES))
     finally:
         await client.aclose()
 
@@ -247,55 +267,87 @@ async def test_cancelling_takes_a_job_out_of_whichever_structure_holds_it(
     try:
         queue = JobQueue(client, lease_s=60)
         ready, deferred = await producer.submit("ready"), await producer.submit("deferred", priority=1)
-        assert (await queue.claim(1)).job_ids == [deferred]
+        assert (await queue.claim(1)).job_ids == [queue_keys().arq_id(deferred)]
         await Settle(client, result_ttl_s=60).defer(JobResult(deferred, "queued", attempts=1), 60, try_spent=True)
         for job_id in (ready, deferred):
             assert (await producer.cancel(job_id)).cancelled
         depths = await producer.depths()
         assert (depths.waiting, depths.deferred, depths.running) == (0, 0, 0)
         left = {k.decode() for k in cast("list[bytes]", sync_redis.keys("promptq:*"))}
-        left -= {k for k in left if k.startswith(STATS_KEY_PREFIX)}  # the minute's roll-up counts them
+        left -= {k for k in left if k.startswith(queue_keys().key(STATS))}  # the minute's roll-up counts them
         assert left == {
-            "promptq:seq",
-            *(result_key(i) for i in (ready, deferred)),
-            *(stream_key(i) for i in (ready, deferred)),
+            queue_keys().key(SEQUENCE),
+            *(queue_keys().result(i) for i in (ready, deferred)),
+            *(queue_keys().stream(i) for i in (ready, deferred)),
         }
     finally:
         await client.aclose()
 
 
-async def test_jobs_left_in_the_legacy_queue_run_once_each(
-    producer: Producer, worker_config: WorkerConfig, sim: Simulator, sync_redis: redis.Redis
+def _old(name: str) -> str:
+    """A key of the layout before named queues (``promptq:levels``, ``promptq:result:...``)."""
+    return OLD_KEY_PREFIX + name
+
+
+async def test_jobs_left_by_an_older_promptq_run_once_each_in_the_default_queue(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator, sync_redis: redis.Redis, redis_url: str
 ) -> None:
     now_ms = int(time.time() * 1000)
-    old = [f"old-{i}" for i in range(5)]
-    for i, job_id in enumerate(old):  # as promptq 0.1 wrote them: record, document, one sorted set
-        payload = json.dumps({"messages": [{"role": "user", "content": f"legacy {i}"}], "model": None})
-        sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, encode_job(payload, now_ms))
-        doc = json.loads(queued_doc(job_id, None, None, now_ms / 1000))
-        del doc["priority"], doc["fairness_key"]
-        sync_redis.set(result_key(job_id), json.dumps(doc))
+
+    def old_job(job_id: str, prompt: str, **doc_fields: Any) -> None:
+        payload = json.dumps({"messages": [{"role": "user", "content": prompt}], "model": None})
+        sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, encode_job(payload, now_ms))  # arq's record, no tag
+        doc = {**json.loads(queued_doc(job_id, None, None, now_ms / 1000)), **doc_fields}
+        del doc["queue"]
+        sync_redis.set(_old(RESULT) + job_id, json.dumps(doc))
+
+    legacy = [f"legacy-{i}" for i in range(3)]
+    for i, job_id in enumerate(legacy):  # as promptq 0.1 wrote them: record, document, one sorted set
+        old_job(job_id, f"legacy {i}")
         sync_redis.zadd(LEGACY_QUEUE, {job_id: now_ms - 100 + i})
-    sync_redis.set(ARQ_IN_PROGRESS_KEY_PREFIX + "old-4", "1")  # an older worker still runs this one
-    sync_redis.incr("arq:retry:old-4")
+    sync_redis.set(ARQ_IN_PROGRESS_KEY_PREFIX + "legacy-2", "1")  # an older worker still runs this one
+    sync_redis.incr(ARQ_RETRY_KEY_PREFIX + "legacy-2")
+    for place, job_id in enumerate(("older-0", "older-1"), start=1):  # as promptq 0.3 wrote them: in line
+        old_job(job_id, job_id)
+        sync_redis.zadd(_old(READY) + "5:default", {job_id: place})
+        sync_redis.hset(_old(ROUTES), job_id, f"5 {place} default")
+    sync_redis.zadd(_old(ACTIVE) + "5", {"default": 0})
+    sync_redis.zadd(_old(LEVELS), {"5": 5})
+    sync_redis.set(_old(SEQUENCE), 2)
+    old_job("older-late", "older-late")  # deferred a second
+    sync_redis.zadd(_old(DELAYED), {"older-late": now_ms + 1000})
+    sync_redis.hset(_old(ROUTES), "older-late", "5 3 default")
+    old_job("ended", "never runs", status="succeeded", content="an old answer")  # ended: its document moves
     new = await producer.submit("new")
     worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=1))
     try:
-        for job_id in [*old[:4], new]:
+        for _ in range(100):  # the worker moves them at start-up: until then, the documents are not found
+            if await producer.get("older-1") is not None:
+                break
+            await asyncio.sleep(0.05)
+        for job_id in ["older-0", "older-1", *legacy[:2], new, "older-late"]:
             assert (await producer.wait(job_id, timeout=10)).ok
         calls = [c["prompt"] for c in sim.calls()]
-        assert calls == [f"legacy {i}" for i in range(4)] + ["new"]  # the old ones first, in their order
-        assert sync_redis.zrange(LEGACY_QUEUE, 0, -1) == [b"old-4"]  # not taken from the older worker
-        sync_redis.delete(ARQ_IN_PROGRESS_KEY_PREFIX + "old-4")  # that worker died; its claim expired
-        assert (await producer.wait("old-4", timeout=10)).ok
+        assert calls == ["older-0", "older-1", "legacy 0", "legacy 1", "new", "older-late"]  # the old first, in order
+        assert sync_redis.zrange(LEGACY_QUEUE, 0, -1) == [b"legacy-2"]  # not taken from the older worker
+        sync_redis.delete(ARQ_IN_PROGRESS_KEY_PREFIX + "legacy-2")  # that worker died; its claim expired
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await Upgrade(client).check()  # as the worker does every minute
+        finally:
+            await client.aclose()
+        assert (await producer.wait("legacy-2", timeout=10)).ok
     finally:
         await stop_worker(worker, main)
-    assert [c["prompt"] for c in sim.calls()].count("legacy 4") == 1 and len(sim.calls()) == 6
-    for job_id in [*old, new]:
+    assert len(sim.calls()) == 7 and [c["prompt"] for c in sim.calls()].count("legacy 2") == 1
+    for job_id in [*legacy, "older-0", "older-1", "older-late", new]:
         r = await producer.wait(job_id, timeout=1)
-        assert r.ok and r.priority == 5 and r.fairness_key == "default"
-    assert (await producer.get("old-4")).attempts == 2  # type: ignore[union-attr]  # the older worker's try counts
-    assert not sync_redis.exists(LEGACY_QUEUE, ROUTES_KEY, LEASE_SET)
+        assert r.ok and r.priority == 5 and r.fairness_key == "default" and r.queue == "default"
+    assert (await producer.get("legacy-2")).attempts == 2  # type: ignore[union-attr]  # the older worker's try counts
+    ended = await producer.get("ended")
+    assert ended is not None and ended.content == "an old answer"
+    left = [k.decode() for k in cast("list[bytes]", sync_redis.keys("*")) if "{" not in k.decode()]
+    assert left == []  # nothing of the older layout is left
 
 
 async def test_a_finished_job_frees_its_slot_for_the_next_without_waiting_for_a_poll(
@@ -324,9 +376,11 @@ async def test_a_job_leaves_nothing_behind_and_arq_does_not_clean_up_again(
     results = [await producer.get(i) for i in ids]
     assert all(r is not None and r.ok for r in results)
     assert not sync_redis.keys("arq:*")  # the finish script left none of arq's bookkeeping
-    left = {k.decode() for k in cast("list[bytes]", sync_redis.keys("promptq:*"))} - {result_key(i) for i in ids}
-    left -= {k for k in left if k.startswith(STATS_KEY_PREFIX)}  # the minute's roll-up counted them
-    assert left == {"promptq:seq"}  # no lease, route, line or level is left
+    left = {k.decode() for k in cast("list[bytes]", sync_redis.keys("promptq:*"))} - {
+        queue_keys().result(i) for i in ids
+    }
+    left -= {k for k in left if k.startswith(queue_keys().key(STATS))}  # the minute's roll-up counted them
+    assert left == {queue_keys().key(SEQUENCE)}  # no lease, route, line or level is left
     stats: Any = sync_redis.info("commandstats")
     # One MULTI/EXEC a job (arq's start: read the record, count the try); its clean-up would be a second.
     assert stats["cmdstat_exec"]["calls"] == len(ids)
@@ -396,19 +450,25 @@ async def test_deferring_keeps_or_gives_back_the_try_and_lets_go_of_a_cancelled_
     try:
         queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
         job_id = await producer.submit("deferred")
-        tries = ARQ_RETRY_KEY_PREFIX + job_id
+        tries = queue_keys().tries(job_id)
         queued = JobResult(job_id, "queued", attempts=1)
         for try_spent, left in ((True, b"1"), (False, b"0")):
-            assert (await queue.claim(1)).job_ids == [job_id]
+            assert (await queue.claim(1)).job_ids == [queue_keys().arq_id(job_id)]
             sync_redis.incr(tries)  # as arq's run_job counts the attempt
             assert await settle.defer(queued, 0, try_spent=try_spent) is None
-            assert sync_redis.get(tries) == left and sync_redis.zscore(LEASE_SET, job_id) is None
+            assert sync_redis.get(tries) == left and sync_redis.zscore(queue_keys().key(LEASES), job_id) is None
             sync_redis.set(tries, 0)
-        assert (await queue.claim(1)).job_ids == [job_id]
+        assert (await queue.claim(1)).job_ids == [queue_keys().arq_id(job_id)]
         assert (await producer.cancel(job_id)).cancelled  # while it runs: the worker is told to let go
         stored = await settle.defer(queued, 5, try_spent=True)
         assert stored is not None and stored.status == "cancelled"
         assert (await producer.get(job_id)).status == "cancelled"  # type: ignore[union-attr]
-        assert not sync_redis.exists(ARQ_JOB_KEY_PREFIX + job_id, tries, ROUTES_KEY, LEASE_SET, DELAYED_SET)
+        assert not sync_redis.exists(
+            queue_keys().record(job_id),
+            tries,
+            queue_keys().key(ROUTES),
+            queue_keys().key(LEASES),
+            queue_keys().key(DELAYED),
+        )
     finally:
         await client.aclose()

@@ -22,7 +22,7 @@ import redis
 from devtools.stack import ROOT, Api, RedisServer, Simulator
 from producer import EvictionPolicyError, Producer, ProducerConfig, QueueFullError, SyncProducer
 from producer.cli import main as promptq
-from promptq_core.contract import ARQ_JOB_KEY_PREFIX, LEASE_SET, RESULT_KEY_PREFIX, ROUTES_KEY, ready_key
+from promptq_core.contract import LEASES, RESULT, ROUTES, queue_keys
 from promptq_core.env import ConfigError
 from tests.conftest import run_burst, start_worker, stop_worker, worker_env
 from worker.config import WorkerConfig
@@ -80,11 +80,14 @@ async def test_the_override_lets_a_worker_run_there(
 
 def _whole(client: redis.Redis) -> None:
     """Every job not yet ended is whole: a record, a document, a route and a place (in line or leased)."""
-    records = {k.decode().removeprefix(ARQ_JOB_KEY_PREFIX) for k in cast("list[bytes]", client.keys("arq:job:*"))}
-    routes = {k.decode() for k in cast("list[bytes]", client.hkeys(ROUTES_KEY))}
-    placed = cast("list[bytes]", client.zrange(ready_key(5, "default"), 0, -1))
-    placed += cast("list[bytes]", client.zrange(LEASE_SET, 0, -1))
-    docs = {k.decode().removeprefix(RESULT_KEY_PREFIX) for k in cast("list[bytes]", client.keys("promptq:result:*"))}
+    records = {k.decode().removeprefix(queue_keys().record("")) for k in cast("list[bytes]", client.keys("arq:job:*"))}
+    routes = {k.decode() for k in cast("list[bytes]", client.hkeys(queue_keys().key(ROUTES)))}
+    placed = cast("list[bytes]", client.zrange(queue_keys().ready(5, "default"), 0, -1))
+    placed += cast("list[bytes]", client.zrange(queue_keys().key(LEASES), 0, -1))
+    docs = {
+        k.decode().removeprefix(queue_keys().key(RESULT))
+        for k in cast("list[bytes]", client.keys(queue_keys().result("*")))
+    }
     assert records == routes == {j.decode() for j in placed} and records <= docs
 
 

@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import Producer, StreamEvent, SyncProducer
-from promptq_core.contract import ARQ_JOB_KEY_PREFIX, ROUTES_KEY, result_key, stream_key
+from promptq_core.contract import ROUTES, queue_keys
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 
@@ -63,7 +63,7 @@ async def test_a_late_reader_replays_everything_and_can_resume(
     assert text_of(events) == PROMPT and events[-1].type == "done"
     rest = await collect(producer, job_id, after=events[1].id)
     assert [e.id for e in rest] == [e.id for e in events[2:]]
-    assert int(sync_redis.pttl(stream_key(job_id))) > 0  # type: ignore[arg-type]  # it expires with the result
+    assert int(sync_redis.pttl(queue_keys().stream(job_id))) > 0  # type: ignore[arg-type]  # it expires with the result
 
 
 async def test_a_retry_after_a_broken_stream_is_marked_so_no_text_is_doubled(
@@ -88,7 +88,7 @@ async def test_a_job_without_stream_yields_only_done(
     await run_burst(worker_config)
     events = await collect(producer, job_id)
     assert [e.type for e in events] == ["done"] and events[0].result is not None and events[0].result.ok
-    assert not sync_redis.exists(stream_key(job_id))
+    assert not sync_redis.exists(queue_keys().stream(job_id))
 
 
 def test_sync_stream(sync_producer: SyncProducer, worker_config: WorkerConfig, sim: Simulator) -> None:
@@ -104,7 +104,7 @@ async def test_cancelling_a_queued_job_keeps_it_from_the_api(
     job_id = await producer.submit("never sent", stream=True)
     outcome = await producer.cancel(job_id)
     assert outcome.cancelled and outcome.result is not None and outcome.result.status == "cancelled"
-    assert (await producer.depths()).waiting == 0 and not sync_redis.exists(ROUTES_KEY)  # out of line
+    assert (await producer.depths()).waiting == 0 and not sync_redis.exists(queue_keys().key(ROUTES))  # out of line
     await run_burst(worker_config)
     assert sim.stats()["requests"] == 0
     result = await producer.wait(job_id, timeout=1)
@@ -143,9 +143,9 @@ async def test_an_id_used_again_after_a_cancel_is_not_cancelled(
         while (r := await producer.get("reused-id")) is not None and r.status != "running":
             await asyncio.sleep(0.01)
         assert (await producer.cancel("reused-id")).cancelled
-        while sync_redis.exists(ARQ_JOB_KEY_PREFIX + "reused-id"):  # the worker lets go of it
+        while sync_redis.exists(queue_keys().record("reused-id")):  # the worker lets go of it
             await asyncio.sleep(0.01)
-        sync_redis.delete(result_key("reused-id"))  # the cancelled result expires
+        sync_redis.delete(queue_keys().result("reused-id"))  # the cancelled result expires
         sim.configure(hang_rate=0.0)
         await producer.submit("second", job_id="reused-id")
         result = await producer.wait("reused-id", timeout=5)

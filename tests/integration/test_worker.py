@@ -11,7 +11,7 @@ import redis
 
 from devtools.stack import Simulator
 from producer import Producer
-from promptq_core.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, encode_job, result_key
+from promptq_core.contract import ARQ_JOB_KEY_PREFIX, LEGACY_QUEUE, JobResult, encode_job, queue_keys
 from tests.conftest import make_worker, run_burst
 from worker.config import WorkerConfig
 
@@ -44,8 +44,8 @@ async def test_the_result_is_kept_for_the_result_ttl(
 ) -> None:
     job_id = await producer.submit("hi")
     await run_burst(dataclasses.replace(worker_config, result_ttl_s=50))
-    assert 45 <= int(sync_redis.ttl(result_key(job_id))) <= 50  # type: ignore[arg-type]
-    assert not sync_redis.exists(ARQ_JOB_KEY_PREFIX + job_id)
+    assert 45 <= int(sync_redis.ttl(queue_keys().result(job_id))) <= 50  # type: ignore[arg-type]
+    assert not sync_redis.exists(queue_keys().record(job_id))
 
 
 async def test_status_is_running_while_the_call_is_in_flight(
@@ -139,11 +139,11 @@ async def test_a_stored_result_is_never_paid_for_twice(
     producer: Producer, worker_config: WorkerConfig, sim: Simulator, sync_redis: redis.Redis
 ) -> None:
     job_id = await producer.submit("once", job_id="once-1")
-    record = sync_redis.get(ARQ_JOB_KEY_PREFIX + job_id)
+    record = sync_redis.get(queue_keys().record(job_id))
     await run_burst(worker_config)
     first = await producer.get(job_id)
     # a redelivery after a crash between the result write and arq's clean-up
-    sync_redis.set(ARQ_JOB_KEY_PREFIX + job_id, record)  # type: ignore[arg-type]
+    sync_redis.set(queue_keys().record(job_id), record)  # type: ignore[arg-type]
     sync_redis.zadd(LEGACY_QUEUE, {job_id: 1})  # as promptq 0.1 left it
     await run_burst(worker_config)
     assert await producer.get(job_id) == first
@@ -156,13 +156,14 @@ async def test_a_stored_result_is_never_paid_for_twice(
 async def test_undecodable_jobs_fail_clearly_and_the_worker_goes_on(
     producer: Producer, worker_config: WorkerConfig, sync_redis: redis.Redis
 ) -> None:
+    # written by another client, in promptq 0.1's layout (a worker moves such jobs into the default queue)
     sync_redis.set(ARQ_JOB_KEY_PREFIX + "garbage", b"\x80\x04not json")
     sync_redis.set(ARQ_JOB_KEY_PREFIX + "wrong-shape", encode_job('{"prompt_text":"hi"}', 1))
     sync_redis.zadd(LEGACY_QUEUE, {"garbage": 1, "wrong-shape": 1})
     good = await producer.submit("still works")
     await run_burst(worker_config)
     for job_id, message in [("garbage", "not JSON"), ("wrong-shape", "unknown fields: prompt_text")]:
-        raw: bytes | None = sync_redis.get(result_key(job_id))  # type: ignore[assignment]
+        raw: bytes | None = sync_redis.get(queue_keys().result(job_id))  # type: ignore[assignment]
         assert raw is not None
         r = JobResult.from_json(raw)
         assert r.status == "failed" and r.error is not None and r.error.type == "invalid_payload"
@@ -177,7 +178,7 @@ async def test_worker_side_validation_catches_what_another_client_wrote(
     sync_redis.set(ARQ_JOB_KEY_PREFIX + "j", encode_job(payload, 1))
     sync_redis.zadd(LEGACY_QUEUE, {"j": 1})
     await run_burst(worker_config)
-    r = JobResult.from_json(sync_redis.get(result_key("j")))  # type: ignore[arg-type]
+    r = JobResult.from_json(sync_redis.get(queue_keys().result("j")))  # type: ignore[arg-type]
     assert r.status == "failed" and r.error is not None and "unknown parameter 'n'" in r.error.message
 
 

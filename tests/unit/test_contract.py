@@ -22,7 +22,8 @@ from promptq_core.contract import (
     decode_vector,
     encode_job,
     encode_vector,
-    result_key,
+    queue_keys,
+    split_arq_id,
 )
 
 DOCUMENTED_FIELDS = [
@@ -40,6 +41,7 @@ DOCUMENTED_FIELDS = [
     "metadata",
     "priority",
     "fairness_key",
+    "queue",
     "backend",
     "enqueued_at",
     "started_at",
@@ -50,7 +52,23 @@ DOCUMENTED_FIELDS = [
 
 def test_names() -> None:
     assert LEGACY_QUEUE == "promptq:queue"
-    assert result_key("abc") == "promptq:result:abc"
+    gpu = queue_keys("gpu")
+    assert gpu.result("abc") == "promptq:{gpu}:result:abc" and gpu.key("levels") == "promptq:{gpu}:levels"
+    assert gpu.record("order-42") == "arq:job:{gpu}order-42" and gpu.arq_id("order-42") == "{gpu}order-42"
+    assert split_arq_id(gpu.arq_id("a{b}:c")) == ("gpu", "a{b}:c")  # the first braces are the queue's
+    assert queue_keys() == queue_keys("default")
+    for bad in ("", "x" * 65, "a b", "a{b}", "a:b", "é"):
+        with pytest.raises(ValueError, match="queue name"):
+            queue_keys(bad)
+    with pytest.raises(ValueError, match="not a promptq job's arq id"):
+        split_arq_id("order-42")
+
+
+def test_every_key_of_a_queue_hashes_to_its_slot() -> None:
+    """The part of a key Redis Cluster hashes: the text between its first braces, here the queue's name."""
+    gpu = queue_keys("gpu")
+    keys = [gpu.result("a"), gpu.record("{x}"), gpu.tries("a"), gpu.stream("a"), gpu.ready(5, "{k}"), gpu.stats(1)]
+    assert {k[k.index("{") + 1 : k.index("}")] for k in keys} == {"gpu"}
 
 
 def test_result_document_has_exactly_the_documented_fields_and_round_trips() -> None:

@@ -15,7 +15,7 @@ from producer.errors import EvictionPolicyError, JobNotFoundError, RetryRefusedE
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig
 from producer.writes import Writes
-from promptq_core.contract import JobResult, Reply, result_key, stream_key
+from promptq_core.contract import JobResult, Reply, queue_keys
 from promptq_core.guard import RedisFacts
 
 SAFE = RedisFacts(policy="noeviction", version=(7, 2, 0))
@@ -36,7 +36,11 @@ def test_submit_checks_the_redis_once_then_writes_one_script() -> None:
     steps, job_id = drive(core.submit(writes, "hello", {"job_id": "a"}), [SAFE, (Reply.ENQUEUED, None)])
     assert job_id == "a" and isinstance(steps[0], GuardFacts)
     [write] = steps[1:]
-    assert isinstance(write, Script) and write.name == "submit" and write.keys[:2] == [result_key("a"), "arq:job:a"]
+    assert (
+        isinstance(write, Script)
+        and write.name == "submit"
+        and write.keys[:2] == [queue_keys().result("a"), queue_keys().record("a")]
+    )
     steps, _ = drive(core.submit(writes, "again", {"job_id": "b"}), [(Reply.ENQUEUED, None)])
     assert [type(s) for s in steps] == [Script]  # checked once per producer
 
@@ -49,14 +53,14 @@ def test_a_redis_that_may_evict_is_refused_before_anything_is_written() -> None:
 
 def test_cancel_reads_then_cancels_or_answers_what_it_found() -> None:
     queued = JobResult("j", "queued", attempts=0).to_json().encode()
-    steps, answer = drive(core.cancel("j"), [queued, (Reply.CANCELLED, None)])
+    steps, answer = drive(core.cancel(queue_keys(), "j"), [queued, (Reply.CANCELLED, None)])
     assert [type(s) for s in steps] == [Command, Script] and steps[1].name == "cancel"
     assert answer.cancelled and answer.result.status == "cancelled"
     changed = [queued, (Reply.CHANGED_MEANWHILE, None), queued, (Reply.CANCELLED, None)]
-    steps, answer = drive(core.cancel("j"), changed)  # the document changed between read and write: again
+    steps, answer = drive(core.cancel(queue_keys(), "j"), changed)  # the document changed between read and write: again
     assert len(steps) == 4 and answer.cancelled
     done = JobResult("j", "succeeded", attempts=1).to_json().encode()
-    _, answer = drive(core.cancel("j"), [done])
+    _, answer = drive(core.cancel(queue_keys(), "j"), [done])
     assert answer == Cancellation("j", cancelled=False, result=JobResult.from_json(done))
 
 
@@ -64,20 +68,22 @@ def test_retry_names_why_it_is_refused() -> None:
     writes = Writes(ProducerConfig())
     failed = JobResult("j", "failed", attempts=3).to_json().encode()
     record = json.dumps({"t": 1, "f": "promptq", "a": [{}], "k": {}, "et": 1}).encode()
-    _, job_id = drive(core.retry(writes, "j"), [SAFE, (failed, record), (Reply.RETRIED, None)])
+    _, job_id = drive(core.retry(writes, queue_keys(), "j"), [SAFE, (failed, record), (Reply.RETRIED, None)])
     assert job_id == "j"
     with pytest.raises(RetryRefusedError, match="no longer failed"):
-        drive(core.retry(writes, "j"), [(failed, record), (Reply.NOT_FAILED.encode(), None)])
+        drive(core.retry(writes, queue_keys(), "j"), [(failed, record), (Reply.NOT_FAILED.encode(), None)])
     with pytest.raises(RetryRefusedError, match="not failed"):
-        drive(core.retry(writes, "j"), [(JobResult("j", "running", attempts=1).to_json().encode(), record)])
+        drive(
+            core.retry(writes, queue_keys(), "j"), [(JobResult("j", "running", attempts=1).to_json().encode(), record)]
+        )
 
 
 def test_a_stream_cursor_reads_events_and_ends_at_done() -> None:
-    cursor = StreamCursor("j")
-    assert cursor.read_args()["streams"] == {stream_key("j"): "0"}
+    cursor = StreamCursor(queue_keys(), "j")
+    assert cursor.read_args()["streams"] == {queue_keys().stream("j"): "0"}
     reply = [
         (
-            stream_key("j").encode(),
+            queue_keys().stream("j").encode(),
             [
                 (b"1-0", {b"type": b"delta", b"text": b"Hel"}),
                 (b"2-0", {b"type": b"restart", b"attempt": b"2"}),
@@ -94,9 +100,9 @@ def test_a_stream_cursor_reads_events_and_ends_at_done() -> None:
     ]
     assert cursor.finished and cursor.position == "3-0"
     with pytest.raises(JobNotFoundError):
-        StreamCursor("gone").ended(None)
+        StreamCursor(queue_keys(), "gone").ended(None)
     with pytest.raises(ValueError, match="stream entry id"):
-        StreamCursor("j", after="")
+        StreamCursor(queue_keys(), "j", after="")
 
 
 def test_the_overview_reads_its_scripts_reply_into_rows_per_priority_and_key() -> None:
@@ -109,16 +115,16 @@ def test_the_overview_reads_its_scripts_reply_into_rows_per_priority_and_key() -
     )
     reply = [
         now_ms,
-        [4, 1, 0, 2, 1],  # leased, delayed, legacy, failed, waiting for a backend
+        [4, 1, 2, 1],  # leased, delayed, failed, waiting for a backend
         [b"5", b"default", 7, b"0", b"web", 2],  # ready: priority, key, n...
         [b"5", b"default", 4],  # running
         [b"0", b"web", 1],  # deferred
-        [b"w1", now_ms - 1000, entry.encode()],  # workers: id, seen, entry
         [],  # minutes
         [],  # batches
-        [b"west", str(now_ms + 2500).encode(), str(now_ms - 30_000).encode(), b"5", b"east", b"0", b"0", b"1"],
     ]
-    overview = Overview.from_reply(reply, [JobResult("f", "failed", attempts=3)])
+    workers = [b"w1", now_ms - 1000, entry.encode()]  # the fleet's: id, seen, entry
+    circuits = [b"west", str(now_ms + 2500).encode(), str(now_ms - 30_000).encode(), b"5", b"east", b"0", b"0", b"1"]
+    overview = Overview.from_reply(reply, workers, circuits, [JobResult("f", "failed", attempts=3)])
     assert overview.now == now_ms / 1000
     assert overview.queue["totals"] == {"ready": 9, "running": 4, "deferred": 1, "failed": 2, "waiting_for_backend": 1}
     east, west = overview.backends

@@ -10,7 +10,7 @@ from worker.queue import JobQueue
 
 
 async def test_a_cancel_that_comes_before_the_job_starts_here_keeps_it_from_starting() -> None:
-    leases = Leases(cast(JobQueue, None), lease_s=15)
+    leases = Leases(cast(dict[str, JobQueue], {}), lease_s=15)
     assert not leases.cancel("claimed-a-moment-ago")  # no task holds it yet
     assert leases.cancelled_before_start("claimed-a-moment-ago")
     assert not leases.cancelled_before_start("claimed-a-moment-ago")  # once
@@ -18,7 +18,7 @@ async def test_a_cancel_that_comes_before_the_job_starts_here_keeps_it_from_star
 
 
 async def test_a_cancel_stops_the_task_holding_the_job() -> None:
-    leases = Leases(cast(JobQueue, None), lease_s=15)
+    leases = Leases(cast(dict[str, JobQueue], {}), lease_s=15)
     started = asyncio.Event()
 
     async def job() -> Any:

@@ -8,7 +8,6 @@
 -- KEYS[4] LEASES: running jobs, by when their lease runs out
 -- KEYS[5] DELAYED: deferred jobs, by when they are due
 -- KEYS[6] ROUTES: each queued job's priority, place and fairness key
--- KEYS[7] LEGACY_QUEUE: promptq 0.1's queue
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id

@@ -5,15 +5,14 @@
 -- forgets the failures of calls routed before it; a failure of a call routed before the latest
 -- success is stale (the backend answered since). `failures` failures on record open the circuit
 -- for `cool_down_ms`. While it is open, only the probe counts: its success closes the circuit, and
--- every job waiting for a backend is due at once (idle workers are woken on WAKE); its failure opens
+-- the recovery is counted and published on BACKENDS, where every worker makes the jobs waiting for a
+-- backend in its queues due at once (``wait_over.lua``); its failure opens
 -- it again for twice the last cool-down (at most `max_cool_down_ms`). The answers of calls routed
 -- before it opened (in flight then) change nothing.
 -- KEYS[1] circuit: the backend's circuit (a hash: fails, ok_at, open_until, cooldown_ms, opened_at,
 --  probe_until, scout)
 -- KEYS[2] failures: the failures on record (a sorted set of calls, by when they were routed)
--- KEYS[3] DELAYED: deferred jobs, by when they are due
--- KEYS[4] BACKEND_WAITS: jobs waiting for a backend
--- KEYS[5] RECOVERIES: how many circuits have closed after being open
+-- KEYS[3] BACKEND_RECOVERIES: how many circuits have closed after being open
 -- ARGV[1] ok: '1' the call succeeded (or the backend answered), '0' it failed with a retryable error
 -- ARGV[2] probe: '1' the call was the probe
 -- ARGV[3] failures_to_open: failures on record that open the circuit
@@ -21,7 +20,7 @@
 -- ARGV[5] max_cool_down_ms
 -- ARGV[6] routed_at: when the call was routed (ms, Redis time: route.lua's answer)
 -- ARGV[7] call: the call's id (unique)
--- Returns {CIRCUIT_CLOSED, 0, 0}, {CIRCUIT_RECOVERED, 0, jobs made due}, or {CIRCUIT_OPEN, ms until a
+-- Returns {CIRCUIT_CLOSED, 0, 0}, {CIRCUIT_RECOVERED, 0, the recoveries count}, or {CIRCUIT_OPEN, ms until a
 -- probe may go, 0}.
 --!include clock
 local now = now_ms()
@@ -37,12 +36,9 @@ if open_until > 0 then
     return {CIRCUIT_OPEN, cool, 0}
   end
   redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('INCR', RECOVERIES)
-  local waiting = redis.call('ZRANGE', BACKEND_WAITS, 0, -1)
-  for _, id in ipairs(waiting) do redis.call('ZADD', DELAYED, 'XX', now, id) end
-  redis.call('DEL', BACKEND_WAITS)
-  redis.call('PUBLISH', WAKE, '1')
-  return {CIRCUIT_RECOVERED, 0, #waiting}
+  local count = redis.call('INCR', BACKEND_RECOVERIES)
+  redis.call('PUBLISH', BACKENDS, count)
+  return {CIRCUIT_RECOVERED, 0, count}
 end
 if ARGV[1] == '1' then
   if routed > ok_at then

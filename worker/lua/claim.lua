@@ -1,7 +1,7 @@
 #!lua
 -- claim: take up to `want` ready jobs for one worker, each leased until now + lease_ms (Redis time).
 -- First, in bounded steps, jobs come back in line: those whose lease ran out (their worker died or
--- lost Redis), deferred retries that are due, and jobs an older promptq left in LEGACY_QUEUE. Then
+-- lost Redis) and deferred retries that are due. Then
 -- the lowest priority level with ready jobs is served (strict between levels); within a level the
 -- fairness key with the lowest turn gives its oldest job and its turn moves on by 1 / weight, so
 -- keys take turns (a weight-3 key three for one). Cost: O(log n) per job taken, whatever the
@@ -18,18 +18,17 @@
 -- KEYS[2] LEASES: running jobs, by when their lease runs out
 -- KEYS[3] DELAYED: deferred jobs, by when they are due
 -- KEYS[4] ROUTES: each queued job's priority, place and fairness key
--- KEYS[5] LEGACY_QUEUE: promptq 0.1's queue
--- KEYS[6] BACKEND_WAITS: jobs waiting for a backend (a job back in line waits no more)
+-- KEYS[5] BACKEND_WAITS: jobs waiting for a backend (a job back in line waits no more)
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
---  (ACTIVE_PREFIX), job records (RECORD_PREFIX), try counters (TRIES_PREFIX), arq's in-progress
---  markers (IN_PROGRESS_PREFIX), result documents (RESULT_PREFIX).
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX), try counters (TRIES_PREFIX), result documents
+--  (RESULT_PREFIX).
 -- ARGV[1] lease_ms
 -- ARGV[2] want: jobs wanted at priority 0 (every free slot)
 -- ARGV[3] want_ordinary: jobs wanted at priorities 1 to 9 at most (free ordinary slots)
 -- ARGV[4] step: jobs brought back per kind at most in one call
 -- ARGV[5] model_json: the worker's default model, as JSON, for documents whose model is null
 -- ARGV[6..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
--- Returns {now_ms, recovered, promoted, migrated, skipped, more, urgent, job id, job id, ...}:
+-- Returns {now_ms, recovered, promoted, skipped, more, urgent, job id, job id, ...}:
 -- `more` is 1 when ready jobs are left, `urgent` how many of the job ids (the first ones) are at
 -- priority 0, `skipped` how many jobs were let go of for a terminal document.
 --!include status
@@ -73,7 +72,7 @@ local function start(id)
   return true
 end
 
-local recovered, promoted, migrated = 0, 0, 0
+local recovered, promoted = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
   redis.call('ZREM', LEASES, id)
   if back_in_line(id) then recovered = recovered + 1 end
@@ -83,30 +82,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0
   redis.call('ZREM', BACKEND_WAITS, id)
   if back_in_line(id) then promoted = promoted + 1 end
 end
-if redis.call('EXISTS', LEGACY_QUEUE) == 1 then
-  -- jobs not held by an older worker (its in-progress key) move over, ahead of every job submitted since
-  local entries = redis.call('ZRANGE', LEGACY_QUEUE, 0, step - 1, 'WITHSCORES')
-  for i = 1, #entries, 2 do
-    local id, score = entries[i], tonumber(entries[i + 1])
-    if redis.call('EXISTS', IN_PROGRESS_PREFIX .. id) == 0 then
-      redis.call('ZREM', LEGACY_QUEUE, id)
-      if redis.call('EXISTS', RECORD_PREFIX .. id) == 1 then
-        local place = string.format('%d', score - LEGACY_PLACE_OFFSET)
-        set_route(id, DEFAULT_PRIORITY, place, DEFAULT_FAIRNESS_KEY)
-        if score > now then
-          redis.call('ZADD', DELAYED, score, id)
-        else
-          make_ready(id, DEFAULT_PRIORITY, place, DEFAULT_FAIRNESS_KEY)
-        end
-        migrated = migrated + 1
-      end
-    end
-  end
-end
 
 local weights = {}
 for i = 6, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local out, claimed, urgent, skipped, empty = {now, recovered, promoted, migrated, 0, 0, 0}, 0, 0, 0, false
+local out, claimed, urgent, skipped, empty = {now, recovered, promoted, 0, 0, 0}, 0, 0, 0, false
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
   if not level then
@@ -149,7 +128,7 @@ while claimed < want do
     end
   end
 end
-out[5] = skipped
-out[6] = empty and 0 or redis.call('EXISTS', LEVELS)
-out[7] = urgent
+out[4] = skipped
+out[5] = empty and 0 or redis.call('EXISTS', LEVELS)
+out[6] = urgent
 return out

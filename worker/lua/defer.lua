@@ -13,9 +13,8 @@
 -- KEYS[5] LEASES: running jobs, by when their lease runs out
 -- KEYS[6] DELAYED: deferred jobs, by when they are due
 -- KEYS[7] ROUTES: each queued job's priority, place and fairness key
--- KEYS[8] LEGACY_QUEUE: promptq 0.1's queue
--- KEYS[9] BACKEND_WAITS: jobs waiting for a backend
--- KEYS[10] RECOVERIES: how many circuits have closed after being open
+-- KEYS[8] BACKEND_WAITS: jobs waiting for a backend
+-- KEYS[9] RECOVERIES: the backends' recoveries count this queue has heard of (``wait_over.lua``)
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id
@@ -25,8 +24,8 @@
 -- ARGV[5] try_spent: '1' keeps arq's try, '0' gives it back
 -- ARGV[6] for_backend: '1' the job waits for a backend (every backend of its model is down): it is
 --  due at once when a circuit closes
--- ARGV[7] recoveries: with for_backend, the RECOVERIES count when the job was told every backend was
---  down: if a circuit closed since, the job goes back in line at once instead of waiting
+-- ARGV[7] recoveries: with for_backend, the backends' recoveries count when the job was told every
+--  backend was down: if this queue has heard of a later one, the job goes back in line at once
 -- Returns the stored terminal document (the job was let go of), or false.
 --!include status
 --!include clock
@@ -39,7 +38,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     if ARGV[5] == '0' and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
     redis.call('ZREM', LEASES, id)
     local delay_ms = tonumber(ARGV[4])
-    if ARGV[6] == '1' and (redis.call('GET', RECOVERIES) or '0') ~= ARGV[7] then delay_ms = 0 end
+    if ARGV[6] == '1' and tonumber(redis.call('GET', RECOVERIES) or '0') > tonumber(ARGV[7]) then delay_ms = 0 end
     if delay_ms > 0 then
       redis.call('ZADD', DELAYED, now_ms() + delay_ms, id)
       if ARGV[6] == '1' then redis.call('ZADD', BACKEND_WAITS, now_ms(), id) end

@@ -15,8 +15,7 @@
 -- KEYS[7] LEASES: running jobs, by when their lease runs out
 -- KEYS[8] DELAYED: deferred jobs, by when they are due
 -- KEYS[9] ROUTES: each queued job's priority, place and fairness key
--- KEYS[10] LEGACY_QUEUE: promptq 0.1's queue
--- KEYS[11] FAILED: failed job ids, by when they failed
+-- KEYS[10] FAILED: failed job ids, by when they failed
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
 -- ARGV[1] job_id

@@ -1,8 +1,7 @@
 #!lua flags=no-writes
--- pending: whether any job is left to run or running: ready, leased, deferred, or in LEGACY_QUEUE.
+-- pending: whether any job is left to run or running: ready, leased, deferred.
 -- Returns that count of structures holding jobs (0: nothing left).
 -- KEYS[1] LEVELS: the priorities with ready jobs
 -- KEYS[2] LEASES: running jobs, by when their lease runs out
 -- KEYS[3] DELAYED: deferred jobs, by when they are due
--- KEYS[4] LEGACY_QUEUE: promptq 0.1's queue
-return redis.call('EXISTS', LEVELS, LEASES, DELAYED, LEGACY_QUEUE)
+return redis.call('EXISTS', LEVELS, LEASES, DELAYED)

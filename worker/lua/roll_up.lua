@@ -1,10 +1,11 @@
 #!lua flags=allow-oom
--- roll_up: a worker's counts of the jobs it ended since its last roll-up (include/tally.lua), added
+-- roll_up: a worker's counts of the jobs of one queue it ended since its last roll-up (include/tally.lua), added
 -- to the minutes' roll-ups and the batches' tallies in one step. The worker counts a job when its
 -- finish script says the job ended there (not for a document terminal already), so each job counts
 -- once; counts a worker had not rolled up when it died are lost (the figures, not the jobs).
 -- Keys it builds from the ids it is given or finds: minute roll-ups (STATS_PREFIX), batch tallies
 --  (BATCH_TALLY_PREFIX).
+-- KEYS[1] minute: the roll-up of one of the minutes counted (it puts the script in the queue's slot)
 -- ARGV[1] counts_json: {"minutes": {minute: counts, ...}, "batches": {name: row, ...}}
 -- Returns the time of the roll-up (ms, Redis time).
 --!include clock

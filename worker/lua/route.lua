@@ -10,7 +10,7 @@
 -- spell. A 429's cool-down on a backend holds its calls back until it ends.
 -- When every backend is down, the first job told so for a given end of cool-down is the scout
 -- (it comes back then, to carry the probe); the others wait for a circuit to close.
--- KEYS[1] RECOVERIES: how many circuits have closed after being open
+-- KEYS[1] BACKEND_RECOVERIES: how many circuits have closed after being open
 -- KEYS[2..] backend_keys: per backend, in order: its circuit, the model's requests' TAT, tokens' TAT
 --  and cool-down
 -- ARGV[1] max_wait_ms: reserve nothing when the call could go only later than this
@@ -23,7 +23,7 @@
 -- Returns {RESERVED, wait ms, backend index, probe 0/1, clean 0/1, now ms} (go after wait ms; clean:
 -- its circuit has no failure on record; now: when it was routed, for circuit.lua), {NOT_RESERVED, wait ms, backend index} (the soonest budget is
 -- past max_wait_ms), or {ALL_DOWN, wait ms until a probe may go, 0, scout 0/1, ms every backend has
--- been down, the RECOVERIES count now (for defer: a recovery since then means no wait)}.
+-- been down, the BACKEND_RECOVERIES count now (for defer: a recovery since then means no wait)}.
 --!include clock
 local now = now_ms()
 -- The n-th key (1 circuit, 2 requests' TAT, 3 tokens' TAT, 4 cool-down) of the i-th backend.
@@ -71,7 +71,7 @@ if not soonest then
     redis.call('HSET', reopen_circuit, 'scout', due)
     scout = 1
   end
-  return {ALL_DOWN, reopen - now, 0, scout, now - down_since, tonumber(redis.call('GET', RECOVERIES) or '0')}
+  return {ALL_DOWN, reopen - now, 0, scout, now - down_since, tonumber(redis.call('GET', BACKEND_RECOVERIES) or '0')}
 end
 local chosen = soonest
 local point = pick * total

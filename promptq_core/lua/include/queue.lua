@@ -65,5 +65,4 @@ local function unplace(id)
     if redis.call('ZREM', ready, id) == 1 and redis.call('EXISTS', ready) == 0 then deactivate(priority, fkey) end
     redis.call('HDEL', ROUTES, id)
   end
-  redis.call('ZREM', LEGACY_QUEUE, id)
 end
