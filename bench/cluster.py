@@ -57,7 +57,6 @@ def one_run(url: str, ports: list[int], sim: Simulator, jobs: int) -> dict[str, 
         "OPENAI_BASE_URL": sim.base_url,
         "PROMPTQ_QUEUES": ",".join(QUEUES),
         "PROMPTQ_MAX_JOBS": str(SLOTS),
-        "PROMPTQ_LOG_LEVEL": "warning",
     }
     workers = [Worker(env).start() for _ in range(WORKERS)]
     try:

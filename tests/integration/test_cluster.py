@@ -105,6 +105,27 @@ async def test_a_job_goes_through_a_cluster_as_through_one_redis(
             await stop_worker(worker, main)
 
 
+async def test_a_running_job_is_cancelled_and_a_submit_wakes_an_idle_worker_through_the_cluster(
+    cluster_url: str, on_cluster: WorkerConfig, sim: Simulator
+) -> None:
+    """The pub/sub a Cluster carries: the cancel channel reaches the worker running the job, the
+    wake channel an idle worker polling a minute apart, the done channel the waiter."""
+    sim.configure(hang_rate=1.0)  # never answered: only the cancel frees the slot
+    config = dataclasses.replace(on_cluster, queues=("gpu",), request_timeout_s=30, job_timeout_s=40, poll_delay_s=60)
+    worker, main = start_worker(config)
+    try:
+        async with Producer(config=ProducerConfig(redis_url=cluster_url, queue="gpu")) as p:
+            job_id = await p.submit("hangs")
+            while sim.stats()["in_flight"] == 0:  # claimed at once: the submit woke the idle worker
+                await asyncio.sleep(0.01)
+            assert (await p.cancel(job_id)).cancelled
+            assert (await p.wait(job_id, timeout=2)).status == "cancelled"
+            sim.configure(hang_rate=0.0)
+            assert (await p.wait(await p.submit("next"), timeout=5)).ok  # the slot is free, the worker awake
+    finally:
+        await stop_worker(worker, main)
+
+
 async def test_a_failover_mid_run_loses_nothing(
     cluster: ClusterSet, cluster_url: str, on_cluster: WorkerConfig, sim: Simulator
 ) -> None:
