@@ -1,4 +1,4 @@
-"""Push-based waiting: the worker publishes the final document on ``promptq:done:{job_id}`` when a
+"""Push-based waiting: the worker publishes the final document on ``promptq:{queue}:done:{job_id}`` when a
 job ends, so a waiter has it without reading the key again.
 
 A waiter subscribes to the job's channel first and reads the result document second, so a result

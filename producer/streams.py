@@ -1,4 +1,4 @@
-"""Reading a job's event stream (``promptq:stream:{job_id}``), without the I/O.
+"""Reading a job's event stream (``promptq:{queue}:stream:{job_id}``), without the I/O.
 
 ``Producer.stream`` and ``SyncProducer.stream`` drive a :class:`StreamCursor`: they read the
 stream from a position with a blocking ``XREAD``, and the cursor turns entries into

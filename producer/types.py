@@ -76,6 +76,8 @@ class ProducerConfig:
 
     def __post_init__(self) -> None:
         queue_keys(self.queue)  # a ValueError naming a bad queue name
+        if self.min_replicas and is_cluster(self.redis_url):
+            raise ConfigError(NO_REPLICAS_ON_CLUSTER)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:

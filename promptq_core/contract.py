@@ -62,6 +62,7 @@ __all__ = [
     "QUEUE_NAME_RE",
     "READY",
     "RECOVERIES",
+    "RESERVED_QUEUE_NAMES",
     "RESPONSES_ENDPOINT",
     "RESULT",
     "ROUTES",
@@ -112,6 +113,8 @@ __all__ = [
 QUEUE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """What a queue name may be: 1 to 64 letters, digits, ``_``, ``.`` and ``-`` (no braces, colon or
 space: a name sits inside a key's hash tag)."""
+RESERVED_QUEUE_NAMES: Final = frozenset({"fleet", "backends"})
+"""The tags of the keys that belong to no queue: no queue may be named so."""
 DEFAULT_QUEUE: Final = "default"
 """The queue of jobs submitted without one, and the one a worker serves without ``PROMPTQ_QUEUES``."""
 QUEUE_KEY_PREFIX: Final = "promptq:"
@@ -296,6 +299,8 @@ def queue_keys(name: str = DEFAULT_QUEUE) -> QueueKeys:
     """The keys of the queue ``name`` (a valid name: ``QUEUE_NAME_RE``)."""
     if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
         raise ValueError(f"queue name {name!r} is not 1 to 64 of A-Z a-z 0-9 _ . -")
+    if name in RESERVED_QUEUE_NAMES:
+        raise ValueError(f"queue name {name!r} is reserved (the tag of keys that belong to no queue)")
     return QueueKeys(name)
 
 
@@ -308,7 +313,7 @@ def split_arq_id(arq_id: str) -> tuple[str, str]:
     raise ValueError(f"{arq_id!r} is not a promptq job's arq id ({{queue}}job_id)")
 
 
-# Older layouts, read only to move what they hold into the default queue (``promptq_core/lua/upgrade.lua``).
+# Older layouts, read only to move what they hold into the default queue (``worker/lua/upgrade.lua``).
 OLD_KEY_PREFIX: Final = "promptq:"
 """promptq before named queues wrote a queue's keys without a tag, under ``promptq:`` with the same
 names (``promptq:levels``, ``promptq:result:{job_id}``...), and arq's records as ``arq:job:{job_id}``."""
@@ -497,7 +502,7 @@ class JobError:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """The result document at ``promptq:result:{job_id}``; timestamps are Unix time in seconds."""
+    """The result document at ``promptq:{queue}:result:{job_id}``; timestamps are Unix time in seconds."""
 
     job_id: str
     status: Status

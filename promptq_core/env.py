@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from promptq_core.connect import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_cluster, parse_sentinel
-from promptq_core.contract import DEFAULT_QUEUE, QUEUE_NAME_RE
+from promptq_core.contract import DEFAULT_QUEUE, QUEUE_NAME_RE, RESERVED_QUEUE_NAMES
 
 __all__ = [
     "NO_REPLICAS_ON_CLUSTER",
@@ -146,6 +146,8 @@ def env_queues(env: Mapping[str, str], name: str, default: str = DEFAULT_QUEUE) 
         if not QUEUE_NAME_RE.fullmatch(queue):
             shown = repr(queue[:40]) if queue else "an empty name"
             raise ConfigError(f"{name}: {shown} is not a queue name (1 to 64 of A-Z a-z 0-9 _ . -)")
+    if reserved := sorted(set(names) & RESERVED_QUEUE_NAMES):
+        raise ConfigError(f"{name}: {reserved[0]!r} is reserved (the tag of keys that belong to no queue)")
     if len(set(names)) < len(names):
         twice = sorted({q for q in names if names.count(q) > 1})
         raise ConfigError(f"{name} names {', '.join(twice)} more than once")

@@ -26,6 +26,7 @@ from promptq_core.contract import (
     FAIRNESS_KEY_MAX_BYTES,
     PRIORITIES,
     QUEUE_NAME_RE,
+    RESERVED_QUEUE_NAMES,
     RESPONSES_ENDPOINT,
     QueueKeys,
     dumps,
@@ -174,7 +175,7 @@ class PromptJob:
     payload_json: str
     """The payload as it is stored (and as its size was checked)."""
     stream: bool = False
-    """Run with the API's streaming mode, writing deltas to ``promptq:stream:{job_id}`` as they come."""
+    """Run with the API's streaming mode, writing deltas to ``promptq:{queue}:stream:{job_id}`` as they come."""
     priority: int = DEFAULT_PRIORITY
     """0 runs first, 9 last; strict between levels."""
     fairness_key: str = DEFAULT_FAIRNESS_KEY
@@ -314,6 +315,8 @@ def check_queue(name: Any, what: str = "queue") -> str:
     """``name`` as given, if it is a queue name (``QUEUE_NAME_RE``); else :class:`InvalidJobError`."""
     if not isinstance(name, str) or not QUEUE_NAME_RE.fullmatch(name):
         raise InvalidJobError(f"{what} must be 1 to 64 of A-Z a-z 0-9 _ . - (got {_shown(name)})")
+    if name in RESERVED_QUEUE_NAMES:
+        raise InvalidJobError(f"{what} {name!r} is reserved (the tag of keys that belong to no queue)")
     return name
 
 

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from promptq_core.background import Background, repeat
+from promptq_core.background import REDIS_TROUBLE, Background, repeat
 from promptq_core.contract import split_arq_id
 from worker.logs import get_logger
 from worker.queue import JobQueue
@@ -104,8 +104,14 @@ class Leases:
         for handle in list(self.leased):
             queue, job_id = split_arq_id(handle)
             by_queue.setdefault(queue, []).append(job_id)
-        for queue, job_ids in by_queue.items():
-            await self.queues[queue].renew(job_ids)
+        failed: BaseException | None = None
+        for queue, job_ids in by_queue.items():  # a queue whose shard fails holds up no other's
+            try:
+                await self.queues[queue].renew(job_ids)
+            except REDIS_TROUBLE as e:
+                failed = failed or e
+        if failed is not None:
+            raise failed
 
     def _renew_failed(self, e: BaseException) -> None:  # Redis away for a moment: the next round tries again
         log.warning("lease.renew_failed", error=str(e), jobs=len(self.leased))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from promptq_core.background import REDIS_TROUBLE
 from worker import llm, tracing
 from worker.circuit import Circuits
 from worker.config import WorkerConfig
@@ -54,8 +55,13 @@ class WorkerState:
     async def backends_recovered(self, recoveries: int) -> None:
         """A backend recovered: the jobs waiting for one in every queue served here are due now
         (each worker hears of it; the script is the same whoever runs it first)."""
-        woken = 0
-        for queue in self.queues:
-            woken += await queue.wait_over(recoveries)
+        woken, failed = 0, None
+        for queue in self.queues:  # a queue whose shard fails holds up no other's
+            try:
+                woken += await queue.wait_over(recoveries)
+            except REDIS_TROUBLE as e:
+                failed = failed or e
         if woken:
             self.wake.event.set()
+        if failed is not None:
+            raise failed

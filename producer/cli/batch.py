@@ -72,6 +72,8 @@ def parse_jsonl(
             custom_id, arguments = _arguments(line, line_no)
             if custom_id in seen:
                 raise InvalidJobError(f"custom_id {custom_id!r} repeats line {seen[custom_id]}")
+            if "queue" in arguments:
+                raise InvalidJobError("a line may not name a queue: the whole batch goes to --queue (or PROMPTQ_QUEUE)")
             arguments["job_id"] = _job_id(batch, custom_id)
             arguments.setdefault("fairness_key", fairness_key or batch)
             if priority is not None:

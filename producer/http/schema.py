@@ -99,7 +99,7 @@ class ErrorDoc(BaseModel):
 
 
 class ResultDocument(BaseModel):
-    """The result document (``promptq:result:{job_id}``), as ``GET`` and the ``done`` event give it."""
+    """The result document (``promptq:{queue}:result:{job_id}``), as ``GET`` and the ``done`` event give it."""
 
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -10,7 +10,7 @@
 -- ARGV[2] count: jobs in the chunk
 -- ARGV[3] chunk: for each job its id, record, queued document, priority and fairness key, every
 --         field ended by a newline (none holds one: ids and keys are checked, JSON escapes it)
--- Returns how many jobs were new. (Keys are built here from the ids: promptq needs one Redis, not a Cluster.)
+-- Returns how many jobs were new. (Keys are built here from the ids, under the queue's tag: one slot.)
 --!include queue
 --!include memory
 if full(#ARGV[3]) then return redis.error_reply(FULL) end

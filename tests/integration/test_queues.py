@@ -82,6 +82,9 @@ async def test_every_key_a_job_touches_carries_its_queues_tag(
     tags = {k[k.index("{") + 1 : k.index("}")] for k in keys if "{" in k}
     assert [k for k in keys if "{" not in k] == [] and tags <= {"gpu", "fleet", "backends"}, keys
     assert any(k.startswith("arq:job:{gpu}") or k.startswith("promptq:{gpu}:batch:") for k in keys)
+    (tmp_path / "elsewhere.jsonl").write_text(json.dumps({"prompt": "a row", "queue": "other"}) + "\n")
+    code = promptq(["--redis-url", redis_url, "submit", str(tmp_path / "elsewhere.jsonl")], err=err)
+    assert code == 2 and "a line may not name a queue" in err.getvalue()  # the batch is one queue's
 
 
 async def test_bad_queue_names_are_refused_before_anything_is_written(
@@ -95,6 +98,11 @@ async def test_bad_queue_names_are_refused_before_anything_is_written(
         if isinstance(bad, str):
             with pytest.raises(InvalidJobError, match="queue must be"):
                 await producer.get("x", queue=bad)
+    for reserved in ("fleet", "backends"):  # the tags of the keys of no queue
+        with pytest.raises(InvalidJobError, match="is reserved"):
+            await producer.submit("hi", queue=reserved)
+        with pytest.raises(ConfigError, match=r"PROMPTQ_QUEUES: .* is reserved"):
+            WorkerConfig.from_env({"OPENAI_BASE_URL": "http://x", "PROMPTQ_QUEUES": f"a,{reserved}"})
     assert sync_redis.keys("*") == []
     with pytest.raises(ValueError, match="queue name"):
         ProducerConfig(queue="no way")

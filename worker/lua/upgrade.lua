@@ -105,11 +105,14 @@ for _, level in ipairs(redis.call('ZRANGE', old_levels, 0, -1)) do
 end
 
 -- promptq 0.1's queue: jobs not held by an older worker, ahead of every job submitted since.
-local entries = redis.call('ZRANGE', legacy, 0, step - 1, 'WITHSCORES')
-local now = nil
+-- (jobs an older worker holds stay at the front: looked past, up to a few steps' worth)
+local entries = redis.call('ZRANGE', legacy, 0, 4 * step - 1, 'WITHSCORES')
+local now, legacy_moved = nil, 0
 for i = 1, #entries, 2 do
   local id, score = entries[i], tonumber(entries[i + 1])
+  if legacy_moved >= step then break end
   if redis.call('EXISTS', OLD_IN_PROGRESS_PREFIX .. id) == 0 then
+    legacy_moved = legacy_moved + 1
     redis.call('ZREM', legacy, id)
     if redis.call('EXISTS', OLD_RECORD_PREFIX .. id) == 1 and redis.call('EXISTS', RECORD_PREFIX .. id) == 0 then
       carry(id)
@@ -146,5 +149,6 @@ for i = 1, #batches, 2 do
   redis.call('ZREM', old_batches, name)
 end
 local more = redis.call('EXISTS', old_levels, old_leases, old_delayed, old_failed, old_batches)
+if legacy_moved >= step then more = more + 1 end  -- more of promptq 0.1's queue to look at
 if more == 0 and redis.call('ZCARD', legacy) == 0 then redis.call('DEL', old_sequence, old_routes) end
 return {moved, more > 0 and 1 or 0}
