@@ -92,10 +92,9 @@ class Tally:
                 del queues[name]
                 continue
             payload = dumps({"minutes": {str(m): c for m, c in counts.minutes.items()}, "batches": counts.batches})
+            keys = queue_keys(name)
             try:
-                await self._roll_up(
-                    queue_keys(name), minute=queue_keys(name).stats(min(counts.minutes)), counts_json=payload
-                )
+                await self._roll_up(keys, minute=keys.stats(min(counts.minutes)), counts_json=payload)
             except REDIS_TROUBLE:
                 for left, kept in queues.items():  # back in, for the next roll-up
                     self._queues.setdefault(left, _Counts()).add(kept)

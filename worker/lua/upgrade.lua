@@ -34,6 +34,7 @@
 -- Returns {jobs moved, more: 1 while the older layout still holds jobs in line, leased or deferred}.
 --!include status
 --!include queue
+--!include clock
 local step, moved = tonumber(ARGV[1]), 0
 local old_levels, old_leases, old_delayed, old_routes = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local old_sequence, old_failed, old_batches, legacy = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
@@ -107,7 +108,7 @@ end
 -- promptq 0.1's queue: jobs not held by an older worker, ahead of every job submitted since.
 -- (jobs an older worker holds stay at the front: looked past, up to a few steps' worth)
 local entries = redis.call('ZRANGE', legacy, 0, 4 * step - 1, 'WITHSCORES')
-local now, legacy_moved = nil, 0
+local now, legacy_moved = now_ms(), 0
 for i = 1, #entries, 2 do
   local id, score = entries[i], tonumber(entries[i + 1])
   if legacy_moved >= step then break end
@@ -118,10 +119,6 @@ for i = 1, #entries, 2 do
       carry(id)
       local place = string.format('%d', score - LEGACY_PLACE_OFFSET)
       set_route(id, DEFAULT_PRIORITY, place, DEFAULT_FAIRNESS_KEY)
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
       if score > now then
         redis.call('ZADD', DELAYED, score, id)
       else
