@@ -35,10 +35,38 @@ NO_REDIS_HELP = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(*ports: int) -> bool:
+    try:
+        for port in ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def free_port(span: int = 0) -> int:
+    """A free port below the range the kernel picks outgoing connections' ports from.
+
+    A server of the tests that lets go of its port for a while (the simulator's ``refuse`` outage, a
+    Redis killed and started again) must find it free again: a port from the ephemeral range may by
+    then be the local end of some client's connection (or of a connection to itself). With ``span``,
+    ``port + span`` is free and below that range too (a cluster node's bus port)."""
+    low = _ephemeral_low()
+    first = 10_000
+    for _ in range(1000):
+        port = first + int.from_bytes(os.urandom(2), "big") % max(1, low - span - first)
+        if _bindable(port, *((port + span,) if span else ())):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 CLUSTER_BUS_OFFSET = 10_000
@@ -46,17 +74,8 @@ CLUSTER_BUS_OFFSET = 10_000
 
 
 def cluster_port() -> int:
-    """A free port whose cluster bus port is free too (and below 65536)."""
-    for _ in range(1000):
-        port = 20_000 + int.from_bytes(os.urandom(2), "big") % 30_000
-        try:
-            for candidate in (port, port + CLUSTER_BUS_OFFSET):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free pair of ports for a cluster node")
+    """A free port whose cluster bus port is free too (both outside the ephemeral range)."""
+    return free_port(span=CLUSTER_BUS_OFFSET)
 
 
 def redis_answers(url: str, timeout_s: float = 0.5) -> bool:

@@ -145,7 +145,12 @@ class Simulator:
             writer.close()
         await asyncio.sleep(seconds)
         host, port = self._where
-        self._server = await asyncio.start_server(self._serve, host, port, backlog=4096, reuse_address=True)
+        while True:  # the port may be a client connection's local end for a moment: try again
+            try:
+                self._server = await asyncio.start_server(self._serve, host, port, backlog=4096, reuse_address=True)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
         self.config.outage = ""
 
     def _log_call(self, prompt: str) -> None:
