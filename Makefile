@@ -6,12 +6,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster redis browser api openapi screenshot sim worker clean
 
-$(STAMP): pyproject.toml
+# The exact versions in constraints.txt (pip's too), the same the image installs; `make lock` renews them.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
 demo: $(STAMP)
@@ -41,6 +42,28 @@ test-oldest: redis
 	.venv-oldest/bin/python -m pytest -q -m "not faults and not process and not browser" \
 		--ignore tests/integration/test_http_fuzz.py --ignore tests/integration/test_page.py \
 		--ignore tests/integration/test_dashboard.py
+
+# Rewrites constraints.txt, on purpose only: every extra resolved afresh, without the old pins, to the
+# newest versions pyproject allows, in a throw-away virtualenv, then frozen (the project itself, setuptools
+# and wheel left out). Run it with Python 3.11, the oldest the project supports and the image's; read the
+# diff and run `make test` before committing it.
+LOCK_VENV ?= /tmp/promptq-lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,http,otel]'
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable > $(LOCK_VENV)/frozen.txt
+	printf '%s\n' \
+		'# The exact version of every package the dev environment installs (promptq[dev], which takes in' \
+		'# the http and otel extras), and of pip. `make test`, CI and the Dockerfile install with' \
+		'# `-c constraints.txt`; pyproject keeps the ranges (`make test-oldest` tests their lower bounds).' \
+		'# Renewed on purpose only, never by an install: `make lock` (resolved afresh on Python 3.11, in a' \
+		'# throw-away virtualenv, then frozen); read the diff and run `make test` before committing it.' \
+		> $(LOCK_VENV)/constraints.txt
+	grep -v -e '^setuptools==' -e '^wheel==' $(LOCK_VENV)/frozen.txt >> $(LOCK_VENV)/constraints.txt
+	cp $(LOCK_VENV)/constraints.txt constraints.txt
+	rm -rf $(LOCK_VENV)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
