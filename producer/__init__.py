@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from producer.client import Producer
     from producer.errors import (
         EvictionPolicyError,
+        JobConflictError,
         JobNotFoundError,
         NotReplicatedError,
         QueueFullError,
@@ -35,6 +36,7 @@ _HOME = {
     "EvictionPolicyError": "producer.errors",
     "InvalidJobError": "promptq_core.validation",
     "JobError": "promptq_core.contract",
+    "JobConflictError": "producer.errors",
     "JobNotFoundError": "producer.errors",
     "JobResult": "promptq_core.contract",
     "NotReplicatedError": "producer.errors",
@@ -55,6 +57,7 @@ __all__ = [
     "ConfigError",
     "EvictionPolicyError",
     "InvalidJobError",
+    "JobConflictError",
     "JobError",
     "JobNotFoundError",
     "JobResult",

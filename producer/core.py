@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from producer.errors import JobNotFoundError, RetryRefusedError
+from producer.errors import JobConflictError, JobNotFoundError, RetryRefusedError
 from producer.notify import FALLBACK_POLL_S, READ_CHUNK
 from producer.overview import (
     OVERVIEW_BACKENDS,
@@ -124,7 +124,8 @@ def submit(writes: Writes, prompt: str | None, kwargs: Mapping[str, Any]) -> Op[
     job = writes.build(prompt, **kwargs)
     call = writes.submit(job, time.time())
     yield from _guard_once(writes)
-    _confirmed(writes, (yield _write(writes, "submit", call)))
+    if _confirmed(writes, (yield _write(writes, "submit", call))) == Reply.CONFLICT:
+        raise JobConflictError(job.job_id)
     return job.job_id
 
 
@@ -132,7 +133,9 @@ def submit_many(writes: Writes, items: Iterable[str | Mapping[str, Any]]) -> Op[
     jobs = writes.build_many(items)
     yield from _guard_once(writes)
     for call in writes.chunks(jobs):  # a round trip each
-        _confirmed(writes, (yield _write(writes, "submit_many", call)))
+        outcome, detail = _confirmed(writes, (yield _write(writes, "submit_many", call)))
+        if outcome == Reply.CONFLICT:  # (that chunk wrote nothing; earlier chunks are in line)
+            raise JobConflictError(as_text(detail))
     return [job.job_id for job in jobs]
 
 

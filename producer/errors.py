@@ -10,6 +10,7 @@ the URL's password redacted, and what to do)::
     └── JobNotFoundError           no such job (never submitted, or its result expired)
     ValueError
     ├── RetryRefusedError          retry() of a job that is not failed, or whose request is gone
+    ├── JobConflictError           a job id already known with another request
     ├── InvalidJobError            (promptq_core.validation) a job that fails its checks
     └── ConfigError                (promptq_core.env) a setting that fails its checks
 """
@@ -25,6 +26,7 @@ from promptq_core.env import redact_url
 
 __all__ = [
     "EvictionPolicyError",
+    "JobConflictError",
     "JobNotFoundError",
     "NotReplicatedError",
     "QueueFullError",
@@ -61,6 +63,18 @@ class EvictionPolicyError(QueueUnavailableError):
 
 class RetryRefusedError(ValueError):
     """``retry`` was asked for a job that is not failed, or whose request is no longer kept."""
+
+
+class JobConflictError(ValueError):
+    """A submit named a job id that is known (queued, running, or finished and kept) with another
+    request: nothing of the call was written. Choose another id, or wait until the result expires."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id!r} was submitted before with another request: ids are the caller's to keep "
+            "unique (the same id with the same request enqueues nothing new)"
+        )
+        self.job_id = job_id
 
 
 class JobNotFoundError(LookupError):

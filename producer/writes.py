@@ -143,9 +143,11 @@ class Writes:
                     job.fairness_key,
                     job.endpoint,
                     job.queue,
+                    job.request,
                 ),
                 str(job.priority),
                 job.fairness_key,
+                job.request,
             )
         fields.append("")  # the last field ends with a newline too
         return script("submit_many").bind(queue, ttl_ms=self.queued_ttl_ms, count=len(chunk), chunk="\n".join(fields))
@@ -167,10 +169,12 @@ class Writes:
                 job.fairness_key,
                 job.endpoint,
                 job.queue,
+                job.request,
             ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(job.priority),
             fairness_key=job.fairness_key,
+            request=job.request,
         )
 
     @staticmethod
@@ -230,6 +234,7 @@ class Writes:
                 failed.fairness_key,
                 failed.endpoint,
                 queue.name,
+                failed.request,
             ),
             ttl_ms=self.queued_ttl_ms,
             priority=str(failed.priority),

@@ -413,7 +413,9 @@ class Reply:
     ENQUEUED: Final = 1
     """submit: the job was new and is in line."""
     ALREADY_KNOWN: Final = 0
-    """submit: a job or result with that id exists; nothing was written."""
+    """submit: a job or result with that id exists, submitted with the same request; nothing was written."""
+    CONFLICT: Final = 2
+    """submit: a job or result with that id exists, submitted with another request; nothing was written."""
     CANCELLED: Final = 1
     """cancel: the document was marked cancelled."""
     CHANGED_MEANWHILE: Final = 0
@@ -531,6 +533,9 @@ class JobResult:
     """The named queue the job waits in."""
     backend: str | None = None
     """The backend the latest attempt went to (``PROMPTQ_BACKENDS``; ``default`` without them)."""
+    request: str | None = None
+    """A digest of the request the id was submitted with (``PromptJob.request``): the same id
+    submitted again with another request is refused instead of answered with this job's result."""
     enqueued_at: float | None = None
     started_at: float | None = None
     """When the latest attempt started."""
@@ -583,6 +588,7 @@ class JobResult:
             "fairness_key": self.fairness_key,
             "queue": self.queue,
             "backend": self.backend,
+            "request": self.request,
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -605,7 +611,7 @@ class JobResult:
         usage, error = doc.get("usage"), doc.get("error")
         priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
         endpoint, output, embeddings = doc.get("endpoint"), doc.get("output"), doc.get("embeddings")
-        backend, queue = doc.get("backend"), doc.get("queue")
+        backend, queue, request = doc.get("backend"), doc.get("queue"), doc.get("request")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
@@ -623,6 +629,7 @@ class JobResult:
             fairness_key=fairness_key if isinstance(fairness_key, str) else DEFAULT_FAIRNESS_KEY,
             queue=queue if isinstance(queue, str) else DEFAULT_QUEUE,  # documents before named queues
             backend=backend if isinstance(backend, str) else None,
+            request=request if isinstance(request, str) else None,
             enqueued_at=doc.get("enqueued_at"),
             started_at=doc.get("started_at"),
             finished_at=doc.get("finished_at"),
@@ -643,16 +650,17 @@ def queued_doc(
     fairness_key: str = DEFAULT_FAIRNESS_KEY,
     endpoint: str = CHAT_ENDPOINT,
     queue: str = DEFAULT_QUEUE,
+    request: str | None = None,
 ) -> str:
     """``JobResult(job_id, "queued", model=..., metadata=..., priority=..., fairness_key=...,
-    queue=..., endpoint=..., enqueued_at=...).to_json()``, written straight from a template (a
-    submit's hottest step; a test keeps the two equal)."""
+    queue=..., endpoint=..., request=..., enqueued_at=...).to_json()``, written straight from a
+    template (a submit's hottest step; a test keeps the two equal)."""
     return (
         f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},'
         f'"endpoint":{_string(endpoint)},"content":null,"output":null,"embeddings":null,"finish_reason":null,'
         f'"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
         f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"queue":{_string(queue)},"backend":null,'
-        f'"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
+        f'"request":{_string(request)},"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
 
 

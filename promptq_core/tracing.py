@@ -97,7 +97,8 @@ def check_trace(trace: Any) -> dict[str, str]:
         raise ValueError('trace must be {"traceparent": "00-<trace id>-<span id>-<flags>", "tracestate"?: "..."}')
     parent, state = trace["traceparent"], trace.get("tracestate", "")
     if not isinstance(parent, str) or not TRACEPARENT_RE.fullmatch(parent):
-        raise ValueError(f"trace.traceparent {parent!r} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+        shown = ascii(parent[:60]) if isinstance(parent, str) else type(parent).__name__
+        raise ValueError(f"trace.traceparent {shown} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
     if not isinstance(state, str) or len(state) > TRACESTATE_MAX:
         raise ValueError(f"trace.tracestate must be a string of at most {TRACESTATE_MAX} characters")
     return {k: str(v) for k, v in trace.items()}

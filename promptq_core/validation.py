@@ -6,10 +6,12 @@ another client or an older version may have written it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,17 +37,24 @@ from promptq_core.contract import (
 from promptq_core.tracing import check_trace
 
 __all__ = [
+    "CALLER_JOB_ID_RE",
     "EMBEDDINGS_PARAMS",
+    "JOB_ID_RE",
     "MAX_EMBEDDING_INPUTS",
+    "MODEL_RE",
     "PASS_THROUGH_PARAMS",
     "RESPONSES_PARAMS",
+    "TENANT_RE",
     "InvalidJobError",
     "PromptJob",
     "check_fairness_key",
+    "check_model",
     "check_priority",
     "check_queue",
     "embedding_inputs",
+    "escaped",
     "new_job_id",
+    "printable",
     "valid_batch_name",
 ]
 
@@ -56,14 +65,35 @@ class InvalidJobError(ValueError):
 
 ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
-JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@/+=#~-]{1,200}")
-MODEL_MAX_CHARS: Final = 256
+TENANT_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+"""A tenant's name: 1 to 32 of a-z 0-9 _ -, starting with a letter or digit."""
+CALLER_JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9_.@+=~-]{1,200}")
+"""The ids an HTTP caller may choose: no ``:`` (a batch's jobs are ``{batch}:{custom_id}``) and no
+``/`` (a tenant's jobs are ``{tenant}/{id}``), so neither namespace can be entered from outside."""
+JOB_ID_RE: Final = re.compile(r"(?:[a-z0-9][a-z0-9_-]{0,31}/)?[A-Za-z0-9_.:@+=~-]{1,200}")
+"""Every id a job may have: an optional ``{tenant}/``, then 1 to 200 of A-Z a-z 0-9 _ . : @ + = ~ -
+(characters that every route, URL and Redis key carries as they are)."""
+MODEL_MAX_CHARS: Final = 200
 """A model name's length at most (a job's, a fallback's, a backend's)."""
+MODEL_RE: Final = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
+"""A model name: 1 to 200 of A-Z a-z 0-9 . _ : / @ + - (``gpt-4o-mini``, ``meta-llama/Llama-3.1-8B``,
+``ft:gpt-4o-mini:org::id``, ``llama3.1:8b``, Azure deployment names)."""
+MAX_DEPTH: Final = 64
+"""JSON nesting a job's request may have at most (a JSON schema in ``response_format`` needs a few
+levels per level of the schema)."""
+DELIVERY_FIELDS: Final = ("trace", "deadline")
+"""Payload fields about a submit rather than the request (not in ``PromptJob.request``)."""
+EXTRA_BODY_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+MAX_EXTRA_BODY_KEYS: Final = 64
+OWNED_FIELDS: Final = frozenset(
+    {"model", "messages", "input", "prompt", "stream", "stream_options", "n", "endpoint", "metadata", "background"}
+)
+"""Request fields promptq sets itself: ``extra_body`` may not carry them (nor any parameter the
+endpoint takes by name, which is checked where it is passed by name)."""
 MAX_FALLBACKS: Final = 5
 """Fallback models a job may list at most."""
 MAX_DEADLINE_S: Final = 30 * 86_400
 """A deadline is at most this far ahead (a job's result is kept for a day by default anyway)."""
-CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _number(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -192,6 +222,9 @@ class PromptJob:
     long for the model (``context_length_exceeded``)."""
     queue: str = DEFAULT_QUEUE
     """The named queue the job waits in (not in the payload: the job's keys say it)."""
+    request: str = ""
+    """A digest of what the job asks (its payload but for the trace context and the deadline, which
+    differ from one submit to the next): its id submitted again with another request is refused."""
 
     @property
     def keys(self) -> QueueKeys:
@@ -231,13 +264,16 @@ class PromptJob:
         if job_id is None:
             job_id = new_job_id()
         elif not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-            raise InvalidJobError(f"job_id {job_id!r} must be 1 to 200 characters of letters, digits and _.:@/+=#~-")
+            raise InvalidJobError(
+                f"job_id must be 1 to 200 of A-Z a-z 0-9 _ . : @ + = ~ - (after an optional tenant/), "
+                f"got {_shown(job_id)}"
+            )
         if checked_params:
             payload["params"] = checked_params
         if metadata is not None:
             payload["metadata"] = _metadata(metadata)
         if not isinstance(stream, bool):
-            raise InvalidJobError(f"stream must be true or false, got {stream!r}")
+            raise InvalidJobError(f"stream must be true or false, got {_shown(stream)}")
         if stream:
             payload["stream"] = True
         if priority is not None and check_priority(priority) != DEFAULT_PRIORITY:
@@ -282,12 +318,23 @@ class PromptJob:
 
     @classmethod
     def _checked(cls, job_id: str, payload: dict[str, Any], max_payload_bytes: int, queue: str) -> PromptJob:
+        for name, value in payload.items():
+            if isinstance(value, dict | list) and not _shallow(value, MAX_DEPTH):
+                raise InvalidJobError(f"{_part(name)} is nested more than {MAX_DEPTH} levels deep")
+        asked = {k: v for k, v in payload.items() if k not in DELIVERY_FIELDS}
+        delivery = {k: payload[k] for k in DELIVERY_FIELDS if k in payload}
         try:
-            payload_json = dumps(payload)
+            asked_json = dumps(asked)  # (never empty: a model and a request are always there)
+            raw = asked_json.encode()
+            delivery_json = dumps(delivery) if delivery else ""
+            payload_json = asked_json[:-1] + "," + delivery_json[1:] if delivery else asked_json
+            size = len(raw) + (len(delivery_json.encode()) - 1 if delivery else 0)
+        except UnicodeEncodeError:  # a lone surrogate ("\ud83d"): not text any API or Redis client takes
+            part = next((n for n, v in payload.items() if not _encodable(v)), "the request")
+            raise InvalidJobError(f"{_part(part)} holds a lone surrogate (text that is not valid Unicode)") from None
         except (TypeError, ValueError) as e:
             part = "metadata" if "metadata" in payload and not _serialisable(payload["metadata"]) else "params"
-            raise InvalidJobError(f"{part} must be JSON-serialisable: {e}") from None
-        size = len(payload_json.encode())
+            raise InvalidJobError(f"{part} must be JSON-serialisable: {_bounded(str(e))}") from None
         if size > max_payload_bytes:
             raise InvalidJobError(
                 f"payload is {size} bytes, over the limit of {max_payload_bytes} (PROMPTQ_MAX_PAYLOAD_BYTES)"
@@ -308,6 +355,7 @@ class PromptJob:
             deadline=payload.get("deadline"),
             fallbacks=tuple(payload.get("fallbacks", ())),
             queue=queue,
+            request=hashlib.blake2b(raw, digest_size=8).hexdigest(),
         )
 
 
@@ -321,37 +369,94 @@ def check_queue(name: Any, what: str = "queue") -> str:
 
 
 def _shown(value: Any) -> str:
-    """A bad value as an error shows it: its type, or a string's first 40 characters."""
+    """A bad value as an error shows it: a number as it is, a string's first 40 characters
+    (escaped), anything else by its type."""
+    if value is None or isinstance(value, bool | int | float):
+        return _bounded(repr(value))
     if not isinstance(value, str):
         return type(value).__name__
-    return repr(value[:40]) + (f" and {len(value) - 40} more characters" if len(value) > 40 else "")
+    return ascii(value[:40]) + (f" and {len(value) - 40} more characters" if len(value) > 40 else "")
+
+
+def _bounded(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _part(name: str) -> str:
+    """A payload field by the name the caller gave it."""
+    return "params" if name == "params" else name
+
+
+def _shallow(value: Any, limit: int) -> bool:
+    """``value`` nests lists and objects at most ``limit`` deep (checked without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        deeper: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                deeper.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                deeper.extend(v for v in item if isinstance(v, dict | list))
+        if not deeper:
+            return True
+        level = deeper
+    return False
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        dumps(value).encode()
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return False
+    return True
+
+
+UNPRINTABLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Unicode categories a name promptq prints may not hold: controls (C0 and C1), format characters
+(bidi overrides, zero-width), surrogates, private use, unassigned, line and paragraph separators."""
+
+
+def printable(text: str) -> bool:
+    """``text`` holds no character of :data:`UNPRINTABLE_CATEGORIES`."""
+    return (text.isascii() and text.isprintable()) or all(
+        unicodedata.category(c) not in UNPRINTABLE_CATEGORIES for c in text
+    )
+
+
+def escaped(text: str) -> str:
+    """``text`` as a terminal or a log may show it: characters of :data:`UNPRINTABLE_CATEGORIES`
+    written as ``\\x..``/``\\u....`` escapes."""
+    if printable(text):
+        return text
+    return "".join(c if unicodedata.category(c) not in UNPRINTABLE_CATEGORIES else ascii(c)[1:-1] for c in text)
 
 
 def check_priority(priority: Any) -> int:
     """``priority`` as given, if it is an integer from 0 to 9; else :class:`InvalidJobError`."""
     if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
-        raise InvalidJobError(f"priority must be an integer from 0 (runs first) to 9 (last), got {priority!r}")
+        raise InvalidJobError(f"priority must be an integer from 0 (runs first) to 9 (last), got {_shown(priority)}")
     return priority
 
 
 def valid_batch_name(name: str) -> str:
     """``name`` as given, if it is a batch name (``BATCH_NAME_RE``); else ``ValueError``."""
     if not BATCH_NAME_RE.fullmatch(name):
-        raise ValueError(f"batch name {name!r} must be 1 to 100 letters, digits, '_', '.' or '-'")
+        raise ValueError(f"batch name {_shown(name)} must be 1 to 100 letters, digits, '_', '.' or '-'")
     return name
 
 
 def check_fairness_key(key: Any, what: str = "fairness_key") -> str:
-    """``key`` as given, if it is a string of 1 to 128 bytes (UTF-8) without control characters."""
+    """``key`` as given, if it is a string of 1 to 128 bytes (UTF-8) of printable characters (no
+    controls, format or bidi characters: see :func:`printable`)."""
     if not isinstance(key, str):
         raise InvalidJobError(f"{what} must be a string, got {type(key).__name__}")
     try:
         size = len(key.encode())
     except UnicodeEncodeError:  # a lone surrogate
         size = 0
-    if not 0 < size <= FAIRNESS_KEY_MAX_BYTES or CONTROL_RE.search(key):
+    if not 0 < size <= FAIRNESS_KEY_MAX_BYTES or not printable(key):
         raise InvalidJobError(
-            f"{what} must be 1 to {FAIRNESS_KEY_MAX_BYTES} bytes (UTF-8) without control characters, got {key!r}"
+            f"{what} must be 1 to {FAIRNESS_KEY_MAX_BYTES} bytes (UTF-8) of printable characters, got {_shown(key)}"
         )
     return key
 
@@ -364,14 +469,17 @@ def _serialisable(value: Any) -> bool:
     return True
 
 
-def _model(model: Any, what: str = "model") -> str | None:
-    if model is None:
-        return None
-    if not isinstance(model, str) or not model.strip() or len(model) > MODEL_MAX_CHARS or CONTROL_RE.search(model):
+def check_model(model: Any, what: str = "model") -> str:
+    """``model`` as given, if it is a model name (:data:`MODEL_RE`); else :class:`InvalidJobError`."""
+    if not isinstance(model, str) or not MODEL_RE.fullmatch(model):
         raise InvalidJobError(
-            f"{what} must be a model name of 1 to {MODEL_MAX_CHARS} characters without control characters"
+            f"{what} must be a model name of 1 to {MODEL_MAX_CHARS} of A-Z a-z 0-9 . _ : / @ + -, got {_shown(model)}"
         )
     return model
+
+
+def _model(model: Any, what: str = "model") -> str | None:
+    return None if model is None else check_model(model, what)
 
 
 def _delivery(trace: Any, deadline_s: Any, deadline: Any, fallbacks: Any, model: Any) -> dict[str, Any]:
@@ -397,12 +505,14 @@ def _deadline(deadline_s: Any, deadline: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidJobError(f"{name} must be a number, got {value!r}")
+        raise InvalidJobError(f"{name} must be a number, got {_shown(value)}")
     at = time.time() + value if name == "deadline_s" else float(value)
     if name == "deadline_s" and not 0 < value <= MAX_DEADLINE_S:
-        raise InvalidJobError(f"deadline_s must be more than 0 and at most {MAX_DEADLINE_S} seconds, got {value!r}")
+        raise InvalidJobError(
+            f"deadline_s must be more than 0 and at most {MAX_DEADLINE_S} seconds, got {_shown(value)}"
+        )
     if name == "deadline" and at <= 0:  # (no upper bound: a worker reads it again, by its own clock)
-        raise InvalidJobError(f"deadline must be a Unix time (seconds), got {value!r}")
+        raise InvalidJobError(f"deadline must be a Unix time (seconds), got {_shown(value)}")
     return round(at, 3)
 
 
@@ -446,7 +556,7 @@ def _endpoint(endpoint: Any) -> str:
     if endpoint is None:
         return CHAT_ENDPOINT
     if endpoint not in ENDPOINTS:
-        raise InvalidJobError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+        raise InvalidJobError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {_shown(endpoint)}")
     return str(endpoint)
 
 
@@ -458,14 +568,31 @@ def _params(params: Mapping[str, Any], endpoint: str = CHAT_ENDPOINT) -> dict[st
         if spec is None:
             hint = "; n is not supported (submit n jobs)" if name == "n" else ""
             where = "" if endpoint == CHAT_ENDPOINT else f" for {endpoint}"
-            raise InvalidJobError(f"unknown parameter {name!r}{where} (pass server-specific ones in extra_body){hint}")
+            raise InvalidJobError(
+                f"unknown parameter {_shown(name)}{where} (pass server-specific ones in extra_body){hint}"
+            )
         if value is None:
             continue
         expected, check = spec
         if not check(value):
-            raise InvalidJobError(f"{name} must be {expected}, got {value!r}")
+            raise InvalidJobError(f"{name} must be {expected}, got {_shown(value)}")
+        if name == "extra_body":
+            _extra_body(value, table)
         out[name] = value
     return out
+
+
+def _extra_body(extra: dict[str, Any], table: Mapping[str, Any]) -> None:
+    """``extra_body`` adds fields a server understands; it may not replace one promptq sets or checks."""
+    if len(extra) > MAX_EXTRA_BODY_KEYS:
+        raise InvalidJobError(f"extra_body may hold at most {MAX_EXTRA_BODY_KEYS} fields")
+    for key in extra:
+        if not isinstance(key, str) or not EXTRA_BODY_KEY_RE.fullmatch(key):
+            raise InvalidJobError(f"extra_body: {_shown(key)} is not a field name (A-Z a-z 0-9 _ . -, up to 64)")
+        if key in OWNED_FIELDS:
+            raise InvalidJobError(f"extra_body may not set {key}: promptq sets it from the job")
+        if key in table:
+            raise InvalidJobError(f"extra_body may not set {key}: pass it as the parameter {key}, where it is checked")
 
 
 def _metadata(metadata: Any) -> dict[str, Any]:
@@ -483,10 +610,10 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             raise InvalidJobError(f"{where} must be an object with role and content")
         unknown = set(m) - MESSAGE_KEYS
         if unknown:
-            raise InvalidJobError(f"{where} has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+            raise InvalidJobError(f"{where} has unknown fields: {', '.join(sorted(_shown(k) for k in unknown))[:200]}")
         role = m.get("role")
         if role not in ROLES:
-            raise InvalidJobError(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}")
+            raise InvalidJobError(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}")
         content = m.get("content")
         if role == "assistant" and content is None and m.get("tool_calls"):
             continue

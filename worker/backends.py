@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from promptq_core.contract import BACKEND_NAME_RE, dumps
 from promptq_core.env import ConfigError, env_json_table, env_str
-from promptq_core.validation import MODEL_MAX_CHARS
+from promptq_core.validation import InvalidJobError, check_model
 
 __all__ = [
     "BACKENDS_ENV",
@@ -217,8 +217,10 @@ def _models(models: Any, at: str) -> dict[str, str]:
     served: dict[str, str] = {}
     for model, own in pairs:
         for value in (model, own):
-            if not isinstance(value, str) or not value.strip() or len(value) > MODEL_MAX_CHARS:
-                raise ConfigError(f"{at}.models: {value!r} is not a model name (1 to {MODEL_MAX_CHARS} characters)")
+            try:
+                check_model(value, f"{at}.models: a name")
+            except InvalidJobError as e:
+                raise ConfigError(str(e)) from None
         if model in served:
             raise ConfigError(f"{at}.models: {model!r} is listed twice")
         served[model] = own

@@ -80,6 +80,7 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         metadata=job.metadata,
         priority=job.priority,
         fairness_key=job.fairness_key,
+        request=job.request,
         started_at=_claimed_at(ctx),
     )
     if (deadline := _deadline(config, job, base)) is not None and time.time() >= deadline:

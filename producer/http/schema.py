@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from promptq_core.contract import DEFAULT_QUEUE, FAIRNESS_KEY_MAX_BYTES, QUEUE_NAME_RE
-from promptq_core.validation import JOB_ID_RE, MAX_DEADLINE_S, MAX_FALLBACKS, MODEL_MAX_CHARS
+from promptq_core.validation import CALLER_JOB_ID_RE, MAX_DEADLINE_S, MAX_FALLBACKS, MODEL_RE
 
 __all__ = [
     "BatchDoc",
@@ -51,7 +51,7 @@ class JobRequest(BaseModel):
         None,
         description="an embeddings job's input (strings or token arrays), or a response's input (a string or items)",
     )
-    model: str | None = Field(None, min_length=1)
+    model: str | None = Field(None, pattern=f"^{MODEL_RE.pattern}$")
     queue: str | None = Field(
         None,
         pattern=f"^{QUEUE_NAME_RE.pattern}$",
@@ -59,8 +59,9 @@ class JobRequest(BaseModel):
     )
     job_id: str | None = Field(
         None,
-        pattern=f"^{JOB_ID_RE.pattern}$",
-        description="your own id; submitting it again to its queue enqueues nothing new",
+        pattern=f"^{CALLER_JOB_ID_RE.pattern}$",
+        description="your own id; submitting it again with the same request enqueues nothing new, "
+        "with another request is refused (409)",
     )
     metadata: dict[str, Any] | None = None
     stream: bool = False
@@ -78,7 +79,7 @@ class JobRequest(BaseModel):
         description="seconds from now after which the job is not started any more: it fails `expired`",
     )
     deadline: float | None = Field(None, gt=0, description="the same as deadline_s, as a Unix time (seconds)")
-    fallbacks: list[Annotated[str, StringConstraints(min_length=1, max_length=MODEL_MAX_CHARS)]] | None = Field(
+    fallbacks: list[Annotated[str, StringConstraints(pattern=f"^{MODEL_RE.pattern}$")]] | None = Field(
         None,
         max_length=MAX_FALLBACKS,
         description="models to move to, in order, when the job's model stays down or its input is too long for it",
@@ -117,6 +118,9 @@ class ResultDocument(BaseModel):
     fairness_key: str
     queue: str = Field(DEFAULT_QUEUE, description="the named queue the job waits in")
     backend: str | None = Field(None, description="the backend the latest attempt went to")
+    request: str | None = Field(
+        None, description="a digest of the request the id was submitted with (the same id with another is refused)"
+    )
     enqueued_at: float | None
     started_at: float | None
     finished_at: float | None

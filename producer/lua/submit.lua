@@ -14,11 +14,17 @@
 -- ARGV[4] ttl_ms: how long the record and the document live
 -- ARGV[5] priority: '0' to '9'
 -- ARGV[6] fairness_key
--- Returns ENQUEUED, or ALREADY_KNOWN when the id was known (then nothing is written).
+-- ARGV[7] request: the digest of the request (PromptJob.request)
+-- Returns ENQUEUED; ALREADY_KNOWN when the id was known with the same request, CONFLICT with
+-- another (then nothing is written).
 --!include queue
 --!include memory
+--!include request
 if full(#ARGV[2] + #ARGV[3]) then return redis.error_reply(FULL) end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return ALREADY_KNOWN end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  if same_request(redis.call('GET', KEYS[1]), ARGV[7]) then return ALREADY_KNOWN end
+  return CONFLICT
+end
 local place = redis.call('INCR', SEQUENCE)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])

@@ -8,28 +8,55 @@
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), result documents (RESULT_PREFIX).
 -- ARGV[1] ttl_ms: how long each record and document live
 -- ARGV[2] count: jobs in the chunk
--- ARGV[3] chunk: for each job its id, record, queued document, priority and fairness key, every
---         field ended by a newline (none holds one: ids and keys are checked, JSON escapes it)
--- Returns how many jobs were new. (Keys are built here from the ids, under the queue's tag: one slot.)
+-- ARGV[3] chunk: for each job its id, record, queued document, priority, fairness key and request
+--         digest, every field ended by a newline (none holds one: ids and keys are checked, JSON
+--         escapes it)
+-- Returns {ENQUEUED, how many jobs were new}, or {CONFLICT, the first id known with another
+-- request} and writes nothing. (Keys are built here from the ids, under the queue's tag: one slot.)
 --!include queue
 --!include memory
+--!include request
 if full(#ARGV[3]) then return redis.error_reply(FULL) end
-local chunk, at, added = ARGV[3], 1, 0
+local chunk = ARGV[3]
+-- fields(at): the ends of the six fields of the job at `at`
+local function fields(at)
+  local e = {}
+  local from = at
+  for n = 1, 6 do
+    e[n] = string.find(chunk, '\n', from, true)
+    from = e[n] + 1
+  end
+  return e
+end
+-- First every known id, and whether it was known with the same request: a conflict writes nothing.
+-- (An id twice in the chunk: the second is known, by the first's request.)
+local known, seen, at = {}, {}, 1
+while at <= #chunk do
+  local e = fields(at)
+  local id, digest = string.sub(chunk, at, e[1] - 1), string.sub(chunk, e[5] + 1, e[6] - 1)
+  local doc_key, record_key = RESULT_PREFIX .. id, RECORD_PREFIX .. id
+  if seen[id] then
+    if seen[id] ~= digest then return {CONFLICT, id} end
+    known[at] = true
+  elseif redis.call('EXISTS', doc_key, record_key) > 0 then
+    if not same_request(redis.call('GET', doc_key), digest) then return {CONFLICT, id} end
+    known[at] = true
+  end
+  seen[id] = digest
+  at = e[6] + 1
+end
+local added = 0
 local place = redis.call('INCRBY', SEQUENCE, ARGV[2]) - tonumber(ARGV[2])
 local active = {}
+at = 1
 while at <= #chunk do
-  local e1 = string.find(chunk, '\n', at, true)
-  local e2 = string.find(chunk, '\n', e1 + 1, true)
-  local e3 = string.find(chunk, '\n', e2 + 1, true)
-  local e4 = string.find(chunk, '\n', e3 + 1, true)
-  local e5 = string.find(chunk, '\n', e4 + 1, true)
-  local id = string.sub(chunk, at, e1 - 1)
-  local doc_key, record_key = RESULT_PREFIX .. id, RECORD_PREFIX .. id
+  local e = fields(at)
   place = place + 1
-  if redis.call('EXISTS', doc_key, record_key) == 0 then
-    local priority, fkey = string.sub(chunk, e3 + 1, e4 - 1), string.sub(chunk, e4 + 1, e5 - 1)
-    redis.call('SET', record_key, string.sub(chunk, e1 + 1, e2 - 1), 'PX', ARGV[1])
-    redis.call('SET', doc_key, string.sub(chunk, e2 + 1, e3 - 1), 'PX', ARGV[1])
+  if not known[at] then
+    local id = string.sub(chunk, at, e[1] - 1)
+    local priority, fkey = string.sub(chunk, e[3] + 1, e[4] - 1), string.sub(chunk, e[4] + 1, e[5] - 1)
+    redis.call('SET', RECORD_PREFIX .. id, string.sub(chunk, e[1] + 1, e[2] - 1), 'PX', ARGV[1])
+    redis.call('SET', RESULT_PREFIX .. id, string.sub(chunk, e[2] + 1, e[3] - 1), 'PX', ARGV[1])
     set_route(id, priority, place, fkey)
     local ready = READY_PREFIX .. priority .. ':' .. fkey
     redis.call('ZADD', ready, place, id)
@@ -39,7 +66,7 @@ while at <= #chunk do
     end
     added = added + 1
   end
-  at = e5 + 1
+  at = e[6] + 1
 end
 if added > 0 then redis.call('PUBLISH', WAKE, '1') end
-return added
+return {ENQUEUED, added}

@@ -9,7 +9,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from producer import InvalidJobError, JobNotFoundError, Producer, SyncProducer
+from producer import InvalidJobError, JobConflictError, JobNotFoundError, Producer, SyncProducer
 from producer.types import ProducerConfig
 from producer.writes import SUBMIT_CHUNK
 from promptq_core.contract import JOB_FUNCTION, SEQUENCE, queue_keys
@@ -44,22 +44,49 @@ async def test_submit_writes_the_queued_document_the_job_record_and_the_queue_en
     assert result is not None and result.status == "queued" and not result.done
 
 
-async def test_submitting_a_known_id_enqueues_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
-    assert await producer.submit("first", job_id="order-42") == "order-42"
+async def test_submitting_a_known_id_with_the_same_request_enqueues_nothing(
+    producer: Producer, sync_redis: redis.Redis
+) -> None:
+    assert await producer.submit("first", job_id="order-42", deadline_s=60) == "order-42"
     before = sync_redis.get(queue_keys().record("order-42"))
-    assert await producer.submit("second", job_id="order-42") == "order-42"
+    assert await producer.submit("first", job_id="order-42", deadline_s=30) == "order-42"  # a retried submit
     assert sync_redis.get(queue_keys().record("order-42")) == before
     assert sync_redis.zcard(DEFAULT_LINE) == 1
     # finished: only the result document is left; the id is still taken
     doc = sync_redis.get(queue_keys().result("order-42"))
     sync_redis.flushdb()
     sync_redis.set(queue_keys().result("order-42"), doc)  # type: ignore[arg-type]
-    assert await producer.submit_many([{"prompt": "third", "job_id": "order-42"}]) == ["order-42"]
+    assert await producer.submit_many([{"prompt": "first", "job_id": "order-42"}]) == ["order-42"]
     assert (await producer.depths()).waiting == 0
     assert set(cast("list[bytes]", sync_redis.keys())) == {
         queue_keys().result("order-42").encode(),
         queue_keys().key(SEQUENCE).encode(),
     }
+
+
+async def test_a_known_id_with_another_request_is_refused_and_nothing_is_written(
+    producer: Producer, sync_redis: redis.Redis
+) -> None:
+    await producer.submit("the victim's prompt", job_id="order-1001", metadata={"customer": 1})
+    doc = sync_redis.get(queue_keys().result("order-1001"))
+    for other in ({"prompt": "the squatter's prompt"}, {"prompt": "the victim's prompt", "metadata": {"customer": 2}}):
+        with pytest.raises(JobConflictError, match="'order-1001' was submitted before with another request"):
+            await producer.submit(job_id="order-1001", **other)  # type: ignore[arg-type]
+    assert sync_redis.get(queue_keys().result("order-1001")) == doc
+    keys = set(cast("list[bytes]", sync_redis.keys()))
+    fresh = [{"prompt": f"new {i}", "job_id": f"new-{i}"} for i in range(3)]
+    with pytest.raises(JobConflictError, match="order-1001"):  # the chunk holding it writes nothing
+        await producer.submit_many([*fresh, {"prompt": "another", "job_id": "order-1001"}])
+    with pytest.raises(JobConflictError, match="twice"):  # one call naming an id twice, two requests
+        await producer.submit_many([{"prompt": "a", "job_id": "twice"}, {"prompt": "b", "job_id": "twice"}])
+    assert set(cast("list[bytes]", sync_redis.keys())) == keys
+    assert await producer.submit_many([{"prompt": "a", "job_id": "twice"}] * 2) == ["twice", "twice"]
+    assert (await producer.depths()).waiting == 2
+    # A document written before the digest existed has none: its id is taken, by any request.
+    old = json.loads(doc)  # type: ignore[arg-type]
+    del old["request"]
+    sync_redis.set(queue_keys().result("legacy"), json.dumps({**old, "job_id": "legacy"}))
+    assert await producer.submit("anything", job_id="legacy") == "legacy"
 
 
 async def test_bad_input_writes_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
@@ -123,7 +150,9 @@ async def test_wait_times_out_while_the_job_is_queued(producer: Producer) -> Non
 
 def test_sync_producer_has_the_same_behaviour(sync_producer: SyncProducer, sync_redis: redis.Redis) -> None:
     job_id = sync_producer.submit("hello", job_id="s-1")
-    assert sync_producer.submit("again", job_id="s-1") == "s-1"
+    assert sync_producer.submit("hello", job_id="s-1") == "s-1"
+    with pytest.raises(JobConflictError):
+        sync_producer.submit("again", job_id="s-1")
     assert sync_producer.submit_many(["x", "y"])[0] != job_id
     assert sync_redis.zcard(DEFAULT_LINE) == 3 and sync_producer.depths().waiting == 3
     r = sync_producer.get(job_id)

@@ -43,6 +43,7 @@ DOCUMENTED_FIELDS = [
     "fairness_key",
     "queue",
     "backend",
+    "request",
     "enqueued_at",
     "started_at",
     "finished_at",

@@ -50,10 +50,11 @@ def test_a_call_binds_exactly_the_names_of_the_header() -> None:
         ttl_ms=1,
         priority="5",
         fairness_key="k",
+        request="d1",
     )
     keys, args = submit.bind(gpu, **names)
     assert keys == [gpu.result("j"), gpu.record("j"), *(gpu.key(QUEUE_KEYS[k]) for k in fixed)]
-    assert args == ["j", "{}", "{}", 1, "5", "k"]
+    assert args == ["j", "{}", "{}", 1, "5", "k", "d1"]
     assert all(k.startswith(("promptq:{gpu}:", "arq:job:{gpu}")) for k in keys)  # one slot: the queue's
     with pytest.raises(TypeError, match=r"missing \['ttl_ms'\]"):
         submit.bind(gpu, **{k: v for k, v in names.items() if k != "ttl_ms"})

@@ -10,6 +10,10 @@ import pytest
 from promptq_core.contract import dumps
 from promptq_core.validation import InvalidJobError, PromptJob
 
+NESTED: Any = "bottom"
+for _ in range(950):  # a 2 KB body that once reached Python's recursion limit
+    NESTED = [NESTED]
+
 BAD: list[tuple[dict[str, Any], str]] = [
     ({}, "exactly one of prompt or messages"),
     ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, "exactly one of prompt or messages"),
@@ -24,12 +28,32 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content must not be empty"),
     ({"messages": [{"role": "user"}]}, "messages[0].content must be a string or a list"),
     ({"messages": [{"role": "user", "content": []}]}, "non-empty list of parts"),
-    ({"messages": [{"role": "user", "content": "a", "colour": 1}]}, "messages[0] has unknown fields: colour"),
+    ({"messages": [{"role": "user", "content": "a", "colour": 1}]}, "messages[0] has unknown fields: 'colour'"),
     ({"messages": [{"role": "tool", "content": "42"}]}, "needs a tool_call_id"),
-    ({"prompt": "hi", "model": ""}, "model must be a model name of 1 to 256 characters"),
-    ({"prompt": "hi", "job_id": ""}, "job_id ''"),
-    ({"prompt": "hi", "job_id": "has space"}, "job_id 'has space'"),
-    ({"prompt": "hi", "job_id": "x" * 201}, "1 to 200 characters"),
+    ({"prompt": "hi", "model": ""}, "model must be a model name of 1 to 200"),
+    ({"prompt": "hi", "job_id": ""}, "job_id must be 1 to 200 of"),
+    ({"prompt": "hi", "job_id": "has space"}, "got 'has space'"),
+    ({"prompt": "hi", "job_id": "x" * 201}, "and 161 more characters"),
+    ({"prompt": "hi", "job_id": "a/b/c"}, "after an optional tenant/"),
+    ({"prompt": "hi", "job_id": "x#y"}, "got 'x#y'"),
+    ({"prompt": "hi", "model": "m" * 201}, "model must be a model name of 1 to 200"),
+    ({"prompt": "hi", "model": "gpt\x1b]0;owned\x07"}, "got 'gpt\\x1b]0;owned\\x07'"),
+    ({"prompt": "hi", "model": "gpt 4"}, "model must be a model name"),
+    ({"prompt": "hi", "fallbacks": ["ok", "bad\u202e"]}, "each of fallbacks must be a model name"),
+    ({"prompt": "hi", "extra_body": {"model": "gpt-4o"}}, "extra_body may not set model"),
+    ({"prompt": "hi", "extra_body": {"messages": []}}, "extra_body may not set messages"),
+    ({"prompt": "hi", "extra_body": {"n": 50}}, "extra_body may not set n"),
+    ({"prompt": "hi", "extra_body": {"stream": True}}, "extra_body may not set stream"),
+    ({"prompt": "hi", "extra_body": {"max_tokens": 100000}}, "pass it as the parameter max_tokens"),
+    ({"prompt": "hi", "extra_body": {"bad key": 1}}, "is not a field name"),
+    ({"prompt": "hi", "extra_body": {f"k{i}": i for i in range(65)}}, "at most 64 fields"),
+    ({"input": "x", "endpoint": "/v1/embeddings", "model": "e", "extra_body": {"input": "y"}}, "may not set input"),
+    ({"input": "x", "endpoint": "/v1/responses", "extra_body": {"background": True}}, "may not set background"),
+    ({"prompt": "hi", "temperature": "9" * 100_000}, "and 99960 more characters"),
+    ({"prompt": "hi", "metadata": {"note": "\ud83d"}}, "metadata holds a lone surrogate"),
+    ({"messages": [{"role": "user", "content": "a \udc00 b"}]}, "messages holds a lone surrogate"),
+    ({"prompt": "hi", "metadata": {"deep": NESTED}}, "metadata is nested more than 64 levels deep"),
+    ({"prompt": "hi", "response_format": {"type": "json_schema", "x": NESTED}}, "params is nested more than 64"),
     ({"prompt": "hi", "temperature": 3}, "temperature must be a number from 0 to 2"),
     ({"prompt": "hi", "temperature": float("nan")}, "temperature must be a number from 0 to 2"),
     ({"prompt": "hi", "temperature": True}, "temperature must be a number from 0 to 2"),
@@ -49,7 +73,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "hi", "priority": True}, "priority must be an integer from 0"),
     ({"prompt": "hi", "fairness_key": ""}, "fairness_key must be 1 to 128 bytes"),
     ({"prompt": "hi", "fairness_key": "é" * 65}, "fairness_key must be 1 to 128 bytes"),
-    ({"prompt": "hi", "fairness_key": "line\nbreak"}, "without control characters"),
+    ({"prompt": "hi", "fairness_key": "line\nbreak"}, "printable characters, got 'line\\nbreak'"),
+    ({"prompt": "hi", "fairness_key": "a\u202eb"}, "printable characters"),
+    ({"prompt": "hi", "fairness_key": "c1\x85"}, "printable characters"),
+    ({"prompt": "hi", "fairness_key": "zero\u200bwidth"}, "printable characters"),
     ({"prompt": "hi", "fairness_key": "\ud800"}, "fairness_key must be 1 to 128 bytes"),
     ({"prompt": "hi", "fairness_key": 42}, "fairness_key must be a string, got int"),
 ]
@@ -149,3 +176,15 @@ def test_a_trace_context_travels_in_the_payload_and_is_checked() -> None:
     ):
         with pytest.raises(InvalidJobError, match=words):
             PromptJob.build("hi", trace=bad)
+
+
+def test_the_request_digest_names_what_is_asked_not_when_or_from_where() -> None:
+    trace = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    first = PromptJob.build("hi", job_id="j", metadata={"u": 1}, deadline_s=60)
+    again = PromptJob.build("hi", job_id="j", metadata={"u": 1}, deadline_s=30, trace=trace)
+    assert len(first.request) == 16 and first.request == again.request
+    assert json.loads(again.payload_json)["trace"] == trace  # the delivery fields still travel
+    for other in ({"prompt": "hello"}, {"prompt": "hi", "metadata": {"u": 2}}, {"prompt": "hi", "model": "m"}):
+        assert PromptJob.build(job_id="j", **other).request != first.request  # type: ignore[arg-type]
+    worker_side = PromptJob.from_payload("j", json.loads(again.payload_json), 1 << 20)
+    assert worker_side.request == first.request and worker_side.payload_json == again.payload_json
