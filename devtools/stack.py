@@ -437,11 +437,11 @@ class Worker(Proc):
 class Api(Proc):
     """``uvicorn producer.http:app`` on a free port, with the given environment."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], host: str = "127.0.0.1") -> None:
         self.port = free_port()
-        argv = [sys.executable, "-m", "uvicorn", "producer.http:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "uvicorn", "producer.http:app", "--host", host, "--port", str(self.port)]
         super().__init__(argv, env=env)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
 
     def start(self) -> Self:
         return super().start()._await_output("Application startup complete", "the API")

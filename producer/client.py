@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 import redis
 import redis.asyncio
 
-from producer import core
+from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
 from producer.notify import DoneWatcher
@@ -27,6 +27,7 @@ from promptq_core.connect import async_client
 from promptq_core.contract import JobResult
 from promptq_core.guard import read_facts
 from promptq_core.scripts import script
+from promptq_core.tenants import KeyEntry, Policy
 
 __all__ = ["Producer"]
 
@@ -175,6 +176,28 @@ class Producer:
     async def ping(self) -> bool:
         """Whether Redis answers (:class:`QueueUnavailableError` when it does not)."""
         return await self._run(core.ping())
+
+    # -- tenants (``promptq keys``; see promptq_core.tenants) ----------------------------------------
+    async def create_key(self, tenant: str, **policy: Any) -> tuple[str, str]:
+        """A new API key for ``tenant``: ``(key id, key)``. The key is shown only here (Redis keeps
+        its SHA-256). ``policy``: fields of :class:`~promptq_core.tenants.Policy` to set."""
+        return await self._run(keys.create_key(tenant, policy))
+
+    async def update_tenant(self, tenant: str, **policy: Any) -> Policy:
+        """Change a tenant's policy (``LookupError`` for an unknown tenant)."""
+        return await self._run(keys.update_tenant(tenant, policy))
+
+    async def tenants(self) -> tuple[dict[str, Policy], list[KeyEntry]]:
+        """Every tenant's policy, and every key's entry (never a key)."""
+        return await self._run(keys.tenants())
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Forget a key by its id (refused from the next request on); False when there is none."""
+        return await self._run(keys.revoke_key(key_id))
+
+    async def tenant_of(self, key: str) -> Policy | None:
+        """The policy of the tenant a key belongs to; None for no tenant's key."""
+        return await self._run(keys.tenant_of(key))
 
     async def stream(self, job_id: str, after: str = "0", *, queue: str | None = None) -> AsyncIterator[StreamEvent]:
         """The job's events as they come: ``delta`` (a piece of the answer), ``restart`` (a retry

@@ -11,7 +11,7 @@ from typing import Any, Self, TypeVar
 
 import redis
 
-from producer import core
+from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
 from producer.notify import published_result
@@ -23,6 +23,7 @@ from promptq_core.connect import sync_client
 from promptq_core.contract import JobResult
 from promptq_core.guard import read_facts_sync
 from promptq_core.scripts import script
+from promptq_core.tenants import KeyEntry, Policy
 
 __all__ = ["SyncProducer"]
 
@@ -137,6 +138,22 @@ class SyncProducer:
     def ping(self) -> bool:
         """See :meth:`Producer.ping`."""
         return self._run(core.ping())
+
+    def create_key(self, tenant: str, **policy: Any) -> tuple[str, str]:
+        """See :meth:`Producer.create_key`."""
+        return self._run(keys.create_key(tenant, policy))
+
+    def update_tenant(self, tenant: str, **policy: Any) -> Policy:
+        """See :meth:`Producer.update_tenant`."""
+        return self._run(keys.update_tenant(tenant, policy))
+
+    def tenants(self) -> tuple[dict[str, Policy], list[KeyEntry]]:
+        """See :meth:`Producer.tenants`."""
+        return self._run(keys.tenants())
+
+    def revoke_key(self, key_id: str) -> bool:
+        """See :meth:`Producer.revoke_key`."""
+        return self._run(keys.revoke_key(key_id))
 
     def stream(self, job_id: str, after: str = "0", *, queue: str | None = None) -> Iterator[StreamEvent]:
         """See :meth:`Producer.stream`."""

@@ -213,6 +213,11 @@ WORKERS_SEEN_KEY: Final = "promptq:{fleet}:workers-seen"
 ``WORKER_FORGET_S`` is dropped by the next worker's write."""
 WORKER_BEAT_S: Final = 5
 WORKER_FORGET_S: Final = 3600
+TENANTS_KEY: Final = "promptq:{fleet}:tenants"
+"""A hash: tenant name -> its policy as JSON (``promptq_core.tenants.Policy``)."""
+API_KEYS_KEY: Final = "promptq:{fleet}:api-keys"
+"""A hash: the SHA-256 of an API key (hex) -> JSON ``{"id", "tenant", "created_at"}``. Keys are
+never stored in clear: ``promptq keys create`` prints a key once."""
 LIMIT_KEY_PREFIX: Final = "promptq:{backends}:limit:"
 """``promptq:{backends}:limit:{scope}{backend}/{model}:rpm``, ``:tpm`` and ``:cooldown``: the
 rate-limit budgets of one model on one backend (``limit_keys``), kept by the worker's router and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -127,13 +128,22 @@ def env_redis_url(env: Mapping[str, str], default: str) -> str:
     return url
 
 
+SECRET_QUERY_RE = re.compile(r"((?:^|[&;])[^=&;]*(?:password|passwd|pass|secret|token|key)[^=&;]*=)[^&;]*", re.I)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """The URL with any password replaced, for logs and error messages: the one before the host
+    (``redis://user:pw@host``) and any in the query (``?password=pw``)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can read: show none of it
+        return "<a URL that cannot be read>"
+    if password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1))
+    if parts.query:
+        parts = parts._replace(query=SECRET_QUERY_RE.sub(r"\1***", parts.query))
+    return parts.geturl()
 
 
 def env_queues(env: Mapping[str, str], name: str, default: str = DEFAULT_QUEUE) -> tuple[str, ...]:

@@ -250,10 +250,13 @@ class PromptJob:
         deadline: Any = None,
         fallbacks: Any = None,
         queue: Any = None,
+        tenant: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
-        """Validate a submit call; raise :class:`InvalidJobError` naming the first problem."""
+        """Validate a submit call; raise :class:`InvalidJobError` naming the first problem. With
+        ``tenant``, the job is that tenant's: its id ``{tenant}/{job_id}``, its fairness key the
+        tenant's name unless given one (its quotas and budget count it)."""
         queue = DEFAULT_QUEUE if queue is None else check_queue(queue)
         endpoint = _endpoint(endpoint)
         checked_params = _params(params, endpoint)  # first: a misspelt ``promt=`` is named as such
@@ -261,13 +264,10 @@ class PromptJob:
         payload["model"] = _model(model)
         if endpoint == EMBEDDINGS_ENDPOINT and model is None:
             raise InvalidJobError(f"a {EMBEDDINGS_ENDPOINT} job needs a model (the worker's PROMPTQ_MODEL is for chat)")
-        if job_id is None:
-            job_id = new_job_id()
-        elif not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-            raise InvalidJobError(
-                f"job_id must be 1 to 200 of A-Z a-z 0-9 _ . : @ + = ~ - (after an optional tenant/), "
-                f"got {_shown(job_id)}"
-            )
+        if tenant is not None:
+            job_id = _tenant_job_id(tenant, job_id)
+            fairness_key = tenant if fairness_key is None else fairness_key
+        job_id = _job_id(job_id)
         if checked_params:
             payload["params"] = checked_params
         if metadata is not None:
@@ -357,6 +357,25 @@ class PromptJob:
             queue=queue,
             request=hashlib.blake2b(raw, digest_size=8).hexdigest(),
         )
+
+
+def _tenant_job_id(tenant: Any, job_id: Any) -> str:
+    """A tenant's job's id in Redis: ``{tenant}/{its own id}`` (a new one when none is given)."""
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
+        raise InvalidJobError(f"tenant must be 1 to 32 of a-z 0-9 _ -, got {_shown(tenant)}")
+    if job_id is not None and (not isinstance(job_id, str) or "/" in job_id):
+        raise InvalidJobError("with tenant, job_id is the tenant's own id (without a tenant/)")
+    return f"{tenant}/{new_job_id() if job_id is None else job_id}"
+
+
+def _job_id(job_id: Any) -> str:
+    if job_id is None:
+        return new_job_id()
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+        raise InvalidJobError(
+            f"job_id must be 1 to 200 of A-Z a-z 0-9 _ . : @ + = ~ - (after an optional tenant/), got {_shown(job_id)}"
+        )
+    return job_id
 
 
 def check_queue(name: Any, what: str = "queue") -> str:

@@ -6,6 +6,8 @@
     promptq collect BATCH -o out.jsonl                    wait, then write the Batch API's output format
     promptq status [BATCH]                                queue depth, in flight, failed / a batch's counts
     promptq result ID | cancel ID | retry-failed BATCH
+    promptq keys create --tenant NAME [policy] | keys list | keys revoke KEY_ID | keys update --tenant NAME [policy]
+                                                          tenants' API keys (the key is printed once)
 
 ``--json`` prints one JSON object instead of text. Exit codes: 0 done (every job succeeded), 1 an
 error (bad arguments, Redis unavailable, unknown batch or job), 2 some jobs failed or were cancelled
@@ -32,7 +34,8 @@ from producer.writes import Writes
 from promptq_core import tracing
 from promptq_core.env import ConfigError
 from promptq_core.prices import prices_from_env
-from promptq_core.validation import InvalidJobError, check_fairness_key, check_priority, check_queue
+from promptq_core.tenants import PERIODS, Policy, check_tenant
+from promptq_core.validation import InvalidJobError, check_fairness_key, check_priority, check_queue, escaped
 
 __all__ = ["main"]
 
@@ -141,6 +144,36 @@ class Cli:
         self.emit(f"batch {self.args.batch}: {len(failed)} failed job(s) queued again", {"retried": len(failed)})
         return OK
 
+    def keys(self) -> int:
+        action = self.args.action
+        if action == "list":
+            policies, entries = self.producer.tenants()
+            lines = [f"tenant {name}: {_policy_text(p)}" for name, p in sorted(policies.items())]
+            for e in entries:
+                made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.created_at))
+                lines.append(f"key {e.id}: tenant {e.tenant}, made {made} UTC")
+            data = {
+                "tenants": {n: p.to_doc() for n, p in policies.items()},
+                "keys": [dataclasses.asdict(e) for e in entries],
+            }
+            self.emit("\n".join(lines) or "no tenants", data)
+            return OK
+        if action == "revoke":
+            gone = self.producer.revoke_key(self.args.key_id)
+            self.emit(f"key {self.args.key_id}: {'revoked' if gone else 'no such key'}", {"revoked": gone})
+            return OK if gone else ERROR
+        changes = {name: getattr(self.args, name) for name in POLICY_FIELDS}
+        if action == "update":
+            policy = self.producer.update_tenant(self.args.tenant, **changes)
+            self.emit(f"tenant {policy.tenant}: {_policy_text(policy)}", policy.to_doc())
+            return OK
+        key_id, key = self.producer.create_key(self.args.tenant, **changes)
+        self.emit(
+            f"key {key_id} for tenant {self.args.tenant} (shown this once; Redis keeps only its hash):\n{key}",
+            {"id": key_id, "tenant": self.args.tenant, "key": key},
+        )
+        return OK
+
     # -- helpers ----------------------------------------------------------------------------------
     def _job_ids(self, name: str) -> list[str]:
         return [job_id for _, job_id in self._items(name)]
@@ -209,7 +242,7 @@ def _queue_lines(d: QueueDepths) -> str:
     ]
     for priority, keys in sorted(d.ready.items()):
         busiest = sorted(keys.items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{key} {n}" for key, n in busiest[:STATUS_KEYS_SHOWN])
+        shown = ", ".join(f"{escaped(key)} {n}" for key, n in busiest[:STATUS_KEYS_SHOWN])
         more = f", and {len(busiest) - STATUS_KEYS_SHOWN} more key(s)" if len(busiest) > STATUS_KEYS_SHOWN else ""
         lines.append(f"  priority {priority}: {sum(keys.values())} waiting ({shown}{more})")
     return "\n".join(lines)
@@ -226,6 +259,20 @@ def _backend_lines(backends: list[dict[str, Any]], waiting: int) -> str:
         rows.append(f"  {b['name']}: {health}; {b['calls']} call(s), {b['errors']} error(s) since the workers started")
     note = f"; {waiting} job(s) waiting for one" if waiting else ""
     return "\nbackends" + note + ":\n" + "\n".join(rows)
+
+
+POLICY_FIELDS = ("max_priority", "rpm", "tpm", "max_in_flight", "budget_usd", "budget_period", "queues", "models")
+
+
+def _policy_text(policy: Policy) -> str:
+    parts = [f"priority {policy.max_priority} to 9"]
+    parts += [f"{name} {value}" for name in ("rpm", "tpm") if (value := getattr(policy, name)) is not None]
+    if policy.max_in_flight is not None:
+        parts.append(f"{policy.max_in_flight} in flight")
+    if policy.budget_usd is not None:
+        parts.append(f"${policy.budget_usd:g} a {policy.budget_period}")
+    parts += [f"{name} {', '.join(value)}" for name in ("queues", "models") if (value := getattr(policy, name))]
+    return "; ".join(parts)
 
 
 def _summary(name: str, p: Progress) -> str:
@@ -288,7 +335,38 @@ def parser() -> argparse.ArgumentParser:
     add("result", help="a job's result document (JSON)").add_argument("id")
     add("cancel", help="cancel a queued or running job").add_argument("id")
     add("retry-failed", help="queue a batch's failed jobs again").add_argument("batch", type=valid_batch_name)
+    keys = add("keys", help="tenants' API keys for the HTTP API").add_subparsers(dest="action", required=True)
+    policy = argparse.ArgumentParser(add_help=False)
+    policy.add_argument("--tenant", required=True, type=_tenant, help="the tenant (a-z 0-9 _ -, up to 32)")
+    policy.add_argument("--max-priority", type=_priority, help="the most urgent priority its jobs may ask for")
+    for flag, text in (("--rpm", "calls a minute"), ("--tpm", "tokens a minute"), ("--max-in-flight", "calls at once")):
+        policy.add_argument(flag, type=_positive, help=f"{text} its jobs may take, fleet-wide")
+    policy.add_argument("--budget-usd", type=float, help="spend per period (PROMPTQ_PRICES), from finished jobs")
+    policy.add_argument("--budget-period", choices=PERIODS, help="day or month (default month)")
+    policy.add_argument("--queues", type=_names, help="the queues it may use, comma-separated (default: any)")
+    policy.add_argument("--models", type=_names, help="the models it may ask for, comma-separated (default: any)")
+    keys.add_parser("create", parents=[policy], help="a new key (printed once), and the tenant's policy")
+    keys.add_parser("update", parents=[policy], help="change a tenant's policy")
+    keys.add_parser("list", help="tenants and their keys' ids (never the keys)")
+    keys.add_parser("revoke", help="forget a key (refused from the next request on)").add_argument("key_id")
     return top
+
+
+def _tenant(raw: str) -> str:
+    try:
+        return check_tenant(raw)
+    except InvalidJobError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw[:20]!r}")
+    return int(raw)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -26,6 +26,7 @@ problem), 503 Redis away, full (with ``Retry-After``) or unsafe. Like the rest o
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,10 +34,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from producer.client import Producer
-from producer.http.middleware import DEFAULT_MAX_BODY_BYTES, MAX_BODY_ENV, BodyLimit, Traced, answer_errors
-from producer.http.routes import KEEPALIVE_ENV, TOKEN_ENV, fleet, jobs, site
+from producer.http.access import Access, Guarded
+from producer.http.middleware import MAX_BODY_ENV, BodyLimit, Traced, answer_errors
+from producer.http.routes import KEEPALIVE_ENV, fleet, jobs, site
 from producer.types import ProducerConfig
 from promptq_core import tracing
+from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES
 from promptq_core.env import env_float, env_int
 
 __all__ = ["app", "create_app"]
@@ -51,6 +54,8 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.setup("promptq-api")
+        say = logging.getLogger("uvicorn.error")
+        (say.warning if access.open and access.token is None else say.info)("promptq API: %s", access.start_up_line())
         try:
             async with Producer(config=config or ProducerConfig.from_env()) as producer:
                 app.state.producer = producer
@@ -58,12 +63,24 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
         finally:
             tracing.shutdown()
 
-    app = FastAPI(title="promptq", version="0.1.0", summary="LLM prompt jobs over Redis", lifespan=lifespan)
-    app.state.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    # No /docs or /redoc: they load scripts from a CDN, on the origin where the dashboard keeps its
+    # token (the schema is at /openapi.json, and in docs/openapi.json).
+    app = FastAPI(
+        title="promptq",
+        version="0.1.0",
+        summary="LLM prompt jobs over Redis",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    access = Access.from_env(token=token)
+    app.state.access = access
     app.state.keepalive_s = env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S)
-    app.add_middleware(BodyLimit, max_bytes=env_int(os.environ, MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES))
+    payload_limit = env_int(os.environ, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=env_int(os.environ, MAX_BODY_ENV, 2 * payload_limit))
     if tracing.enabled() and importlib.util.find_spec("fastapi.telemetry") is None:
         app.add_middleware(Traced)  # newer FastAPI makes these spans itself
+    app.add_middleware(Guarded, access=access)  # (added last: it runs first)
     answer_errors(app)
     app.include_router(jobs)
     app.include_router(fleet)

@@ -4,6 +4,7 @@ for every error, promptq's and FastAPI's."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,24 +13,32 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer.errors import JobNotFoundError, QueueFullError, QueueUnavailableError, RetryRefusedError
+from producer.errors import (
+    EvictionPolicyError,
+    JobConflictError,
+    JobNotFoundError,
+    NotReplicatedError,
+    QueueFullError,
+    QueueUnavailableError,
+    RetryRefusedError,
+)
 from promptq_core import tracing
 from promptq_core.contract import dumps
 from promptq_core.validation import InvalidJobError
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "MAX_BODY_ENV", "BodyLimit", "Traced", "answer_errors"]
+__all__ = ["MAX_BODY_ENV", "BodyLimit", "Traced", "answer_errors"]
 
 MAX_BODY_ENV = "PROMPTQ_MAX_BODY_BYTES"
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Default: twice ``PROMPTQ_MAX_PAYLOAD_BYTES`` (one job at the payload limit, with room for JSON's escapes)."""
 
 
 def answer_errors(app: FastAPI) -> None:
     """Every error in the one shape ``{"detail": "..."}``, with its status."""
-    app.add_exception_handler(QueueUnavailableError, _error_handler(503))
-    app.add_exception_handler(QueueFullError, _error_handler(503, {"Retry-After": str(QueueFullError.retry_after_s)}))
+    app.add_exception_handler(QueueUnavailableError, _unavailable)
     app.add_exception_handler(JobNotFoundError, _error_handler(404))
     app.add_exception_handler(InvalidJobError, _error_handler(422))
     app.add_exception_handler(RetryRefusedError, _error_handler(409))
+    app.add_exception_handler(JobConflictError, _error_handler(409))
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
@@ -99,6 +108,23 @@ class Traced:
                 await send(message)
 
             await self.app(scope, receive, sending)
+
+
+UNAVAILABLE = {
+    QueueFullError: "the queue is full for a moment (Redis is out of memory): nothing was written; try again shortly",
+    NotReplicatedError: "the write was not confirmed by enough replicas in time; sending it again is safe",
+    EvictionPolicyError: "the queue refuses writes: its Redis may evict keys (for the operator to fix)",
+}
+log = logging.getLogger("uvicorn.error")
+
+
+async def _unavailable(_: Request, e: Exception) -> JSONResponse:
+    """Redis away or refusing: the caller learns that, in general words (the full message, which
+    names the host, goes to the API's log)."""
+    log.warning("promptq API: %s", e)
+    detail = next((text for kind, text in UNAVAILABLE.items() if isinstance(e, kind)), None)
+    headers = {"Retry-After": str(QueueFullError.retry_after_s)}
+    return JSONResponse({"detail": detail or "the queue is unavailable for a moment; try again shortly"}, 503, headers)
 
 
 def _error_handler(status: int, headers: dict[str, str] | None = None) -> Any:

@@ -1,23 +1,23 @@
 """The HTTP API's routes: jobs (``/v1/jobs``), the fleet (``/v1/dashboard``, ``/v1/batches``) and the
-site (health, the pages), each through the client's public methods (``producer.Producer``); the
-bearer token's check."""
+site (health, the pages), each through the client's public methods (``producer.Producer``), each
+for its caller (``producer.http.access``): a tenant reaches its own jobs only."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
 from producer.cli.batch import manifest_items
 from producer.client import Producer
+from producer.errors import RetryRefusedError
+from producer.http.access import Caller, CallerDep, page_policy
 from producer.http.middleware import MAX_BODY_ENV
 from producer.http.schema import (
     BatchItem,
@@ -31,20 +31,22 @@ from producer.http.schema import (
 )
 from producer.types import StreamEvent
 from promptq_core.contract import BATCH_NAME_RE, QUEUE_NAME_RE, JobResult, dumps
-from promptq_core.validation import InvalidJobError
+from promptq_core.validation import TENANT_RE, InvalidJobError
 
-__all__ = ["KEEPALIVE_ENV", "TOKEN_ENV", "fleet", "jobs", "site"]
+__all__ = ["KEEPALIVE_ENV", "fleet", "jobs", "site"]
 
-TOKEN_ENV = "PROMPTQ_API_TOKEN"
 KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
 MAX_JOBS_PER_REQUEST = 10_000
 EVENT_ID_RE = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
+PATH_ID_RE = re.compile(r"[A-Za-z0-9_.:@+=~-]{1,200}")
+"""A job id in a path: an id a caller chose, or a batch's job (``{batch}:{custom_id}``)."""
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "a body that cannot be read as JSON, or a Last-Event-ID that is not an event id",
-        401: "missing or wrong bearer token",
+        401: "missing or wrong bearer token or key (or a caller from outside loopback without one)",
+        403: "a request that changes something without the bearer header or a JSON content type",
         404: "no such job or batch (never submitted, or expired)",
         409: "the job is not failed, or its request is no longer kept",
         413: f"request body over {MAX_BODY_ENV}",
@@ -52,21 +54,6 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "Redis away, out of memory (with Retry-After) or evicting keys",
     }
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
-
-
-bearer = HTTPBearer(auto_error=False, description=f"the token in {TOKEN_ENV}, when it is set")
-
-
-async def authorised(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> None:
-    """With ``PROMPTQ_API_TOKEN`` set, ``Authorization: Bearer <token>`` (compared in constant time)."""
-    token: str | None = request.app.state.token
-    if token is None:
-        return
-    given = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
 def known_query(request: Request) -> None:
@@ -89,8 +76,13 @@ QueueParam = Annotated[
     str | None,
     Query(pattern=f"^{QUEUE_NAME_RE.pattern}$", description="the named queue (default: the API's PROMPTQ_QUEUE)"),
 ]
-jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorised), Depends(known_query)])
-fleet = APIRouter(prefix="/v1", dependencies=[Depends(authorised), Depends(known_query)])
+TenantParam = Annotated[
+    str | None,
+    Query(pattern=f"^{TENANT_RE.pattern}$", description="the operator's: the tenant whose job this is"),
+]
+JobIdPath = Annotated[str, Path(pattern=f"^{PATH_ID_RE.pattern}$", description="the job's id (as you named it)")]
+jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(known_query)])
+fleet = APIRouter(prefix="/v1", dependencies=[Depends(known_query)])
 site = APIRouter()
 
 
@@ -101,25 +93,26 @@ site = APIRouter()
     response_model=None,
     responses={
         202: {"model": ResultDocument | list[ResultDocument], "description": "the result document(s), queued"},
-        **_errors(400, 401, 413, 422, 503),
+        **_errors(400, 401, 403, 409, 413, 422, 503),
     },
 )
 async def submit(
     body: JobRequest | Annotated[list[JobRequest], Field(min_length=1, max_length=MAX_JOBS_PER_REQUEST)],
     producer: ProducerDep,
+    who: CallerDep,
 ) -> Any:
     if isinstance(body, list):
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
-        ids = await producer.submit_many([_arguments(j) for j in body])
+        ids = await producer.submit_many([_arguments(j, who, producer) for j in body])
         queues = [j.queue for j in body]
         docs: dict[tuple[str | None, str], Any] = {}
         for queue in dict.fromkeys(queues):  # every document of a queue in one read
             mine = [i for i, q in zip(ids, queues, strict=True) if q == queue]
             docs.update(zip(((queue, i) for i in mine), await producer.get_many(mine, queue=queue), strict=True))
-        return [_doc(docs[q, i], i) for i, q in zip(ids, queues, strict=True)]
-    job_id = await producer.submit(**_arguments(body))
-    return _doc(await producer.get(job_id, queue=body.queue), job_id)
+        return [_doc(docs[q, i], i, who) for i, q in zip(ids, queues, strict=True)]
+    job_id = await producer.submit(**_arguments(body, who, producer))
+    return _doc(await producer.get(job_id, queue=body.queue), job_id, who)
 
 
 @jobs.get(
@@ -128,8 +121,10 @@ async def submit(
     response_model=None,
     responses={200: {"model": ResultDocument, "description": "the result document"}, **_errors(401, 404, 422, 503)},
 )
-async def get(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> Any:
-    return _doc(await producer.get(job_id, queue=queue), job_id)
+async def get(
+    job_id: JobIdPath, producer: ProducerDep, who: CallerDep, queue: QueueParam = None, tenant: TenantParam = None
+) -> Any:
+    return _doc(await producer.get(who.job_id(job_id, tenant), queue=queue), job_id, who)
 
 
 @jobs.get(
@@ -143,34 +138,41 @@ async def get(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> A
 )
 async def events(
     request: Request,
-    job_id: str,
+    job_id: JobIdPath,
     producer: ProducerDep,
+    who: CallerDep,
     last_event_id: Annotated[
         str | None, Header(description="resume behind this event (its id); 0 or absent: from the start")
     ] = None,
     queue: QueueParam = None,
+    tenant: TenantParam = None,
 ) -> StreamingResponse:
     after = last_event_id or "0"
     if not EVENT_ID_RE.fullmatch(after):
-        raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an event id (like 1795636687650-0)")
-    _doc(await producer.get(job_id, queue=queue), job_id)  # 404 before the stream starts
+        raise HTTPException(400, f"Last-Event-ID {after[:40]!a} is not an event id (like 1795636687650-0)")
+    stored = who.job_id(job_id, tenant)
+    _doc(await producer.get(stored, queue=queue), job_id, who)  # 404 before the stream starts
     keepalive_s: float = request.app.state.keepalive_s
 
     async def sse() -> AsyncIterator[str]:
-        async for event in _with_keepalive(producer.stream(job_id, after=after, queue=queue), keepalive_s):
-            yield ": keep-alive\n\n" if event is None else _sse(event)
+        async for event in _with_keepalive(producer.stream(stored, after=after, queue=queue), keepalive_s):
+            yield ": keep-alive\n\n" if event is None else _sse(event, who)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 
-@jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 404, 422, 503))
-async def cancel(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> Cancelled:
-    outcome = await producer.cancel(job_id, queue=queue)
+@jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 403, 404, 422, 503))
+async def cancel(
+    job_id: JobIdPath, producer: ProducerDep, who: CallerDep, queue: QueueParam = None, tenant: TenantParam = None
+) -> Cancelled:
+    stored = who.job_id(job_id, tenant)
+    outcome = await producer.cancel(stored, queue=queue)
     if outcome.result is None and not outcome.cancelled:
-        raise HTTPException(404, outcome.message)
-    doc = ResultDocument.model_validate(outcome.result.to_doc()) if outcome.result else None
-    return Cancelled(job_id=job_id, cancelled=outcome.cancelled, message=outcome.message, result=doc)
+        raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
+    doc = ResultDocument.model_validate(_doc(outcome.result, job_id, who)) if outcome.result else None
+    message = outcome.message.replace(repr(stored), repr(job_id))
+    return Cancelled(job_id=job_id, cancelled=outcome.cancelled, message=message, result=doc)
 
 
 @jobs.post(
@@ -180,14 +182,20 @@ async def cancel(job_id: str, producer: ProducerDep, queue: QueueParam = None) -
     response_model=None,
     responses={
         202: {"model": ResultDocument, "description": "the result document, queued again"},
-        **_errors(401, 404, 409, 422, 503),
+        **_errors(401, 403, 404, 409, 422, 503),
     },
 )
-async def retry(job_id: str, producer: ProducerDep, queue: QueueParam = None) -> Any:
-    if await producer.get(job_id, queue=queue) is None:
+async def retry(
+    job_id: JobIdPath, producer: ProducerDep, who: CallerDep, queue: QueueParam = None, tenant: TenantParam = None
+) -> Any:
+    stored = who.job_id(job_id, tenant)
+    if await producer.get(stored, queue=queue) is None:
         raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
-    await producer.retry(job_id, queue=queue)
-    return _doc(await producer.get(job_id, queue=queue), job_id)
+    try:
+        await producer.retry(stored, queue=queue)
+    except RetryRefusedError as e:
+        raise RetryRefusedError(str(e).replace(repr(stored), repr(job_id))) from None
+    return _doc(await producer.get(stored, queue=queue), job_id, who)
 
 
 @fleet.get(
@@ -195,8 +203,9 @@ async def retry(job_id: str, producer: ProducerDep, queue: QueueParam = None) ->
     summary="The fleet at a glance: queue, workers, the last 15 minutes, batches, failures",
     responses=_errors(401, 422, 503),
 )
-async def dashboard(producer: ProducerDep, queue: QueueParam = None) -> DashboardDocument:
-    return DashboardDocument.model_validate((await producer.overview(queue=queue)).to_doc())
+async def dashboard(producer: ProducerDep, who: CallerDep, queue: QueueParam = None) -> DashboardDocument:
+    doc = (await producer.overview(queue=queue)).to_doc()
+    return DashboardDocument.model_validate(doc if who.policy is None else _tenant_view(doc, who))
 
 
 @fleet.get(
@@ -207,13 +216,15 @@ async def dashboard(producer: ProducerDep, queue: QueueParam = None) -> Dashboar
 async def batch(
     name: str,
     producer: ProducerDep,
+    who: CallerDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     queue: QueueParam = None,
 ) -> BatchPage:
-    raw = await producer.manifest(name, queue=queue) if BATCH_NAME_RE.fullmatch(name) else None
+    mine = who.policy is None and BATCH_NAME_RE.fullmatch(name)  # batches are the operator's (promptq submit)
+    raw = await producer.manifest(name, queue=queue) if mine else None
     if raw is None:
-        raise HTTPException(404, f"no batch {name!r} (never submitted, or expired)")
+        raise HTTPException(404, f"no batch {name[:100]!a} (never submitted, or expired)")
     items = manifest_items(raw, name)
     page = items[offset : offset + limit]
     results = await producer.get_many([job_id for _, job_id in page], queue=queue)
@@ -246,32 +257,75 @@ def _batch_item(custom_id: str, job_id: str, result: JobResult | None) -> BatchI
 async def healthz(producer: ProducerDep) -> Any:
     try:
         await producer.ping()
-    except Exception as e:  # any failure to reach Redis
+    except Exception as e:  # any failure to reach Redis (what it was goes to no caller: it may name hosts)
         cause = e.__cause__ or e  # redis-py's error, which the producer's names
         return JSONResponse({"ok": False, "detail": f"Redis unavailable: {type(cause).__name__}"}, status_code=503)
     return {"ok": True}
 
 
 @site.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def page() -> str:
-    return resources.files("producer.http").joinpath("static/index.html").read_text()
+async def page() -> HTMLResponse:
+    return _page("static/index.html")
 
 
 @site.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
-async def dashboard_page() -> str:
-    return resources.files("producer.http").joinpath("static/dashboard.html").read_text()
+async def dashboard_page() -> HTMLResponse:
+    return _page("static/dashboard.html")
 
 
-def _arguments(job: JobRequest) -> dict[str, Any]:
-    """The submit arguments as sent (fields left out stay out, so the producer's checks see them)."""
-    return job.model_dump(exclude_unset=True)
+def _page(path: str) -> HTMLResponse:
+    html = resources.files("producer.http").joinpath(path).read_text()
+    return HTMLResponse(html, headers={"Content-Security-Policy": page_policy(html), "Cache-Control": "no-store"})
 
 
-def _doc(result: Any, job_id: str) -> dict[str, Any]:
-    if result is None:
+def _arguments(job: JobRequest, who: Caller, producer: Producer) -> dict[str, Any]:
+    """The submit arguments as sent (fields left out stay out, so the producer's checks see them);
+    a tenant's, within its policy, under its fairness key and in its namespace of ids."""
+    arguments = job.model_dump(exclude_unset=True)
+    if who.policy is None:
+        return arguments
+    policy = who.policy
+    priority = arguments.get("priority")
+    queue = arguments.get("queue") or producer.config.queue
+    policy.admit(priority=priority, queue=queue, models=[arguments.get("model"), *(arguments.get("fallbacks") or ())])
+    if arguments.get("fairness_key", policy.tenant) != policy.tenant:
+        raise InvalidJobError(f"fairness_key is the tenant's ({policy.tenant}) for a tenant key")
+    arguments["fairness_key"] = policy.tenant
+    arguments["priority"] = policy.default_priority if priority is None else priority
+    arguments["tenant"] = policy.tenant
+    return arguments
+
+
+def _doc(result: JobResult | None, job_id: str, who: Caller) -> dict[str, Any]:
+    """The document as ``who`` reads it: 404 for none, or another tenant's; a tenant's ids its own."""
+    seen = None if result is None else who.sees(result.job_id)
+    if result is None or seen is None:
         raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
     doc: dict[str, Any] = result.to_doc()
+    doc["job_id"] = seen
     return doc
+
+
+def _tenant_view(doc: dict[str, Any], who: Caller) -> dict[str, Any]:
+    """The dashboard for a tenant: its own rows of the queue and its own failures; the fleet's
+    figures (workers, backends, minutes, models, batches) are the operator's."""
+    rows = [row for row in doc["queue"]["rows"] if row["key"] == who.tenant]
+    totals = {name: sum(row[name] for row in rows) for name in ("ready", "running", "deferred")}
+    failures = []
+    for failure in doc["failures"]:
+        if (own := who.sees(failure["job_id"])) is not None:
+            failures.append({**failure, "job_id": own})
+    queue = {**doc["queue"], "rows": rows, "totals": {**totals, "failed": len(failures), "waiting_for_backend": 0}}
+    return {
+        **doc,
+        "queue": queue,
+        "backends": [],
+        "workers": [],
+        "minutes": [],
+        "models": [],
+        "batches": [],
+        "failures": failures,
+    }
 
 
 async def _with_keepalive(events: AsyncIterator[StreamEvent], every_s: float) -> AsyncIterator[StreamEvent | None]:
@@ -294,12 +348,14 @@ async def _with_keepalive(events: AsyncIterator[StreamEvent], every_s: float) ->
         pending.cancel()
 
 
-def _sse(event: StreamEvent) -> str:
+def _sse(event: StreamEvent, who: Caller) -> str:
     if event.type == "delta":
         data = dumps({"text": event.text})
     elif event.type == "restart":
         data = dumps({"attempt": event.attempt})
+    elif event.result is None:
+        data = "null"
     else:
-        data = dumps(event.result.to_doc() if event.result else None)
+        data = dumps({**event.result.to_doc(), "job_id": who.sees(event.result.job_id)})
     head = f"id: {event.id}\n" if event.id and event.id != "0" else ""
     return f"{head}event: {event.type}\ndata: {data}\n\n"

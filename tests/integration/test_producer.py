@@ -71,7 +71,7 @@ async def test_a_known_id_with_another_request_is_refused_and_nothing_is_written
     doc = sync_redis.get(queue_keys().result("order-1001"))
     for other in ({"prompt": "the squatter's prompt"}, {"prompt": "the victim's prompt", "metadata": {"customer": 2}}):
         with pytest.raises(JobConflictError, match="'order-1001' was submitted before with another request"):
-            await producer.submit(job_id="order-1001", **other)  # type: ignore[arg-type]
+            await producer.submit(job_id="order-1001", **other)
     assert sync_redis.get(queue_keys().result("order-1001")) == doc
     keys = set(cast("list[bytes]", sync_redis.keys()))
     fresh = [{"prompt": f"new {i}", "job_id": f"new-{i}"} for i in range(3)]
