@@ -195,6 +195,11 @@ class Producer:
         """Forget a key by its id (refused from the next request on); False when there is none."""
         return await self._run(keys.revoke_key(key_id))
 
+    async def spent(self, tenant: str) -> dict[str, float]:
+        """What a tenant's finished jobs cost in USD this ``day`` and this ``month`` (UTC), as its
+        budget counts it."""
+        return await self._run(keys.spent(tenant))
+
     async def tenant_of(self, key: str) -> Policy | None:
         """The policy of the tenant a key belongs to; None for no tenant's key."""
         return await self._run(keys.tenant_of(key))

@@ -9,10 +9,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from producer.core import Command, Op
-from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY
-from promptq_core.tenants import KEY_PREFIX, KeyEntry, Policy, check_tenant, key_digest, new_key
+from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY, spend_key
+from promptq_core.tenants import (
+    KEY_PREFIX,
+    PERIODS,
+    KeyEntry,
+    Policy,
+    budget_period,
+    check_tenant,
+    key_digest,
+    new_key,
+)
 
-__all__ = ["create_key", "revoke_key", "tenant_of", "tenants", "update_tenant"]
+__all__ = ["create_key", "revoke_key", "spent", "tenant_of", "tenants", "update_tenant"]
 
 
 def create_key(tenant: str, changes: Mapping[str, Any]) -> Op[tuple[str, str]]:
@@ -55,6 +64,15 @@ def revoke_key(key_id: str) -> Op[bool]:
     if digests:
         yield Command.of("hdel", API_KEYS_KEY, *digests)
     return bool(digests)
+
+
+def spent(tenant: str) -> Op[dict[str, float]]:
+    """What ``tenant``'s finished jobs cost (USD, ``PROMPTQ_PRICES``) in this day and this month (UTC)."""
+    check_tenant(tenant)
+    now = time.time()
+    keys = [spend_key(tenant, budget_period(period, now)[0]) for period in PERIODS]
+    values = yield Command.of("mget", keys)
+    return {period: float(v or 0) for period, v in zip(PERIODS, values, strict=True)}
 
 
 def tenant_of(key: str) -> Op[Policy | None]:

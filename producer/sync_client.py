@@ -155,6 +155,14 @@ class SyncProducer:
         """See :meth:`Producer.revoke_key`."""
         return self._run(keys.revoke_key(key_id))
 
+    def spent(self, tenant: str) -> dict[str, float]:
+        """See :meth:`Producer.spent`."""
+        return self._run(keys.spent(tenant))
+
+    def tenant_of(self, key: str) -> Policy | None:
+        """See :meth:`Producer.tenant_of`."""
+        return self._run(keys.tenant_of(key))
+
     def stream(self, job_id: str, after: str = "0", *, queue: str | None = None) -> Iterator[StreamEvent]:
         """See :meth:`Producer.stream`."""
         cursor = StreamCursor(self._writes.queue(queue), job_id, after)

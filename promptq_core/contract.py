@@ -372,6 +372,29 @@ def limit_keys(backend: str, model: str, scope: str = "") -> tuple[str, str, str
     return f"{base}:rpm", f"{base}:tpm", f"{base}:cooldown"
 
 
+TENANT_LIMIT_PREFIX: Final = "promptq:{backends}:tenant:"
+"""``promptq:{backends}:tenant:{tenant}:rpm``, ``:tpm`` (its budgets' TATs) and ``:running`` (a sorted
+set: its calls in flight, by when their hold runs out): beside the backends' budgets, in their
+slot, so that one route reserves in both."""
+SPEND_KEY_PREFIX: Final = "promptq:{fleet}:spend:"
+"""``promptq:{fleet}:spend:{tenant}:{period}`` (``2026-12`` or ``2026-12-03``, UTC): the cost in USD
+of a tenant's finished jobs in that period (``PROMPTQ_PRICES``), added by the workers' roll-ups."""
+
+
+IN_FLIGHT_RETRY_MS: Final = 250
+"""A tenant's job that finds its calls in flight at their limit looks again this much later."""
+
+
+def tenant_limit_keys(tenant: str) -> tuple[str, str, str]:
+    """A tenant's budget keys: requests' TAT, tokens' TAT, calls in flight."""
+    base = f"{TENANT_LIMIT_PREFIX}{tenant}"
+    return f"{base}:rpm", f"{base}:tpm", f"{base}:running"
+
+
+def spend_key(tenant: str, period: str) -> str:
+    return f"{SPEND_KEY_PREFIX}{tenant}:{period}"
+
+
 def circuit_key(backend: str) -> str:
     return CIRCUIT_KEY_PREFIX + backend
 

@@ -10,6 +10,7 @@ in-process code) is no tenant and sees everything.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import secrets
@@ -25,6 +26,7 @@ __all__ = [
     "KeyEntry",
     "Policy",
     "PolicyError",
+    "budget_period",
     "check_tenant",
     "key_digest",
     "new_key",
@@ -59,6 +61,19 @@ def owner_of(job_id: str) -> tuple[str | None, str]:
     """``(tenant, its own id)`` of a job id; ``(None, job_id)`` for the operator's jobs."""
     tenant, slash, own = job_id.partition("/")
     return (tenant, own) if slash else (None, job_id)
+
+
+def budget_period(period: Period, now_s: float) -> tuple[str, float]:
+    """The budget period holding ``now_s`` (Unix time, UTC): its name (``2026-12``, ``2026-12-03``)
+    and when the next one starts."""
+    day = datetime.datetime.fromtimestamp(now_s, datetime.UTC)
+    if period == "day":
+        start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("%Y-%m-%d"), (start + datetime.timedelta(days=1)).timestamp()
+    start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    year, month = divmod(start.month, 12)  # (December: month 0 of the next year)
+    following = start.replace(year=start.year + year, month=month + 1)
+    return start.strftime("%Y-%m"), following.timestamp()
 
 
 def new_key() -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -95,6 +96,7 @@ ENV_NAMES = (
     "PROMPTQ_COMPLETION_ESTIMATE_TOKENS",
     "PROMPTQ_SHUTDOWN_GRACE_S",
     "PROMPTQ_METRICS_PORT",
+    "PROMPTQ_METRICS_HOST",
     "PROMPTQ_PRICES",
     "PROMPTQ_LOG_FORMAT",
     "PROMPTQ_LOG_LEVEL",
@@ -194,6 +196,9 @@ class WorkerConfig:
     completion_estimate_tokens: int = 500
     """Completion tokens reserved for a request that sets no max_tokens (settled after the call)."""
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    """The address the metrics and health endpoints listen on (``0.0.0.0`` for every interface:
+    compose and Kubernetes, where the scraper is on another host)."""
     """Serve ``/metrics`` and ``/healthz`` on this port (None: no server)."""
     prices: dict[str, Price] = field(default_factory=dict)
     """USD per million input and output tokens, per model (``PROMPTQ_PRICES``), for the cost metric."""
@@ -285,6 +290,7 @@ class WorkerConfig:
             default_deadline_s=deadline or None,
             completion_estimate_tokens=env_int(env, "PROMPTQ_COMPLETION_ESTIMATE_TOKENS", d.completion_estimate_tokens),
             metrics_port=_optional_port(env, "PROMPTQ_METRICS_PORT"),
+            metrics_host=_host(env, "PROMPTQ_METRICS_HOST", d.metrics_host),
             prices=prices_from_env(env),
             log_format=env_choice(env, "PROMPTQ_LOG_FORMAT", d.log_format, LOG_FORMATS),
             log_level=env_choice(env, "PROMPTQ_LOG_LEVEL", d.log_level, LOG_LEVELS),
@@ -311,3 +317,13 @@ def _optional_port(env: Mapping[str, str], name: str) -> int | None:
     if port > 65535:
         raise ConfigError(f"{name} must be a TCP port from 1 to 65535, got {port}")
     return port
+
+
+HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    host = env_str(env, name) or default
+    if not HOST_RE.fullmatch(host):
+        raise ConfigError(f"{name} must be an address to listen on (127.0.0.1, 0.0.0.0, ::), got {host[:40]!r}")
+    return host

@@ -133,6 +133,9 @@ async def _end(state: WorkerState, outcome: Outcome) -> None:
 
 MAX_BUDGET_WAIT_S = 10.0
 """A job waits this long at most in its slot for rate-limit budget; longer, it waits in the queue."""
+TENANT_BUDGET_WAIT_S = 1.0
+"""A job held to its tenant's budgets waits this long at most in its slot (longer, in the queue): a
+tenant at its limit keeps no slot from the others."""
 FALLBACK_CHECK_S = 0.5
 """A job with a fallback model, waiting for its own, comes back no sooner than this to look again."""
 
@@ -142,16 +145,24 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
     attempt ends."""
     config = state.config
     assert base.model is not None
+    policy = await state.tenants.policy(job.job_id)
+    if policy is not None and (renews_s := await state.tenants.over_budget_s(policy)) is not None:
+        spent = f"tenant {policy.tenant}'s budget for the {policy.budget_period} is spent: it waits for the next"
+        error = llm.LLMError("over_budget", spent, retryable=True)
+        return Release(_released(base, error), "budget", renews_s)
+    tenant = state.tenants.budget(policy, job.keys.arq_id(job.job_id))
     chain = (base.model, *(job.fallbacks or config.fallbacks.get(base.model, ())))
     down: tuple[JobResult, AllDownError] | None = None
     """The first model found with every backend down: if no later one can run, the job waits for it."""
     for step, model in enumerate(chain):
         last = step == len(chain) - 1
         base = dataclasses.replace(base, model=model)
-        estimate = estimate_tokens(job, config.completion_estimate_tokens) if state.router.limited(model) else 0
+        counted = state.router.limited(model) or (tenant is not None and tenant.tpm > 0)
+        estimate = estimate_tokens(job, config.completion_estimate_tokens) if counted else 0
         falls_back_s = math.inf if last else config.fallback_after_s
         try:
-            route = await state.router.route(model, estimate, MAX_BUDGET_WAIT_S, falls_back_s)
+            max_wait_s = MAX_BUDGET_WAIT_S if tenant is None else TENANT_BUDGET_WAIT_S
+            route = await state.router.route(model, estimate, max_wait_s, falls_back_s, tenant)
         except (NoBackendError, LimitTooSmallError) as e:
             if down is not None:  # a fallback that cannot run: wait for the model that is down
                 return _wait_for_backend(state, job, *down, falls_back_s=math.inf)
@@ -166,7 +177,12 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
             if not last and e.down_s >= falls_back_s:
                 continue  # down long enough: the next model
             return _wait_for_backend(state, job, base, e, falls_back_s=falls_back_s)
-        outcome = await _call_routed(state, job, dataclasses.replace(base, backend=route.backend.name), route, estimate)
+        try:
+            outcome = await _call_routed(
+                state, job, dataclasses.replace(base, backend=route.backend.name), route, estimate
+            )
+        finally:
+            await _settled_after_call(state.tenants.call_ended(tenant))
         if last or not _moves_on(outcome):
             return outcome
     raise AssertionError("unreachable: the last model's attempt returns")
@@ -184,7 +200,7 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
     if route.waited_s:
         log.debug("job.budget_waited", waited_ms=round(route.waited_s * 1000))
         tracing.event("promptq.rate_limit_wait", **{"promptq.wait_ms": round(route.waited_s * 1000)})
-        state.metrics.budget_wait.labels(base.model).inc(route.waited_s)
+        state.metrics.budget_wait.labels(state.metrics.model(base.model)).inc(route.waited_s)
     if not route.probe and state.circuits.down_here(route.backend.name):  # it failed since the route: again
         return Release(_released(base), "backend down")
     on_delta = None
@@ -198,7 +214,7 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
     except (llm.LLMError, TimeoutError) as e:
         error = e if isinstance(e, llm.LLMError) else _attempt_timeout(config)
         if error.type == "rate_limited":  # every worker pauses for the advised time, not just this one
-            state.metrics.rate_limited.labels(base.model).inc()
+            state.metrics.rate_limited.labels(state.metrics.model(base.model)).inc()
             await state.router.cool_down(route.backend, base.model, error.retry_after_s or 1.0)
             await _settled_after_call(_answered(state, route))  # the backend answered: it is up
         elif error.retryable:  # enough of these in a row open its circuit
@@ -289,7 +305,7 @@ async def _call(
     job's name for the model, whatever the backend calls it)."""
     metrics = state.metrics
     backend = route.backend.name
-    metrics.attempts.labels(model).inc()
+    metrics.attempts.labels(metrics.model(model)).inc()
     metrics.in_flight.inc()
     started_s = time.monotonic()
     outcome = "error"
@@ -309,7 +325,7 @@ async def _call(
     finally:
         metrics.in_flight.dec()
         elapsed_s = time.monotonic() - started_s
-        metrics.latency.labels(model).observe(elapsed_s)
+        metrics.latency.labels(metrics.model(model)).observe(elapsed_s)
         metrics.backend_call(backend, outcome, elapsed_s)
 
 

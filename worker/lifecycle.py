@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Literal
 
+from promptq_core.background import REDIS_TROUBLE
 from promptq_core.contract import JobResult, queue_keys
 from worker import tracing
 from worker.llm import LLMError
@@ -76,10 +78,11 @@ class Release:
     """The attempt ended before its call counted: its try is given back, and the job goes back in line
     at once (a shutdown; a failed probe, to be routed again) or after ``delay_s`` (rate-limit budget
     that far away; every backend of its model down: it waits for a backend, due at once when a
-    circuit closes, or at once if one closed since ``recoveries``, the count it was told)."""
+    circuit closes, or at once if one closed since ``recoveries``, the count it was told; its
+    tenant's budget spent: it waits for the next period)."""
 
     queued: JobResult
-    reason: Literal["shutdown", "rate limit", "backend down"]
+    reason: Literal["shutdown", "rate limit", "backend down", "budget"]
     delay_s: float = 0.0
     recoveries: int | None = None
     """Waiting for a backend: the recoveries count when the job found every backend down."""
@@ -106,6 +109,8 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
                     finished.cancelled, latency_ms=result.latency_ms, attempts=result.attempts
                 )
                 return _report_finished(state, cancelled, error, counted=False)
+            if finished.ended_here:  # a tenant's spend counts before its slot takes another job
+                await _settled_spend(state, result)
             _report_finished(state, result, error, counted=finished.ended_here)
         case Backoff(queued, error, delay_s):
             stored = await asyncio.shield(state.settle.defer(queued, delay_s, try_spent=True))
@@ -121,6 +126,15 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
         case EndedElsewhere(base, status):
             await asyncio.shield(state.settle.ack(queue_keys(base.queue), base.job_id))
             _report_ended_elsewhere(state, base, status)
+
+
+async def _settled_spend(state: WorkerState, result: JobResult) -> None:
+    cost = state.metrics.cost_of(result.model, result.usage)
+    if cost:
+        try:
+            await state.tenants.spent(result.job_id, cost, result.finished_at or time.time())
+        except REDIS_TROUBLE as e:  # the job's result is stored: only the tenant's count misses it
+            log.warning("tenant.spend_lost", error=str(e))
 
 
 def _report_finished(state: WorkerState, final: JobResult, error: LLMError | None, *, counted: bool) -> None:
@@ -149,7 +163,7 @@ def _report_finished(state: WorkerState, final: JobResult, error: LLMError | Non
 
 
 def _report_backoff(state: WorkerState, queued: JobResult, error: LLMError, delay_s: float) -> None:
-    state.metrics.retries.labels(queued.model or "", error.type).inc()
+    state.metrics.retries.labels(state.metrics.model(queued.model), error.type).inc()
     tracing.event("promptq.retry", **{"error.type": error.type, "promptq.delay_ms": round(delay_s * 1000)})
     tracing.ended("retrying", error.type)
     log.info(
@@ -168,9 +182,11 @@ def _report_release(state: WorkerState, queued: JobResult, reason: str, delay_s:
         tracing.ended("deferred")
     elif reason == "backend down":
         if waiting:  # (not a failed probe, routed again at once)
-            state.metrics.backend_waits.labels(queued.model or "").inc()
+            state.metrics.backend_waits.labels(state.metrics.model(queued.model)).inc()
         tracing.event("promptq.backend_wait", **{"promptq.defer_ms": round(delay_s * 1000)})
         tracing.ended("deferred", "backend_down")
+    elif reason == "budget":
+        tracing.ended("deferred", "over_budget")
     else:
         tracing.ended("released")
     log.info("job.released", reason=reason, backend=queued.backend, delay_ms=round(delay_s * 1000))

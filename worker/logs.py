@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import structlog
+import structlog.tracebacks
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -70,11 +71,15 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
 def _apply(log_format: str, level: str) -> None:
     json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     renderer: Any
+    # Tracebacks without their frames' locals: a local may hold a prompt, a key or an answer.
     if json_lines:
         renderer = structlog.processors.JSONRenderer()
-        final: list[Any] = [structlog.processors.dict_tracebacks, renderer]
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        final: list[Any] = [tracebacks, renderer]
     else:
-        final = [structlog.dev.ConsoleRenderer()]
+        final = [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     level_no = logging.getLevelNamesMapping()[level.upper()]
 
     handler = logging.StreamHandler(sys.stderr)

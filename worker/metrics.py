@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
@@ -59,6 +60,11 @@ def heartbeat() -> None:
     _last_poll_s = time.monotonic()
 
 
+MAX_MODEL_LABELS: Final = 64
+"""Distinct ``model`` label values a worker exports at most (the rest are ``other``)."""
+OTHER_MODEL: Final = "other"
+
+
 class Metrics:
     """One worker's metrics (its own registry), and the HTTP server that exposes them."""
 
@@ -71,6 +77,7 @@ class Metrics:
     ) -> None:
         self.prices = prices or {}
         self.backends, self.queues = backends, queues
+        self._models: set[str] = set()
         self.running = running
         """How many jobs hold a slot here (a busy worker's poll loop waits for a free slot)."""
         r = self.registry = CollectorRegistry()
@@ -127,13 +134,24 @@ class Metrics:
         endpoint: str = CHAT_ENDPOINT,
         cost: float | None = None,
     ) -> None:
-        m = model or ""
+        m = self.model(model)
         self.jobs.labels(m, status, endpoint).inc()
         if usage is not None:
             self.tokens.labels(m, "prompt").inc(usage.prompt_tokens)
             self.tokens.labels(m, "completion").inc(usage.completion_tokens)
         if cost is not None:
             self.cost.labels(m).inc(cost)
+
+    def model(self, model: str | None) -> str:
+        """A model's label value: its name, for the first ``MAX_MODEL_LABELS`` models seen;
+        ``other`` past that, so that callers naming many models cannot grow the scrape without bound."""
+        name = model or ""
+        if name in self._models:
+            return name
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return OTHER_MODEL
+        self._models.add(name)
+        return name
 
     def backend_call(self, backend: str, outcome: str, seconds: float) -> None:
         self.backend_calls.labels(backend, outcome).inc()
@@ -157,7 +175,7 @@ class Metrics:
     def healthy(self) -> bool:
         return self.running() > 0 or time.monotonic() - _last_poll_s < self.stale_after_s
 
-    async def serve(self, port: int, redis: Redis, host: str = "0.0.0.0", poll_delay_s: float = 0.5) -> int:
+    async def serve(self, port: int, redis: Redis, host: str = "127.0.0.1", poll_delay_s: float = 0.5) -> int:
         """Start the HTTP server (port 0: any free one) and the queue-depth reader; return the port."""
         self.stale_after_s = max(60.0, 10 * poll_delay_s)
         self._server = await asyncio.start_server(self._answer, host, port)

@@ -38,10 +38,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import Reply, circuit_key, limit_keys
+from promptq_core.contract import Reply, circuit_key, limit_keys, tenant_limit_keys
 from worker.backends import Backend, Limit
 from worker.limiter import LIMIT_USE, BudgetWaitTooLongError, LimitTooSmallError
 from worker.scripts import WorkerScript
+from worker.tenants import TenantBudget
 
 __all__ = ["AllDownError", "NoBackendError", "Route", "Router"]
 
@@ -109,14 +110,20 @@ class Router:
         return any(b.limit_for(model).any for b, _ in self.serving(model))
 
     async def route(
-        self, model: str, tokens: int, max_wait_s: float = math.inf, falls_back_s: float = math.inf
+        self,
+        model: str,
+        tokens: int,
+        max_wait_s: float = math.inf,
+        falls_back_s: float = math.inf,
+        tenant: TenantBudget | None = None,
     ) -> Route:
         """Choose the backend for one call of about ``tokens``, reserve its budget and wait until it
         falls due. Raises :class:`NoBackendError`, :class:`AllDownError`,
         :class:`LimitTooSmallError` (no backend's TPM limit could ever take the call) or
         :class:`BudgetWaitTooLongError` (every budget is further than ``max_wait_s``; nothing reserved).
         ``falls_back_s``: the job moves to another model once every backend has been down this long
-        (it is then never the scout of this model's probe)."""
+        (it is then never the scout of this model's probe). ``tenant``: the job's tenant's budgets,
+        reserved in too."""
         serving = self.serving(model)
         if not serving:
             names = ", ".join(b.name for b in self.backends)
@@ -134,7 +141,17 @@ class Router:
             keys += [circuit_key(backend.name), *self.keys(backend, model)]
             budgets += [(limit.rpm or 0) * LIMIT_USE, (limit.tpm or 0) * LIMIT_USE, tokens if limit.tpm else 0]
             budgets.append(_share(limit) * backend.weight)
+        t = tenant or NO_TENANT
         reply: Any = await self._route(
+            tenant_requests=t.keys[0],
+            tenant_tokens=t.keys[1],
+            tenant_running=t.keys[2],
+            tenant_rpm=t.rpm * LIMIT_USE,
+            tenant_tpm=t.tpm * LIMIT_USE,
+            tenant_cost=tokens if t.tpm else 0,
+            tenant_in_flight=t.in_flight,
+            hold_ms=t.hold_ms,
+            member=t.member,
             backend_keys=keys,
             max_wait_ms=_ms(max_wait_s),
             probe_ms=self.probe_ms,
@@ -164,6 +181,10 @@ class Router:
         """Pause every worker's calls to ``model`` on ``backend`` for ``seconds`` (a 429 or the server's
         headers said so); a longer cool-down already running is kept."""
         await self._cool_down(cooldown=self.keys(backend, model)[2], ms=max(1, round(seconds * 1000)))
+
+
+NO_TENANT = TenantBudget(keys=tenant_limit_keys(""), rpm=0, tpm=0, in_flight=0, member="", hold_ms=0)
+"""The route's tenant arguments for a job of no tenant (keys in the slot, never read)."""
 
 
 def _ms(seconds: float) -> int:

@@ -42,6 +42,7 @@ from worker.settle import Settle
 from worker.state import WorkerState
 from worker.streams import Streams
 from worker.tally import Tally
+from worker.tenants import Tenants
 from worker.tracing import Tracing
 from worker.upgrade import Upgrade
 from worker.wake import WakeListener
@@ -110,7 +111,9 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     tally = Tally(ctx["redis"])
     tally.start()
     if config.metrics_port is not None:
-        await metrics.serve(config.metrics_port, ctx["redis"], poll_delay_s=config.poll_delay_s)
+        await metrics.serve(
+            config.metrics_port, ctx["redis"], host=config.metrics_host, poll_delay_s=config.poll_delay_s
+        )
     ctx[CTX_STATE] = WorkerState(
         config=config,
         clients=llm.Clients(config),
@@ -125,6 +128,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             shared=config.limit_scope == "shared",
         ),
         circuits=Circuits(ctx["redis"], config.circuit),
+        tenants=Tenants(ctx["redis"], hold_s=config.job_timeout_s + 5),
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,
         presence=presence,

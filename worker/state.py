@@ -17,6 +17,7 @@ from worker.routing import Router
 from worker.settle import Settle
 from worker.streams import Streams
 from worker.tally import Tally
+from worker.tenants import Tenants
 from worker.upgrade import Upgrade
 from worker.wake import WakeListener
 
@@ -36,6 +37,7 @@ class WorkerState:
     wake: WakeListener
     router: Router
     circuits: Circuits
+    tenants: Tenants
     streams: Streams
     metrics: Metrics
     presence: Presence

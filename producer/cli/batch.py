@@ -92,6 +92,8 @@ def _arguments(line: str, line_no: int) -> tuple[str, dict[str, Any]]:
         item = json.loads(line)
     except ValueError as e:
         raise InvalidJobError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidJobError("JSON nested too deep to read") from None
     if not isinstance(item, dict):
         raise InvalidJobError("must be a JSON object")
     custom_id = item.pop("custom_id", None)

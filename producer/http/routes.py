@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from producer.http.schema import (
 )
 from producer.types import StreamEvent
 from promptq_core.contract import BATCH_NAME_RE, QUEUE_NAME_RE, JobResult, dumps
+from promptq_core.tenants import Policy, budget_period
 from promptq_core.validation import TENANT_RE, InvalidJobError
 
 __all__ = ["KEEPALIVE_ENV", "fleet", "jobs", "site"]
@@ -48,7 +50,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "missing or wrong bearer token or key (or a caller from outside loopback without one)",
         403: "a request that changes something without the bearer header or a JSON content type",
         404: "no such job or batch (never submitted, or expired)",
-        409: "the job is not failed, or its request is no longer kept",
+        409: "an id submitted before with another request; or a retry of a job that is not failed",
+        429: "a tenant key whose budget for the period is spent (with Retry-After)",
         413: f"request body over {MAX_BODY_ENV}",
         422: "a bad job or query parameter; the message names the problem",
         503: "Redis away, out of memory (with Retry-After) or evicting keys",
@@ -93,7 +96,7 @@ site = APIRouter()
     response_model=None,
     responses={
         202: {"model": ResultDocument | list[ResultDocument], "description": "the result document(s), queued"},
-        **_errors(400, 401, 403, 409, 413, 422, 503),
+        **_errors(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )
 async def submit(
@@ -101,6 +104,8 @@ async def submit(
     producer: ProducerDep,
     who: CallerDep,
 ) -> Any:
+    if who.policy is not None:
+        await _within_budget(who.policy, producer)
     if isinstance(body, list):
         if not 0 < len(body) <= MAX_JOBS_PER_REQUEST:
             raise InvalidJobError(f"a list of jobs must hold 1 to {MAX_JOBS_PER_REQUEST}")
@@ -294,6 +299,22 @@ def _arguments(job: JobRequest, who: Caller, producer: Producer) -> dict[str, An
     arguments["priority"] = policy.default_priority if priority is None else priority
     arguments["tenant"] = policy.tenant
     return arguments
+
+
+async def _within_budget(policy: Policy, producer: Producer) -> None:
+    """429 for a tenant whose spend has reached its budget for the period."""
+    if policy.budget_usd is None:
+        return
+    spent = (await producer.spent(policy.tenant))[policy.budget_period]
+    if spent >= policy.budget_usd:
+        _, renews_at = budget_period(policy.budget_period, time.time())
+        renews = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(renews_at))
+        raise HTTPException(
+            429,
+            f"this key's budget of ${policy.budget_usd:g} a {policy.budget_period} is spent (${spent:.4f}); "
+            f"it renews at {renews}",
+            headers={"Retry-After": str(max(1, round(renews_at - time.time())))},
+        )
 
 
 def _doc(result: JobResult | None, job_id: str, who: Caller) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browse
 @pytest.fixture
 def dashboard(site: tuple[Browser, Api], redis_url: str, sim: Simulator) -> Iterator[tuple[Page, SyncProducer]]:
     browser, api = site
-    tab = browser.new_page(viewport={"width": 1280, "height": 800})
+    tab = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=True)  # (the test's waits eval)
     tab.add_init_script(f"sessionStorage.setItem('promptq.token', {TOKEN!r})")
     errors: list[str] = []
     tab.on("pageerror", lambda e: errors.append(str(e)))

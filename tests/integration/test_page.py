@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -62,11 +63,31 @@ def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browse
 def page(site: tuple[Browser, Api], redis_url: str, sim: Simulator) -> Iterator[tuple[Page, Api]]:
     browser, api = site
     sim.configure(chunk_delay_ms=40)  # slow enough to see the answer grow
-    tab = browser.new_page()
+    tab = browser.new_page(bypass_csp=True)  # (the test's own waits evaluate strings; the page's CSP forbids that)
     try:
         yield tab, api
     finally:
         tab.close()
+
+
+def test_the_pages_scripts_run_under_their_content_security_policy(site: tuple[Browser, Api]) -> None:
+    browser, api = site
+    tab = browser.new_page()
+    refused: list[str] = []
+    tab.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    try:
+        for path in ("/", "/dashboard"):
+            response = tab.goto(api.url + path)
+            assert response is not None and "script-src 'sha256-" in response.headers["content-security-policy"]
+            tab.wait_for_load_state("networkidle")
+        tab.goto(api.url + "/")
+        tab.fill("#prompt", "under its policy")
+        tab.fill("#token", TOKEN)
+        tab.click("#submit")  # the page's script runs: it submits and shows the job's id
+        tab.locator("#job-id").filter(has_text=re.compile(r"^[0-9a-f]{32}$")).wait_for(timeout=10_000)
+    finally:
+        tab.close()
+    assert refused == []
 
 
 def test_a_prompt_typed_in_the_page_streams_its_answer(page: tuple[Page, Api]) -> None:

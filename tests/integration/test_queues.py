@@ -29,7 +29,7 @@ async def test_an_id_is_a_job_per_queue_and_a_worker_runs_only_its_queues(
 ) -> None:
     assert await producer.submit("for the gpu pool", job_id="order-42", queue="gpu") == "order-42"
     assert await producer.submit("for the default pool", job_id="order-42") == "order-42"  # another job
-    assert await producer.submit("again", job_id="order-42", queue="gpu") == "order-42"  # known there: nothing new
+    assert await producer.submit("for the gpu pool", job_id="order-42", queue="gpu") == "order-42"  # nothing new
     assert (await producer.depths(queue="gpu")).waiting == 1 and (await producer.depths()).waiting == 1
     await run_burst(dataclasses.replace(worker_config, queues=("gpu",)))
     gpu = await producer.get("order-42", queue="gpu")

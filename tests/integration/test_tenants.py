@@ -4,9 +4,13 @@ hashed, each tenant in its own namespace of ids, held to its policy; and the edg
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import json
 import socket
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, cast
 from urllib.error import HTTPError
@@ -16,9 +20,12 @@ import pytest
 import redis
 
 from devtools.stack import Api, Simulator, Worker, free_port
+from producer import Producer
 from producer.cli.commands import main
-from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY
-from tests.conftest import worker_env
+from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY, queue_keys
+from promptq_core.prices import Price
+from tests.conftest import run_burst, start_worker, stop_worker, worker_env
+from worker.config import WorkerConfig
 
 pytestmark = pytest.mark.process
 
@@ -230,3 +237,105 @@ def test_what_goes_wrong_is_said_without_secrets_or_echoes(redis_url: str) -> No
             status, body, _ = call(api, "POST", "/v1/jobs", raw, key=None)
             assert status == 422 and message in body["detail"] and len(body["detail"]) < 400, (job, body)
         assert call(api, "GET", "/v1/jobs/a%20b", key=None)[0] == 422  # an id outside the grammar
+        status, body, _ = call(api, "POST", "/v1/jobs", b"[" * 1500 + b"]" * 1500, key=None)
+        assert status == 400  # (FastAPI's reader gives up: not a 500)
+
+
+def test_the_cli_reports_bad_text_as_bad_lines(redis_url: str, tmp_path: Any) -> None:
+    lines = [
+        json.dumps({"prompt": "fine"}),
+        json.dumps({"prompt": "lone \ud83d surrogate"}),
+        json.dumps({"prompt": "deep", "metadata": {"a": [[[[[[]]]]]] * 1}}).replace(
+            "[[[[[[]]]]]]", "[" * 2000 + "]" * 2000
+        ),
+        json.dumps({"prompt": "hi", "extra_body": {"model": "gpt-4o"}}),
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    code, _, err = promptq(redis_url, "submit", str(path))
+    assert code == 2, err
+    assert "bad.jsonl:2: messages holds a lone surrogate" in err
+    assert "bad.jsonl:3: JSON nested too deep to read" in err
+    assert "bad.jsonl:4: extra_body may not set model" in err
+
+
+def test_no_prompt_text_reaches_a_log_line_at_any_level(redis_url: str, sim: Simulator) -> None:
+    marker = "SECRET-PROMPT-7f3a"
+    sim.configure(error_rate=0.5, error_statuses=[500, 400])
+    env = worker_env(redis_url, sim, PROMPTQ_LOG_LEVEL="debug", PROMPTQ_LOG_FORMAT="json", PROMPTQ_MAX_TRIES="3")
+    with Worker(env) as worker, Api({"REDIS_URL": redis_url}) as api:
+        for i in range(12):
+            body = {"prompt": f"{marker} {i}", "metadata": {"note": marker}, "stream": i % 2 == 0}
+            assert call(api, "POST", "/v1/jobs", body, key=None)[0] == 202
+        status, _, _ = call(api, "POST", "/v1/jobs", {"prompt": marker, "priority": "high"}, key=None)
+        assert status == 422
+        producer = redis.Redis.from_url(redis_url)
+        started = time.monotonic()
+        while time.monotonic() - started < 30:  # until every job has ended
+            docs = [cast("bytes | None", producer.get(k)) for k in producer.scan_iter(queue_keys().result("*"))]
+            if docs and all(b'"status":"succeeded"' in d or b'"status":"failed"' in d for d in docs if d):
+                break
+            time.sleep(0.2)
+        producer.close()
+        logs = worker.output() + api.output()
+    assert '"level": "debug"' in logs or '"level":"debug"' in logs  # it did log at debug
+    assert marker not in logs
+
+
+async def _ended(producer: Producer, ids: list[str]) -> Counter[str]:
+    return Counter(r.status if r else "gone" for r in await producer.get_many(ids))
+
+
+async def test_a_tenant_at_60_rpm_gets_no_more_while_the_other_is_unaffected(
+    producer: Producer, worker_config: WorkerConfig
+) -> None:
+    await producer.create_key("slow", rpm=60)
+    await producer.create_key("free")
+    slow = await producer.submit_many([{"prompt": f"slow {i}", "tenant": "slow"} for i in range(8)])
+    free = await producer.submit_many([{"prompt": f"free {i}", "tenant": "free"} for i in range(8)])
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=4))
+    try:
+        await asyncio.sleep(3)
+        ended_slow, ended_free = await _ended(producer, slow), await _ended(producer, free)
+    finally:
+        await stop_worker(worker, main)
+    assert ended_free["succeeded"] == 8  # its jobs did not wait behind the slow tenant's
+    assert 2 <= ended_slow["succeeded"] <= 4, ended_slow  # one a second, without a burst
+
+
+async def test_a_tenant_keeps_to_its_calls_in_flight(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator
+) -> None:
+    await producer.create_key("narrow", max_in_flight=2)
+    sim.configure(latency_ms=200)
+    ids = await producer.submit_many([{"prompt": f"narrow {i}", "tenant": "narrow"} for i in range(8)])
+    await run_burst(dataclasses.replace(worker_config, max_jobs=8))
+    assert (await _ended(producer, ids))["succeeded"] == 8
+    assert sim.stats()["peak_in_flight"] == 2
+
+
+async def test_a_spent_budget_stops_the_tenant_within_its_calls_in_flight(
+    producer: Producer, worker_config: WorkerConfig, redis_url: str
+) -> None:
+    prices = {"gpt-4o-mini": Price(1_000_000.0, 1_000_000.0)}  # a dollar a token: one job spends it
+    await producer.create_key("spender", budget_usd=1.0, budget_period="day")
+    _, other_key = await producer.create_key("other", budget_usd=1000.0)
+    ids = await producer.submit_many([{"prompt": f"spend {i}", "tenant": "spender"} for i in range(10)])
+    others = await producer.submit_many([{"prompt": f"other {i}", "tenant": "other"} for i in range(3)])
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=2, prices=prices))
+    try:
+        await asyncio.sleep(2)
+        ended = await _ended(producer, ids)
+        assert (await _ended(producer, others))["succeeded"] == 3
+    finally:
+        await stop_worker(worker, main)
+    assert 1 <= ended["succeeded"] <= 2, ended  # past the budget: at most the calls in flight then
+    waiting = [r for r in await producer.get_many(ids) if r and r.status == "queued"]
+    assert len(waiting) >= 8 and all(r.error and r.error.type == "over_budget" for r in waiting)
+    assert (await producer.spent("spender"))["day"] >= 1.0
+    with Api({"REDIS_URL": redis_url}) as api:
+        _, spender = await producer.create_key("spender")
+        status, body, headers = call(api, "POST", "/v1/jobs", {"prompt": "more"}, key=spender)
+        assert status == 429 and "budget of $1 a day is spent" in body["detail"] and "renews at" in body["detail"]
+        assert 0 < int(headers["retry-after"]) <= 86_400
+        assert call(api, "POST", "/v1/jobs", {"prompt": "more"}, key=other_key)[0] == 202
