@@ -18,9 +18,10 @@ import redis.asyncio
 from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
+from producer.hub import StreamHub
 from producer.notify import DoneWatcher
 from producer.overview import Overview
-from producer.streams import StreamCursor
+from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 from producer.writes import Writes, config_of
 from promptq_core.connect import async_client
@@ -54,6 +55,7 @@ class Producer:
         self.redis = client if client is not None else async_client(self.config.redis_url)
         self._scripts = {name: self.redis.register_script(script(name).source) for name in core.SCRIPTS}
         self._watcher = DoneWatcher(self.redis)
+        self._hub = StreamHub(self.redis)
 
     @property
     def config(self) -> ProducerConfig:
@@ -69,6 +71,7 @@ class Producer:
 
     async def aclose(self) -> None:
         await self._watcher.aclose()
+        await self._hub.aclose()
         if self._owns_client:
             await self.redis.aclose()
 
@@ -140,6 +143,12 @@ class Producer:
         queue as long as its jobs' documents live."""
         await self._run(core.save_manifest(self._writes, self._writes.queue(queue), name, manifest))
 
+    async def batch_counts(self, name: str, *, queue: str | None = None) -> dict[str, float] | None:
+        """A batch's tally, one read (the workers add to it every second): ``total``,
+        ``succeeded``, ``failed``, ``cancelled``, ``tokens``, ``cost_usd`` (fields with nothing yet
+        are absent); None for a batch without one (never opened, or expired)."""
+        return await self._run(core.batch_counts(self._writes.queue(queue), name))
+
     async def manifest(self, name: str, *, queue: str | None = None) -> str | None:
         """A batch's manifest as saved, or None (never saved, or expired)."""
         return await self._run(core.manifest(self._writes.queue(queue), name))
@@ -210,9 +219,24 @@ class Producer:
         written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
         without ``stream=True`` yields only its ``done`` event."""
         cursor = StreamCursor(self._writes.queue(queue), job_id, after)
-        while not cursor.finished:
-            for event in await self._run(core.stream_read(cursor)):
-                yield event
+        for event in await self._run(core.stream_read(cursor, block=False)):  # what is there (or the end)
+            yield event
+        if cursor.finished:
+            return
+        async with self._hub.watching(cursor.key, cursor.position) as watch:  # one read for every stream
+            while not cursor.finished:
+                try:
+                    async with asyncio.timeout(READ_BLOCK_MS / 1000):
+                        got = await watch.inbox.get()
+                except TimeoutError:  # nothing came: has the job ended (a job that streams nothing)?
+                    events = await self._run(core.stream_read(cursor, block=False))
+                else:
+                    if isinstance(got, BaseException):
+                        with redis_errors(self.config.redis_url):
+                            raise got
+                    events = await self._run(core.stream_events(cursor, [(cursor.key, got)]))
+                for event in events:
+                    yield event
 
     # -- the driver -------------------------------------------------------------------------------
     async def _run(self, op: Op[T]) -> T:

@@ -204,6 +204,12 @@ def open_batch(writes: Writes, queue: QueueKeys, name: str, total: int) -> Op[No
     yield Script("open_batch", keys, args)
 
 
+def batch_counts(queue: QueueKeys, name: str) -> Op[dict[str, float] | None]:
+    """A batch's tally as the workers' roll-ups keep it (None: the batch has none)."""
+    raw = yield Command.of("hgetall", queue.batch_tally(name))
+    return {as_text(k): float(v) for k, v in raw.items()} if raw else None
+
+
 def manifest(queue: QueueKeys, name: str) -> Op[str | None]:
     raw = yield Command.of("get", queue.batch(name))
     return None if raw is None else as_text(raw)
@@ -244,15 +250,22 @@ def ping() -> Op[bool]:
     return bool((yield Command.of("ping")))
 
 
-def stream_read(cursor: StreamCursor) -> Op[list[StreamEvent]]:
-    """One blocking read of a job's stream: the events it brought (none when nothing came within
-    ``READ_BLOCK_MS``). A driver reads until ``cursor.finished`` (see ``Producer.stream``)."""
-    events: list[StreamEvent] = []
-    reply = yield Command("xread", (), {**cursor.read_args(), "block": READ_BLOCK_MS})
+def stream_read(cursor: StreamCursor, block: bool = True) -> Op[list[StreamEvent]]:
+    """One read of a job's stream (blocking for up to ``READ_BLOCK_MS``, unless ``block`` is False):
+    the events it brought, or the ``done`` event when nothing came and the job has ended. A driver
+    reads until ``cursor.finished`` (see ``SyncProducer.stream``)."""
+    reply = yield Command("xread", (), {**cursor.read_args(), **({"block": READ_BLOCK_MS} if block else {})})
     if not reply and (final := cursor.ended((yield Command.of("get", cursor.doc_key)))) is not None:
         reply = yield Command("xread", (), cursor.read_args())  # what came meanwhile
         if not reply:
             return [cursor.done(None, final)]
+    return (yield from stream_events(cursor, reply))
+
+
+def stream_events(cursor: StreamCursor, reply: Any) -> Op[list[StreamEvent]]:
+    """The events of an ``XREAD`` reply (entries the cursor has passed are left out); a ``done``
+    event carries the final document."""
+    events: list[StreamEvent] = []
     for event in cursor.events(reply):
         if event.type == "done":
             event = cursor.done(event, parse((yield Command.of("get", cursor.doc_key))))

@@ -16,7 +16,7 @@ from producer.errors import JobNotFoundError
 from producer.types import StreamEvent
 from promptq_core.contract import JobResult, QueueKeys, as_text
 
-__all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor"]
+__all__ = ["READ_BLOCK_MS", "READ_COUNT", "StreamCursor", "entry_order"]
 
 READ_BLOCK_MS = 1000
 """A blocking read waits this long before the cursor looks at the result document."""
@@ -43,6 +43,8 @@ class StreamCursor:
         for _key, entries in reply or []:
             for raw_id, fields in entries:
                 entry_id = as_text(raw_id)
+                if entry_order(entry_id) <= entry_order(self.position):
+                    continue  # read already (two readers of one stream: a hub's and the cursor's own)
                 self.position = entry_id
                 event = _event(entry_id, {as_text(k): as_text(v) for k, v in fields.items()})
                 out.append(event)
@@ -62,6 +64,12 @@ class StreamCursor:
         """The ``done`` event carrying the final document (``event`` is the stream's own, if any)."""
         self.finished = True
         return StreamEvent(id=event.id if event else self.position, type="done", result=result)
+
+
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair (``0`` is the start)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> StreamEvent:

@@ -111,6 +111,10 @@ class SyncProducer:
         """See :meth:`Producer.save_manifest`."""
         self._run(core.save_manifest(self._writes, self._writes.queue(queue), name, manifest))
 
+    def batch_counts(self, name: str, *, queue: str | None = None) -> dict[str, float] | None:
+        """See :meth:`Producer.batch_counts`."""
+        return self._run(core.batch_counts(self._writes.queue(queue), name))
+
     def manifest(self, name: str, *, queue: str | None = None) -> str | None:
         """See :meth:`Producer.manifest`."""
         return self._run(core.manifest(self._writes.queue(queue), name))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from promptq_core.contract import (
 from promptq_core.prices import Price, cost_usd
 from promptq_core.validation import JOB_ID_RE, InvalidJobError, valid_batch_name
 
-__all__ = ["BadLine", "Batch", "Progress", "output_line", "parse_jsonl", "valid_batch_name"]
+__all__ = ["BadLine", "Batch", "Progress", "Tracker", "output_line", "parse_jsonl", "valid_batch_name"]
 
 QUEUE_FIELDS = ("priority", "fairness_key")
 """promptq's own fields a Batch API line may carry beside its body."""
@@ -157,6 +157,22 @@ class Progress:
                     progress.cost_usd = (progress.cost_usd or 0.0) + cost
         return progress
 
+    @classmethod
+    def of_tally(cls, tally: dict[str, float], total: int) -> Progress:
+        """The counts the workers' roll-ups keep (a second behind at most; a job run again counts
+        each time it ends, so they are capped at the total)."""
+        progress = cls(total)
+        left = total
+        for status in ("succeeded", "failed", "cancelled"):
+            if n := min(left, int(tally.get(status, 0))):
+                progress.by_status[status] = n
+                left -= n
+        if left:
+            progress.by_status["waiting"] = left
+        progress.tokens = int(tally.get("tokens", 0))
+        progress.cost_usd = tally.get("cost_usd")
+        return progress
+
     @property
     def finished(self) -> int:
         return sum(self.by_status.get(s, 0) for s in ("succeeded", "failed", "cancelled", "expired"))
@@ -167,6 +183,53 @@ class Progress:
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, **self.by_status, "tokens": self.tokens, "cost_usd": self.cost_usd}
+
+
+class Tracker:
+    """A batch's jobs until every one has ended, from their documents: a document is read while
+    its job is pending, at most ``SWEEP_MAX`` a sweep, in turn, and once more when it has ended,
+    then never again; what ended is counted as it is found, nothing kept."""
+
+    def __init__(self, job_ids: list[str], prices: dict[str, Price]) -> None:
+        self.pending, self.prices = list(job_ids), prices
+        self.ended = Progress(len(job_ids))
+        self._at = 0
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def progress(self) -> Progress:
+        """What has ended, and how many are still pending (``waiting``)."""
+        now = Progress(self.ended.total, dict(self.ended.by_status), self.ended.tokens, self.ended.cost_usd)
+        if self.pending:
+            now.by_status["waiting"] = len(self.pending)
+        return now
+
+    def sweep(self, read: Callable[[list[str]], list[JobResult | None]]) -> None:
+        """Read the next pending jobs' documents (``SWEEP_MAX`` at most) and count those that ended."""
+        if self._at >= len(self.pending):
+            self._at = 0
+        chunk = self.pending[self._at : self._at + SWEEP_MAX]
+        ended = {job_id for job_id, r in zip(chunk, read(chunk), strict=True) if self._count(r)}
+        kept = [job_id for job_id in chunk if job_id not in ended]
+        self.pending[self._at : self._at + len(chunk)] = kept
+        self._at += len(kept)
+
+    def _count(self, result: JobResult | None) -> bool:
+        if result is not None and not result.done:
+            return False
+        one = Progress.of([result], 1, self.prices)
+        for status, n in one.by_status.items():
+            self.ended.by_status[status] = self.ended.by_status.get(status, 0) + n
+        self.ended.tokens += one.tokens
+        if one.cost_usd is not None:
+            self.ended.cost_usd = (self.ended.cost_usd or 0.0) + one.cost_usd
+        return True
+
+
+SWEEP_MAX = 2_000
+"""Documents a ``Tracker`` sweep reads at most."""
 
 
 def output_line(custom_id: str, result: JobResult | None) -> str:

@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from producer.cli.batch import Progress, manifest_items, output_line, parse_jsonl, valid_batch_name
+from producer.cli.batch import (
+    SWEEP_MAX,
+    Progress,
+    Tracker,
+    manifest_items,
+    output_line,
+    parse_jsonl,
+    valid_batch_name,
+)
 from producer.errors import QueueUnavailableError, redis_errors
 from producer.sync_client import SyncProducer
 from producer.types import ProducerConfig, QueueDepths
@@ -40,6 +48,8 @@ from promptq_core.validation import InvalidJobError, check_fairness_key, check_p
 __all__ = ["main"]
 
 OK, ERROR, SOME_FAILED, TIMED_OUT = 0, 1, 2, 3
+COLLECT_CHUNK = 1_000
+"""Documents ``collect`` reads and writes out at a time."""
 PLAIN_REPORT_EVERY_S = 5.0
 BAR_WIDTH = 24
 
@@ -101,9 +111,11 @@ class Cli:
         if progress is None:
             return TIMED_OUT
         target = Path(self.args.output)
-        with target.open("w", encoding="utf-8") as out:
-            for (custom_id, _), result in zip(items, self.producer.get_many(job_ids), strict=True):
-                out.write(output_line(custom_id, result) + "\n")
+        with target.open("w", encoding="utf-8") as out:  # a chunk of documents at a time, none kept
+            for start in range(0, len(items), COLLECT_CHUNK):
+                chunk = items[start : start + COLLECT_CHUNK]
+                results = self.producer.get_many([j for _, j in chunk])
+                out.writelines(output_line(c, r) + "\n" for (c, _), r in zip(chunk, results, strict=True))
         self.emit(
             f"{_summary(self.args.batch, progress)}; wrote {len(items)} line(s) to {target}",
             {"batch": self.args.batch, "output": str(target), **progress.to_json()},
@@ -112,7 +124,9 @@ class Cli:
 
     def status(self) -> int:
         if self.args.batch:
-            progress = self._progress(self._job_ids(self.args.batch))
+            counts = self.producer.batch_counts(self.args.batch)  # one read; else every document, in chunks
+            total = int(counts.get("total", 0)) if counts else 0
+            progress = Progress.of_tally(counts, total) if counts and total else self._progress(self.args.batch)
             self.emit(_summary(self.args.batch, progress), {"batch": self.args.batch, **progress.to_json()})
             return OK
         depths = self.producer.depths()
@@ -181,23 +195,36 @@ class Cli:
     def _items(self, name: str) -> list[tuple[str, str]]:
         return manifest_items(self.producer.manifest(name), name)
 
-    def _progress(self, job_ids: list[str]) -> Progress:
-        return Progress.of(self.producer.get_many(job_ids), len(job_ids), self.prices)
+    def _progress(self, name: str) -> Progress:
+        tracker = Tracker(self._job_ids(name), self.prices)
+        pending = len(tracker.pending)
+        for _ in range(0, pending, SWEEP_MAX):
+            tracker.sweep(self.producer.get_many)
+        return tracker.progress()
+
+    def _now(self, name: str, tracker: Tracker) -> Progress:
+        """The batch's progress: its tally's counts while jobs are pending (one read), the documents'
+        once all have ended."""
+        counts = None if tracker.done else self.producer.batch_counts(name)
+        return Progress.of_tally(counts, tracker.ended.total) if counts else tracker.progress()
 
     def _wait_for(self, name: str, job_ids: list[str]) -> Progress | None:
-        """Report progress until every job of the batch has ended; None if ``--timeout`` passed."""
+        """Report progress until every job of the batch has ended (each document read while its job
+        is pending, a sweep of them per poll, then once more); None if ``--timeout`` passed."""
         tty = self.err.isatty() and not self.args.json
-        first = progress = self._progress(job_ids)
+        tracker = Tracker(job_ids, self.prices)
+        tracker.sweep(self.producer.get_many)
+        first = progress = self._now(name, tracker)
         last_report = 0.0
         while True:
             elapsed_s = progress.at_s - first.at_s
             rate = (progress.finished - first.finished) / elapsed_s if elapsed_s > 0 else 0.0
             if tty:
                 print("\r" + _bar(progress, rate), end="", file=self.err, flush=True)
-            elif progress.done or time.monotonic() - last_report >= PLAIN_REPORT_EVERY_S:
+            elif tracker.done or time.monotonic() - last_report >= PLAIN_REPORT_EVERY_S:
                 print(_line(name, progress, rate), file=self.err, flush=True)
                 last_report = time.monotonic()
-            if progress.done:
+            if tracker.done:
                 if tty:
                     print(file=self.err)
                 return progress
@@ -207,7 +234,9 @@ class Cli:
                 print(f"timed out after {self.args.timeout:g} s: {progress.finished}/{progress.total}", file=self.err)
                 return None
             time.sleep(0.2 if tty else 0.5)
-            progress = self._progress(job_ids)
+            for _ in range(0, len(tracker.pending) if progress.done else 1, SWEEP_MAX):  # all, once the tally says so
+                tracker.sweep(self.producer.get_many)
+            progress = self._now(name, tracker)
 
 
 def _eta(progress: Progress, rate: float) -> str:

@@ -36,7 +36,7 @@ from fastapi import FastAPI
 from producer.client import Producer
 from producer.http.access import Access, Guarded
 from producer.http.middleware import MAX_BODY_ENV, BodyLimit, Traced, answer_errors
-from producer.http.routes import KEEPALIVE_ENV, fleet, jobs, site
+from producer.http.routes import KEEPALIVE_ENV, StreamLimits, fleet, jobs, site
 from producer.types import ProducerConfig
 from promptq_core import tracing
 from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES
@@ -75,7 +75,12 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     )
     access = Access.from_env(token=token)
     app.state.access = access
-    app.state.keepalive_s = env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S)
+    app.state.streams = StreamLimits(
+        keepalive_s=env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S),
+        max_s=env_float(os.environ, "PROMPTQ_SSE_MAX_S", 300.0),
+        max_open=env_int(os.environ, "PROMPTQ_SSE_MAX_STREAMS", 10_000),
+        max_per_tenant=env_int(os.environ, "PROMPTQ_SSE_MAX_PER_TENANT", 100),
+    )
     payload_limit = env_int(os.environ, "PROMPTQ_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
     app.add_middleware(BodyLimit, max_bytes=env_int(os.environ, MAX_BODY_ENV, 2 * payload_limit))
     if tracing.enabled() and importlib.util.find_spec("fastapi.telemetry") is None:

@@ -35,7 +35,7 @@ from promptq_core.contract import BATCH_NAME_RE, QUEUE_NAME_RE, JobResult, dumps
 from promptq_core.tenants import Policy, budget_period
 from promptq_core.validation import TENANT_RE, InvalidJobError
 
-__all__ = ["KEEPALIVE_ENV", "fleet", "jobs", "site"]
+__all__ = ["KEEPALIVE_ENV", "StreamLimits", "fleet", "jobs", "site"]
 
 KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
 MAX_JOBS_PER_REQUEST = 10_000
@@ -138,7 +138,7 @@ async def get(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the events, then the stream ends"},
-        **_errors(400, 401, 404, 422, 503),
+        **_errors(400, 401, 404, 422, 429, 503),
     },
 )
 async def events(
@@ -157,11 +157,19 @@ async def events(
         raise HTTPException(400, f"Last-Event-ID {after[:40]!a} is not an event id (like 1795636687650-0)")
     stored = who.job_id(job_id, tenant)
     _doc(await producer.get(stored, queue=queue), job_id, who)  # 404 before the stream starts
-    keepalive_s: float = request.app.state.keepalive_s
+    limits: StreamLimits = request.app.state.streams
+    limits.open(who.tenant)  # (429 or 503 past a cap)
 
     async def sse() -> AsyncIterator[str]:
-        async for event in _with_keepalive(producer.stream(stored, after=after, queue=queue), keepalive_s):
-            yield ": keep-alive\n\n" if event is None else _sse(event, who)
+        try:
+            async with asyncio.timeout(limits.max_s):  # then it ends: the client resumes with Last-Event-ID
+                events = producer.stream(stored, after=after, queue=queue)
+                async for event in _with_keepalive(events, limits.keepalive_s):
+                    yield ": keep-alive\n\n" if event is None else _sse(event, who)
+        except TimeoutError:
+            yield ": the stream's time is up; resume with Last-Event-ID\n\n"
+        finally:
+            limits.closed(who.tenant)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
@@ -347,6 +355,33 @@ def _tenant_view(doc: dict[str, Any], who: Caller) -> dict[str, Any]:
         "batches": [],
         "failures": failures,
     }
+
+
+class StreamLimits:
+    """The events streams one API process keeps open: at most ``max_open`` in all (503 past it),
+    ``max_per_tenant`` per tenant (429), each for ``max_s`` at most."""
+
+    def __init__(self, *, keepalive_s: float, max_s: float, max_open: int, max_per_tenant: int) -> None:
+        self.keepalive_s, self.max_s = keepalive_s, max_s
+        self.max_open, self.max_per_tenant = max_open, max_per_tenant
+        self.total = 0
+        self.per_tenant: dict[str, int] = {}
+
+    def open(self, tenant: str | None) -> None:
+        if self.total >= self.max_open:
+            raise HTTPException(503, "too many open event streams here; try again shortly", {"Retry-After": "5"})
+        if tenant is not None:
+            if self.per_tenant.get(tenant, 0) >= self.max_per_tenant:
+                raise HTTPException(429, f"this key has {self.max_per_tenant} event streams open, its most")
+            self.per_tenant[tenant] = self.per_tenant.get(tenant, 0) + 1
+        self.total += 1
+
+    def closed(self, tenant: str | None) -> None:
+        self.total -= 1
+        if tenant is not None and (left := self.per_tenant.get(tenant, 0) - 1) > 0:
+            self.per_tenant[tenant] = left
+        elif tenant is not None:
+            self.per_tenant.pop(tenant, None)
 
 
 async def _with_keepalive(events: AsyncIterator[StreamEvent], every_s: float) -> AsyncIterator[StreamEvent | None]:

@@ -155,7 +155,7 @@ def test_bad_lines_are_named_and_strict_refuses_the_file(redis_url: str, tmp_pat
     assert f"{source}:2: not JSON" in err and f"{source}:3: temperature must be" in err and f"{source}:5:" in err
     assert json.loads(out)["jobs"] == 2 and json.loads(out)["bad_lines"] == 3
     code, out, _ = promptq(redis_url, "--json", "status", "mixed")
-    assert code == 0 and json.loads(out)["queued"] == 2
+    assert code == 0 and json.loads(out)["waiting"] == 2
     code, out, _ = promptq(redis_url, "--json", "status")
     assert code == 0 and json.loads(out)["waiting"] == 2
 
@@ -216,3 +216,20 @@ def test_the_console_script_is_installed() -> None:
         [str(Path(sys.executable).with_name("promptq")), "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 0 and "collect" in done.stdout
+
+
+def test_a_batchs_status_is_one_read_of_its_tally(redis_url: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+    rows = tmp_path / "big.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"row {i} " + "x" * 1500}) + "\n" for i in range(3000)))
+    assert promptq(redis_url, "submit", str(rows))[0] == 0
+
+    def sent() -> int:
+        return int(sync_redis.info("stats")["total_net_output_bytes"])  # type: ignore[index]
+
+    before = sent()
+    code, out, _ = promptq(redis_url, "--json", "status", "big")
+    assert code == 0 and json.loads(out)["waiting"] == 3000
+    assert sent() - before < 20_000  # not the 3,000 documents (4.5 MB)
+    before = sent()
+    assert promptq(redis_url, "wait", "big", "--timeout", "1.2")[0] == 3  # about three polls
+    assert sent() - before < 3 * 2_000 * 2_500  # a sweep of 2,000 pending documents a poll at most

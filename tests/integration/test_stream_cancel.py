@@ -165,3 +165,23 @@ async def test_cancelling_a_finished_or_unknown_job_changes_nothing(
     unknown = await producer.cancel("no-such-job")
     assert not unknown.cancelled and unknown.result is None and "nothing to cancel" in unknown.message
     assert (await producer.get(job_id)).ok  # type: ignore[union-attr]
+
+
+async def test_many_open_streams_share_one_connection(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: redis.Redis
+) -> None:
+    def clients() -> int:
+        return int(sync_redis.info("clients")["connected_clients"])  # type: ignore[index]
+
+    ids = await producer.submit_many([{"prompt": f"watched {i}", "stream": True} for i in range(300)])
+    before = clients()
+    readers = [asyncio.create_task(collect(producer, job_id)) for job_id in ids]
+    await asyncio.sleep(1.5)  # every stream open on a queued job, its reader waiting
+    assert not any(r.done() for r in readers)
+    # One blocking read serves them all: the connections are the few their first reads, all at once,
+    # opened (pooled), not one held per stream (300).
+    assert clients() - before <= 20
+    await run_burst(worker_config)
+    streams = await asyncio.wait_for(asyncio.gather(*readers), 30)
+    assert all(text_of(events) == f"watched {i}" for i, events in enumerate(streams))
+    assert all(events[-1].type == "done" and events[-1].result.ok for events in streams)  # type: ignore[union-attr]

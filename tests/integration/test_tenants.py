@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
 import io
 import json
 import socket
@@ -339,3 +340,42 @@ async def test_a_spent_budget_stops_the_tenant_within_its_calls_in_flight(
         assert status == 429 and "budget of $1 a day is spent" in body["detail"] and "renews at" in body["detail"]
         assert 0 < int(headers["retry-after"]) <= 86_400
         assert call(api, "POST", "/v1/jobs", {"prompt": "more"}, key=other_key)[0] == 202
+
+
+def test_event_streams_are_capped_and_end_in_time(redis_url: str) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "PROMPTQ_SSE_MAX_S": "2",
+        "PROMPTQ_SSE_MAX_PER_TENANT": "2",
+        "PROMPTQ_SSE_MAX_STREAMS": "3",
+        "PROMPTQ_SSE_KEEPALIVE_S": "0.5",
+    }
+    with Api(env) as api:
+        key = new_key(redis_url, "watcher")
+        for i in range(3):  # no worker: they stay queued, their streams silent
+            assert call(api, "POST", "/v1/jobs", {"prompt": "x", "job_id": f"w{i}"}, key=key)[0] == 202
+        assert call(api, "POST", "/v1/jobs", {"prompt": "x", "job_id": "op"}, key=None)[0] == 202
+
+        def stream(path: str, with_key: str | None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+            conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+            conn.request("GET", path, headers={"Authorization": f"Bearer {with_key}"} if with_key else {})
+            return conn, conn.getresponse()
+
+        opened = [stream("/v1/jobs/w0/events", key), stream("/v1/jobs/w1/events", key)]
+        assert [r.status for _, r in opened] == [200, 200]
+        conn, refused = stream("/v1/jobs/w2/events", key)
+        assert refused.status == 429 and b"2 event streams open" in refused.read()
+        conn.close()
+        opened.append(stream("/v1/jobs/op/events", None))
+        conn, full = stream("/v1/jobs/op/events", None)
+        assert full.status == 503 and full.headers["Retry-After"] == "5"
+        conn.close()
+        assert call(api, "POST", "/v1/jobs", {"prompt": "still taken"}, key=None)[0] == 202  # submits go on
+        started = time.monotonic()
+        for conn, response in opened:  # each ends at its time (the job still queued), for the client to resume
+            assert b"time is up" in response.read()
+            conn.close()
+        assert 1.5 <= time.monotonic() - started <= 6
+        conn, again = stream("/v1/jobs/w2/events", key)  # the places are free again
+        assert again.status == 200
+        conn.close()
