@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster bench-trust redis browser api openapi screenshot sim worker clean
 
 # The exact versions in constraints.txt (pip's too), the same the image installs; `make lock` renews them.
 $(STAMP): pyproject.toml constraints.txt
@@ -104,6 +104,11 @@ bench-backends: $(STAMP) redis
 # run; writes bench/cluster.md (3 runs each: about 3 minutes).
 bench-cluster: $(STAMP) redis
 	$(PY) -m bench.cluster --out bench/cluster.md
+
+# The overview at its bounds and 2,000 open event streams, as before issue 23 and now; writes
+# bench/trust.md (about a minute).
+bench-trust: $(STAMP) redis
+	$(PY) -m bench.trust --out bench/trust.md
 
 # The worker's CPU per job with traces off and on (OTLP export to a local receiver); writes
 # bench/tracing.md (about 3 minutes; 7 runs).

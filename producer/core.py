@@ -26,6 +26,7 @@ from producer.overview import (
     OVERVIEW_BACKENDS,
     OVERVIEW_BATCHES,
     OVERVIEW_FAILURES,
+    OVERVIEW_KEYS_MAX,
     OVERVIEW_MINUTES,
     SCAN_MAX,
     Overview,
@@ -233,7 +234,7 @@ def overview(queue: QueueKeys) -> Op[Overview]:
     """The queue's part (one script in its slot), then the fleet's: the workers (one script in
     theirs) and the circuits of the backends they name (a read each, in the backends' slot)."""
     keys, args = script("overview").bind(
-        queue, keys_max=DEPTHS_KEYS_MAX, scan_max=SCAN_MAX, minutes=OVERVIEW_MINUTES, batches=OVERVIEW_BATCHES
+        queue, keys_max=OVERVIEW_KEYS_MAX, scan_max=SCAN_MAX, minutes=OVERVIEW_MINUTES, batches=OVERVIEW_BATCHES
     )
     reply, _ = yield Script("overview", keys, args)
     keys, args = script("fleet").bind()

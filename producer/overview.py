@@ -24,7 +24,7 @@ from promptq_core.contract import (
     loads,
 )
 
-__all__ = ["OVERVIEW_BACKENDS", "OVERVIEW_MINUTES", "Overview", "backends_named", "quantile_ms"]
+__all__ = ["OVERVIEW_BACKENDS", "OVERVIEW_KEYS_MAX", "OVERVIEW_MINUTES", "Overview", "backends_named", "quantile_ms"]
 
 OVERVIEW_MINUTES: Final = 15
 """Minutes of roll-ups the overview reads (the chart's span)."""
@@ -33,8 +33,11 @@ OVERVIEW_BATCHES: Final = 20
 OVERVIEW_FAILURES: Final = 20
 OVERVIEW_BACKENDS: Final = 100
 """Backends whose circuit is read, at most (those the workers' entries name)."""
-SCAN_MAX: Final = 10_000
-"""Running and deferred jobs looked at, each, to count them per priority and fairness key."""
+SCAN_MAX: Final = 1_000
+"""Running and deferred jobs looked at, each, to count them per priority and fairness key (their
+totals are counted apart, in full)."""
+OVERVIEW_KEYS_MAX: Final = 100
+"""Fairness keys listed a priority (those first in turn); the depths list up to ``DEPTHS_KEYS_MAX``."""
 ALIVE_BEATS: Final = 3
 """A worker is shown alive while its last beat is at most this many beats old."""
 

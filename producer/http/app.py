@@ -36,7 +36,7 @@ from fastapi import FastAPI
 from producer.client import Producer
 from producer.http.access import Access, Guarded
 from producer.http.middleware import MAX_BODY_ENV, BodyLimit, Traced, answer_errors
-from producer.http.routes import KEEPALIVE_ENV, StreamLimits, fleet, jobs, site
+from producer.http.routes import KEEPALIVE_ENV, SharedOverview, StreamLimits, fleet, jobs, site
 from producer.types import ProducerConfig
 from promptq_core import tracing
 from promptq_core.contract import DEFAULT_MAX_PAYLOAD_BYTES
@@ -75,6 +75,7 @@ def create_app(config: ProducerConfig | None = None, token: str | None = None) -
     )
     access = Access.from_env(token=token)
     app.state.access = access
+    app.state.overview = SharedOverview(lambda: app.state.producer)
     app.state.streams = StreamLimits(
         keepalive_s=env_float(os.environ, KEEPALIVE_ENV, DEFAULT_KEEPALIVE_S),
         max_s=env_float(os.environ, "PROMPTQ_SSE_MAX_S", 300.0),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Annotated, Any
 
@@ -35,7 +35,7 @@ from promptq_core.contract import BATCH_NAME_RE, QUEUE_NAME_RE, JobResult, dumps
 from promptq_core.tenants import Policy, budget_period
 from promptq_core.validation import TENANT_RE, InvalidJobError
 
-__all__ = ["KEEPALIVE_ENV", "StreamLimits", "fleet", "jobs", "site"]
+__all__ = ["KEEPALIVE_ENV", "SharedOverview", "StreamLimits", "fleet", "jobs", "site"]
 
 KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
 MAX_JOBS_PER_REQUEST = 10_000
@@ -216,8 +216,9 @@ async def retry(
     summary="The fleet at a glance: queue, workers, the last 15 minutes, batches, failures",
     responses=_errors(401, 422, 503),
 )
-async def dashboard(producer: ProducerDep, who: CallerDep, queue: QueueParam = None) -> DashboardDocument:
-    doc = (await producer.overview(queue=queue)).to_doc()
+async def dashboard(request: Request, who: CallerDep, queue: QueueParam = None) -> DashboardDocument:
+    shared: SharedOverview = request.app.state.overview
+    doc = await shared.get(queue)
     return DashboardDocument.model_validate(doc if who.policy is None else _tenant_view(doc, who))
 
 
@@ -355,6 +356,29 @@ def _tenant_view(doc: dict[str, Any], who: Caller) -> dict[str, Any]:
         "batches": [],
         "failures": failures,
     }
+
+
+class SharedOverview:
+    """``Producer.overview`` computed once every ``every_s`` per queue, however many callers ask
+    (those asking meanwhile wait for the same computation)."""
+
+    def __init__(self, producer: Callable[[], Producer], every_s: float = 1.0) -> None:
+        self.producer, self.every_s = producer, every_s
+        self._made: dict[str | None, tuple[float, asyncio.Task[dict[str, Any]]]] = {}
+
+    async def get(self, queue: str | None) -> dict[str, Any]:
+        made = self._made.get(queue)
+        now = time.monotonic()
+        if made is None or now - made[0] >= self.every_s or (made[1].done() and made[1].exception()):
+            if len(self._made) > 1_000:
+                self._made.clear()
+            task = asyncio.ensure_future(self._compute(queue))
+            self._made[queue] = made = (now, task)
+        return dict(await asyncio.shield(made[1]))
+
+    async def _compute(self, queue: str | None) -> dict[str, Any]:
+        doc: dict[str, Any] = (await self.producer().overview(queue=queue)).to_doc()
+        return doc
 
 
 class StreamLimits:

@@ -1,6 +1,7 @@
 """The HTTP API under a property-based fuzzer (schemathesis), from the OpenAPI schema the app publishes,
 against a real uvicorn process, a real worker and Redis: no 5xx, every answer's status and body in
-the schema, bad data refused, the token never ignored. Bounded: a few dozen examples an operation."""
+the schema, bad data refused, the token never ignored; as the operator and as a tenant. Bounded: a
+few dozen examples an operation."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
 from devtools.stack import Api, Simulator, Worker
+from producer import ProducerConfig, SyncProducer
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.process
@@ -38,15 +40,27 @@ def operations(api: Api) -> list[Any]:
     return [cast(Any, result).ok() for result in schema.get_all_operations()]
 
 
+@pytest.fixture(scope="module")
+def tenant_key(redis_server_url: str) -> str:
+    with SyncProducer(config=ProducerConfig(redis_url=redis_server_url)) as producer:
+        _, key = producer.create_key("fuzzer", max_priority=3, max_in_flight=5)
+    return key
+
+
+@pytest.mark.parametrize("who", ["operator", "tenant"])
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_the_http_api_keeps_to_its_published_schema(fuzzed: Api, mode: GenerationMode) -> None:
+def test_the_http_api_keeps_to_its_published_schema(
+    fuzzed: Api, tenant_key: str, mode: GenerationMode, who: str
+) -> None:
+    headers = AUTH if who == "operator" else {"Authorization": f"Bearer {tenant_key}"}
+    examples = EXAMPLES if who == "operator" else EXAMPLES // 3
     checked = []
     for operation in operations(fuzzed):
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         def holds(case: Any) -> None:
-            case.call_and_validate(base_url=fuzzed.url, headers=AUTH, timeout=10, excluded_checks=NOT_CHECKED)
+            case.call_and_validate(base_url=fuzzed.url, headers=headers, timeout=10, excluded_checks=NOT_CHECKED)
 
         try:
             holds()

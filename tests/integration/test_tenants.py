@@ -13,6 +13,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
@@ -379,3 +380,18 @@ def test_event_streams_are_capped_and_end_in_time(redis_url: str) -> None:
         conn, again = stream("/v1/jobs/w2/events", key)  # the places are free again
         assert again.status == 200
         conn.close()
+
+
+def test_the_dashboard_is_computed_once_however_many_tabs_ask(redis_url: str, sync_redis: redis.Redis) -> None:
+    def scripts_run() -> int:
+        stats = cast("dict[str, dict[str, int]]", sync_redis.info("commandstats"))
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    with Api({"REDIS_URL": redis_url}) as api:
+        assert call(api, "GET", "/v1/dashboard", key=None)[0] == 200  # (its scripts loaded)
+        time.sleep(1.1)
+        before = scripts_run()
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda _: call(api, "GET", "/v1/dashboard", key=None)[0], range(20)))
+        assert answers == [200] * 20
+        assert scripts_run() - before <= 4  # one overview (two scripts), twice if the second ticked over
