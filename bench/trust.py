@@ -160,7 +160,7 @@ def main() -> None:
 
 Before: the overview listed 1,000 keys a priority and looked at 10,000 leased and 10,000 deferred
 jobs' routes, once per tab; each open stream held a connection in a blocking `XREAD`. Now: 100 keys
-a priority and 1,000 of each (totals still counted in full), computed once a second per queue by the
+a priority and 500 of each (totals still counted in full), computed once a second per queue by the
 HTTP API; one blocking `XREAD` per queue serves every open stream of a producer (`producer/hub.py`).
 """
     out.write_text(text)

@@ -33,7 +33,7 @@ OVERVIEW_BATCHES: Final = 20
 OVERVIEW_FAILURES: Final = 20
 OVERVIEW_BACKENDS: Final = 100
 """Backends whose circuit is read, at most (those the workers' entries name)."""
-SCAN_MAX: Final = 1_000
+SCAN_MAX: Final = 500
 """Running and deferred jobs looked at, each, to count them per priority and fairness key (their
 totals are counted apart, in full)."""
 OVERVIEW_KEYS_MAX: Final = 100

@@ -26,8 +26,6 @@ from worker.scripts import WorkerScript
 __all__ = ["ROLL_UP_EVERY_S", "Tally"]
 
 ROLL_UP_EVERY_S: Final = 1.0
-MAX_MODELS: Final = 64
-"""Models a minute's roll-up counts by name at most (the rest as ``other``)."""
 STOP_TIMEOUT_S: Final = 5.0
 """A shutdown waits this long at most for the last roll-up."""
 log = get_logger("promptq.tally")
@@ -79,8 +77,7 @@ class Tally:
         given, made = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         cost = False if cost_usd is None else cost_usd
         if result.model:
-            model = result.model if result.model in minute["m"] or len(minute["m"]) < MAX_MODELS else "other"
-            _merge(minute["m"].setdefault(model, [0, 0, 0, False]), [1, given, made, cost])
+            _merge(minute["m"].setdefault(result.model, [0, 0, 0, False]), [1, given, made, cost])
         if batch := batch_of(result.job_id):
             ended = [int(result.status == status) for status in ("succeeded", "failed", "cancelled")]
             _merge(counts.batches.setdefault(batch, [0, 0, 0, 0, False]), [*ended, given + made, cost])

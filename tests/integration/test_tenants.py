@@ -40,9 +40,10 @@ def api(redis_server_url: str) -> Iterator[Api]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def tenant_worker(redis_server_url: str, sim_process: Simulator) -> Iterator[Worker]:
-    with Worker(worker_env(redis_server_url, sim_process)) as worker:
+@pytest.fixture
+def tenant_worker(redis_url: str, sim: Simulator) -> Iterator[Worker]:
+    """A worker process for one test (one left running would take the next tests' jobs)."""
+    with Worker(worker_env(redis_url, sim)) as worker:
         yield worker
 
 
