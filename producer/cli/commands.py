@@ -162,12 +162,17 @@ class Cli:
         action = self.args.action
         if action == "list":
             policies, entries = self.producer.tenants()
-            lines = [f"tenant {name}: {_policy_text(p)}" for name, p in sorted(policies.items())]
+            spent = {name: self.producer.spent(name) for name in policies}
+            lines = [
+                f"tenant {name}: {_policy_text(p)}; spent ${spent[name]['day']:.4f} today, "
+                f"${spent[name]['month']:.4f} this month"
+                for name, p in sorted(policies.items())
+            ]
             for e in entries:
                 made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.created_at))
                 lines.append(f"key {e.id}: tenant {e.tenant}, made {made} UTC")
             data = {
-                "tenants": {n: p.to_doc() for n, p in policies.items()},
+                "tenants": {n: {**p.to_doc(), "spent": spent[n]} for n, p in policies.items()},
                 "keys": [dataclasses.asdict(e) for e in entries],
             }
             self.emit("\n".join(lines) or "no tenants", data)

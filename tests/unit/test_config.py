@@ -6,6 +6,7 @@ import pytest
 
 from producer import ProducerConfig
 from promptq_core.env import ConfigError, redact_url
+from promptq_core.validation import escaped
 from worker.backends import UNUSED_API_KEY
 from worker.config import WorkerConfig
 
@@ -31,6 +32,7 @@ def test_a_local_server_needs_no_key() -> None:
         ({}, "OPENAI_API_KEY is not set"),
         ({**BASE, "PROMPTQ_MAX_JOBS": "many"}, "PROMPTQ_MAX_JOBS must be an integer, got 'many'"),
         ({**BASE, "PROMPTQ_MAX_JOBS": "0"}, "PROMPTQ_MAX_JOBS must be at least 1"),
+        ({**BASE, "PROMPTQ_METRICS_HOST": "every where"}, "PROMPTQ_METRICS_HOST must be an address to listen on"),
         ({**BASE, "PROMPTQ_MAX_TRIES": "-1"}, "PROMPTQ_MAX_TRIES must be at least 1"),
         ({**BASE, "PROMPTQ_REQUEST_TIMEOUT_S": "soon"}, "PROMPTQ_REQUEST_TIMEOUT_S must be a number"),
         (
@@ -129,3 +131,19 @@ def test_prices_take_input_and_output_or_input_alone_for_an_embedding_model() ->
     for bad in ('{"m": {"output": 1}}', '{"m": {"input": 1, "cached": 1}}', '{"m": {"input": -1}}'):
         with pytest.raises(ConfigError, match="PROMPTQ_PRICES"):
             prices_from_env({"PROMPTQ_PRICES": bad})
+
+
+def test_metrics_listen_on_loopback_unless_told() -> None:
+    assert WorkerConfig.from_env(BASE).metrics_host == "127.0.0.1"
+    assert WorkerConfig.from_env({**BASE, "PROMPTQ_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+
+
+def test_passwords_in_a_urls_query_are_redacted_too() -> None:
+    url = "redis://app:pw1@h:6379/0?password=pw2&socket_timeout=1&sentinel_password=pw3"
+    shown = redact_url(url)
+    assert "pw1" not in shown and "pw2" not in shown and "pw3" not in shown and "socket_timeout=1" in shown
+
+
+def test_names_are_escaped_for_a_terminal() -> None:
+    assert escaped("plain-name é") == "plain-name é"
+    assert escaped("a\x1b]0;x\x07b\u202ec") == "a\\x1b]0;x\\x07b\\u202ec"

@@ -127,3 +127,14 @@ def test_every_public_name_of_the_producer_loads() -> None:
     assert sorted(producer.__all__) == sorted(producer._HOME)
     for name in producer.__all__:
         assert getattr(producer, name).__name__ == name
+
+
+def test_constraints_pin_every_declared_package() -> None:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not name==version"
+            pins[_name(name)] = version
+    _, everything = _declared()
+    assert not sorted(everything - set(pins) - {"promptq"}), "make lock: constraints.txt misses declared packages"
