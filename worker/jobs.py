@@ -34,6 +34,7 @@ from worker.logs import get_logger
 from worker.retry import backoff_s
 from worker.routing import AllDownError, NoBackendError, Route
 from worker.state import WorkerState
+from worker.tenants import TenantBudget
 
 __all__ = ["run_prompt"]
 
@@ -179,7 +180,7 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
             return _wait_for_backend(state, job, base, e, falls_back_s=falls_back_s)
         try:
             outcome = await _call_routed(
-                state, job, dataclasses.replace(base, backend=route.backend.name), route, estimate
+                state, job, dataclasses.replace(base, backend=route.backend.name), route, estimate, tenant
             )
         finally:
             await _settled_after_call(state.tenants.call_ended(tenant))
@@ -193,7 +194,9 @@ def _moves_on(outcome: Outcome) -> bool:
     return isinstance(outcome, Finish) and outcome.error is not None and outcome.error.type == "context_length_exceeded"
 
 
-async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, route: Route, estimate: int) -> Outcome:
+async def _call_routed(
+    state: WorkerState, job: PromptJob, base: JobResult, route: Route, estimate: int, tenant: TenantBudget | None
+) -> Outcome:
     """The call on its route, and what it means for the budgets, the backend's circuit and the job."""
     config = state.config
     assert base.model is not None
@@ -228,7 +231,7 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
             queued = dataclasses.replace(base, status="queued", error=error.to_error(), latency_ms=_ms_since(started_s))
             return Backoff(queued, error, backoff_s(base.attempts, error.retry_after_s))
         return _failed(base, error, started_s=started_s, streamed=job.stream)
-    await _settled_after_call(_after_success(state, route, base.model, estimate, completion, started_s))
+    await _settled_after_call(_after_success(state, route, base.model, estimate, completion, started_s, tenant))
     final = dataclasses.replace(
         base,
         status="succeeded",
@@ -245,12 +248,21 @@ async def _call_routed(state: WorkerState, job: PromptJob, base: JobResult, rout
 
 
 async def _after_success(
-    state: WorkerState, route: Route, model: str, estimate: int, completion: llm.Completion, started_s: float
+    state: WorkerState,
+    route: Route,
+    model: str,
+    estimate: int,
+    completion: llm.Completion,
+    started_s: float,
+    tenant: TenantBudget | None = None,
 ) -> None:
-    """The bookkeeping of a call that succeeded: the backend's health, its token budget, its server's word."""
+    """The bookkeeping of a call that succeeded: the backend's health, its token budget (and the
+    tenant's), its server's word."""
     await _answered(state, route)
     if estimate and completion.usage:
         await state.router.settle(route.backend, model, estimate, completion.usage.total_tokens)
+        if tenant is not None and tenant.tpm:
+            await state.router.settle_tenant(tenant, estimate, completion.usage.total_tokens)
     if estimate and (pause_s := server_budget_wait_s(completion.rate_headers, estimate, time.monotonic() - started_s)):
         await state.router.cool_down(route.backend, model, pause_s)  # the server's budget is spent: pause all
 

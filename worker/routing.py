@@ -177,6 +177,11 @@ class Router:
         if tpm and used != estimated:
             await self._settle(tpm_tat=self.keys(backend, model)[1], tpm=tpm * LIMIT_USE, tokens=used - estimated)
 
+    async def settle_tenant(self, tenant: TenantBudget, estimated: int, used: int) -> None:
+        """Move the tenant's token budget by what the call used beyond its estimate."""
+        if used != estimated:
+            await self._settle(tpm_tat=tenant.keys[1], tpm=tenant.tpm * LIMIT_USE, tokens=used - estimated)
+
     async def cool_down(self, backend: Backend, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` on ``backend`` for ``seconds`` (a 429 or the server's
         headers said so); a longer cool-down already running is kept."""

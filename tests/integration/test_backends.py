@@ -249,7 +249,8 @@ async def test_the_overview_shows_each_backend_up_or_down_and_the_jobs_waiting_f
             await asyncio.sleep(0.2)
         assert rows["a"]["up"] is False and rows["a"]["probe_in_s"] > 0 and rows["a"]["errors"] >= 2
         assert rows["b"]["up"] is True and rows["b"]["calls"] == 1 and rows["b"]["errors"] == 0
-        assert seen.queue["totals"]["waiting_for_backend"] == len(ids)
+        states = [(r.status, r.attempts, r.error.type if r.error else None) for r in await results(producer, ids)]
+        assert seen.queue["totals"]["waiting_for_backend"] == len(ids), (seen.queue["totals"], states)
         assert all(
             r.status == "queued" and r.error and r.error.type == "backend_down" for r in await results(producer, ids)
         )

@@ -396,3 +396,15 @@ def test_the_dashboard_is_computed_once_however_many_tabs_ask(redis_url: str, sy
             answers = list(pool.map(lambda _: call(api, "GET", "/v1/dashboard", key=None)[0], range(20)))
         assert answers == [200] * 20
         assert scripts_run() - before <= 4  # one overview (two scripts), twice if the second ticked over
+
+
+async def test_a_tenants_tokens_a_minute_hold_it_back(producer: Producer, worker_config: WorkerConfig) -> None:
+    await producer.create_key("wordy", tpm=1200)  # 20 tokens a second
+    ids = await producer.submit_many([{"prompt": f"wordy {i}", "tenant": "wordy", "max_tokens": 50} for i in range(6)])
+    worker, main = start_worker(dataclasses.replace(worker_config, max_jobs=6))
+    try:
+        await asyncio.sleep(3)
+        ended = await _ended(producer, ids)
+    finally:
+        await stop_worker(worker, main)
+    assert 1 <= ended["succeeded"] <= 3, ended  # each reserves about 55 tokens: one every ~3 s, no burst
