@@ -18,10 +18,10 @@ import redis.asyncio
 from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
-from producer.hub import StreamHub
-from producer.notify import DoneWatcher
+from producer.hub import StreamHub, Watch
+from producer.notify import FALLBACK_POLL_S, DoneWatcher, Signal
 from producer.overview import Overview
-from producer.streams import READ_BLOCK_MS, StreamCursor
+from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 from producer.writes import Writes, config_of
 from promptq_core.connect import async_client
@@ -218,25 +218,39 @@ class Producer:
         begins: drop the text so far) and, last, ``done`` with the final result. Replays what was
         written already; ``after`` (an event's ``id``) resumes behind that event. A job submitted
         without ``stream=True`` yields only its ``done`` event."""
-        cursor = StreamCursor(self._writes.queue(queue), job_id, after)
-        for event in await self._run(core.stream_read(cursor, block=False)):  # what is there (or the end)
-            yield event
-        if cursor.finished:
-            return
-        async with self._hub.watching(cursor.key, cursor.position) as watch:  # one read for every stream
-            while not cursor.finished:
-                try:
-                    async with asyncio.timeout(READ_BLOCK_MS / 1000):
-                        got = await watch.inbox.get()
-                except TimeoutError:  # nothing came: has the job ended (a job that streams nothing)?
-                    events = await self._run(core.stream_read(cursor, block=False))
-                else:
-                    if isinstance(got, BaseException):
-                        with redis_errors(self.config.redis_url):
-                            raise got
-                    events = await self._run(core.stream_events(cursor, [(cursor.key, got)]))
-                for event in events:
-                    yield event
+        keys = self._writes.queue(queue)
+        cursor = StreamCursor(keys, job_id, after)
+        # Subscribed to the job's done channel first (its end is heard of, not polled for), then
+        # what the stream holds, then one blocking read for every stream of this producer.
+        async with self._watcher.watching(keys, job_id) as done:
+            for event in await self._run(core.stream_read(cursor, block=False)):
+                yield event
+            if cursor.finished:
+                return
+            async with self._hub.watching(cursor.key, cursor.position) as watch:
+                while not cursor.finished:
+                    for event in await self._next_events(cursor, watch, done):
+                        yield event
+
+    async def _next_events(self, cursor: StreamCursor, watch: Watch, done: Signal) -> list[StreamEvent]:
+        """The next events of a watched stream: what the hub brings, or the end once the job's done
+        message comes (or, as a safety net, once ``FALLBACK_POLL_S`` passes with nothing)."""
+        got = asyncio.ensure_future(watch.inbox.get())
+        ended = asyncio.ensure_future(done.event.wait())
+        try:
+            await asyncio.wait({got, ended}, timeout=FALLBACK_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not got.done():
+                got.cancel()
+        if got.done() and not got.cancelled():
+            entries = got.result()
+            if isinstance(entries, BaseException):
+                with redis_errors(self.config.redis_url):
+                    raise entries
+            return await self._run(core.stream_events(cursor, [(cursor.key, entries)]))
+        done.event.clear()
+        return await self._run(core.stream_read(cursor, block=False))  # ended? (else nothing yet)
 
     # -- the driver -------------------------------------------------------------------------------
     async def _run(self, op: Op[T]) -> T:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,6 +31,8 @@ HUB_BLOCK_MS: Final = 250
 HUB_COUNT: Final = 500
 """Entries one read takes per stream at most."""
 RETRY_S: Final = 0.5
+GIVE_UP_S: Final = 10.0
+"""Redis failing the hub's reads this long ends the streams it serves (with the error)."""
 _TAG_RE = re.compile(r"{[^}]*}")
 
 
@@ -82,24 +85,29 @@ class StreamHub:
                 await reader
 
     async def _read(self, tag: str) -> None:
-        """Read the queue's watched streams until none is left."""
+        """Read the queue's watched streams until none is left. Redis failing for a moment is
+        ridden out; failing past ``GIVE_UP_S``, each watch is told (its reader raises)."""
+        failing_since: float | None = None
         while watches := list(self._watches.get(tag, ())):
-            streams: dict[str, str] = {}
-            for watch in watches:  # a stream watched twice is read from the lower position
-                known = streams.get(watch.key)
-                streams[watch.key] = watch.position if known is None else min(known, watch.position, key=entry_order)
+            by_key: dict[str, list[Watch]] = {}
+            for watch in watches:
+                by_key.setdefault(watch.key, []).append(watch)
+            # (a stream watched twice is read from the lower position)
+            streams = {key: min((w.position for w in ws), key=entry_order) for key, ws in by_key.items()}
             try:
                 reply = await self.redis.xread(streams, count=HUB_COUNT, block=HUB_BLOCK_MS)  # type: ignore[arg-type]
             except REDIS_TROUBLE as e:
-                for watch in watches:
-                    watch.inbox.put_nowait(e)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= GIVE_UP_S:
+                    for watch in watches:
+                        watch.inbox.put_nowait(e)
+                    failing_since = None
                 await asyncio.sleep(RETRY_S)
                 continue
+            failing_since = None
             for raw_key, entries in reply or []:
-                key = as_text(raw_key)
-                for watch in watches:
-                    if watch.key != key:
-                        continue
+                for watch in by_key.get(as_text(raw_key), ()):
                     fresh = [e for e in entries if entry_order(as_text(e[0])) > entry_order(watch.position)]
                     if fresh:
                         watch.position = as_text(fresh[-1][0])

@@ -134,6 +134,9 @@ async def _end(state: WorkerState, outcome: Outcome) -> None:
 
 MAX_BUDGET_WAIT_S = 10.0
 """A job waits this long at most in its slot for rate-limit budget; longer, it waits in the queue."""
+BUDGET_RECHECK_S = 3600.0
+"""A job held for its tenant's next budget period looks again this often (a budget raised meanwhile
+lets it go); its record and document are kept alive as long as it waits."""
 TENANT_BUDGET_WAIT_S = 1.0
 """A job held to its tenant's budgets waits this long at most in its slot (longer, in the queue): a
 tenant at its limit keeps no slot from the others."""
@@ -150,9 +153,12 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
     if policy is not None and (renews_s := await state.tenants.over_budget_s(policy)) is not None:
         spent = f"tenant {policy.tenant}'s budget for the {policy.budget_period} is spent: it waits for the next"
         error = llm.LLMError("over_budget", spent, retryable=True)
-        return Release(_released(base, error), "budget", renews_s)
+        return Release(_released(base, error), "budget", min(renews_s, BUDGET_RECHECK_S))
     tenant = state.tenants.budget(policy, job.keys.arq_id(job.job_id))
-    chain = (base.model, *(job.fallbacks or config.fallbacks.get(base.model, ())))
+    fallbacks = job.fallbacks or config.fallbacks.get(base.model, ())
+    if policy is not None and policy.models:  # the fleet's fallbacks too stay within the tenant's models
+        fallbacks = tuple(m for m in fallbacks if m in policy.models)
+    chain = (base.model, *fallbacks)
     down: tuple[JobResult, AllDownError] | None = None
     """The first model found with every backend down: if no later one can run, the job waits for it."""
     for step, model in enumerate(chain):
@@ -164,6 +170,9 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
         try:
             max_wait_s = MAX_BUDGET_WAIT_S if tenant is None else TENANT_BUDGET_WAIT_S
             route = await state.router.route(model, estimate, max_wait_s, falls_back_s, tenant)
+        except asyncio.CancelledError:  # (in the route's wait for its budget: its place is given back)
+            await _settled_after_call(state.tenants.call_ended(tenant))
+            raise
         except (NoBackendError, LimitTooSmallError) as e:
             if down is not None:  # a fallback that cannot run: wait for the model that is down
                 return _wait_for_backend(state, job, *down, falls_back_s=math.inf)

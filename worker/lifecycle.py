@@ -118,7 +118,8 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
                 return _report_ended_elsewhere(state, queued, stored.status)
             _report_backoff(state, queued, error, delay_s)
         case Release(queued, reason, delay_s, recoveries):
-            deferred = state.settle.defer(queued, delay_s, try_spent=False, recoveries=recoveries)
+            keep_s = delay_s + state.config.result_ttl_s if reason == "budget" else 0.0
+            deferred = state.settle.defer(queued, delay_s, try_spent=False, recoveries=recoveries, keep_s=keep_s)
             stored = await asyncio.shield(deferred)
             if stored is not None:
                 return _report_ended_elsewhere(state, queued, stored.status)

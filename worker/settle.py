@@ -76,12 +76,19 @@ class Settle:
         return Finished(_parse(reply), ended_here=False)
 
     async def defer(
-        self, queued: JobResult, delay_s: float, *, try_spent: bool, recoveries: int | None = None
+        self,
+        queued: JobResult,
+        delay_s: float,
+        *,
+        try_spent: bool,
+        recoveries: int | None = None,
+        keep_s: float = 0.0,
     ) -> JobResult | None:
         """Mark the job queued again and let it wait ``delay_s`` (0: back in line now), keeping or
         giving back the attempt's try (``recoveries``: it waits for a backend, and is due at once
-        when a circuit closes, or at once if one closed since that count); a job that ended
-        meanwhile is let go of, its terminal document returned."""
+        when a circuit closes, or at once if one closed since that count; ``keep_s``: its record and
+        document live at least that long); a job that ended meanwhile is let go of, its terminal
+        document returned."""
         job_id, keys = queued.job_id, queue_keys(queued.queue)
         stored = await self._defer(
             keys,
@@ -95,6 +102,7 @@ class Settle:
             try_spent="1" if try_spent else "0",
             for_backend="0" if recoveries is None else "1",
             recoveries=recoveries or 0,
+            keep_ms=max(0, round(keep_s * 1000)),
         )
         return _parse(stored)
 

@@ -5,6 +5,7 @@ for its caller (``producer.http.access``): a tenant reaches its own jobs only.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,9 @@ __all__ = ["KEEPALIVE_ENV", "SharedOverview", "StreamLimits", "fleet", "jobs", "
 KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
 MAX_JOBS_PER_REQUEST = 10_000
 EVENT_ID_RE = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
+OWNED_EXTRAS = frozenset({"self", "cls", "max_payload_bytes", "trace"})
+"""Names a body may not use beside the schema's fields (the submit's own arguments; the trace
+context comes from the request's ``traceparent`` header). A tenant's ``tenant`` is its key's."""
 PATH_ID_RE = re.compile(r"[A-Za-z0-9_.:@+=~-]{1,200}")
 """A job id in a path: an id a caller chose, or a batch's job (``{batch}:{custom_id}``)."""
 
@@ -158,21 +162,22 @@ async def events(
     stored = who.job_id(job_id, tenant)
     _doc(await producer.get(stored, queue=queue), job_id, who)  # 404 before the stream starts
     limits: StreamLimits = request.app.state.streams
-    limits.open(who.tenant)  # (429 or 503 past a cap)
+    limits.open(who.tenant)  # (429 or 503 past a cap; given back when the response is done, however)
 
     async def sse() -> AsyncIterator[str]:
-        try:
-            async with asyncio.timeout(limits.max_s):  # then it ends: the client resumes with Last-Event-ID
-                events = producer.stream(stored, after=after, queue=queue)
-                async for event in _with_keepalive(events, limits.keepalive_s):
-                    yield ": keep-alive\n\n" if event is None else _sse(event, who)
-        except TimeoutError:
-            yield ": the stream's time is up; resume with Last-Event-ID\n\n"
-        finally:
-            limits.closed(who.tenant)
+        ends_at = time.monotonic() + limits.max_s  # then it ends: the client resumes with Last-Event-ID
+        tick_s = min(limits.keepalive_s, limits.max_s)
+        async for event in _with_keepalive(producer.stream(stored, after=after, queue=queue), tick_s):
+            if event is not None:
+                yield _sse(event, who)
+            elif time.monotonic() >= ends_at:
+                yield ": the stream's time is up; resume with Last-Event-ID\n\n"
+                return
+            else:
+                yield ": keep-alive\n\n"
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+    return _CountedStream(sse(), lambda: limits.closed(who.tenant), media_type="text/event-stream", headers=headers)
 
 
 @jobs.delete("/{job_id}", summary="Cancel a queued or running job", responses=_errors(401, 403, 404, 422, 503))
@@ -201,6 +206,8 @@ async def cancel(
 async def retry(
     job_id: JobIdPath, producer: ProducerDep, who: CallerDep, queue: QueueParam = None, tenant: TenantParam = None
 ) -> Any:
+    if who.policy is not None:
+        await _within_budget(who.policy, producer)
     stored = who.job_id(job_id, tenant)
     if await producer.get(stored, queue=queue) is None:
         raise HTTPException(404, f"no job {job_id!r} (never submitted, or its result expired)")
@@ -296,6 +303,9 @@ def _arguments(job: JobRequest, who: Caller, producer: Producer) -> dict[str, An
     """The submit arguments as sent (fields left out stay out, so the producer's checks see them);
     a tenant's, within its policy, under its fairness key and in its namespace of ids."""
     arguments = job.model_dump(exclude_unset=True)
+    owned_here = OWNED_EXTRAS if who.policy is None else OWNED_EXTRAS | {"tenant"}
+    if owned := sorted(set(job.model_extra or ()) & owned_here):
+        raise InvalidJobError(f"{owned[0]} is not a field of a job (promptq sets it)")
     if who.policy is None:
         return arguments
     policy = who.policy
@@ -381,6 +391,21 @@ class SharedOverview:
         return doc
 
 
+class _CountedStream(StreamingResponse):
+    """An events stream that gives its place back when the response is over, however it ended (a
+    client gone before the first event included)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 class StreamLimits:
     """The events streams one API process keeps open: at most ``max_open`` in all (503 past it),
     ``max_per_tenant`` per tenant (429), each for ``max_s`` at most."""
@@ -426,6 +451,9 @@ async def _with_keepalive(events: AsyncIterator[StreamEvent], every_s: float) ->
             pending = asyncio.ensure_future(anext(events))
     finally:
         pending.cancel()
+        await asyncio.wait({pending}, timeout=1.0)  # (its outcome is of no interest now)
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]  # (its watch let go now, not when collected)
 
 
 def _sse(event: StreamEvent, who: Caller) -> str:

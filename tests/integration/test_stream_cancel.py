@@ -181,6 +181,9 @@ async def test_many_open_streams_share_one_connection(
     # One blocking read serves them all: the connections are the few their first reads, all at once,
     # opened (pooled), not one held per stream (300).
     assert clients() - before <= 20
+    commands = int(sync_redis.info("stats")["total_commands_processed"])  # type: ignore[index]
+    await asyncio.sleep(2)  # idle streams poll nothing: the hub's reads, and the done channels
+    assert int(sync_redis.info("stats")["total_commands_processed"]) - commands < 60  # type: ignore[index]
     await run_burst(worker_config)
     streams = await asyncio.wait_for(asyncio.gather(*readers), 30)
     assert all(text_of(events) == f"watched {i}" for i, events in enumerate(streams))

@@ -24,10 +24,11 @@ import redis
 from devtools.stack import Api, Simulator, Worker, free_port
 from producer import Producer
 from producer.cli.commands import main
-from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY, queue_keys
+from promptq_core.contract import API_KEYS_KEY, DELAYED, TENANTS_KEY, queue_keys
 from promptq_core.prices import Price
 from tests.conftest import run_burst, start_worker, stop_worker, worker_env
 from worker.config import WorkerConfig
+from worker.jobs import BUDGET_RECHECK_S
 
 pytestmark = pytest.mark.process
 
@@ -141,11 +142,13 @@ def test_a_tenant_key_is_held_to_its_policy(api: Api, redis_url: str) -> None:
         ({"prompt": "x"}, "name a model: this key may use gpt-4o-mini, small"),
         ({"prompt": "x", "model": "small", "fallbacks": ["gpt-4o"]}, "model 'gpt-4o' is not one"),
         ({"prompt": "x", "model": "small", "job_id": "other/x"}, "job_id: String should match pattern"),
-        ({"prompt": "x", "model": "small", "tenant": "someone-else", "job_id": "t"}, None),
+        ({"prompt": "x", "model": "small", "tenant": "someone-else"}, "tenant is not a field of a job"),
+        ({"prompt": "x", "model": "small", "max_payload_bytes": 10**9}, "max_payload_bytes is not a field"),
+        ({"prompt": "x", "model": "small", "job_id": "t"}, None),
     ]
     for body, message in refused:
         status, answer, _ = call(api, "POST", "/v1/jobs", body, key=key)
-        if message is None:  # a tenant field in the body changes nothing: the key says whose it is
+        if message is None:
             assert status == 202 and answer["job_id"] == "t" and answer["fairness_key"] == "capped"
             continue
         assert status == 422 and message in answer["detail"], (body, answer)
@@ -335,6 +338,12 @@ async def test_a_spent_budget_stops_the_tenant_within_its_calls_in_flight(
     assert 1 <= ended["succeeded"] <= 2, ended  # past the budget: at most the calls in flight then
     waiting = [r for r in await producer.get_many(ids) if r and r.status == "queued"]
     assert len(waiting) >= 8 and all(r.error and r.error.type == "over_budget" for r in waiting)
+    client = redis.Redis.from_url(redis_url)  # held up to an hour at a time, kept alive while it waits
+    keys = queue_keys()
+    assert cast(int, client.pttl(keys.record(waiting[0].job_id))) > worker_config.result_ttl_s * 1000
+    due = cast(float, client.zscore(keys.key(DELAYED), waiting[0].job_id))
+    assert 0 < due / 1000 - time.time() <= BUDGET_RECHECK_S
+    client.close()
     assert (await producer.spent("spender"))["day"] >= 1.0
     with Api({"REDIS_URL": redis_url}) as api:
         _, spender = await producer.create_key("spender")
@@ -381,6 +390,15 @@ def test_event_streams_are_capped_and_end_in_time(redis_url: str) -> None:
         conn, again = stream("/v1/jobs/w2/events", key)  # the places are free again
         assert again.status == 200
         conn.close()
+        for _ in range(5):  # clients gone before their first event give their places back too
+            with socket.create_connection(("127.0.0.1", api.port)) as s:
+                head = f"GET /v1/jobs/w0/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n"
+                s.sendall(head.encode())
+        time.sleep(0.5)
+        opened = [stream("/v1/jobs/w0/events", key), stream("/v1/jobs/w1/events", key)]
+        assert [r.status for _, r in opened] == [200, 200]
+        for conn, _ in opened:
+            conn.close()
 
 
 def test_the_dashboard_is_computed_once_however_many_tabs_ask(redis_url: str, sync_redis: redis.Redis) -> None:

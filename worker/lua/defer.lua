@@ -26,6 +26,8 @@
 --  due at once when a circuit closes
 -- ARGV[7] recoveries: with for_backend, the backends' recoveries count when the job was told every
 --  backend was down: if this queue has heard of a later one, the job goes back in line at once
+-- ARGV[8] keep_ms: the record and the document live at least this long from now (0: as they are;
+--  a job held for days, for its tenant's next budget period, must not expire meanwhile)
 -- Returns the stored terminal document (the job was let go of), or false.
 --!include status
 --!include clock
@@ -37,6 +39,12 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   if not stored then
     if ARGV[5] == '0' and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
     redis.call('ZREM', LEASES, id)
+    local keep_ms = tonumber(ARGV[8])
+    if keep_ms > 0 then
+      for _, key in ipairs({KEYS[1], KEYS[2]}) do
+        if redis.call('PTTL', key) < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
+      end
+    end
     local delay_ms = tonumber(ARGV[4])
     if ARGV[6] == '1' and tonumber(redis.call('GET', RECOVERIES) or '0') > tonumber(ARGV[7]) then delay_ms = 0 end
     if delay_ms > 0 then
