@@ -93,6 +93,7 @@ __all__ = [
     "circuit_key",
     "decode_vector",
     "dumps",
+    "dumps_sorted",
     "encode_job",
     "encode_vector",
     "latency_bucket",
@@ -483,6 +484,15 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 def dumps(obj: Any) -> str:
     """Compact, strict JSON (no NaN or Infinity), as every promptq value in Redis is written."""
     return _ENCODER.encode(obj)
+
+
+_SORTED_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def dumps_sorted(obj: Any) -> str:
+    """:func:`dumps` with every object's keys sorted: one text for one value, whatever order its
+    keys were given in (a job's request, whose digest says whether two submits asked the same)."""
+    return _SORTED_ENCODER.encode(obj)
 
 
 def loads(raw: str | bytes) -> Any:

@@ -32,6 +32,7 @@ from promptq_core.contract import (
     RESPONSES_ENDPOINT,
     QueueKeys,
     dumps,
+    dumps_sorted,
     queue_keys,
 )
 from promptq_core.tracing import check_trace
@@ -324,7 +325,7 @@ class PromptJob:
         asked = {k: v for k, v in payload.items() if k not in DELIVERY_FIELDS}
         delivery = {k: payload[k] for k in DELIVERY_FIELDS if k in payload}
         try:
-            asked_json = dumps(asked)  # (never empty: a model and a request are always there)
+            asked_json = dumps_sorted(asked)  # (never empty: a model and a request are always there)
             raw = asked_json.encode()
             delivery_json = dumps(delivery) if delivery else ""
             payload_json = asked_json[:-1] + "," + delivery_json[1:] if delivery else asked_json

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import random
 import time
 from collections.abc import Awaitable
 from datetime import datetime
@@ -181,7 +182,10 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
             kind = "no_backend" if isinstance(e, NoBackendError) else "limit_exceeded"
             return _failed(base, llm.LLMError(kind, str(e), retryable=False), started_s=time.monotonic())
         except BudgetWaitTooLongError as e:
-            return Release(_released(base), "rate limit", e.wait_s)
+            # A tenant's queued jobs all see the same wait: spread their returns so they do not all
+            # come back at once for the one that can go (the others would be sent back again).
+            wait_s = e.wait_s if tenant is None else e.wait_s * (1 + random.random())
+            return Release(_released(base), "rate limit", wait_s)
         except AllDownError as e:
             down = down or (base, e)
             if not last and e.down_s >= falls_back_s:

@@ -188,3 +188,9 @@ def test_the_request_digest_names_what_is_asked_not_when_or_from_where() -> None
         assert PromptJob.build(job_id="j", **other).request != first.request
     worker_side = PromptJob.from_payload("j", json.loads(again.payload_json), 1 << 20)
     assert worker_side.request == first.request and worker_side.payload_json == again.payload_json
+
+
+def test_the_same_request_with_its_keys_in_another_order_has_the_same_digest() -> None:
+    one = PromptJob.build("hi", job_id="j", metadata={"a": 1, "b": {"x": 1, "y": 2}}, temperature=0.1, top_p=0.5)
+    two = PromptJob.build("hi", job_id="j", top_p=0.5, temperature=0.1, metadata={"b": {"y": 2, "x": 1}, "a": 1})
+    assert one.request == two.request
