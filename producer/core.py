@@ -35,9 +35,9 @@ from producer.overview import (
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, QueueDepths, StreamEvent
 from producer.writes import Bound, Writes
-from promptq_core.contract import FAILED, JobResult, QueueKeys, Reply, as_text, circuit_key
+from promptq_core.contract import FAILED, JobResult, QueueKeys, Reply, as_text, circuit_key, queue_keys
 from promptq_core.scripts import Value, script
-from promptq_core.validation import valid_batch_name
+from promptq_core.validation import PromptJob, valid_batch_name
 
 __all__ = [
     "CANCEL_ATTEMPTS",
@@ -131,13 +131,38 @@ def submit(writes: Writes, prompt: str | None, kwargs: Mapping[str, Any]) -> Op[
 
 
 def submit_many(writes: Writes, items: Iterable[str | Mapping[str, Any]]) -> Op[list[str]]:
+    items = list(items)
     jobs = writes.build_many(items)
     yield from _guard_once(writes)
-    for call in writes.chunks(jobs):  # a round trip each
+    calls = list(writes.chunks(jobs))
+    chosen = [job for job, item in zip(jobs, items, strict=True) if isinstance(item, Mapping) and "job_id" in item]
+    if len(calls) > 1 and chosen:  # each chunk's script checks its ids; a conflict in a later one writes nothing either
+        yield from _no_conflict(chosen)
+    for call in calls:  # a round trip each
         outcome, detail = _confirmed(writes, (yield _write(writes, "submit_many", call)))
-        if outcome == Reply.CONFLICT:  # (that chunk wrote nothing; earlier chunks are in line)
+        if outcome == Reply.CONFLICT:  # (that chunk wrote nothing; earlier ones enqueued only new ids)
             raise JobConflictError(as_text(detail))
     return [job.job_id for job in jobs]
+
+
+def _no_conflict(jobs: list[PromptJob]) -> Op[None]:
+    """:class:`JobConflictError` for an id known, or given twice, with another request (a read before
+    any write, for a call of more than one chunk)."""
+    asked: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if asked.setdefault((job.queue, job.job_id), job.request) != job.request:
+            raise JobConflictError(job.job_id)
+    by_queue: dict[str, list[PromptJob]] = {}
+    for job in jobs:
+        by_queue.setdefault(job.queue, []).append(job)
+    for name, queued in by_queue.items():
+        keys = queue_keys(name)
+        for start in range(0, len(queued), READ_CHUNK):
+            chunk = queued[start : start + READ_CHUNK]
+            docs = yield Command.of("mget", [keys.result(j.job_id) for j in chunk])
+            for job, raw in zip(chunk, docs, strict=True):
+                if raw is not None and (known := parse(raw).request) and known != job.request:  # type: ignore[union-attr]
+                    raise JobConflictError(job.job_id)
 
 
 def retry(writes: Writes, queue: QueueKeys, job_id: str) -> Op[str]:

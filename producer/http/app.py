@@ -14,13 +14,14 @@
 - ``GET /healthz``: 200 when Redis answers, else 503. ``GET /``: a page to try a prompt.
   ``GET /dashboard``: the operator's dashboard (its figures come through ``/v1``, with the token).
 
-Settings: the producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``),
-``PROMPTQ_API_TOKEN``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``,
-``PROMPTQ_SSE_KEEPALIVE_S`` (15): an events stream sends a comment line when silent that long, and
-``PROMPTQ_MAX_BODY_BYTES`` (16 MiB): a larger request body is refused with 413 before it is read.
-Every error answers ``{"detail": "..."}``: 400 a bad ``Last-Event-ID``, 401 without the token, 404 an
-unknown id, 409 a retry refused, 413 a body over the limit, 422 a bad job (the message names the
-problem), 503 Redis away, full (with ``Retry-After``) or unsafe. Like the rest of the producer, it never imports openai.
+Who may call it is ``producer.http.access``'s: the operator (``PROMPTQ_API_TOKEN``; without one,
+loopback callers, or everyone with ``PROMPTQ_API_OPEN=1``) or a tenant with its key (``promptq keys``),
+who reaches its own jobs only; hosts outside ``PROMPTQ_API_HOSTS`` are refused. Settings besides: the
+producer's (``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``),
+``PROMPTQ_MAX_BODY_BYTES`` (twice the payload limit: a larger body is refused with 413 before it is
+read) and the events streams' ``PROMPTQ_SSE_KEEPALIVE_S``, ``PROMPTQ_SSE_MAX_S``,
+``PROMPTQ_SSE_MAX_STREAMS`` and ``PROMPTQ_SSE_MAX_PER_TENANT``. Every error answers ``{"detail": "..."}``
+(the statuses are in the schema). Like the rest of the producer, it never imports openai.
 """
 
 from __future__ import annotations

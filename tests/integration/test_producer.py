@@ -77,6 +77,9 @@ async def test_a_known_id_with_another_request_is_refused_and_nothing_is_written
     fresh = [{"prompt": f"new {i}", "job_id": f"new-{i}"} for i in range(3)]
     with pytest.raises(JobConflictError, match="order-1001"):  # the chunk holding it writes nothing
         await producer.submit_many([*fresh, {"prompt": "another", "job_id": "order-1001"}])
+    many = [{"prompt": f"many {i}", "job_id": f"many-{i}"} for i in range(SUBMIT_CHUNK + 5)]
+    with pytest.raises(JobConflictError, match="order-1001"):  # in a later chunk: the first writes nothing either
+        await producer.submit_many([*many, {"prompt": "another", "job_id": "order-1001"}])
     with pytest.raises(JobConflictError, match="twice"):  # one call naming an id twice, two requests
         await producer.submit_many([{"prompt": "a", "job_id": "twice"}, {"prompt": "b", "job_id": "twice"}])
     assert set(cast("list[bytes]", sync_redis.keys())) == keys
