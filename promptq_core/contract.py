@@ -569,6 +569,8 @@ class JobResult:
     """The key the job shares the workers under: keys with ready jobs at one priority take turns."""
     queue: str = DEFAULT_QUEUE
     """The named queue the job waits in."""
+    tier: str = "live"
+    """``live``, ``flex`` or ``batch`` (``PromptJob.tier``)."""
     backend: str | None = None
     """The backend the latest attempt went to (``PROMPTQ_BACKENDS``; ``default`` without them)."""
     request: str | None = None
@@ -625,6 +627,7 @@ class JobResult:
             "priority": self.priority,
             "fairness_key": self.fairness_key,
             "queue": self.queue,
+            "tier": self.tier,
             "backend": self.backend,
             "request": self.request,
             "enqueued_at": self.enqueued_at,
@@ -649,7 +652,7 @@ class JobResult:
         usage, error = doc.get("usage"), doc.get("error")
         priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
         endpoint, output, embeddings = doc.get("endpoint"), doc.get("output"), doc.get("embeddings")
-        backend, queue, request = doc.get("backend"), doc.get("queue"), doc.get("request")
+        backend, queue, request, tier = doc.get("backend"), doc.get("queue"), doc.get("request"), doc.get("tier")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
@@ -666,6 +669,7 @@ class JobResult:
             priority=priority if isinstance(priority, int) else DEFAULT_PRIORITY,  # documents of promptq 0.1 have none
             fairness_key=fairness_key if isinstance(fairness_key, str) else DEFAULT_FAIRNESS_KEY,
             queue=queue if isinstance(queue, str) else DEFAULT_QUEUE,  # documents before named queues
+            tier=tier if isinstance(tier, str) else "live",
             backend=backend if isinstance(backend, str) else None,
             request=request if isinstance(request, str) else None,
             enqueued_at=doc.get("enqueued_at"),
@@ -689,15 +693,16 @@ def queued_doc(
     endpoint: str = CHAT_ENDPOINT,
     queue: str = DEFAULT_QUEUE,
     request: str | None = None,
+    tier: str = "live",
 ) -> str:
     """``JobResult(job_id, "queued", model=..., metadata=..., priority=..., fairness_key=...,
-    queue=..., endpoint=..., request=..., enqueued_at=...).to_json()``, written straight from a
+    queue=..., tier=..., endpoint=..., request=..., enqueued_at=...).to_json()``, written straight from a
     template (a submit's hottest step; a test keeps the two equal)."""
     return (
         f'{{"job_id":{_string(job_id)},"status":"queued","attempts":0,"model":{_string(model)},'
         f'"endpoint":{_string(endpoint)},"content":null,"output":null,"embeddings":null,"finish_reason":null,'
         f'"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
-        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"queue":{_string(queue)},"backend":null,'
+        f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"queue":{_string(queue)},"tier":{_string(tier)},"backend":null,'
         f'"request":{_string(request)},"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
 

@@ -46,6 +46,7 @@ __all__ = [
     "PASS_THROUGH_PARAMS",
     "RESPONSES_PARAMS",
     "TENANT_RE",
+    "TIERS",
     "InvalidJobError",
     "PromptJob",
     "check_fairness_key",
@@ -82,6 +83,10 @@ MODEL_RE: Final = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
 MAX_DEPTH: Final = 64
 """JSON nesting a job's request may have at most (a JSON schema in ``response_format`` needs a few
 levels per level of the schema)."""
+LIVE_TIER: Final = "live"
+FLEX_TIER: Final = "flex"
+BATCH_TIER: Final = "batch"
+TIERS: Final = (LIVE_TIER, FLEX_TIER, BATCH_TIER)
 DELIVERY_FIELDS: Final = ("trace", "deadline")
 """Payload fields about a submit rather than the request (not in ``PromptJob.request``)."""
 EXTRA_BODY_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -223,6 +228,9 @@ class PromptJob:
     long for the model (``context_length_exceeded``)."""
     queue: str = DEFAULT_QUEUE
     """The named queue the job waits in (not in the payload: the job's keys say it)."""
+    tier: str = LIVE_TIER
+    """``live`` (called at once), ``flex`` (live, at the provider's cheaper ``service_tier=flex``,
+    with its longer timeout) or ``batch`` (the provider's Batch API, where a backend offers it)."""
     request: str = ""
     """A digest of what the job asks (its payload but for the trace context and the deadline, which
     differ from one submit to the next): its id submitted again with another request is refused."""
@@ -252,6 +260,7 @@ class PromptJob:
         fallbacks: Any = None,
         queue: Any = None,
         tenant: Any = None,
+        tier: Any = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
@@ -277,6 +286,8 @@ class PromptJob:
             raise InvalidJobError(f"stream must be true or false, got {_shown(stream)}")
         if stream:
             payload["stream"] = True
+        if (tier := _tier(tier, stream, checked_params)) != LIVE_TIER:
+            payload["tier"] = tier
         if priority is not None and check_priority(priority) != DEFAULT_PRIORITY:
             payload["priority"] = priority
         if fairness_key is not None and check_fairness_key(fairness_key) != DEFAULT_FAIRNESS_KEY:
@@ -291,7 +302,7 @@ class PromptJob:
             raise InvalidJobError("job payload is not a JSON object")
         known = {
             *("messages", "model", "params", "metadata", "stream", "priority", "fairness_key", "endpoint", "input"),
-            *("trace", "deadline", "fallbacks"),
+            *("trace", "deadline", "fallbacks", "tier"),
         }
         unknown = set(payload) - known
         if unknown:
@@ -312,6 +323,7 @@ class PromptJob:
             trace=payload.get("trace"),
             deadline=payload.get("deadline"),
             fallbacks=payload.get("fallbacks"),
+            tier=payload.get("tier"),
             queue=queue,
             max_payload_bytes=max_payload_bytes,
             **params,
@@ -356,6 +368,7 @@ class PromptJob:
             deadline=payload.get("deadline"),
             fallbacks=tuple(payload.get("fallbacks", ())),
             queue=queue,
+            tier=payload.get("tier", LIVE_TIER),
             request=hashlib.blake2b(raw, digest_size=8).hexdigest(),
         )
 
@@ -377,6 +390,18 @@ def _job_id(job_id: Any) -> str:
             f"job_id must be 1 to 200 of A-Z a-z 0-9 _ . : @ + = ~ - (after an optional tenant/), got {_shown(job_id)}"
         )
     return job_id
+
+
+def _tier(tier: Any, stream: Any, params: Mapping[str, Any]) -> str:
+    if tier is None:
+        return LIVE_TIER
+    if tier not in TIERS:
+        raise InvalidJobError(f"tier must be one of {', '.join(TIERS)}, got {_shown(tier)}")
+    if tier == BATCH_TIER and stream is True:
+        raise InvalidJobError("a batch-tier job cannot stream (its answer comes in one piece, hours later)")
+    if tier != LIVE_TIER and "service_tier" in params:
+        raise InvalidJobError(f"service_tier is set by the tier ({tier}): give one or the other")
+    return str(tier)
 
 
 def check_queue(name: Any, what: str = "queue") -> str:

@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimConfig]:
         doc = f"default: {getattr(defaults, f.name)}"
         if f.name == "error_statuses":
             parser.add_argument(flag, type=lambda v: [int(x) for x in v.split(",")], help=f"comma-separated; {doc}")
+        elif f.name == "batch_expire":
+            parser.add_argument(flag, action="store_true", default=None, help="batches end expired")
         elif f.name in {"reply", "require_api_key", "error_code", "outage"}:
             parser.add_argument(flag, type=str, help=doc)
         elif f.name in {"rpm", "rpm_burst", "tpm", "tpm_burst", "retry_after_ms", "seed", "break_streams"}:

@@ -62,6 +62,12 @@ class SimConfig:
     outage_s: float = 0.0
     """The outage ends by itself after this many seconds (0: when ``outage`` is set back to ``""``;
     ``refuse`` needs it, since the control routes are gone with the port)."""
+    batch_delay_ms: float = 100.0
+    """How long a batch (``/v1/batches``) stays ``in_progress`` before it ends."""
+    batch_line_error_rate: float = 0.0
+    """Share of a batch's lines answered with a 500 in its error file."""
+    batch_expire: bool = False
+    """Batches end ``expired`` (every line in the error file as ``batch_expired``) instead of ``completed``."""
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -91,6 +97,14 @@ class SimStats:
     """API requests by the model their body names."""
     deployments: dict[str, int] = field(default_factory=dict)
     """Azure-style requests (``/openai/deployments/{name}/...``), by ``"{name} {query}"``."""
+    service_tiers: dict[str, int] = field(default_factory=dict)
+    """API requests by the ``service_tier`` their body names (``default`` when none)."""
+    files: int = 0
+    """Files uploaded (``POST /v1/files``)."""
+    batches: int = 0
+    """Batches created (``POST /v1/batches``)."""
+    batch_lines: int = 0
+    """Lines of batches answered (not counted in ``requests`` or ``completions``)."""
 
     def count(self, bucket: dict[str, int], key: str) -> None:
         bucket[key] = bucket.get(key, 0) + 1

@@ -5,6 +5,8 @@ connection or a hang are exact). Routes:
 
 - ``POST /v1/chat/completions`` and ``POST /v1/responses`` (plain and ``stream: true``, with
   ``usage``), ``POST /v1/embeddings`` (floats or base64; ``sim.endpoints``), ``GET /v1/models``;
+- the Files and Batch API (``sim.batches``): ``POST /v1/files``, ``GET /v1/files/{id}[/content]``,
+  ``POST /v1/batches``, ``GET /v1/batches[/{id}]``, ``POST /v1/batches/{id}/cancel``;
 - ``GET /_sim/stats`` (requests, completions, in flight, peak in flight, statuses, faults),
   ``POST /_sim/reset`` (zero the counters), ``POST /_sim/config`` (change knobs, JSON), ``GET /healthz``.
 
@@ -27,6 +29,7 @@ import time
 from typing import Any
 
 from sim import endpoints
+from sim.batches import BatchStore, multipart
 from sim.behaviour import Bucket, SimConfig, SimStats, Window, chance
 from sim.endpoints import Answer, BadRequest
 
@@ -88,6 +91,7 @@ class Simulator:
         self._where: tuple[str, int] = ("127.0.0.1", 0)
         self._writers: set[asyncio.StreamWriter] = set()
         self._outage_end: asyncio.Task[None] | None = None
+        self.batch_store = BatchStore(self.config)
         self.calls: list[list[Any]] = []
         """Each API request: [arrival (Unix s), last user message (or first input), status or 0 if unanswered]."""
 
@@ -172,18 +176,23 @@ class Simulator:
                 return await self._api_call(req, reader, writer)
             finally:
                 self.stats.in_flight -= 1
+        if req.path.startswith(("/v1/files", "/v1/batches")):
+            await self._batch_api(req, writer)
+            return True
         # the routes below are not counted in the statistics
         if route == ("GET", "/v1/models"):
             names = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "text-embedding-3-large")
             models = [{"id": m, "object": "model", "owned_by": "promptq-sim"} for m in names]
             await self._json(writer, 200, {"object": "list", "data": models}, counted=False)
         elif route == ("GET", "/_sim/stats"):
+            self.stats.batch_lines = self.batch_store.lines
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
         elif route == ("GET", "/_sim/calls"):
             calls = [{"t": t, "prompt": prompt, "status": status} for t, prompt, status in self.calls]
             await self._json(writer, 200, {"calls": calls}, counted=False)
         elif route == ("POST", "/_sim/reset"):
             self.stats = SimStats()
+            self.batch_store = BatchStore(self.config)
             self.calls = []
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
         elif route == ("POST", "/_sim/config"):
@@ -204,6 +213,47 @@ class Simulator:
             await self._error(writer, 404, f"no route {req.method} {req.path}", "invalid_request_error")
         return True
 
+    async def _batch_api(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        """The Files and Batch API (``sim.batches``)."""
+        store = self.batch_store
+        if self.config.require_api_key and not req.authorized(self.config.require_api_key):
+            await self._error(writer, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return
+        parts = req.path.strip("/").split("/")  # v1, files|batches, id?, action?
+        kind, item, action = parts[1], (parts[2] if len(parts) > 2 else None), (parts[3] if len(parts) > 3 else None)
+        try:
+            if kind == "files" and req.method == "POST" and item is None:
+                form = multipart(req.body, req.headers.get("content-type", ""))
+                filename, content = form.get("file", (None, b""))
+                purpose = form.get("purpose", (None, b""))[1].decode()
+                if purpose != "batch" or not content:
+                    raise ValueError("a file needs purpose batch and content")
+                self.stats.files += 1
+                await self._json(writer, 200, store.upload(filename or "upload.jsonl", purpose, content).to_doc())
+            elif kind == "files" and req.method == "GET" and item in store.files:
+                upload = store.files[item]
+                if action == "content":
+                    await self._send(writer, 200, upload.content, "application/octet-stream")
+                else:
+                    await self._json(writer, 200, upload.to_doc())
+            elif kind == "batches" and req.method == "POST" and item is None:
+                batch = store.create(json.loads(req.body or b"{}"))
+                self.stats.batches += 1
+                await self._json(writer, 200, batch)
+            elif kind == "batches" and req.method == "GET" and item is None:
+                params = dict(p.split("=", 1) for p in req.query.split("&") if "=" in p)
+                await self._json(writer, 200, store.listing(int(params.get("limit", "20")), params.get("after")))
+            elif (
+                kind == "batches"
+                and item in store.batches
+                and (req.method, action) in (("GET", None), ("POST", "cancel"))
+            ):
+                await self._json(writer, 200, store.cancel(item) if action == "cancel" else store.batches[item])
+            else:
+                await self._error(writer, 404, f"no {kind} {item!r}", "invalid_request_error")
+        except (ValueError, TypeError) as e:
+            await self._error(writer, 400, str(e), "invalid_request_error")
+
     async def _api_call(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """One request to an API endpoint: its limits and faults, then its answer."""
         cfg = self.config
@@ -215,6 +265,7 @@ class Simulator:
         self._log_call(answer.prompt if isinstance(answer, Answer) else "")
         if isinstance(answer, Answer):
             self.stats.count(self.stats.models, str(answer.body["model"]))
+            self.stats.count(self.stats.service_tiers, str(answer.body.get("service_tier") or "default"))
         if await self._refused(req, answer, writer) or isinstance(answer, BadRequest):
             return True
         costs = {"requests": 1, "tokens": answer.token_cost if cfg.tpm else 0}

@@ -71,6 +71,7 @@ ENV_NAMES = (
     "PROMPTQ_URGENT_SLOTS",
     "PROMPTQ_REQUEST_TIMEOUT_S",
     "PROMPTQ_JOB_TIMEOUT_S",
+    "PROMPTQ_FLEX_TIMEOUT_S",
     "PROMPTQ_MAX_TRIES",
     "PROMPTQ_RESULT_TTL_S",
     "PROMPTQ_MAX_PAYLOAD_BYTES",
@@ -159,6 +160,9 @@ class WorkerConfig:
     at least 1): an urgent job starts at once even while a batch fills every ordinary slot."""
     request_timeout_s: float = 120.0
     job_timeout_s: float = 130.0
+    flex_timeout_s: float = 900.0
+    """A flex-tier call's time to answer (``PROMPTQ_FLEX_TIMEOUT_S``): the provider's cheaper tier
+    queues requests, and answers more slowly; the job's own bound is this plus 10 s."""
     max_tries: int = 5
     result_ttl_s: int = DEFAULT_RESULT_TTL_S
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
@@ -270,6 +274,7 @@ class WorkerConfig:
             urgent_slots=env_int(env, "PROMPTQ_URGENT_SLOTS", default_urgent_slots(max_jobs), minimum=0),
             request_timeout_s=request_timeout_s,
             job_timeout_s=job_timeout_s,
+            flex_timeout_s=env_float(env, "PROMPTQ_FLEX_TIMEOUT_S", d.flex_timeout_s),
             max_tries=env_int(env, "PROMPTQ_MAX_TRIES", d.max_tries),
             result_ttl_s=env_int(env, "PROMPTQ_RESULT_TTL_S", d.result_ttl_s),
             max_payload_bytes=env_int(env, "PROMPTQ_MAX_PAYLOAD_BYTES", d.max_payload_bytes),

@@ -24,7 +24,7 @@ import structlog
 
 from promptq_core.background import REDIS_TROUBLE
 from promptq_core.contract import JobResult, split_arq_id
-from promptq_core.validation import InvalidJobError, PromptJob
+from promptq_core.validation import FLEX_TIER, InvalidJobError, PromptJob
 from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE
 from worker.circuit import PARK_S, PROCESSED_MAYBE
@@ -83,6 +83,7 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
         priority=job.priority,
         fairness_key=job.fairness_key,
         request=job.request,
+        tier=job.tier,
         started_at=_claimed_at(ctx),
     )
     if (deadline := _deadline(config, job, base)) is not None and time.time() >= deadline:
@@ -336,8 +337,11 @@ async def _call(
     outcome = "error"
     try:
         with state.tracing.call(job, route.model, route.backend) as span:
-            async with asyncio.timeout(state.config.job_timeout_s):
-                completion = await llm.complete(state.clients.take(backend), job, route.model, on_delta)
+            flex = job.tier == FLEX_TIER
+            bound_s = state.config.flex_timeout_s + 10 if flex else state.config.job_timeout_s
+            async with asyncio.timeout(bound_s):
+                call_s = state.config.flex_timeout_s if flex else None
+                completion = await llm.complete(state.clients.take(backend), job, route.model, on_delta, call_s)
             state.tracing.answered(span, completion)
             outcome = "ok"
             return completion

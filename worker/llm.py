@@ -31,7 +31,7 @@ import httpx2
 import openai
 
 from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
-from promptq_core.validation import PromptJob, embedding_inputs
+from promptq_core.validation import FLEX_TIER, PromptJob, embedding_inputs
 from worker.backends import Backend
 from worker.config import WorkerConfig
 from worker.retry import retry_after_s
@@ -163,30 +163,37 @@ DeltaSink = Callable[[str], Awaitable[None]]
 
 
 async def complete(
-    client: openai.AsyncOpenAI, job: PromptJob, model: str, on_delta: DeltaSink | None = None
+    client: openai.AsyncOpenAI,
+    job: PromptJob,
+    model: str,
+    on_delta: DeltaSink | None = None,
+    timeout_s: float | None = None,
 ) -> Completion:
     """Run one request to the job's endpoint; raise :class:`LLMError` for any failure.
 
     With ``on_delta`` the request is streamed and each piece of the answer is handed to it as it
-    arrives (for chat, usage is asked for with ``stream_options.include_usage``)."""
+    arrives (for chat, usage is asked for with ``stream_options.include_usage``). A flex-tier job is
+    sent with ``service_tier="flex"``; ``timeout_s`` overrides the client's timeout for this call."""
     params: dict[str, Any] = dict(job.params)
+    if job.tier == FLEX_TIER:
+        params["service_tier"] = FLEX_TIER
+    timeout: Any = {} if timeout_s is None else {"timeout": timeout_s}  # (openai's RequestOptions)
     try:
         if job.endpoint == EMBEDDINGS_ENDPOINT:
             params.pop("encoding_format", None)  # always base64: the compact form the result keeps
             body = _body({"model": model, "input": job.input, "encoding_format": "base64"}, params)
-            response = await client.post("/embeddings", cast_to=httpx2.Response, body=body)
+            response = await client.post("/embeddings", cast_to=httpx2.Response, body=body, options=timeout)
             return _embeddings(response.json(), response.headers, job.input)
         if job.endpoint == RESPONSES_ENDPOINT:
             if on_delta is not None:
-                return await _streamed_response(client, job, model, params, on_delta)
-            response = await client.post(
-                "/responses", cast_to=httpx2.Response, body=_body({"model": model, "input": job.input}, params)
-            )
+                return await _streamed_response(client, job, model, {**params, **timeout}, on_delta)
+            body = _body({"model": model, "input": job.input}, params)
+            response = await client.post("/responses", cast_to=httpx2.Response, body=body, options=timeout)
             return _response(response.json(), response.headers)
         if on_delta is not None:
-            return await _streamed(client, job, model, params, on_delta)
+            return await _streamed(client, job, model, {**params, **timeout}, on_delta)
         body = _body({"model": model, "messages": job.messages}, params)
-        response = await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+        response = await client.post("/chat/completions", cast_to=httpx2.Response, body=body, options=timeout)
         return _completion(response.json(), response.headers)
     except openai.APIStatusError as e:
         type_, retryable = classify(e.status_code, e.code)
@@ -209,9 +216,10 @@ async def complete(
 
 def _body(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The request body: the job's parameters, and ``extra_body``'s fields at the top level (as the
-    typed methods send it)."""
+    typed methods send it); the fields promptq sets (``base``) win over both, whatever a payload
+    written by another client holds."""
     extra = params.pop("extra_body", None) or {}
-    return {**base, **params, **extra}
+    return {**extra, **params, **base}
 
 
 def _bad(message: str) -> LLMError:

@@ -43,7 +43,14 @@ from promptq_core import tracing
 from promptq_core.env import ConfigError
 from promptq_core.prices import prices_from_env
 from promptq_core.tenants import PERIODS, Policy, check_tenant
-from promptq_core.validation import InvalidJobError, check_fairness_key, check_priority, check_queue, escaped
+from promptq_core.validation import (
+    TIERS,
+    InvalidJobError,
+    check_fairness_key,
+    check_priority,
+    check_queue,
+    escaped,
+)
 
 __all__ = ["main"]
 
@@ -79,6 +86,7 @@ class Cli:
                 Writes(self.producer.config),
                 priority=self.args.priority,
                 fairness_key=self.args.fairness_key,
+                tier=self.args.tier,
             )
         for bad in batch.bad:
             print(f"{path}:{bad.line_no}: {bad.message}", file=self.err)
@@ -353,6 +361,12 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--strict", action="store_true", help="refuse the whole file if any line is bad")
     submit.add_argument(
         "--priority", type=_priority, help="0 (runs first) to 9 (last) for lines without their own (default 5)"
+    )
+    submit.add_argument(
+        "--tier",
+        choices=TIERS,
+        help="live (default), flex or batch (the provider's Batch API, where a backend offers it) "
+        "for lines without their own",
     )
     submit.add_argument(
         "--fairness-key",

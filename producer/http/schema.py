@@ -65,6 +65,11 @@ class JobRequest(BaseModel):
     )
     metadata: dict[str, Any] | None = None
     stream: bool = False
+    tier: Literal["live", "flex", "batch"] | None = Field(
+        None,
+        description="live (default), flex (the provider's cheaper service_tier, slower) or batch (the provider's "
+        "Batch API where a backend offers it; else it runs live)",
+    )
     priority: int | None = Field(None, ge=0, le=9, strict=True, description="0 runs first, 9 last (default 5)")
     fairness_key: str | None = Field(
         None,
@@ -117,6 +122,7 @@ class ResultDocument(BaseModel):
     priority: int
     fairness_key: str
     queue: str = Field(DEFAULT_QUEUE, description="the named queue the job waits in")
+    tier: Literal["live", "flex", "batch"] = Field("live", description="how the job is called")
     backend: str | None = Field(None, description="the backend the latest attempt went to")
     request: str | None = Field(
         None, description="a digest of the request the id was submitted with (the same id with another is refused)"

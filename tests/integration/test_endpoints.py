@@ -99,3 +99,21 @@ async def test_each_endpoint_refuses_what_it_cannot_take(
     with pytest.raises(InvalidJobError, match=message):
         await producer.submit(**kwargs)  # type: ignore[arg-type]
     assert sync_redis.dbsize() == before
+
+
+async def test_a_flex_job_goes_at_the_flex_tier_and_a_batch_job_runs_live_without_a_batch_backend(
+    producer: Producer, worker_config: WorkerConfig, sim: Simulator
+) -> None:
+    flex = await producer.submit("at the flex tier", tier="flex", stream=True)
+    batch = await producer.submit("at the batch tier", tier="batch")
+    live = await producer.submit("at once")
+    await run_burst(worker_config)
+    results = {r.job_id: r for r in await producer.get_many([flex, batch, live]) if r is not None}
+    assert [(results[j].tier, results[j].content) for j in (flex, batch, live)] == [
+        ("flex", "at the flex tier"),
+        ("batch", "at the batch tier"),
+        ("live", "at once"),
+    ]
+    assert sim.stats()["service_tiers"] == {"flex": 1, "default": 2}
+    with pytest.raises(InvalidJobError, match="cannot stream"):
+        await producer.submit("no", tier="batch", stream=True)

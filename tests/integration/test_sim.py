@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -206,3 +207,79 @@ async def test_a_streamed_response_sends_text_deltas_then_the_whole_response(cli
     assert text == QUESTION and final.output_text == QUESTION
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert kinds.count("response.output_text.delta") == 2  # 16 characters a piece
+
+
+def _batch_file(n: int, model: str = "gpt-4o-mini") -> bytes:
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"row-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": f"batched {i}"}]},
+            }
+        )
+        for i in range(n)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def _ended(client: openai.AsyncOpenAI, batch_id: str) -> Any:
+    for _ in range(100):
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "expired", "cancelled", "failed"):
+            return batch
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} did not end")
+
+
+def _rows(raw: bytes) -> dict[str, Any]:
+    return {row["custom_id"]: row for row in map(json.loads, raw.decode().splitlines())}
+
+
+async def test_the_batch_api_answers_each_line_as_the_live_endpoint_would(
+    client: openai.AsyncOpenAI, sim: Simulator
+) -> None:
+    sim.configure(batch_delay_ms=50)
+    upload = await client.files.create(file=("rows.jsonl", _batch_file(5)), purpose="batch")
+    assert upload.purpose == "batch" and upload.bytes > 0
+    batch = await client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"promptq": "p1"}
+    )
+    assert batch.status == "in_progress" and batch.metadata == {"promptq": "p1"}
+    done = await _ended(client, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (5, 5, 0)
+    assert done.output_file_id is not None and done.error_file_id is None
+    rows = _rows((await client.files.content(done.output_file_id)).read())
+    assert rows["row-3"]["response"]["status_code"] == 200
+    assert rows["row-3"]["response"]["body"]["choices"][0]["message"]["content"] == "batched 3"
+    stats = sim.stats()
+    assert (stats["files"], stats["batches"], stats["batch_lines"], stats["requests"]) == (1, 1, 5, 0)  # no live call
+    listed = await client.batches.list(limit=10)
+    assert [b.id for b in listed.data] == [batch.id]
+
+
+async def _start(client: openai.AsyncOpenAI, file_id: str) -> Any:
+    return await client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+async def test_a_batch_fails_lines_expires_and_cancels_on_demand(client: openai.AsyncOpenAI, sim: Simulator) -> None:
+    sim.configure(batch_delay_ms=20, batch_line_error_rate=1.0, seed=1)
+    upload = await client.files.create(file=("rows.jsonl", _batch_file(3)), purpose="batch")
+    failed = await _ended(client, (await _start(client, upload.id)).id)
+    assert failed.status == "completed" and failed.output_file_id is None and failed.error_file_id is not None
+    errors = _rows((await client.files.content(failed.error_file_id)).read())
+    assert errors["row-0"]["response"]["status_code"] == 500
+    sim.configure(batch_line_error_rate=0.0, batch_expire=True)
+    expired = await _ended(client, (await _start(client, upload.id)).id)
+    assert expired.status == "expired" and expired.error_file_id is not None
+    expired_rows = _rows((await client.files.content(expired.error_file_id)).read())
+    assert expired_rows["row-2"]["error"]["code"] == "batch_expired"
+    sim.configure(batch_expire=False, batch_delay_ms=5_000)
+    started = await _start(client, upload.id)
+    assert (await client.batches.cancel(started.id)).status == "cancelled"
+    with pytest.raises(openai.BadRequestError, match="completion_window"):
+        await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="1h")  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        await client.batches.retrieve("batch_nope")

@@ -42,6 +42,7 @@ DOCUMENTED_FIELDS = [
     "priority",
     "fairness_key",
     "queue",
+    "tier",
     "backend",
     "request",
     "enqueued_at",

@@ -50,6 +50,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"input": "x", "endpoint": "/v1/embeddings", "model": "e", "extra_body": {"input": "y"}}, "may not set input"),
     ({"input": "x", "endpoint": "/v1/responses", "extra_body": {"background": True}}, "may not set background"),
     ({"prompt": "hi", "temperature": "9" * 100_000}, "and 99960 more characters"),
+    ({"prompt": "hi", "tier": "cheap"}, "tier must be one of live, flex, batch, got 'cheap'"),
+    ({"prompt": "hi", "tier": "batch", "stream": True}, "a batch-tier job cannot stream"),
+    ({"prompt": "hi", "tier": "flex", "service_tier": "auto"}, "service_tier is set by the tier (flex)"),
     ({"prompt": "hi", "metadata": {"note": "\ud83d"}}, "metadata holds a lone surrogate"),
     ({"messages": [{"role": "user", "content": "a \udc00 b"}]}, "messages holds a lone surrogate"),
     ({"prompt": "hi", "metadata": {"deep": NESTED}}, "metadata is nested more than 64 levels deep"),
@@ -194,3 +197,11 @@ def test_the_same_request_with_its_keys_in_another_order_has_the_same_digest() -
     one = PromptJob.build("hi", job_id="j", metadata={"a": 1, "b": {"x": 1, "y": 2}}, temperature=0.1, top_p=0.5)
     two = PromptJob.build("hi", job_id="j", top_p=0.5, temperature=0.1, metadata={"b": {"y": 2, "x": 1}, "a": 1})
     assert one.request == two.request
+
+
+def test_a_tier_travels_in_the_payload_unless_live() -> None:
+    assert "tier" not in json.loads(PromptJob.build("hi", tier="live").payload_json)
+    flex = PromptJob.build("hi", tier="flex")
+    assert json.loads(flex.payload_json)["tier"] == "flex" and flex.tier == "flex"
+    assert PromptJob.from_payload(flex.job_id, json.loads(flex.payload_json), 10_000).tier == "flex"
+    assert PromptJob.build("hi", tier="batch").request != PromptJob.build("hi").request  # another request
