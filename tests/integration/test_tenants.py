@@ -244,7 +244,7 @@ def test_what_goes_wrong_is_said_without_secrets_or_echoes(redis_url: str) -> No
             assert status == 422 and message in body["detail"] and len(body["detail"]) < 400, (job, body)
         assert call(api, "GET", "/v1/jobs/a%20b", key=None)[0] == 422  # an id outside the grammar
         status, body, _ = call(api, "POST", "/v1/jobs", b"[" * 1500 + b"]" * 1500, key=None)
-        assert status == 400  # (FastAPI's reader gives up: not a 500)
+        assert status in (400, 422)  # (Python's reader gives up, or the job's check refuses it: not a 500)
 
 
 def test_the_cli_reports_bad_text_as_bad_lines(redis_url: str, tmp_path: Any) -> None:
@@ -261,7 +261,8 @@ def test_the_cli_reports_bad_text_as_bad_lines(redis_url: str, tmp_path: Any) ->
     code, _, err = promptq(redis_url, "submit", str(path))
     assert code == 2, err
     assert "bad.jsonl:2: messages holds a lone surrogate" in err
-    assert "bad.jsonl:3: JSON nested too deep to read" in err
+    deep = ("bad.jsonl:3: JSON nested too deep to read", "bad.jsonl:3: metadata is nested more than 64 levels")
+    assert any(report in err for report in deep)  # (Python 3.13's reader takes deeper JSON than 3.11's)
     assert "bad.jsonl:4: extra_body may not set model" in err
 
 
