@@ -178,9 +178,9 @@ async def test_many_open_streams_share_one_connection(
     readers = [asyncio.create_task(collect(producer, job_id)) for job_id in ids]
     await asyncio.sleep(1.5)  # every stream open on a queued job, its reader waiting
     assert not any(r.done() for r in readers)
-    # One blocking read serves them all: the connections are the few their first reads, all at once,
-    # opened (pooled), not one held per stream (300).
-    assert clients() - before <= 20
+    # One blocking read serves them all: the connections are those their first reads, all at once,
+    # opened (pooled; a dozen with redis-py 5.3, some fifty with 5.0), not one held per stream (300).
+    assert clients() - before <= 100
     commands = int(sync_redis.info("stats")["total_commands_processed"])  # type: ignore[index]
     await asyncio.sleep(2)  # idle streams poll nothing: the hub's reads, and the done channels
     assert int(sync_redis.info("stats")["total_commands_processed"]) - commands < 60  # type: ignore[index]
