@@ -164,6 +164,14 @@ class Producer:
         per model), the batches' progress and the newest failures."""
         return await self._run(core.overview(self._writes.queue(queue)))
 
+    async def provider_batches(self, *, queue: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """The Batch tier in ``queue``: ``collecting``, the jobs waiting to be sent per backend,
+        endpoint and model (``jobs``, ``since``: when the oldest joined), and ``provider_batches``,
+        those not ended and the newest ended (``id``, ``provider_batch``: the provider's id,
+        ``step``, the provider's ``status``, ``lines``, its ``counts``, ``sealed_at``, ``ended_at``,
+        ``error``)."""
+        return await self._run(core.provider_batches(self._writes.queue(queue)))
+
     async def failed(self, limit: int = 100, *, queue: str | None = None) -> list[JobResult]:
         """The most recently failed jobs, newest first (those whose result has not expired)."""
         return await self._run(core.failed(self._writes.queue(queue), limit))

@@ -35,7 +35,19 @@ from producer.overview import (
 from producer.streams import READ_BLOCK_MS, StreamCursor
 from producer.types import DEPTHS_KEYS_MAX, Cancellation, QueueDepths, StreamEvent
 from producer.writes import Bound, Writes
-from promptq_core.contract import FAILED, JobResult, QueueKeys, Reply, as_text, circuit_key, queue_keys
+from promptq_core.contract import (
+    COLLECTING,
+    FAILED,
+    PROVIDER_BATCHES,
+    PROVIDER_BATCHES_ENDED,
+    JobResult,
+    QueueKeys,
+    Reply,
+    as_text,
+    circuit_key,
+    loads,
+    queue_keys,
+)
 from promptq_core.scripts import Value, script
 from promptq_core.validation import PromptJob, valid_batch_name
 
@@ -245,6 +257,67 @@ def depths(queue: QueueKeys) -> Op[QueueDepths]:
     keys, args = script("depths").bind(queue, keys_max=DEPTHS_KEYS_MAX)
     reply, _ = yield Script("depths", keys, args)
     return QueueDepths.from_reply(reply, queue.name)
+
+
+PROVIDER_BATCHES_SHOWN = 100
+"""Provider batches not ended, and collections, that ``provider_batches`` shows at most."""
+ENDED_SHOWN = 20
+"""Ended provider batches it shows (the newest)."""
+
+
+def provider_batches(queue: QueueKeys) -> Op[dict[str, list[dict[str, Any]]]]:
+    """The Batch tier in ``queue``: the collections with jobs waiting to be sent (``collecting``),
+    the provider batches not ended and the newest ended (``provider_batches``)."""
+    collecting = yield Command.of("zrange", queue.key(COLLECTING), 0, PROVIDER_BATCHES_SHOWN - 1, withscores=True)
+    waiting = []
+    for raw, since_ms in collecting:
+        name = as_text(raw)
+        jobs = yield Command.of("zcard", queue.collect(name))
+        backend, endpoint, model = _collection_parts(name)
+        since = round(since_ms / 1000, 3) if since_ms else None
+        waiting.append({"backend": backend, "endpoint": endpoint, "model": model, "jobs": int(jobs), "since": since})
+    active = yield Command.of("zrange", queue.key(PROVIDER_BATCHES), 0, PROVIDER_BATCHES_SHOWN - 1)
+    ended = yield Command.of("zrevrange", queue.key(PROVIDER_BATCHES_ENDED), 0, ENDED_SHOWN - 1)
+    batches = []
+    for raw in [*active, *ended]:
+        record = yield Command.of("hgetall", queue.provider_batch(as_text(raw)))
+        if record:
+            batches.append(_provider_batch({as_text(k): as_text(v) for k, v in record.items()}))
+    return {"collecting": waiting, "provider_batches": batches}
+
+
+def _collection_parts(name: str) -> tuple[str, str, str]:
+    """``(backend, endpoint, model)`` of a collection's name."""
+    backend, _, rest = name.partition(" ")
+    endpoint, _, model = rest.partition(" ")
+    return backend, endpoint, model
+
+
+def _provider_batch(record: dict[str, str]) -> dict[str, Any]:
+    backend, endpoint, model = _collection_parts(record.get("collection", ""))
+    try:
+        counts = loads(record["counts"]) if record.get("counts") else None
+    except ValueError:
+        counts = None
+
+    def seconds(name: str) -> float | None:
+        value = record.get(name, "")
+        return round(int(value) / 1000, 3) if value.isdigit() else None
+
+    return {
+        "id": record.get("id"),
+        "provider_batch": record.get("provider_batch") or None,
+        "step": record.get("step"),
+        "status": record.get("status") or None,
+        "backend": backend,
+        "endpoint": endpoint,
+        "model": model,
+        "lines": int(record.get("lines", "0") or 0),
+        "counts": counts if isinstance(counts, dict) else None,
+        "sealed_at": seconds("sealed_ms"),
+        "ended_at": seconds("ended_ms"),
+        "error": record.get("error") or None,
+    }
 
 
 def failed(queue: QueueKeys, limit: int) -> Op[list[JobResult]]:

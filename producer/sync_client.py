@@ -123,6 +123,10 @@ class SyncProducer:
         """See :meth:`Producer.depths`."""
         return self._run(core.depths(self._writes.queue(queue)))
 
+    def provider_batches(self, *, queue: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """See :meth:`Producer.provider_batches`."""
+        return self._run(core.provider_batches(self._writes.queue(queue)))
+
     def overview(self, *, queue: str | None = None) -> Overview:
         """See :meth:`Producer.overview`."""
         return self._run(core.overview(self._writes.queue(queue)))

@@ -26,6 +26,7 @@ __all__ = [
     "BACKEND_RECOVERIES_KEY",
     "BACKEND_WAITS",
     "BATCH",
+    "BATCHER",
     "BATCHES",
     "BATCHES_MAX",
     "BATCH_NAME_RE",
@@ -33,6 +34,8 @@ __all__ = [
     "CANCEL",
     "CHAT_ENDPOINT",
     "CIRCUIT_KEY_PREFIX",
+    "COLLECT",
+    "COLLECTING",
     "DEFAULT_BACKEND",
     "DEFAULT_FAIRNESS_KEY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -58,6 +61,12 @@ __all__ = [
     "OLD_KEY_PREFIX",
     "OLD_PREFIXES",
     "PRIORITIES",
+    "PROVIDER_BATCH",
+    "PROVIDER_BATCHES",
+    "PROVIDER_BATCHES_ENDED",
+    "PROVIDER_BATCHES_KEPT",
+    "PROVIDER_BATCH_JOBS",
+    "PROVIDER_BATCH_STEPS",
     "QUEUE_KEY_PREFIX",
     "QUEUE_NAME_RE",
     "READY",
@@ -66,6 +75,7 @@ __all__ = [
     "RESPONSES_ENDPOINT",
     "RESULT",
     "ROUTES",
+    "RUN_LIVE",
     "SEQUENCE",
     "STATS",
     "STATS_FIELDS_MAX",
@@ -173,6 +183,40 @@ latest counts came, Redis time). A batch's jobs are those of its queue whose id 
 BATCHES: Final = "batches"
 """A sorted set of batch names scored by when they were submitted (ms), the newest ``BATCHES_MAX`` kept."""
 BATCHES_MAX: Final = 1000
+# The Batch tier (``worker.provider_batches``): a batch-tier job a worker claims joins the collection
+# of its backend, endpoint and model; a collection is sealed into a provider batch (one JSONL file at
+# the provider) when it is full or its window is over; the provider batch moves through its steps
+# (``PROVIDER_BATCH_STEPS``), each recorded before the next, until its answers are read.
+COLLECTING: Final = "collecting"
+"""A sorted set: each collection (``"{backend} {endpoint} {model}"``) with jobs waiting to be sent,
+scored by when its oldest one joined (ms, Redis time; 0: send at once)."""
+COLLECT: Final = "collect:"
+"""``collect:{collection}``: a sorted set of the ids of the jobs waiting to be sent in it, scored by
+when they joined (claim order: priorities and fair shares decide which jobs fill a file first)."""
+PROVIDER_BATCHES: Final = "provider-batches"
+"""A sorted set of the provider batches not ended, by when their next step is due (ms)."""
+PROVIDER_BATCHES_ENDED: Final = "provider-batches-ended"
+"""A sorted set of ended provider batches, by when they ended (ms), the newest ``PROVIDER_BATCHES_KEPT`` kept."""
+PROVIDER_BATCHES_KEPT: Final = 100
+PROVIDER_BATCH: Final = "provider-batch:"
+"""``provider-batch:{id}``: a hash, one provider batch as promptq records it (``id`` is promptq's,
+sent in the batch's ``metadata``): ``step`` (``PROVIDER_BATCH_STEPS``), ``collection``, ``lines``,
+``bytes``, ``sealed_ms``, and as the steps go ``file_id``, ``creating_ms``, ``provider_batch`` (the
+provider's id), ``status`` (the provider's), ``counts`` (JSON), ``polls``, ``output_file_id``,
+``error_file_id``, ``ended_ms``, ``error``. Kept ``result_ttl`` after it ends."""
+PROVIDER_BATCH_JOBS: Final = "provider-batch-jobs:"
+"""``provider-batch-jobs:{id}``: a sorted set of the ids of the jobs in a provider batch whose answer
+is not read yet, scored by their line."""
+PROVIDER_BATCH_STEPS: Final = ("sealed", "uploaded", "creating", "created", "reading", "ended")
+"""A provider batch's steps: its jobs chosen (``sealed``), its file uploaded, its creation asked
+(``creating``: a batch may exist at the provider whose id promptq has not heard), created (waiting
+for it to end), its answers being read, ended."""
+RUN_LIVE: Final = "run-live"
+"""A set of batch-tier job ids whose provider batch expired with ``PROMPTQ_BATCH_EXPIRED=live``:
+their next attempt calls the API live."""
+BATCHER: Final = "batcher"
+"""The worker sending and reading the queue's provider batches (its id, with a time to live): one at
+a time per queue."""
 STATS: Final = "stats:"
 """``stats:{minute}`` (Unix minute): a hash counting what ended in that minute in the queue, added to
 by the workers (the jobs they end, counted as they end and rolled up every second:
@@ -283,6 +327,15 @@ class QueueKeys:
 
     def batch_tally(self, name: str) -> str:
         return self.base + BATCH_TALLY + name
+
+    def collect(self, collection: str) -> str:
+        return self.base + COLLECT + collection
+
+    def provider_batch(self, batch: str) -> str:
+        return self.base + PROVIDER_BATCH + batch
+
+    def provider_batch_jobs(self, batch: str) -> str:
+        return self.base + PROVIDER_BATCH_JOBS + batch
 
     def stats(self, minute: int | str) -> str:
         return f"{self.base}{STATS}{minute}"
@@ -465,6 +518,14 @@ class Reply:
     """circuit: it is open (no call goes there until its cool-down ends)."""
     CIRCUIT_RECOVERED: Final = 2
     """circuit: it was open and this success closed it."""
+    COLLECTED: Final = 1
+    """collect: the batch-tier job joined its collection."""
+    STEP_RECORDED: Final = 1
+    """batch_step: the provider batch's step was recorded."""
+    STEP_MOVED: Final = 0
+    """batch_step: the provider batch was not at the step expected (another worker moved it on)."""
+    LEADS: Final = 1
+    """lead: this worker sends and reads the queue's provider batches (``BATCHER``)."""
     RETRIED: Final = "ok"
     """retry: the failed job is back in line."""
     NO_DOCUMENT: Final = "unknown"
@@ -513,7 +574,8 @@ def encode_job(payload_json: str, enqueued_at_ms: int) -> str:
 
 
 # -- the result document -----------------------------------------------------------------------
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Status = Literal["queued", "running", "batched", "succeeded", "failed", "cancelled"]
+"""``batched``: a batch-tier job waiting to be sent in a provider batch, or sent and waiting for its answer."""
 STATUSES: Final[frozenset[str]] = frozenset(get_args(Status))
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -573,6 +635,8 @@ class JobResult:
     """``live``, ``flex`` or ``batch`` (``PromptJob.tier``)."""
     backend: str | None = None
     """The backend the latest attempt went to (``PROMPTQ_BACKENDS``; ``default`` without them)."""
+    provider_batch: str | None = None
+    """A batch-tier job's provider batch: the id the provider gave it (``batch_...``)."""
     request: str | None = None
     """A digest of the request the id was submitted with (``PromptJob.request``): the same id
     submitted again with another request is refused instead of answered with this job's result."""
@@ -629,6 +693,7 @@ class JobResult:
             "queue": self.queue,
             "tier": self.tier,
             "backend": self.backend,
+            "provider_batch": self.provider_batch,
             "request": self.request,
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
@@ -653,6 +718,7 @@ class JobResult:
         priority, fairness_key = doc.get("priority"), doc.get("fairness_key")
         endpoint, output, embeddings = doc.get("endpoint"), doc.get("output"), doc.get("embeddings")
         backend, queue, request, tier = doc.get("backend"), doc.get("queue"), doc.get("request"), doc.get("tier")
+        provider_batch = doc.get("provider_batch")
         return cls(
             job_id=job_id,
             status=cast(Status, status),
@@ -671,6 +737,7 @@ class JobResult:
             queue=queue if isinstance(queue, str) else DEFAULT_QUEUE,  # documents before named queues
             tier=tier if isinstance(tier, str) else "live",
             backend=backend if isinstance(backend, str) else None,
+            provider_batch=provider_batch if isinstance(provider_batch, str) else None,
             request=request if isinstance(request, str) else None,
             enqueued_at=doc.get("enqueued_at"),
             started_at=doc.get("started_at"),
@@ -703,7 +770,7 @@ def queued_doc(
         f'"endpoint":{_string(endpoint)},"content":null,"output":null,"embeddings":null,"finish_reason":null,'
         f'"usage":null,"error":null,"metadata":{"null" if metadata is None else dumps(metadata)},'
         f'"priority":{int(priority)},"fairness_key":{_string(fairness_key)},"queue":{_string(queue)},"tier":{_string(tier)},"backend":null,'
-        f'"request":{_string(request)},"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
+        f'"provider_batch":null,"request":{_string(request)},"enqueued_at":{float(enqueued_at)!r},"started_at":null,"finished_at":null,"latency_ms":null}}'
     )
 
 

@@ -170,6 +170,7 @@ class BatchStore:
 
     def _answer(self, line: str, endpoint: str) -> tuple[Any, Any]:
         """``(custom_id, the response)``, or ``(custom_id, (a failed response or None, an error or None))``."""
+        custom_id = None
         try:
             request = json.loads(line)
             custom_id = request.get("custom_id")
@@ -177,7 +178,7 @@ class BatchStore:
                 raise ValueError(f"each line's url must be the batch's endpoint {endpoint} and method POST")
             answer = endpoints.parse(endpoint, json.dumps(request.get("body")).encode(), self.config.reply)
         except (ValueError, AttributeError, endpoints.BadRequest) as e:
-            return None, (None, {"code": "invalid_request", "message": str(e)})
+            return custom_id, (None, {"code": "invalid_request", "message": str(e)})
         self.lines += 1
         serial = next(self._ids)
         if chance(self.rng, self.config.batch_line_error_rate):

@@ -13,6 +13,7 @@ __all__ = ["Bucket", "SimConfig", "SimStats", "Window", "chance", "count_tokens"
 
 
 OUTAGES = ("", "503", "529", "refuse")
+BATCH_HANGS = ("", "upload", "create", "content")
 
 
 @dataclass
@@ -68,6 +69,10 @@ class SimConfig:
     """Share of a batch's lines answered with a 500 in its error file."""
     batch_expire: bool = False
     """Batches end ``expired`` (every line in the error file as ``batch_expired``) instead of ``completed``."""
+    batch_hang: str = ""
+    """A step of the Batch API done but never answered (the client waits until it gives up or dies):
+    ``upload`` (the file is stored), ``create`` (the batch is created), ``content`` (half of a file's
+    content is sent, then nothing); ``""``: none. For crash tests: a worker killed meanwhile."""
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -75,6 +80,8 @@ class SimConfig:
         unknown = set(changes) - names
         if unknown:
             raise ValueError(f"unknown simulator settings: {', '.join(sorted(unknown))}")
+        if changes.get("batch_hang", self.batch_hang) not in BATCH_HANGS:
+            raise ValueError(f"batch_hang must be one of {', '.join(map(repr, BATCH_HANGS))}")
         if changes.get("outage", self.outage) not in OUTAGES:
             raise ValueError(f"outage must be one of {', '.join(map(repr, OUTAGES))}")
         if changes.get("outage", self.outage) == "refuse" and not changes.get("outage_s", self.outage_s):

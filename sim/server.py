@@ -229,16 +229,27 @@ class Simulator:
                 if purpose != "batch" or not content:
                     raise ValueError("a file needs purpose batch and content")
                 self.stats.files += 1
-                await self._json(writer, 200, store.upload(filename or "upload.jsonl", purpose, content).to_doc())
+                upload = store.upload(filename or "upload.jsonl", purpose, content)
+                await self._hang("upload")
+                await self._json(writer, 200, upload.to_doc())
             elif kind == "files" and req.method == "GET" and item in store.files:
                 upload = store.files[item]
-                if action == "content":
+                if action == "content" and self.config.batch_hang == "content":
+                    size = len(upload.content)
+                    head = (
+                        f"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
+                    )
+                    writer.write(head.encode() + upload.content[: size // 2])
+                    await writer.drain()
+                    await self._hang("content")
+                elif action == "content":
                     await self._send(writer, 200, upload.content, "application/octet-stream")
                 else:
                     await self._json(writer, 200, upload.to_doc())
             elif kind == "batches" and req.method == "POST" and item is None:
                 batch = store.create(json.loads(req.body or b"{}"))
                 self.stats.batches += 1
+                await self._hang("create")
                 await self._json(writer, 200, batch)
             elif kind == "batches" and req.method == "GET" and item is None:
                 params = dict(p.split("=", 1) for p in req.query.split("&") if "=" in p)
@@ -253,6 +264,11 @@ class Simulator:
                 await self._error(writer, 404, f"no {kind} {item!r}", "invalid_request_error")
         except (ValueError, TypeError) as e:
             await self._error(writer, 400, str(e), "invalid_request_error")
+
+    async def _hang(self, step: str) -> None:
+        """``batch_hang``: this step is done, its answer never comes (an hour, or until the client goes)."""
+        if self.config.batch_hang == step:
+            await asyncio.sleep(3600)
 
     async def _api_call(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """One request to an API endpoint: its limits and faults, then its answer."""

@@ -8,7 +8,7 @@ name it knows it by), its limits per model and its weight. ``PROMPTQ_BACKENDS`` 
       "models": ["gpt-4o-mini"], "rpm": 500, "tpm": 200000},
      {"name": "azure", "kind": "azure", "api_version": "2024-10-21",
       "base_url": "https://example.openai.azure.com", "api_key_env": "AZURE_KEY",
-      "models": {"gpt-4o-mini": "my-deployment"}}]
+      "models": {"gpt-4o-mini": "my-deployment"}, "batch": true}]
 
 (a file may also hold ``{"backends": [...]}``, in TOML ``[[backends]]`` tables). Without either,
 one backend named ``default`` is made of ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and the limit
@@ -49,6 +49,7 @@ FALLBACKS_ENV: Final = "PROMPTQ_FALLBACKS"
 KINDS: Final = ("openai", "azure")
 FIELDS: Final = frozenset(
     {"name", "base_url", "api_key", "api_key_env", "models", "rpm", "tpm", "weight", "kind", "api_version", "headers"}
+    | {"batch"}
 )
 HEADER_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 UNUSED_API_KEY: Final = "unused"
@@ -85,6 +86,8 @@ class Backend:
     """``kind`` azure: the API version every request names."""
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     """Sent with every request (they may hold secrets: never in a repr)."""
+    batch: bool = False
+    """Its API has ``/v1/files`` and ``/v1/batches``: batch-tier jobs go there in provider batches."""
 
     def serves(self, model: str) -> str | None:
         """The name this backend knows ``model`` by, or None when it does not serve it."""
@@ -184,6 +187,7 @@ def _backend(env: Mapping[str, str], entry: Any, at: str) -> Backend:
         kind=kind,
         api_version=api_version,
         headers=_headers(entry.get("headers", {}), at),
+        batch=_flag(entry, "batch", at),
     )
 
 
@@ -233,6 +237,13 @@ def _positive_int(entry: dict[str, Any], name: str, at: str) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{at}.{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _flag(entry: dict[str, Any], name: str, at: str) -> bool:
+    value = entry.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{at}.{name} must be true or false, got {value!r}")
     return value
 
 

@@ -45,6 +45,7 @@ from worker.circuit import CircuitRules
 __all__ = [
     "DEFAULT_MODEL",
     "ENV_NAMES",
+    "BatchRules",
     "ConfigError",
     "Limit",
     "WorkerConfig",
@@ -72,6 +73,12 @@ ENV_NAMES = (
     "PROMPTQ_REQUEST_TIMEOUT_S",
     "PROMPTQ_JOB_TIMEOUT_S",
     "PROMPTQ_FLEX_TIMEOUT_S",
+    "PROMPTQ_BATCH_API",
+    "PROMPTQ_BATCH_STRICT",
+    "PROMPTQ_BATCH_MAX_LINES",
+    "PROMPTQ_BATCH_WINDOW_S",
+    "PROMPTQ_BATCH_POLL_S",
+    "PROMPTQ_BATCH_EXPIRED",
     "PROMPTQ_MAX_TRIES",
     "PROMPTQ_RESULT_TTL_S",
     "PROMPTQ_MAX_PAYLOAD_BYTES",
@@ -140,6 +147,30 @@ def weights_from_env(env: Mapping[str, str]) -> dict[str, float]:
 
 def _optional_int(env: Mapping[str, str], name: str) -> int | None:
     return env_int(env, name, 0) or None if env.get(name, "").strip() else None
+
+
+BATCH_MAX_LINES = 50_000
+"""The lines of one provider batch at most (OpenAI's limit), and ``PROMPTQ_BATCH_MAX_LINES``'s default."""
+BATCH_EXPIRED_CHOICES = ("batch", "live")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRules:
+    """How batch-tier jobs are sent in provider batches (``worker.provider_batches``)."""
+
+    strict: bool = False
+    """A batch-tier job whose model no batch-capable backend serves fails (``no_batch_backend``)
+    instead of running live (``PROMPTQ_BATCH_STRICT``)."""
+    max_lines: int = BATCH_MAX_LINES
+    """A collection is sent once it holds this many jobs (``PROMPTQ_BATCH_MAX_LINES``, at most 50,000)."""
+    window_s: float = 60.0
+    """...or this long after its first job joined (``PROMPTQ_BATCH_WINDOW_S``)."""
+    poll_s: float = 30.0
+    """A provider batch is first looked at this long after it is created, then less and less often,
+    up to every 10 minutes (``PROMPTQ_BATCH_POLL_S``)."""
+    expired: str = "batch"
+    """Where the unanswered jobs of an expired or cancelled provider batch go: into a later provider
+    batch (``batch``) or back in line to run live (``live``) (``PROMPTQ_BATCH_EXPIRED``)."""
 
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -212,15 +243,30 @@ class WorkerConfig:
     """Send OpenTelemetry traces (``PROMPTQ_OTEL``, or ``OTEL_EXPORTER_OTLP_ENDPOINT`` set)."""
     trace_content: bool = False
     """Record prompts and answers in the spans (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``)."""
+    batch_api: bool = False
+    """The ``default`` backend offers the Batch API (``PROMPTQ_BATCH_API``); listed backends say so
+    each with ``"batch": true``."""
+    batch: BatchRules = field(default_factory=BatchRules)
 
     def all_backends(self) -> tuple[Backend, ...]:
         """The backends calls go to: the listed ones, or the ``default`` one."""
         if self.backends:
             return self.backends
         default = Backend(
-            DEFAULT_BACKEND, self.openai_base_url, self.openai_api_key, None, limit=self.limit, limits=self.limits
+            DEFAULT_BACKEND,
+            self.openai_base_url,
+            self.openai_api_key,
+            None,
+            limit=self.limit,
+            limits=self.limits,
+            batch=self.batch_api,
         )
         return (default,)
+
+    def batch_backend(self, model: str) -> Backend | None:
+        """The backend a batch-tier job of ``model`` is sent to in a provider batch: the first listed
+        that offers the Batch API and serves the model; None when none does."""
+        return next((b for b in self.all_backends() if b.batch and b.serves(model) is not None), None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
@@ -264,7 +310,24 @@ class WorkerConfig:
         min_replicas = env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0)
         if min_replicas and is_cluster(redis_url):
             raise ConfigError(NO_REPLICAS_ON_CLUSTER)
+        max_lines = env_int(env, "PROMPTQ_BATCH_MAX_LINES", BATCH_MAX_LINES)
+        if max_lines > BATCH_MAX_LINES:
+            raise ConfigError(f"PROMPTQ_BATCH_MAX_LINES must be at most {BATCH_MAX_LINES:,}, got {max_lines}")
+        batch = BatchRules(
+            strict=env_flag(env, "PROMPTQ_BATCH_STRICT"),
+            max_lines=max_lines,
+            window_s=env_float(env, "PROMPTQ_BATCH_WINDOW_S", d.batch.window_s),
+            poll_s=env_float(env, "PROMPTQ_BATCH_POLL_S", d.batch.poll_s),
+            expired=env_choice(env, "PROMPTQ_BATCH_EXPIRED", d.batch.expired, BATCH_EXPIRED_CHOICES),
+        )
+        batch_api = env_flag(env, "PROMPTQ_BATCH_API")
+        if batch_api and listed:
+            raise ConfigError(
+                f'PROMPTQ_BATCH_API is for the default backend: with {BACKENDS_ENV}, give a backend "batch": true'
+            )
         return cls(
+            batch_api=batch_api,
+            batch=batch,
             redis_url=redis_url,
             openai_api_key=api_key,
             openai_base_url=base_url,

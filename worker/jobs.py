@@ -24,12 +24,13 @@ import structlog
 
 from promptq_core.background import REDIS_TROUBLE
 from promptq_core.contract import JobResult, split_arq_id
-from promptq_core.validation import FLEX_TIER, InvalidJobError, PromptJob
+from promptq_core.tenants import Policy
+from promptq_core.validation import BATCH_TIER, FLEX_TIER, InvalidJobError, PromptJob
 from worker import llm, tracing
 from worker.arq_seam import UNDECODABLE
 from worker.circuit import PARK_S, PROCESSED_MAYBE
 from worker.config import WorkerConfig
-from worker.lifecycle import Backoff, EndedElsewhere, Finish, Outcome, Release, end
+from worker.lifecycle import Backoff, Collect, EndedElsewhere, Finish, Outcome, Release, end
 from worker.limiter import BudgetWaitTooLongError, LimitTooSmallError, estimate_tokens, server_budget_wait_s
 from worker.logs import get_logger
 from worker.retry import backoff_s
@@ -152,10 +153,8 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
     config = state.config
     assert base.model is not None
     policy = await state.tenants.policy(job.job_id)
-    if policy is not None and (renews_s := await state.tenants.over_budget_s(policy)) is not None:
-        spent = f"tenant {policy.tenant}'s budget for the {policy.budget_period} is spent: it waits for the next"
-        error = llm.LLMError("over_budget", spent, retryable=True)
-        return Release(_released(base, error), "budget", min(renews_s, BUDGET_RECHECK_S))
+    if (held := await _held(state, job, base, policy)) is not None:
+        return held
     tenant = state.tenants.budget(policy, job.keys.arq_id(job.job_id))
     fallbacks = job.fallbacks or config.fallbacks.get(base.model, ())
     if policy is not None and policy.models:  # the fleet's fallbacks too stay within the tenant's models
@@ -201,6 +200,42 @@ async def _attempt(state: WorkerState, job: PromptJob, base: JobResult) -> Outco
         if last or not _moves_on(outcome):
             return outcome
     raise AssertionError("unreachable: the last model's attempt returns")
+
+
+async def _held(state: WorkerState, job: PromptJob, base: JobResult, policy: Policy | None) -> Outcome | None:
+    """How the attempt ends before any call: its tenant's budget is spent (it waits for the next
+    period), or it is a batch-tier job (it goes into a provider batch); None: it calls live."""
+    if policy is not None and (renews_s := await state.tenants.over_budget_s(policy)) is not None:
+        spent = f"tenant {policy.tenant}'s budget for the {policy.budget_period} is spent: it waits for the next"
+        error = llm.LLMError("over_budget", spent, retryable=True)
+        return Release(_released(base, error), "budget", min(renews_s, BUDGET_RECHECK_S))
+    if job.tier == BATCH_TIER:
+        return await _to_batch(state, job, base)
+    return None
+
+
+BATCH_KEEP_S = 2 * 86_400.0
+"""A batched job's record and document are kept at least this long (a provider batch has a day to
+answer; its answers may be read later), and then its result for ``PROMPTQ_RESULT_TTL_S``."""
+
+
+async def _to_batch(state: WorkerState, job: PromptJob, base: JobResult) -> Outcome | None:
+    """A batch-tier job goes into the collection of the first backend with the Batch API serving its
+    model (:mod:`worker.provider_batches` sends it); None: it runs live (no such backend, or its
+    provider batch expired with ``PROMPTQ_BATCH_EXPIRED=live``)."""
+    assert base.model is not None
+    backend = state.config.batch_backend(base.model)
+    if backend is None:
+        if not state.config.batch.strict:
+            return None
+        served = "no backend with the Batch API serves it (PROMPTQ_BATCH_STRICT is set)"
+        error = llm.LLMError("no_batch_backend", f"model {base.model!r}: {served}", retryable=False)
+        return _failed(base, error, started_s=time.monotonic())
+    if await state.settle.runs_live(job.keys, job.job_id):
+        return None
+    batched = dataclasses.replace(base, status="batched", backend=backend.name, error=None)
+    collection = f"{backend.name} {job.endpoint} {base.model}"
+    return Collect(batched, collection, BATCH_KEEP_S + state.config.result_ttl_s)
 
 
 def _moves_on(outcome: Outcome) -> bool:

@@ -18,10 +18,17 @@ running    queued       :class:`Release`: a shutdown interrupted the    defer (t
                         call, the rate-limit budget is too far away,
                         or every backend of its model is down (it
                         waits for one: due when a circuit closes)
+running    batched      :class:`Collect`: a batch-tier job joins the     collect
+                        collection of its backend, endpoint and model
+batched    succeeded,   its provider batch answered (or expired, was    batch_settle
+           failed,      cancelled: ``PROMPTQ_BATCH_EXPIRED``; or its
+           batched,     line failed and it has tries left: again in a
+           queued       later provider batch) (``worker.provider_batches``)
 running    queued       the lease ran out (the worker died, or lost     claim
                         Redis for longer than a lease)
-queued,    cancelled    ``Producer.cancel``                             cancel
-running
+queued,    cancelled    ``Producer.cancel`` (a batched job's answer,    cancel
+running,                when it comes, is dropped)
+batched
 running    (cancelled)  :class:`EndedElsewhere`: the worker lets go     ack
 failed     queued       ``Producer.retry``                              retry
 =========  ===========  ==============================================  ==================
@@ -50,7 +57,7 @@ from worker.llm import LLMError
 from worker.logs import get_logger
 from worker.state import WorkerState
 
-__all__ = ["Backoff", "EndedElsewhere", "Finish", "Outcome", "Release", "end"]
+__all__ = ["Backoff", "Collect", "EndedElsewhere", "Finish", "Outcome", "Release", "end", "report_finished"]
 
 log = get_logger("promptq.job")
 
@@ -89,6 +96,16 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Collect:
+    """A batch-tier job goes into ``collection`` (``"{backend} {endpoint} {model}"``), to be sent in a
+    provider batch; ``batched`` is its document meanwhile, kept at least ``keep_s``."""
+
+    batched: JobResult
+    collection: str
+    keep_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class EndedElsewhere:
     """Another party ended the job meanwhile (a cancel): the worker lets go of it."""
 
@@ -96,7 +113,7 @@ class EndedElsewhere:
     status: str
 
 
-Outcome = Finish | Backoff | Release | EndedElsewhere
+Outcome = Finish | Backoff | Release | Collect | EndedElsewhere
 
 
 async def end(state: WorkerState, outcome: Outcome) -> None:
@@ -124,13 +141,19 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
             if stored is not None:
                 return _report_ended_elsewhere(state, queued, stored.status)
             _report_release(state, queued, reason, delay_s, waiting=recoveries is not None)
+        case Collect(batched, collection, keep_s):
+            stored = await asyncio.shield(state.settle.collect(batched, collection, keep_s))
+            if stored is not None:
+                return _report_ended_elsewhere(state, batched, stored.status)
+            tracing.ended("batched")
+            log.info("job.batched", backend=batched.backend, collection=collection)
         case EndedElsewhere(base, status):
             await asyncio.shield(state.settle.ack(queue_keys(base.queue), base.job_id))
             _report_ended_elsewhere(state, base, status)
 
 
 async def _settled_spend(state: WorkerState, result: JobResult) -> None:
-    cost = state.metrics.cost_of(result.model, result.usage)
+    cost = state.metrics.cost_of(result.model, result.usage, result.tier)
     if cost:
         try:
             await state.tenants.spent(result.job_id, cost, result.finished_at or time.time())
@@ -138,8 +161,15 @@ async def _settled_spend(state: WorkerState, result: JobResult) -> None:
             log.warning("tenant.spend_lost", error=str(e))
 
 
+async def report_finished(state: WorkerState, final: JobResult, error: LLMError | None) -> None:
+    """Report a job a provider batch's answer ended (settled by ``worker.provider_batches``), as a
+    live attempt's finish is: its tenant's spend, the metrics, the tally, the canonical line."""
+    await _settled_spend(state, final)
+    _report_finished(state, final, error, counted=True)
+
+
 def _report_finished(state: WorkerState, final: JobResult, error: LLMError | None, *, counted: bool) -> None:
-    cost = None if final.status == "cancelled" else state.metrics.cost_of(final.model, final.usage)
+    cost = None if final.status == "cancelled" else state.metrics.cost_of(final.model, final.usage, final.tier)
     if counted:  # (not a second delivery of a job stored already)
         state.tally.count(final, cost)
     usage = final.usage

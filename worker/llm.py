@@ -36,7 +36,7 @@ from worker.backends import Backend
 from worker.config import WorkerConfig
 from worker.retry import retry_after_s
 
-__all__ = ["Clients", "Completion", "LLMError", "classify", "complete", "make_client"]
+__all__ = ["Clients", "Completion", "LLMError", "answer", "classify", "complete", "error_of", "make_client", "request"]
 
 SLOTS_PER_CLIENT = 10
 """Job slots that share one client (and so one HTTP connection pool)."""
@@ -174,27 +174,16 @@ async def complete(
     With ``on_delta`` the request is streamed and each piece of the answer is handed to it as it
     arrives (for chat, usage is asked for with ``stream_options.include_usage``). A flex-tier job is
     sent with ``service_tier="flex"``; ``timeout_s`` overrides the client's timeout for this call."""
-    params: dict[str, Any] = dict(job.params)
-    if job.tier == FLEX_TIER:
-        params["service_tier"] = FLEX_TIER
     timeout: Any = {} if timeout_s is None else {"timeout": timeout_s}  # (openai's RequestOptions)
     try:
-        if job.endpoint == EMBEDDINGS_ENDPOINT:
-            params.pop("encoding_format", None)  # always base64: the compact form the result keeps
-            body = _body({"model": model, "input": job.input, "encoding_format": "base64"}, params)
-            response = await client.post("/embeddings", cast_to=httpx2.Response, body=body, options=timeout)
-            return _embeddings(response.json(), response.headers, job.input)
-        if job.endpoint == RESPONSES_ENDPOINT:
-            if on_delta is not None:
+        if on_delta is not None and job.endpoint != EMBEDDINGS_ENDPOINT:
+            params = _params(job)
+            if job.endpoint == RESPONSES_ENDPOINT:
                 return await _streamed_response(client, job, model, {**params, **timeout}, on_delta)
-            body = _body({"model": model, "input": job.input}, params)
-            response = await client.post("/responses", cast_to=httpx2.Response, body=body, options=timeout)
-            return _response(response.json(), response.headers)
-        if on_delta is not None:
             return await _streamed(client, job, model, {**params, **timeout}, on_delta)
-        body = _body({"model": model, "messages": job.messages}, params)
-        response = await client.post("/chat/completions", cast_to=httpx2.Response, body=body, options=timeout)
-        return _completion(response.json(), response.headers)
+        path, body = request(job, model)
+        response = await client.post(path, cast_to=httpx2.Response, body=body, options=timeout)
+        return answer(job, response.json(), response.headers)
     except openai.APIStatusError as e:
         type_, retryable = classify(e.status_code, e.code)
         raise LLMError(
@@ -212,6 +201,46 @@ async def complete(
         raise LLMError("connection_error", f"the stream broke off: {e!r}", retryable=True) from e
     except (openai.APIError, ValueError) as e:  # a body that is not JSON (or, streamed, not chunks)
         raise LLMError("bad_response", f"the API answered with an unreadable body: {e}", retryable=True) from e
+
+
+def _params(job: PromptJob) -> dict[str, Any]:
+    params: dict[str, Any] = dict(job.params)
+    if job.tier == FLEX_TIER:
+        params["service_tier"] = FLEX_TIER
+    return params
+
+
+def request(job: PromptJob, model: str) -> tuple[str, dict[str, Any]]:
+    """The path (under the API's base URL) and the body of the job's request, unstreamed: what a
+    live call posts, and what a provider batch's line holds (``worker.provider_batches``)."""
+    params = _params(job)
+    if job.endpoint == EMBEDDINGS_ENDPOINT:
+        params.pop("encoding_format", None)  # always base64: the compact form the result keeps
+        return "/embeddings", _body({"model": model, "input": job.input, "encoding_format": "base64"}, params)
+    if job.endpoint == RESPONSES_ENDPOINT:
+        return "/responses", _body({"model": model, "input": job.input}, params)
+    return "/chat/completions", _body({"model": model, "messages": job.messages}, params)
+
+
+def answer(job: PromptJob, body: Any, headers: Mapping[str, str] | None = None) -> Completion:
+    """What the result keeps of the body the API answered the job's request with (live, or in a
+    provider batch's output file); :class:`LLMError` for a body that is not such an answer."""
+    headers = headers or {}
+    if job.endpoint == EMBEDDINGS_ENDPOINT:
+        return _embeddings(body, headers, job.input)
+    if job.endpoint == RESPONSES_ENDPOINT:
+        return _response(body, headers)
+    return _completion(body, headers)
+
+
+def error_of(status_code: int, body: Any) -> LLMError:
+    """The error an API's answer with an error status means (a provider batch's failed line)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, message = error.get("code"), error.get("message")
+    type_, retryable = classify(status_code, code if isinstance(code, str) else None)
+    text = message if isinstance(message, str) and message else f"HTTP {status_code}"
+    return LLMError(type_, text[:1000], retryable=retryable, status_code=status_code)
 
 
 def _body(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

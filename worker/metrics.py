@@ -122,9 +122,9 @@ class Metrics:
         self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
 
-    def cost_of(self, model: str | None, usage: Usage | None) -> float | None:
-        """A job's estimated cost (``PROMPTQ_PRICES``), None when its model has no price."""
-        return None if usage is None else cost_usd(self.prices, model, usage)
+    def cost_of(self, model: str | None, usage: Usage | None, tier: str = "live") -> float | None:
+        """A job's estimated cost (``PROMPTQ_PRICES``, at its tier's price), None when its model has no price."""
+        return None if usage is None else cost_usd(self.prices, model, usage, tier)
 
     def job_ended(
         self,

@@ -35,6 +35,7 @@ from worker.lease import Leases
 from worker.logs import configure_logging, get_logger
 from worker.metrics import Metrics
 from worker.presence import Presence
+from worker.provider_batches import Batcher
 from worker.queue import JobQueue
 from worker.redis_conn import check_access, check_facts, redis_settings
 from worker.routing import Router
@@ -49,6 +50,8 @@ from worker.wake import WakeListener
 
 __all__ = ["make_settings", "on_startup", "settings_kwargs"]
 
+CTX_BATCHER = "promptq.batcher"
+"""In ``ctx``: the worker's part in the Batch tier (``worker.provider_batches``), when a backend offers it."""
 CTX_CHECKED = "promptq.checked"
 """In ``ctx``: Redis was checked (``check_access``) when the settings were made."""
 
@@ -136,6 +139,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         upgrade=upgrade,
         tracing=Tracing(on=config.traces, capture=config.trace_content),
     )
+    if any(b.batch for b in config.all_backends()):  # the Batch tier: provider batches sent and read
+        batcher = Batcher(ctx["redis"], ctx[CTX_STATE], presence.worker_id)
+        batcher.start()
+        ctx[CTX_BATCHER] = batcher
     if ignored := ignored_variables(os.environ):
         log.warning("worker.variables_ignored", variables=ignored, note="backends are listed: these are not used")
     log.info(
@@ -157,6 +164,8 @@ async def _recovered(state: WorkerState, recoveries: int) -> None:
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get(CTX_STATE)
+    if (batcher := ctx.get(CTX_BATCHER)) is not None:
+        await batcher.stop()
     if state is not None:
         await state.leases.stop()
         await state.wake.stop()

@@ -8,6 +8,8 @@
   the delayed set for a wait or back in line at its place, the try kept (a retry after its backoff)
   or given back (a shutdown, a rate-limit budget too far away).
 - ``ack``: let go of a job that ended without a result of this attempt's (a cancel).
+- ``collect`` (running → batched): a batch-tier job joins its collection, to be sent in a provider
+  batch (:mod:`worker.provider_batches` settles it when the provider answers).
 
 A document ``Producer.cancel`` marked ``cancelled`` is never overwritten: ``finish`` and ``defer``
 hand it back instead, and let go of the job. Which outcome takes which step is written in
@@ -16,12 +18,13 @@ hand it back instead, and let go of the job. Which outcome takes which step is w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import JobResult, QueueKeys, Reply, queue_keys
+from promptq_core.contract import RUN_LIVE, JobResult, QueueKeys, Reply, queue_keys
 from worker.logs import get_logger
 from worker.redis_conn import ride_out
 from worker.scripts import WorkerScript
@@ -48,6 +51,7 @@ class Settle:
         self._finish = WorkerScript(redis, "finish", rides_out=True)
         self._defer = WorkerScript(redis, "defer", rides_out=True)
         self._ack = WorkerScript(redis, "ack", rides_out=True)
+        self._collect = WorkerScript(redis, "collect", rides_out=True)
 
     async def finish(self, final: JobResult, *, streamed: bool = False) -> Finished:
         """Write the terminal document and let go of the job; say whether the job ended here, or
@@ -105,6 +109,31 @@ class Settle:
             keep_ms=max(0, round(keep_s * 1000)),
         )
         return _parse(stored)
+
+    async def collect(self, batched: JobResult, collection: str, keep_s: float) -> JobResult | None:
+        """Mark a batch-tier job batched and add it to ``collection`` (its record and document kept
+        ``keep_s`` at least); a job that ended meanwhile is let go of, its terminal document returned."""
+        job_id, keys = batched.job_id, queue_keys(batched.queue)
+        reply = await self._collect(
+            keys,
+            doc=keys.result(job_id),
+            record=keys.record(job_id),
+            tries=keys.tries(job_id),
+            collect=keys.collect(collection),
+            job_id=job_id,
+            doc_json=batched.to_json(),
+            collection=collection,
+            keep_ms=round(keep_s * 1000),
+        )
+        if reply == Reply.COLLECTED:
+            return None
+        return _parse(reply) or dataclasses.replace(batched, status="cancelled")
+
+    async def runs_live(self, queue: QueueKeys, job_id: str) -> bool:
+        """Whether a batch-tier job is to run live this once (its provider batch expired, with
+        ``PROMPTQ_BATCH_EXPIRED=live``); the mark is taken."""
+        redis: Any = self.redis
+        return bool(await ride_out(lambda: redis.srem(queue.key(RUN_LIVE), job_id)))
 
     async def ack(self, queue: QueueKeys, job_id: str) -> None:
         """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""

@@ -177,7 +177,7 @@ def event(name: str, **attributes: Any) -> None:
 
 def ended(status: str, error_type: str | None = None) -> None:
     """How the current attempt ended: ``succeeded``, ``failed``, ``retrying``, ``deferred``,
-    ``cancelled`` or ``released`` (an error status with ``error.type`` when it failed)."""
+    ``cancelled``, ``released`` or ``batched`` (an error status with ``error.type`` when it failed)."""
     span = _attempt.get()
     if span is None:
         return

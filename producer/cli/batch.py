@@ -162,7 +162,7 @@ class Progress:
             progress.by_status[status] = progress.by_status.get(status, 0) + 1
             if r is not None and r.usage is not None:
                 progress.tokens += r.usage.total_tokens
-                if (cost := cost_usd(prices, r.model, r.usage)) is not None:
+                if (cost := cost_usd(prices, r.model, r.usage, r.tier)) is not None:
                     progress.cost_usd = (progress.cost_usd or 0.0) + cost
         return progress
 

@@ -140,8 +140,10 @@ class Cli:
         depths = self.producer.depths()
         overview = self.producer.overview()
         waiting = overview.queue["totals"]["waiting_for_backend"]
-        lines = _queue_lines(depths) + _backend_lines(overview.backends, waiting)
-        self.emit(lines, {**depths.to_json(), "backends": overview.backends, "waiting_for_backend": waiting})
+        batch_tier = self.producer.provider_batches()
+        lines = _queue_lines(depths) + _backend_lines(overview.backends, waiting) + _batch_tier_lines(batch_tier)
+        data = {**depths.to_json(), "backends": overview.backends, "waiting_for_backend": waiting, **batch_tier}
+        self.emit(lines, data)
         return OK
 
     def result(self) -> int:
@@ -274,6 +276,33 @@ def _line(name: str, p: Progress, rate: float) -> str:
 
 
 STATUS_KEYS_SHOWN = 10
+
+
+def _batch_tier_lines(batch_tier: dict[str, list[dict[str, Any]]]) -> str:
+    """The Batch tier's collections and provider batches, one line each."""
+    now = time.time()
+    lines = [
+        f"batch tier: {c['jobs']} job(s) of {c['model']} ({c['endpoint']}) waiting to be sent to {c['backend']}"
+        for c in batch_tier["collecting"]
+    ]
+    for b in batch_tier["provider_batches"]:
+        counts = b["counts"] or {}
+        age = f", {_ago(now - b['sealed_at'])} old" if b["sealed_at"] else ""
+        done = f", {counts.get('completed', 0)} answered, {counts.get('failed', 0)} failed" if counts else ""
+        status = f" ({b['status']})" if b["status"] else ""
+        lines.append(
+            f"provider batch {b['id']} {b['provider_batch'] or '-'}: {b['step']}{status}, "
+            f"{b['lines']} line(s) of {b['model']}{done}{age}"
+        )
+    return "".join("\n" + line for line in lines)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _queue_lines(d: QueueDepths) -> str:

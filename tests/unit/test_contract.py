@@ -44,6 +44,7 @@ DOCUMENTED_FIELDS = [
     "queue",
     "tier",
     "backend",
+    "provider_batch",
     "request",
     "enqueued_at",
     "started_at",
