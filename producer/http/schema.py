@@ -108,7 +108,7 @@ class ResultDocument(BaseModel):
     """The result document (``promptq:{queue}:result:{job_id}``), as ``GET`` and the ``done`` event give it."""
 
     job_id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal["queued", "running", "batched", "succeeded", "failed", "cancelled"]
     attempts: int
     model: str | None
     endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
@@ -124,6 +124,7 @@ class ResultDocument(BaseModel):
     queue: str = Field(DEFAULT_QUEUE, description="the named queue the job waits in")
     tier: Literal["live", "flex", "batch"] = Field("live", description="how the job is called")
     backend: str | None = Field(None, description="the backend the latest attempt went to")
+    provider_batch: str | None = Field(None, description="a batch-tier job's provider batch (the provider's id)")
     request: str | None = Field(
         None, description="a digest of the request the id was submitted with (the same id with another is refused)"
     )
