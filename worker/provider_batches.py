@@ -45,6 +45,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO, TYPE_CHECKING, Any, Final
 
+import httpx2
 import openai
 from redis.asyncio import Redis
 
@@ -205,7 +206,12 @@ class Batcher:
                     await self._poll(batch)
                 case "reading":
                     await self._read(batch)
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as e:
+        except (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.InternalServerError,
+            httpx2.TransportError,
+        ) as e:
             log.warning("batch.provider_unreachable", batch=batch_id, step=record["step"], error=type(e).__name__)
             await self._record(keys, batch_id, record["step"], due_in_s=RETRY_S)
         except openai.RateLimitError:

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import time
 from typing import Any
 
 import pytest
 
-from devtools.stack import Simulator
-from producer import Producer
+from devtools.stack import Simulator, Worker, wait_until
+from producer import Producer, SyncProducer
 from promptq_core.contract import JobResult
-from tests.conftest import start_worker, stop_worker
+from tests.conftest import start_worker, stop_worker, worker_env
 from worker.config import BatchRules, WorkerConfig
+from worker.provider_batches import ANSWERS_CHUNK
 
 QUICK = BatchRules(window_s=0.3, poll_s=0.1)
 """Collections sent 0.3 s after their first job, provider batches looked at every 0.1 s at first."""
@@ -166,3 +168,52 @@ async def test_without_a_batch_capable_backend_batch_jobs_run_live_or_fail_when_
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.type == "no_batch_backend" and "gpt-4o-mini" in failed.error.message
     assert sim.stats()["completions"] == 1
+
+
+REACHED = {
+    "upload": lambda stats, done: stats["files"] >= 1,
+    "create": lambda stats, done: stats["batches"] >= 1,
+    "content": lambda stats, done: done >= ANSWERS_CHUNK,
+}
+"""When the first worker is at the step it is killed in: the file stored (its upload unanswered), the
+provider batch created (its creation unanswered), a first run of answers settled (the output file
+half sent)."""
+
+
+@pytest.mark.parametrize("step", list(REACHED))
+def test_a_worker_killed_at_any_step_loses_no_job_and_starts_no_provider_batch_twice(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer, step: str
+) -> None:
+    jobs = 3 * ANSWERS_CHUNK if step == "content" else 50
+    sim.configure(batch_hang=step)
+    ids = sync_producer.submit_many([{"prompt": f"crash {i}", "tier": "batch"} for i in range(jobs)])
+    env = worker_env(
+        redis_url,
+        sim,
+        PROMPTQ_BATCH_API="1",
+        PROMPTQ_BATCH_MAX_LINES=str(jobs),  # one provider batch, sent once every job is in
+        PROMPTQ_BATCH_WINDOW_S="30",
+        PROMPTQ_BATCH_POLL_S="0.1",
+        PROMPTQ_LEASE_S="2",
+        PROMPTQ_REQUEST_TIMEOUT_S="3",
+        PROMPTQ_JOB_TIMEOUT_S="5",
+    )
+
+    def succeeded() -> int:
+        return sum(1 for r in sync_producer.get_many(ids) if r is not None and r.ok)
+
+    with Worker(env) as first:
+        wait_until(lambda: REACHED[step](sim.stats(), succeeded()), 20, f"the worker at the {step} step")
+        first.signal(signal.SIGKILL)
+        first.popen.wait()  # type: ignore[union-attr]
+    answered_before = succeeded()
+    sim.configure(batch_hang="")
+    with Worker(env):
+        wait_until(lambda: succeeded() == jobs, 40, "every job's answer, read by the next worker")
+    stats = sim.stats()
+    assert stats["batches"] == 1  # the provider batch the first worker started, found again, not a second
+    assert stats["files"] == (2 if step == "upload" else 1)  # an upload not recorded is made again
+    assert stats["batch_lines"] == jobs and stats["requests"] == 0
+    assert all(r is not None and r.attempts == 1 and r.provider_batch for r in sync_producer.get_many(ids))
+    if step == "content":
+        assert ANSWERS_CHUNK <= answered_before < jobs
