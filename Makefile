@@ -38,7 +38,7 @@ OLDEST := openai==3.0.0 httpx2==2.7.0 redis==5.0.1 arq==0.28.0 structlog==24.1.0
 test-oldest: redis
 	@test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install --quiet --disable-pip-version-check -e '.[http,otel]' $(OLDEST) \
-		pytest pytest-asyncio pytest-timeout pyyaml
+		pytest pytest-asyncio pytest-timeout pyyaml standardwebhooks
 	.venv-oldest/bin/python -m pytest -q -m "not faults and not process and not browser" \
 		--ignore tests/integration/test_http_fuzz.py --ignore tests/integration/test_page.py \
 		--ignore tests/integration/test_dashboard.py

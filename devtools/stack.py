@@ -417,6 +417,11 @@ class Simulator(Proc):
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/_sim/stats")
 
+    def hooks(self) -> list[dict[str, Any]]:
+        """The webhook deliveries received at ``/_sim/hooks/...``: ``path``, ``headers``, ``body``, ``answered``."""
+        hooks: list[dict[str, Any]] = self._call("GET", "/_sim/hooks")["hooks"]
+        return hooks
+
     def calls(self) -> list[dict[str, Any]]:
         """Every completion request since the last reset: ``t`` (Unix s), ``prompt``, ``status`` (0: none)."""
         calls: list[dict[str, Any]] = self._call("GET", "/_sim/calls")["calls"]

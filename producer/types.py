@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from promptq_core.connect import is_cluster
@@ -28,6 +28,7 @@ from promptq_core.contract import (
 from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
 from promptq_core.env import NO_REPLICAS_ON_CLUSTER, ConfigError, env_flag, env_int, env_queue, env_redis_url
 from promptq_core.guard import ALLOW_EVICTION_ENV
+from promptq_core.webhooks import WebhookHosts
 
 __all__ = [
     "DEFAULT_REPLICA_TIMEOUT_MS",
@@ -73,6 +74,8 @@ class ProducerConfig:
     """How long a submit waits for them (``PROMPTQ_REPLICA_TIMEOUT_MS``)."""
     queue: str = DEFAULT_QUEUE
     """The queue jobs go to and are read from unless a call names another (``PROMPTQ_QUEUE``)."""
+    webhook_hosts: WebhookHosts = field(default_factory=WebhookHosts)
+    """The hosts a job's ``webhook_url`` may name (``PROMPTQ_WEBHOOK_HOSTS``; none listed: any public one)."""
 
     def __post_init__(self) -> None:
         queue_keys(self.queue)  # a ValueError naming a bad queue name
@@ -82,7 +85,8 @@ class ProducerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
         """``REDIS_URL``, ``PROMPTQ_RESULT_TTL_S``, ``PROMPTQ_MAX_PAYLOAD_BYTES``, ``PROMPTQ_ALLOW_EVICTION``,
-        ``PROMPTQ_MIN_REPLICAS``, ``PROMPTQ_REPLICA_TIMEOUT_MS`` and ``PROMPTQ_QUEUE``."""
+        ``PROMPTQ_MIN_REPLICAS``, ``PROMPTQ_REPLICA_TIMEOUT_MS``, ``PROMPTQ_QUEUE`` and
+        ``PROMPTQ_WEBHOOK_HOSTS``."""
         env = os.environ if env is None else env
         redis_url = env_redis_url(env, DEFAULT_REDIS_URL)
         min_replicas = env_int(env, "PROMPTQ_MIN_REPLICAS", 0, minimum=0)
@@ -96,6 +100,7 @@ class ProducerConfig:
             min_replicas=min_replicas,
             replica_timeout_ms=env_int(env, "PROMPTQ_REPLICA_TIMEOUT_MS", DEFAULT_REPLICA_TIMEOUT_MS),
             queue=env_queue(env, "PROMPTQ_QUEUE"),
+            webhook_hosts=WebhookHosts.from_env(env),
         )
 
     def with_url(self, redis_url: str) -> ProducerConfig:

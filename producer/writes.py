@@ -95,6 +95,7 @@ class Writes:
             max_payload_bytes=self.config.max_payload_bytes,
             trace=trace,
             queue=self.config.queue if queue is None else queue,
+            webhook_hosts=self.config.webhook_hosts,
             **kwargs,
         )
 

@@ -87,6 +87,10 @@ __all__ = [
     "SUBMIT_MEMORY_PERCENT",
     "TERMINAL_STATUSES",
     "WAKE",
+    "WEBHOOK",
+    "WEBHOOKS",
+    "WEBHOOK_GIVE_UP_MS",
+    "WEBHOOK_KEEP_MS",
     "WORKERS_KEY",
     "WORKERS_SEEN_KEY",
     "WORKER_BEAT_S",
@@ -217,6 +221,15 @@ their next attempt calls the API live."""
 BATCHER: Final = "batcher"
 """The worker sending and reading the queue's provider batches (its id, with a time to live): one at
 a time per queue."""
+WEBHOOKS: Final = "webhooks"
+"""A sorted set of the ids of webhook deliveries (``msg_...``) by when each is due (ms; a worker
+sending one moves it on by ``WEBHOOK_SEND_MS`` first, so that no other sends it meanwhile)."""
+WEBHOOK: Final = "webhook:"
+"""``webhook:{id}``: one delivery (a hash): ``url``, ``job_id``, ``body`` (the job's final document,
+as sent), ``tries`` and ``since_ms`` (when the job ended); kept ``WEBHOOK_KEEP_MS`` at most."""
+WEBHOOK_GIVE_UP_MS: Final = 86_400_000
+"""A delivery is tried again, with backoff, for a day after the job ended; then given up."""
+WEBHOOK_KEEP_MS: Final = WEBHOOK_GIVE_UP_MS + 3_600_000
 STATS: Final = "stats:"
 """``stats:{minute}`` (Unix minute): a hash counting what ended in that minute in the queue, added to
 by the workers (the jobs they end, counted as they end and rolled up every second:
@@ -336,6 +349,9 @@ class QueueKeys:
 
     def provider_batch_jobs(self, batch: str) -> str:
         return self.base + PROVIDER_BATCH_JOBS + batch
+
+    def webhook(self, delivery: str) -> str:
+        return self.base + WEBHOOK + delivery
 
     def stats(self, minute: int | str) -> str:
         return f"{self.base}{STATS}{minute}"

@@ -66,6 +66,7 @@ SCRIPT_HOMES: Final[dict[str, str]] = {
             "batch_step",
             "batch_settle",
             "lead",
+            "webhook_take",
         ),
         "worker",
     ),
@@ -89,6 +90,7 @@ QUEUE_KEYS: Final[dict[str, str]] = {
     "PROVIDER_BATCHES_ENDED": c.PROVIDER_BATCHES_ENDED,
     "RUN_LIVE": c.RUN_LIVE,
     "BATCHER": c.BATCHER,
+    "WEBHOOKS": c.WEBHOOKS,
 }
 """The fixed keys of a queue (``promptq:{queue}:`` and the contract's name), by the name a script
 uses for each."""
@@ -117,6 +119,7 @@ QUEUE_PREFIXES: Final[dict[str, str]] = {
     "STREAM_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.STREAM,
     "FAILED_JOB_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.FAILED_JOB,
     "COLLECT_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.COLLECT,
+    "WEBHOOK_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.WEBHOOK,
     "RECORD_PREFIX": c.ARQ_JOB_KEY_PREFIX + "{q}",
     "TRIES_PREFIX": c.ARQ_RETRY_KEY_PREFIX + "{q}",
     "IN_PROGRESS_PREFIX": c.ARQ_IN_PROGRESS_KEY_PREFIX + "{q}",
@@ -140,6 +143,7 @@ CONSTANTS: Final[dict[str, str | int]] = {
     "LEGACY_PLACE_OFFSET": c.LEGACY_PLACE_OFFSET,
     "IN_FLIGHT_RETRY_MS": c.IN_FLIGHT_RETRY_MS,
     "PROVIDER_BATCHES_KEPT": c.PROVIDER_BATCHES_KEPT,
+    "WEBHOOK_KEEP_MS": c.WEBHOOK_KEEP_MS,
     **{f"OLD_{name}_PREFIX": c.OLD_KEY_PREFIX + suffix for name, suffix in c.OLD_PREFIXES.items()},
     "OLD_RECORD_PREFIX": c.ARQ_JOB_KEY_PREFIX,
     "OLD_TRIES_PREFIX": c.ARQ_RETRY_KEY_PREFIX,

@@ -36,6 +36,7 @@ from promptq_core.contract import (
     queue_keys,
 )
 from promptq_core.tracing import check_trace
+from promptq_core.webhooks import WebhookHosts, check_url
 
 __all__ = [
     "CALLER_JOB_ID_RE",
@@ -231,6 +232,8 @@ class PromptJob:
     tier: str = LIVE_TIER
     """``live`` (called at once), ``flex`` (live, at the provider's cheaper ``service_tier=flex``,
     with its longer timeout) or ``batch`` (the provider's Batch API, where a backend offers it)."""
+    webhook_url: str | None = None
+    """Where the job's final result document is POSTed, signed, when it ends (``promptq_core.webhooks``)."""
     request: str = ""
     """A digest of what the job asks (its payload but for the trace context and the deadline, which
     differ from one submit to the next): its id submitted again with another request is refused."""
@@ -261,12 +264,15 @@ class PromptJob:
         queue: Any = None,
         tenant: Any = None,
         tier: Any = None,
+        webhook_url: Any = None,
+        webhook_hosts: WebhookHosts | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         **params: Any,
     ) -> PromptJob:
         """Validate a submit call; raise :class:`InvalidJobError` naming the first problem. With
         ``tenant``, the job is that tenant's: its id ``{tenant}/{job_id}``, its fairness key the
-        tenant's name unless given one (its quotas and budget count it)."""
+        tenant's name unless given one (its quotas and budget count it). ``webhook_url``: told when
+        the job ends (its host checked against ``webhook_hosts``, the operator's; None: its form only)."""
         queue = DEFAULT_QUEUE if queue is None else check_queue(queue)
         endpoint = _endpoint(endpoint)
         checked_params = _params(params, endpoint)  # first: a misspelt ``promt=`` is named as such
@@ -288,6 +294,11 @@ class PromptJob:
             payload["stream"] = True
         if (tier := _tier(tier, stream, checked_params)) != LIVE_TIER:
             payload["tier"] = tier
+        if webhook_url is not None:
+            try:
+                payload["webhook_url"] = check_url(webhook_url, webhook_hosts)
+            except ValueError as e:
+                raise InvalidJobError(str(e)) from None
         if priority is not None and check_priority(priority) != DEFAULT_PRIORITY:
             payload["priority"] = priority
         if fairness_key is not None and check_fairness_key(fairness_key) != DEFAULT_FAIRNESS_KEY:
@@ -302,7 +313,7 @@ class PromptJob:
             raise InvalidJobError("job payload is not a JSON object")
         known = {
             *("messages", "model", "params", "metadata", "stream", "priority", "fairness_key", "endpoint", "input"),
-            *("trace", "deadline", "fallbacks", "tier"),
+            *("trace", "deadline", "fallbacks", "tier", "webhook_url"),
         }
         unknown = set(payload) - known
         if unknown:
@@ -324,6 +335,7 @@ class PromptJob:
             deadline=payload.get("deadline"),
             fallbacks=payload.get("fallbacks"),
             tier=payload.get("tier"),
+            webhook_url=payload.get("webhook_url"),
             queue=queue,
             max_payload_bytes=max_payload_bytes,
             **params,
@@ -369,6 +381,7 @@ class PromptJob:
             fallbacks=tuple(payload.get("fallbacks", ())),
             queue=queue,
             tier=payload.get("tier", LIVE_TIER),
+            webhook_url=payload.get("webhook_url"),
             request=hashlib.blake2b(raw, digest_size=8).hexdigest(),
         )
 

@@ -73,6 +73,8 @@ class SimConfig:
     """A step of the Batch API done but never answered (the client waits until it gives up or dies):
     ``upload`` (the file is stored), ``create`` (the batch is created), ``content`` (half of a file's
     content is sent, then nothing); ``""``: none. For crash tests: a worker killed meanwhile."""
+    hook_fail_first: int = 0
+    """The webhook receiver (``POST /_sim/hooks/...``) answers the first this many deliveries 503."""
     seed: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:

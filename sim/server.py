@@ -8,7 +8,8 @@ connection or a hang are exact). Routes:
 - the Files and Batch API (``sim.batches``): ``POST /v1/files``, ``GET /v1/files/{id}[/content]``,
   ``POST /v1/batches``, ``GET /v1/batches[/{id}]``, ``POST /v1/batches/{id}/cancel``;
 - ``GET /_sim/stats`` (requests, completions, in flight, peak in flight, statuses, faults),
-  ``POST /_sim/reset`` (zero the counters), ``POST /_sim/config`` (change knobs, JSON), ``GET /healthz``.
+  ``POST /_sim/reset`` (zero the counters), ``POST /_sim/config`` (change knobs, JSON), ``GET /healthz``;
+- a webhook receiver for tests: ``POST /_sim/hooks/...`` (kept, answered 204), ``GET /_sim/hooks``.
 
 An outage (``outage`` in the knobs) answers every API request 503 or 529 at once, or closes the port
 and every connection for ``outage_s`` (connection refused), then reopens it on the same port.
@@ -94,6 +95,8 @@ class Simulator:
         self.batch_store = BatchStore(self.config)
         self.calls: list[list[Any]] = []
         """Each API request: [arrival (Unix s), last user message (or first input), status or 0 if unanswered]."""
+        self.hooks: list[dict[str, Any]] = []
+        """Webhook deliveries received at ``/_sim/hooks/...`` (a receiver for tests)."""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; return the port (useful with ``port=0``)."""
@@ -176,8 +179,7 @@ class Simulator:
                 return await self._api_call(req, reader, writer)
             finally:
                 self.stats.in_flight -= 1
-        if req.path.startswith(("/v1/files", "/v1/batches")):
-            await self._batch_api(req, writer)
+        if await self._side_route(req, writer):
             return True
         # the routes below are not counted in the statistics
         if route == ("GET", "/v1/models"):
@@ -194,6 +196,7 @@ class Simulator:
             self.stats = SimStats()
             self.batch_store = BatchStore(self.config)
             self.calls = []
+            self.hooks = []
             await self._json(writer, 200, dataclasses.asdict(self.stats), counted=False)
         elif route == ("POST", "/_sim/config"):
             try:
@@ -212,6 +215,27 @@ class Simulator:
         else:
             await self._error(writer, 404, f"no route {req.method} {req.path}", "invalid_request_error")
         return True
+
+    async def _side_route(self, req: Request, writer: asyncio.StreamWriter) -> bool:
+        """The Files and Batch API and the webhook receiver (not counted as API calls); False: not theirs."""
+        if req.path.startswith(("/v1/files", "/v1/batches")):
+            await self._batch_api(req, writer)
+        elif req.path.startswith("/_sim/hooks"):
+            await self._hooks(req, writer)
+        else:
+            return False
+        return True
+
+    async def _hooks(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        """A webhook receiver: ``POST /_sim/hooks/...`` keeps the delivery (its ``webhook-*`` headers
+        and body) and answers 204 (503 to the first ``hook_fail_first``); ``GET /_sim/hooks`` lists them."""
+        if req.method == "GET":
+            await self._json(writer, 200, {"hooks": self.hooks}, counted=False)
+            return
+        status = 503 if len(self.hooks) < self.config.hook_fail_first else 204
+        headers = {k: v for k, v in req.headers.items() if k.startswith("webhook-")}
+        self.hooks.append({"path": req.path, "headers": headers, "body": req.body.decode(), "answered": status})
+        await self._send(writer, status, b"", "text/plain", counted=False)
 
     async def _batch_api(self, req: Request, writer: asyncio.StreamWriter) -> None:
         """The Files and Batch API (``sim.batches``)."""

@@ -31,6 +31,7 @@ from promptq_core.env import (
 )
 from promptq_core.prices import Price, prices_from_env
 from promptq_core.validation import InvalidJobError, check_fairness_key
+from promptq_core.webhooks import WebhookHosts, secret_from_env
 from worker.backends import (
     BACKENDS_ENV,
     BACKENDS_FILE_ENV,
@@ -79,6 +80,8 @@ ENV_NAMES = (
     "PROMPTQ_BATCH_WINDOW_S",
     "PROMPTQ_BATCH_POLL_S",
     "PROMPTQ_BATCH_EXPIRED",
+    "PROMPTQ_WEBHOOK_SECRET",
+    "PROMPTQ_WEBHOOK_HOSTS",
     "PROMPTQ_MAX_TRIES",
     "PROMPTQ_RESULT_TTL_S",
     "PROMPTQ_MAX_PAYLOAD_BYTES",
@@ -247,6 +250,10 @@ class WorkerConfig:
     """The ``default`` backend offers the Batch API (``PROMPTQ_BATCH_API``); listed backends say so
     each with ``"batch": true``."""
     batch: BatchRules = field(default_factory=BatchRules)
+    webhook_secret: bytes | None = field(default=None, repr=False)
+    """The key webhook deliveries are signed with (``PROMPTQ_WEBHOOK_SECRET``, ``whsec_...``)."""
+    webhook_hosts: WebhookHosts = field(default_factory=WebhookHosts)
+    """The hosts a delivery may go to besides public ones (``PROMPTQ_WEBHOOK_HOSTS``)."""
 
     def all_backends(self) -> tuple[Backend, ...]:
         """The backends calls go to: the listed ones, or the ``default`` one."""
@@ -326,6 +333,8 @@ class WorkerConfig:
                 f'PROMPTQ_BATCH_API is for the default backend: with {BACKENDS_ENV}, give a backend "batch": true'
             )
         return cls(
+            webhook_secret=secret_from_env(env),
+            webhook_hosts=WebhookHosts.from_env(env),
             batch_api=batch_api,
             batch=batch,
             redis_url=redis_url,

@@ -89,10 +89,10 @@ async def run_prompt(ctx: dict[str, Any], payload: Any) -> None:
     )
     if (deadline := _deadline(config, job, base)) is not None and time.time() >= deadline:
         error = llm.LLMError("expired", "the job's deadline passed before it could run", retryable=False)
-        return await _end(state, _failed(base, error, started_s=time.monotonic()))
+        return await _end(state, _failed(base, error, started_s=time.monotonic()), job)
     if attempt > config.max_tries:  # a worker died during each of the earlier attempts
         error = llm.LLMError("too_many_attempts", f"{attempt - 1} attempts did not finish", retryable=True)
-        return await _end(state, _failed(base, error, started_s=time.monotonic()))
+        return await _end(state, _failed(base, error, started_s=time.monotonic()), job)
     with state.leases.holding(handle):
         if state.leases.cancelled_before_start(handle):  # its document says cancelled: no call
             return await _end(state, EndedElsewhere(base, "cancelled"))
@@ -122,12 +122,14 @@ async def _attempt_ending(state: WorkerState, job: PromptJob, base: JobResult) -
         log.exception("job.internal_error")
         error = llm.LLMError("internal_error", f"{type(e).__name__}: {e}", retryable=False)
         outcome = _failed(base, error, started_s=time.monotonic())
-    await _end(state, outcome)
+    await _end(state, outcome, job)
 
 
-async def _end(state: WorkerState, outcome: Outcome) -> None:
-    """Settle and report the outcome; a settle Redis did not take leaves the job leased (it runs again
-    once its lease runs out)."""
+async def _end(state: WorkerState, outcome: Outcome, job: PromptJob | None = None) -> None:
+    """Settle and report the outcome (a job's finish with its webhook, if it names one); a settle
+    Redis did not take leaves the job leased (it runs again once its lease runs out)."""
+    if job is not None and job.webhook_url and isinstance(outcome, Finish):
+        outcome = dataclasses.replace(outcome, webhook_url=job.webhook_url)
     try:
         await end(state, outcome)
     except REDIS_TROUBLE as e:

@@ -69,6 +69,8 @@ class Finish:
     result: JobResult
     error: LLMError | None = None
     streamed: bool = False
+    webhook_url: str | None = None
+    """The job's webhook: told of the terminal document once it is stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +121,8 @@ Outcome = Finish | Backoff | Release | Collect | EndedElsewhere
 async def end(state: WorkerState, outcome: Outcome) -> None:
     """Settle ``outcome`` in Redis (one script, shielded from a cancel), then report it once."""
     match outcome:
-        case Finish(result, error, streamed):
-            finished = await asyncio.shield(state.settle.finish(result, streamed=streamed))
+        case Finish(result, error, streamed, webhook_url):
+            finished = await asyncio.shield(state.settle.finish(result, streamed=streamed, webhook_url=webhook_url))
             if finished.cancelled is not None:  # cancelled while the call ran: the cancelled document stays
                 cancelled = dataclasses.replace(
                     finished.cancelled, latency_ms=result.latency_ms, attempts=result.attempts

@@ -47,9 +47,12 @@ from worker.tenants import Tenants
 from worker.tracing import Tracing
 from worker.upgrade import Upgrade
 from worker.wake import WakeListener
+from worker.webhooks import Deliveries
 
 __all__ = ["make_settings", "on_startup", "settings_kwargs"]
 
+CTX_DELIVERIES = "promptq.webhooks"
+"""In ``ctx``: the worker's webhook sender (``worker.webhooks``)."""
 CTX_BATCHER = "promptq.batcher"
 """In ``ctx``: the worker's part in the Batch tier (``worker.provider_batches``), when a backend offers it."""
 CTX_CHECKED = "promptq.checked"
@@ -139,6 +142,9 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         upgrade=upgrade,
         tracing=Tracing(on=config.traces, capture=config.trace_content),
     )
+    deliveries = Deliveries(ctx["redis"], tuple(q.keys for q in queues), config.webhook_secret, config.webhook_hosts)
+    deliveries.start()  # webhooks: jobs' final documents POSTed where they asked, signed
+    ctx[CTX_DELIVERIES] = deliveries
     if any(b.batch for b in config.all_backends()):  # the Batch tier: provider batches sent and read
         batcher = Batcher(ctx["redis"], ctx[CTX_STATE], presence.worker_id)
         batcher.start()
@@ -166,6 +172,8 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get(CTX_STATE)
     if (batcher := ctx.get(CTX_BATCHER)) is not None:
         await batcher.stop()
+    if (deliveries := ctx.get(CTX_DELIVERIES)) is not None:
+        await deliveries.stop()
     if state is not None:
         await state.leases.stop()
         await state.wake.stop()

@@ -53,9 +53,10 @@ class Settle:
         self._ack = WorkerScript(redis, "ack", rides_out=True)
         self._collect = WorkerScript(redis, "collect", rides_out=True)
 
-    async def finish(self, final: JobResult, *, streamed: bool = False) -> Finished:
+    async def finish(self, final: JobResult, *, streamed: bool = False, webhook_url: str | None = None) -> Finished:
         """Write the terminal document and let go of the job; say whether the job ended here, or
-        return the stored document instead if it was cancelled meanwhile (that one stays)."""
+        return the stored document instead if it was cancelled meanwhile (that one stays). A job
+        that ended here with a ``webhook_url`` has its delivery due at once (``worker.webhooks``)."""
         job_id, keys = final.job_id, queue_keys(final.queue)
         values: dict[str, Any] = dict(
             queue=keys,
@@ -70,6 +71,7 @@ class Settle:
             status=final.status,
             now_ms=int(time.time() * 1000),
             streamed="1" if streamed else "0",
+            webhook_url=webhook_url or "",
         )
         if not self.min_replicas:
             reply = await self._finish(**values)

@@ -29,7 +29,7 @@ from promptq_core.validation import JOB_ID_RE, InvalidJobError, valid_batch_name
 
 __all__ = ["BadLine", "Batch", "Progress", "Tracker", "output_line", "parse_jsonl", "valid_batch_name"]
 
-QUEUE_FIELDS = ("priority", "fairness_key", "tier")
+QUEUE_FIELDS = ("priority", "fairness_key", "tier", "webhook_url")
 """promptq's own fields a Batch API line may carry beside its body."""
 
 
@@ -62,12 +62,13 @@ def parse_jsonl(
     priority: int | None = None,
     fairness_key: str | None = None,
     tier: str | None = None,
+    webhook_url: str | None = None,
 ) -> Batch:
     """Read each line as the Batch API's ``{"custom_id", "method", "url", "body"}`` or as plain
     ``{"prompt" | "messages", ...options, "custom_id"?}``; check it as ``submit`` would.
 
-    A line may set its own ``priority``, ``fairness_key`` and ``tier`` (in the Batch API's format,
-    beside ``body``); else it takes those given here, and the fairness key defaults to the batch's
+    A line may set its own ``priority``, ``fairness_key``, ``tier`` and ``webhook_url`` (in the Batch
+    API's format, beside ``body``); else it takes those given here, and the fairness key defaults to the batch's
     name, so batches submitted together take turns."""
     parsed = Batch(valid_batch_name(batch))
     seen: dict[str, int] = {}
@@ -86,6 +87,8 @@ def parse_jsonl(
                 arguments.setdefault("priority", priority)
             if tier is not None:
                 arguments.setdefault("tier", tier)
+            if webhook_url is not None:
+                arguments.setdefault("webhook_url", webhook_url)
             writes.build(**arguments)  # the same checks as submit, before anything is written
         except (InvalidJobError, TypeError, ValueError) as e:
             parsed.bad.append(BadLine(line_no, str(e)))
@@ -117,7 +120,7 @@ def _arguments(line: str, line_no: int) -> tuple[str, dict[str, Any]]:
         if unknown or not isinstance(item["body"], dict):
             raise InvalidJobError(
                 "a Batch API line has custom_id, method, url and a body object "
-                "(and may have priority, fairness_key, tier)"
+                "(and may have priority, fairness_key, tier, webhook_url)"
             )
         queue_fields = {k: item[k] for k in QUEUE_FIELDS if k in item}
         if overlap := sorted(queue_fields.keys() & item["body"].keys()):

@@ -87,6 +87,7 @@ class Cli:
                 priority=self.args.priority,
                 fairness_key=self.args.fairness_key,
                 tier=self.args.tier,
+                webhook_url=self.args.webhook_url,
             )
         for bad in batch.bad:
             print(f"{path}:{bad.line_no}: {bad.message}", file=self.err)
@@ -396,6 +397,10 @@ def parser() -> argparse.ArgumentParser:
         choices=TIERS,
         help="live (default), flex or batch (the provider's Batch API, where a backend offers it) "
         "for lines without their own",
+    )
+    submit.add_argument(
+        "--webhook-url",
+        help="POST each job's result document there, signed, when it ends (lines may name their own)",
     )
     submit.add_argument(
         "--fairness-key",

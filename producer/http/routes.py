@@ -41,7 +41,7 @@ __all__ = ["KEEPALIVE_ENV", "SharedOverview", "StreamLimits", "fleet", "jobs", "
 KEEPALIVE_ENV = "PROMPTQ_SSE_KEEPALIVE_S"
 MAX_JOBS_PER_REQUEST = 10_000
 EVENT_ID_RE = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
-OWNED_EXTRAS = frozenset({"self", "cls", "max_payload_bytes", "trace"})
+OWNED_EXTRAS = frozenset({"self", "cls", "max_payload_bytes", "trace", "webhook_hosts"})
 """Names a body may not use beside the schema's fields (the submit's own arguments; the trace
 context comes from the request's ``traceparent`` header). A tenant's ``tenant`` is its key's."""
 PATH_ID_RE = re.compile(r"[A-Za-z0-9_.:@+=~-]{1,200}")

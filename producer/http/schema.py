@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from promptq_core.contract import DEFAULT_QUEUE, FAIRNESS_KEY_MAX_BYTES, QUEUE_NAME_RE
 from promptq_core.validation import CALLER_JOB_ID_RE, MAX_DEADLINE_S, MAX_FALLBACKS, MODEL_RE
+from promptq_core.webhooks import MAX_URL_CHARS
 
 __all__ = [
     "BatchDoc",
@@ -68,7 +69,14 @@ class JobRequest(BaseModel):
     tier: Literal["live", "flex", "batch"] | None = Field(
         None,
         description="live (default), flex (the provider's cheaper service_tier, slower) or batch (the provider's "
-        "Batch API where a backend offers it; else it runs live)",
+        "Batch API where a backend offers it, at half the price within 24 hours; else it runs live)",
+    )
+    webhook_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="an http(s) URL the job's final result document is POSTed to, signed (Standard Webhooks), "
+        "when it ends; its host must be public or listed in the API's PROMPTQ_WEBHOOK_HOSTS",
     )
     priority: int | None = Field(None, ge=0, le=9, strict=True, description="0 runs first, 9 last (default 5)")
     fairness_key: str | None = Field(

@@ -12,9 +12,10 @@
 -- KEYS[6] LEASES: running jobs, by when their lease runs out
 -- KEYS[7] DELAYED: deferred jobs, by when they are due
 -- KEYS[8] ROUTES: each queued job's priority, place and fairness key
+-- KEYS[9] WEBHOOKS: webhook deliveries, by when they are due
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), minute roll-ups (STATS_PREFIX), batch tallies
---  (BATCH_TALLY_PREFIX).
+--  (BATCH_TALLY_PREFIX), a webhook delivery (WEBHOOK_PREFIX: the record names a webhook_url).
 -- ARGV[1] doc_as_read
 -- ARGV[2] cancelled_doc
 -- ARGV[3] job_id
@@ -24,7 +25,9 @@
 --!include queue
 --!include clock
 --!include tally
+--!include webhook
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return CHANGED_MEANWHILE end
+want_webhook(webhook_of(redis.call('GET', KEYS[2])), ARGV[3], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 if redis.call('ZSCORE', LEASES, ARGV[3]) then
   redis.call('PUBLISH', CANCEL, ARGV[3])

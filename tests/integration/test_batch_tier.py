@@ -56,7 +56,8 @@ async def test_batch_tier_jobs_go_in_one_provider_batch_and_answer_as_live_calls
     prompts = [f"enrich row {i}" for i in range(300)]
     batched = await producer.submit_many([{"prompt": p, "tier": "batch", "max_tokens": 20} for p in prompts])
     live = await producer.submit_many([{"prompt": p, "max_tokens": 20} for p in prompts])
-    done = await run_until_done(batch_config(worker_config), producer, batched + live)
+    config = batch_config(worker_config, max_lines=300, window_s=30)  # sent when full, whatever the timing
+    done = await run_until_done(config, producer, batched + live)
     stats = sim.stats()
     assert stats["batches"] == 1 and stats["files"] == 1  # one file, one provider batch for the 300
     assert stats["batch_lines"] == 300
@@ -96,7 +97,7 @@ async def test_a_line_the_provider_refuses_fails_with_its_message_and_the_rest_s
     embed = {"endpoint": "/v1/embeddings", "model": "text-embedding-3-small", "tier": "batch"}
     good = await producer.submit_many([{**embed, "input": [f"fine {i}", "too"], "dimensions": 8} for i in range(5)])
     bad = await producer.submit(**embed, input="refused", dimensions=5000)  # (the simulator allows 3072 at most)
-    done = await run_until_done(batch_config(worker_config), producer, [*good, bad])
+    done = await run_until_done(batch_config(worker_config, max_lines=6, window_s=30), producer, [*good, bad])
     by_id = {r.job_id: r for r in done}
     assert all(by_id[i].ok and len(by_id[i].vectors or []) == 2 for i in good)
     assert all(len(v) == 8 for i in good for v in by_id[i].vectors or [])
@@ -140,7 +141,7 @@ async def test_a_job_cancelled_in_a_provider_batch_stays_cancelled_and_its_answe
 ) -> None:
     sim.configure(batch_delay_ms=1500)
     ids = await producer.submit_many([{"prompt": f"maybe {i}", "tier": "batch"} for i in range(10)])
-    worker, main = start_worker(batch_config(worker_config))
+    worker, main = start_worker(batch_config(worker_config, max_lines=10, window_s=30))
     try:
         deadline = time.monotonic() + 20
         while sim.stats()["batches"] < 1:
@@ -180,6 +181,7 @@ provider batch created (its creation unanswered), a first run of answers settled
 half sent)."""
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("step", list(REACHED))
 def test_a_worker_killed_at_any_step_loses_no_job_and_starts_no_provider_batch_twice(
     redis_url: str, sim: Simulator, sync_producer: SyncProducer, step: str

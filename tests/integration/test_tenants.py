@@ -144,6 +144,9 @@ def test_a_tenant_key_is_held_to_its_policy(api: Api, redis_url: str) -> None:
         ({"prompt": "x", "model": "small", "job_id": "other/x"}, "job_id: String should match pattern"),
         ({"prompt": "x", "model": "small", "tenant": "someone-else"}, "tenant is not a field of a job"),
         ({"prompt": "x", "model": "small", "max_payload_bytes": 10**9}, "max_payload_bytes is not a field"),
+        ({"prompt": "x", "model": "small", "webhook_hosts": ["10.0.0.1"]}, "webhook_hosts is not a field"),
+        ({"prompt": "x", "model": "small", "webhook_url": "http://10.0.0.1/in"}, "host '10.0.0.1' is not public"),
+        ({"prompt": "x", "model": "small", "webhook_url": "http://[fe80::1]/in"}, "host 'fe80::1' is not public"),
         ({"prompt": "x", "model": "small", "job_id": "t"}, None),
     ]
     for body, message in refused:

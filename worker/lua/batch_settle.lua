@@ -20,9 +20,11 @@
 -- KEYS[7] FAILED: failed job ids, by when they failed
 -- KEYS[8] COLLECTING: the collections with jobs, by when their oldest joined
 -- KEYS[9] RUN_LIVE: jobs whose next attempt runs live
+-- KEYS[10] WEBHOOKS: webhook deliveries, by when they are due
 -- Keys it builds from the ids it is given: result documents (RESULT_PREFIX), job records
 --  (RECORD_PREFIX), try counters (TRIES_PREFIX), kept records (FAILED_JOB_PREFIX), ready sets
---  (READY_PREFIX), active sets (ACTIVE_PREFIX).
+--  (READY_PREFIX), active sets (ACTIVE_PREFIX), webhook deliveries (WEBHOOK_PREFIX: a job that ends
+--  here and whose record names one).
 -- ARGV[1] ttl_ms: a terminal document's time to live
 -- ARGV[2] collection: the provider batch's collection
 -- ARGV[3..] answers: job id, how, document, job id, how, document...
@@ -30,6 +32,7 @@
 --!include status
 --!include clock
 --!include queue
+--!include webhook
 local now = now_ms()
 local settled, woken = {}, false
 for i = 3, #ARGV, 3 do
@@ -43,12 +46,13 @@ for i = 3, #ARGV, 3 do
       unplace(id)
     elseif how == 'succeeded' or how == 'failed' then
       redis.call('SET', result_key, doc, 'PX', ARGV[1])
+      local record = redis.call('GET', RECORD_PREFIX .. id)
       if how == 'failed' then
-        local record = redis.call('GET', RECORD_PREFIX .. id)
         redis.call('SET', FAILED_JOB_PREFIX .. id, record, 'PX', ARGV[1])
         redis.call('ZADD', FAILED, now, id)
         redis.call('ZREMRANGEBYRANK', FAILED, 0, -(FAILED_MAX + 1))
       end
+      want_webhook(webhook_of(record), id, doc)
       redis.call('DEL', RECORD_PREFIX .. id, TRIES_PREFIX .. id)
       unplace(id)
       redis.call('PUBLISH', DONE_PREFIX .. id, doc)

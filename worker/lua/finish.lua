@@ -16,18 +16,21 @@
 -- KEYS[8] DELAYED: deferred jobs, by when they are due
 -- KEYS[9] ROUTES: each queued job's priority, place and fairness key
 -- KEYS[10] FAILED: failed job ids, by when they failed
+-- KEYS[11] WEBHOOKS: webhook deliveries, by when they are due
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
---  (ACTIVE_PREFIX), job records (RECORD_PREFIX).
+--  (ACTIVE_PREFIX), job records (RECORD_PREFIX), a webhook delivery (WEBHOOK_PREFIX).
 -- ARGV[1] job_id
 -- ARGV[2] doc_json: the terminal document
 -- ARGV[3] ttl_ms
 -- ARGV[4] status: succeeded or failed
 -- ARGV[5] now_ms: when it failed
 -- ARGV[6] streamed: '1' for a streamed job
+-- ARGV[7] webhook_url: the job's webhook ('' none): a delivery of the document is due once it ended here
 -- Returns the cancelled document that was kept; else ENDED_HERE, or ENDED_BEFORE when its document
 -- was terminal already.
 --!include status
 --!include queue
+--!include webhook
 local current = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'GET')
 local was = status_of(current)
 local cancelled = was == 'cancelled'
@@ -50,4 +53,5 @@ if ARGV[6] == '1' then
 end
 redis.call('PUBLISH', DONE_PREFIX .. ARGV[1], ARGV[2])
 if TERMINAL[was] then return ENDED_BEFORE end
+want_webhook(ARGV[7], ARGV[1], ARGV[2])
 return ENDED_HERE
