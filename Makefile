@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster bench-trust redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster bench-trust bench-batch redis browser api openapi screenshot sim worker clean
 
 # The exact versions in constraints.txt (pip's too), the same the image installs; `make lock` renews them.
 $(STAMP): pyproject.toml constraints.txt
@@ -109,6 +109,11 @@ bench-cluster: $(STAMP) redis
 # bench/trust.md (about a minute).
 bench-trust: $(STAMP) redis
 	$(PY) -m bench.trust --out bench/trust.md
+
+# The Batch tier against the live tier for the same 10,000 jobs: calls, provider batches, Redis memory
+# while waiting, cost; writes bench/batch_tier.md (about 6 minutes).
+bench-batch: $(STAMP) redis
+	$(PY) -m bench.batch_tier --out bench/batch_tier.md
 
 # The worker's CPU per job with traces off and on (OTLP export to a local receiver); writes
 # bench/tracing.md (about 3 minutes; 7 runs).

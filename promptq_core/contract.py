@@ -536,6 +536,8 @@ class Reply:
     """circuit: it was open and this success closed it."""
     COLLECTED: Final = 1
     """collect: the batch-tier job joined its collection."""
+    LEASE_LOST: Final = 3
+    """collect: the attempt no longer holds the job (its lease ran out, or another claim took it): untouched."""
     STEP_RECORDED: Final = 1
     """batch_step: the provider batch's step was recorded."""
     STEP_MOVED: Final = 0

@@ -56,12 +56,21 @@ _URL_CHARS = re.compile(r"[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
 """The characters a URL may hold as written (RFC 3986's, percent-escapes included): no space, no quote."""
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_public(address: str) -> bool:
     """Whether an IP address is one anybody on the internet may reach (not private, loopback,
-    link-local, multicast, reserved or unspecified; an IPv4 address mapped into IPv6 as itself)."""
+    link-local, multicast, reserved or unspecified). An IPv4 address inside an IPv6 one (mapped,
+    NAT64) is judged as itself; the deprecated IPv4-compatible form (``::a.b.c.d``) is refused."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        elif int(ip) >> 32 == 0:
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -99,9 +108,12 @@ class WebhookHosts:
         return host != "localhost" and not host.endswith((".localhost", ".local", ".internal"))
 
     def allows_addresses(self, host: str, addresses: Iterable[str]) -> bool:
-        """Whether a delivery may go to these addresses ``host`` resolved to: a listed host may be
-        anywhere; any other must resolve to public addresses only."""
-        return self.lists(host) or all(is_public(a) for a in addresses)
+        """Whether a delivery may go to these addresses ``host`` resolved to: with a list, only a
+        listed host (anywhere); without one, a host resolving to public addresses only."""
+        if self.listed:
+            return self.lists(host)
+        found = list(addresses)
+        return bool(found) and all(is_public(a) for a in found)
 
 
 def _is_address(host: str) -> bool:

@@ -55,6 +55,7 @@ from promptq_core.contract import JobResult, queue_keys
 from worker import tracing
 from worker.llm import LLMError
 from worker.logs import get_logger
+from worker.settle import LeaseLostError
 from worker.state import WorkerState
 
 __all__ = ["Backoff", "Collect", "EndedElsewhere", "Finish", "Outcome", "Release", "end", "report_finished"]
@@ -144,7 +145,12 @@ async def end(state: WorkerState, outcome: Outcome) -> None:
                 return _report_ended_elsewhere(state, queued, stored.status)
             _report_release(state, queued, reason, delay_s, waiting=recoveries is not None)
         case Collect(batched, collection, keep_s):
-            stored = await asyncio.shield(state.settle.collect(batched, collection, keep_s))
+            try:
+                stored = await asyncio.shield(state.settle.collect(batched, collection, keep_s))
+            except LeaseLostError:
+                log.warning("job.lease_lost", note="its lease ran out before it was collected: it runs again")
+                tracing.ended("lease_lost")
+                return
             if stored is not None:
                 return _report_ended_elsewhere(state, batched, stored.status)
             tracing.ended("batched")

@@ -63,6 +63,7 @@ from promptq_core.contract import (
 from promptq_core.validation import InvalidJobError, PromptJob
 from worker import llm
 from worker.backends import Backend
+from worker.jobs import BATCH_KEEP_S
 from worker.lifecycle import report_finished
 from worker.logs import get_logger
 from worker.scripts import WorkerScript
@@ -138,9 +139,24 @@ class Batcher:
             await asyncio.sleep(max(0.05, min(TICK_S, self.config.batch.window_s / 2, self.config.batch.poll_s)))
 
     async def tick(self, keys: QueueKeys) -> None:
-        """Seal the collections that are due, then take every provider batch's due step."""
+        """Seal the collections that are due, then take every provider batch's due step (the lead
+        renewed meanwhile, however long a step takes)."""
         if not await self._leads(keys):
             return
+        renewing = asyncio.get_running_loop().create_task(self._keep_leading(keys))
+        try:
+            await self._due(keys)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_TROUBLE):
+                await renewing
+
+    async def _keep_leading(self, keys: QueueKeys) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_s / 3)
+            await self._leads(keys)
+
+    async def _due(self, keys: QueueKeys) -> None:
         now_ms = await self._now_ms()
         window_ms = self.config.batch.window_s * 1000
         for raw, joined_ms in await self.redis.zrange(keys.key(COLLECTING), 0, -1, withscores=True):
@@ -195,41 +211,58 @@ class Batcher:
             return
         batch = _Batch(keys, batch_id, record, backend, endpoint, model)
         try:
-            match record["step"]:
-                case "sealed":
-                    await self._upload(batch)
-                case "uploaded":
-                    await self._create(batch)
-                case "creating":
-                    await self._find_or_create(batch)
-                case "created":
-                    await self._poll(batch)
-                case "reading":
-                    await self._read(batch)
+            steps = {
+                "sealed": self._upload,
+                "uploaded": self._create,
+                "creating": self._find_or_create,
+                "created": self._poll,
+                "reading": self._read,
+            }
+            if (step := steps.get(record["step"])) is not None:
+                await step(batch)
         except (
             openai.APIConnectionError,
             openai.APITimeoutError,
             openai.InternalServerError,
             httpx2.TransportError,
+            TimeoutError,
         ) as e:
             log.warning("batch.provider_unreachable", batch=batch_id, step=record["step"], error=type(e).__name__)
             await self._record(keys, batch_id, record["step"], due_in_s=RETRY_S)
         except openai.RateLimitError:
             await self._record(keys, batch_id, record["step"], due_in_s=RETRY_S)
+        except openai.APIStatusError as e:  # the provider refuses this batch (a 4xx): its jobs fail with its word
+            type_, _retryable = llm.classify(e.status_code, e.code)
+            error = llm.LLMError(type_, e.message[:1000], retryable=False, status_code=e.status_code)
+            await self._refused(batch, record["step"], error)
+        except (LostLeadError, *REDIS_TROUBLE):
+            raise
+        except Exception:  # a bug: logged; the batch is looked at again later, not at every tick
+            log.exception("batch.step_failed", batch=batch_id, step=record["step"])
+            await self._record(keys, batch_id, record["step"], due_in_s=RETRY_S)
 
     @property
     def _creating_grace_s(self) -> float:
-        """How long a request to create a provider batch may be under way: its worker's timeout, and
-        the time its lead takes to pass on should that worker die."""
+        """How long a request to create a provider batch may be under way: its bound (the request
+        timeout, around the whole call), and the time its lead takes to pass on should its worker die."""
         return self.config.request_timeout_s + self.config.lease_s
 
     def _client(self, batch: _Batch) -> openai.AsyncOpenAI:
         return self.state.clients.take(batch.backend.name)
 
     async def _record(
-        self, keys: QueueKeys, batch_id: str, at_step: str, *, due_in_s: float = 0.0, ended: bool = False, **fields: Any
+        self,
+        keys: QueueKeys,
+        batch_id: str,
+        at_step: str,
+        *,
+        due_in_s: float = 0.0,
+        ended: bool = False,
+        check: tuple[str, str] = ("", ""),
+        **fields: Any,
     ) -> bool:
-        """Record what a step learnt (``step=`` when it moves on), if the batch is still at ``at_step``."""
+        """Record what a step learnt (``step=`` when it moves on), if the batch is still at ``at_step``
+        (and its field ``check[0]`` holds ``check[1]``: the attempt at the step is still this one)."""
         pairs = [str(x) for name, value in fields.items() for x in (name, value)]
         reply = await self._step(
             keys,
@@ -239,6 +272,8 @@ class Batcher:
             at_step=at_step,
             due_in_ms=-1 if ended else round(due_in_s * 1000),
             keep_ms=self.config.result_ttl_s * 1000,
+            check_field=check[0],
+            check_value=check[1],
             fields=pairs,
         )
         return bool(reply == Reply.STEP_RECORDED)
@@ -285,59 +320,69 @@ class Batcher:
         return lines, invalid
 
     async def _create(self, batch: _Batch) -> None:
+        """Ask the provider for the batch, once ``creating`` (with this attempt's token) is recorded.
+        An answer that does not say it was not created (a timeout, a 5xx) leaves it at
+        ``creating``: it is looked for before it is asked for again."""
         keys = batch.keys
-        grace_s = self._creating_grace_s
-        creating_ms = await self._now_ms()
+        token = str(await self._now_ms())
         if not await self._record(
-            keys, batch.id, "uploaded", due_in_s=grace_s, step="creating", creating_ms=creating_ms
+            keys, batch.id, "uploaded", due_in_s=self._creating_grace_s, step="creating", creating_ms=token
         ):
             return
         metadata = {METADATA_ID: batch.id, "promptq_queue": keys.name}
         try:
-            created = await self._client(batch).batches.create(
-                input_file_id=batch.record["file_id"],
-                endpoint=batch.endpoint,  # type: ignore[arg-type]
-                completion_window="24h",
-                metadata=metadata,
-            )
+            async with asyncio.timeout(self.config.request_timeout_s):
+                created = await self._client(batch).batches.create(
+                    input_file_id=batch.record["file_id"],
+                    endpoint=batch.endpoint,  # type: ignore[arg-type]
+                    completion_window="24h",
+                    metadata=metadata,
+                )
         except openai.APIStatusError as e:
-            if e.status_code >= 500 or e.status_code == 429:
-                await self._record(keys, batch.id, "creating", due_in_s=RETRY_S, step="uploaded")
+            if e.status_code >= 500 or e.status_code in (408, 409, 429):  # (it may exist): looked for first
+                log.warning("batch.create_unsure", batch=batch.id, status_code=e.status_code)
                 return
             type_, _retryable = llm.classify(e.status_code, e.code)
             refused = llm.LLMError(type_, e.message[:1000], retryable=False, status_code=e.status_code)
             await self._refused(batch, "creating", refused)
             return
-        await self._created(batch, "creating", created)
+        await self._created(batch, created, token)
 
-    async def _created(self, batch: _Batch, at_step: str, created: Any) -> None:
-        poll_s = self.config.batch.poll_s
+    async def _created(self, batch: _Batch, created: Any, token: str) -> None:
+        """Record the provider batch created in the attempt ``token``; one that another attempt
+        superseded meanwhile is cancelled at the provider (its jobs are in the other's)."""
         if await self._record(
             batch.keys,
             batch.id,
-            at_step,
-            due_in_s=poll_s,
+            "creating",
+            due_in_s=self.config.batch.poll_s,
+            check=("creating_ms", token),
             step="created",
             provider_batch=created.id,
             status=created.status,
         ):
             log.info("batch.created", batch=batch.id, provider_batch=created.id, lines=batch.record.get("lines"))
+            return
+        log.warning("batch.created_twice", batch=batch.id, provider_batch=created.id, note="cancelled at the provider")
+        await self._client(batch).batches.cancel(created.id)
 
     async def _find_or_create(self, batch: _Batch) -> None:
-        """A provider batch left at ``creating`` (its worker died asking): once that request cannot
-        be under way any more, find it at the provider by promptq's id, or create it."""
-        keys = batch.keys
-        waited_s = (await self._now_ms() - int(batch.record.get("creating_ms", "0"))) / 1000
+        """A provider batch left at ``creating`` (its worker died asking, or could not tell whether
+        the provider made it): once that request cannot be under way any more, find it at the
+        provider by promptq's id, or create it."""
+        keys, token = batch.keys, batch.record.get("creating_ms", "0")
+        waited_s = (await self._now_ms() - int(token)) / 1000
         grace_s = self._creating_grace_s
         if waited_s < grace_s:
             await self._record(keys, batch.id, "creating", due_in_s=grace_s - waited_s)
             return
         since_s = int(batch.record.get("sealed_ms", "0")) // 1000 - FIND_BACK_S
-        found = await self._find(batch, since_s)
+        async with asyncio.timeout(self.config.request_timeout_s * 3):
+            found = await self._find(batch, since_s)
         if found is not None:
             log.info("batch.found_again", batch=batch.id, provider_batch=found.id)
-            await self._created(batch, "creating", found)
-        elif await self._record(keys, batch.id, "creating", step="uploaded"):
+            await self._created(batch, found, token)
+        elif await self._record(keys, batch.id, "creating", check=("creating_ms", token), step="uploaded"):
             batch.record["step"] = "uploaded"
             await self._create(batch)
 
@@ -426,9 +471,13 @@ class Batcher:
         settled: list[tuple[JobResult, llm.LLMError | None]] = []
         values: list[str] = []
         for answer, doc, record in zip(answers, docs, records, strict=True):
-            if doc is None or record is None:
-                continue  # cancelled (its record gone) or expired: nothing of it to write
+            if doc is None:
+                continue  # expired: nothing of it to write
             base = JobResult.from_json(doc)
+            if base.done:  # cancelled: its answer is dropped (the script lets go of it)
+                values += [answer.job_id, "dropped", ""]
+                settled.append((base, None))
+                continue
             how, result, error = self._outcome(batch, answer, base, keys, record)
             values += [answer.job_id, how, result.to_json()]
             settled.append((result, error) if how in ("succeeded", "failed") else (result, None))
@@ -440,6 +489,7 @@ class Batcher:
             collect=keys.collect(batch.record["collection"]),
             ttl_ms=self.config.result_ttl_s * 1000,
             collection=batch.record["collection"],
+            keep_ms=round((BATCH_KEEP_S + self.config.result_ttl_s) * 1000),
             answers=values,
         )
         for (result, error), ended in zip(settled, replies, strict=True):
@@ -456,7 +506,7 @@ class Batcher:
                 )
 
     def _outcome(
-        self, batch: _Batch, answer: _Answer, base: JobResult, keys: QueueKeys, record: bytes
+        self, batch: _Batch, answer: _Answer, base: JobResult, keys: QueueKeys, record: bytes | None
     ) -> tuple[str, JobResult, llm.LLMError | None]:
         """``(how, document, error)`` for one job's answer (``batch_settle.lua``'s ``how``)."""
         now = round(time.time(), 3)
@@ -465,6 +515,14 @@ class Batcher:
             base, provider_batch=batch.record.get("provider_batch") or None, backend=batch.backend.name
         )
         error = answer.error
+        if record is None:  # (kept two days past its sending: gone only if Redis lost it)
+            lost = llm.LLMError(
+                "request_expired", "its request expired from Redis before its answer was read", retryable=True
+            )
+            failed = dataclasses.replace(
+                base, status="failed", error=lost.to_error(), finished_at=now, latency_ms=latency_ms
+            )
+            return "failed", failed, lost
         if answer.body is not None:
             try:
                 job = _job(keys, base.job_id, record, self.config.max_payload_bytes)
@@ -486,14 +544,9 @@ class Batcher:
                 )
                 return "succeeded", final, None
         assert error is not None
-        if error.type == "batch_expired":  # not the job's fault: its try is given back
-            if self.config.batch.expired == "live":
-                return (
-                    "live",
-                    dataclasses.replace(base, status="queued", error=error.to_error(), started_at=None),
-                    error,
-                )
-            return "back", dataclasses.replace(base, error=error.to_error()), error
+        if error.type == EXPIRED_ERROR and self.config.batch.expired == "live":  # its try given back
+            queued = dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None)
+            return "live", dataclasses.replace(queued, error=error.to_error()), error
         if error.retryable and base.attempts < self.config.max_tries:
             return "again", dataclasses.replace(base, attempts=base.attempts + 1, error=error.to_error()), error
         failed = dataclasses.replace(

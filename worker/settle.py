@@ -29,9 +29,13 @@ from worker.logs import get_logger
 from worker.redis_conn import ride_out
 from worker.scripts import WorkerScript
 
-__all__ = ["Finished", "Settle"]
+__all__ = ["Finished", "LeaseLostError", "Settle"]
 
 log = get_logger("promptq.settle")
+
+
+class LeaseLostError(Exception):
+    """The attempt no longer holds its job (its lease ran out meanwhile): it changed nothing."""
 
 
 class Finished(NamedTuple):
@@ -114,7 +118,8 @@ class Settle:
 
     async def collect(self, batched: JobResult, collection: str, keep_s: float) -> JobResult | None:
         """Mark a batch-tier job batched and add it to ``collection`` (its record and document kept
-        ``keep_s`` at least); a job that ended meanwhile is let go of, its terminal document returned."""
+        ``keep_s`` at least); a job that ended meanwhile is let go of, its terminal document returned;
+        a job this attempt no longer holds is left as it is (``LeaseLostError``)."""
         job_id, keys = batched.job_id, queue_keys(batched.queue)
         reply = await self._collect(
             keys,
@@ -126,9 +131,12 @@ class Settle:
             doc_json=batched.to_json(),
             collection=collection,
             keep_ms=round(keep_s * 1000),
+            attempt=batched.attempts,
         )
         if reply == Reply.COLLECTED:
             return None
+        if reply == Reply.LEASE_LOST:
+            raise LeaseLostError(job_id)
         return _parse(reply) or dataclasses.replace(batched, status="cancelled")
 
     async def runs_live(self, queue: QueueKeys, job_id: str) -> bool:

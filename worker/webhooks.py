@@ -4,11 +4,14 @@ when it ends, signed per the Standard Webhooks specification (``promptq_core.web
 The step that ends a job (``finish.lua``, ``batch_settle.lua``, ``cancel.lua``) records the delivery
 in the same step (``WEBHOOKS``, ``webhook:{id}``), so none is lost to a crash. Every worker takes
 the deliveries due in its queues (``webhook_take.lua``: each is its own for ``SEND_S``) and sends
-them from its own task, never from a job slot, a few at a time: a 2xx answer ends the delivery; any
-other answer, a timeout or no connection sends it again later (``retry_after_s``: 5 s, doubling up to an
-hour, with jitter), with the same ``webhook-id``, for a day after the job ended; then it is given
-up (``webhook.gave_up``). A host the operator has not listed that resolves to a private address is
-refused at once (``webhook.refused``). Nothing of the URL but its host is logged.
+them from its own task, never from a job slot, a few at a time, to the address it resolved and
+checked itself (the request goes there, its ``Host`` and TLS name the URL's): a 2xx answer ends the
+delivery; any other answer, a timeout, no connection or no address sends it again later
+(``retry_after_s``: 5 s, doubling up to an hour, with jitter), with the same ``webhook-id``, for a
+day after the job ended; then it is given up (``webhook.gave_up``). A host that resolves to a
+private address is refused at once (``webhook.refused``), as is, when ``PROMPTQ_WEBHOOK_HOSTS``
+lists hosts, any host it does not list (a listed one may be private). Nothing of the URL but its
+host is logged.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ log = get_logger("promptq.webhook")
 
 TICK_S: Final = 0.5
 """A worker looks for due deliveries this often."""
-SEND_S: Final = 30.0
-"""A delivery taken is this worker's for this long (its request's timeout is shorter)."""
+SEND_S: Final = 60.0
+"""A delivery taken is this worker's for this long (its lookup and request are bounded far below)."""
 TIMEOUT_S: Final = 10.0
-"""A receiver has this long to answer."""
+"""A receiver has this long to answer, from the connection to the last byte."""
 AT_ONCE: Final = 16
 """Deliveries one worker sends at once at most."""
 FIRST_RETRY_S: Final = 5.0
@@ -104,10 +107,11 @@ class Deliveries:
         body = body if isinstance(body, bytes) else str(body).encode()
         host, tries = host_of(url), int(as_text(fields.get("tries", b"0"))) + 1
         job_id = as_text(fields.get("job_id", b""))
-        if not await self._may_reach(url):
-            log.warning("webhook.refused", job_id=job_id, host=host, note=f"not public and not in {HOSTS_ENV}")
+        address = await self._address(url)
+        if address is None:
+            log.warning("webhook.refused", job_id=job_id, host=host, note=f"not public, or not in {HOSTS_ENV}")
             return await self._forget(keys, delivery)
-        outcome = await self._post(url, delivery, body)
+        outcome = await self._post(url, address, delivery, body) if address else "no_address"
         if outcome == "ok":
             log.info("webhook.delivered", job_id=job_id, host=host, tries=tries, delivery=delivery)
             return await self._forget(keys, delivery)
@@ -126,22 +130,26 @@ class Deliveries:
         await self.redis.zrem(keys.key(WEBHOOKS), delivery)
         await self.redis.delete(keys.webhook(delivery))
 
-    async def _may_reach(self, url: str) -> bool:
-        """Whether the URL's host may be sent to: listed by the operator, or resolving to public
-        addresses only (a name that does not resolve is tried again later, as a failed delivery)."""
+    async def _address(self, url: str) -> str | None:
+        """The address to send to: the URL's host resolved once, here, and checked (the request then
+        goes to that very address, so a second lookup cannot lead it elsewhere); None when the
+        host may not be sent to (not listed, with a list; a non-public address, without); ``""``
+        when it does not resolve now (a failed try: sent again later)."""
         host = host_of(url)
-        if self.hosts.lists(host):
-            return True
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            return True  # (it fails to connect: retried, then given up)
-        return self.hosts.allows_addresses(host, [str(info[4][0]) for info in found])
+            async with asyncio.timeout(TIMEOUT_S):
+                found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError):
+            return "" if self.hosts.allows_name(host) else None
+        addresses = [str(info[4][0]) for info in found]
+        return addresses[0] if self.hosts.allows_addresses(host, addresses) else None
 
-    async def _post(self, url: str, delivery: str, body: bytes) -> str:
-        """Send one delivery: ``ok`` for a 2xx answer, else what went wrong (a status, ``timeout``...)."""
+    async def _post(self, url: str, address: str, delivery: str, body: bytes) -> str:
+        """Send one delivery to ``address`` (the URL's host, resolved and checked; the ``Host``
+        header and the TLS server name stay the URL's): ``ok`` for a 2xx answer, else what went
+        wrong (a status, ``timeout``...)."""
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
@@ -154,9 +162,17 @@ class Deliveries:
         elif not self._warned_unsigned:
             self._warned_unsigned = True
             log.warning("webhook.unsigned", note="PROMPTQ_WEBHOOK_SECRET is not set: deliveries go without a signature")
+        parts = urlsplit(url)
+        pinned = parts._replace(netloc=f"[{address}]" if ":" in address else address)
+        if parts.port is not None:
+            pinned = pinned._replace(netloc=f"{pinned.netloc}:{parts.port}")
+        headers["host"] = parts.netloc
         try:
-            response = await self._client.post(url, content=body, headers=headers)
-        except httpx2.TimeoutException:
+            async with asyncio.timeout(TIMEOUT_S):
+                response = await self._client.post(
+                    pinned.geturl(), content=body, headers=headers, extensions={"sni_hostname": host_of(url)}
+                )
+        except (httpx2.TimeoutException, TimeoutError):
             return "timeout"
         except httpx2.HTTPError as e:
             return type(e).__name__

@@ -348,7 +348,7 @@ def _doc(result: JobResult | None, job_id: str, who: Caller) -> dict[str, Any]:
 
 def _tenant_view(doc: dict[str, Any], who: Caller) -> dict[str, Any]:
     """The dashboard for a tenant: its own rows of the queue and its own failures; the fleet's
-    figures (workers, backends, minutes, models, batches) are the operator's."""
+    figures (workers, backends, minutes, models, batches, the Batch tier) are the operator's."""
     rows = [row for row in doc["queue"]["rows"] if row["key"] == who.tenant]
     totals = {name: sum(row[name] for row in rows) for name in ("ready", "running", "deferred")}
     failures = []
@@ -364,6 +364,7 @@ def _tenant_view(doc: dict[str, Any], who: Caller) -> dict[str, Any]:
         "minutes": [],
         "models": [],
         "batches": [],
+        "batch_tier": {"collecting": [], "provider_batches": []},
         "failures": failures,
     }
 
@@ -387,7 +388,9 @@ class SharedOverview:
         return dict(await asyncio.shield(made[1]))
 
     async def _compute(self, queue: str | None) -> dict[str, Any]:
-        doc: dict[str, Any] = (await self.producer().overview(queue=queue)).to_doc()
+        producer = self.producer()
+        doc: dict[str, Any] = (await producer.overview(queue=queue)).to_doc()
+        doc["batch_tier"] = await producer.provider_batches(queue=queue)
         return doc
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "BatchDoc",
     "BatchItem",
     "BatchPage",
+    "BatchTierDoc",
     "Cancelled",
     "DashboardDocument",
     "ErrorBody",
@@ -231,6 +232,36 @@ class FailureDoc(BaseModel):
     error: ErrorDoc | None
 
 
+class CollectingDoc(BaseModel):
+    backend: str
+    endpoint: str
+    model: str
+    jobs: int = Field(description="batch-tier jobs waiting to be sent to this backend for this model")
+    since: float | None = Field(description="when the oldest of them joined (Unix s)")
+
+
+class ProviderBatchDoc(BaseModel):
+    id: str | None = Field(description="promptq's id of the provider batch (in its metadata)")
+    provider_batch: str | None = Field(description="the provider's id, once created")
+    step: str | None = Field(description="sealed, uploaded, creating, created, reading or ended")
+    status: str | None = Field(description="the provider's status (validating, in_progress, completed...)")
+    backend: str
+    endpoint: str
+    model: str
+    lines: int
+    counts: dict[str, Any] | None = Field(description="the provider's request counts: total, completed, failed")
+    sealed_at: float | None
+    ended_at: float | None
+    error: str | None
+
+
+class BatchTierDoc(BaseModel):
+    """``Producer.provider_batches``: the jobs waiting to be sent, and the provider batches."""
+
+    collecting: list[CollectingDoc]
+    provider_batches: list[ProviderBatchDoc]
+
+
 class DashboardDocument(BaseModel):
     """``Producer.overview``: the last 15 minutes' figures come from per-minute roll-ups the workers
     write as jobs end, so every API replica shows the whole fleet."""
@@ -242,6 +273,7 @@ class DashboardDocument(BaseModel):
     minutes: list[MinuteDoc]
     models: list[ModelDoc]
     batches: list[BatchDoc]
+    batch_tier: BatchTierDoc = Field(default_factory=lambda: BatchTierDoc(collecting=[], provider_batches=[]))
     failures: list[FailureDoc]
 
 

@@ -1,6 +1,7 @@
 """The dashboard at ``GET /dashboard``, in a real headless Chromium (driven by Playwright), against a
 real API server, worker process, Redis and the simulator: the counters move while a batch runs, a
-failed job is retried from its button, a queued one cancelled from its button."""
+failed job is retried from its button, a queued one cancelled from its button, a provider batch
+shown from its creation to its end."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ SLOTS = 4
 
 @pytest.fixture(scope="module")
 def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browser, Api]]:
-    env = worker_env(redis_server_url, sim_process, PROMPTQ_MAX_JOBS=str(SLOTS), PROMPTQ_MAX_TRIES="1")
+    env = worker_env(
+        redis_server_url,
+        sim_process,
+        PROMPTQ_MAX_JOBS=str(SLOTS),
+        PROMPTQ_MAX_TRIES="1",
+        PROMPTQ_BATCH_API="1",  # (the batch tier's panel; live jobs are not concerned)
+        PROMPTQ_BATCH_WINDOW_S="0.5",
+        PROMPTQ_BATCH_POLL_S="0.2",
+    )
     with serving({"REDIS_URL": redis_server_url, "PROMPTQ_API_TOKEN": TOKEN}, env) as served:
         yield served
 
@@ -115,3 +124,16 @@ def test_a_queued_job_is_cancelled_from_its_button(dashboard: tuple[Page, SyncPr
     assert producer.get(job_id).attempts == 0  # type: ignore[union-attr]  # it never called the API
     for blocker in blockers:
         producer.cancel(blocker)
+
+
+def test_a_provider_batch_is_shown_until_its_answers_are_read(
+    dashboard: tuple[Page, SyncProducer], sim: Simulator
+) -> None:
+    tab, producer = dashboard
+    sim.configure(batch_delay_ms=3000)
+    producer.submit_many([{"prompt": f"later {i}", "tier": "batch"} for i in range(5)])
+    tab.wait_for_selector('tr.provider-batch[data-step="created"]', timeout=15_000)
+    assert tab.is_visible("#batch-tier")
+    assert (tab.text_content("tr.provider-batch .status") or "").strip() == "in_progress"
+    tab.wait_for_selector('tr.provider-batch[data-step="ended"]', timeout=20_000)
+    assert number(tab, "tr.provider-batch .answered") == 5

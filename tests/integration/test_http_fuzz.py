@@ -60,7 +60,10 @@ def test_the_http_api_keeps_to_its_published_schema(
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         def holds(case: Any) -> None:
-            case.call_and_validate(base_url=fuzzed.url, headers=headers, timeout=10, excluded_checks=NOT_CHECKED)
+            # A bad request's own Authorization stands: ours in its place could make it a good one.
+            own = mode == GenerationMode.NEGATIVE and "Authorization" in (case.headers or {})
+            sent = {} if own else headers
+            case.call_and_validate(base_url=fuzzed.url, headers=sent, timeout=10, excluded_checks=NOT_CHECKED)
 
         try:
             holds()

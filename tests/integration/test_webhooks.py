@@ -146,3 +146,20 @@ async def test_hosts_the_operator_has_not_allowed_are_refused_at_submit_and_at_d
     finally:
         await stop_worker(worker, main)
     assert result.ok and sim.hooks() == []
+
+
+async def test_a_webhook_url_in_metadata_or_params_is_not_the_jobs_webhook(
+    local_producer: Producer, hook_config: WorkerConfig, sim: Simulator
+) -> None:
+    smuggled = {"webhook_url": hook_url(sim, "smuggled")}
+    cancelled = await local_producer.submit("x", metadata=smuggled)
+    assert (await local_producer.cancel(cancelled)).cancelled
+    batched = await local_producer.submit("y", tier="batch", metadata=smuggled, extra_body=smuggled)
+    config = dataclasses.replace(hook_config, batch_api=True, batch=BatchRules(window_s=0.1, poll_s=0.1))
+    worker, main = start_worker(config)
+    try:
+        assert (await local_producer.wait(batched, timeout=15)).ok
+        await asyncio.sleep(0.5)
+    finally:
+        await stop_worker(worker, main)
+    assert sim.hooks() == []

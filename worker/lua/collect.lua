@@ -6,7 +6,8 @@
 -- try stays spent: the provider batch is its attempt. The record and the document are kept at least
 -- keep_ms from now (a provider batch may take a day). A job that ended meanwhile (its document
 -- terminal: cancelled) is let go of instead: its record, try counter, lease and route go, and the
--- stored document is returned.
+-- stored document is returned. A job this attempt no longer holds (its lease ran out and it went back
+-- in line, or another worker claimed it since: its try counter moved on) is left as it is.
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
 -- KEYS[3] tries: arq's try counter
@@ -22,12 +23,15 @@
 -- ARGV[2] doc_json: the batched document
 -- ARGV[3] collection: its name ("{backend} {endpoint} {model}")
 -- ARGV[4] keep_ms: the record and the document live at least this long from now
--- Returns COLLECTED, or the stored terminal document (the job was let go of).
+-- ARGV[5] attempt: the attempt's number (arq's try counter when it was claimed)
+-- Returns COLLECTED, LEASE_LOST, or the stored terminal document (the job was let go of).
 --!include status
 --!include clock
 --!include queue
 local id = ARGV[1]
 local stored = false
+local held = redis.call('ZSCORE', LEASES, id) and redis.call('GET', KEYS[3]) == ARGV[5]
+if redis.call('EXISTS', KEYS[2]) == 1 and not held then return LEASE_LOST end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   stored = write_unless_terminal(KEYS[1], ARGV[2], ARGV[4])
   if not stored then

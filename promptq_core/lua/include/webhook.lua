@@ -13,8 +13,13 @@ local function want_webhook(url, job_id, doc)
   redis.call('ZADD', WEBHOOKS, 0, id)
 end
 
--- webhook_of(record): the webhook URL a job record names ('' none), read without decoding it.
+-- webhook_of(record): the webhook URL a job record's payload names ('' none): its own field, decoded
+-- (not a "webhook_url" that its metadata or parameters might hold).
 local function webhook_of(record)
   if not record then return '' end
-  return string.match(record, '"webhook_url":"([^"\\]*)"') or ''
+  local ok, decoded = pcall(cjson.decode, record)
+  if not ok or type(decoded) ~= 'table' or type(decoded['a']) ~= 'table' then return '' end
+  local payload = decoded['a'][1]
+  if type(payload) ~= 'table' or type(payload['webhook_url']) ~= 'string' then return '' end
+  return payload['webhook_url']
 end
