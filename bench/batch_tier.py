@@ -54,7 +54,6 @@ def run(tier: str) -> dict[str, float]:
             "PROMPTQ_BATCH_API": "1",
             "PROMPTQ_BATCH_POLL_S": "1",
             "PROMPTQ_PRICES": json.dumps(PRICES),
-            "PROMPTQ_LOG_LEVEL": "warning",
         }
         with SyncProducer(config=ProducerConfig(redis_url=server.url)) as producer:
             started = time.monotonic()
@@ -64,9 +63,10 @@ def run(tier: str) -> dict[str, float]:
             waiting = 0
             with Worker(env):
                 if tier == "batch":  # every job sent, none answered yet
-                    wait_until(lambda: sim.stats()["batches"] >= 1 and _all(producer, ids, "batched"), 120, "sent")
+                    sent = lambda: sim.stats()["batches"] >= 1 and _all(producer, ids, "batched")  # noqa: E731
+                    wait_until(sent, 120, "sent", interval_s=0.25)
                     waiting = used_memory(client) - empty
-                wait_until(lambda: _all(producer, ids, "succeeded"), 300, "every result")
+                wait_until(lambda: _all(producer, ids, "succeeded"), 300, "every result", interval_s=0.25)
                 elapsed = time.monotonic() - started
             results = producer.get_many(ids)
         client.close()
@@ -115,7 +115,7 @@ def main() -> None:
         )
     text = f"""# The Batch tier against the live tier
 
-`make bench-batch` ({__name__}), {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} CPUs,
+`make bench-batch` (bench/batch_tier.py), {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} CPUs,
 Python {platform.python_version()}: {JOBS:,} chat jobs (`max_tokens` 20) submitted at once, one worker
 process with 50 slots, the bundled simulator (its provider batches answer after {BATCH_DELAY_MS / 1000:g} s),
 prices {json.dumps(PRICES)} (the batch tier at its default 0.5 share). Medians of {args.repeats} runs each,

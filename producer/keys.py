@@ -9,16 +9,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from producer.core import Command, Op
-from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY, spend_key
+from promptq_core.contract import API_KEYS_KEY, TENANTS_KEY
 from promptq_core.tenants import (
     KEY_PREFIX,
     PERIODS,
     KeyEntry,
     Policy,
-    budget_period,
     check_tenant,
     key_digest,
     new_key,
+    spend_keys,
 )
 
 __all__ = ["create_key", "revoke_key", "spent", "tenant_of", "tenants", "update_tenant"]
@@ -69,9 +69,8 @@ def revoke_key(key_id: str) -> Op[bool]:
 def spent(tenant: str) -> Op[dict[str, float]]:
     """What ``tenant``'s finished jobs cost (USD, ``PROMPTQ_PRICES``) in this day and this month (UTC)."""
     check_tenant(tenant)
-    now = time.time()
-    keys = [spend_key(tenant, budget_period(period, now)[0]) for period in PERIODS]
-    values = yield Command.of("mget", keys)
+    keys = spend_keys(tenant, time.time())
+    values = yield Command.of("mget", [keys[period] for period in PERIODS])
     return {period: float(v or 0) for period, v in zip(PERIODS, values, strict=True)}
 
 

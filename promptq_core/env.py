@@ -12,6 +12,7 @@ from promptq_core.connect import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_cluste
 from promptq_core.contract import DEFAULT_QUEUE, QUEUE_NAME_RE, RESERVED_QUEUE_NAMES
 
 __all__ = [
+    "HOST_RE",
     "NO_REPLICAS_ON_CLUSTER",
     "ConfigError",
     "env_choice",
@@ -31,6 +32,10 @@ NO_REPLICAS_ON_CLUSTER = (
     "PROMPTQ_MIN_REPLICAS is not supported with a redis+cluster:// REDIS_URL (a Cluster's replicas are "
     "per shard: set it to 0, and rely on the cluster's own replication)"
 )
+
+
+HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
+"""A host a setting may name: a host name, or an IPv4 or IPv6 address (bracketed or not)."""
 
 
 class ConfigError(ValueError):

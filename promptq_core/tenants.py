@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from promptq_core.contract import DEFAULT_PRIORITY, PRIORITIES
+from promptq_core.contract import DEFAULT_PRIORITY, PRIORITIES, spend_key
 from promptq_core.validation import TENANT_RE, InvalidJobError, check_model, check_queue
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "key_digest",
     "new_key",
     "owner_of",
+    "spend_keys",
     "tenant_job_id",
 ]
 
@@ -74,6 +75,11 @@ def budget_period(period: Period, now_s: float) -> tuple[str, float]:
     year, month = divmod(start.month, 12)  # (December: month 0 of the next year)
     following = start.replace(year=start.year + year, month=month + 1)
     return start.strftime("%Y-%m"), following.timestamp()
+
+
+def spend_keys(tenant: str, at_s: float) -> dict[Period, str]:
+    """The keys of ``tenant``'s spend in each period (day, month) holding ``at_s`` (Unix time, UTC)."""
+    return {period: spend_key(tenant, budget_period(period, at_s)[0]) for period in PERIODS}
 
 
 def new_key() -> tuple[str, str]:

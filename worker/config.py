@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ from promptq_core.contract import (
     DEFAULT_RESULT_TTL_S,
 )
 from promptq_core.env import (
+    HOST_RE,
     NO_REPLICAS_ON_CLUSTER,
     ConfigError,
     env_choice,
@@ -396,11 +396,8 @@ def _optional_port(env: Mapping[str, str], name: str) -> int | None:
     return port
 
 
-HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
-
-
 def _host(env: Mapping[str, str], name: str, default: str) -> str:
     host = env_str(env, name) or default
-    if not HOST_RE.fullmatch(host):
+    if not HOST_RE.fullmatch(host) or host.startswith("["):
         raise ConfigError(f"{name} must be an address to listen on (127.0.0.1, 0.0.0.0, ::), got {host[:40]!r}")
     return host

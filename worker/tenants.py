@@ -17,8 +17,8 @@ from typing import Final
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import TENANTS_KEY, spend_key, tenant_limit_keys
-from promptq_core.tenants import PERIODS, Policy, budget_period, owner_of
+from promptq_core.contract import TENANTS_KEY, tenant_limit_keys
+from promptq_core.tenants import Policy, budget_period, owner_of, spend_keys
 from worker.logs import get_logger
 from worker.redis_conn import ride_out
 
@@ -75,8 +75,10 @@ class Tenants:
         """Seconds until the tenant's next budget period, if its spend has reached its budget."""
         if policy.budget_usd is None:
             return None
-        period, renews_at = budget_period(policy.budget_period, time.time())
-        raw = await ride_out(lambda: self.redis.get(spend_key(policy.tenant, period)))
+        now = time.time()
+        _, renews_at = budget_period(policy.budget_period, now)
+        key = spend_keys(policy.tenant, now)[policy.budget_period]
+        raw = await ride_out(lambda: self.redis.get(key))
         if raw is None or float(raw) < policy.budget_usd:
             return None
         return max(1.0, renews_at - time.time())
@@ -100,8 +102,7 @@ class Tenants:
         if tenant is None:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for period in PERIODS:
-                key = spend_key(tenant, budget_period(period, ended_s)[0])
+            for key in spend_keys(tenant, ended_s).values():
                 pipe.incrbyfloat(key, round(usd, 9))
                 pipe.expire(key, SPEND_KEEP_S)
             await pipe.execute()

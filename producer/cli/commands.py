@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -353,11 +354,21 @@ def _summary(name: str, p: Progress) -> str:
     return f"batch {name}: {p.total} job(s): {counts or 'none'}; {p.tokens:,} tokens{cost}"
 
 
-def _queue(raw: str) -> str:
-    try:
-        return check_queue(raw)
-    except InvalidJobError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argument type from one of the core's checks: its ``InvalidJobError`` is argparse's error."""
+
+    def argument(raw: str) -> str:
+        try:
+            return check(raw)
+        except InvalidJobError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return argument
+
+
+_queue = _checked(check_queue)
+_fairness_key = _checked(check_fairness_key)
+_tenant = _checked(check_tenant)
 
 
 def _priority(raw: str) -> int:
@@ -365,13 +376,6 @@ def _priority(raw: str) -> int:
         return check_priority(int(raw))
     except (ValueError, InvalidJobError):
         raise argparse.ArgumentTypeError(f"must be an integer from 0 (runs first) to 9 (last), got {raw!r}") from None
-
-
-def _fairness_key(raw: str) -> str:
-    try:
-        return check_fairness_key(raw)
-    except InvalidJobError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -432,13 +436,6 @@ def parser() -> argparse.ArgumentParser:
     keys.add_parser("list", help="tenants and their keys' ids (never the keys)")
     keys.add_parser("revoke", help="forget a key (refused from the next request on)").add_argument("key_id")
     return top
-
-
-def _tenant(raw: str) -> str:
-    try:
-        return check_tenant(raw)
-    except InvalidJobError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(raw: str) -> int:

@@ -30,7 +30,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptq_core.contract import dumps
-from promptq_core.env import ConfigError, env_flag
+from promptq_core.env import HOST_RE, ConfigError, env_flag
 from promptq_core.tenants import Policy, owner_of, tenant_job_id
 from promptq_core.validation import TENANT_RE, InvalidJobError
 
@@ -51,7 +51,6 @@ TOKEN_ENV = "PROMPTQ_API_TOKEN"
 OPEN_ENV = "PROMPTQ_API_OPEN"
 HOSTS_ENV = "PROMPTQ_API_HOSTS"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
-HOST_RE = re.compile(r"\*|[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]{2,45}\]?")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -68,7 +67,7 @@ class Access:
         env = os.environ if env is None else env
         hosts = tuple(h.strip().lower().strip("[]") for h in env.get(HOSTS_ENV, "").split(",") if h.strip())
         for host in hosts:
-            if not HOST_RE.fullmatch(host):
+            if host != "*" and not HOST_RE.fullmatch(host):
                 raise ConfigError(f"{HOSTS_ENV}: {host[:40]!r} is not a host name, an address or *")
         token = token if token is not None else (env.get(TOKEN_ENV) or None)
         return cls(token=token, open=env_flag(env, OPEN_ENV), hosts=hosts or DEFAULT_HOSTS)
