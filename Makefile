@@ -84,10 +84,12 @@ test-fast: $(STAMP) redis
 faults: $(STAMP) redis
 	PROMPTQ_FAULTS_REPORT=docs/faults.md $(PY) -m pytest tests/faults -q
 
-# The speed benchmarks against the plain-asyncio baseline, and the queue's (fairness, fleet size);
-# writes bench/results.md (about 20 minutes).
+# The speed benchmarks against the plain-asyncio baseline, and the queue's (fairness, fleet size),
+# then the Batch tier against the live tier (bench-batch); writes bench/results.md and
+# bench/batch_tier.md (about 26 minutes).
 bench: $(STAMP) redis
 	$(PY) -m bench.run --out bench/results.md
+	$(PY) -m bench.batch_tier --out bench/batch_tier.md
 
 # Shared rate limits against the simulator's own limits, shared vs per process; writes bench/limits.md
 # (3 runs of 1, 2 and 4 workers, 3 limit windows each: about 35 minutes).

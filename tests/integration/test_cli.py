@@ -233,3 +233,27 @@ def test_a_batchs_status_is_one_read_of_its_tally(redis_url: str, sync_redis: re
     before = sent()
     assert promptq(redis_url, "wait", "big", "--timeout", "1.2")[0] == 3  # about three polls
     assert sent() - before < 3 * 2_000 * 2_500  # a sweep of 2,000 pending documents a poll at most
+
+
+def test_the_readmes_batch_tier_walk_through(redis_url: str, sim: Simulator, tmp_path: Path) -> None:
+    """``promptq submit rows.jsonl --tier batch``, a worker with the Batch API, ``promptq status``,
+    ``promptq collect``: every row answered through one provider batch, none live, at half the price."""
+    source = tmp_path / "rows.jsonl"
+    source.write_text("\n".join(batch_lines(40)) + "\n")
+    code, _, err = promptq(redis_url, "submit", str(source), "--tier", "batch", "--batch", "enrich-0412")
+    assert code == 0, err
+    env = worker_env(redis_url, sim, PROMPTQ_BATCH_API="1", PROMPTQ_BATCH_MAX_LINES="40", PROMPTQ_BATCH_POLL_S="0.2")
+    prices = json.dumps({"gpt-4o-mini": {"input": 0.15, "output": 0.60}})
+    with Worker({**env, "PROMPTQ_PRICES": prices}):
+        code, _, err = promptq(redis_url, "wait", "enrich-0412", "--timeout", "30")
+        assert code == 0, err
+        code, status, _ = promptq(redis_url, "status")
+    assert "provider batch pq_" in status and "40 line(s) of gpt-4o-mini" in status
+    target = tmp_path / "out.jsonl"
+    code, _, err = promptq(redis_url, "collect", "enrich-0412", "-o", str(target))
+    assert code == 0, err
+    written = [json.loads(w) for w in target.read_text().splitlines()]
+    assert [w["custom_id"] for w in written] == [f"req-{i}" for i in range(40)]
+    assert all(w["response"]["status_code"] == 200 for w in written)
+    stats = sim.stats()
+    assert stats["batches"] == 1 and stats["batch_lines"] == 40 and stats["requests"] == 0
