@@ -449,7 +449,8 @@ class Api(Proc):
         self.url = f"http://{host}:{self.port}"
 
     def start(self) -> Self:
-        return super().start()._await_output("Application startup complete", "the API")
+        # (uvicorn says "Application startup complete" before it listens, "Uvicorn running on" after)
+        return super().start()._await_output("Uvicorn running on", "the API")
 
 
 @contextlib.contextmanager

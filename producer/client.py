@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
@@ -24,7 +25,7 @@ from producer.overview import Overview
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 from producer.writes import Writes, config_of
-from promptq_core.connect import async_client
+from promptq_core.connect import async_client, load_everywhere
 from promptq_core.contract import JobResult
 from promptq_core.guard import read_facts
 from promptq_core.scripts import script
@@ -279,7 +280,11 @@ class Producer:
     async def _script(self, step: Script) -> tuple[Any, int | None]:
         run = self._scripts[step.name]
         if not step.replicas:
-            return await run(keys=step.keys, args=step.args), None
+            try:
+                return await run(keys=step.keys, args=step.args), None
+            except NoScriptError:  # a node that lacks it even after redis-py loaded it (a promoted replica)
+                await load_everywhere(self.redis, script(step.name).source)
+                return await run(keys=step.keys, args=step.args), None
         async with self.redis.pipeline(transaction=False) as pipe:
             await run(keys=step.keys, args=step.args, client=pipe)
             pipe.wait(step.replicas, step.timeout_ms)

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import redis
+from redis.exceptions import NoScriptError
 
 from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
@@ -19,7 +20,7 @@ from producer.overview import Overview
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
 from producer.writes import Writes, config_of
-from promptq_core.connect import sync_client
+from promptq_core.connect import load_everywhere_sync, sync_client
 from promptq_core.contract import JobResult
 from promptq_core.guard import read_facts_sync
 from promptq_core.scripts import script
@@ -196,7 +197,11 @@ class SyncProducer:
     def _script(self, step: Script) -> tuple[Any, int | None]:
         run = self._scripts[step.name]
         if not step.replicas:
-            return run(keys=step.keys, args=step.args), None
+            try:
+                return run(keys=step.keys, args=step.args), None
+            except NoScriptError:  # a node that lacks it even after redis-py loaded it (a promoted replica)
+                load_everywhere_sync(self.redis, script(step.name).source)
+                return run(keys=step.keys, args=step.args), None
         with self.redis.pipeline(transaction=False) as pipe:
             run(keys=step.keys, args=step.args, client=pipe)
             pipe.wait(step.replicas, step.timeout_ms)

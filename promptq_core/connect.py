@@ -39,6 +39,8 @@ __all__ = [
     "async_client",
     "async_sentinel",
     "is_cluster",
+    "load_everywhere",
+    "load_everywhere_sync",
     "parse_cluster",
     "parse_sentinel",
     "pubsub_client",
@@ -202,6 +204,30 @@ def async_sentinel(target: SentinelTarget, **kwargs: Any) -> Any:
     return sentinel(
         list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(), **target.master_kwargs(), **kwargs
     )
+
+
+async def load_everywhere(client: Any, source: str) -> None:
+    """Load a script on the Redis ``client`` talks to: on a Cluster, on every primary of a map read
+    afresh. (A replica promoted by a failover lacks the scripts its primary had; redis-py loads a
+    script it finds missing on the primaries its own map names, which can still be the old ones.)"""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.initialize()
+        await client.execute_command("SCRIPT LOAD", source, target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.script_load(source)
+
+
+def load_everywhere_sync(client: Any, source: str) -> None:
+    """:func:`load_everywhere` for a blocking client."""
+    import redis
+
+    if isinstance(client, redis.RedisCluster):
+        client.nodes_manager.initialize()
+        client.execute_command("SCRIPT LOAD", source, target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        client.script_load(source)
 
 
 async def pubsub_client(client: Any) -> redis.asyncio.Redis:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
+from promptq_core.connect import load_everywhere
 from promptq_core.contract import QueueKeys
 from promptq_core.scripts import script
 from worker.redis_conn import ride_out
@@ -22,6 +24,7 @@ class WorkerScript:
 
     def __init__(self, redis: Redis, name: str, *, rides_out: bool = False) -> None:
         self.lua = script(name)
+        self.redis = redis
         self.rides_out = rides_out
         self._registered = redis.register_script(self.lua.source)
 
@@ -32,5 +35,12 @@ class WorkerScript:
         if client is not None:  # queued on a pipeline: its execute() runs it
             return await self._registered(keys=keys, args=args, client=client)
         if self.rides_out:
-            return await ride_out(lambda: self._registered(keys=keys, args=args))
-        return await self._registered(keys=keys, args=args)
+            return await ride_out(lambda: self._run(keys, args))
+        return await self._run(keys, args)
+
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._registered(keys=keys, args=args)
+        except NoScriptError:  # a node that lacks it even after redis-py loaded it: loaded everywhere
+            await load_everywhere(self.redis, self.lua.source)
+            return await self._registered(keys=keys, args=args)

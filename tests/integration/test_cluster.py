@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -18,8 +19,10 @@ import redis
 from devtools.stack import ClusterSet, RedisServer, Simulator, wait_until
 from producer import Producer, ProducerConfig, QueueUnavailableError, SyncProducer
 from producer.cli import main as promptq
+from promptq_core.connect import async_client, load_everywhere, load_everywhere_sync, sync_client
 from promptq_core.contract import queue_keys
 from promptq_core.env import ConfigError
+from promptq_core.scripts import script
 from tests.conftest import run_burst, start_worker, stop_worker
 from worker.config import WorkerConfig
 from worker.redis_conn import check_access
@@ -192,3 +195,23 @@ def _command(client: redis.Redis, *args: Any) -> Any:
     """A raw command (redis-py leaves ``execute_command`` untyped)."""
     run: Any = client.execute_command
     return run(*args)
+
+
+@pytest.mark.parametrize("side", ["async", "sync"])
+async def test_a_script_a_node_lacks_is_loaded_on_every_primary(
+    cluster: ClusterSet, cluster_url: str, side: str
+) -> None:
+    """What the worker and the producers do when a script is still missing after redis-py loaded it on
+    the primaries its map names (a replica promoted meanwhile): read the map afresh and load it on
+    every primary."""
+    source = script("claim").source
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    for server in cluster.servers:
+        redis.Redis(port=server.port).script_flush()
+    if side == "async":
+        client = async_client(cluster_url)
+        await load_everywhere(client, source)
+        await client.aclose()
+    else:
+        load_everywhere_sync(sync_client(cluster_url), source)
+    assert all(redis.Redis(port=s.port).script_exists(sha) == [True] for s in cluster.primaries_now())
