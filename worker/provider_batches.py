@@ -233,7 +233,13 @@ class Batcher:
             await self._record(keys, batch_id, record["step"], due_in_s=RETRY_S)
         except openai.APIStatusError as e:  # the provider refuses this batch (a 4xx): its jobs fail with its word
             type_, _retryable = llm.classify(e.status_code, e.code)
-            error = llm.LLMError(type_, e.message[:1000], retryable=False, status_code=e.status_code)
+            message = e.message[:1000]
+            if e.status_code in (404, 405) and record["step"] == "sealed":  # (a server without the Files API)
+                message = (
+                    f"backend {backend_name!r} answered {e.status_code} to its file's upload: it may not offer the "
+                    f'Batch API (PROMPTQ_BATCH_API, "batch": true); {message}'
+                )
+            error = llm.LLMError(type_, message, retryable=False, status_code=e.status_code)
             await self._refused(batch, record["step"], error)
         except (LostLeadError, *REDIS_TROUBLE):
             raise
