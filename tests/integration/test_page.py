@@ -62,7 +62,7 @@ def site(redis_server_url: str, sim_process: Simulator) -> Iterator[tuple[Browse
 @pytest.fixture
 def page(site: tuple[Browser, Api], redis_url: str, sim: Simulator) -> Iterator[tuple[Page, Api]]:
     browser, api = site
-    sim.configure(chunk_delay_ms=40)  # slow enough to see the answer grow
+    sim.configure(chunk_delay_ms=100)  # slow enough to see the answer grow, on a busy machine too
     tab = browser.new_page(bypass_csp=True)  # (the test's own waits evaluate strings; the page's CSP forbids that)
     try:
         yield tab, api
@@ -101,7 +101,8 @@ def test_a_prompt_typed_in_the_page_streams_its_answer(page: tuple[Page, Api]) -
     assert tab.text_content("#answer") == PROMPT
     lengths: list[int] = tab.evaluate("window.answerLengths")
     growing = [n for n in lengths if 0 < n < len(PROMPT)]
-    assert len(growing) >= 3 and growing == sorted(growing), lengths  # it appeared piece by piece
+    # It appeared piece by piece (the pieces sent before the page's event stream opened come at once).
+    assert len(set(growing)) >= 2 and growing == sorted(growing), lengths
     assert len(tab.text_content("#job-id") or "") == 32
     if shot := os.environ.get("PROMPTQ_SCREENSHOT"):
         tab.screenshot(path=shot, full_page=True)
