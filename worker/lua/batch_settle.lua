@@ -63,9 +63,7 @@ for i = 4, #ARGV, 3 do
       done = 1
     elseif record then
       redis.call('SET', result_key, doc, 'KEEPTTL')
-      for _, key in ipairs({result_key, record_key}) do
-        if redis.call('PTTL', key) < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
-      end
+      keep_at_least({result_key, record_key}, keep_ms)
       if how == 'again' then redis.call('INCR', TRIES_PREFIX .. id) end
       if how == 'live' then
         if tonumber(redis.call('GET', TRIES_PREFIX .. id) or '0') > 0 then redis.call('DECR', TRIES_PREFIX .. id) end

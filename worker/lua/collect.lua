@@ -28,27 +28,16 @@
 --!include status
 --!include clock
 --!include queue
+--!include let_go
 local id = ARGV[1]
-local stored = false
 local held = redis.call('ZSCORE', LEASES, id) and redis.call('GET', KEYS[3]) == ARGV[5]
-if redis.call('EXISTS', KEYS[2]) == 1 and not held then return LEASE_LOST end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  stored = write_unless_terminal(KEYS[1], ARGV[2], ARGV[4])
-  if not stored then
-    redis.call('ZREM', LEASES, id)
-    local keep_ms = tonumber(ARGV[4])
-    for _, key in ipairs({KEYS[1], KEYS[2]}) do
-      if redis.call('PTTL', key) < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
-    end
-    local now = now_ms()
-    redis.call('ZADD', KEYS[4], now, id)
-    redis.call('ZADD', COLLECTING, 'NX', now, ARGV[3])
-    return COLLECTED
-  end
-else  -- its record is gone: it ended meanwhile
-  local current = redis.call('GET', KEYS[1])
-  if TERMINAL[status_of(current)] then stored = current end
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-unplace(id)
-return stored
+if redis.call('EXISTS', KEYS[2]) == 0 then return let_go(id, KEYS[1], KEYS[2], KEYS[3], false) end
+if not held then return LEASE_LOST end
+local stored = write_unless_terminal(KEYS[1], ARGV[2], ARGV[4])
+if stored then return let_go(id, KEYS[1], KEYS[2], KEYS[3], stored) end
+redis.call('ZREM', LEASES, id)
+keep_at_least({KEYS[1], KEYS[2]}, tonumber(ARGV[4]))
+local now = now_ms()
+redis.call('ZADD', KEYS[4], now, id)
+redis.call('ZADD', COLLECTING, 'NX', now, ARGV[3])
+return COLLECTED

@@ -32,6 +32,7 @@
 --!include status
 --!include clock
 --!include queue
+--!include let_go
 local id = ARGV[1]
 local stored = false
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -40,11 +41,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     if ARGV[5] == '0' and tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
     redis.call('ZREM', LEASES, id)
     local keep_ms = tonumber(ARGV[8])
-    if keep_ms > 0 then
-      for _, key in ipairs({KEYS[1], KEYS[2]}) do
-        if redis.call('PTTL', key) < keep_ms then redis.call('PEXPIRE', key, keep_ms) end
-      end
-    end
+    if keep_ms > 0 then keep_at_least({KEYS[1], KEYS[2]}, keep_ms) end
     local delay_ms = tonumber(ARGV[4])
     if ARGV[6] == '1' and tonumber(redis.call('GET', RECOVERIES) or '0') > tonumber(ARGV[7]) then delay_ms = 0 end
     if delay_ms > 0 then
@@ -55,10 +52,5 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     end
     return false
   end
-else  -- its record is gone: it ended meanwhile
-  local current = redis.call('GET', KEYS[1])
-  if TERMINAL[status_of(current)] then stored = current end
 end
-redis.call('DEL', KEYS[2], KEYS[3])
-unplace(id)
-return stored
+return let_go(id, KEYS[1], KEYS[2], KEYS[3], stored)

@@ -66,3 +66,4 @@ local function unplace(id)
     redis.call('HDEL', ROUTES, id)
   end
 end
+

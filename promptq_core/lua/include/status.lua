@@ -25,3 +25,10 @@ local function write_unless_terminal(key, doc, ttl_ms)
   end
   return false
 end
+
+-- keep_at_least(keys, ms): each key lives at least ms from now (a longer time to live is kept).
+local function keep_at_least(keys, ms)
+  for _, key in ipairs(keys) do
+    if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+  end
+end
