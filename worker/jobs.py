@@ -283,18 +283,7 @@ async def _call_routed(
             return Backoff(queued, error, backoff_s(base.attempts, error.retry_after_s))
         return _failed(base, error, started_s=started_s, streamed=job.stream)
     await _settled_after_call(_after_success(state, route, base.model, estimate, completion, started_s, tenant))
-    final = dataclasses.replace(
-        base,
-        status="succeeded",
-        content=completion.content,
-        output=completion.output,
-        embeddings=completion.embeddings,
-        finish_reason=completion.finish_reason,
-        usage=completion.usage,
-        error=None,
-        finished_at=_now_s(),
-        latency_ms=_ms_since(started_s),
-    )
+    final = completion.succeeded(base, finished_at=_now_s(), latency_ms=_ms_since(started_s))
     return Finish(final, streamed=job.stream)
 
 

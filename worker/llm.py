@@ -20,6 +20,7 @@ Two choices here are for speed, each measured (see the README's Speed section):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import ssl
@@ -30,7 +31,15 @@ from typing import Any
 import httpx2
 import openai
 
-from promptq_core.contract import EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT, JobError, Usage, decode_vector, encode_vector
+from promptq_core.contract import (
+    EMBEDDINGS_ENDPOINT,
+    RESPONSES_ENDPOINT,
+    JobError,
+    JobResult,
+    Usage,
+    decode_vector,
+    encode_vector,
+)
 from promptq_core.validation import FLEX_TIER, PromptJob, embedding_inputs
 from worker.backends import Backend
 from worker.config import WorkerConfig
@@ -108,6 +117,21 @@ class Completion:
     response_model: str | None = None
     """The model that answered, as the API names it (for traces)."""
     response_id: str | None = None
+
+    def succeeded(self, base: JobResult, *, finished_at: float, latency_ms: int | None) -> JobResult:
+        """The job's document once this answer is its result (a live call's, or a provider batch's line)."""
+        return dataclasses.replace(
+            base,
+            status="succeeded",
+            content=self.content,
+            output=self.output,
+            embeddings=self.embeddings,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            error=None,
+            finished_at=finished_at,
+            latency_ms=latency_ms,
+        )
 
 
 class LLMError(Exception):

@@ -536,19 +536,7 @@ class Batcher:
             except (InvalidJobError, llm.LLMError) as e:
                 error = e if isinstance(e, llm.LLMError) else llm.LLMError("invalid_payload", str(e), retryable=False)
             else:
-                final = dataclasses.replace(
-                    base,
-                    status="succeeded",
-                    content=completion.content,
-                    output=completion.output,
-                    embeddings=completion.embeddings,
-                    finish_reason=completion.finish_reason,
-                    usage=completion.usage,
-                    error=None,
-                    finished_at=now,
-                    latency_ms=latency_ms,
-                )
-                return "succeeded", final, None
+                return "succeeded", completion.succeeded(base, finished_at=now, latency_ms=latency_ms), None
         assert error is not None
         if error.type == EXPIRED_ERROR and self.config.batch.expired == "live":  # its try given back
             queued = dataclasses.replace(base, status="queued", attempts=base.attempts - 1, started_at=None)
