@@ -49,7 +49,7 @@ import httpx2
 import openai
 from redis.asyncio import Redis
 
-from promptq_core.background import REDIS_TROUBLE
+from promptq_core.background import REDIS_TROUBLE, Background
 from promptq_core.contract import (
     COLLECTING,
     PROVIDER_BATCHES,
@@ -110,20 +110,17 @@ class Batcher:
         self._seal = WorkerScript(redis, "seal", rides_out=True)
         self._step = WorkerScript(redis, "batch_step", rides_out=True)
         self._settle = WorkerScript(redis, "batch_settle", rides_out=True)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("promptq-provider-batches")
 
     @property
     def config(self) -> WorkerConfig:
         return self.state.config
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="promptq-provider-batches")
+        self._loop.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:
@@ -143,18 +140,18 @@ class Batcher:
         renewed meanwhile, however long a step takes)."""
         if not await self._leads(keys):
             return
-        renewing = asyncio.get_running_loop().create_task(self._keep_leading(keys))
+        renewing = Background("promptq-provider-batches-lead")
+        renewing.start(lambda: self._keep_leading(keys))
         try:
             await self._due(keys)
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *REDIS_TROUBLE):
-                await renewing
+            await renewing.stop()
 
     async def _keep_leading(self, keys: QueueKeys) -> None:
         while True:
             await asyncio.sleep(self.config.lease_s / 3)
-            await self._leads(keys)
+            with contextlib.suppress(*REDIS_TROUBLE):  # (the step's own calls meet it too)
+                await self._leads(keys)
 
     async def _due(self, keys: QueueKeys) -> None:
         now_ms = await self._now_ms()

@@ -17,7 +17,6 @@ host is logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
 import time
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx2
 from redis.asyncio import Redis
 
-from promptq_core.background import REDIS_TROUBLE
+from promptq_core.background import REDIS_TROUBLE, Background
 from promptq_core.contract import WEBHOOK_GIVE_UP_MS, WEBHOOKS, QueueKeys, as_text
 from promptq_core.webhooks import HOSTS_ENV, WebhookHosts, host_of, sign
 from worker.logs import get_logger
@@ -63,18 +62,15 @@ class Deliveries:
     def __init__(self, redis: Redis, queues: tuple[QueueKeys, ...], secret: bytes | None, hosts: WebhookHosts) -> None:
         self.redis, self.queues, self.secret, self.hosts = redis, queues, secret, hosts
         self._take = WorkerScript(redis, "webhook_take")
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("promptq-webhooks")
         self._client = httpx2.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
         self._warned_unsigned = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="promptq-webhooks")
+        self._loop.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
         await self._client.aclose()
 
     async def _run(self) -> None:
