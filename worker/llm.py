@@ -56,7 +56,11 @@ def make_client(config: WorkerConfig, backend: Backend, tls: ssl.SSLContext | No
     context to share (each client otherwise loads the CA certificates anew, about 40 ms). An Azure
     backend gets the package's Azure client: the ``api-key`` header, ``api-version`` on every
     request, and the deployment (the backend's name for the model) in the path."""
-    http_client = None if tls is None else openai.DefaultAsyncHttpxClient(verify=tls)
+    verify: ssl.SSLContext | bool = True if tls is None else tls
+    if config.http_client == "aiohttp":
+        http_client = openai.DefaultAioHttpClient(verify=verify, timeout=config.request_timeout_s)
+    else:
+        http_client = openai.DefaultAsyncHttpxClient(verify=verify, timeout=config.request_timeout_s)
     if backend.kind == "azure":
         return openai.AsyncAzureOpenAI(
             api_key=backend.api_key,
@@ -218,6 +222,8 @@ async def complete(
             retry_after_s=retry_after_s(e.response.headers),
         ) from e
     except openai.APITimeoutError as e:
+        if not _timed_out(e):
+            raise LLMError("connection_error", f"could not reach the API: {_cause(e)}", retryable=True) from e
         raise LLMError("timeout", "the API did not answer within PROMPTQ_REQUEST_TIMEOUT_S", retryable=True) from e
     except openai.APIConnectionError as e:
         raise LLMError("connection_error", f"could not reach the API: {e.message}", retryable=True) from e
@@ -225,6 +231,29 @@ async def complete(
         raise LLMError("connection_error", f"the stream broke off: {e!r}", retryable=True) from e
     except (openai.APIError, ValueError) as e:  # a body that is not JSON (or, streamed, not chunks)
         raise LLMError("bad_response", f"the API answered with an unreadable body: {e}", retryable=True) from e
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    chain = [e]
+    while (cause := chain[-1].__cause__) is not None and len(chain) < 10:
+        chain.append(cause)
+    return chain
+
+
+def _timed_out(e: openai.APITimeoutError) -> bool:
+    """Whether a timeout the client reports was one: the aiohttp transport reports every failure to
+    connect or to keep the connection (refused, reset, closed by the server) as a connect timeout,
+    which would count as a request the API may have processed (``worker.circuit.PROCESSED_MAYBE``)."""
+    chain = _chain(e)
+    if not any(type(c).__module__.startswith("aiohttp") for c in chain):
+        return True
+    return any(isinstance(c, TimeoutError) for c in chain)
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost error's name and message (no request content is in them)."""
+    inner = _chain(e)[-1]
+    return f"{type(inner).__name__}: {inner}"[:300]
 
 
 def _params(job: PromptJob) -> dict[str, Any]:
