@@ -21,6 +21,7 @@ __all__ = [
     "ARQ_JOB_KEY_PREFIX",
     "ARQ_QUEUE_NAME",
     "ARQ_RETRY_KEY_PREFIX",
+    "ARQ_TRIES_TTL_S",
     "BACKENDS_CHANNEL",
     "BACKEND_NAME_RE",
     "BACKEND_RECOVERIES_KEY",
@@ -260,6 +261,8 @@ document ``cancelled``, and the worker running it stops its request."""
 ARQ_JOB_KEY_PREFIX: Final = "arq:job:"
 ARQ_IN_PROGRESS_KEY_PREFIX: Final = "arq:in-progress:"
 ARQ_RETRY_KEY_PREFIX: Final = "arq:retry:"
+ARQ_TRIES_TTL_S: Final = 88400
+"""How long a job's try counter lives after its last try began (arq's own figure)."""
 
 # The fleet: keys that belong to no queue.
 WORKERS_KEY: Final = "promptq:{fleet}:workers"

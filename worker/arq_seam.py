@@ -33,6 +33,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from typing import Any, Final, Protocol, Self, cast
 
 import arq
@@ -44,7 +45,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 
 from promptq_core.background import REDIS_TROUBLE
 from promptq_core.connect import is_cluster
-from promptq_core.contract import JOB_FUNCTION, queue_keys, split_arq_id
+from promptq_core.contract import ARQ_JOB_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX, JOB_FUNCTION, queue_keys, split_arq_id
 from promptq_core.scripts import script
 from worker.lease import Leases
 from worker.logs import ARQ_JOB_LINES, get_logger
@@ -195,6 +196,9 @@ class PromptqWorker(Worker):
     _full_logged_s = -math.inf
     _turn = 0
     """The queue the next poll claims from first (``PROMPTQ_QUEUES``, in turn)."""
+    _started: dict[str, tuple[bytes | None, int]]
+    """Per claimed job not yet begun: its record and try, as the claim read and counted them
+    (:class:`StartTransaction` hands them to arq's ``run_job``)."""
 
     @property
     def state(self) -> _State:
@@ -204,12 +208,16 @@ class PromptqWorker(Worker):
 
     # -- the loop --------------------------------------------------------------------------------
     async def main(self) -> None:
+        self._started = {}
         if self._pool is None:  # arq's pool, over a bounded one of promptq's (or a cluster client)
             url = self.ctx[CTX_CONFIG].redis_url
             if is_cluster(url):
-                self._pool = cast(ArqRedis, ArqCluster(**cluster_settings(url)))  # type: ignore[abstract]
+                cluster = ArqCluster(**cluster_settings(url))  # type: ignore[abstract]
+                cluster.started = self._started
+                self._pool = cast(ArqRedis, cluster)
             else:
-                self._pool = ArqRedis(
+                self._pool = StartingRedis(
+                    self._started,
                     worker_pool(url),
                     job_serializer=self.job_serializer,
                     job_deserializer=self.job_deserializer,
@@ -289,6 +297,7 @@ class PromptqWorker(Worker):
                 if running is not None and not running.done():
                     continue  # still running here (its lease ran out in an outage): the lease is ours again
                 await self.sem.acquire()  # free while job_counter < max_jobs: no wait
+                self._started[job_id] = claimed.started[job_id]
                 self._start(job_id, score, urgent=n < claimed.urgent)
             more = claimed.more
             if len(claimed.job_ids) < free or not claimed.more:
@@ -323,6 +332,7 @@ class PromptqWorker(Worker):
 
     def _slot_freed(self, job_id: str, _: object) -> None:
         self._ordinary.discard(job_id)
+        self._started.pop(job_id, None)  # (a job cancelled before it began)
         if self._state is not None:
             self._state.leases.let_go(job_id)
         self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
@@ -407,6 +417,69 @@ class PromptqWorker(Worker):
         return [t for t in self.tasks.values() if not t.done()]
 
 
+class StartTransaction:
+    """arq's start of a job: ``run_job`` reads the job's record and counts its try (``GET``, ``INCR``
+    and ``EXPIRE`` in one transaction). The claim that handed the job out did both in its own step
+    (``worker/lua/claim.lua``), so the transaction is answered from what it returned, with no call;
+    any other transaction goes to Redis as arq wrote it."""
+
+    __slots__ = ("commands", "real", "started")
+
+    def __init__(self, started: dict[str, tuple[bytes | None, int]], real: Callable[[], Any]) -> None:
+        self.started = started
+        self.real = real
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.commands = []
+
+    def get(self, name: str) -> Self:
+        self.commands.append(("get", (name,)))
+        return self
+
+    def incr(self, name: str, amount: int = 1) -> Self:
+        self.commands.append(("incr", (name, amount)))
+        return self
+
+    def expire(self, name: str, time: int) -> Self:
+        self.commands.append(("expire", (name, time)))
+        return self
+
+    def zrem(self, name: str, *values: str) -> Self:
+        self.commands.append(("zrem", (name, *values)))
+        return self
+
+    async def execute(self) -> list[Any]:
+        commands, self.commands = self.commands, []
+        if [c for c, _ in commands] == ["get", "incr", "expire"]:
+            job_id = commands[0][1][0].removeprefix(ARQ_JOB_KEY_PREFIX)
+            started = self.started.pop(job_id, None)
+            if started is not None and commands[1][1][0] == ARQ_RETRY_KEY_PREFIX + job_id:
+                record, tries = started
+                return [record, tries, True]
+        async with self.real() as pipe:
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            replies: list[Any] = await pipe.execute()
+        return replies
+
+
+class StartingRedis(ArqRedis):
+    """The worker's Redis as arq uses it, its start of a job answered by :class:`StartTransaction`."""
+
+    def __init__(self, started: dict[str, tuple[bytes | None, int]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = started
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if not transaction:
+            return super().pipeline(transaction, shard_hint)
+        return StartTransaction(self.started, functools.partial(super().pipeline, True, shard_hint))
+
+
 class ArqCluster(RedisCluster):
     """The worker's Redis on a Redis Cluster, as arq uses it: the commands are the cluster
     client's; a transaction (arq's ``pipeline(transaction=True)`` when a job starts: its record read,
@@ -416,9 +489,12 @@ class ArqCluster(RedisCluster):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.atomic = cast(Any, self).register_script(script("atomic").source)
+        self.started: dict[str, tuple[bytes | None, int]] = {}
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        return SlotTransaction(self) if transaction else super().pipeline()
+        if not transaction:
+            return super().pipeline()
+        return StartTransaction(self.started, functools.partial(SlotTransaction, self))
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:  # (arq passes the argument)
         await super().aclose()

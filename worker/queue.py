@@ -13,7 +13,7 @@ leaves the lease set when its attempt ends is ``worker.settle``'s.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -51,6 +51,9 @@ class Claimed:
     """Deferred retries that were due."""
     skipped: int = 0
     """Jobs let go of instead of handed out: their result was stored already, or they were cancelled."""
+    started: dict[str, tuple[bytes | None, int]] = field(default_factory=dict)
+    """Per arq id: the job's record (None: gone) and its try, counted by the claim (what arq's start
+    of a job would read and count itself: ``arq_seam.StartTransaction``)."""
 
 
 class JobQueue:
@@ -88,10 +91,16 @@ class JobQueue:
         )
         at_ms, recovered, promoted, skipped, more, urgent = (int(n) for n in reply[:6])
         tag = self.keys.tag
-        job_ids = [tag + as_text(j) for j in reply[6:]]
+        job_ids: list[str] = []
+        started: dict[str, tuple[bytes | None, int]] = {}
+        for n in range(6, len(reply), 3):
+            job_id = tag + as_text(reply[n])
+            job_ids.append(job_id)
+            record = reply[n + 1]
+            started[job_id] = (record if isinstance(record, bytes) else None, int(reply[n + 2]))
         if recovered or skipped:
             log.info("queue.returned", queue=self.keys.name, recovered=recovered, promoted=promoted, skipped=skipped)
-        return Claimed(job_ids, at_ms, urgent, bool(more), recovered, promoted, skipped)
+        return Claimed(job_ids, at_ms, urgent, bool(more), recovered, promoted, skipped, started)
 
     async def renew(self, job_ids: Iterable[str]) -> int:
         """Extend the leases of these running jobs of the queue (their ids, not arq's) to ``lease_ms``

@@ -28,7 +28,8 @@
 -- ARGV[4] step: jobs brought back per kind at most in one call
 -- ARGV[5] model_json: the worker's default model, as JSON, for documents whose model is null
 -- ARGV[6..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
--- Returns {now_ms, recovered, promoted, skipped, more, urgent, job id, job id, ...}:
+-- Returns {now_ms, recovered, promoted, skipped, more, urgent, then per job: its id, its record (nil
+-- when gone), its try}:
 -- `more` is 1 when ready jobs are left, `urgent` how many of the job ids (the first ones) are at
 -- priority 0, `skipped` how many jobs were let go of for a terminal document.
 --!include status
@@ -40,10 +41,12 @@ local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 local want_ordinary = math.min(want, tonumber(ARGV[3]))
 local started_at = string.format('%d.%03d', math.floor(now / 1000), now % 1000)
 
--- Mark a claimed job running; false when its document is terminal (the job is let go of). The
--- document is rewritten where its fields sit in promptq's own layout (job_id, status and attempts
--- first; enqueued_at, started_at, finished_at and latency_ms last), or else wherever they are
--- (document.lua's slower reading of the fields, in any order).
+-- Mark a claimed job running and count its try: {record, try} (arq's job record, read here so that
+-- arq's start of the job needs no call of its own: ``worker.arq_seam``), or false when its document is
+-- terminal (the job is let go of). The try counter lives TRIES_TTL_S, as arq keeps it. The document
+-- is rewritten where its fields sit in promptq's own layout (job_id, status and attempts first;
+-- enqueued_at, started_at, finished_at and latency_ms last), or else wherever they are (document.lua's
+-- slower reading of the fields, in any order).
 local function start(id)
   local key = RESULT_PREFIX .. id
   local raw = redis.call('GET', key)
@@ -52,8 +55,10 @@ local function start(id)
     unplace(id)
     return false
   end
-  if not raw then return true end
-  local tries = tonumber(redis.call('GET', TRIES_PREFIX .. id) or '0')
+  local tries = tonumber(redis.call('GET', TRIES_PREFIX .. id) or '0') + 1
+  redis.call('SET', TRIES_PREFIX .. id, tries, 'EX', TRIES_TTL_S)
+  local started = {redis.call('GET', RECORD_PREFIX .. id), tries}
+  if not raw then return started end
   local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
   local body, tail
   if head then
@@ -61,17 +66,16 @@ local function start(id)
   end
   if body then
     if model == 'null' then model = ARGV[5] end
-    redis.call('SET', key, head .. '"running","attempts":' .. (tries + 1) .. ',"model":' .. model .. body .. started_at .. tail, 'KEEPTTL')
-    return true
+    redis.call('SET', key, head .. '"running","attempts":' .. tries .. ',"model":' .. model .. body .. started_at .. tail, 'KEEPTTL')
+    return started
   end
-  local values = {status = '"running"', attempts = tostring(tries + 1), started_at = started_at}
+  local values = {status = '"running"', attempts = tostring(tries), started_at = started_at}
   local spans = field_spans(raw)
   if spans and spans.model and string.sub(raw, spans.model[1], spans.model[2]) == 'null' then values.model = ARGV[5] end
   local running = with_fields(raw, values)
   if running then redis.call('SET', key, running, 'KEEPTTL') end
-  return true
+  return started
 end
-
 local recovered, promoted = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
   redis.call('ZREM', LEASES, id)
@@ -118,8 +122,11 @@ while claimed < want do
     for i = 1, #popped, 2 do
       local id = popped[i]
       redis.call('ZADD', LEASES, deadline, id)
-      if start(id) then
+      local started = start(id)
+      if started then
         out[#out + 1] = id
+        out[#out + 1] = started[1]
+        out[#out + 1] = started[2]
         claimed = claimed + 1
         if level == '0' then urgent = urgent + 1 end
       else
