@@ -55,6 +55,7 @@ SCRIPT_HOMES: Final[dict[str, str]] = {
             "roll_up",
             "stream_begin",
             "route",
+            "health",
             "circuit",
             "limit_settle",
             "limit_cool_down",

@@ -272,6 +272,7 @@ async def _call_routed(
             await state.router.cool_down(route.backend, base.model, error.retry_after_s or 1.0)
             await _settled_after_call(_answered(state, route))  # the backend answered: it is up
         elif error.retryable:  # enough of these in a row open its circuit
+            state.router.stale()
             health = await state.circuits.failed(route.backend.name, probe=route.probe, routed_at_ms=route.routed_at_ms)
             state.metrics.backend_health(route.backend.name, up=not health.open)
             if route.probe and error.type not in PROCESSED_MAYBE:  # known down: no try spent, routed again

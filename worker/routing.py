@@ -21,6 +21,14 @@ call, the estimate is settled against the real ``usage``. A 429 from the API, or
 the server's budget is spent, sets a cool-down on that backend and model, so every worker pauses
 its calls there instead of each finding out alone.
 
+The quick path: a model none of whose backends has a limit (and a job of no tenant budget) needs no
+reservation, only a backend that is up. Each worker reads every backend's circuit and the model's
+cool-downs together (``worker/lua/health.lua``) at most every ``HEALTH_FRESH_S``, and while every
+backend of the model is clean in that reading (no failure on record, not open, not cooling down, and
+none failing here since), it picks one by share and weight without a call to Redis. Anything else (a
+limit, a failure on record, an open circuit and its probe) takes ``route.lua``: a backend that begins
+failing is seen by every worker within ``HEALTH_FRESH_S``, as the calls already in flight are.
+
 Keys: ``promptq_core.contract.limit_keys`` and ``circuit_key``. With ``PROMPTQ_LIMIT_SCOPE=process``
 each worker process keeps its own budgets (for workers that each have an API key of their own); the
 circuits are always shared.
@@ -33,6 +41,7 @@ import math
 import os
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +56,10 @@ from worker.tenants import TenantBudget
 __all__ = ["AllDownError", "NoBackendError", "Route", "Router"]
 
 _NO_MAX_WAIT_MS = 10**12
+HEALTH_FRESH_S = 0.1
+"""How old a reading of the backends' health the quick path trusts (:meth:`Router.route`)."""
+HEALTH_KEYS_MAX = 256
+"""Cool-down keys (backend and model) one reading covers at most; the models beyond take route.lua."""
 
 
 class NoBackendError(LookupError):
@@ -80,17 +93,100 @@ class Route:
     """When it was routed (ms, Redis time): the circuit orders calls by it."""
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """One reading of the backends' health (``worker/lua/health.lua``)."""
+
+    read_at: float
+    """When it was read (the event loop's clock, s)."""
+    now_ms: int
+    """Redis time then (ms)."""
+    clean: frozenset[str]
+    """The backends whose circuit had no failure on record and was not open."""
+    cooling: frozenset[str]
+    """The cool-down keys that were running."""
+    covers: frozenset[str]
+    """The cool-down keys read."""
+
+
 class Router:
     """Route a call, settle its tokens after it, cool a backend's model down on a 429."""
 
-    def __init__(self, redis: Redis, backends: tuple[Backend, ...], *, probe_s: float, shared: bool = True) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        backends: tuple[Backend, ...],
+        *,
+        probe_s: float,
+        shared: bool = True,
+        failing_here: Callable[[str], bool] = lambda backend: False,
+    ) -> None:
         self.backends = backends
         self.scope = "" if shared else _process_scope()
         self.probe_ms = max(1, round(probe_s * 1000))
+        self.failing_here = failing_here
+        """Whether this worker saw a backend fail since its last success there (``Circuits.failing_here``)."""
         self._route = WorkerScript(redis, "route", rides_out=True)
         self._settle = WorkerScript(redis, "limit_settle", rides_out=True)
         self._cool_down = WorkerScript(redis, "limit_cool_down", rides_out=True)
+        self._health = WorkerScript(redis, "health", rides_out=True)
         self._served: dict[str, tuple[tuple[Backend, str], ...]] = {}
+        self._read: Health | None = None
+        self._reading: asyncio.Task[Health] | None = None
+        self._cool_downs: dict[str, None] = {}
+        """The cool-down keys each reading covers (the models routed so far, in order)."""
+
+    def stale(self) -> None:
+        """Something changed a backend's health (a failure, a cool-down): read it again before the next quick route."""
+        self._read = None
+
+    async def _health_now(self, cool_downs: tuple[str, ...]) -> Health | None:
+        """A reading at most ``HEALTH_FRESH_S`` old that covers ``cool_downs``; None: too many keys."""
+        read = self._read
+        loop = asyncio.get_running_loop()
+        if read is not None and loop.time() - read.read_at <= HEALTH_FRESH_S and read.covers.issuperset(cool_downs):
+            return read
+        for key in cool_downs:
+            if key not in self._cool_downs:
+                if len(self._cool_downs) >= HEALTH_KEYS_MAX:
+                    return None
+                self._cool_downs[key] = None
+        if self._reading is None or self._reading.done():  # one reading at a time, shared by every job
+            self._reading = loop.create_task(self._read_health(tuple(self._cool_downs)))
+        read = await asyncio.shield(self._reading)
+        return read if read.covers.issuperset(cool_downs) else None
+
+    async def _read_health(self, cool_downs: tuple[str, ...]) -> Health:
+        circuits = [circuit_key(b.name) for b in self.backends]
+        reply: Any = await self._health(keys=[*circuits, *cool_downs], circuits=len(circuits))
+        read_at = asyncio.get_running_loop().time()
+        flags = [int(v) for v in reply[1 : 1 + len(circuits)]]
+        left = [int(v) for v in reply[1 + len(circuits) :]]
+        self._read = Health(
+            read_at,
+            int(reply[0]),
+            frozenset(b.name for b, clean in zip(self.backends, flags, strict=True) if clean),
+            frozenset(key for key, ms in zip(cool_downs, left, strict=True) if ms > 0),
+            frozenset(cool_downs),
+        )
+        return self._read
+
+    async def _quick(self, model: str, serving: tuple[tuple[Backend, str], ...]) -> Route | None:
+        """The route of a call to an unlimited model whose backends are all clean; None: route.lua's."""
+        cool_downs = tuple(self.keys(b, model)[2] for b, _ in serving)
+        health = await self._health_now(cool_downs)
+        if health is None:
+            return None
+        for (backend, _), cool_down in zip(serving, cool_downs, strict=True):
+            if backend.name not in health.clean or cool_down in health.cooling or self.failing_here(backend.name):
+                return None
+        if len(serving) == 1:
+            backend, own = serving[0]
+        else:
+            shares = [_share(b.limit_for(model)) * b.weight for b, _ in serving]
+            backend, own = random.choices(serving, weights=shares)[0]
+        elapsed_ms = round((asyncio.get_running_loop().time() - health.read_at) * 1000)
+        return Route(backend, own, 0.0, probe=False, clean=True, routed_at_ms=health.now_ms + elapsed_ms)
 
     def serving(self, model: str) -> tuple[tuple[Backend, str], ...]:
         """The backends that serve ``model``, each with its name for it."""
@@ -128,6 +224,10 @@ class Router:
         if not serving:
             names = ", ".join(b.name for b in self.backends)
             raise NoBackendError(f"no backend serves the model {model!r} (backends: {names})")
+        if (tenant is None or not tenant.limited) and not self.limited(model):
+            quick = await self._quick(model, serving)
+            if quick is not None:
+                return quick
         fits = [(b, own) for b, own in serving if not (tpm := b.limit_for(model).tpm) or tokens <= tpm]
         if not fits:
             tpm = max(b.limit_for(model).tpm or 0 for b, _ in serving)
@@ -185,6 +285,7 @@ class Router:
     async def cool_down(self, backend: Backend, model: str, seconds: float) -> None:
         """Pause every worker's calls to ``model`` on ``backend`` for ``seconds`` (a 429 or the server's
         headers said so); a longer cool-down already running is kept."""
+        self.stale()
         await self._cool_down(cooldown=self.keys(backend, model)[2], ms=max(1, round(seconds * 1000)))
 
 

@@ -120,6 +120,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         await metrics.serve(
             config.metrics_port, ctx["redis"], host=config.metrics_host, poll_delay_s=config.poll_delay_s
         )
+    circuits = Circuits(ctx["redis"], config.circuit)
     ctx[CTX_STATE] = WorkerState(
         config=config,
         clients=llm.Clients(config),
@@ -132,8 +133,9 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             config.all_backends(),
             probe_s=config.job_timeout_s + 5,
             shared=config.limit_scope == "shared",
+            failing_here=circuits.failing_here,
         ),
-        circuits=Circuits(ctx["redis"], config.circuit),
+        circuits=circuits,
         tenants=Tenants(ctx["redis"], hold_s=config.job_timeout_s + 5),
         streams=Streams(ctx["redis"], config.result_ttl_s * 1000),
         metrics=metrics,

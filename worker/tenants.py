@@ -42,6 +42,11 @@ class TenantBudget:
     member: str
     hold_ms: int
 
+    @property
+    def limited(self) -> bool:
+        """Some budget holds the tenant's calls (requests, tokens or calls in flight)."""
+        return bool(self.rpm or self.tpm or self.in_flight)
+
 
 class Tenants:
     """The tenants' policies, their budgets' keys and their spend, for one worker."""
