@@ -1,10 +1,12 @@
 """Logging set-up: structlog for promptq, the same pipeline for stdlib loggers (arq, redis, openai).
 
 One list of shared processors; only the renderer differs: JSON lines when stderr is not a TTY (or
-``PROMPTQ_LOG_FORMAT=json``), console otherwise. Prompt text and API keys are never logged: arq's
-per-job lines (whose start line prints the job's arguments) are dropped below DEBUG and redacted at
-DEBUG, and the openai and httpx loggers are held at WARNING, since their DEBUG lines carry request
-bodies and headers.
+``PROMPTQ_LOG_FORMAT=json``), console otherwise. promptq's own lines (one a finished job at least)
+are filtered by level and written to stderr by structlog itself (:class:`Stderr`), not handed to the
+stdlib's handler and formatter, which cost several times as much a line. Prompt text and API keys
+are never logged: arq's per-job lines (whose start line prints the job's arguments) are dropped
+below DEBUG and redacted at DEBUG, and the openai and httpx loggers are held at WARNING, since their
+DEBUG lines carry request bodies and headers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 import structlog.tracebacks
@@ -51,11 +53,47 @@ class _ThenPromptq(logging.config.DictConfigurator):
         _apply(*self.settings)
 
 
-def _shared_processors() -> list[Any]:
+class Stderr:
+    """Where structlog writes promptq's lines: ``sys.stderr`` as it is at each line (a test's capture)."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    debug = info = warning = error = critical = exception = msg
+
+
+class _Latest:
+    """The level and the last processors of the latest :func:`configure_logging`, which every
+    promptq logger applies (a logger keeps the processors it was first used with)."""
+
+    level_no = logging.INFO
+    final: ClassVar[list[Any]] = []
+
+
+_LEVELS = {name.lower(): number for name, number in logging.getLevelNamesMapping().items()}
+
+
+def _at_level(logger: Any, method_name: str, event_dict: Any) -> Any:
+    if _LEVELS.get(method_name, logging.INFO) < _Latest.level_no:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _rendered(logger: Any, method_name: str, event_dict: Any) -> Any:
+    for processor in _Latest.final:
+        event_dict = processor(logger, method_name, event_dict)
+    return event_dict
+
+
+def _shared_processors(own: bool = False) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level if own else structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,  # (a Stderr has the name too)
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
@@ -100,18 +138,15 @@ def _apply(log_format: str, level: str) -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level_no, logging.WARNING))
 
+    _Latest.level_no, _Latest.final = level_no, final
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *_shared_processors(),
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[_at_level, *_shared_processors(own=True), _rendered],
+        logger_factory=Stderr,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # (_at_level filters)
         cache_logger_on_first_use=True,
     )
 
 
 def get_logger(name: str) -> Any:
-    return structlog.stdlib.get_logger(name)
+    """promptq's logger ``name`` (the ``logger`` field of its lines)."""
+    return structlog.get_logger(name)
