@@ -21,13 +21,18 @@
 --!include memory
 --!include request
 if full(#ARGV[2] + #ARGV[3]) then return redis.error_reply(FULL) end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
-  if same_request(redis.call('GET', KEYS[1]), ARGV[7]) then return ALREADY_KNOWN end
+-- The document is written only if the id has none (its old one is read in the same command); then
+-- the record, only if it has none (a record without its document: known, the document undone).
+local known = redis.call('SET', KEYS[1], ARGV[3], 'NX', 'GET', 'PX', ARGV[4])
+if known then
+  if same_request(known, ARGV[7]) then return ALREADY_KNOWN end
   return CONFLICT
 end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  return ALREADY_KNOWN
+end
 local place = redis.call('INCR', SEQUENCE)
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 set_route(ARGV[1], ARGV[5], place, ARGV[6])
 make_ready(ARGV[1], ARGV[5], place, ARGV[6])
 redis.call('PUBLISH', WAKE, '1')

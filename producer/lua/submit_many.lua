@@ -28,19 +28,24 @@ local function fields(at)
   end
   return e
 end
--- First every known id, and whether it was known with the same request: a conflict writes nothing.
+-- First each new job's document, written only where the id has none (the old one read in the same
+-- command); a known id with another request undoes the documents written so far and writes nothing.
 -- (An id twice in the chunk: the second is known, by the first's request.)
-local known, seen, at = {}, {}, 1
+local known, seen, written, at = {}, {}, {}, 1
 while at <= #chunk do
   local e = fields(at)
   local id, digest = string.sub(chunk, at, e[1] - 1), string.sub(chunk, e[5] + 1, e[6] - 1)
-  local doc_key, record_key = RESULT_PREFIX .. id, RECORD_PREFIX .. id
-  if seen[id] then
-    if seen[id] ~= digest then return {CONFLICT, id} end
+  local doc_key = RESULT_PREFIX .. id
+  local old = nil
+  if not seen[id] then old = redis.call('SET', doc_key, string.sub(chunk, e[2] + 1, e[3] - 1), 'NX', 'GET', 'PX', ARGV[1]) end
+  if (seen[id] and seen[id] ~= digest) or (old and not same_request(old, digest)) then
+    if #written > 0 then redis.call('DEL', unpack(written)) end
+    return {CONFLICT, id}
+  end
+  if seen[id] or old then
     known[at] = true
-  elseif redis.call('EXISTS', doc_key, record_key) > 0 then
-    if not same_request(redis.call('GET', doc_key), digest) then return {CONFLICT, id} end
-    known[at] = true
+  else
+    written[#written + 1] = doc_key
   end
   seen[id] = digest
   at = e[6] + 1
@@ -52,11 +57,14 @@ at = 1
 while at <= #chunk do
   local e = fields(at)
   place = place + 1
+  local id = string.sub(chunk, at, e[1] - 1)
+  -- A record without its document: the job is known (its new document undone).
+  if not known[at] and not redis.call('SET', RECORD_PREFIX .. id, string.sub(chunk, e[1] + 1, e[2] - 1), 'NX', 'PX', ARGV[1]) then
+    redis.call('DEL', RESULT_PREFIX .. id)
+    known[at] = true
+  end
   if not known[at] then
-    local id = string.sub(chunk, at, e[1] - 1)
     local priority, fkey = string.sub(chunk, e[3] + 1, e[4] - 1), string.sub(chunk, e[4] + 1, e[5] - 1)
-    redis.call('SET', RECORD_PREFIX .. id, string.sub(chunk, e[1] + 1, e[2] - 1), 'PX', ARGV[1])
-    redis.call('SET', RESULT_PREFIX .. id, string.sub(chunk, e[2] + 1, e[3] - 1), 'PX', ARGV[1])
     set_route(id, priority, place, fkey)
     local ready = READY_PREFIX .. priority .. ':' .. fkey
     redis.call('ZADD', ready, place, id)

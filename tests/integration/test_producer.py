@@ -90,6 +90,14 @@ async def test_a_known_id_with_another_request_is_refused_and_nothing_is_written
     del old["request"]
     sync_redis.set(queue_keys().result("legacy"), json.dumps({**old, "job_id": "legacy"}))
     assert await producer.submit("anything", job_id="legacy") == "legacy"
+    # A record whose document is gone: the job is known, and the document written on the way is undone.
+    await producer.submit_many([{"prompt": "orphan", "job_id": f"orphan-{i}"} for i in range(2)])
+    sync_redis.delete(*(queue_keys().result(f"orphan-{i}") for i in range(2)))
+    waiting = (await producer.depths()).waiting
+    assert await producer.submit("orphan", job_id="orphan-0") == "orphan-0"
+    assert await producer.submit_many([{"prompt": "orphan", "job_id": "orphan-1"}]) == ["orphan-1"]
+    assert not sync_redis.exists(*(queue_keys().result(f"orphan-{i}") for i in range(2)))
+    assert (await producer.depths()).waiting == waiting
 
 
 async def test_bad_input_writes_nothing(producer: Producer, sync_redis: redis.Redis) -> None:
