@@ -52,7 +52,8 @@ while at <= #chunk do
 end
 local added = 0
 local place = redis.call('INCRBY', SEQUENCE, ARGV[2]) - tonumber(ARGV[2])
-local active = {}
+-- The chunk's routes go in one HSET, and its places in line in one ZADD a ready set.
+local routes, lines, line_of = {}, {}, {}
 at = 1
 while at <= #chunk do
   local e = fields(at)
@@ -65,16 +66,28 @@ while at <= #chunk do
   end
   if not known[at] then
     local priority, fkey = string.sub(chunk, e[3] + 1, e[4] - 1), string.sub(chunk, e[4] + 1, e[5] - 1)
-    set_route(id, priority, place, fkey)
+    routes[#routes + 1] = id
+    routes[#routes + 1] = priority .. ' ' .. place .. ' ' .. fkey
     local ready = READY_PREFIX .. priority .. ':' .. fkey
-    redis.call('ZADD', ready, place, id)
-    if not active[ready] then
-      activate(priority, fkey)
-      active[ready] = true
+    local line = line_of[ready]
+    if not line then
+      line = {priority, fkey}
+      line_of[ready] = line
+      lines[#lines + 1] = ready
     end
+    line[#line + 1] = place
+    line[#line + 1] = id
     added = added + 1
   end
   at = e[6] + 1
 end
-if added > 0 then redis.call('PUBLISH', WAKE, '1') end
+if added > 0 then
+  redis.call('HSET', ROUTES, unpack(routes))
+  for _, ready in ipairs(lines) do
+    local line = line_of[ready]
+    redis.call('ZADD', ready, unpack(line, 3))
+    activate(line[1], line[2])
+  end
+  redis.call('PUBLISH', WAKE, '1')
+end
 return {ENQUEUED, added}

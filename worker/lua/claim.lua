@@ -47,17 +47,18 @@ local started_at = string.format('%d.%03d', math.floor(now / 1000), now % 1000)
 -- is rewritten where its fields sit in promptq's own layout (job_id, status and attempts first;
 -- enqueued_at, started_at, finished_at and latency_ms last), or else wherever they are (document.lua's
 -- slower reading of the fields, in any order).
-local function start(id)
+-- `raw`, `tries` and `record` are the job's document, try counter and record as read (each of the
+-- jobs taken from one ready set read with one MGET, `read`).
+local function start(id, raw, tries, record)
   local key = RESULT_PREFIX .. id
-  local raw = redis.call('GET', key)
   if TERMINAL[status_of(raw)] then
     redis.call('DEL', RECORD_PREFIX .. id, TRIES_PREFIX .. id)
     unplace(id)
     return false
   end
-  local tries = tonumber(redis.call('GET', TRIES_PREFIX .. id) or '0') + 1
+  tries = tonumber(tries or '0') + 1
   redis.call('SET', TRIES_PREFIX .. id, tries, 'EX', TRIES_TTL_S)
-  local started = {redis.call('GET', RECORD_PREFIX .. id), tries}
+  local started = {record, tries}
   if not raw then return started end
   local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
   local body, tail
@@ -76,6 +77,16 @@ local function start(id)
   if running then redis.call('SET', key, running, 'KEEPTTL') end
   return started
 end
+-- read(prefix, ids): the values of the keys prefix .. id, in order (false for none), MGET 500 at a time.
+local function read(prefix, ids)
+  local values = {}
+  for from = 1, #ids, 500 do
+    local keys = {}
+    for i = from, math.min(from + 499, #ids) do keys[#keys + 1] = prefix .. ids[i] end
+    for _, v in ipairs(redis.call('MGET', unpack(keys))) do values[#values + 1] = v end
+  end
+  return values
+end
 local recovered, promoted = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, step)) do
   redis.call('ZREM', LEASES, id)
@@ -90,6 +101,7 @@ end
 local weights = {}
 for i = 6, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local out, claimed, urgent, skipped, empty = {now, recovered, promoted, 0, 0, 0}, 0, 0, 0, false
+local leased = {}
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
   if not level then
@@ -119,11 +131,14 @@ while claimed < want do
     else
       redis.call('ZADD', active, turn + got / weight, fkey)
     end
-    for i = 1, #popped, 2 do
-      local id = popped[i]
-      redis.call('ZADD', LEASES, deadline, id)
-      local started = start(id)
+    local ids = {}
+    for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+    local docs, tries, records = read(RESULT_PREFIX, ids), read(TRIES_PREFIX, ids), read(RECORD_PREFIX, ids)
+    for k, id in ipairs(ids) do
+      local started = start(id, docs[k] or nil, tries[k] or nil, records[k])
       if started then
+        leased[#leased + 1] = deadline
+        leased[#leased + 1] = id
         out[#out + 1] = id
         out[#out + 1] = started[1]
         out[#out + 1] = started[2]
@@ -134,6 +149,9 @@ while claimed < want do
       end
     end
   end
+end
+for from = 1, #leased, 1000 do  -- the jobs taken go into LEASES together
+  redis.call('ZADD', LEASES, unpack(leased, from, math.min(from + 999, #leased)))
 end
 out[4] = skipped
 out[5] = empty and 0 or redis.call('EXISTS', LEVELS)
