@@ -3,7 +3,8 @@
 - ``finish`` (running → succeeded | failed): the terminal document, written together with the
   removal of the job from the queue (its record, try counter, lease and route), so that no
   redelivery can run it again once its result is stored; a failed job's id joins the failed set and
-  its request is kept for ``Producer.retry``; a streamed job's stream gets its ``done`` entry.
+  its request is kept for ``Producer.retry``; a streamed job's stream gets its ``done`` entry. The
+  jobs whose attempts end while a finish is on its way go together in the next, each as if alone.
 - ``defer`` (running → queued): the document queued again and the job out of the lease set, into
   the delayed set for a wait or back in line at its place, the try kept (a retry after its backoff)
   or given back (a shutdown, a rate-limit budget too far away).
@@ -18,6 +19,7 @@ hand it back instead, and let go of the job. Which outcome takes which step is w
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from typing import Any, NamedTuple
@@ -32,6 +34,9 @@ from worker.scripts import WorkerScript
 __all__ = ["Finished", "LeaseLostError", "Settle"]
 
 log = get_logger("promptq.settle")
+
+FINISH_GROUP_MAX = 200
+"""Jobs one finish script ends at most."""
 
 
 class LeaseLostError(Exception):
@@ -53,6 +58,9 @@ class Settle:
         self.result_ttl_ms = result_ttl_s * 1000
         self.min_replicas, self.replica_timeout_ms = min_replicas, replica_timeout_ms
         self._finish = WorkerScript(redis, "finish", rides_out=True)
+        self._waiting: dict[str, list[tuple[list[str], asyncio.Future[Any]]]] = {}
+        """Finishes waiting for the one on its way, by queue."""
+        self._sending: asyncio.Task[None] | None = None
         self._defer = WorkerScript(redis, "defer", rides_out=True)
         self._ack = WorkerScript(redis, "ack", rides_out=True)
         self._collect = WorkerScript(redis, "collect", rides_out=True)
@@ -60,30 +68,55 @@ class Settle:
     async def finish(self, final: JobResult, *, streamed: bool = False, webhook_url: str | None = None) -> Finished:
         """Write the terminal document and let go of the job; say whether the job ended here, or
         return the stored document instead if it was cancelled meanwhile (that one stays). A job
-        that ended here with a ``webhook_url`` has its delivery due at once (``worker.webhooks``)."""
-        job_id, keys = final.job_id, queue_keys(final.queue)
-        values: dict[str, Any] = dict(
-            queue=keys,
-            doc=keys.result(job_id),
-            record=keys.record(job_id),
-            tries=keys.tries(job_id),
-            kept=keys.kept(job_id),
-            stream=keys.stream(job_id),
-            job_id=job_id,
-            doc_json=final.to_json(),
-            ttl_ms=self.result_ttl_ms,
-            status=final.status,
-            now_ms=int(time.time() * 1000),
-            streamed="1" if streamed else "0",
-            webhook_url=webhook_url or "",
-        )
+        that ended here with a ``webhook_url`` has its delivery due at once (``worker.webhooks``).
+        Jobs whose attempts end while a finish is on its way go together in the next one (one script
+        call for all of them, up to ``FINISH_GROUP_MAX``), each told its own answer."""
+        job = [final.job_id, final.to_json(), final.status, "1" if streamed else "0", webhook_url or ""]
         if not self.min_replicas:
-            reply = await self._finish(**values)
+            reply = await self._in_group(final.queue, job)
         else:
-            reply = await ride_out(lambda: self._finish_replicated(values, job_id))
+            reply = await ride_out(lambda: self._finish_replicated(queue_keys(final.queue), job))
         if isinstance(reply, int):
             return Finished(None, ended_here=reply == Reply.ENDED_HERE)
         return Finished(_parse(reply), ended_here=False)
+
+    async def _in_group(self, queue: str, job: list[str]) -> Any:
+        """The finish script's answer for ``job``, sent in the next group of its queue."""
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(queue, []).append((job, answered))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send())
+        return await answered
+
+    async def _send(self) -> None:
+        """Send the waiting finishes, a group a queue at a time, until none is left."""
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, {}
+                for queue, jobs in waiting.items():
+                    for start in range(0, len(jobs), FINISH_GROUP_MAX):
+                        await self._send_group(queue, jobs[start : start + FINISH_GROUP_MAX])
+        except BaseException as e:  # (cancelled with the loop): no finish waits in vain
+            for jobs in self._waiting.values():
+                _answer([answered for _, answered in jobs], error=e)
+            self._waiting = {}
+            raise
+
+    async def _send_group(self, queue: str, jobs: list[tuple[list[str], asyncio.Future[Any]]]) -> None:
+        waiters = [answered for _, answered in jobs]
+        try:
+            replies = await self._finish(
+                queue_keys(queue),
+                ttl_ms=self.result_ttl_ms,
+                now_ms=int(time.time() * 1000),
+                jobs=[value for job, _ in jobs for value in job],
+            )
+        except BaseException as e:  # Redis away past every retry: each attempt is left as it is
+            _answer(waiters, error=e)
+            if not isinstance(e, Exception):
+                raise
+        else:
+            _answer(waiters, replies=replies)
 
     async def defer(
         self,
@@ -149,17 +182,29 @@ class Settle:
         """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""
         await self._ack(queue, record=queue.record(job_id), tries=queue.tries(job_id), job_id=job_id)
 
-    async def _finish_replicated(self, values: dict[str, Any], job_id: str) -> Any:
-        """The finish script and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``). A result
-        fewer replicas confirmed is logged: if the primary fails before they have it, the job's lease
-        comes back on the new primary and the job runs again (once more paid, never lost)."""
+    async def _finish_replicated(self, queue: QueueKeys, job: list[str]) -> Any:
+        """The finish script (of one job) and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``).
+        A result fewer replicas confirmed is logged: if the primary fails before they have it, the
+        job's lease comes back on the new primary and the job runs again (once more paid, never lost)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._finish(client=pipe, **values)
+            await self._finish(queue, pipe, ttl_ms=self.result_ttl_ms, now_ms=int(time.time() * 1000), jobs=job)
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
             stored, acked = await pipe.execute()
         if int(acked) < self.min_replicas:
-            log.warning("job.result_not_replicated", job_id=job_id, replicas=int(acked), wanted=self.min_replicas)
-        return stored
+            log.warning("job.result_not_replicated", job_id=job[0], replicas=int(acked), wanted=self.min_replicas)
+        return stored[0]
+
+
+def _answer(
+    waiters: list[asyncio.Future[Any]], replies: list[Any] | None = None, error: BaseException | None = None
+) -> None:
+    for n, answered in enumerate(waiters):
+        if answered.done():  # (its job's task was torn down with the loop)
+            continue
+        if replies is not None:
+            answered.set_result(replies[n])
+        else:
+            answered.set_exception(error or RuntimeError("promptq: the finish was not sent"))
 
 
 def _parse(stored: Any) -> JobResult | None:
