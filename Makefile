@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster bench-trust bench-batch redis browser api openapi screenshot sim worker clean
+.PHONY: demo test test-fast test-newest test-oldest lock lint typecheck pytest faults bench bench-limits bench-tracing bench-backends bench-cluster bench-trust bench-batch bench-peers redis browser api openapi screenshot sim worker clean
 
 # The exact versions in constraints.txt (pip's too), the same the image installs; `make lock` renews them.
 $(STAMP): pyproject.toml constraints.txt
@@ -90,6 +90,12 @@ faults: $(STAMP) redis
 bench: $(STAMP) redis
 	$(PY) -m bench.run --out bench/results.md
 	$(PY) -m bench.batch_tier --out bench/batch_tier.md
+
+# promptq beside other job queues on one workload (BullMQ from npm, arq, SAQ and Celery from PyPI, at
+# pinned versions, each in an environment of its own), repeats interleaved; writes bench/peers.md
+# (about 5 minutes). Without Node and npm, BullMQ is left out and the table says so.
+bench-peers: $(STAMP) redis
+	$(PY) -m bench.peers --out bench/peers.md
 
 # Shared rate limits against the simulator's own limits, shared vs per process; writes bench/limits.md
 # (3 runs of 1, 2 and 4 workers, 3 limit windows each: about 35 minutes).

@@ -27,10 +27,18 @@ def _declared() -> tuple[set[str], set[str]]:
     return runtime, runtime | {_name(r) for r in project["optional-dependencies"]["dev"]}
 
 
-def _imports(folder: str) -> dict[str, str]:
-    """Top-level modules imported by the folder's code (not the standard library's, not ours): one file each."""
+PEERS = ROOT / "bench" / "peers"
+"""``make bench-peers``'s other queues, each side run in a virtualenv of its own, from the pins of
+``bench/peers/requirements*.txt``."""
+
+
+def _imports(folder: str, peers: bool = False) -> dict[str, str]:
+    """Top-level modules imported by the folder's code (not the standard library's, not ours): one
+    file each; the peers' sides of ``make bench-peers`` only with ``peers`` (and then only those)."""
     found: dict[str, str] = {}
     for path in (ROOT / folder).rglob("*.py"):
+        if peers != (path.parent == PEERS and path.name.endswith("_side.py") and path.name != "promptq_side.py"):
+            continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
@@ -58,6 +66,12 @@ def test_pyproject_declares_every_package_the_code_imports() -> None:
                 if not names & declared:
                     missing.append(f"{module} ({where}; from {sorted(names)})")
     assert missing == []
+
+
+def test_the_peers_benchmark_pins_every_package_its_peers_import() -> None:
+    pinned = {_name(line) for f in PEERS.glob("requirements*.txt") for line in f.read_text().split() if "==" in line}
+    assert {"arq", "saq", "celery", "openai"} <= pinned
+    assert set(_imports("bench", peers=True)) <= pinned
 
 
 def _own_imports(folder: str) -> dict[str, set[str]]:
