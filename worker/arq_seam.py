@@ -30,6 +30,7 @@ import contextlib
 import functools
 import inspect
 import json
+import logging
 import math
 import signal
 import time
@@ -549,11 +550,31 @@ def _init(self: Worker, *args: Any, **kwargs: Any) -> None:
     _original_init(self, *args, **kwargs)
 
 
+class QuietJobLines:
+    """arq's worker logger, its routine per-job lines (``ARQ_JOB_LINES``) dropped before a record of
+    them is made, unless at DEBUG (where ``worker.logs`` redacts them): two records a job cost a few
+    per cent of the worker's CPU for lines nobody sees."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logger, name)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg in ARQ_JOB_LINES and not self.logger.isEnabledFor(logging.DEBUG):
+            return
+        self.logger.info(msg, *args, **kwargs)
+
+
 def install() -> None:
-    """Check arq, and make every ``Worker`` built with promptq's settings a :class:`PromptqWorker`."""
+    """Check arq, and make every ``Worker`` built with promptq's settings a :class:`PromptqWorker`
+    (and arq's worker logger a :class:`QuietJobLines`)."""
     check()
     if Worker.__init__ is not _init:
         Worker.__init__ = _init  # type: ignore[method-assign]
+    if not isinstance(arq.worker.logger, QuietJobLines):
+        arq.worker.logger = cast(logging.Logger, QuietJobLines(arq.worker.logger))
 
 
 # -- the job record ---------------------------------------------------------------------------------

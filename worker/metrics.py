@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
@@ -78,6 +78,7 @@ class Metrics:
         self.prices = prices or {}
         self.backends, self.queues = backends, queues
         self._models: set[str] = set()
+        self._children: dict[tuple[int | str, ...], Any] = {}
         self.running = running
         """How many jobs hold a slot here (a busy worker's poll loop waits for a free slot)."""
         r = self.registry = CollectorRegistry()
@@ -135,12 +136,21 @@ class Metrics:
         cost: float | None = None,
     ) -> None:
         m = self.model(model)
-        self.jobs.labels(m, status, endpoint).inc()
+        self._child(self.jobs, m, status, endpoint).inc()
         if usage is not None:
-            self.tokens.labels(m, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(m, "completion").inc(usage.completion_tokens)
+            self._child(self.tokens, m, "prompt").inc(usage.prompt_tokens)
+            self._child(self.tokens, m, "completion").inc(usage.completion_tokens)
         if cost is not None:
-            self.cost.labels(m).inc(cost)
+            self._child(self.cost, m).inc(cost)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: the per-job counters skip prometheus-client's lock and
+        checks after a label set's first job (the sets are bounded: ``model`` caps the models)."""
+        key: tuple[int | str, ...] = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def model(self, model: str | None) -> str:
         """A model's label value: its name, for the first ``MAX_MODEL_LABELS`` models seen;
@@ -154,8 +164,8 @@ class Metrics:
         return name
 
     def backend_call(self, backend: str, outcome: str, seconds: float) -> None:
-        self.backend_calls.labels(backend, outcome).inc()
-        self.backend_latency.labels(backend).observe(seconds)
+        self._child(self.backend_calls, backend, outcome).inc()
+        self._child(self.backend_latency, backend).observe(seconds)
         totals = self._backend_totals.setdefault(backend, [0, 0, 0.0])
         totals[0] += 1
         totals[1] += outcome != "ok"

@@ -131,6 +131,9 @@ class Router:
         self._cool_down = WorkerScript(redis, "limit_cool_down", rides_out=True)
         self._health = WorkerScript(redis, "health", rides_out=True)
         self._served: dict[str, tuple[tuple[Backend, str], ...]] = {}
+        self._limited: dict[str, bool] = {}
+        self._quick_of: dict[str, tuple[tuple[str, ...], list[float]]] = {}
+        """Per model routed by the quick path: its backends' cool-down keys and shares."""
         self._read: Health | None = None
         self._reading: asyncio.Task[Health] | None = None
         self._cool_downs: dict[str, None] = {}
@@ -173,18 +176,20 @@ class Router:
 
     async def _quick(self, model: str, serving: tuple[tuple[Backend, str], ...]) -> Route | None:
         """The route of a call to an unlimited model whose backends are all clean; None: route.lua's."""
-        cool_downs = tuple(self.keys(b, model)[2] for b, _ in serving)
+        quick = self._quick_of.get(model)
+        if quick is None:
+            cool_downs = tuple(self.keys(b, model)[2] for b, _ in serving)
+            quick = cool_downs, [_share(b.limit_for(model)) * b.weight for b, _ in serving]
+            if len(self._quick_of) < HEALTH_KEYS_MAX:
+                self._quick_of[model] = quick
+        cool_downs, shares = quick
         health = await self._health_now(cool_downs)
         if health is None:
             return None
         for (backend, _), cool_down in zip(serving, cool_downs, strict=True):
             if backend.name not in health.clean or cool_down in health.cooling or self.failing_here(backend.name):
                 return None
-        if len(serving) == 1:
-            backend, own = serving[0]
-        else:
-            shares = [_share(b.limit_for(model)) * b.weight for b, _ in serving]
-            backend, own = random.choices(serving, weights=shares)[0]
+        backend, own = serving[0] if len(serving) == 1 else random.choices(serving, weights=shares)[0]
         elapsed_ms = round((asyncio.get_running_loop().time() - health.read_at) * 1000)
         return Route(backend, own, 0.0, probe=False, clean=True, routed_at_ms=health.now_ms + elapsed_ms)
 
@@ -203,7 +208,12 @@ class Router:
 
     def limited(self, model: str) -> bool:
         """Some backend of ``model`` has a limit (a call's tokens must be estimated)."""
-        return any(b.limit_for(model).any for b, _ in self.serving(model))
+        found = self._limited.get(model)
+        if found is None:
+            found = any(b.limit_for(model).any for b, _ in self.serving(model))
+            if len(self._limited) < 10_000:
+                self._limited[model] = found
+        return found
 
     async def route(
         self,
