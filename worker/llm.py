@@ -4,10 +4,14 @@ completions, embeddings, responses), and what its errors mean.
 Errors are turned into :class:`LLMError`, which says whether another attempt could succeed
 (``retryable``) and how long the server asked us to wait (``retry_after_s``).
 
-Two choices here are for speed, each measured (see the README's Speed section):
+Three choices here are for speed, each measured (see the README's Speed section):
 
+- The openai package's aiohttp transport under each client (``PROMPTQ_HTTP_CLIENT=aiohttp``, its
+  ``DefaultAioHttpClient``): about a third less CPU a call than its default httpx transport. That
+  transport reports a refused or dropped connection as a connect timeout; :func:`complete` tells
+  them apart (a ``connection_error``, not a ``timeout`` the API may have processed).
 - One ``AsyncOpenAI`` client per ``SLOTS_PER_CLIENT`` job slots (:class:`Clients`), not one for the
-  process. The HTTP connection pool under each client looks at every one of its connections, and
+  process. The httpx connection pool under each client looks at every one of its connections, and
   probes the socket of every idle one, on each request and each response; with one pool for 100
   slots that bookkeeping was a fifth of the worker's CPU.
 - A plain request is sent with the client's ``post`` and its JSON read here, rather than through

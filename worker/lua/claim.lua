@@ -6,9 +6,8 @@
 -- fairness key with the lowest turn gives its oldest job and its turn moves on by 1 / weight, so
 -- keys take turns (a weight-3 key three for one). Cost: O(log n) per job taken, whatever the
 -- number of jobs running.
--- A full Redis refuses the whole claim (it declares no allow-oom): arq could not start the jobs there
--- (its start counts the try with INCR, which a full Redis refuses); the jobs running finish, which
--- frees memory, and claims go on when there is room.
+-- A full Redis refuses the whole claim (it declares no allow-oom: it writes each job's try counter and
+-- document); the jobs running finish, which frees memory, and claims go on when there is room.
 -- Jobs at priority 0 may take every slot the worker has free (`want`), jobs at other priorities only
 -- its ordinary ones (`want_ordinary`): a worker keeps a few slots for urgent work.
 -- Each job taken is marked running in its result document (status, attempts, started_at; a default

@@ -1,7 +1,7 @@
 -- full(adding): true when Redis, with about `adding` bytes more, would hold SUBMIT_MEMORY_PERCENT % of
 -- its maxmemory (none set: never). New jobs are refused from there on, so the last part stays for the
 -- workers to run and finish the queued ones, which frees memory: a Redis filled to the brim by
--- queued jobs could not start any of them (arq's start counts the try with INCR, which it refuses).
+-- queued jobs could not start any of them (a claim counts each job's try, a write it would refuse).
 local function full(adding)
   local info = redis.call('INFO', 'memory')
   local max = tonumber(string.match(info, '\nmaxmemory:(%d+)'))
