@@ -32,7 +32,7 @@ test-newest:
 # The fast suite against the lowest version of each package pyproject allows, in its own virtualenv,
 # so that the lower bounds stay true. (The HTTP fuzz and browser tests need the dev tools' newest
 # versions and are left out; so is the OpenAPI file check, which FastAPI's version changes.)
-OLDEST := openai==3.0.0 aiohttp==3.14.1 httpx2==2.7.0 redis==5.0.1 arq==0.28.0 structlog==24.1.0 prometheus-client==0.20.0 \
+OLDEST := openai==3.0.0 aiohttp==3.14.5 httpx2==2.7.0 redis==5.0.1 arq==0.28.0 structlog==24.1.0 prometheus-client==0.20.0 \
 	fastapi==0.115.0 starlette==0.37.2 pydantic==2.7.0 uvicorn==0.30.0 \
 	opentelemetry-api==1.27.0 opentelemetry-sdk==1.27.0 opentelemetry-exporter-otlp-proto-http==1.27.0
 test-oldest: redis

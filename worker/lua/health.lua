@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=no-writes
 -- health: the backends' circuits and cool-downs as they are now, read together, for the routing's
 -- quick path (``worker.routing``): a call to a model whose backends have no limits to space calls
 -- by goes, without route.lua, to a backend whose circuit has no failure on record and that is not
