@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 
+from bench.run import cpu_s, pct
 from devtools.stack import ROOT, Proc, RedisServer, Simulator, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -47,13 +48,6 @@ PY_PEERS = {"arq": "requirements.txt", "saq": "requirements.txt", "celery": "req
 """Each Python peer's pins, a venv per file: arq 0.28 wants redis-py < 6, Celery 5.7's Redis transport >= 6.1."""
 NODE_DIR = HERE / "bullmq"
 SLOTS = 50
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass
@@ -254,8 +248,8 @@ def one_repeat(system: System, jobs: int, probes: int) -> dict[str, float]:
         "redis_cmds": (cmds1 - cmds0 - 2) / jobs if system.worker else float("nan"),
         "worker_cpu_us": worker_cpu_us if system.worker else float("nan"),
         "total_cpu_us": worker_cpu_us + out["cpu_s"] / jobs * 1e6,
-        "rtt_p50": times[len(times) // 2],
-        "rtt_p99": times[min(len(times) - 1, round(0.99 * (len(times) - 1)))],
+        "rtt_p50": pct(times, 0.5),
+        "rtt_p99": pct(times, 0.99),
         "by_command": by_command,
     }
 
