@@ -67,9 +67,13 @@ def peers_python(name: str) -> str:
     return str(PEERS_VENV / PY_PEERS[name].removesuffix(".txt") / "bin" / "python")
 
 
+def peer_env(redis_url: str, base_url: str) -> dict[str, str]:
+    """A peer's worker environment: where its Redis and the simulator are, its slots."""
+    return {"PYTHONPATH": str(ROOT), "REDIS_URL": redis_url, "BASE_URL": base_url, "SLOTS": str(SLOTS)}
+
+
 def systems() -> list[System]:
     py = sys.executable
-    env_py = {"PYTHONPATH": str(ROOT)}
     return [
         System(
             "baseline",
@@ -97,7 +101,7 @@ def systems() -> list[System]:
         System(
             "bullmq",
             "BullMQ {bullmq} (Node {node}, ioredis; the job is a `fetch`)",
-            lambda r, s: (["node", str(NODE_DIR / "worker.mjs")], {"REDIS_URL": r, "BASE_URL": s, "SLOTS": str(SLOTS)}),
+            lambda r, s: (["node", str(NODE_DIR / "worker.mjs")], peer_env(r, s)),
             lambda r, s: ["node", str(NODE_DIR / "producer.mjs")],
             "ready",
         ),
@@ -106,7 +110,7 @@ def systems() -> list[System]:
             "arq {arq} (defaults)",
             lambda r, s: (
                 [peers_python("arq"), "-m", "arq", "bench.peers.arq_side.Settings"],
-                {**env_py, "REDIS_URL": r, "BASE_URL": s, "SLOTS": str(SLOTS)},
+                peer_env(r, s),
             ),
             lambda r, s: [peers_python("arq"), "-m", "bench.peers.arq_side"],
             "Starting worker",
@@ -116,7 +120,7 @@ def systems() -> list[System]:
             "SAQ {saq}",
             lambda r, s: (
                 [peers_python("saq"), "-m", "bench.peers.saq_side", "work"],
-                {**env_py, "REDIS_URL": r, "BASE_URL": s, "SLOTS": str(SLOTS)},
+                peer_env(r, s),
             ),
             lambda r, s: [peers_python("saq"), "-m", "bench.peers.saq_side"],
             "ready",
@@ -142,7 +146,7 @@ def systems() -> list[System]:
                     "--without-mingle",
                     "--without-heartbeat",
                 ],
-                {**env_py, "REDIS_URL": r, "BASE_URL": s, "READY_FILE": ""},
+                peer_env(r, s),
             ),
             lambda r, s: [peers_python("celery"), "-m", "bench.peers.celery_side"],
             "ready",
