@@ -50,6 +50,7 @@ SCRIPT_HOMES: Final[dict[str, str]] = {
             "finish",
             "defer",
             "ack",
+            "unclaim",
             "pending",
             "beat",
             "roll_up",

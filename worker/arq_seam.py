@@ -200,6 +200,8 @@ class PromptqWorker(Worker):
     _started: dict[str, tuple[bytes | None, int]]
     """Per claimed job not yet begun: its record and try, as the claim read and counted them
     (:class:`StartTransaction` hands them to arq's ``run_job``)."""
+    _unclaiming: set[asyncio.Task[None]]
+    """Tries being given back, for jobs let go of before they began (``close`` waits for them)."""
 
     @property
     def state(self) -> _State:
@@ -209,7 +211,6 @@ class PromptqWorker(Worker):
 
     # -- the loop --------------------------------------------------------------------------------
     async def main(self) -> None:
-        self._started = {}
         if self._pool is None:  # arq's pool, over a bounded one of promptq's (or a cluster client)
             url = self.ctx[CTX_CONFIG].redis_url
             if is_cluster(url):
@@ -295,8 +296,9 @@ class PromptqWorker(Worker):
             score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
             for n, job_id in enumerate(claimed.job_ids):
                 running = self.tasks.get(job_id)
-                if running is not None and not running.done():
-                    continue  # still running here (its lease ran out in an outage): the lease is ours again
+                if running is not None and not running.done():  # still running here (its lease ran out
+                    await self._unclaim(job_id, claimed.started[job_id][1], back=False)  # in an outage)
+                    continue  # the lease is ours again; the try the claim counted is not
                 await self.sem.acquire()  # free while job_counter < max_jobs: no wait
                 self._started[job_id] = claimed.started[job_id]
                 self._start(job_id, score, urgent=n < claimed.urgent)
@@ -331,14 +333,27 @@ class PromptqWorker(Worker):
         task.add_done_callback(functools.partial(self._slot_freed, job_id))
         self.tasks[job_id] = task
 
-    def _slot_freed(self, job_id: str, _: object) -> None:
-        self._ordinary.discard(job_id)
-        self._started.pop(job_id, None)  # (a job cancelled before it began)
-        if self._state is not None:
-            self._state.leases.let_go(job_id)
+    def _slot_freed(self, job_id: str, task: asyncio.Task[Any]) -> None:
+        if self.tasks.get(job_id, task) is task:  # (else a later claim of the job runs it now)
+            self._ordinary.discard(job_id)
+            if self._state is not None:
+                self._state.leases.let_go(job_id)
+            unbegun = self._started.pop(job_id, None)
+            if unbegun is not None:  # cancelled before it began (a shutdown): its try back, back in line
+                giving = self.loop.create_task(self._unclaim(job_id, unbegun[1], back=True))
+                self._unclaiming.add(giving)
+                giving.add_done_callback(self._unclaiming.discard)
         self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
         if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll
+
+    async def _unclaim(self, job_id: str, tried: int, *, back: bool) -> None:
+        """Give back the try the claim counted for a job whose attempt did not begin here."""
+        try:
+            queue, own_id = split_arq_id(job_id)
+            await self.state.settle.unclaim(queue_keys(queue), own_id, tried, back=back)
+        except REDIS_TROUBLE as e:  # the try stays spent; the job runs again after its lease
+            log.warning("job.unclaim_failed", job_id=job_id, error=str(e), note="its try stays counted")
 
     # -- after a job ---------------------------------------------------------------------------
     async def finish_job(
@@ -407,6 +422,7 @@ class PromptqWorker(Worker):
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._unclaiming, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
@@ -548,6 +564,8 @@ def _init(self: Worker, *args: Any, **kwargs: Any) -> None:
     if type(self) is Worker and isinstance(ctx, dict) and CTX_CONFIG in ctx:
         self.__class__ = PromptqWorker  # before arq's __init__: its signal handlers bind promptq's handle_sig
     _original_init(self, *args, **kwargs)
+    if isinstance(self, PromptqWorker):
+        self._started, self._unclaiming = {}, set()
 
 
 class QuietJobLines:

@@ -26,6 +26,8 @@ batched    succeeded,   its provider batch answered (or expired, was    batch_se
            queued       later provider batch) (``worker.provider_batches``)
 running    queued       the lease ran out (the worker died, or lost     claim
                         Redis for longer than a lease)
+running    queued       a shutdown let go of a claimed job before its   unclaim (try given
+                        attempt began (``worker.arq_seam``)             back)
 queued,    cancelled    ``Producer.cancel`` (a batched job's answer,    cancel
 running,                when it comes, is dropped)
 batched

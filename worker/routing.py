@@ -107,6 +107,9 @@ class Health:
     """The cool-down keys that were running."""
     covers: frozenset[str]
     """The cool-down keys read."""
+    generation: int
+    """The router's count of health changes when the reading began (:meth:`Router.stale`): a
+    reading begun before a change it may not have seen is not trusted."""
 
 
 class Router:
@@ -135,19 +138,28 @@ class Router:
         self._quick_of: dict[str, tuple[tuple[str, ...], list[float]]] = {}
         """Per model routed by the quick path: its backends' cool-down keys and shares."""
         self._read: Health | None = None
+        self._generation = 0
+        """Health changes seen here (a failure, a cool-down): each makes every earlier reading stale."""
         self._reading: asyncio.Task[Health] | None = None
         self._cool_downs: dict[str, None] = {}
         """The cool-down keys each reading covers (the models routed so far, in order)."""
 
     def stale(self) -> None:
-        """Something changed a backend's health (a failure, a cool-down): read it again before the next quick route."""
+        """Something changed a backend's health (a failure, a cool-down): read it again before the
+        next quick route (a reading on its way now may predate the change: it is not used)."""
         self._read = None
+        self._generation += 1
 
     async def _health_now(self, cool_downs: tuple[str, ...]) -> Health | None:
         """A reading at most ``HEALTH_FRESH_S`` old that covers ``cool_downs``; None: too many keys."""
         read = self._read
         loop = asyncio.get_running_loop()
-        if read is not None and loop.time() - read.read_at <= HEALTH_FRESH_S and read.covers.issuperset(cool_downs):
+        if (
+            read is not None
+            and loop.time() - read.read_at <= HEALTH_FRESH_S
+            and read.covers.issuperset(cool_downs)
+            and read.generation == self._generation
+        ):
             return read
         for key in cool_downs:
             if key not in self._cool_downs:
@@ -157,22 +169,28 @@ class Router:
         if self._reading is None or self._reading.done():  # one reading at a time, shared by every job
             self._reading = loop.create_task(self._read_health(tuple(self._cool_downs)))
         read = await asyncio.shield(self._reading)
+        if read.generation != self._generation:  # a change came while it was read: route.lua decides
+            return None
         return read if read.covers.issuperset(cool_downs) else None
 
     async def _read_health(self, cool_downs: tuple[str, ...]) -> Health:
         circuits = [circuit_key(b.name) for b in self.backends]
+        generation = self._generation
         reply: Any = await self._health(keys=[*circuits, *cool_downs], circuits=len(circuits))
         read_at = asyncio.get_running_loop().time()
         flags = [int(v) for v in reply[1 : 1 + len(circuits)]]
         left = [int(v) for v in reply[1 + len(circuits) :]]
-        self._read = Health(
+        read = Health(
             read_at,
             int(reply[0]),
             frozenset(b.name for b, clean in zip(self.backends, flags, strict=True) if clean),
             frozenset(key for key, ms in zip(cool_downs, left, strict=True) if ms > 0),
             frozenset(cool_downs),
+            generation,
         )
-        return self._read
+        if generation == self._generation:
+            self._read = read
+        return read
 
     async def _quick(self, model: str, serving: tuple[tuple[Backend, str], ...]) -> Route | None:
         """The route of a call to an unlimited model whose backends are all clean; None: route.lua's."""
@@ -296,7 +314,10 @@ class Router:
         """Pause every worker's calls to ``model`` on ``backend`` for ``seconds`` (a 429 or the server's
         headers said so); a longer cool-down already running is kept."""
         self.stale()
-        await self._cool_down(cooldown=self.keys(backend, model)[2], ms=max(1, round(seconds * 1000)))
+        try:
+            await self._cool_down(cooldown=self.keys(backend, model)[2], ms=max(1, round(seconds * 1000)))
+        finally:
+            self.stale()  # a reading begun while it was written may not show it
 
 
 NO_TENANT = TenantBudget(keys=tenant_limit_keys(""), rpm=0, tpm=0, in_flight=0, member="", hold_ms=0)

@@ -25,6 +25,7 @@ import time
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from promptq_core.contract import RUN_LIVE, JobResult, QueueKeys, Reply, queue_keys
 from worker.logs import get_logger
@@ -63,6 +64,7 @@ class Settle:
         self._sending: asyncio.Task[None] | None = None
         self._defer = WorkerScript(redis, "defer", rides_out=True)
         self._ack = WorkerScript(redis, "ack", rides_out=True)
+        self._unclaim = WorkerScript(redis, "unclaim", rides_out=True)
         self._collect = WorkerScript(redis, "collect", rides_out=True)
 
     async def finish(self, final: JobResult, *, streamed: bool = False, webhook_url: str | None = None) -> Finished:
@@ -90,19 +92,30 @@ class Settle:
 
     async def _send(self) -> None:
         """Send the waiting finishes, a group a queue at a time, until none is left."""
+        waiting: dict[str, list[tuple[list[str], asyncio.Future[Any]]]] = {}
         try:
             while self._waiting:
                 waiting, self._waiting = self._waiting, {}
                 for queue, jobs in waiting.items():
                     for start in range(0, len(jobs), FINISH_GROUP_MAX):
                         await self._send_group(queue, jobs[start : start + FINISH_GROUP_MAX])
-        except BaseException as e:  # (cancelled with the loop): no finish waits in vain
-            for jobs in self._waiting.values():
+        except BaseException as e:  # (cancelled with the loop): no finish waits in vain, sent or not
+            for jobs in (*waiting.values(), *self._waiting.values()):
                 _answer([answered for _, answered in jobs], error=e)
             self._waiting = {}
             raise
 
     async def _send_group(self, queue: str, jobs: list[tuple[list[str], asyncio.Future[Any]]]) -> None:
+        """One finish script for ``jobs``; if Redis refuses it (an error of the script, not of the
+        connection), each job is sent alone, so that only a job the script cannot take fails."""
+        try:
+            await self._send_together(queue, jobs)
+        except ResponseError:  # (only the script's own error comes out: see _send_together)
+            log.warning("job.finish_group_refused", jobs=len(jobs), note="each job is finished alone")
+            for job in jobs:  # (a job's own refusal is told to its attempt)
+                await self._send_together(queue, [job])
+
+    async def _send_together(self, queue: str, jobs: list[tuple[list[str], asyncio.Future[Any]]]) -> None:
         waiters = [answered for _, answered in jobs]
         try:
             replies = await self._finish(
@@ -112,6 +125,8 @@ class Settle:
                 jobs=[value for job, _ in jobs for value in job],
             )
         except BaseException as e:  # Redis away past every retry: each attempt is left as it is
+            if type(e) is ResponseError and len(jobs) > 1:
+                raise  # the script refused (not a Redis in trouble): ``_send_group`` sends each alone
             _answer(waiters, error=e)
             if not isinstance(e, Exception):
                 raise
@@ -181,6 +196,13 @@ class Settle:
     async def ack(self, queue: QueueKeys, job_id: str) -> None:
         """Let go of a job that ended elsewhere (its record, try counter, lease and route go)."""
         await self._ack(queue, record=queue.record(job_id), tries=queue.tries(job_id), job_id=job_id)
+
+    async def unclaim(self, queue: QueueKeys, job_id: str, tried: int, *, back: bool) -> None:
+        """Give back the try a claim counted for a job whose attempt never began (``tried``: that
+        count); ``back``: the job also goes back in line now (else it runs here still, from an
+        earlier claim)."""
+        tries = queue.tries(job_id)
+        await self._unclaim(queue, tries=tries, job_id=job_id, claimed_try=tried, back="1" if back else "0")
 
     async def _finish_replicated(self, queue: QueueKeys, job: list[str]) -> Any:
         """The finish script (of one job) and its WAIT on one connection (``PROMPTQ_MIN_REPLICAS``).

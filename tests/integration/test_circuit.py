@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
 
 from promptq_core.contract import BACKEND_WAITS, DELAYED, circuit_key, queue_keys
+from worker.backends import Backend
 from worker.circuit import CircuitRules, Circuits
 from worker.queue import JobQueue
+from worker.routing import Router
 
 RULES = CircuitRules(failures=3, cool_down_s=1, max_cool_down_s=4)
 
@@ -65,3 +69,34 @@ async def test_a_failed_probe_opens_it_for_longer_and_a_good_one_wakes_the_waiti
         assert await client.exists(circuit_key("b"), queue_keys().key(BACKEND_WAITS)) == 0
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def router(redis_url: str) -> AsyncIterator[Router]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    backends = tuple(Backend(name, "http://127.0.0.1:9/v1", "k", None) for name in ("quick-a", "quick-b"))
+    yield Router(client, backends, probe_s=1)
+    await client.aclose()
+
+
+async def test_the_quick_route_goes_by_weight_and_a_cool_down_moves_every_call_off_that_backend(
+    router: Router,
+) -> None:
+    picked = Counter([(await router.route("m", 10)).backend.name for _ in range(200)])
+    assert set(picked) == {"quick-a", "quick-b"} and min(picked.values()) > 50
+    assert router._read is not None  # routed from a reading of the backends' health, not route.lua
+    await router.cool_down(router.backends[0], "m", 5)
+    picked = Counter([(await router.route("m", 10)).backend.name for _ in range(50)])
+    assert picked == {"quick-b": 50}
+
+
+async def test_a_reading_on_its_way_when_health_changes_is_not_trusted(router: Router) -> None:
+    cool_downs = tuple(router.keys(b, "m")[2] for b in router.backends)
+    reading = asyncio.create_task(router._health_now(cool_downs))
+    while router._reading is None:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the reading has begun: its answer may predate what follows
+    router.stale()  # (a failure seen here, a cool-down written)
+    assert await reading is None and router._read is None
+    fresh = await router._health_now(cool_downs)
+    assert fresh is not None and fresh.clean == {"quick-a", "quick-b"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import time
 from collections import Counter
@@ -475,3 +476,109 @@ async def test_deferring_keeps_or_gives_back_the_try_and_lets_go_of_a_cancelled_
         )
     finally:
         await client.aclose()
+
+
+async def test_a_claim_that_stops_with_an_error_leaves_the_jobs_it_took_leased(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        ids = await producer.submit_many(["a", "b", "c"])
+        sync_redis.set(queue_keys().tries(ids[1]), "not a number")  # the claim's count of it fails mid-way
+        with pytest.raises(redis.exceptions.ResponseError):
+            await JobQueue(client, lease_s=60).claim(3)
+        leased = {m.decode() for m in cast(list[bytes], sync_redis.zrange(queue_keys().key(LEASES), 0, -1))}
+        assert leased == set(ids)  # taken from the ready set and leased: back after the lease, not lost
+    finally:
+        await client.aclose()
+
+
+async def test_unclaim_gives_back_the_claims_try_and_puts_the_job_back_in_line(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
+        job_id = await producer.submit("never began")
+        keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
+        assert (await queue.claim(1)).started[arq_id][1] == 1
+        await settle.unclaim(keys, job_id, 1, back=False)  # it runs here still: only the try
+        assert sync_redis.get(keys.tries(job_id)) is None and sync_redis.zscore(keys.key(LEASES), job_id) is not None
+        sync_redis.set(keys.tries(job_id), 3)  # a later claim's count is not the one given back
+        await settle.unclaim(keys, job_id, 1, back=True)
+        assert sync_redis.get(keys.tries(job_id)) == b"3"
+        assert sync_redis.zscore(keys.key(LEASES), job_id) is None  # back in line, at once
+        again = await queue.claim(1)
+        assert again.job_ids == [arq_id] and again.started[arq_id][1] == 4
+    finally:
+        await client.aclose()
+
+
+async def test_a_finish_group_the_script_refuses_finishes_every_job_it_can_alone(
+    producer: Producer, redis_url: str, sync_redis: redis.Redis
+) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
+        ids = await producer.submit_many(["a", "b", "c"])
+        await queue.claim(3)
+        sync_redis.delete(queue_keys().record(ids[1]))
+        sync_redis.hset(queue_keys().record(ids[1]), "not", "a record")  # failing it reads this: WRONGTYPE
+        finals = [
+            JobResult(job_id, "failed" if n == 1 else "succeeded", attempts=1, content=None if n == 1 else "ok")
+            for n, job_id in enumerate(ids)
+        ]
+        answers = await asyncio.gather(*(settle.finish(f) for f in finals), return_exceptions=True)
+        assert isinstance(answers[1], redis.exceptions.ResponseError)  # that attempt is told; the job stays leased
+        for n in (0, 2):
+            assert not isinstance(answers[n], BaseException)
+            stored = await producer.get(ids[n])
+            assert stored is not None and stored.status == "succeeded" and stored.content == "ok"
+            assert sync_redis.zscore(queue_keys().key(LEASES), ids[n]) is None
+        assert sync_redis.zscore(queue_keys().key(LEASES), ids[1]) is not None
+    finally:
+        await client.aclose()
+
+
+async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_claims_run_keeps_its_lease(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: redis.Redis
+) -> None:
+    worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
+    try:
+        while worker._state is None:
+            await asyncio.sleep(0.01)
+        worker.allow_pick_jobs = False  # this test hands the job to the worker's slots itself
+        job_id = await producer.submit("never began")
+        keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
+        claimed = await worker.state.queues[0].claim(1)
+        assert claimed.job_ids == [arq_id] and sync_redis.get(keys.tries(job_id)) == b"1"
+
+        def occupy() -> asyncio.Task[None]:  # a slot's task as the worker's _start makes it
+            task = asyncio.get_running_loop().create_task(asyncio.sleep(60))
+            worker.job_counter += 1
+            worker._ordinary.add(arq_id)
+            worker.state.leases.claimed(arq_id)
+            task.add_done_callback(functools.partial(worker._slot_freed, arq_id))
+            worker.tasks[arq_id] = task
+            return task
+
+        earlier = occupy()
+        later = occupy()  # a later claim of the same job runs it now: the earlier's end leaves it be
+        earlier.cancel()
+        await asyncio.sleep(0.05)
+        assert arq_id in worker._ordinary and arq_id in worker.state.leases.leased
+        assert worker.job_counter == 1
+
+        worker._started[arq_id] = claimed.started[arq_id]  # claimed, not begun: a shutdown cancels it
+        later.cancel()
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*worker._unclaiming)
+        assert sync_redis.get(keys.tries(job_id)) is None  # the try given back
+        assert sync_redis.zscore(keys.key(LEASES), job_id) is None  # and back in line at once
+        assert arq_id not in worker._started and arq_id not in worker.state.leases.leased
+        worker.allow_pick_jobs = True
+        worker.state.wake_event.set()
+        result = await producer.wait(job_id, timeout=10)
+        assert result.ok and result.attempts == 1
+    finally:
+        await stop_worker(worker, main)

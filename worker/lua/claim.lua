@@ -52,6 +52,7 @@ local function start(id, raw, tries, record)
   local key = RESULT_PREFIX .. id
   if TERMINAL[status_of(raw)] then
     redis.call('DEL', RECORD_PREFIX .. id, TRIES_PREFIX .. id)
+    redis.call('ZREM', LEASES, id)
     unplace(id)
     return false
   end
@@ -100,7 +101,6 @@ end
 local weights = {}
 for i = 6, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local out, claimed, urgent, skipped, empty = {now, recovered, promoted, 0, 0, 0}, 0, 0, 0, false
-local leased = {}
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
   if not level then
@@ -130,14 +130,21 @@ while claimed < want do
     else
       redis.call('ZADD', active, turn + got / weight, fkey)
     end
-    local ids = {}
-    for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+    local ids, leased = {}, {}
+    for i = 1, #popped, 2 do
+      ids[#ids + 1] = popped[i]
+      leased[#leased + 1] = deadline
+      leased[#leased + 1] = popped[i]
+    end
+    -- Leased before anything else is done with them: were this script to stop with an error past
+    -- this point, the jobs taken would come back after their lease, not be lost.
+    for from = 1, #leased, 1000 do
+      redis.call('ZADD', LEASES, unpack(leased, from, math.min(from + 999, #leased)))
+    end
     local docs, tries, records = read(RESULT_PREFIX, ids), read(TRIES_PREFIX, ids), read(RECORD_PREFIX, ids)
     for k, id in ipairs(ids) do
       local started = start(id, docs[k] or nil, tries[k] or nil, records[k])
       if started then
-        leased[#leased + 1] = deadline
-        leased[#leased + 1] = id
         out[#out + 1] = id
         out[#out + 1] = started[1]
         out[#out + 1] = started[2]
@@ -148,9 +155,6 @@ while claimed < want do
       end
     end
   end
-end
-for from = 1, #leased, 1000 do  -- the jobs taken go into LEASES together
-  redis.call('ZADD', LEASES, unpack(leased, from, math.min(from + 999, #leased)))
 end
 out[4] = skipped
 out[5] = empty and 0 or redis.call('EXISTS', LEVELS)

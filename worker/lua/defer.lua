@@ -8,7 +8,7 @@
 -- instead: its record, try counter, lease and route go, and the stored document is returned.
 -- KEYS[1] doc: the result document
 -- KEYS[2] record: arq's job record
--- KEYS[3] tries: arq's try counter, which arq raised when it started the attempt
+-- KEYS[3] tries: arq's try counter, which the claim raised when it handed the job out
 -- KEYS[4] LEVELS: the priorities with ready jobs
 -- KEYS[5] LEASES: running jobs, by when their lease runs out
 -- KEYS[6] DELAYED: deferred jobs, by when they are due
