@@ -20,6 +20,7 @@ from promptq_core.contract import (
     WORKER_BEAT_S,
     JobResult,
     as_text,
+    budget_share,
     latency_bucket_bounds,
     loads,
 )
@@ -122,7 +123,12 @@ class Overview:
         return cls(
             now=round(now_s, 3),
             queue=queue,
-            backends=_backends(circuits, [doc for _, _, doc in entries], int(now_ms)),
+            backends=_backends(
+                circuits,
+                [doc for _, _, doc in entries],
+                int(now_ms),
+                live=[doc for _, seen, doc in entries if int(now_ms) - int(seen) <= ALIVE_BEATS * WORKER_BEAT_S * 1000],
+            ),
             workers=[_worker(i, seen, doc, now_ms) for i, seen, doc in entries],
             minutes=[m for m, _ in rolled],
             models=_models(per_model for _, per_model in rolled),
@@ -158,9 +164,12 @@ def _entry(entry: Any) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _backends(circuits: Sequence[Any], entries: list[dict[str, Any]], now_ms: int) -> list[dict[str, Any]]:
-    """Each backend the workers name: its circuit (fleet-wide) and the calls the workers made to it
-    since they started (their entries' counts, summed)."""
+def _backends(
+    circuits: Sequence[Any], entries: list[dict[str, Any]], now_ms: int, live: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each backend the workers name: its circuit (fleet-wide), the calls the workers made to it
+    since they started (their entries' counts, summed), and the budget the live workers used in the
+    last minute, per model beside its limits."""
     found = []
     for i in range(0, len(circuits), 4):
         name = as_text(circuits[i])
@@ -179,9 +188,30 @@ def _backends(circuits: Sequence[Any], entries: list[dict[str, Any]], now_ms: in
                 "calls": calls,
                 "errors": errors,
                 "mean_call_ms": round(seconds / calls * 1000, 1) if calls else None,
+                **_budget(name, live),
             }
         )
     return sorted(found, key=lambda b: b["name"])
+
+
+def _budget(name: str, live: list[dict[str, Any]]) -> dict[str, Any]:
+    """A backend's budget in use: per model, the calls and tokens of the last minute (every live
+    worker's) beside its RPM and TPM; ``budget_in_use``, the largest share of a limit (None: no limit)."""
+    models: dict[str, list[Any]] = {}
+    for entry in live:
+        doc = entry["backends"].get(name) if isinstance(entry.get("backends"), dict) else None
+        budget = doc.get("budget") if isinstance(doc, dict) else None
+        for model, row in budget.items() if isinstance(budget, dict) else ():
+            if not (isinstance(row, list) and len(row) == 4 and all(isinstance(v, int | None) for v in row)):
+                continue
+            summed = models.setdefault(str(model), [0, 0, row[2], row[3]])
+            summed[0] += row[0] or 0
+            summed[1] += row[1] or 0
+    rows = [
+        {"model": model, "requests": calls, "rpm": rpm, "tokens": tokens, "tpm": tpm}
+        for model, (calls, tokens, rpm, tpm) in sorted(models.items())
+    ]
+    return {"budget": rows, "budget_in_use": budget_share({"budget": models})}
 
 
 def _worker(worker_id: Any, seen_ms: Any, doc: dict[str, Any], now_ms: Any) -> dict[str, Any]:

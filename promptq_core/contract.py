@@ -104,6 +104,7 @@ __all__ = [
     "Usage",
     "as_text",
     "batch_of",
+    "budget_share",
     "circuit_failures_key",
     "circuit_key",
     "decode_vector",
@@ -268,7 +269,23 @@ ARQ_TRIES_TTL_S: Final = 88400
 WORKERS_KEY: Final = "promptq:{fleet}:workers"
 """A hash: worker id -> JSON ``{"id", "host", "pid", "slots", "busy", "started_at", "queues",
 "backends"}`` (``backends``: per backend, the ``calls``, ``errors`` and ``seconds`` of its calls
-since it started), rewritten by each worker every ``WORKER_BEAT_S`` and removed when it stops."""
+since it started, and ``budget``: per model it called in the last minute, ``[calls, tokens, rpm,
+tpm]``, those calls and tokens beside the model's limits there, null for none), rewritten by each
+worker every ``WORKER_BEAT_S`` and removed when it stops."""
+
+
+def budget_share(doc: dict[str, Any]) -> float | None:
+    """The largest share of a limit a backend's entry (``Metrics.backend_summary``) says was used in
+    the last minute, over its models and both limits; None when none of them has a limit."""
+    shares = [
+        used / limit
+        for calls, tokens, rpm, tpm in (doc.get("budget") or {}).values()
+        for used, limit in ((calls, rpm), (tokens, tpm))
+        if limit
+    ]
+    return round(max(shares), 4) if shares else None
+
+
 WORKERS_SEEN_KEY: Final = "promptq:{fleet}:workers-seen"
 """A sorted set: worker id -> when it last wrote its entry (ms, Redis time); an entry silent for
 ``WORKER_FORGET_S`` is dropped by the next worker's write."""

@@ -108,6 +108,9 @@ class SimStats:
     """Azure-style requests (``/openai/deployments/{name}/...``), by ``"{name} {query}"``."""
     service_tiers: dict[str, int] = field(default_factory=dict)
     """API requests by the ``service_tier`` their body names (``default`` when none)."""
+    headers: dict[str, int] = field(default_factory=dict)
+    """API requests by each ``x-`` header they carried (``"name: value"``; the openai client's own
+    ``x-stainless-*`` left out)."""
     files: int = 0
     """Files uploaded (``POST /v1/files``)."""
     batches: int = 0

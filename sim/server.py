@@ -166,6 +166,12 @@ class Simulator:
             self.calls.append(call)
         _current_call.set(call)
 
+    def _count_headers(self, req: Request) -> None:
+        """Count the request's own ``x-`` headers (not the openai client's ``x-stainless-*``)."""
+        for name, value in req.headers.items():
+            if name.startswith("x-") and not name.startswith("x-stainless") and len(self.stats.headers) < 100:
+                self.stats.count(self.stats.headers, f"{name}: {value[:100]}")
+
     async def _dispatch(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         route = (req.method, req.path)
@@ -173,6 +179,7 @@ class Simulator:
             self.stats.requests += 1
             if req.deployment is not None:
                 self.stats.count(self.stats.deployments, f"{req.deployment} {req.query}")
+            self._count_headers(req)
             self.stats.in_flight += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
             try:

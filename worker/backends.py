@@ -105,6 +105,7 @@ def backends_from_env(env: Mapping[str, str], default: Backend) -> tuple[Backend
     raw, where = _listing(env)
     if raw is None:
         return (default,)
+    _repeated(raw, where)
     entries = raw.get("backends") if isinstance(raw, dict) and set(raw) == {"backends"} else raw
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f'{where} must be a non-empty list of backends (or {{"backends": [...]}})')
@@ -141,18 +142,32 @@ def _listing(env: Mapping[str, str]) -> tuple[Any, str]:
         raise ConfigError(f"{where} must be {kind}: {e}") from None
 
 
-def _json(text: str) -> Any:
-    """JSON whose objects repeat no key (a model mapped twice would otherwise keep its last name)."""
+class _Object(dict[str, Any]):
+    """A JSON object as read, with the keys it gave more than once (JSON would keep the last)."""
 
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
+    repeated: tuple[str, ...] = ()
+
+
+def _json(text: str) -> Any:
+    """JSON whose objects say which keys they repeat (:func:`_repeated` refuses them, naming where)."""
+
+    def remember(pairs: list[tuple[str, Any]]) -> _Object:
+        seen = _Object()
+        repeated: list[str] = []
         for key, value in pairs:
             if key in seen:
-                raise ValueError(f"{key!r} appears twice in one object")
+                repeated.append(key)
             seen[key] = value
+        seen.repeated = tuple(repeated)
         return seen
 
-    return json.loads(text, object_pairs_hook=unique)
+    return json.loads(text, object_pairs_hook=remember)
+
+
+def _repeated(value: Any, at: str, what: str = "is given twice") -> None:
+    """Refuse an object that gave a key twice (a model mapped twice would otherwise keep its last name)."""
+    if isinstance(value, _Object) and value.repeated:
+        raise ConfigError(f"{at}: {value.repeated[0]!r} {what}")
 
 
 def _backend(env: Mapping[str, str], entry: Any, at: str) -> Backend:
@@ -164,6 +179,7 @@ def _backend(env: Mapping[str, str], entry: Any, at: str) -> Backend:
             f"{at}.name must be 1 to 64 letters, digits, '_', '.' or '-' (starting with one of the first two)"
         )
     at = f"{at} ({name!r})"
+    _repeated(entry, at)
     if unknown := sorted(set(entry) - FIELDS):
         raise ConfigError(f"{at}: unknown fields {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})")
     kind = entry.get("kind", "openai")
@@ -213,6 +229,7 @@ def _models(models: Any, at: str) -> dict[str, str]:
     if isinstance(models, list):
         pairs = [(m, m) for m in models]
     elif isinstance(models, dict):
+        _repeated(models, f"{at}.models", "is mapped twice")
         pairs = list(models.items())
     else:
         raise ConfigError(f"{at}.models must be a list of model names or an object (model -> this backend's name)")
@@ -256,6 +273,7 @@ def _weight(value: Any, at: str) -> float:
 def _headers(headers: Any, at: str) -> dict[str, str]:
     if not isinstance(headers, dict):
         raise ConfigError(f"{at}.headers must be an object of header names and values")
+    _repeated(headers, f"{at}.headers")
     for name, value in headers.items():
         if not name or not set(name) <= HEADER_NAME_CHARS or len(name) > 100:
             raise ConfigError(f"{at}.headers: {name!r} is not a header name")
@@ -274,6 +292,11 @@ def fallbacks_from_env(env: Mapping[str, str], backends: tuple[Backend, ...]) ->
         at = f"{FALLBACKS_ENV}[{model!r}]"
         if not isinstance(chain, list) or not chain or not all(isinstance(m, str) and m.strip() for m in chain):
             raise ConfigError(f"{at} must be a non-empty list of model names")
+        for name in (model, *chain):
+            try:
+                check_model(name, f"{at}: a name")
+            except InvalidJobError as e:
+                raise ConfigError(str(e)) from None
         if model in chain:
             raise ConfigError(f"{at} names the model itself")
         if len(set(chain)) != len(chain):

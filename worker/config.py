@@ -287,7 +287,7 @@ class WorkerConfig:
         d = cls()
         listed = env_str(env, BACKENDS_ENV) is not None or env_str(env, BACKENDS_FILE_ENV) is not None
         base_url = env_str(env, "OPENAI_BASE_URL")
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
+        if base_url is not None and not listed and not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"OPENAI_BASE_URL must be an http:// or https:// URL, got {base_url!r}")
         api_key = env_str(env, "OPENAI_API_KEY")
         if api_key is None:

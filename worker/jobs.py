@@ -361,7 +361,7 @@ async def _call(
     metrics.attempts.labels(metrics.model(model)).inc()
     metrics.in_flight.inc()
     started_s = time.monotonic()
-    outcome = "error"
+    outcome, tokens = "error", 0
     try:
         with state.tracing.call(job, route.model, route.backend) as span:
             flex = job.tier == FLEX_TIER
@@ -371,6 +371,7 @@ async def _call(
                 completion = await llm.complete(state.clients.take(backend), job, route.model, on_delta, call_s)
             state.tracing.answered(span, completion)
             outcome = "ok"
+            tokens = completion.usage.total_tokens if completion.usage is not None else 0
             return completion
     except llm.LLMError as e:
         outcome = e.type
@@ -382,7 +383,7 @@ async def _call(
         metrics.in_flight.dec()
         elapsed_s = time.monotonic() - started_s
         metrics.latency.labels(metrics.model(model)).observe(elapsed_s)
-        metrics.backend_call(backend, outcome, elapsed_s)
+        metrics.backend_call(backend, outcome, elapsed_s, model, tokens)
 
 
 def _attempt_timeout(config: WorkerConfig) -> llm.LLMError:

@@ -21,11 +21,15 @@ Metrics (labels in brackets):
 - ``promptq_backend_call_seconds`` [backend]: histogram of their durations.
 - ``promptq_backend_up`` [backend]: 1 while the backend's circuit is closed, 0 while it is open
   (fleet-wide: read with the queue depths, and set by each call this worker records).
+- ``promptq_backend_budget_in_use`` [backend]: this worker's share of the backend's RPM or TPM
+  limit over the last minute (the largest of its models'; the workers' shares add up to the
+  fleet's, which the dashboard shows), read every 5 s; backends without limits have none.
 - ``promptq_backend_waits_total`` [model]: attempts sent back to wait because every backend of
   their model was down (no try spent).
 - ``promptq_queue_depth`` [queue, priority]: jobs ready to run, per priority, fleet-wide, for each
   queue the worker serves; with ``promptq_queue_running`` [queue] (jobs claimed by any worker) and
-  ``promptq_queue_deferred`` [queue] (retries waiting), read every 5 s. Counts per fairness key:
+  ``promptq_queue_deferred`` [queue] (retries waiting; of them ``promptq_queue_waiting_for_backend``
+  [queue], the jobs waiting for a backend to recover), read every 5 s. Counts per fairness key:
   ``Producer.depths`` or ``promptq status``.
 """
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -40,7 +45,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 
 from promptq_core.background import Background, repeat
-from promptq_core.contract import CHAT_ENDPOINT, DEFAULT_QUEUE, PRIORITIES, Usage, circuit_key, queue_keys
+from promptq_core.contract import (
+    BACKEND_WAITS,
+    CHAT_ENDPOINT,
+    DEFAULT_QUEUE,
+    PRIORITIES,
+    Usage,
+    budget_share,
+    circuit_key,
+    queue_keys,
+)
 from promptq_core.depths import DEPTHS_KEYS_MAX, QueueDepths
 from promptq_core.prices import Price, cost_usd
 from worker.logs import get_logger
@@ -65,6 +79,45 @@ MAX_MODEL_LABELS: Final = 64
 OTHER_MODEL: Final = "other"
 
 
+MINUTE_MODELS_MAX: Final = 16
+"""Models per backend whose last minute a worker's entry carries at most."""
+
+
+class MinuteUse:
+    """Calls and tokens per backend and model over the last minute, in one-second buckets."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, dict[str, deque[list[int]]]] = {}
+
+    def add(self, backend: str, model: str, tokens: int, now_s: float | None = None) -> None:
+        second = int(time.monotonic() if now_s is None else now_s)
+        models = self._seconds.setdefault(backend, {})
+        buckets = models.get(model)
+        if buckets is None:
+            if len(models) >= MINUTE_MODELS_MAX:
+                return
+            buckets = models[model] = deque()
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += 1
+            buckets[-1][2] += tokens
+        else:
+            buckets.append([second, 1, tokens])
+
+    def last_minute(self, now_s: float | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+        """Per backend and model: calls and tokens in the last 60 s (models without any are dropped)."""
+        since = int(time.monotonic() if now_s is None else now_s) - 59
+        found: dict[str, dict[str, tuple[int, int]]] = {}
+        for backend, models in self._seconds.items():
+            for model, buckets in list(models.items()):
+                while buckets and buckets[0][0] < since:
+                    buckets.popleft()
+                if not buckets:
+                    del models[model]
+                    continue
+                found.setdefault(backend, {})[model] = (sum(b[1] for b in buckets), sum(b[2] for b in buckets))
+        return found
+
+
 class Metrics:
     """One worker's metrics (its own registry), and the HTTP server that exposes them."""
 
@@ -74,7 +127,9 @@ class Metrics:
         running: Callable[[], int] = lambda: 0,
         backends: tuple[str, ...] = (),
         queues: tuple[str, ...] = (DEFAULT_QUEUE,),
+        limit_of: Callable[[str, str], tuple[int | None, int | None]] = lambda backend, model: (None, None),
     ) -> None:
+        """``limit_of(backend, model)``: the RPM and TPM of ``model`` on ``backend`` (None: no limit)."""
         self.prices = prices or {}
         self.backends, self.queues = backends, queues
         self._models: set[str] = set()
@@ -111,6 +166,15 @@ class Metrics:
         for name in backends:
             self.backend_up.labels(name).set(1)
         self._backend_totals: dict[str, list[float]] = {}
+        self.minute = MinuteUse()
+        self.limit_of = limit_of
+        self.backend_budget = Gauge(
+            "promptq_backend_budget_in_use",
+            "This worker's share of the backend's RPM or TPM limit over the last minute (the largest "
+            "of its models'; sum the workers' for the fleet's)",
+            ["backend"],
+            registry=r,
+        )
         self.backend_waits = Counter(
             "promptq_backend_waits", "Attempts sent back to wait for a backend", ["model"], registry=r
         )
@@ -119,6 +183,12 @@ class Metrics:
             "promptq_queue_running", "Jobs claimed by a worker (all workers)", ["queue"], registry=r
         )
         self.queue_deferred = Gauge("promptq_queue_deferred", "Jobs waiting for a retry", ["queue"], registry=r)
+        self.queue_backend_waits = Gauge(
+            "promptq_queue_waiting_for_backend",
+            "Jobs waiting for a backend of their model to recover (of the deferred)",
+            ["queue"],
+            registry=r,
+        )
         self.stale_after_s = 60.0
         self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
@@ -163,21 +233,35 @@ class Metrics:
         self._models.add(name)
         return name
 
-    def backend_call(self, backend: str, outcome: str, seconds: float) -> None:
+    def backend_call(self, backend: str, outcome: str, seconds: float, model: str = "", tokens: int = 0) -> None:
+        """One call to ``backend`` ended (``model``: the job's name for it; ``tokens``: what it used)."""
         self._child(self.backend_calls, backend, outcome).inc()
         self._child(self.backend_latency, backend).observe(seconds)
         totals = self._backend_totals.setdefault(backend, [0, 0, 0.0])
         totals[0] += 1
         totals[1] += outcome != "ok"
         totals[2] += seconds
+        if model:
+            self.minute.add(backend, model, tokens)
 
-    def backend_summary(self) -> dict[str, dict[str, float]]:
-        """Per backend: calls, errors and seconds spent in calls since start (the worker's entry
-        carries them to the dashboard)."""
-        summary = {name: {"calls": 0, "errors": 0, "seconds": 0.0} for name in self.backends}
+    def backend_summary(self) -> dict[str, dict[str, Any]]:
+        """Per backend: calls, errors and seconds spent in calls since start, and per model its
+        calls and tokens in the last minute beside its limits (``budget``: the worker's entry
+        carries them to the dashboard, which sums the fleet's)."""
+        summary: dict[str, dict[str, Any]] = {name: {"calls": 0, "errors": 0, "seconds": 0.0} for name in self.backends}
         for name, (calls, errors, seconds) in self._backend_totals.items():
             summary[name] = {"calls": calls, "errors": errors, "seconds": round(seconds, 3)}
+        for name, models in self.minute.last_minute().items():
+            if name in summary:
+                summary[name]["budget"] = {
+                    m: [calls, tokens, *self.limit_of(name, m)] for m, (calls, tokens) in models.items()
+                }
         return summary
+
+    def budget_in_use(self) -> dict[str, float]:
+        """Per backend with a limit: the largest share of a model's RPM or TPM this worker used in
+        the last minute (the workers' shares add up to the fleet's)."""
+        return {name: share for name, doc in self.backend_summary().items() if (share := budget_share(doc)) is not None}
 
     def backend_health(self, backend: str, *, up: bool) -> None:
         self.backend_up.labels(backend).set(1 if up else 0)
@@ -195,6 +279,7 @@ class Metrics:
             for name in self.queues:
                 keys = queue_keys(name)
                 self.set_depths(QueueDepths.from_reply(await depths(keys, keys_max=DEPTHS_KEYS_MAX), name))
+                self.queue_backend_waits.labels(name).set(await redis.zcard(keys.key(BACKEND_WAITS)))
             if self.backends:
                 async with redis.pipeline(transaction=False) as pipe:
                     for name in self.backends:
@@ -202,6 +287,8 @@ class Metrics:
                     opened = await pipe.execute()
                 for name, open_until in zip(self.backends, opened, strict=True):
                     self.backend_health(name, up=not open_until or int(open_until) == 0)
+                for name, share in self.budget_in_use().items():
+                    self.backend_budget.labels(name).set(share)
 
         self._depth_reader.start(lambda: repeat(read, QUEUE_DEPTH_EVERY_S, _depth_failed))
         bound: int = self._server.sockets[0].getsockname()[1]

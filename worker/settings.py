@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from promptq_core import tracing as core_tracing
@@ -105,6 +106,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         running=lambda: len(leases.running),
         backends=tuple(b.name for b in config.all_backends()),
         queues=config.queues,
+        limit_of=_limit_of(config),
     )
     presence = Presence(
         ctx["redis"],
@@ -231,3 +233,15 @@ def make_settings(config: WorkerConfig | None = None) -> type:
     sys.excepthook = _config_errors_in_one_line
     checked = check_access(config.redis_url, config.allow_eviction)
     return type("Settings", (), settings_kwargs(config, checked=checked))
+
+
+def _limit_of(config: WorkerConfig) -> Callable[[str, str], tuple[int | None, int | None]]:
+    """The RPM and TPM of a model on a backend, by their names (for the budget the metrics show)."""
+    backends = {b.name: b for b in config.all_backends()}
+
+    def limit_of(backend: str, model: str) -> tuple[int | None, int | None]:
+        found = backends.get(backend)
+        limit = found.limit_for(model) if found is not None else None
+        return (limit.rpm, limit.tpm) if limit is not None else (None, None)
+
+    return limit_of

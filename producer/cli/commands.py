@@ -329,7 +329,11 @@ def _backend_lines(backends: list[dict[str, Any]], waiting: int) -> str:
     for b in backends:
         probe = f"probe in {b['probe_in_s']:g} s" if b["probe_in_s"] else "probe due"
         health = "up" if b["up"] else f"DOWN for {b['down_for_s']:g} s ({probe})"
-        rows.append(f"  {b['name']}: {health}; {b['calls']} call(s), {b['errors']} error(s) since the workers started")
+        mean = f", {b['mean_call_ms']:g} ms a call" if b.get("mean_call_ms") is not None else ""
+        share = b.get("budget_in_use")
+        budget = f"; {share:.0%} of its budget in use" if share is not None else ""
+        counts = f"{b['calls']} call(s), {b['errors']} error(s){mean} since the workers started"
+        rows.append(f"  {b['name']}: {health}; {counts}{budget}")
     note = f"; {waiting} job(s) waiting for one" if waiting else ""
     return "\nbackends" + note + ":\n" + "\n".join(rows)
 

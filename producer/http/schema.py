@@ -159,6 +159,14 @@ class QueueTotals(BaseModel):
     waiting_for_backend: int = Field(description="deferred jobs waiting for a backend of their model to come back")
 
 
+class BudgetDoc(BaseModel):
+    model: str
+    requests: int = Field(description="calls in the last minute, every live worker's")
+    rpm: int | None
+    tokens: int = Field(description="tokens those calls used")
+    tpm: int | None
+
+
 class BackendDoc(BaseModel):
     name: str
     up: bool = Field(description="its circuit is closed (fleet-wide, kept in Redis)")
@@ -168,6 +176,11 @@ class BackendDoc(BaseModel):
     calls: int = Field(description="calls the workers alive made to it since they started")
     errors: int
     mean_call_ms: float | None
+    budget: list[BudgetDoc] = Field(description="per model called in the last minute: its use beside its limits")
+    budget_in_use: float | None = Field(
+        description="the largest share of a model's RPM or TPM the live workers used in the last minute "
+        "(null: no limit, or no call)"
+    )
 
 
 class QueueDoc(BaseModel):

@@ -183,6 +183,23 @@ async def test_a_job_waiting_for_a_down_backend_expires_at_its_deadline(
     assert 1.5 <= time.monotonic() - started <= 10
 
 
+async def test_a_job_without_a_deadline_expires_at_the_fleets_default_while_its_backend_is_down(
+    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
+) -> None:
+    a, _ = fleet
+    a.configure(outage="503")
+    slow_probe = CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30)
+    config = with_backends(worker_config, backend("a", a), circuit=slow_probe, max_tries=5, default_deadline_s=2)
+    job_id = await producer.submit("waits for the fleet's deadline")
+    started = time.monotonic()
+    await run_burst(config)
+    r = await producer.get(job_id)
+    assert r is not None and r.status == "failed" and r.error is not None
+    assert (r.error.type, r.error.retryable) == ("expired", False)
+    assert a.stats()["requests"] == 1  # the failure that opened the circuit; then it waited, no try spent
+    assert 1.5 <= time.monotonic() - started <= 10
+
+
 async def test_a_job_moves_to_its_fallback_model_when_its_own_stays_down(
     producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
 ) -> None:
@@ -316,3 +333,45 @@ async def test_a_waiting_job_moves_to_its_fallback_when_the_time_comes_not_a_min
         assert waiting.error.type == "backend_down" and waiting.attempts <= 1
     finally:
         await stop_worker(worker, main)
+
+
+@pytest.mark.process
+def test_an_outage_seen_by_a_worker_process_fails_nothing_and_costs_only_probes(
+    redis_url: str, fleet: list[Simulator], sync_producer: SyncProducer
+) -> None:
+    a, _ = fleet
+    rules, max_jobs = FAST_CIRCUIT, 5
+    env = {
+        "REDIS_URL": redis_url,
+        "PROMPTQ_BACKENDS": json.dumps([{"name": "a", "base_url": a.base_url, "models": [MODEL]}]),
+        "PROMPTQ_POLL_DELAY_S": "0.02",
+        "PROMPTQ_MAX_JOBS": str(max_jobs),
+        "PROMPTQ_MAX_TRIES": "2",
+        "PROMPTQ_CIRCUIT_FAILURES": str(rules.failures),
+        "PROMPTQ_CIRCUIT_COOL_DOWN_S": str(rules.cool_down_s),
+        "PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S": str(rules.max_cool_down_s),
+    }
+    with Worker(env):
+        a.configure(outage="503", outage_s=3)
+        started = time.monotonic()
+        ids = sync_producer.submit_many([f"process outage {i}" for i in range(30)])
+        done = [sync_producer.wait(i, timeout=30) for i in ids]
+        took_s = time.monotonic() - started
+    assert all(r.ok and r.backend == "a" for r in done), Counter((r.status, r.error and r.error.type) for r in done)
+    assert 2.5 <= took_s <= 20  # the outage was waited out, not failed through
+    assert a.stats()["completions"] == 30
+    refused = [call for call in a.calls() if call["status"] == 503]
+    assert 1 <= len(refused) <= rules.failures + max_jobs + 10  # the failures that opened it, then probes: not 30 x 2
+
+
+async def test_a_backends_headers_go_with_each_of_its_calls_and_only_its_own(
+    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
+) -> None:
+    a, b = fleet
+    config = with_backends(worker_config, backend("a", a, headers={"x-team": "search"}), backend("b", b, "other-model"))
+    ids = await producer.submit_many([f"headed {i}" for i in range(5)])
+    other = await producer.submit("elsewhere", model="other-model")
+    await run_burst(config)
+    assert all(r.ok for r in await results(producer, [*ids, other]))
+    assert a.stats()["headers"] == {"x-team: search": 5}
+    assert b.stats()["headers"] == {} and b.stats()["completions"] == 1

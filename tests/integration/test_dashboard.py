@@ -87,6 +87,7 @@ def test_the_counters_move_while_a_batch_runs(dashboard: tuple[Page, SyncProduce
     tab.wait_for_function(
         f"Number(document.querySelector('{backend} .calls')?.textContent.replace(/,/g, '')) >= 80", timeout=15_000
     )
+    assert tab.text_content(f"{backend} .budget") == "no limit"  # called in the last minute, and unlimited
 
 
 def test_a_failed_job_is_retried_from_its_button(dashboard: tuple[Page, SyncProducer], sim: Simulator) -> None:

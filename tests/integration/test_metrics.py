@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.stack import Simulator, Worker, free_port
+from producer import SyncProducer
 from tests.conftest import worker_env
 
 
@@ -52,3 +53,43 @@ def test_the_metrics_endpoint(redis_url: str, sim: Simulator, sync_producer: Any
     queue = (("queue", "default"),)
     assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_running", queue)] == 0
     assert all(got[("promptq_queue_depth", (("priority", str(p)), *queue))] == 0 for p in range(10))
+
+
+@pytest.mark.process
+def test_the_metrics_have_a_series_per_backend_and_show_the_down_one_down(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer
+) -> None:
+    port = free_port()
+    with Simulator() as west_sim:
+        listing = [
+            {"name": "east", "base_url": sim.base_url, "models": ["gpt-4o-mini"]},
+            {"name": "west", "base_url": west_sim.base_url, "models": ["gpt-4o-mini"]},
+        ]
+        env = {
+            "REDIS_URL": redis_url,
+            "PROMPTQ_BACKENDS": json.dumps(listing),
+            "PROMPTQ_POLL_DELAY_S": "0.02",
+            "PROMPTQ_METRICS_PORT": str(port),
+            "PROMPTQ_CIRCUIT_FAILURES": "2",
+            "PROMPTQ_CIRCUIT_COOL_DOWN_S": "60",  # no probe while the test looks
+            "PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S": "60",
+        }
+        with Worker(env):
+            ids = sync_producer.submit_many([f"both {i}" for i in range(20)])
+            assert all(sync_producer.wait(i, timeout=20).ok for i in ids)
+            before = samples(scrape(port)[1])
+            west_sim.configure(outage="503")
+            ids = sync_producer.submit_many([f"west down {i}" for i in range(20)])
+            after_outage = [sync_producer.wait(i, timeout=30) for i in ids]
+            after = samples(scrape(port)[1])
+        west_calls = west_sim.stats()
+    assert all(r.ok and r.backend == "east" for r in after_outage)
+    ok = ("outcome", "ok")
+    for name in ("east", "west"):  # each served some of the first twenty (1 in 2**19 it is not so)
+        assert before[("promptq_backend_calls_total", (("backend", name), ok))] > 0
+        assert before[("promptq_backend_up", (("backend", name),))] == 1
+    assert sum(before[("promptq_backend_calls_total", (("backend", n), ok))] for n in ("east", "west")) == 20
+    west_failed = after[("promptq_backend_calls_total", (("backend", "west"), ("outcome", "server_error")))]
+    assert 2 <= west_failed == west_calls["by_status"]["503"]
+    assert after[("promptq_backend_up", (("backend", "west"),))] == 0
+    assert after[("promptq_backend_up", (("backend", "east"),))] == 1

@@ -18,9 +18,11 @@ from producer.overview import quantile_ms
 from promptq_core.contract import STATS, WORKERS_KEY, JobResult, Usage, dumps, latency_bucket, queue_keys
 from promptq_core.prices import Price
 from tests.conftest import run_burst, start_worker, stop_worker
+from worker.backends import Limit
 from worker.config import WorkerConfig
 from worker.queue import JobQueue
 from worker.settle import Settle
+from worker.state import WorkerState
 from worker.tally import Tally
 
 PRICES = {"priced-model": Price(input_per_million_usd=1.0, output_per_million_usd=2.0)}
@@ -195,3 +197,28 @@ def test_quantiles_fall_in_their_bucket() -> None:
     assert p95 is not None and 80 <= p95 <= 125
     assert p99 is not None and 4000 <= p99 <= 6250
     assert quantile_ms({}, 0.5) is None
+
+
+async def test_a_backends_budget_in_use_is_the_last_minutes_calls_beside_its_limit(
+    producer: Producer, worker_config: WorkerConfig
+) -> None:
+    config = dataclasses.replace(worker_config, limit=Limit(rpm=600, tpm=1_000_000))
+    worker, main = start_worker(config)
+    try:
+        ids = await producer.submit_many([f"row {i}" for i in range(20)])
+        results = [await producer.wait(i, timeout=20) for i in ids]
+        assert all(r.ok for r in results)
+        tokens = sum(r.usage.total_tokens for r in results if r.usage is not None)
+        budget: list[dict[str, object]] = []
+        for _ in range(100):  # the worker's next beat carries its last minute (every 5 s)
+            backend = (await producer.overview()).backends[0]
+            budget = backend["budget"]
+            if budget and budget[0]["requests"] == 20:
+                break
+            await asyncio.sleep(0.1)
+        assert budget == [{"model": results[0].model, "requests": 20, "rpm": 600, "tokens": tokens, "tpm": 1_000_000}]
+        assert backend["budget_in_use"] == round(max(20 / 600, tokens / 1_000_000), 4)
+        metrics = cast(WorkerState, worker.state).metrics
+        assert metrics.budget_in_use() == {"default": backend["budget_in_use"]}  # /metrics' gauge
+    finally:
+        await stop_worker(worker, main)

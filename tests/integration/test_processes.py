@@ -66,6 +66,34 @@ def test_at_info_level_a_job_logs_one_line(redis_url: str, sim: Simulator, sync_
     assert [line["event"] for line in per_job] == ["job.finished"]
 
 
+def test_the_canonical_line_of_a_worker_process_names_the_backend_that_answered(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer
+) -> None:
+    listing = [{"name": "primary", "base_url": sim.base_url, "models": ["gpt-4o-mini"]}]
+    env = {"REDIS_URL": redis_url, "PROMPTQ_BACKENDS": json.dumps(listing), "PROMPTQ_POLL_DELAY_S": "0.02"}
+    with Worker(env) as worker:
+        ids = sync_producer.submit_many([f"which backend {i}" for i in range(3)])
+        assert all(sync_producer.wait(job_id, timeout=20).backend == "primary" for job_id in ids)
+        wait_until(lambda: worker.output().count('"job.finished"') == len(ids), 5, "canonical lines")
+    finished = [line for line in _json_lines(worker.output()) if line["event"] == "job.finished"]
+    assert sorted(line["job_id"] for line in finished) == sorted(ids)
+    assert all(line["backend"] == "primary" and line["status"] == "succeeded" for line in finished)
+
+
+def test_a_worker_process_with_backends_listed_warns_that_the_openai_variables_go_unused(
+    redis_url: str, sim: Simulator, sync_producer: SyncProducer
+) -> None:
+    listing = [{"name": "listed", "base_url": sim.base_url, "models": ["gpt-4o-mini"]}]
+    env = worker_env(redis_url, sim, PROMPTQ_BACKENDS=json.dumps(listing))  # with OPENAI_BASE_URL and _API_KEY
+    with Worker(env) as worker:
+        r = sync_producer.wait(sync_producer.submit("still served by the listing"), timeout=20)
+    assert r.ok and r.backend == "listed"
+    warnings = [line for line in _json_lines(worker.output()) if line["event"] == "worker.variables_ignored"]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+    assert warnings[0]["variables"] == ["OPENAI_API_KEY", "OPENAI_BASE_URL"]
+    assert TEST_API_KEY not in worker.output()  # it names the variables, never their values
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [

@@ -104,6 +104,7 @@ A = {"name": "a", "base_url": "http://a/v1", "models": ["m"]}
         ([{**A, "rpn": 5}], {}, r"\('a'\): unknown fields rpn"),
         ([{**A, "headers": {"x-a": "1\r\nevil: 2"}}], {}, r"\('a'\).headers\['x-a'\] must be a string on one line"),
         ([A], {"PROMPTQ_FALLBACKS": '{"m": ["m"]}'}, r"PROMPTQ_FALLBACKS\['m'\] names the model itself"),
+        ([A], {"PROMPTQ_FALLBACKS": '{"": ["m"]}'}, r"PROMPTQ_FALLBACKS\[''\]: a name must be a model name"),
         ([A], {"PROMPTQ_FALLBACKS": '{"m": ["n"]}'}, r"PROMPTQ_FALLBACKS\['m'\]: no backend serves 'n'"),
         (
             [{**A, "models": ["m", "n", "o"]}],
@@ -129,7 +130,10 @@ def test_a_bad_list_stops_the_worker_naming_the_variable_backend_and_field(
 
 def test_a_model_mapped_twice_is_refused_even_where_json_would_keep_the_last() -> None:
     listing = '[{"name": "a", "base_url": "http://a", "models": {"m": "x", "m": "y"}}]'
-    with pytest.raises(ConfigError, match="PROMPTQ_BACKENDS must be JSON: 'm' appears twice in one object"):
+    with pytest.raises(ConfigError, match=r"PROMPTQ_BACKENDS\[0\] \('a'\)\.models: 'm' is mapped twice"):
+        WorkerConfig.from_env({**BASE, "PROMPTQ_BACKENDS": listing})
+    listing = '[{"name": "a", "base_url": "http://a", "models": ["m"], "rpm": 5, "rpm": 50}]'
+    with pytest.raises(ConfigError, match=r"PROMPTQ_BACKENDS\[0\] \('a'\): 'rpm' is given twice"):
         WorkerConfig.from_env({**BASE, "PROMPTQ_BACKENDS": listing})
 
 
@@ -144,6 +148,9 @@ def test_the_plain_variables_are_said_to_be_unused_beside_a_list() -> None:
     assert ignored_variables(env) == ["OPENAI_API_KEY", "PROMPTQ_RPM"]
     assert ignored_variables({"OPENAI_API_KEY": "sk-x"}) == []
     assert WorkerConfig.from_env(env).all_backends()[0].limit == Limit()  # PROMPTQ_RPM is not the list's
+    env = {**env, "OPENAI_BASE_URL": "not a url"}  # unused beside a list: it stops nothing
+    assert ignored_variables(env) == ["OPENAI_API_KEY", "OPENAI_BASE_URL", "PROMPTQ_RPM"]
+    assert [b.name for b in WorkerConfig.from_env(env).all_backends()] == [A["name"]]
 
 
 def test_a_backend_serves_only_its_models() -> None:

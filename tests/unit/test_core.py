@@ -109,7 +109,11 @@ def test_the_overview_reads_its_scripts_reply_into_rows_per_priority_and_key() -
     from producer.overview import Overview
 
     now_ms = 1_764_000_000_000
-    calls = {"east": {"calls": 10, "errors": 2, "seconds": 5.0}, "west": {"calls": 0, "errors": 0, "seconds": 0}}
+    budget = {"m": [30, 3000, 60, None], "n": [1, 10, None, None], "bad": ["x", 1, 2]}  # (a bad row is passed over)
+    calls = {
+        "east": {"calls": 10, "errors": 2, "seconds": 5.0, "budget": budget},
+        "west": {"calls": 0, "errors": 0, "seconds": 0},
+    }
     entry = json.dumps(
         {"id": "w1", "host": "h", "pid": 1, "slots": 10, "busy": 3, "started_at": 1_763_999_990.0, "backends": calls}
     )
@@ -137,7 +141,13 @@ def test_the_overview_reads_its_scripts_reply_into_rows_per_priority_and_key() -
         "calls": 10,
         "errors": 2,
         "mean_call_ms": 500.0,
+        "budget": [
+            {"model": "m", "requests": 30, "rpm": 60, "tokens": 3000, "tpm": None},
+            {"model": "n", "requests": 1, "rpm": None, "tokens": 10, "tpm": None},
+        ],
+        "budget_in_use": 0.5,
     }
+    assert (west["budget"], west["budget_in_use"]) == ([], None)
     assert (west["up"], west["down_for_s"], west["probe_in_s"], west["calls"]) == (False, 30.0, 2.5, 0)
     assert overview.queue["rows"] == [
         {"priority": 0, "key": "web", "ready": 2, "running": 0, "deferred": 1},
