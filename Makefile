@@ -85,10 +85,12 @@ faults: $(STAMP) redis
 	PROMPTQ_FAULTS_REPORT=docs/faults.md $(PY) -m pytest tests/faults -q
 
 # The speed benchmarks against the plain-asyncio baseline, and the queue's (fairness, fleet size),
-# then the Batch tier against the live tier (bench-batch); writes bench/results.md and
-# bench/batch_tier.md (about 26 minutes).
+# then four named queues on one Redis and on a Redis Cluster (bench-cluster), then the Batch tier
+# against the live tier (bench-batch); writes bench/results.md, bench/cluster.md and
+# bench/batch_tier.md (about 28 minutes).
 bench: $(STAMP) redis
 	$(PY) -m bench.run --out bench/results.md
+	$(PY) -m bench.cluster --out bench/cluster.md
 	$(PY) -m bench.batch_tier --out bench/batch_tier.md
 
 # promptq beside other job queues on one workload (BullMQ from npm, arq, SAQ and Celery from PyPI, at
