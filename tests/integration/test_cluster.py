@@ -9,6 +9,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +20,16 @@ from typing import Any
 import pytest
 import redis
 
-from devtools.stack import ClusterSet, RedisServer, Simulator, wait_until
+from devtools.demo import PROMPTS
+from devtools.stack import ROOT, Api, ClusterSet, RedisServer, Simulator, Worker, wait_until
 from producer import Producer, ProducerConfig, QueueUnavailableError, SyncProducer
 from producer.cli import main as promptq
 from promptq_core.connect import async_client, load_everywhere, load_everywhere_sync, sync_client
 from promptq_core.contract import queue_keys
 from promptq_core.env import ConfigError
 from promptq_core.scripts import script
-from tests.conftest import run_burst, start_worker, stop_worker
+from tests.conftest import run_burst, start_worker, stop_worker, worker_env
+from tests.integration.test_http import TOKEN, call
 from worker.config import WorkerConfig
 from worker.redis_conn import check_access
 
@@ -215,3 +221,60 @@ async def test_a_script_a_node_lacks_is_loaded_on_every_primary(
     else:
         load_everywhere_sync(sync_client(cluster_url), source)
     assert all(redis.Redis(port=s.port).script_exists(sha) == [True] for s in cluster.primaries_now())
+
+
+def test_the_http_api_takes_jobs_for_a_named_queue_and_shows_its_figures_on_a_cluster(
+    cluster: ClusterSet, cluster_url: str, sim: Simulator
+) -> None:
+    """uvicorn and a worker process, both with REDIS_URL=redis+cluster://: jobs POSTed to a named
+    queue run, read back succeeded, and the dashboard shows each queue's own figures (the two
+    queues on different shards)."""
+    shards = _shards(cluster, ["gpu", "batch-2"])
+    assert shards["gpu"] != shards["batch-2"], shards
+    api_env = {"REDIS_URL": cluster_url, "PROMPTQ_API_TOKEN": TOKEN}
+    with Api(api_env) as api, Worker(worker_env(cluster_url, sim, PROMPTQ_QUEUES="gpu")):
+        status, docs, _ = call(api, "POST", "/v1/jobs", [{"prompt": f"http {i}", "queue": "gpu"} for i in range(3)])
+        assert status == 202 and [d["queue"] for d in docs] == ["gpu"] * 3
+        status, waiting, _ = call(api, "POST", "/v1/jobs", {"prompt": "no worker serves it", "queue": "batch-2"})
+        assert status == 202 and waiting["status"] == "queued"
+        for i, doc in enumerate(docs):
+            path = f"/v1/jobs/{doc['job_id']}?queue=gpu"
+            wait_until(lambda path=path: call(api, "GET", path)[1]["status"] == "succeeded", 15, "the job run")
+            status, got, _ = call(api, "GET", path)
+            assert status == 200 and got["queue"] == "gpu" and got["content"] == f"http {i}"  # (the echo)
+        assert call(api, "GET", f"/v1/jobs/{docs[0]['job_id']}")[0] == 404  # not in the default queue
+
+        def figures(queue: str) -> dict[str, Any]:
+            status, board, _ = call(api, "GET", f"/v1/dashboard?queue={queue}")
+            assert status == 200
+            return dict(board)
+
+        wait_until(lambda: sum(m["succeeded"] for m in figures("gpu")["minutes"]) == 3, 10, "the gpu figures")
+        gpu, other = figures("gpu"), figures("batch-2")
+    assert gpu["queue"]["name"] == "gpu" and other["queue"]["name"] == "batch-2"
+    assert (gpu["queue"]["totals"]["ready"], gpu["queue"]["totals"]["failed"]) == (0, 0)
+    assert [w["queues"] for w in gpu["workers"]] == [["gpu"]]
+    assert other["queue"]["totals"]["ready"] == 1 and sum(m["succeeded"] for m in other["minutes"]) == 0
+
+
+def test_make_demo_answers_its_prompts_through_a_cluster_url(cluster_url: str) -> None:
+    """``make demo`` (``python -m devtools.demo``) with REDIS_URL=redis+cluster://: its worker and
+    its producer use the cluster (not a redis-server of its own), on the bundled simulator."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY" and not k.startswith("PROMPTQ_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "devtools.demo"],
+        env={**env, "REDIS_URL": cluster_url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert f"Redis: {cluster_url}\n" in out and "API: the bundled simulator" in out
+    assert all(prompt in out for prompt in PROMPTS) and "all four succeeded" in out
+    ids = re.findall(r"job (\S+)  succeeded  ", out)
+    assert len(ids) == len(PROMPTS)
+    with SyncProducer(config=ProducerConfig(redis_url=cluster_url)) as p:  # the answers are in the cluster
+        results = [p.get(job_id) for job_id in ids]
+    assert all(r is not None and r.ok and r.content for r in results)

@@ -120,6 +120,42 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> No
         assert problem in str(caught.value)
 
 
+def test_a_tls_cluster_url_names_its_seed_nodes_and_credentials() -> None:
+    from promptq_core.connect import parse_cluster
+    from promptq_core.env import env_redis_url
+    from worker.redis_conn import cluster_settings
+
+    url = "rediss+cluster://user:pw@h1:7000,h2:7001"
+    target = parse_cluster(url)
+    assert target is not None
+    assert (target.nodes, target.username, target.password, target.ssl) == (
+        (("h1", 7000), ("h2", 7001)),
+        "user",
+        "pw",
+        True,
+    )
+    assert target.client_kwargs() == {"username": "user", "password": "pw", "ssl": True}
+    settings = cluster_settings(url)  # what the worker's ArqCluster is given
+    assert [(n.host, n.port) for n in settings["startup_nodes"]] == [("h1", 7000), ("h2", 7001)]
+    assert (settings["username"], settings["password"], settings["ssl"]) == ("user", "pw", True)
+    plain = parse_cluster("redis+cluster://h1")
+    assert plain is not None and plain.nodes == (("h1", 6379),) and not plain.ssl and plain.username is None
+    assert parse_cluster("rediss://h1:7000") is None
+    assert env_redis_url({"REDIS_URL": url}, "redis://x") == url
+    assert ProducerConfig.from_env({"REDIS_URL": url}).redis_url == url
+    for bad, problem in [
+        ("rediss+cluster://user:hunter2@h1:7000,h2:port", "'h2:port' is not host or host:port"),
+        ("rediss+cluster://user:hunter2@h1:7000,h2:0", "'h2:0' is not host or host:port"),
+        ("rediss+cluster://user:hunter2@", "no node"),
+        ("rediss+cluster://user:hunter2@h1:7000,:7001", "':7001' is not host or host:port"),
+        ("rediss+cluster://user:hunter2@h1:7000/1", "one database"),
+        ("rediss+cluster://user:hunter2@h1:7000?ssl_cert_reqs=none", "takes no options"),
+    ]:
+        with pytest.raises(ConfigError, match=r"^REDIS_URL ") as caught:
+            WorkerConfig.from_env({**BASE, "REDIS_URL": bad})
+        assert problem in str(caught.value) and "hunter2" not in str(caught.value), bad
+
+
 def test_prices_take_input_and_output_or_input_alone_for_an_embedding_model() -> None:
     from promptq_core.contract import Usage
     from promptq_core.prices import cost_usd, prices_from_env
