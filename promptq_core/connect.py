@@ -20,7 +20,10 @@ Every client promptq makes goes through here (the producers, the HTTP API, the C
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -206,14 +209,28 @@ def async_sentinel(target: SentinelTarget, **kwargs: Any) -> Any:
     )
 
 
+_MAP_READS: weakref.WeakKeyDictionary[Any, tuple[asyncio.Task[None], float]] = weakref.WeakKeyDictionary()
+"""Per Cluster client, its latest reading of the map and when it began (:func:`load_everywhere`)."""
+MAP_FRESH_S = 1.0
+"""A map read this recently is read again by no one (the calls a failover's NOSCRIPT wave makes)."""
+
+
 async def load_everywhere(client: Any, source: str) -> None:
     """Load a script on the Redis ``client`` talks to: on a Cluster, on every primary of a map read
     afresh. (A replica promoted by a failover lacks the scripts its primary had; redis-py loads a
-    script it finds missing on the primaries its own map names, which can still be the old ones.)"""
+    script it finds missing on the primaries its own map names, which can still be the old ones.)
+    The calls that find a script missing together (each slot's, after a failover) share one reading
+    of the map, and one at most every ``MAP_FRESH_S``: each reading replaces every node the client
+    holds, so readings made side by side would each drop nodes the others' calls are using."""
     from redis.asyncio.cluster import RedisCluster
 
     if isinstance(client, RedisCluster):
-        await client.nodes_manager.initialize()
+        loop = asyncio.get_running_loop()
+        reading, began = _MAP_READS.get(client) or (None, -math.inf)
+        if reading is None or (reading.done() and loop.time() - began > MAP_FRESH_S):
+            reading, began = loop.create_task(client.nodes_manager.initialize()), loop.time()
+            _MAP_READS[client] = reading, began
+        await asyncio.shield(reading)
         await client.execute_command("SCRIPT LOAD", source, target_nodes=RedisCluster.PRIMARIES)
     else:
         await client.script_load(source)
