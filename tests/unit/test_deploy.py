@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from worker.config import ENV_NAMES
+from worker.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,3 +104,31 @@ def test_the_dockerfile_installs_every_package_and_runs_the_worker() -> None:
     copied = set(re.findall(r"^COPY (\w+) ", dockerfile, re.M))
     assert {p for p in packages if "." not in p} <= copied
     assert "devtools" in copied, "the compose demo runs devtools.demo"
+
+
+def _exported() -> set[str]:
+    """The names of the series a worker serves on /metrics (a counter's with ``_total``, a
+    histogram's with ``_bucket``, ``_sum`` and ``_count``)."""
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def test_every_alert_names_metrics_the_worker_exports_and_has_a_runbook() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    runbooks = (ROOT / "docs" / "alerts.md").read_text()
+    headings = {line[3:].strip().lower() for line in runbooks.splitlines() if line.startswith("## ")}
+    exported = _exported()
+    assert len(alerts) >= 5
+    for alert in alerts:
+        named = set(re.findall(r"\b(promptq_[a-z_]+)\b", alert["expr"]))
+        assert named <= exported, f"{alert['alert']} names {sorted(named - exported)}, which no worker exports"
+        assert named or "up{" in alert["expr"]
+        assert re.fullmatch(r"\d+[smh]", alert["for"])
+        assert alert["labels"]["severity"] in {"critical", "warning", "info"}
+        page, _, anchor = alert["annotations"]["runbook"].partition("#")
+        assert page == "docs/alerts.md" and anchor == alert["alert"].lower() and anchor in headings
+    assert headings == {alert["alert"].lower() for alert in alerts}  # a runbook for each alert, none left over
