@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -132,3 +133,18 @@ def test_every_alert_names_metrics_the_worker_exports_and_has_a_runbook() -> Non
         page, _, anchor = alert["annotations"]["runbook"].partition("#")
         assert page == "docs/alerts.md" and anchor == alert["alert"].lower() and anchor in headings
     assert headings == {alert["alert"].lower() for alert in alerts}  # a runbook for each alert, none left over
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_worker_exports() -> None:
+    board = json.loads((ROOT / "deploy" / "grafana" / "promptq.json").read_text())
+    panels = board["panels"]
+    assert [p["id"] for p in panels] == list(range(1, len(panels) + 1))
+    assert board["templating"]["list"][0]["type"] == "datasource"
+    exported, shown = _exported(), set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"]
+        for target in panel["targets"]:
+            named = set(re.findall(r"\b(promptq_[a-z_]+)\b", target["expr"]))
+            assert named and named <= exported, f"{panel['title']}: {sorted(named - exported)}"
+            shown |= {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in named}
+    assert {"promptq_jobs", "promptq_queue_depth", "promptq_backend_up", "promptq_backend_budget_in_use"} <= shown
