@@ -148,3 +148,49 @@ def test_the_grafana_dashboard_queries_only_metrics_the_worker_exports() -> None
             assert named and named <= exported, f"{panel['title']}: {sorted(named - exported)}"
             shown |= {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in named}
     assert {"promptq_jobs", "promptq_queue_depth", "promptq_backend_up", "promptq_backend_budget_in_use"} <= shown
+
+
+def _k8s() -> dict[str, list[dict[str, Any]]]:
+    """Every document of deploy/k8s, by file name."""
+    paths = (ROOT / "deploy" / "k8s").glob("*.yaml")
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in paths}
+
+
+def test_the_kubernetes_kit_applies_every_manifest_and_says_what_the_code_does() -> None:
+    files = _k8s()
+    kustomization = files.pop("kustomization.yaml")[0]
+    secret = files.pop("secret.example.yaml")[0]  # (made by the operator, not applied)
+    assert sorted(kustomization["resources"]) == sorted(files)
+    docs = [d for ds in files.values() for d in ds]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"promptq-worker", "promptq-api"}
+    secrets = set(secret["stringData"])
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]
+        assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]
+        (container,) = pod["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["path"] == "/healthz" and container[probe]["httpGet"]["port"] in ports
+        env = {e["name"]: e for e in container["env"]}
+        assert {e["valueFrom"]["secretKeyRef"]["key"] for e in env.values() if "valueFrom" in e} <= secrets
+        assert "memory" in container["resources"]["limits"]
+        if name == "promptq-worker":
+            assert set(env) <= set(ENV_NAMES)
+            assert container["command"] == ["arq", "worker.Settings"]
+            assert 'CMD ["arq", "worker.Settings"]' in _dockerfile()
+            slots = int(env["PROMPTQ_MAX_JOBS"]["value"])
+            assert int(env["PROMPTQ_METRICS_PORT"]["value"]) == ports["metrics"]
+            grace_s = float(env["PROMPTQ_SHUTDOWN_GRACE_S"]["value"])
+            assert pod["spec"]["terminationGracePeriodSeconds"] > grace_s + 5  # calls end before SIGKILL
+        else:
+            assert set(env) <= {"REDIS_URL", "PROMPTQ_API_TOKEN", "PROMPTQ_API_HOSTS", "PROMPTQ_API_OPEN"}
+            assert container["command"][:2] == ["uvicorn", "producer.http:app"]
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert {b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for b in budgets} == set(deployments)
+    (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "promptq-worker"
+    (trigger,) = scaled["spec"]["triggers"]
+    named = set(re.findall(r"\b(promptq_[a-z_]+)\b", trigger["metadata"]["query"]))
+    assert named and named <= _exported()
+    assert int(trigger["metadata"]["threshold"]) == slots  # a worker's worth of jobs a replica
