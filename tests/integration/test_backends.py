@@ -167,30 +167,23 @@ async def test_a_job_past_its_deadline_expires_without_a_call(
     assert sim.stats()["requests"] == 1 and (await producer.wait(on_time, 1)).ok
 
 
+@pytest.mark.parametrize(
+    ("submitted", "fleet_default"),
+    [({"deadline_s": 2}, {}), ({}, {"default_deadline_s": 2})],
+    ids=["its-own-deadline", "the-fleets-default"],
+)
 async def test_a_job_waiting_for_a_down_backend_expires_at_its_deadline(
-    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
+    producer: Producer,
+    worker_config: WorkerConfig,
+    fleet: list[Simulator],
+    submitted: dict[str, Any],
+    fleet_default: dict[str, Any],
 ) -> None:
     a, _ = fleet
     a.configure(outage="503")
     slow_probe = CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30)
-    config = with_backends(worker_config, backend("a", a), circuit=slow_probe, max_tries=5)
-    job_id = await producer.submit("waits in vain", deadline_s=2)
-    started = time.monotonic()
-    await run_burst(config)
-    r = await producer.get(job_id)
-    assert r is not None and r.status == "failed" and r.error is not None and r.error.type == "expired"
-    assert a.stats()["requests"] == 1  # the failure that opened the circuit; then it waited
-    assert 1.5 <= time.monotonic() - started <= 10
-
-
-async def test_a_job_without_a_deadline_expires_at_the_fleets_default_while_its_backend_is_down(
-    producer: Producer, worker_config: WorkerConfig, fleet: list[Simulator]
-) -> None:
-    a, _ = fleet
-    a.configure(outage="503")
-    slow_probe = CircuitRules(failures=1, cool_down_s=30, max_cool_down_s=30)
-    config = with_backends(worker_config, backend("a", a), circuit=slow_probe, max_tries=5, default_deadline_s=2)
-    job_id = await producer.submit("waits for the fleet's deadline")
+    config = with_backends(worker_config, backend("a", a), circuit=slow_probe, max_tries=5, **fleet_default)
+    job_id = await producer.submit("waits in vain", **submitted)
     started = time.monotonic()
     await run_burst(config)
     r = await producer.get(job_id)

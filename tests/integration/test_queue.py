@@ -479,65 +479,56 @@ async def test_deferring_keeps_or_gives_back_the_try_and_lets_go_of_a_cancelled_
 
 
 async def test_a_claim_that_stops_with_an_error_leaves_the_jobs_it_took_leased(
-    producer: Producer, redis_url: str, sync_redis: redis.Redis
+    producer: Producer, sync_redis: redis.Redis
 ) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    try:
-        ids = await producer.submit_many(["a", "b", "c"])
-        sync_redis.set(queue_keys().tries(ids[1]), "not a number")  # the claim's count of it fails mid-way
-        with pytest.raises(redis.exceptions.ResponseError):
-            await JobQueue(client, lease_s=60).claim(3)
-        leased = {m.decode() for m in cast(list[bytes], sync_redis.zrange(queue_keys().key(LEASES), 0, -1))}
-        assert leased == set(ids)  # taken from the ready set and leased: back after the lease, not lost
-    finally:
-        await client.aclose()
+    client = producer.redis
+    ids = await producer.submit_many(["a", "b", "c"])
+    sync_redis.set(queue_keys().tries(ids[1]), "not a number")  # the claim's count of it fails mid-way
+    with pytest.raises(redis.exceptions.ResponseError):
+        await JobQueue(client, lease_s=60).claim(3)
+    leased = {m.decode() for m in cast(list[bytes], sync_redis.zrange(queue_keys().key(LEASES), 0, -1))}
+    assert leased == set(ids)  # taken from the ready set and leased: back after the lease, not lost
 
 
 async def test_unclaim_gives_back_the_claims_try_and_puts_the_job_back_in_line(
-    producer: Producer, redis_url: str, sync_redis: redis.Redis
+    producer: Producer, sync_redis: redis.Redis
 ) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    try:
-        queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
-        job_id = await producer.submit("never began")
-        keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
-        assert (await queue.claim(1)).started[arq_id][1] == 1
-        await settle.unclaim(keys, job_id, 1, back=False)  # it runs here still: only the try
-        assert sync_redis.get(keys.tries(job_id)) is None and sync_redis.zscore(keys.key(LEASES), job_id) is not None
-        sync_redis.set(keys.tries(job_id), 3)  # a later claim's count is not the one given back
-        await settle.unclaim(keys, job_id, 1, back=True)
-        assert sync_redis.get(keys.tries(job_id)) == b"3"
-        assert sync_redis.zscore(keys.key(LEASES), job_id) is None  # back in line, at once
-        again = await queue.claim(1)
-        assert again.job_ids == [arq_id] and again.started[arq_id][1] == 4
-    finally:
-        await client.aclose()
+    client = producer.redis
+    queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
+    job_id = await producer.submit("never began")
+    keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
+    assert (await queue.claim(1)).started[arq_id][1] == 1
+    await settle.unclaim(keys, job_id, 1, back=False)  # it runs here still: only the try
+    assert sync_redis.get(keys.tries(job_id)) is None and sync_redis.zscore(keys.key(LEASES), job_id) is not None
+    sync_redis.set(keys.tries(job_id), 3)  # a later claim's count is not the one given back
+    await settle.unclaim(keys, job_id, 1, back=True)
+    assert sync_redis.get(keys.tries(job_id)) == b"3"
+    assert sync_redis.zscore(keys.key(LEASES), job_id) is None  # back in line, at once
+    again = await queue.claim(1)
+    assert again.job_ids == [arq_id] and again.started[arq_id][1] == 4
 
 
 async def test_a_finish_group_the_script_refuses_finishes_every_job_it_can_alone(
-    producer: Producer, redis_url: str, sync_redis: redis.Redis
+    producer: Producer, sync_redis: redis.Redis
 ) -> None:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    try:
-        queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
-        ids = await producer.submit_many(["a", "b", "c"])
-        await queue.claim(3)
-        sync_redis.delete(queue_keys().record(ids[1]))
-        sync_redis.hset(queue_keys().record(ids[1]), "not", "a record")  # failing it reads this: WRONGTYPE
-        finals = [
-            JobResult(job_id, "failed" if n == 1 else "succeeded", attempts=1, content=None if n == 1 else "ok")
-            for n, job_id in enumerate(ids)
-        ]
-        answers = await asyncio.gather(*(settle.finish(f) for f in finals), return_exceptions=True)
-        assert isinstance(answers[1], redis.exceptions.ResponseError)  # that attempt is told; the job stays leased
-        for n in (0, 2):
-            assert not isinstance(answers[n], BaseException)
-            stored = await producer.get(ids[n])
-            assert stored is not None and stored.status == "succeeded" and stored.content == "ok"
-            assert sync_redis.zscore(queue_keys().key(LEASES), ids[n]) is None
-        assert sync_redis.zscore(queue_keys().key(LEASES), ids[1]) is not None
-    finally:
-        await client.aclose()
+    client = producer.redis
+    queue, settle = JobQueue(client, lease_s=60), Settle(client, result_ttl_s=60)
+    ids = await producer.submit_many(["a", "b", "c"])
+    await queue.claim(3)
+    sync_redis.delete(queue_keys().record(ids[1]))
+    sync_redis.hset(queue_keys().record(ids[1]), "not", "a record")  # failing it reads this: WRONGTYPE
+    finals = [
+        JobResult(job_id, "failed" if n == 1 else "succeeded", attempts=1, content=None if n == 1 else "ok")
+        for n, job_id in enumerate(ids)
+    ]
+    answers = await asyncio.gather(*(settle.finish(f) for f in finals), return_exceptions=True)
+    assert isinstance(answers[1], redis.exceptions.ResponseError)  # that attempt is told; the job stays leased
+    for n in (0, 2):
+        assert not isinstance(answers[n], BaseException)
+        stored = await producer.get(ids[n])
+        assert stored is not None and stored.status == "succeeded" and stored.content == "ok"
+        assert sync_redis.zscore(queue_keys().key(LEASES), ids[n]) is None
+    assert sync_redis.zscore(queue_keys().key(LEASES), ids[1]) is not None
 
 
 async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_claims_run_keeps_its_lease(
