@@ -169,8 +169,10 @@ class Simulator:
     def _count_headers(self, req: Request) -> None:
         """Count the request's own ``x-`` headers (not the openai client's ``x-stainless-*``)."""
         for name, value in req.headers.items():
-            if name.startswith("x-") and not name.startswith("x-stainless") and len(self.stats.headers) < 100:
-                self.stats.count(self.stats.headers, f"{name}: {value[:100]}")
+            if name.startswith("x-") and not name.startswith("x-stainless"):
+                key = f"{name}: {value[:100]}"
+                if key in self.stats.headers or len(self.stats.headers) < 100:  # (a hundred kinds at most)
+                    self.stats.count(self.stats.headers, key)
 
     async def _dispatch(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
