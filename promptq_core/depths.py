@@ -29,6 +29,17 @@ class QueueDepths:
     queue: str = DEFAULT_QUEUE
     truncated: bool = False
     """A priority had more than ``DEPTHS_KEYS_MAX`` fairness keys: ``ready`` lists that many only."""
+    oldest_enqueued_at: float | None = None
+    """When the ready job first in line was submitted (Unix s; None: nothing ready). Places in line
+    are counted per queue, so it is the longest-waiting ready job (among the keys looked at)."""
+    memory_used: int = 0
+    """Bytes the Redis node holding the queue uses (``INFO memory``'s ``used_memory``)."""
+    memory_max: int = 0
+    """That node's ``maxmemory`` (0: none set). Submits are refused at 90 % of it."""
+
+    def oldest_age_s(self, now_s: float) -> float:
+        """How long the oldest ready job has waited, in seconds (0 when nothing is ready)."""
+        return 0.0 if self.oldest_enqueued_at is None else max(0.0, now_s - self.oldest_enqueued_at)
 
     @property
     def waiting(self) -> int:
@@ -42,14 +53,15 @@ class QueueDepths:
     @classmethod
     def from_reply(cls, reply: Any, queue: str = DEFAULT_QUEUE) -> QueueDepths:
         """From the ``depths`` script's reply for ``queue``."""
-        running, deferred, failed, *levels = reply
+        running, deferred, failed, (oldest, used, most), *levels = reply
         ready: dict[int, dict[str, int]] = {}
         truncated = False
         for level in levels:
             priority, _, cut, *pairs = level
             truncated = truncated or bool(int(cut))
             ready[int(priority)] = {as_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
-        return cls(ready, int(running), int(deferred), int(failed), queue, truncated)
+        oldest_at = float(oldest) if as_text(oldest) else None
+        return cls(ready, int(running), int(deferred), int(failed), queue, truncated, oldest_at, int(used), int(most))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,4 +72,7 @@ class QueueDepths:
             "failed": self.failed,
             "ready": {str(p): keys for p, keys in sorted(self.ready.items())},
             "truncated": self.truncated,
+            "oldest_enqueued_at": self.oldest_enqueued_at,
+            "memory_used": self.memory_used,
+            "memory_max": self.memory_max,
         }

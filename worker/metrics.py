@@ -31,6 +31,10 @@ Metrics (labels in brackets):
   ``promptq_queue_deferred`` [queue] (retries waiting; of them ``promptq_queue_waiting_for_backend``
   [queue], the jobs waiting for a backend to recover), read every 5 s. Counts per fairness key:
   ``Producer.depths`` or ``promptq status``.
+- ``promptq_queue_oldest_age_seconds`` [queue]: how long the ready job first in line has waited
+  since its submit (0 when none is ready), read with the depths: a queue that does not move grows it.
+- ``promptq_redis_memory_used_bytes`` and ``promptq_redis_memory_max_bytes`` [queue]: the Redis node
+  holding the queue, its ``used_memory`` and ``maxmemory`` (0: none set); submits are refused at 90 %.
 """
 
 from __future__ import annotations
@@ -189,6 +193,21 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.queue_oldest_age = Gauge(
+            "promptq_queue_oldest_age_seconds",
+            "How long the ready job first in line has waited since its submit (0: none ready)",
+            ["queue"],
+            registry=r,
+        )
+        self.redis_memory_used = Gauge(
+            "promptq_redis_memory_used_bytes", "used_memory of the Redis node holding the queue", ["queue"], registry=r
+        )
+        self.redis_memory_max = Gauge(
+            "promptq_redis_memory_max_bytes",
+            "maxmemory of the Redis node holding the queue (0: none set; submits are refused at 90 %)",
+            ["queue"],
+            registry=r,
+        )
         self.stale_after_s = 60.0
         self._depth_reader = Background("promptq-queue-depth")
         self._server: asyncio.Server | None = None
@@ -301,12 +320,15 @@ class Metrics:
             self._server.close()
             await self._server.wait_closed()
 
-    def set_depths(self, depths: QueueDepths) -> None:
+    def set_depths(self, depths: QueueDepths, now_s: float | None = None) -> None:
         by_priority = depths.by_priority
         for priority in PRIORITIES:
             self.queue_depth.labels(depths.queue, str(priority)).set(by_priority.get(priority, 0))
         self.queue_running.labels(depths.queue).set(depths.running)
         self.queue_deferred.labels(depths.queue).set(depths.deferred)
+        self.queue_oldest_age.labels(depths.queue).set(depths.oldest_age_s(time.time() if now_s is None else now_s))
+        self.redis_memory_used.labels(depths.queue).set(depths.memory_used)
+        self.redis_memory_max.labels(depths.queue).set(depths.memory_max)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

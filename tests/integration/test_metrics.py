@@ -53,6 +53,8 @@ def test_the_metrics_endpoint(redis_url: str, sim: Simulator, sync_producer: Any
     queue = (("queue", "default"),)
     assert got[("promptq_in_flight", ())] == 0 and got[("promptq_queue_running", queue)] == 0
     assert all(got[("promptq_queue_depth", (("priority", str(p)), *queue))] == 0 for p in range(10))
+    assert got[("promptq_queue_oldest_age_seconds", queue)] == 0  # nothing ready
+    assert got[("promptq_redis_memory_used_bytes", queue)] > 0 and ("promptq_redis_memory_max_bytes", queue) in got
 
 
 @pytest.mark.process

@@ -173,3 +173,25 @@ def test_sync_producer_has_the_same_behaviour(sync_producer: SyncProducer, sync_
         sync_producer.wait(job_id, timeout=0.1)
     with pytest.raises(InvalidJobError):
         sync_producer.submit("")
+
+
+async def test_depths_say_how_long_the_oldest_ready_job_waited_and_how_full_redis_is(
+    producer: Producer, sync_redis: redis.Redis
+) -> None:
+    assert (await producer.depths()).oldest_enqueued_at is None
+    first = await producer.submit("old", priority=7, fairness_key="late")  # first in line, whatever its priority
+    await producer.submit_many([{"prompt": "new", "priority": 0}, {"prompt": "newer", "fairness_key": "b"}])
+    depths = await producer.depths()
+    doc = await producer.get(first)
+    assert doc is not None and doc.enqueued_at is not None
+    assert depths.oldest_enqueued_at == pytest.approx(doc.enqueued_at, abs=0.001)
+    assert depths.oldest_age_s(doc.enqueued_at + 2.5) == pytest.approx(2.5, abs=0.01)
+    assert depths.memory_used > 0 and depths.memory_max == 0
+    before = cast("dict[str, str]", sync_redis.config_get("maxmemory"))["maxmemory"]
+    sync_redis.config_set("maxmemory", str(512 * 2**20))
+    try:
+        assert (await producer.depths()).memory_max == 512 * 2**20
+    finally:
+        sync_redis.config_set("maxmemory", before)
+    assert (await producer.cancel(first)).cancelled  # out of line: the next one is the oldest now
+    assert (await producer.depths()).oldest_enqueued_at != depths.oldest_enqueued_at

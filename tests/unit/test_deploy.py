@@ -117,6 +117,15 @@ def _exported() -> set[str]:
     return names
 
 
+def _metrics_of(expr: str) -> set[str]:
+    """The promptq series a PromQL expression names, once it parses (promql-parser: Prometheus'
+    grammar; Grafana's interval variables stand for a duration)."""
+    import promql_parser
+
+    promql_parser.parse(re.sub(r"\$__(rate_)?interval", "5m", expr))  # raises ValueError naming the fault
+    return set(re.findall(r"\b(promptq_[a-z_]+)\b", expr))
+
+
 def test_every_alert_names_metrics_the_worker_exports_and_has_a_runbook() -> None:
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
@@ -125,7 +134,7 @@ def test_every_alert_names_metrics_the_worker_exports_and_has_a_runbook() -> Non
     exported = _exported()
     assert len(alerts) >= 5
     for alert in alerts:
-        named = set(re.findall(r"\b(promptq_[a-z_]+)\b", alert["expr"]))
+        named = _metrics_of(alert["expr"])
         assert named <= exported, f"{alert['alert']} names {sorted(named - exported)}, which no worker exports"
         assert named or "up{" in alert["expr"]
         assert re.fullmatch(r"\d+[smh]", alert["for"])
@@ -144,7 +153,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_worker_exports() -> None
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"]
         for target in panel["targets"]:
-            named = set(re.findall(r"\b(promptq_[a-z_]+)\b", target["expr"]))
+            named = _metrics_of(target["expr"])
             assert named and named <= exported, f"{panel['title']}: {sorted(named - exported)}"
             shown |= {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in named}
     assert {"promptq_jobs", "promptq_queue_depth", "promptq_backend_up", "promptq_backend_budget_in_use"} <= shown
@@ -190,7 +199,26 @@ def test_the_kubernetes_kit_applies_every_manifest_and_says_what_the_code_does()
     assert {b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for b in budgets} == set(deployments)
     (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == "promptq-worker"
-    (trigger,) = scaled["spec"]["triggers"]
-    named = set(re.findall(r"\b(promptq_[a-z_]+)\b", trigger["metadata"]["query"]))
-    assert named and named <= _exported()
-    assert int(trigger["metadata"]["threshold"]) == slots  # a worker's worth of jobs a replica
+    depth, age = scaled["spec"]["triggers"]  # on the queue's depth and its age
+    for trigger in (depth, age):
+        assert trigger["type"] == "prometheus"
+        named = _metrics_of(trigger["metadata"]["query"])
+        assert named and named <= _exported()
+    assert "promptq_queue_depth" in depth["metadata"]["query"]
+    assert int(depth["metadata"]["threshold"]) == slots  # a worker's worth of jobs a replica
+    assert "promptq_queue_oldest_age_seconds" in age["metadata"]["query"]
+
+
+def test_the_kubernetes_manifests_are_valid_against_the_kubernetes_schemas() -> None:
+    """Every manifest but KEDA's (a custom resource, checked above) against the API's own schemas,
+    strictly (an unknown field is an error), offline: kubernetes-validate ships them."""
+    import kubernetes_validate
+
+    checked = 0
+    for name, docs in _k8s().items():
+        for doc in docs:
+            if name == "kustomization.yaml" or doc["kind"] == "ScaledObject":
+                continue
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+            checked += 1
+    assert checked >= 6  # two Deployments, a Service, two PodDisruptionBudgets, the Secret
