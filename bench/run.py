@@ -1,7 +1,7 @@
 """``make bench``: promptq's speed, measured against the plain-asyncio baseline on this machine.
 
 Every figure is the median of several runs; ratios compare runs made side by side against the same
-simulator. Writes ``bench/results.md`` (or ``--out``). See the README for what each figure means.
+simulator. Writes ``bench/results.md`` (or ``--out``). See docs/benchmarks.md for what each figure means.
 
     python -m bench.run [--quick] [--out bench/results.md]
 """

@@ -1,4 +1,4 @@
-"""``make dashboard-shot``: the README's picture of the dashboard, after some minutes of real work.
+"""``make dashboard-shot``: the docs' picture of the dashboard, after some minutes of real work.
 
 Starts a Redis, the simulator (400 ms answers, 1 % refused with a 400), two workers of 4 slots, the
 HTTP API and, for ``--minutes``, a web app's trickle of priority-0 jobs beside two batches, the

@@ -30,6 +30,7 @@ from promptq_core.env import (
     env_str,
 )
 from promptq_core.prices import Price, prices_from_env
+from promptq_core.settings import WORKER, read_by
 from promptq_core.validation import InvalidJobError, check_fairness_key
 from promptq_core.webhooks import WebhookHosts, secret_from_env
 from worker.backends import (
@@ -64,60 +65,9 @@ WEIGHTS_ENV = "PROMPTQ_FAIRNESS_WEIGHTS"
 DEFAULT_BACKEND_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PROMPTQ_RPM", "PROMPTQ_TPM", "PROMPTQ_LIMITS")
 """What the ``default`` backend is made of; not used when backends are listed."""
 
-ENV_NAMES = (
-    "REDIS_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "PROMPTQ_MODEL",
-    "PROMPTQ_QUEUES",
-    "PROMPTQ_MAX_JOBS",
-    "PROMPTQ_URGENT_SLOTS",
-    "PROMPTQ_REQUEST_TIMEOUT_S",
-    "PROMPTQ_JOB_TIMEOUT_S",
-    "PROMPTQ_FLEX_TIMEOUT_S",
-    "PROMPTQ_HTTP_CLIENT",
-    "PROMPTQ_BATCH_API",
-    "PROMPTQ_BATCH_STRICT",
-    "PROMPTQ_BATCH_MAX_LINES",
-    "PROMPTQ_BATCH_WINDOW_S",
-    "PROMPTQ_BATCH_POLL_S",
-    "PROMPTQ_BATCH_EXPIRED",
-    "PROMPTQ_WEBHOOK_SECRET",
-    "PROMPTQ_WEBHOOK_HOSTS",
-    "PROMPTQ_MAX_TRIES",
-    "PROMPTQ_RESULT_TTL_S",
-    "PROMPTQ_MAX_PAYLOAD_BYTES",
-    "PROMPTQ_POLL_DELAY_S",
-    "PROMPTQ_LEASE_S",
-    "PROMPTQ_FAIRNESS_WEIGHTS",
-    "PROMPTQ_ALLOW_EVICTION",
-    "PROMPTQ_MIN_REPLICAS",
-    "PROMPTQ_REPLICA_TIMEOUT_MS",
-    "PROMPTQ_SENTINEL_PASSWORD",
-    "PROMPTQ_RPM",
-    "PROMPTQ_TPM",
-    "PROMPTQ_LIMITS",
-    "PROMPTQ_LIMIT_SCOPE",
-    "PROMPTQ_BACKENDS",
-    "PROMPTQ_BACKENDS_FILE",
-    "PROMPTQ_FALLBACKS",
-    "PROMPTQ_FALLBACK_AFTER_S",
-    "PROMPTQ_CIRCUIT_FAILURES",
-    "PROMPTQ_CIRCUIT_COOL_DOWN_S",
-    "PROMPTQ_CIRCUIT_MAX_COOL_DOWN_S",
-    "PROMPTQ_DEFAULT_DEADLINE_S",
-    "PROMPTQ_COMPLETION_ESTIMATE_TOKENS",
-    "PROMPTQ_SHUTDOWN_GRACE_S",
-    "PROMPTQ_METRICS_PORT",
-    "PROMPTQ_METRICS_HOST",
-    "PROMPTQ_PRICES",
-    "PROMPTQ_LOG_FORMAT",
-    "PROMPTQ_LOG_LEVEL",
-    "PROMPTQ_OTEL",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
-)
-"""Every variable the worker reads (the README and compose.yaml are checked against this list)."""
+ENV_NAMES = read_by(WORKER)
+"""Every variable the worker reads (from ``promptq_core.settings``, which the docs' table is made of;
+compose.yaml and the Kubernetes manifests are checked against it)."""
 
 
 def limits_from_env(env: Mapping[str, str]) -> tuple[Limit, dict[str, Limit]]:

@@ -4,7 +4,7 @@ completions, embeddings, responses), and what its errors mean.
 Errors are turned into :class:`LLMError`, which says whether another attempt could succeed
 (``retryable``) and how long the server asked us to wait (``retry_after_s``).
 
-Three choices here are for speed, each measured (see the README's Speed section):
+Three choices here are for speed, each measured (see docs/benchmarks.md):
 
 - The openai package's aiohttp transport under each client (``PROMPTQ_HTTP_CLIENT=aiohttp``, its
   ``DefaultAioHttpClient``): about a third less CPU a call than its default httpx transport. That

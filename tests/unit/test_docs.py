@@ -1,26 +1,34 @@
-"""The README says what the code does: commands, variables, the result document, parameters, errors."""
+"""The README and the documentation site say what the code does: commands, settings, the result
+document, parameters, errors; the site builds with no broken link."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from promptq_core.contract import STATUSES, JobResult
+from promptq_core.settings import GROUPS, SETTINGS, WORKER, read_by
 from promptq_core.validation import EMBEDDINGS_PARAMS, PASS_THROUGH_PARAMS, RESPONSES_PARAMS
 from worker.config import ENV_NAMES
 from worker.llm import STATUS_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
 
 
-def _table_first_column(heading: str) -> list[str]:
-    """The backticked names in the first column of the first table after ``heading``."""
-    section = README[README.index(heading) :]
-    rows = re.findall(r"^\| `([^`]+)` \|", section.split("\n## ", 1)[0], re.M)
-    return rows
+def _page(name: str) -> str:
+    return (DOCS / name).read_text()
+
+
+def _table_first_column(text: str) -> list[str]:
+    """The backticked names in the first column of the first table in ``text``."""
+    return re.findall(r"^\| `([^`]+)` \|", text, re.M)
 
 
 def test_the_readme_opens_with_the_two_commands() -> None:
@@ -29,27 +37,69 @@ def test_the_readme_opens_with_the_two_commands() -> None:
     assert any(line.startswith("make test") for line in first_lines)
 
 
-def test_every_make_target_the_readme_names_exists() -> None:
+def test_the_readme_is_short_and_its_links_lead_somewhere() -> None:
+    assert len(README.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)\s]+)\)", README)
+    local = [link for link in links if not link.startswith("https://")]
+    assert local and all((ROOT / link.partition("#")[0]).exists() for link in local), local
+
+
+def test_every_make_target_the_docs_name_exists() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    targets = set(re.findall(r"^([a-z]+):", makefile, re.M))
-    named = set(re.findall(r"(?:^|`)make ([a-z]+)\b", README, re.M))
-    assert named and named <= targets
+    targets = set(re.findall(r"^([a-z-]+):", makefile, re.M))
+    text = README + "".join(p.read_text() for p in DOCS.glob("*.md"))
+    named = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)\b", text, re.M))
+    assert named and named <= targets, sorted(named - targets)
 
 
-def test_the_environment_table_lists_exactly_what_the_worker_reads() -> None:
-    assert sorted(_table_first_column("## The worker")) == sorted(ENV_NAMES)
+def test_the_settings_list_is_every_variable_the_code_reads() -> None:
+    """promptq_core.settings, which the site's table is made of, names every variable the sources
+    read, and nothing they do not."""
+    sources = [p for d in ("promptq_core", "producer", "worker") for p in (ROOT / d).rglob("*.py")]
+    literal = re.compile(r'"((?:PROMPTQ|OTEL|OPENAI)_[A-Z0-9_]+|REDIS_URL)"')
+    read = {name for p in sources for name in literal.findall(p.read_text())}
+    read |= {"TRACEPARENT", "TRACESTATE"}  # the CLI's, spelled as tracing.TRACE_FIELDS upper-cased
+    listed = [s.name for s in SETTINGS]
+    assert len(listed) == len(set(listed)), "a setting listed twice"
+    assert set(listed) == read, f"not listed: {sorted(read - set(listed))}; not read: {sorted(set(listed) - read)}"
+    assert set(ENV_NAMES) == set(read_by(WORKER))
+    assert all(s.group in GROUPS and s.readers and s.meaning and s.default for s in SETTINGS)
+
+
+def test_the_configuration_page_shows_every_setting_under_its_group() -> None:
+    from devtools.docs_hooks import on_page_markdown
+
+    page = on_page_markdown(_page("configuration.md"))
+    assert "<!-- settings-table" not in page
+    for group in GROUPS:
+        section = page.split(f"\n## {group}\n", 1)[1].split("\n## ", 1)[0]
+        assert _table_first_column(section) == [s.name for s in SETTINGS if s.group == group]
+
+
+def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
+    """mkdocs --strict: a link to a page, file or anchor that does not exist, or a page left out of
+    the nav, fails the build. (Links to other sites cannot be followed from here: no network.)"""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    done = subprocess.run(build, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "WARNING" not in done.stderr
+    config = (tmp_path / "site" / "configuration.html").read_text()
+    assert all(s.name in config for s in SETTINGS)
+    assert (tmp_path / "site" / "bench" / "peers.html").exists()
+    assert (tmp_path / "site" / "deploy" / "k8s" / "kustomization.yaml").exists()
 
 
 def test_the_result_document_table_matches_the_contract() -> None:
     fields = [f.name for f in dataclasses.fields(JobResult)]
-    assert _table_first_column("## The result document") == fields
+    page = _page("results.md")
+    assert _table_first_column(page) == fields
     for status in STATUSES:
-        assert f"`{status}`" in README
+        assert f"`{status}`" in page
 
 
 def test_the_example_document_is_a_valid_result() -> None:
-    section = README[README.index("## The result document") :]
-    example = re.search(r"```json\n(.*?)```", section, re.S)
+    example = re.search(r"```json\n(.*?)```", _page("results.md"), re.S)
     assert example is not None
     doc = json.loads(example.group(1))
     assert list(doc) == [f.name for f in dataclasses.fields(JobResult)]
@@ -58,7 +108,8 @@ def test_the_example_document_is_a_valid_result() -> None:
 
 def test_every_pass_through_parameter_is_documented() -> None:
     names = [*PASS_THROUGH_PARAMS, *EMBEDDINGS_PARAMS, *RESPONSES_PARAMS]
-    missing = [name for name in names if f"`{name}`" not in README]
+    page = _page("python-api.md")
+    missing = [name for name in names if f"`{name}`" not in page]
     assert not missing
 
 
@@ -67,7 +118,8 @@ def test_every_error_type_is_documented() -> None:
     types = set(re.findall(r'LLMError\(\s*"(\w+)"', source))
     types |= {name for name, _ in STATUS_CLASSES.values()} | {"insufficient_quota", "server_error", "client_error"}
     assert {"invalid_payload", "timeout", "connection_error"} <= types
-    missing = sorted(t for t in types if f"`{t}`" not in README)
+    page = _page("results.md")
+    missing = sorted(t for t in types if f"`{t}`" not in page)
     assert not missing
 
 
@@ -75,7 +127,8 @@ def test_every_public_name_and_method_of_the_producer_is_documented() -> None:
     import producer
     from producer import Producer, SyncProducer
 
-    missing = [name for name in producer.__all__ if f"`{name}`" not in README and name not in README]
+    page = _page("python-api.md")
+    missing = [name for name in producer.__all__ if f"`{name}`" not in page and name not in page]
     assert not missing
 
     def public(cls: type) -> set[str]:
@@ -83,11 +136,11 @@ def test_every_public_name_and_method_of_the_producer_is_documented() -> None:
 
     methods = public(Producer) - {"aclose"}
     assert methods == public(SyncProducer) - {"close"}, "both producers offer the same methods"
-    undocumented = sorted(m for m in methods if f"{m}(" not in README)
+    undocumented = sorted(m for m in methods if f"{m}(" not in page)
     assert not undocumented
 
 
 def test_the_guarantees_section_quotes_a_measured_table() -> None:
-    section = README[README.index("## Guarantees") :].split("\n## ", 1)[0]
-    assert "make faults" in section and "| scenario |" in section
+    page = _page("guarantees.md")
+    assert "make faults" in page and "| scenario |" in page
     assert (ROOT / "docs" / "faults.md").exists()

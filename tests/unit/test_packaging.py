@@ -24,7 +24,9 @@ def _declared() -> tuple[set[str], set[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     runtime = {_name(r) for r in project["dependencies"] + extras["http"] + extras["otel"]}
-    return runtime, runtime | {_name(r) for r in project["optional-dependencies"]["dev"]}
+    dev = {_name(r) for r in extras["dev"] + extras["docs"]}  # dev takes in docs too
+    assert "promptq[http,otel,docs]" in extras["dev"]
+    return runtime, runtime | dev
 
 
 PEERS = ROOT / "bench" / "peers"
