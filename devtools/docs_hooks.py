@@ -1,5 +1,7 @@
 """mkdocs hooks (``mkdocs.yml``: ``hooks``): what the documentation site takes from the code.
 
+- The Python reference: the marker ``<!-- api-reference ... -->`` becomes a mkdocstrings block a
+  public name of ``producer`` (its ``__all__``), so none is left out.
 - The settings table: the marker ``<!-- settings-table ... -->`` in a page becomes one table a group
   of ``promptq_core.settings.SETTINGS``, so the table is the code's own list and cannot drift.
 - The benchmark reports (``bench/*.md``) become pages under ``bench/``, and the operations kit
@@ -17,6 +19,7 @@ from promptq_core.settings import GROUPS, SETTINGS, Setting
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!-- settings-table\b.*?-->")
+API_MARKER = re.compile(r"<!-- api-reference\b.*?-->")
 READERS = {"worker": "worker", "producer": "Python API", "HTTP API": "HTTP API", "CLI": "CLI"}
 
 
@@ -44,7 +47,16 @@ def _slug(heading: str) -> str:
     return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
 
 
+def api_reference() -> str:
+    """A mkdocstrings block for each public name of ``producer``, from the module that defines it."""
+    import producer
+
+    homes: dict[str, str] = producer._HOME
+    return "\n\n".join(f"::: {homes[name]}.{name}" for name in producer.__all__)
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
+    markdown = API_MARKER.sub(lambda _m: api_reference(), markdown)
     return MARKER.sub(lambda _m: settings_table(), markdown)
 
 

@@ -87,6 +87,12 @@ def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     config = (tmp_path / "site" / "configuration.html").read_text()
     assert all(s.name in config for s in SETTINGS)
     assert (tmp_path / "site" / "bench" / "peers.html").exists()
+    import producer
+
+    reference = (tmp_path / "site" / "reference.html").read_text()
+    homes: dict[str, str] = producer._HOME
+    assert all(f'id="{homes[name]}.{name}"' in reference for name in producer.__all__)
+    assert 'id="producer.client.Producer.submit"' in reference
     assert (tmp_path / "site" / "deploy" / "k8s" / "kustomization.yaml").exists()
 
 
