@@ -2,11 +2,15 @@
 
 - The Python reference: the marker ``<!-- api-reference ... -->`` becomes a mkdocstrings block a
   public name of ``producer`` (its ``__all__``), so none is left out.
-- The settings table: the marker ``<!-- settings-table ... -->`` in a page becomes one table a group
-  of ``promptq_core.settings.SETTINGS``, so the table is the code's own list and cannot drift.
+- The settings table: what stands between ``<!-- settings-table: start ... -->`` and ``<!--
+  settings-table: end -->`` in a page is made anew, one table a group of
+  ``promptq_core.settings.SETTINGS``, so the site's table is the code's own list. The page keeps the
+  table as text too, for readers of the Markdown: ``python -m devtools.docs_hooks`` writes it there,
+  and a test fails while it is not the current one.
 - The benchmark reports (``bench/*.md``) become pages under ``bench/``, and the operations kit
   (``deploy/``: manifests, alert rules, the Grafana dashboard) files under ``deploy/``, so the
-  pages link to them and the strict build checks those links too.
+  pages' links to them (``../bench/...``, right in the repository) lead there in the site too, and
+  the strict build checks them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 from promptq_core.settings import GROUPS, SETTINGS, Setting
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"<!-- settings-table\b.*?-->")
+MARKER = re.compile(r"(<!-- settings-table: start\b.*?-->\n).*?(<!-- settings-table: end -->)", re.S)
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 API_MARKER = re.compile(r"<!-- api-reference\b.*?-->")
 READERS = {"worker": "worker", "producer": "Python API", "HTTP API": "HTTP API", "CLI": "CLI"}
 
@@ -55,9 +60,20 @@ def api_reference() -> str:
     return "\n\n".join(f"::: {homes[name]}.{name}" for name in producer.__all__)
 
 
+OUTSIDE = re.compile(r"\]\(\.\./(bench|deploy)/")
+"""A page's link to the project's ``bench/`` or ``deploy/`` (``../bench/...``, as it reads in the
+repository), which the site holds inside itself."""
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
+    markdown = OUTSIDE.sub(lambda m: f"]({m.group(1)}/", markdown)
     markdown = API_MARKER.sub(lambda _m: api_reference(), markdown)
-    return MARKER.sub(lambda _m: settings_table(), markdown)
+    return with_settings_table(markdown)
+
+
+def with_settings_table(markdown: str) -> str:
+    """``markdown`` with the current settings table between its markers."""
+    return MARKER.sub(lambda m: m.group(1) + "\n" + settings_table() + "\n" + m.group(2), markdown)
 
 
 def on_files(files: Any, config: Any) -> Any:
@@ -69,3 +85,7 @@ def on_files(files: Any, config: Any) -> Any:
         if path.is_file():
             files.append(File.generated(config, path.relative_to(ROOT).as_posix(), abs_src_path=str(path)))
     return files
+
+
+if __name__ == "__main__":  # python -m devtools.docs_hooks: the table written into docs/configuration.md
+    CONFIGURATION.write_text(with_settings_table(CONFIGURATION.read_text()))

@@ -36,10 +36,16 @@ class QueueDepths:
     """Bytes the Redis node holding the queue uses (``INFO memory``'s ``used_memory``)."""
     memory_max: int = 0
     """That node's ``maxmemory`` (0: none set). Submits are refused at 90 % of it."""
+    read_at: float | None = None
+    """Redis time when it was read (Unix s)."""
 
-    def oldest_age_s(self, now_s: float) -> float:
-        """How long the oldest ready job has waited, in seconds (0 when nothing is ready)."""
-        return 0.0 if self.oldest_enqueued_at is None else max(0.0, now_s - self.oldest_enqueued_at)
+    def oldest_age_s(self, now_s: float | None = None) -> float:
+        """How long the oldest ready job has waited by ``now_s`` (default: when this was read, in
+        Redis time), in seconds; 0 when nothing is ready."""
+        now = now_s if now_s is not None else self.read_at
+        if self.oldest_enqueued_at is None or now is None:
+            return 0.0
+        return max(0.0, now - self.oldest_enqueued_at)
 
     @property
     def waiting(self) -> int:
@@ -53,7 +59,7 @@ class QueueDepths:
     @classmethod
     def from_reply(cls, reply: Any, queue: str = DEFAULT_QUEUE) -> QueueDepths:
         """From the ``depths`` script's reply for ``queue``."""
-        running, deferred, failed, (oldest, used, most), *levels = reply
+        running, deferred, failed, (oldest, used, most, now_ms), *levels = reply
         ready: dict[int, dict[str, int]] = {}
         truncated = False
         for level in levels:
@@ -61,7 +67,18 @@ class QueueDepths:
             truncated = truncated or bool(int(cut))
             ready[int(priority)] = {as_text(k): int(n) for k, n in zip(pairs[::2], pairs[1::2], strict=True)}
         oldest_at = float(oldest) if as_text(oldest) else None
-        return cls(ready, int(running), int(deferred), int(failed), queue, truncated, oldest_at, int(used), int(most))
+        return cls(
+            ready,
+            int(running),
+            int(deferred),
+            int(failed),
+            queue,
+            truncated,
+            oldest_at,
+            int(used),
+            int(most),
+            int(now_ms) / 1000,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

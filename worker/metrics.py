@@ -326,7 +326,7 @@ class Metrics:
             self.queue_depth.labels(depths.queue, str(priority)).set(by_priority.get(priority, 0))
         self.queue_running.labels(depths.queue).set(depths.running)
         self.queue_deferred.labels(depths.queue).set(depths.deferred)
-        self.queue_oldest_age.labels(depths.queue).set(depths.oldest_age_s(time.time() if now_s is None else now_s))
+        self.queue_oldest_age.labels(depths.queue).set(depths.oldest_age_s(now_s))  # (default: Redis time)
         self.redis_memory_used.labels(depths.queue).set(depths.memory_used)
         self.redis_memory_max.labels(depths.queue).set(depths.memory_max)
 

@@ -9,10 +9,12 @@
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), the oldest ready job's result document (RESULT_PREFIX).
 -- ARGV[1] keys_max
--- Returns {leased, delayed, failed, {oldest_enqueued_at, used_memory, maxmemory},
+-- Returns {leased, delayed, failed, {oldest_enqueued_at, used_memory, maxmemory, now_ms},
 --  {priority, ready, truncated, key, n, key, n, ...}, ...}: oldest_enqueued_at is the submit time
 --  (Unix s, as text) of the ready job first in line among the keys looked at ('' when none is
---  ready); the memory figures are this node's (maxmemory 0: none set).
+--  ready); the memory figures are this node's (maxmemory 0: none set); now_ms is Redis time, so
+--  that the age is not made of two hosts' clocks but one's.
+--!include clock
 local keys_max = tonumber(ARGV[1])
 local out = {redis.call('ZCARD', LEASES), redis.call('ZCARD', DELAYED), redis.call('ZCARD', FAILED), false}
 local oldest_id, oldest_place
@@ -44,5 +46,6 @@ if oldest_id then
   end
 end
 local info = redis.call('INFO', 'memory')
-out[4] = {oldest, string.match(info, '^.-used_memory:(%d+)') or '0', string.match(info, '\nmaxmemory:(%d+)') or '0'}
+out[4] = {oldest, string.match(info, '^.-used_memory:(%d+)') or '0', string.match(info, '\nmaxmemory:(%d+)') or '0',
+  now_ms()}
 return out

@@ -138,13 +138,21 @@ def _check_command(program: str, args: list[str]) -> None:
     elif program == "uvicorn":
         assert args[0] == "producer.http:app"
     elif program == "kubectl":
-        if args[:2] == ["apply", "-k"]:
-            assert (ROOT / args[2] / "kustomization.yaml").exists()
+        _check_kubectl(args)
     elif program == "docker":
         services = set(yaml.safe_load((ROOT / "compose.yaml").read_text())["services"])
         assert args[0] == "compose" and ({w for w in args if w in services} or args[1] in {"up", "down"}), args
-    elif program not in {"kill", "echo", "head", "openssl", "cat"}:
+    elif program not in {"kill", "echo", "head", "openssl", "cat", "redis-server"}:
         raise AssertionError(f"{program}: a command this test does not know how to check")
+
+
+def _check_kubectl(args: list[str]) -> None:
+    if args[:2] == ["apply", "-k"]:
+        assert (ROOT / args[2] / "kustomization.yaml").exists()
+    for arg in args:  # a secret's keys become the pods' variables
+        if arg.startswith("--from-literal="):
+            name = arg.removeprefix("--from-literal=").split("=", 1)[0]
+            assert name in SETTING_NAMES, f"{name} is no setting promptq reads"
 
 
 def _check_curl(args: list[str], openapi: dict[str, Any]) -> None:
@@ -156,6 +164,7 @@ def _check_curl(args: list[str], openapi: dict[str, Any]) -> None:
             method = args[i + 1].lower()
             i += 1
         elif args[i] in {"-H", "-d"}:
+            method = "post" if args[i] == "-d" and method == "get" else method  # (as curl does)
             i += 1
         elif not args[i].startswith("-"):
             url = args[i]
@@ -200,6 +209,17 @@ SYBIL = Sybil(
 def example_worker(redis_server_url: str, sim_process: Simulator) -> Iterator[None]:
     with Worker(worker_env(redis_server_url, sim_process)):
         yield
+
+
+HANDLED = {"python", "sh", "bash", "console", "json", ""}
+
+
+def test_every_code_block_is_in_a_language_the_examples_run_or_check() -> None:
+    """A block in another language would be passed over in silence: refuse it (plain text, such as
+    a diagram or a trace as printed, has no language)."""
+    for page in PAGES:
+        fences = re.findall(r"^ *```(\S*)", page.read_text(), re.M)[::2]  # (each opening, not its close)
+        assert set(fences) <= HANDLED, f"{page.name}: {sorted(set(fences) - HANDLED)}"
 
 
 def test_the_checks_refuse_what_is_wrong(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, cast
 
@@ -180,12 +181,14 @@ async def test_depths_say_how_long_the_oldest_ready_job_waited_and_how_full_redi
 ) -> None:
     assert (await producer.depths()).oldest_enqueued_at is None
     first = await producer.submit("old", priority=7, fairness_key="late")  # first in line, whatever its priority
+    await asyncio.sleep(0.02)  # (submit times are kept to the millisecond)
     await producer.submit_many([{"prompt": "new", "priority": 0}, {"prompt": "newer", "fairness_key": "b"}])
     depths = await producer.depths()
     doc = await producer.get(first)
     assert doc is not None and doc.enqueued_at is not None
     assert depths.oldest_enqueued_at == pytest.approx(doc.enqueued_at, abs=0.001)
     assert depths.oldest_age_s(doc.enqueued_at + 2.5) == pytest.approx(2.5, abs=0.01)
+    assert 0.02 <= depths.oldest_age_s() < 5  # by Redis time when read
     assert depths.memory_used > 0 and depths.memory_max == 0
     before = cast("dict[str, str]", sync_redis.config_get("maxmemory"))["maxmemory"]
     sync_redis.config_set("maxmemory", str(512 * 2**20))

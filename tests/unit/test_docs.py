@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 from promptq_core.contract import STATUSES, JobResult
-from promptq_core.settings import GROUPS, SETTINGS, WORKER, read_by
+from promptq_core.settings import API, CLI, GROUPS, SETTINGS, WORKER, read_by
 from promptq_core.validation import EMBEDDINGS_PARAMS, PASS_THROUGH_PARAMS, RESPONSES_PARAMS
-from worker.config import ENV_NAMES
 from worker.llm import STATUS_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,25 +51,34 @@ def test_every_make_target_the_docs_name_exists() -> None:
     assert named and named <= targets, sorted(named - targets)
 
 
+LITERAL = re.compile(r'"((?:PROMPTQ|OTEL|OPENAI)_[A-Z0-9_]+|REDIS_URL)"')
+
+
+def _read_in(*folders: str) -> set[str]:
+    """The variable names spelled in the sources under ``folders`` (the settings list itself left out)."""
+    paths = [p for d in folders for p in (ROOT / d).rglob("*.py") if p != ROOT / "promptq_core" / "settings.py"]
+    return {name for p in paths for name in LITERAL.findall(p.read_text())}
+
+
 def test_the_settings_list_is_every_variable_the_code_reads() -> None:
     """promptq_core.settings, which the site's table is made of, names every variable the sources
-    read, and nothing they do not."""
-    sources = [p for d in ("promptq_core", "producer", "worker") for p in (ROOT / d).rglob("*.py")]
-    literal = re.compile(r'"((?:PROMPTQ|OTEL|OPENAI)_[A-Z0-9_]+|REDIS_URL)"')
-    read = {name for p in sources for name in literal.findall(p.read_text())}
-    read |= {"TRACEPARENT", "TRACESTATE"}  # the CLI's, spelled as tracing.TRACE_FIELDS upper-cased
+    read, and nothing they do not; each process reads what the list says it does."""
+    read = _read_in("promptq_core", "producer", "worker") | {"TRACEPARENT", "TRACESTATE"}  # (the CLI's,
+    # spelled as tracing.TRACE_FIELDS upper-cased)
     listed = [s.name for s in SETTINGS]
     assert len(listed) == len(set(listed)), "a setting listed twice"
     assert set(listed) == read, f"not listed: {sorted(read - set(listed))}; not read: {sorted(set(listed) - read)}"
-    assert set(ENV_NAMES) == set(read_by(WORKER))
+    for folder, reader in (("worker", WORKER), ("producer/http", API), ("producer/cli", CLI)):
+        unlisted = _read_in(folder) - set(read_by(reader))
+        assert not unlisted, f"{folder} reads {sorted(unlisted)}, which the list does not say it does"
     assert all(s.group in GROUPS and s.readers and s.meaning and s.default for s in SETTINGS)
 
 
 def test_the_configuration_page_shows_every_setting_under_its_group() -> None:
-    from devtools.docs_hooks import on_page_markdown
+    from devtools.docs_hooks import with_settings_table
 
-    page = on_page_markdown(_page("configuration.md"))
-    assert "<!-- settings-table" not in page
+    page = _page("configuration.md")
+    assert page == with_settings_table(page), "the table is not the current one: python -m devtools.docs_hooks"
     for group in GROUPS:
         section = page.split(f"\n## {group}\n", 1)[1].split("\n## ", 1)[0]
         assert _table_first_column(section) == [s.name for s in SETTINGS if s.group == group]
