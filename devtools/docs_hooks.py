@@ -2,6 +2,8 @@
 
 - The Python reference: the marker ``<!-- api-reference ... -->`` becomes a mkdocstrings block a
   public name of ``producer`` (its ``__all__``), so none is left out.
+- The HTTP API's routes: the marker ``<!-- openapi-routes ... -->`` becomes a table of the routes
+  of ``docs/openapi.json`` (itself checked against the live schema by a test).
 - The settings table: what stands between ``<!-- settings-table: start ... -->`` and ``<!--
   settings-table: end -->`` in a page is made anew, one table a group of
   ``promptq_core.settings.SETTINGS``, so the site's table is the code's own list. The page keeps the
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"(<!-- settings-table: start\b.*?-->\n).*?(<!-- settings-table: end -->)", re.S)
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 API_MARKER = re.compile(r"<!-- api-reference\b.*?-->")
+ROUTES_MARKER = re.compile(r"<!-- openapi-routes\b.*?-->")
 READERS = {"worker": "worker", "producer": "Python API", "HTTP API": "HTTP API", "CLI": "CLI"}
 
 
@@ -65,8 +68,22 @@ OUTSIDE = re.compile(r"\]\(\.\./(bench|deploy)/")
 repository), which the site holds inside itself."""
 
 
+def openapi_routes() -> str:
+    """A table of the HTTP API's routes: method, path, what it does, the statuses it answers."""
+    import json
+
+    schema = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    rows = ["| route | what it does | statuses |", "|---|---|---|"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            statuses = ", ".join(sorted(operation.get("responses", {})))
+            rows.append(f"| `{method.upper()} {path}` | {operation.get('summary', '')} | {statuses} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
     markdown = OUTSIDE.sub(lambda m: f"]({m.group(1)}/", markdown)
+    markdown = ROUTES_MARKER.sub(lambda _m: openapi_routes(), markdown)
     markdown = API_MARKER.sub(lambda _m: api_reference(), markdown)
     return with_settings_table(markdown)
 

@@ -101,6 +101,9 @@ def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     homes: dict[str, str] = producer._HOME
     assert all(f'id="{homes[name]}.{name}"' in reference for name in producer.__all__)
     assert 'id="producer.client.Producer.submit"' in reference
+    http = (tmp_path / "site" / "http-api.html").read_text()
+    schema = json.loads((DOCS / "openapi.json").read_text())
+    assert all(f"{m.upper()} {path}" in http for path, ms in schema["paths"].items() for m in ms)
     assert (tmp_path / "site" / "deploy" / "k8s" / "kustomization.yaml").exists()
 
 
