@@ -23,7 +23,7 @@ pytestmark = pytest.mark.process
 
 TOKEN = "fuzz-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EXAMPLES = 100
+EXAMPLES = 75
 NOT_CHECKED = [checks.positive_data_acceptance]
 """A job the schema allows may still be refused (422): the schema cannot say "prompt or messages,
 not both", nor which roles and parameters a message takes; the producer's own checks do."""
