@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from markdown.extensions.toc import slugify
+
 from promptq_core.settings import GROUPS, SETTINGS, Setting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ READERS = {"worker": "worker", "producer": "Python API", "HTTP API": "HTTP API",
 def settings_table() -> str:
     """The settings, a section and a table a group, in the order of ``GROUPS``."""
     out = [
-        "Jump to: " + ", ".join(f"[{group}](#{_slug(group)})" for group in GROUPS) + ".",
+        "Jump to: " + ", ".join(f"[{group}](#{slugify(group, '-')})" for group in GROUPS) + ".",
         "",
     ]
     for group in GROUPS:
@@ -48,11 +50,6 @@ def _row(setting: Setting) -> str:
     readers = ", ".join(READERS[r] for r in setting.readers)
     cells = (f"`{setting.name}`", setting.default, readers, setting.meaning)
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-
-def _slug(heading: str) -> str:
-    """The anchor mkdocs' table of contents gives a heading."""
-    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
 
 
 def api_reference() -> str:

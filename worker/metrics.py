@@ -320,13 +320,13 @@ class Metrics:
             self._server.close()
             await self._server.wait_closed()
 
-    def set_depths(self, depths: QueueDepths, now_s: float | None = None) -> None:
+    def set_depths(self, depths: QueueDepths) -> None:
         by_priority = depths.by_priority
         for priority in PRIORITIES:
             self.queue_depth.labels(depths.queue, str(priority)).set(by_priority.get(priority, 0))
         self.queue_running.labels(depths.queue).set(depths.running)
         self.queue_deferred.labels(depths.queue).set(depths.deferred)
-        self.queue_oldest_age.labels(depths.queue).set(depths.oldest_age_s(now_s))  # (default: Redis time)
+        self.queue_oldest_age.labels(depths.queue).set(depths.oldest_age_s())  # (by Redis time, when read)
         self.redis_memory_used.labels(depths.queue).set(depths.memory_used)
         self.redis_memory_max.labels(depths.queue).set(depths.memory_max)
 

@@ -15,6 +15,7 @@
 --  ready); the memory figures are this node's (maxmemory 0: none set); now_ms is Redis time, so
 --  that the age is not made of two hosts' clocks but one's.
 --!include clock
+--!include memory
 local keys_max = tonumber(ARGV[1])
 local out = {redis.call('ZCARD', LEASES), redis.call('ZCARD', DELAYED), redis.call('ZCARD', FAILED), false}
 local oldest_id, oldest_place
@@ -45,7 +46,6 @@ if oldest_id then
     end
   end
 end
-local info = redis.call('INFO', 'memory')
-out[4] = {oldest, string.match(info, '^.-used_memory:(%d+)') or '0', string.match(info, '\nmaxmemory:(%d+)') or '0',
-  now_ms()}
+local used, max = memory()
+out[4] = {oldest, used, max, now_ms()}
 return out

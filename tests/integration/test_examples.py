@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from sybil import Example, Sybil
-from sybil.parsers.markdown import CodeBlockParser, SkipParser
+from sybil.parsers.markdown import CodeBlockParser
 
 from devtools.stack import Simulator, Worker
 from producer.cli.commands import parser as cli_parser
@@ -189,10 +189,6 @@ def _check_backends(listing: str) -> None:
     assert len(WorkerConfig.from_env(env).backends) == len(json.loads(listing))
 
 
-def _skip_text(example: Example) -> None:
-    return None
-
-
 SYBIL = Sybil(
     parsers=[
         CodeBlockParser("python", _run_python),
@@ -200,7 +196,6 @@ SYBIL = Sybil(
         CodeBlockParser("bash", _check_shell),
         CodeBlockParser("console", _check_shell),
         CodeBlockParser("json", _check_json),
-        SkipParser(),
     ],
 )
 

@@ -35,12 +35,12 @@ def test_the_queue_s_oldest_ready_job_and_its_redis_memory_are_exported() -> Non
     from promptq_core.depths import QueueDepths
 
     m = Metrics()
-    m.set_depths(QueueDepths({5: {"a": 2}}, 0, 0, 0, "gpu", False, 100.0, 700, 1000), now_s=130.0)
+    m.set_depths(QueueDepths({5: {"a": 2}}, 0, 0, 0, "gpu", False, 100.0, 700, 1000, read_at=130.0))
     text = generate_latest(m.registry).decode()
     assert 'promptq_queue_oldest_age_seconds{queue="gpu"} 30.0' in text
     assert 'promptq_redis_memory_used_bytes{queue="gpu"} 700.0' in text
     assert 'promptq_redis_memory_max_bytes{queue="gpu"} 1000.0' in text
     m.set_depths(QueueDepths({5: {"a": 2}}, 0, 0, 0, "gpu", False, 100.0, 700, 1000, read_at=160.0))
     assert 'promptq_queue_oldest_age_seconds{queue="gpu"} 60.0' in generate_latest(m.registry).decode()  # Redis time
-    m.set_depths(QueueDepths({}, 0, 0, 0, "gpu"), now_s=130.0)  # nothing ready: no age
+    m.set_depths(QueueDepths({}, 0, 0, 0, "gpu", read_at=130.0))  # nothing ready: no age
     assert 'promptq_queue_oldest_age_seconds{queue="gpu"} 0.0' in generate_latest(m.registry).decode()
