@@ -121,6 +121,9 @@ def test_a_queued_job_is_cancelled_from_its_button(dashboard: tuple[Page, SyncPr
     tab.click("#cancel-button")
     tab.click("#confirm-yes")
     tab.wait_for_function("document.getElementById('job-status').textContent === 'cancelled'", timeout=10_000)
+    # the page's refresh can show the status before the DELETE's answer fills in the message
+    answered = "!document.getElementById('job-message').textContent.startsWith('Cancelling')"
+    tab.wait_for_function(answered, timeout=10_000)
     assert "cancelled" in (tab.text_content("#job-message") or "")
     assert producer.get(job_id).attempts == 0  # type: ignore[union-attr]  # it never called the API
     for blocker in blockers:
