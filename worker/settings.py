@@ -18,7 +18,7 @@ from promptq_core.background import REDIS_TROUBLE
 from promptq_core.contract import ARQ_QUEUE_NAME, JOB_FUNCTION
 from promptq_core.env import ConfigError, redact_url
 from promptq_core.guard import read_facts
-from worker import arq_seam, llm
+from worker import arq_seam, heap, llm
 from worker.arq_seam import (
     CTX_CONFIG,
     CTX_STATE,
@@ -153,6 +153,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         batcher = Batcher(ctx["redis"], ctx[CTX_STATE], presence.worker_id)
         batcher.start()
         ctx[CTX_BATCHER] = batcher
+    heap.settle_in()  # start-up is done: the collector from here on is set for short jobs
     if ignored := ignored_variables(os.environ):
         log.warning("worker.variables_ignored", variables=ignored, note="backends are listed: these are not used")
     log.info(
@@ -187,6 +188,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.upgrade.stop()
         await state.clients.aclose()
     core_tracing.shutdown()  # the spans not yet sent go now
+    heap.restore()
     log.info("worker.stopped")
 
 

@@ -1,0 +1,84 @@
+"""The short ``build_request`` under the openai client makes the request httpx's own would make."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from worker.wire import ShortBuild
+
+
+class Recording(ShortBuild):
+    """Keeps the arguments the openai client passes, and answers every request itself."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(transport=httpx2.MockTransport(self.answer), **kwargs)
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
+        self.calls.append((args, kwargs))
+        return super().build_request(*args, **kwargs)
+
+    def answer(self, request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"ok": True})
+
+
+def same(a: httpx2.Request, b: httpx2.Request) -> None:
+    assert a.method == b.method
+    assert str(a.url) == str(b.url)
+    assert a.headers.raw == b.headers.raw  # the same names, values and order on the wire
+    assert a.content == b.content
+    assert a.extensions == b.extensions
+
+
+def stock(client: httpx2.AsyncClient, *args: Any, **kwargs: Any) -> httpx2.Request:
+    return httpx2.AsyncClient.build_request(client, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "make"),
+    [
+        ("http://127.0.0.1:8/v1", openai.AsyncOpenAI),
+        ("https://api.example.test/v1/", openai.AsyncOpenAI),
+        ("https://res.example.test", openai.AsyncAzureOpenAI),
+    ],
+)
+def test_what_the_openai_client_sends_is_built_as_httpx_builds_it(base_url: str, make: Any) -> None:
+    http = Recording(timeout=12.5, headers={"X-Fleet": "a"})
+    if make is openai.AsyncAzureOpenAI:
+        client = make(api_key="sk-t", api_version="2024-10-21", azure_endpoint=base_url, http_client=http)
+    else:
+        client = make(api_key="sk-t", base_url=base_url, default_headers={"X-Team": "t"}, http_client=http)
+
+    async def calls() -> None:
+        body = {"model": "m", "messages": [{"role": "user", "content": "ü"}]}
+        await client.post("/chat/completions", cast_to=httpx2.Response, body=body, options={})
+        embed = {"model": "m", "input": "x"}
+        await client.post("/embeddings", cast_to=httpx2.Response, body=embed, options={"timeout": 3})
+        await client.get("/models", cast_to=httpx2.Response)
+        await client.close()
+
+    asyncio.run(calls())
+    assert len(http.calls) == 3
+    for args, kwargs in http.calls:
+        same(ShortBuild.build_request(http, *args, **kwargs), stock(http, *args, **kwargs))
+    assert http._urls, "the short way was never taken"
+
+
+def test_what_it_does_not_shorten_goes_to_httpx() -> None:
+    http = ShortBuild(base_url="http://127.0.0.1:8/v1/", headers={"User-Agent": "ua"}, timeout=5)
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        (("GET", "models"), {"headers": [("accept", "x")]}),  # relative: joined to base_url
+        (("POST", "http://h.test/a"), {"headers": [("user-agent", "mine")], "params": {"q": "1"}}),
+        (("POST", "http://h.test/a"), {"headers": [("x", "1")], "cookies": {"c": "1"}}),
+        (("POST", "http://h.test/a"), {"headers": {"x": "1"}, "json": {"a": 1}}),
+        (("POST", "http://h.test/a"), {"headers": [("User-Agent", "mine"), ("x", "1"), ("x", "2")], "content": b"{}"}),
+        (("POST", httpx2.URL("http://h.test/a")), {"headers": [("x", "1")], "timeout": None}),
+    ]
+    for args, kwargs in cases:
+        same(http.build_request(*args, **kwargs), stock(http, *args, **kwargs))
+    assert list(http._urls) == ["http://h.test/a"]
