@@ -1,4 +1,5 @@
-"""The short ``build_request`` under the openai client makes the request httpx's own would make."""
+"""What the worker sends under the openai client is what the client's own way would send (its short
+``build_request``, and a plain call's options made once a path)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,33 @@ def test_what_it_does_not_shorten_goes_to_httpx() -> None:
     for args, kwargs in cases:
         same(http.build_request(*args, **kwargs), stock(http, *args, **kwargs))
     assert list(http._urls) == ["http://h.test/a"]
+
+
+@pytest.mark.parametrize("make", [openai.AsyncOpenAI, openai.AsyncAzureOpenAI])
+def test_a_plain_call_sends_what_post_sends(make: Any) -> None:
+    from worker import llm
+
+    http = Recording(timeout=12.5)
+    if make is openai.AsyncAzureOpenAI:  # (the deployment goes into the path from the body's model)
+        client = make(api_key="sk-t", api_version="2024-10-21", azure_endpoint="https://r.test", http_client=http)
+    else:
+        client = make(api_key="sk-t", base_url="http://127.0.0.1:8/v1", http_client=http)
+    calls = [
+        ("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "one"}]}, {}),
+        ("/chat/completions", {"model": "n", "messages": [{"role": "user", "content": "two"}]}, {"timeout": 3.0}),
+        ("/embeddings", {"model": "m", "input": ["a", "b"]}, {}),
+    ]
+
+    async def both() -> None:
+        for path, body, options in calls:
+            await client.post(path, cast_to=httpx2.Response, body=body, options=options)
+            await llm._post(client, path, body, options)
+        await client.close()
+
+    asyncio.run(both())
+    assert len(http.calls) == 2 * len(calls)
+    for n in range(0, len(http.calls), 2):
+        assert http.calls[n] == http.calls[n + 1]  # the same URL, headers, body and timeout
+    assert "one" in str(http.calls[0]) and "two" in str(http.calls[2])  # (each call its own body)
+    for form in llm._FORMS.values():  # the kept options hold no call's body or timeout
+        assert form.json_data is None and not isinstance(form.timeout, float)
