@@ -264,24 +264,33 @@ def _options_type() -> Any:
 
 
 _OPTIONS = _options_type()
-_FORMS: dict[str, Any] = {}
-"""A path's request options with no body (``post``'s, made once), copied with each call's body."""
+_FORMS: dict[int, tuple[openai.AsyncOpenAI, dict[str, Any]]] = {}
+"""Per client, each path's request options with no body (``post``'s, made once), copied with each
+call's body."""
 
 
 async def _post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], options: Any) -> httpx2.Response:
     """``client.post(path, cast_to=httpx2.Response, body=body, options=options)``, the same request.
 
     ``post`` makes its request options anew each call (a pydantic model whose every default is
-    deep-copied: about 50 µs of CPU a call, a tenth of the client's part); here they are made once
-    a path and copied with the call's body and options (its timeout), and handed to the client's ``request``, as
-    ``post`` hands its own (``tests/unit/test_wire.py`` holds the requests equal)."""
+    deep-copied: about 50 µs of CPU a call, a tenth of the client's part); here they are made once a
+    path and copied with the call's body and options (its timeout), and handed to the client's
+    ``request``, as ``post`` hands its own. Their URL is the client's own joined to the path once
+    (the client would join them again each call), except an Azure client's, which puts the
+    deployment into the path it is given. ``tests/unit/test_wire.py`` holds the requests equal."""
     if _OPTIONS is None:  # pragma: no cover
         return await client.post(path, cast_to=httpx2.Response, body=body, options=options)
-    form = _FORMS.get(path)
+    held = _FORMS.get(id(client))
+    if held is None or held[0] is not client:
+        if len(_FORMS) >= 1024:  # (clients made and dropped: a test's, a reload's)
+            _FORMS.clear()
+        held = _FORMS[id(client)] = (client, {})
+    form = held[1].get(path)
     if form is None:
-        form = _OPTIONS.construct(method="post", url=path)
-        if len(_FORMS) < 64:
-            _FORMS[path] = form
+        base = client.base_url  # (the client keeps it ending in "/")
+        joined = not isinstance(client, openai.AsyncAzureOpenAI) and not base.query
+        url = f"{base}{path.lstrip('/')}" if joined else path
+        form = held[1][path] = _OPTIONS.construct(method="post", url=url)
     response: httpx2.Response = await client.request(
         httpx2.Response, form.model_copy(update={"json_data": body, **options})
     )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import openai
@@ -94,7 +94,7 @@ def test_a_plain_call_sends_what_post_sends(make: Any) -> None:
         client = make(api_key="sk-t", api_version="2024-10-21", azure_endpoint="https://r.test", http_client=http)
     else:
         client = make(api_key="sk-t", base_url="http://127.0.0.1:8/v1", http_client=http)
-    calls = [
+    calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         ("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "one"}]}, {}),
         ("/chat/completions", {"model": "n", "messages": [{"role": "user", "content": "two"}]}, {"timeout": 3.0}),
         ("/embeddings", {"model": "m", "input": ["a", "b"]}, {}),
@@ -102,7 +102,7 @@ def test_a_plain_call_sends_what_post_sends(make: Any) -> None:
 
     async def both() -> None:
         for path, body, options in calls:
-            await client.post(path, cast_to=httpx2.Response, body=body, options=options)
+            await client.post(path, cast_to=httpx2.Response, body=body, options=cast(Any, options))
             await llm._post(client, path, body, options)
         await client.close()
 
@@ -111,5 +111,7 @@ def test_a_plain_call_sends_what_post_sends(make: Any) -> None:
     for n in range(0, len(http.calls), 2):
         assert http.calls[n] == http.calls[n + 1]  # the same URL, headers, body and timeout
     assert "one" in str(http.calls[0]) and "two" in str(http.calls[2])  # (each call its own body)
-    for form in llm._FORMS.values():  # the kept options hold no call's body or timeout
+    forms = [form for _, kept in llm._FORMS.values() for form in kept.values()]
+    assert forms
+    for form in forms:  # the kept options hold no call's body or timeout
         assert form.json_data is None and not isinstance(form.timeout, float)
