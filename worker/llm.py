@@ -10,11 +10,12 @@ Five choices here are for speed, each measured (see docs/benchmarks.md):
   ``DefaultAioHttpClient``): about a third less CPU a call than its default httpx transport. That
   transport reports a refused or dropped connection as a connect timeout; :func:`complete` tells
   them apart (a ``connection_error``, not a ``timeout`` the API may have processed).
-- Under that transport, a ``build_request`` that does not parse each request's URL and copy its
+- Under either transport, a ``build_request`` that does not parse each request's URL and copy its
   headers twice more (``worker.wire``): about 40 µs less CPU a call.
-- The options of a plain request (``post``'s pydantic model) made once a path and copied with
-  each call's body (:func:`_post`): about 50 µs less CPU a call. The model's type is reached in
-  ``openai._models``; an openai without it as this module knows it gets ``post``.
+- The options of a plain request (``post``'s pydantic model) made once a path, its URL joined to
+  the client's once, and copied with each call's body (:func:`_post`): about 65 µs less CPU a call.
+  The model's type is reached in ``openai._models``; an openai without it as this module knows it
+  gets ``post``.
 - One ``AsyncOpenAI`` client per ``SLOTS_PER_CLIENT`` job slots (:class:`Clients`), not one for the
   process. The httpx connection pool under each client looks at every one of its connections, and
   probes the socket of every idle one, on each request and each response; with one pool for 100
@@ -34,6 +35,7 @@ import dataclasses
 import itertools
 import math
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,36 +266,40 @@ def _options_type() -> Any:
 
 
 _OPTIONS = _options_type()
-_FORMS: dict[int, tuple[openai.AsyncOpenAI, dict[str, Any]]] = {}
-"""Per client, each path's request options with no body (``post``'s, made once), copied with each
-call's body."""
+_SECURED = _OPTIONS is not None and "security" in _OPTIONS.model_fields
+"""Whether the options carry the client's ``security`` choices (a dict, fresh each call as ``post``'s)."""
+_FORMS: weakref.WeakKeyDictionary[openai.AsyncOpenAI, dict[str, Any]] = weakref.WeakKeyDictionary()
+"""Per client (kept while the client lives), each path's request options with no body (``post``'s,
+made once), copied with each call's body."""
 
 
 async def _post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], options: Any) -> httpx2.Response:
     """``client.post(path, cast_to=httpx2.Response, body=body, options=options)``, the same request.
 
     ``post`` makes its request options anew each call (a pydantic model whose every default is
-    deep-copied: about 50 µs of CPU a call, a tenth of the client's part); here they are made once a
-    path and copied with the call's body and options (its timeout), and handed to the client's
-    ``request``, as ``post`` hands its own. Their URL is the client's own joined to the path once
-    (the client would join them again each call), except an Azure client's, which puts the
-    deployment into the path it is given. ``tests/unit/test_wire.py`` holds the requests equal."""
+    deep-copied: about 50 µs of CPU a call, a tenth of the client's part, and 15 more to join the
+    URL); here they are made once a path and copied with the call's body and options (its timeout),
+    and handed to the client's ``request``, as ``post`` hands its own. Their URL is the client's own
+    joined to the path once (the client would join them again each call), except an Azure
+    client's, which puts the deployment into the path it is given. ``tests/unit/test_wire.py``
+    holds the requests equal."""
     if _OPTIONS is None:  # pragma: no cover
         return await client.post(path, cast_to=httpx2.Response, body=body, options=options)
-    held = _FORMS.get(id(client))
-    if held is None or held[0] is not client:
-        if len(_FORMS) >= 1024:  # (clients made and dropped: a test's, a reload's)
-            _FORMS.clear()
-        held = _FORMS[id(client)] = (client, {})
-    form = held[1].get(path)
+    forms = _FORMS.get(client)
+    if forms is None:
+        forms = _FORMS[client] = {}
+    form = forms.get(path)
     if form is None:
         base = client.base_url  # (the client keeps it ending in "/")
         joined = not isinstance(client, openai.AsyncAzureOpenAI) and not base.query
         url = f"{base}{path.lstrip('/')}" if joined else path
-        form = held[1][path] = _OPTIONS.construct(method="post", url=url)
-    response: httpx2.Response = await client.request(
-        httpx2.Response, form.model_copy(update={"json_data": body, **options})
-    )
+        form = forms[path] = _OPTIONS.construct(method="post", url=url)
+    # (its mutable defaults fresh each call, as post's are: a client that changed them in place
+    # would not carry one call's into the next)
+    update = {"json_data": body, "params": {}, **options}
+    if _SECURED:
+        update["security"] = dict(form.security)
+    response: httpx2.Response = await client.request(httpx2.Response, form.model_copy(update=update))
     return response
 
 

@@ -58,6 +58,8 @@ CTX_BATCHER = "promptq.batcher"
 """In ``ctx``: the worker's part in the Batch tier (``worker.provider_batches``), when a backend offers it."""
 CTX_CHECKED = "promptq.checked"
 """In ``ctx``: Redis was checked (``check_access``) when the settings were made."""
+CTX_HEAP = "promptq.heap"
+"""In ``ctx``: this worker set the collector for short jobs (``worker.heap``); its shutdown undoes it."""
 
 log = get_logger("promptq.worker")
 
@@ -154,6 +156,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         batcher.start()
         ctx[CTX_BATCHER] = batcher
     heap.settle_in()  # start-up is done: the collector from here on is set for short jobs
+    ctx[CTX_HEAP] = True  # (undone by this worker's shutdown only)
     if ignored := ignored_variables(os.environ):
         log.warning("worker.variables_ignored", variables=ignored, note="backends are listed: these are not used")
     log.info(
@@ -174,6 +177,15 @@ async def _recovered(state: WorkerState, recoveries: int) -> None:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    try:
+        await _stop(ctx)
+    finally:
+        if ctx.pop(CTX_HEAP, False):  # (a start-up that failed before it settled in has nothing to undo)
+            heap.restore()
+    log.info("worker.stopped")
+
+
+async def _stop(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get(CTX_STATE)
     if (batcher := ctx.get(CTX_BATCHER)) is not None:
         await batcher.stop()
@@ -188,8 +200,6 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await state.upgrade.stop()
         await state.clients.aclose()
     core_tracing.shutdown()  # the spans not yet sent go now
-    heap.restore()
-    log.info("worker.stopped")
 
 
 def settings_kwargs(config: WorkerConfig, *, checked: bool = False) -> dict[str, Any]:

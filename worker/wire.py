@@ -6,9 +6,9 @@ it to a ``base_url`` the client does not have), copies the client's headers into
 copies them once more into the ``Request``: about 70 µs of the worker's CPU a call, the same for
 every call to a backend. :class:`ShortBuild` keeps each URL parsed (a backend has a handful) and
 merges the client's headers into the list once, then makes the same ``Request`` (the same method,
-URL, headers in the same order, body and timeout; ``tests/unit/test_wire.py`` holds them equal).
-Anything else (cookies, query parameters, form data, files, a relative URL, extensions) goes to
-httpx's own ``build_request``.
+URL, headers in the same order, cookies the client holds, body and timeout; ``tests/unit/test_wire.py``
+holds them equal). Anything else (a call's own cookies, query parameters, as an Azure client's
+``api-version``, form data, files, a relative URL, extensions) goes to httpx's own ``build_request``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ class ShortBuild(httpx2.AsyncClient):
             or cookies
             or extensions
             or self.params
-            or self.cookies
         ):
             return super().build_request(
                 method,
@@ -77,7 +76,14 @@ class ShortBuild(httpx2.AsyncClient):
         ]
         merged += headers
         chosen = self.timeout if isinstance(timeout, type(httpx2.USE_CLIENT_DEFAULT)) else httpx2.Timeout(timeout)
-        return httpx2.Request(method, parsed, content=content, headers=merged, extensions={"timeout": chosen.as_dict()})
+        return httpx2.Request(
+            method,
+            parsed,
+            content=content,
+            headers=merged,
+            cookies=self.cookies,  # (the ones the client was given or has received, as httpx's own sends)
+            extensions={"timeout": chosen.as_dict()},
+        )
 
     def _absolute(self, url: str) -> httpx2.URL | None:
         """``url`` parsed, if it is absolute (a relative one is joined to ``base_url`` by httpx)."""

@@ -44,3 +44,14 @@ def test_the_last_of_two_workers_to_stop_restores_the_collector(collector: tuple
     assert gc.get_freeze_count() == 0
     heap.restore()  # a worker whose start-up failed before settling in: nothing to undo
     assert gc.get_threshold() == collector
+
+
+def test_a_worker_that_never_settled_in_leaves_the_others_settings(collector: tuple[int, int, int]) -> None:
+    import asyncio
+
+    from worker.settings import on_shutdown
+
+    heap.settle_in()  # another worker of this process, running
+    asyncio.run(on_shutdown({}))  # this one's start-up failed before it settled in
+    assert gc.get_threshold() == (heap.YOUNG, *collector[1:])
+    assert gc.get_freeze_count() > 0
