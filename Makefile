@@ -101,7 +101,7 @@ bench: $(STAMP) redis
 
 # promptq beside other job queues on one workload (BullMQ from npm, arq, SAQ and Celery from PyPI, at
 # pinned versions, each in an environment of its own), repeats interleaved; writes bench/peers.md
-# (about 5 minutes). Without Node and npm, BullMQ is left out and the table says so.
+# (about 12 minutes). Without Node and npm, BullMQ is left out and the table says so.
 bench-peers: $(STAMP) redis
 	$(PY) -m bench.peers --out bench/peers.md
 

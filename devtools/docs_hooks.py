@@ -6,9 +6,11 @@
   of ``docs/openapi.json`` (itself checked against the live schema by a test).
 - The settings table: what stands between ``<!-- settings-table: start ... -->`` and ``<!--
   settings-table: end -->`` in a page is made anew, one table a group of
-  ``promptq_core.settings.SETTINGS``, so the site's table is the code's own list. The page keeps the
-  table as text too, for readers of the Markdown: ``python -m devtools.docs_hooks`` writes it there,
-  and a test fails while it is not the current one.
+  ``promptq_core.settings.SETTINGS``, so the site's table is the code's own list. Each row's first
+  cell carries an anchor, the variable's name in lower case (``configuration.md#promptq_max_jobs``),
+  so a link leads to the setting itself. The page keeps the table as text too, for readers of the
+  Markdown: ``python -m devtools.docs_hooks`` writes it there, and a test fails while it is not the
+  current one.
 - The benchmark reports (``bench/*.md``) become pages under ``bench/``, and the operations kit
   (``deploy/``: manifests, alert rules, the Grafana dashboard) files under ``deploy/``, so the
   pages' links to them (``../bench/...``, right in the repository) lead there in the site too, and
@@ -46,9 +48,15 @@ def settings_table() -> str:
     return "\n".join(out)
 
 
+def anchor(name: str) -> str:
+    """The id of a setting's row in the table: its name in lower case."""
+    return name.lower()
+
+
 def _row(setting: Setting) -> str:
     readers = ", ".join(READERS[r] for r in setting.readers)
-    cells = (f"`{setting.name}`", setting.default, readers, setting.meaning)
+    first = f'<a id="{anchor(setting.name)}"></a>`{setting.name}`'
+    cells = (first, setting.default, readers, setting.meaning)
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 

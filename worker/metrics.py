@@ -7,7 +7,8 @@ the worker rides outages out (``worker.redis_conn``).
 
 Metrics (labels in brackets):
 
-- ``promptq_jobs_total`` [model, status]: jobs ended here: succeeded, failed, cancelled.
+- ``promptq_jobs_total`` [model, status, endpoint]: jobs ended here: succeeded, failed, cancelled;
+  ``endpoint`` is the API path the job calls (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``).
 - ``promptq_attempts_total`` [model]: API calls started.
 - ``promptq_retries_total`` [model, error_type]: failed attempts put back for a retry.
 - ``promptq_attempt_seconds`` [model]: histogram of API call durations (successes and failures).

@@ -3,13 +3,17 @@ document, parameters, errors; the site builds with no broken link."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from promptq_core.contract import STATUSES, JobResult
 from promptq_core.settings import API, CLI, GROUPS, SETTINGS, WORKER, read_by
@@ -26,8 +30,8 @@ def _page(name: str) -> str:
 
 
 def _table_first_column(text: str) -> list[str]:
-    """The backticked names in the first column of the first table in ``text``."""
-    return re.findall(r"^\| `([^`]+)` \|", text, re.M)
+    """The backticked names in the first column of the tables in ``text`` (after a row's anchor)."""
+    return re.findall(r'^\| (?:<a id="[^"]+"></a>)?`([^`]+)` \|', text, re.M)
 
 
 def test_the_readme_opens_with_the_two_commands() -> None:
@@ -84,6 +88,38 @@ def test_the_configuration_page_shows_every_setting_under_its_group() -> None:
         assert _table_first_column(section) == [s.name for s in SETTINGS if s.group == group]
 
 
+def test_each_setting_has_an_anchor_named_after_it() -> None:
+    """Each row of the settings table carries an id, the variable's name in lower case, so that
+    ``configuration.md#promptq_max_jobs`` leads to its row (the build below finds them in the page)."""
+    from devtools.docs_hooks import settings_table
+
+    table = settings_table()
+    for setting in SETTINGS:
+        assert f'| <a id="{setting.name.lower()}"></a>`{setting.name}` |' in table, setting.name
+    ids = re.findall(r'<a id="([^"]+)"></a>', table)
+    assert len(ids) == len(set(ids)) == len(SETTINGS)
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command the CLI parses, as the words that name it (``keys create``...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _commands(sub, (*path, name))
+
+
+def test_the_command_line_page_names_every_command() -> None:
+    from producer.cli.commands import parser
+
+    page = _page("cli.md")
+    commands = list(_commands(parser()))
+    assert ("keys", "revoke") in commands
+    missing = [" ".join(c) for c in commands if f"`promptq {' '.join(c)}" not in page]
+    assert not missing, f"docs/cli.md does not name: {missing}"
+
+
+@pytest.mark.timeout(180)  # (above the build's own 120 s, and the suite's 60 s)
 def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     """mkdocs --strict: a link to a page, file or anchor that does not exist, or a page left out of
     the nav, fails the build. (Links to other sites cannot be followed from here: no network.)"""
@@ -93,7 +129,7 @@ def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "WARNING" not in done.stderr
     config = (tmp_path / "site" / "configuration.html").read_text()
-    assert all(s.name in config for s in SETTINGS)
+    assert all(s.name in config and f'id="{s.name.lower()}"' in config for s in SETTINGS)
     assert (tmp_path / "site" / "bench" / "peers.html").exists()
     import producer
 
