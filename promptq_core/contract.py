@@ -52,6 +52,7 @@ __all__ = [
     "FAILED_JOB",
     "FAILED_SET_MAX",
     "FAIRNESS_KEY_MAX_BYTES",
+    "HANDOFF",
     "JOB_FUNCTION",
     "LEASES",
     "LEGACY_PLACE_OFFSET",
@@ -61,6 +62,7 @@ __all__ = [
     "OLD_KEYS",
     "OLD_KEY_PREFIX",
     "OLD_PREFIXES",
+    "PARKED",
     "PRIORITIES",
     "PROVIDER_BATCH",
     "PROVIDER_BATCHES",
@@ -253,6 +255,14 @@ DONE: Final = "done:"
 ends (by the worker, or by ``cancel``)."""
 WAKE: Final = "wake"
 """A pub/sub channel; producers publish to it after enqueueing, so the queue's idle workers start at once."""
+PARKED: Final = "parked"
+"""A hash: the queue's parked workers (idle, with ordinary slots free: a claim of theirs left no
+job ready), by their handoff id -> ``{until_ms} {free} {lease_ms} {model_json}``: until when the
+parking holds (ms, Redis time), the slots it offers, and what a claim of theirs would pass. A submit
+finding no job ready hands its job to one of them (``producer/lua/submit.lua``)."""
+HANDOFF: Final = "handoff:"
+"""``handoff:{handoff_id}``: a pub/sub channel per worker; a submit that hands it a job publishes
+``{now_ms} {urgent} {job_id}``, a newline and the job's record there."""
 CANCEL: Final = "cancel"
 """A pub/sub channel; ``Producer.cancel`` publishes a running job's id there, after marking its
 document ``cancelled``, and the worker running it stops its request."""
@@ -354,6 +364,10 @@ class QueueKeys:
 
     def done(self, job_id: str) -> str:
         return self.base + DONE + job_id
+
+    def handoff(self, handoff_id: str) -> str:
+        """The channel a submit hands a job to the worker ``handoff_id`` on."""
+        return self.base + HANDOFF + handoff_id
 
     def batch(self, name: str) -> str:
         return self.base + BATCH + name

@@ -93,6 +93,7 @@ QUEUE_KEYS: Final[dict[str, str]] = {
     "RUN_LIVE": c.RUN_LIVE,
     "BATCHER": c.BATCHER,
     "WEBHOOKS": c.WEBHOOKS,
+    "PARKED": c.PARKED,
 }
 """The fixed keys of a queue (``promptq:{queue}:`` and the contract's name), by the name a script
 uses for each."""
@@ -117,6 +118,7 @@ QUEUE_PREFIXES: Final[dict[str, str]] = {
     "BATCH_TALLY_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.BATCH_TALLY,
     "DONE_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.DONE,
     "WAKE": c.QUEUE_KEY_PREFIX + "{q}:" + c.WAKE,
+    "HANDOFF": c.QUEUE_KEY_PREFIX + "{q}:" + c.HANDOFF,
     "CANCEL": c.QUEUE_KEY_PREFIX + "{q}:" + c.CANCEL,
     "STREAM_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.STREAM,
     "FAILED_JOB_PREFIX": c.QUEUE_KEY_PREFIX + "{q}:" + c.FAILED_JOB,

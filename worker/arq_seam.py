@@ -46,7 +46,14 @@ from redis.exceptions import OutOfMemoryError, RedisError
 
 from promptq_core.background import REDIS_TROUBLE
 from promptq_core.connect import is_cluster
-from promptq_core.contract import ARQ_JOB_KEY_PREFIX, ARQ_RETRY_KEY_PREFIX, JOB_FUNCTION, queue_keys, split_arq_id
+from promptq_core.contract import (
+    ARQ_JOB_KEY_PREFIX,
+    ARQ_RETRY_KEY_PREFIX,
+    JOB_FUNCTION,
+    QueueKeys,
+    queue_keys,
+    split_arq_id,
+)
 from promptq_core.scripts import script
 from worker.lease import Leases
 from worker.logs import ARQ_JOB_LINES, get_logger
@@ -184,6 +191,8 @@ class _State(Protocol):
     @property
     def wake_event(self) -> asyncio.Event: ...
     @property
+    def listening(self) -> bool: ...
+    @property
     def shutdown_grace_s(self) -> float: ...
 
 
@@ -292,7 +301,7 @@ class PromptqWorker(Worker):
                     return True
                 free = room
             ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
-            claimed = await queue.claim(free, ordinary)
+            claimed = await queue.claim(free, ordinary, park=self.allow_pick_jobs and self.state.listening)
             score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
             for n, job_id in enumerate(claimed.job_ids):
                 running = self.tasks.get(job_id)
@@ -306,6 +315,33 @@ class PromptqWorker(Worker):
             if len(claimed.job_ids) < free or not claimed.more:
                 break
         return more
+
+    async def handed(self, queue: QueueKeys, message: bytes) -> None:
+        """A submit handed this parked worker a job (``worker.queue``): leased to it, its try
+        counted and its document marked running, as a claim does; it starts here as a claimed job.
+        Without a slot for it (the slots filled since the worker parked), or draining, the worker
+        gives it back: its try, and its place in line, where another worker takes it."""
+        head, _, record = message.partition(b"\n")
+        at_ms, urgent, own_id = head.decode().split(" ", 2)
+        job_id = queue.arq_id(own_id)
+        running = self.tasks.get(job_id)
+        if running is not None and not running.done():  # (an id run here before, its result expired)
+            self._give_back(job_id, back=False)
+            return
+        room = self._free_slots() > 0 and (urgent == "1" or len(self._ordinary) < self.ctx[CTX_CONFIG].max_jobs)
+        if not (self.allow_pick_jobs and room and self._state is not None):
+            self._give_back(job_id, back=True)
+            return
+        await self.sem.acquire()  # free while job_counter < max_jobs: no wait
+        self._started[job_id] = (record or None, 1)
+        self._start(job_id, int(at_ms), urgent=urgent == "1")
+
+    def _give_back(self, job_id: str, *, back: bool, tried: int = 1) -> None:
+        """Give back, in the background, the try ``tried`` counted for a job that does not begin
+        here (``_unclaim``: a handoff counts the first)."""
+        giving = self.loop.create_task(self._unclaim(job_id, tried, back=back))
+        self._unclaiming.add(giving)
+        giving.add_done_callback(self._unclaiming.discard)
 
     def _starting(self) -> int:
         """Jobs claimed here whose attempt has not begun yet."""
@@ -340,9 +376,7 @@ class PromptqWorker(Worker):
                 self._state.leases.let_go(job_id)
             unbegun = self._started.pop(job_id, None)
             if unbegun is not None:  # cancelled before it began (a shutdown): its try back, back in line
-                giving = self.loop.create_task(self._unclaim(job_id, unbegun[1], back=True))
-                self._unclaiming.add(giving)
-                giving.add_done_callback(self._unclaiming.discard)
+                self._give_back(job_id, back=True, tried=unbegun[1])
         self._release_sem_dec_counter_on_complete()  # arq's own bookkeeping
         if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll
@@ -396,6 +430,7 @@ class PromptqWorker(Worker):
         if self.main_task is not None:
             self.main_task.cancel()  # no further poll; close() then waits for the running jobs
         give_up_at(self.loop.time() + grace_s + SHUTDOWN_MARGIN_S)  # Redis away: stop all the same
+        await self._unpark()
         log.info("worker.draining", reason=reason, running=len(self._running()), grace_s=grace_s)
         if running := self._running():
             await asyncio.wait(running, timeout=grace_s)
@@ -412,6 +447,13 @@ class PromptqWorker(Worker):
             await asyncio.wait(running, timeout=0.05)
         give_up_at(self.loop.time())  # what is left to say to Redis is tried once
         log.info("worker.drained", reason=reason, interrupted=len(interrupted))
+
+    async def _unpark(self) -> None:
+        """No submit hands this worker a job from now on (one handed meanwhile is given back)."""
+        if self._state is not None:
+            for queue in self._state.queues:
+                with contextlib.suppress(*REDIS_TROUBLE):
+                    await queue.unpark()
 
     async def close(self) -> None:
         """arq's close, where a Redis that is away ends nothing: the jobs are let go of (those Redis

@@ -7,6 +7,8 @@ The states are the result document's ``status``. Who moves a job from one to ano
 from       to           when                                            step (Lua script)
 =========  ===========  ==============================================  ==================
 (none)     queued       ``submit``                                      submit, submit_many
+(none)     running      ``submit`` when no job is ready and a worker    submit (a handoff)
+                        is parked: handed to it, as a claim would
 queued     running      a claim (leased for ``PROMPTQ_LEASE_S``)        claim
 running    succeeded    :class:`Finish`: the call answered              finish
 running    failed       :class:`Finish`: a final error, no try left,    finish
@@ -27,7 +29,8 @@ batched    succeeded,   its provider batch answered (or expired, was    batch_se
 running    queued       the lease ran out (the worker died, or lost     claim
                         Redis for longer than a lease)
 running    queued       a shutdown let go of a claimed job before its   unclaim (try given
-                        attempt began (``worker.arq_seam``)             back)
+                        attempt began, or a worker had no slot for a    back)
+                        job handed to it (``worker.arq_seam``)
 queued,    cancelled    ``Producer.cancel`` (a batched job's answer,    cancel
 running,                when it comes, is dropped)
 batched

@@ -8,16 +8,23 @@ a job whose lease ran out back in line, and a deferred job (a retry) whose time 
 and waiting jobs are never in a claim's way: each claim costs O(log n) per job it takes, however
 many run. The scripts are ``worker/lua/claim.lua``, ``renew.lua`` and ``pending.lua``; how a job
 leaves the lease set when its attempt ends is ``worker.settle``'s.
+
+A claim that leaves the worker idle (no job ready, ordinary slots free) parks it for ``park_ms``:
+the next submit to the queue then hands its job to the worker directly, leased, counted and marked
+running as a claim would, and published on the worker's handoff channel (``producer/lua/submit.lua``;
+``worker.wake`` hears it, ``worker.arq_seam`` runs it), which saves the job the claim's round trip.
+Each claim of the worker's renews or ends its parking.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from promptq_core.contract import DEFAULT_QUEUE, as_text, dumps, queue_keys
+from promptq_core.contract import DEFAULT_QUEUE, PARKED, as_text, dumps, queue_keys
 from worker.config import DEFAULT_MODEL
 from worker.logs import get_logger
 from worker.scripts import WorkerScript
@@ -66,10 +73,16 @@ class JobQueue:
         weights: Mapping[str, float] | None = None,
         default_model: str = DEFAULT_MODEL,
         name: str = DEFAULT_QUEUE,
+        handoff_id: str = "",
+        park_s: float = 0.0,
     ) -> None:
         self.redis = redis
         self.keys = queue_keys(name)
         self.lease_ms = max(1, round(lease_s * 1000))
+        self.handoff_id = handoff_id or secrets.token_hex(8)
+        """The worker's name among the queue's parked ones (``handoff_id``: the same in each queue)."""
+        self.park_ms = max(0, round(park_s * 1000))
+        """How long an idle claim parks the worker (0: never)."""
         self.model_json = dumps(default_model)
         self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
         self._claim = WorkerScript(redis, "claim")
@@ -77,9 +90,10 @@ class JobQueue:
         self._pending = WorkerScript(redis, "pending")
         self._wait_over = WorkerScript(redis, "wait_over", rides_out=True)
 
-    async def claim(self, want: int, want_ordinary: int | None = None) -> Claimed:
+    async def claim(self, want: int, want_ordinary: int | None = None, *, park: bool = False) -> Claimed:
         """Take up to ``want`` ready jobs, leased for ``lease_ms``; at most ``want_ordinary`` of them
-        at priorities 1 to 9 (the others are urgent: priority 0)."""
+        at priorities 1 to 9 (the others are urgent: priority 0). ``park``: left idle, the worker is
+        parked (for ``park_ms``); else any parking of its ends."""
         reply: list[bytes | int] = await self._claim(
             self.keys,
             lease_ms=self.lease_ms,
@@ -87,6 +101,8 @@ class JobQueue:
             want_ordinary=want if want_ordinary is None else want_ordinary,
             step=RETURN_STEP,
             model_json=self.model_json,
+            handoff_id=self.handoff_id,
+            park_ms=self.park_ms if park else 0,
             weights=self.weights,
         )
         at_ms, recovered, promoted, skipped, more, urgent = (int(n) for n in reply[:6])
@@ -112,6 +128,10 @@ class JobQueue:
                 await self._renew(self.keys, lease_ms=self.lease_ms, job_ids=ids[start : start + RENEW_CHUNK])
             )
         return renewed
+
+    async def unpark(self) -> None:
+        """End the worker's parking: no submit hands it a job from now on (a shutdown)."""
+        await self.redis.hdel(self.keys.key(PARKED), self.handoff_id)  # type: ignore[misc]
 
     async def pending(self) -> bool:
         """Whether any job of the queue is ready, running or deferred."""

@@ -8,7 +8,9 @@ shutdown) and keeps no arq result of its own: the result document is promptq's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +70,9 @@ ARQ_TIMEOUT_MARGIN_S = 60.0
 timeout would end the job without its result, so it is kept out of reach of a Redis outage too."""
 LISTEN_TIMEOUT_S = 5.0
 """A worker starting waits this long at most for its pub/sub channels before it claims."""
+PARK_POLLS = 3
+"""An idle worker's parking lasts this many polls (``PROMPTQ_POLL_DELAY_S``): each idle poll renews
+it, and a worker that died is handed no job once it has run out."""
 ARQ_MAX_TRIES_MARGIN = 10
 """arq's own try limit is a backstop this far above ``PROMPTQ_MAX_TRIES``, which the job enforces."""
 
@@ -86,8 +91,18 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     upgrade = Upgrade(ctx["redis"])
     await upgrade.run()  # jobs an older promptq left, into the default queue before the first claim
     upgrade.start()
+    handoff_id = secrets.token_hex(8)  # (its name among each queue's parked workers)
     queues = tuple(
-        JobQueue(ctx["redis"], config.lease_s, config.fairness_weights, config.model, name) for name in config.queues
+        JobQueue(
+            ctx["redis"],
+            config.lease_s,
+            config.fairness_weights,
+            config.model,
+            name,
+            handoff_id=handoff_id,
+            park_s=PARK_POLLS * config.poll_delay_s,
+        )
+        for name in config.queues
     )
     leases = Leases({q.keys.name: q for q in queues}, config.lease_s)
     leases.start()
@@ -100,7 +115,14 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             recovered.append(task)
             task.add_done_callback(recovered.remove)
 
-    wake = WakeListener(ctx["redis"], tuple(q.keys for q in queues), on_cancel=leases.cancel, on_recovery=on_recovery)
+    wake = WakeListener(
+        ctx["redis"],
+        tuple(q.keys for q in queues),
+        on_cancel=leases.cancel,
+        on_recovery=on_recovery,
+        on_handoff=worker.handed,
+        handoff_id=handoff_id,
+    )
     wake.start()
     await wake.started(LISTEN_TIMEOUT_S)  # before the first claim: a cancel published for a job claimed is heard
     metrics = Metrics(
@@ -192,6 +214,9 @@ async def _stop(ctx: dict[str, Any]) -> None:
     if (deliveries := ctx.get(CTX_DELIVERIES)) is not None:
         await deliveries.stop()
     if state is not None:
+        for queue in state.queues:  # no job handed to a worker that is gone (a drain did it already)
+            with contextlib.suppress(*REDIS_TROUBLE):
+                await queue.unpark()
         await state.leases.stop()
         await state.wake.stop()
         await state.metrics.close()

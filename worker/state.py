@@ -51,6 +51,11 @@ class WorkerState:
         return self.wake.event
 
     @property
+    def listening(self) -> bool:
+        """The worker hears its pub/sub channels (its handoffs among them): it may park."""
+        return self.wake.listening.is_set()
+
+    @property
     def shutdown_grace_s(self) -> float:
         return self.config.shutdown_grace_s
 

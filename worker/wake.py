@@ -7,13 +7,18 @@ job, or once a ``submit_many`` chunk); each worker listens on its queues' and se
 ends its poll's sleep
 (``worker.arq_seam``), so a new job starts within milliseconds. A busy worker is not slowed either:
 while jobs wait for its slots, a finishing job sets the same event.
+
+A parked worker (``worker.queue``) also listens on its own handoff channel in each queue, where a
+submit publishes the job it handed to it; ``on_handoff`` runs it. While the channels are not
+subscribed (``listening`` clear) the worker does not park, so no handoff is published unheard; one
+lost all the same (the connection broke as it was sent) runs again once its lease runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,8 +37,9 @@ BACKENDS_BYTES = BACKENDS_CHANNEL.encode()
 
 class WakeListener:
     """Sets ``event`` whenever a producer publishes on a queue's wake channel, hands each job
-    published on a queue's cancel channel to ``on_cancel`` (as arq's id: ``{queue}job_id``), and
-    each recoveries count published on ``BACKENDS_CHANNEL`` to ``on_recovery``."""
+    published on a queue's cancel channel to ``on_cancel`` (as arq's id: ``{queue}job_id``), each
+    recoveries count published on ``BACKENDS_CHANNEL`` to ``on_recovery``, and each job handed to
+    this worker (on a queue's handoff channel for ``handoff_id``) to ``on_handoff``, with its queue."""
 
     def __init__(
         self,
@@ -41,11 +47,15 @@ class WakeListener:
         queues: tuple[QueueKeys, ...],
         on_cancel: Callable[[str], object] | None = None,
         on_recovery: Callable[[int], object] | None = None,
+        on_handoff: Callable[[QueueKeys, bytes], Awaitable[None]] | None = None,
+        handoff_id: str = "",
     ) -> None:
         self.redis = redis
-        self.on_cancel, self.on_recovery = on_cancel, on_recovery
+        self.on_cancel, self.on_recovery, self.on_handoff = on_cancel, on_recovery, on_handoff
         self._cancels = {q.key(CANCEL).encode(): q.tag for q in queues}
+        self._handoffs = {q.handoff(handoff_id).encode(): q for q in queues} if on_handoff and handoff_id else {}
         self._channels = [c for q in queues for c in (q.key(WAKE), q.key(CANCEL))] + [BACKENDS_CHANNEL]
+        self._channels += [c.decode() for c in self._handoffs]
         self.event = asyncio.Event()
         self.listening = asyncio.Event()
         """Set once the channels are subscribed (a job claimed before would miss its cancel)."""
@@ -80,12 +90,16 @@ class WakeListener:
                 if (tag := self._cancels.get(channel)) is not None:
                     if self.on_cancel is not None:
                         self.on_cancel(tag + message["data"].decode())
+                elif (queue := self._handoffs.get(channel)) is not None:
+                    if self.on_handoff is not None:
+                        await self.on_handoff(queue, message["data"])
                 elif channel == BACKENDS_BYTES:
                     if self.on_recovery is not None and message["data"].isdigit():
                         self.on_recovery(int(message["data"]))
                 else:
                     self.event.set()
         finally:
+            self.listening.clear()  # (no parking until the channels are back)
             with contextlib.suppress(*REDIS_TROUBLE):
                 await pubsub.aclose()
                 if source is not self.redis:

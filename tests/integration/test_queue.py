@@ -27,6 +27,7 @@ from promptq_core.contract import (
     LEGACY_QUEUE,
     LEVELS,
     OLD_KEY_PREFIX,
+    PARKED,
     READY,
     RESULT,
     ROUTES,
@@ -61,6 +62,8 @@ def claim_reply(client: redis.Redis, want: int, ordinary: int, weights: list[str
         want_ordinary=ordinary,
         step=500,
         model_json='"the-default"',
+        handoff_id="plain-client",
+        park_ms=0,
         weights=weights,
     )
     reply: Any = client.eval(script("claim").source, len(keys), *keys, *(str(a) for a in args))
@@ -539,6 +542,10 @@ async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_cla
         while worker._state is None:
             await asyncio.sleep(0.01)
         worker.allow_pick_jobs = False  # this test hands the job to the worker's slots itself
+        parked = worker.state.queues[0]
+        while not sync_redis.hexists(parked.keys.key(PARKED), parked.handoff_id):  # its first poll: parked
+            await asyncio.sleep(0.01)
+        await worker._unpark()  # (so no submit hands it the job either)
         job_id = await producer.submit("never began")
         keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
         claimed = await worker.state.queues[0].claim(1)
@@ -561,6 +568,7 @@ async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_cla
         assert worker.job_counter == 1
 
         worker._started[arq_id] = claimed.started[arq_id]  # claimed, not begun: a shutdown cancels it
+        worker.tasks.pop(arq_id)  # (the loop's clean-up would read the bare task's cancellation as an error)
         later.cancel()
         await asyncio.sleep(0.05)
         await asyncio.gather(*worker._unclaiming)
@@ -571,5 +579,131 @@ async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_cla
         worker.state.wake_event.set()
         result = await producer.wait(job_id, timeout=10)
         assert result.ok and result.attempts == 1
+    finally:
+        await stop_worker(worker, main)
+
+
+# -- handoff: a submit hands its job to a parked worker -------------------------------------------
+
+
+def park(client: Any, handoff_id: str, free: int, lease_ms: int = 60_000, for_ms: int = 60_000) -> None:
+    """A worker's parking as its claim writes it (claim.lua), for ``for_ms`` from now (Redis time)."""
+    now_ms = int(float(".".join(str(t) for t in client.time())) * 1000)
+    entry = f"{now_ms + for_ms} {free} {lease_ms} " + '"the-default"'
+    client.hset(queue_keys().key(PARKED), handoff_id, entry)
+
+
+def next_message(heard: Any) -> dict[str, Any] | None:
+    """The next message a subscription hears within a second (its confirmations passed over)."""
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        if (message := heard.get_message(timeout=0.1)) is not None:
+            return cast(dict[str, Any], message)
+    return None
+
+
+async def test_a_submit_hands_its_job_to_a_parked_worker_when_none_is_ready(
+    producer: Producer, sync_redis: Any
+) -> None:
+    keys = queue_keys()
+    heard = sync_redis.pubsub(ignore_subscribe_messages=True)
+    heard.subscribe(keys.handoff("w1"), keys.key("wake"))
+    park(sync_redis, "w1", free=2)
+    t0_ms = time.time() * 1000
+    first = await producer.submit("a", model=None)
+    message = next_message(heard)
+    assert message is not None and message["channel"] == keys.handoff("w1").encode()
+    head, _, record = message["data"].partition(b"\n")
+    at_ms, urgent, job_id = head.decode().split(" ")
+    assert job_id == first and urgent == "0" and abs(int(at_ms) - t0_ms) < 5_000
+    assert record == sync_redis.get(keys.record(first))  # the record, as a claim would read it
+    lease = sync_redis.zscore(keys.key(LEASES), first)
+    assert lease is not None and 50_000 < lease - int(at_ms) <= 60_000  # leased for the parked lease
+    assert sync_redis.get(keys.tries(first)) == b"1" and sync_redis.exists(keys.key(LEVELS)) == 0
+    doc = await producer.get(first)
+    assert doc is not None and doc.status == "running" and doc.attempts == 1 and doc.model == "the-default"
+    assert sync_redis.hget(keys.key(PARKED), "w1").split()[1] == b"1"  # one slot fewer on offer
+
+    urgent_one = await producer.submit("b", priority=0)
+    message = next_message(heard)
+    assert message is not None and message["data"].split(b" ")[1] == b"1"  # urgent
+    assert sync_redis.hexists(keys.key(PARKED), "w1") == 0  # its last slot on offer taken
+
+    third = await producer.submit("c")  # no worker parked: in line, and the workers woken
+    message = next_message(heard)
+    assert message is not None and message["channel"] == keys.key("wake").encode()
+    assert sync_redis.zscore(keys.key(LEASES), third) is None and sync_redis.exists(keys.key(LEVELS)) == 1
+    assert sync_redis.zscore(keys.key(LEASES), urgent_one) is not None
+
+    park(sync_redis, "w2", free=5)
+    fourth = await producer.submit("d")  # a job is ready: the new one does not pass it
+    assert sync_redis.zscore(keys.key(LEASES), fourth) is None and sync_redis.hexists(keys.key(PARKED), "w2")
+    heard.close()
+
+
+async def test_a_parking_that_ran_out_hands_no_job(producer: Producer, sync_redis: Any) -> None:
+    keys = queue_keys()
+    park(sync_redis, "gone", free=3, for_ms=-1)  # a worker that died: its parking ran out
+    job_id = await producer.submit("a")
+    assert sync_redis.zscore(keys.key(LEASES), job_id) is None and sync_redis.exists(keys.key(LEVELS)) == 1
+    assert sync_redis.hexists(keys.key(PARKED), "gone") == 0  # dropped by the submit that found it
+
+
+async def test_an_idle_worker_parks_runs_a_handed_job_and_unparks_when_it_stops(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: Any
+) -> None:
+    keys = queue_keys()
+    worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
+    try:
+        while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
+            await asyncio.sleep(0.01)
+        handoff_id = worker.state.queues[0].handoff_id
+        _, free, lease_ms, model = sync_redis.hget(keys.key(PARKED), handoff_id).decode().split(" ", 3)
+        assert int(free) == worker.max_jobs - worker.ctx["promptq.config"].urgent_slots  # its ordinary slots
+        assert int(lease_ms) == worker_config.lease_s * 1000 and model == json.dumps(worker_config.model)
+        heard = sync_redis.pubsub(ignore_subscribe_messages=True)
+        heard.subscribe(keys.handoff(handoff_id))
+        results = [await producer.wait(await producer.submit(f"one by one {n}"), timeout=10) for n in range(3)]
+        assert all(r.ok and r.attempts == 1 for r in results)  # each run, and ended, once
+        handed = [m["data"].split(b"\n")[0].split(b" ")[2].decode() for m in iter(lambda: next_message(heard), None)]
+        assert handed == [r.job_id for r in results]  # each handed to it (its next poll is a minute away)
+        heard.close()
+    finally:
+        await stop_worker(worker, main)
+    assert sync_redis.hexists(keys.key(PARKED), handoff_id) == 0  # stopped: no job is handed to it
+
+
+async def test_a_handed_job_a_worker_cannot_take_goes_back_in_line_with_its_try(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: Any
+) -> None:
+    keys = queue_keys()
+    worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
+    try:
+        while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
+            await asyncio.sleep(0.01)
+        worker.allow_pick_jobs = False  # as while draining: parked still, but taking nothing
+        job_id = await producer.submit("not here")
+        while sync_redis.zscore(keys.key(LEASES), job_id) is not None or sync_redis.get(keys.tries(job_id)):
+            await asyncio.sleep(0.01)
+        assert sync_redis.zcard(keys.ready(5, "default")) == 1  # back in line, its try given back
+        worker.allow_pick_jobs = True
+        worker.state.wake_event.set()
+        result = await producer.wait(job_id, timeout=10)
+        assert result.ok and result.attempts == 1
+    finally:
+        await stop_worker(worker, main)
+
+
+async def test_a_job_handed_to_a_worker_that_died_runs_after_its_lease(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: Any
+) -> None:
+    park(sync_redis, "died", free=1, lease_ms=300)  # died after it parked: nobody hears the handoff
+    job_id = await producer.submit("lost on the way")
+    assert sync_redis.zscore(queue_keys().key(LEASES), job_id) is not None
+    await asyncio.sleep(0.4)
+    worker, main = start_worker(worker_config)
+    try:
+        result = await producer.wait(job_id, timeout=10)
+        assert result.ok and result.attempts == 2  # the handoff's try counted, as a claim's would be
     finally:
         await stop_worker(worker, main)

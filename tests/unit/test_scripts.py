@@ -38,7 +38,7 @@ def test_no_script_spells_a_key() -> None:
 
 def test_a_call_binds_exactly_the_names_of_the_header() -> None:
     submit = script("submit")
-    fixed = ("LEVELS", "LEASES", "DELAYED", "ROUTES", "SEQUENCE")
+    fixed = ("LEVELS", "LEASES", "DELAYED", "ROUTES", "SEQUENCE", "PARKED")
     assert submit.keys == ("doc", "record", *fixed) and submit.queued
     gpu = queue_keys("gpu")
     names: dict[str, Any] = dict(
@@ -66,8 +66,18 @@ def test_a_call_binds_exactly_the_names_of_the_header() -> None:
         submit.bind(queue_keys(), **names)  # the gpu queue's keys, bound to the default queue
     claim = script("claim")
     assert claim.rest == "weights"
-    bound = claim.bind(queue_keys(), lease_ms=1, want=2, want_ordinary=1, step=3, model_json='"m"', weights=["a", "2"])
-    assert bound == ([queue_keys().key(QUEUE_KEYS[k]) for k in claim.keys], [1, 2, 1, 3, '"m"', "a", "2"])
+    bound = claim.bind(
+        queue_keys(),
+        lease_ms=1,
+        want=2,
+        want_ordinary=1,
+        step=3,
+        model_json='"m"',
+        handoff_id="w",
+        park_ms=0,
+        weights=["a", "2"],
+    )
+    assert bound == ([queue_keys().key(QUEUE_KEYS[k]) for k in claim.keys], [1, 2, 1, 3, '"m"', "w", 0, "a", "2"])
     beat = script("beat")
     assert not beat.queued and beat.bind(worker_id="w", entry_json="{}", forget_ms=1)[0] == [
         FLEET_KEYS["WORKERS"],

@@ -18,6 +18,7 @@
 -- KEYS[3] DELAYED: deferred jobs, by when they are due
 -- KEYS[4] ROUTES: each queued job's priority, place and fairness key
 -- KEYS[5] BACKEND_WAITS: jobs waiting for a backend (a job back in line waits no more)
+-- KEYS[6] PARKED: idle workers a submit may hand a job to (submit.lua)
 -- Keys it builds from the ids it is given or finds: ready sets (READY_PREFIX), active sets
 --  (ACTIVE_PREFIX), job records (RECORD_PREFIX), try counters (TRIES_PREFIX), result documents
 --  (RESULT_PREFIX).
@@ -26,11 +27,17 @@
 -- ARGV[3] want_ordinary: jobs wanted at priorities 1 to 9 at most (free ordinary slots)
 -- ARGV[4] step: jobs brought back per kind at most in one call
 -- ARGV[5] model_json: the worker's default model, as JSON, for documents whose model is null
--- ARGV[6..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
+-- ARGV[6] handoff_id: the worker's name in PARKED (its handoff channel: HANDOFF .. handoff_id)
+-- ARGV[7] park_ms: how long the worker stays parked when this claim leaves it idle (0: it does not)
+-- ARGV[8..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
 -- Returns {now_ms, recovered, promoted, skipped, more, urgent, then per job: its id, its record (nil
 -- when gone), its try}:
 -- `more` is 1 when ready jobs are left, `urgent` how many of the job ids (the first ones) are at
 -- priority 0, `skipped` how many jobs were let go of for a terminal document.
+-- Parking: a claim that leaves no job ready and the worker with ordinary slots free parks the worker
+-- (its entry in PARKED: `{until_ms} {free} {lease_ms} {model_json}`, until now + park_ms), so that
+-- the next submit hands it its job directly; any other claim of the worker ends its parking. The
+-- entry of a worker that died is dropped by the submit that draws it, or with the whole hash.
 --!include status
 --!include document
 --!include queue
@@ -38,18 +45,15 @@
 local now = now_ms()
 local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local want_ordinary = math.min(want, tonumber(ARGV[3]))
-local started_at = string.format('%d.%03d', math.floor(now / 1000), now % 1000)
+local free, free_ordinary = want, want_ordinary
+local started_at = seconds_text(now)
 
 -- Mark a claimed job running and count its try: {record, try} (arq's job record, read here so that
 -- arq's start of the job needs no call of its own: ``worker.arq_seam``), or false when its document is
--- terminal (the job is let go of). The try counter lives TRIES_TTL_S, as arq keeps it. The document
--- is rewritten where its fields sit in promptq's own layout (job_id, status and attempts first;
--- enqueued_at, started_at, finished_at and latency_ms last), or else wherever they are (document.lua's
--- slower reading of the fields, in any order).
+-- terminal (the job is let go of). The try counter lives TRIES_TTL_S, as arq keeps it.
 -- `raw`, `tries` and `record` are the job's document, try counter and record as read (each of the
 -- jobs taken from one ready set read with one MGET, `read`).
 local function start(id, raw, tries, record)
-  local key = RESULT_PREFIX .. id
   if TERMINAL[status_of(raw)] then
     redis.call('DEL', RECORD_PREFIX .. id, TRIES_PREFIX .. id)
     redis.call('ZREM', LEASES, id)
@@ -58,24 +62,11 @@ local function start(id, raw, tries, record)
   end
   tries = tonumber(tries or '0') + 1
   redis.call('SET', TRIES_PREFIX .. id, tries, 'EX', TRIES_TTL_S)
-  local started = {record, tries}
-  if not raw then return started end
-  local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
-  local body, tail
-  if head then
-    body, tail = string.match(middle, '^(.*,"started_at":)[^,]*(,"finished_at":[^,]*,"latency_ms":[^,]*})$')
+  if raw then
+    local doc = running(raw, tries, started_at, ARGV[5])
+    if doc then redis.call('SET', RESULT_PREFIX .. id, doc, 'KEEPTTL') end
   end
-  if body then
-    if model == 'null' then model = ARGV[5] end
-    redis.call('SET', key, head .. '"running","attempts":' .. tries .. ',"model":' .. model .. body .. started_at .. tail, 'KEEPTTL')
-    return started
-  end
-  local values = {status = '"running"', attempts = tostring(tries), started_at = started_at}
-  local spans = field_spans(raw)
-  if spans and spans.model and string.sub(raw, spans.model[1], spans.model[2]) == 'null' then values.model = ARGV[5] end
-  local running = with_fields(raw, values)
-  if running then redis.call('SET', key, running, 'KEEPTTL') end
-  return started
+  return {record, tries}
 end
 -- read(prefix, ids): the values of the keys prefix .. id, in order (false for none), MGET 500 at a time.
 local function read(prefix, ids)
@@ -99,7 +90,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0
 end
 
 local weights = {}
-for i = 6, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local out, claimed, urgent, skipped, empty = {now, recovered, promoted, 0, 0, 0}, 0, 0, 0, false
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
@@ -159,4 +150,11 @@ end
 out[4] = skipped
 out[5] = empty and 0 or redis.call('EXISTS', LEVELS)
 out[6] = urgent
+free_ordinary = math.min(free - claimed, free_ordinary - (claimed - urgent))
+if out[5] == 0 and free_ordinary > 0 and tonumber(ARGV[7]) > 0 then
+  redis.call('HSET', PARKED, ARGV[6], (now + tonumber(ARGV[7])) .. ' ' .. free_ordinary .. ' ' .. ARGV[1] .. ' ' .. ARGV[5])
+  keep_at_least({PARKED}, tonumber(ARGV[7]))  -- (gone once every worker's parking has run out)
+else
+  redis.call('HDEL', PARKED, ARGV[6])
+end
 return out

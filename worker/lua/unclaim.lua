@@ -4,6 +4,7 @@
 -- is left as it is). With `back` '1' (the worker let go of the job before it began: a shutdown), the
 -- job also leaves the lease set and goes back in line at its place now, if it is still leased; with
 -- '0' (the job was still running here from an earlier claim, whose attempt goes on) only the try.
+-- A job back in line wakes the queue's workers (another may have a slot for it now).
 -- KEYS[1] tries: arq's try counter
 -- KEYS[2] LEVELS: the priorities with ready jobs
 -- KEYS[3] LEASES: running jobs, by when their lease runs out
@@ -22,5 +23,7 @@ if redis.call('GET', KEYS[1]) == ARGV[2] then
   if try > 0 then redis.call('SET', KEYS[1], try, 'KEEPTTL') else redis.call('DEL', KEYS[1]) end
   given = 1
 end
-if ARGV[3] == '1' and redis.call('ZREM', LEASES, id) == 1 then back_in_line(id) end
+if ARGV[3] == '1' and redis.call('ZREM', LEASES, id) == 1 and back_in_line(id) then
+  redis.call('PUBLISH', WAKE, '1')
+end
 return given

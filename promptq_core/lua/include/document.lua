@@ -77,3 +77,22 @@ local function with_fields(raw, values)
   end
   return raw
 end
+
+-- running(raw, tries, started_at, model_json): the document rewritten for its job's try `tries`,
+-- begun at `started_at` (status running; a null model filled in with `model_json`), or nil when it
+-- cannot be read. Fast where the fields sit in promptq's own layout, else through with_fields.
+local function running(raw, tries, started_at, model_json)
+  local head, model, middle = string.match(raw, '^({"job_id":"[^"]*","status":)"%a+","attempts":%d+,"model":([^,]*)(,.*)$')
+  local body, tail
+  if head then
+    body, tail = string.match(middle, '^(.*,"started_at":)[^,]*(,"finished_at":[^,]*,"latency_ms":[^,]*})$')
+  end
+  if body then
+    if model == 'null' then model = model_json end
+    return head .. '"running","attempts":' .. tries .. ',"model":' .. model .. body .. started_at .. tail
+  end
+  local values = {status = '"running"', attempts = tostring(tries), started_at = started_at}
+  local spans = field_spans(raw)
+  if spans and spans.model and string.sub(raw, spans.model[1], spans.model[2]) == 'null' then values.model = model_json end
+  return with_fields(raw, values)
+end
