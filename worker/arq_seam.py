@@ -89,6 +89,8 @@ START_BACKLOG: Final = 200
 """Jobs one worker claims ahead of starting them, at most: a worker with thousands of free slots
 claims a few hundred, then more as those begin their calls, so its loop is never so busy starting
 jobs that a lease runs out before its renewal (10,000 claimed at once took 18 s to start here)."""
+UNPARK_TIMEOUT_S: Final = 2.0
+"""A stopping worker waits this long at most to end its parking (else it runs out by itself)."""
 FULL_LOG_EVERY_S: Final = 10.0
 """While Redis is full, its warning is logged this often at most."""
 CTX_CONFIG: Final = "promptq.config"
@@ -206,6 +208,8 @@ class PromptqWorker(Worker):
     _full_logged_s = -math.inf
     _turn = 0
     """The queue the next poll claims from first (``PROMPTQ_QUEUES``, in turn)."""
+    _claiming = (0, 0)
+    """The slots (all, ordinary) a claim on its way may fill: no handoff takes them meanwhile."""
     _started: dict[str, tuple[bytes | None, int]]
     """Per claimed job not yet begun: its record and try, as the claim read and counted them
     (:class:`StartTransaction` hands them to arq's ``run_job``)."""
@@ -264,6 +268,7 @@ class PromptqWorker(Worker):
 
     async def _burst_over(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or not await self._pending():
+            await self._stop_taking()
             await asyncio.gather(*self.tasks.values())
             return True
         return False
@@ -301,7 +306,11 @@ class PromptqWorker(Worker):
                     return True
                 free = room
             ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
-            claimed = await queue.claim(free, ordinary, park=self.allow_pick_jobs and self.state.listening)
+            self._claiming = (free, ordinary)
+            try:
+                claimed = await queue.claim(free, ordinary, park=self.allow_pick_jobs and self.state.listening)
+            finally:
+                self._claiming = (0, 0)
             score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
             for n, job_id in enumerate(claimed.job_ids):
                 running = self.tasks.get(job_id)
@@ -319,8 +328,9 @@ class PromptqWorker(Worker):
     async def handed(self, queue: QueueKeys, message: bytes) -> None:
         """A submit handed this parked worker a job (``worker.queue``): leased to it, its try
         counted and its document marked running, as a claim does; it starts here as a claimed job.
-        Without a slot for it (the slots filled since the worker parked), or draining, the worker
-        gives it back: its try, and its place in line, where another worker takes it."""
+        Without a slot for it (the slots filled since the worker parked, or a claim on its way may
+        fill them), or stopping, the worker gives it back (its try, and its place in line, where
+        another worker takes it) and ends its parking in that queue until its next idle claim."""
         head, _, record = message.partition(b"\n")
         at_ms, urgent, own_id = head.decode().split(" ", 2)
         job_id = queue.arq_id(own_id)
@@ -328,18 +338,20 @@ class PromptqWorker(Worker):
         if running is not None and not running.done():  # (an id run here before, its result expired)
             self._give_back(job_id, back=False)
             return
-        room = self._free_slots() > 0 and (urgent == "1" or len(self._ordinary) < self.ctx[CTX_CONFIG].max_jobs)
+        claiming, claiming_ordinary = self._claiming
+        ordinary_room = len(self._ordinary) + claiming_ordinary < self.ctx[CTX_CONFIG].max_jobs
+        room = self._free_slots() - claiming > 0 and (urgent == "1" or ordinary_room) and not self.sem.locked()
         if not (self.allow_pick_jobs and room and self._state is not None):
-            self._give_back(job_id, back=True)
+            self._give_back(job_id, back=True, unpark=queue)
             return
-        await self.sem.acquire()  # free while job_counter < max_jobs: no wait
+        await self.sem.acquire()  # (not locked, checked above: it returns at once, the listener never waits)
         self._started[job_id] = (record or None, 1)
         self._start(job_id, int(at_ms), urgent=urgent == "1")
 
-    def _give_back(self, job_id: str, *, back: bool, tried: int = 1) -> None:
+    def _give_back(self, job_id: str, *, back: bool, tried: int = 1, unpark: QueueKeys | None = None) -> None:
         """Give back, in the background, the try ``tried`` counted for a job that does not begin
-        here (``_unclaim``: a handoff counts the first)."""
-        giving = self.loop.create_task(self._unclaim(job_id, tried, back=back))
+        here (``_unclaim``: a handoff counts the first); ``unpark``: and end the parking there."""
+        giving = self.loop.create_task(self._unclaim(job_id, tried, back=back, unpark=unpark))
         self._unclaiming.add(giving)
         giving.add_done_callback(self._unclaiming.discard)
 
@@ -381,9 +393,13 @@ class PromptqWorker(Worker):
         if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll
 
-    async def _unclaim(self, job_id: str, tried: int, *, back: bool) -> None:
+    async def _unclaim(self, job_id: str, tried: int, *, back: bool, unpark: QueueKeys | None = None) -> None:
         """Give back the try the claim counted for a job whose attempt did not begin here."""
         try:
+            if unpark is not None and self._state is not None:
+                for parked in self._state.queues:
+                    if parked.keys == unpark:
+                        await parked.unpark()
             queue, own_id = split_arq_id(job_id)
             await self.state.settle.unclaim(queue_keys(queue), own_id, tried, back=back)
         except REDIS_TROUBLE as e:  # the try stays spent; the job runs again after its lease
@@ -426,11 +442,10 @@ class PromptqWorker(Worker):
     async def drain(self, grace_s: float, reason: str = "shutdown") -> None:
         """Take no new job, give the running ones ``grace_s``, interrupt the rest (``jobs.run_prompt``
         puts them back in line without spending a try), then end the loop."""
-        self.allow_pick_jobs = False
         if self.main_task is not None:
             self.main_task.cancel()  # no further poll; close() then waits for the running jobs
         give_up_at(self.loop.time() + grace_s + SHUTDOWN_MARGIN_S)  # Redis away: stop all the same
-        await self._unpark()
+        await self._stop_taking()
         log.info("worker.draining", reason=reason, running=len(self._running()), grace_s=grace_s)
         if running := self._running():
             await asyncio.wait(running, timeout=grace_s)
@@ -448,12 +463,15 @@ class PromptqWorker(Worker):
         give_up_at(self.loop.time())  # what is left to say to Redis is tried once
         log.info("worker.drained", reason=reason, interrupted=len(interrupted))
 
-    async def _unpark(self) -> None:
-        """No submit hands this worker a job from now on (one handed meanwhile is given back)."""
+    async def _stop_taking(self) -> None:
+        """No claim, and no submit hands this worker a job from now on (one handed meanwhile is
+        given back)."""
+        self.allow_pick_jobs = False
         if self._state is not None:
-            for queue in self._state.queues:
-                with contextlib.suppress(*REDIS_TROUBLE):
-                    await queue.unpark()
+            for queue in self._state.queues:  # (Redis away: its parking runs out by itself)
+                with contextlib.suppress(TimeoutError, *REDIS_TROUBLE):
+                    async with asyncio.timeout(UNPARK_TIMEOUT_S):
+                        await queue.unpark()
 
     async def close(self) -> None:
         """arq's close, where a Redis that is away ends nothing: the jobs are let go of (those Redis
@@ -463,8 +481,10 @@ class PromptqWorker(Worker):
             self.handle_sig(signal.SIGUSR1)
         if not self._pool:
             return
+        await self._stop_taking()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        await asyncio.gather(*self._unclaiming, return_exceptions=True)
+        while self._unclaiming:  # (a give-back may start while another is awaited)
+            await asyncio.gather(*self._unclaiming, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self.pool.delete(self.health_check_key)
         if self.on_shutdown:

@@ -17,6 +17,7 @@ from typing import Any
 
 from promptq_core import tracing as core_tracing
 from promptq_core.background import REDIS_TROUBLE
+from promptq_core.connect import is_cluster
 from promptq_core.contract import ARQ_QUEUE_NAME, JOB_FUNCTION
 from promptq_core.env import ConfigError, redact_url
 from promptq_core.guard import read_facts
@@ -72,7 +73,9 @@ LISTEN_TIMEOUT_S = 5.0
 """A worker starting waits this long at most for its pub/sub channels before it claims."""
 PARK_POLLS = 3
 """An idle worker's parking lasts this many polls (``PROMPTQ_POLL_DELAY_S``): each idle poll renews
-it, and a worker that died is handed no job once it has run out."""
+it, and a worker that died is handed no job once it has run out. On a Redis Cluster workers do not
+park: a submit could not tell whether the worker hears its channel (a node counts only its own
+subscribers), so its jobs go in line and wake the workers."""
 ARQ_MAX_TRIES_MARGIN = 10
 """arq's own try limit is a backstop this far above ``PROMPTQ_MAX_TRIES``, which the job enforces."""
 
@@ -100,7 +103,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             config.model,
             name,
             handoff_id=handoff_id,
-            park_s=PARK_POLLS * config.poll_delay_s,
+            park_s=0.0 if is_cluster(config.redis_url) else PARK_POLLS * config.poll_delay_s,
         )
         for name in config.queues
     )

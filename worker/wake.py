@@ -10,8 +10,10 @@ while jobs wait for its slots, a finishing job sets the same event.
 
 A parked worker (``worker.queue``) also listens on its own handoff channel in each queue, where a
 submit publishes the job it handed to it; ``on_handoff`` runs it. While the channels are not
-subscribed (``listening`` clear) the worker does not park, so no handoff is published unheard; one
-lost all the same (the connection broke as it was sent) runs again once its lease runs out.
+subscribed (``listening`` clear) the worker does not park, and its parking ends when its connection
+does; a submit hands nothing to a channel nobody listens to. A connection lost without a word (a
+middlebox dropped it) is found by its pings within ``3 * PING_S``; a handoff lost meanwhile runs again
+once its lease runs out, as the job of a worker that died.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ from redis.asyncio import Redis
 
 from promptq_core.background import REDIS_TROUBLE, Background, repeat
 from promptq_core.connect import pubsub_client
-from promptq_core.contract import BACKENDS_CHANNEL, CANCEL, WAKE, QueueKeys
+from promptq_core.contract import BACKENDS_CHANNEL, CANCEL, PARKED, WAKE, QueueKeys
 from worker.logs import get_logger
 
 __all__ = ["WakeListener"]
 
 log = get_logger("promptq.wake")
 RECONNECT_S = 1.0
+PING_S = 5.0
+"""A connection that brings nothing for this long is asked for a pong; one silent for three times
+as long is dropped and made anew (a connection a middlebox dropped without a word hears nothing)."""
+UNPARK_TIMEOUT_S = 2.0
 BACKENDS_BYTES = BACKENDS_CHANNEL.encode()
 
 
@@ -53,6 +59,7 @@ class WakeListener:
         self.redis = redis
         self.on_cancel, self.on_recovery, self.on_handoff = on_cancel, on_recovery, on_handoff
         self._cancels = {q.key(CANCEL).encode(): q.tag for q in queues}
+        self.handoff_id = handoff_id
         self._handoffs = {q.handoff(handoff_id).encode(): q for q in queues} if on_handoff and handoff_id else {}
         self._channels = [c for q in queues for c in (q.key(WAKE), q.key(CANCEL))] + [BACKENDS_CHANNEL]
         self._channels += [c.decode() for c in self._handoffs]
@@ -79,12 +86,20 @@ class WakeListener:
     async def _listen(self) -> None:
         source = await pubsub_client(self.redis)  # (on a Cluster: a node of its, chosen afresh each time)
         pubsub: Any = source.pubsub(ignore_subscribe_messages=True)
+        loop = asyncio.get_running_loop()
         try:
             await pubsub.subscribe(*self._channels)
             self.listening.set()
+            heard_at = loop.time()
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60.0)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=PING_S)
                 if message is None:
+                    if loop.time() - heard_at > 3 * PING_S:
+                        raise ConnectionError(f"the pub/sub connection brought nothing for {3 * PING_S:.0f} s")
+                    await pubsub.ping()
+                    continue
+                heard_at = loop.time()
+                if message.get("type") == "pong":
                     continue
                 channel = message["channel"]
                 if (tag := self._cancels.get(channel)) is not None:
@@ -104,6 +119,14 @@ class WakeListener:
                 await pubsub.aclose()
                 if source is not self.redis:
                     await source.aclose()
+            await self._unpark()
+
+    async def _unpark(self) -> None:
+        """The handoffs would go unheard: the parking ends now rather than when it runs out."""
+        for queue in {q.name: q for q in self._handoffs.values()}.values():
+            with contextlib.suppress(TimeoutError, *REDIS_TROUBLE):
+                async with asyncio.timeout(UNPARK_TIMEOUT_S):
+                    await self.redis.hdel(queue.key(PARKED), self.handoff_id)  # type: ignore[misc]
 
     @staticmethod
     def _listen_failed(e: BaseException) -> None:

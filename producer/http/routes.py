@@ -99,7 +99,10 @@ site = APIRouter()
     summary="Submit one job or a list of jobs",
     response_model=None,
     responses={
-        202: {"model": ResultDocument | list[ResultDocument], "description": "the result document(s), queued"},
+        202: {
+            "model": ResultDocument | list[ResultDocument],
+            "description": "the result document(s): queued, or running when handed to an idle worker at once",
+        },
         **_errors(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )

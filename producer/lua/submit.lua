@@ -28,8 +28,10 @@
 --!include clock
 --!include document
 
--- hand_off(): whether the job was handed to a parked worker (one drawn at random; an entry whose
--- parking ran out is dropped, and the job goes in line).
+-- hand_off(): whether the job was handed to a parked worker (one drawn at random). It is not when
+-- a job is due before it (a retry whose wait is over, a lease that ran out: the next claim puts
+-- them in line), when the parking ran out (the entry is dropped), or when nobody hears the worker's
+-- channel (its connection is gone: the entry is dropped); the job then goes in line.
 local function hand_off()
   if redis.call('EXISTS', LEVELS) == 1 then return false end
   local drawn = redis.call('HRANDFIELD', PARKED, 1, 'WITHVALUES')
@@ -38,6 +40,16 @@ local function hand_off()
   local until_ms, free, lease_ms, model_json = string.match(drawn[2], '^(%d+) (%d+) (%d+) (.*)$')
   local now = now_ms()
   if not until_ms or tonumber(until_ms) <= now then
+    redis.call('HDEL', PARKED, worker)
+    return false
+  end
+  if #redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1) > 0
+    or #redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1) > 0 then
+    return false
+  end
+  local urgent = ARGV[5] == '0' and '1' or '0'
+  -- (published first: the worker reads it only once this script is over, its writes done)
+  if redis.call('PUBLISH', HANDOFF .. worker, now .. ' ' .. urgent .. ' ' .. ARGV[1] .. '\n' .. ARGV[2]) == 0 then
     redis.call('HDEL', PARKED, worker)
     return false
   end
@@ -51,8 +63,6 @@ local function hand_off()
   redis.call('SET', TRIES_PREFIX .. ARGV[1], 1, 'EX', TRIES_TTL_S)
   local doc = running(ARGV[3], 1, seconds_text(now), model_json)
   if doc then redis.call('SET', KEYS[1], doc, 'KEEPTTL') end
-  local urgent = ARGV[5] == '0' and '1' or '0'
-  redis.call('PUBLISH', HANDOFF .. worker, now .. ' ' .. urgent .. ' ' .. ARGV[1] .. '\n' .. ARGV[2])
   return true
 end
 

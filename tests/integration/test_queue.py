@@ -541,11 +541,10 @@ async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_cla
     try:
         while worker._state is None:
             await asyncio.sleep(0.01)
-        worker.allow_pick_jobs = False  # this test hands the job to the worker's slots itself
         parked = worker.state.queues[0]
         while not sync_redis.hexists(parked.keys.key(PARKED), parked.handoff_id):  # its first poll: parked
             await asyncio.sleep(0.01)
-        await worker._unpark()  # (so no submit hands it the job either)
+        await worker._stop_taking()  # this test hands the job to the worker's slots itself
         job_id = await producer.submit("never began")
         keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
         claimed = await worker.state.queues[0].claim(1)
@@ -697,9 +696,16 @@ async def test_a_handed_job_a_worker_cannot_take_goes_back_in_line_with_its_try(
 async def test_a_job_handed_to_a_worker_that_died_runs_after_its_lease(
     producer: Producer, worker_config: WorkerConfig, sync_redis: Any
 ) -> None:
-    park(sync_redis, "died", free=1, lease_ms=300)  # died after it parked: nobody hears the handoff
+    keys = queue_keys()
+    park(sync_redis, "gone", free=1)  # parked, then its connection went: nobody hears its channel
+    first = await producer.submit("not handed")
+    assert sync_redis.zscore(keys.key(LEASES), first) is None and not sync_redis.hexists(keys.key(PARKED), "gone")
+    deaf = sync_redis.pubsub()
+    deaf.subscribe(keys.handoff("died"))  # one Redis still counts: its worker died past hearing it
+    park(sync_redis, "died", free=1, lease_ms=300)
+    await producer.cancel(first)  # (a queue with a job ready hands nothing over)
     job_id = await producer.submit("lost on the way")
-    assert sync_redis.zscore(queue_keys().key(LEASES), job_id) is not None
+    assert sync_redis.zscore(keys.key(LEASES), job_id) is not None
     await asyncio.sleep(0.4)
     worker, main = start_worker(worker_config)
     try:
@@ -707,3 +713,54 @@ async def test_a_job_handed_to_a_worker_that_died_runs_after_its_lease(
         assert result.ok and result.attempts == 2  # the handoff's try counted, as a claim's would be
     finally:
         await stop_worker(worker, main)
+        deaf.close()
+
+
+async def test_a_due_retry_is_not_passed_by_a_handoff(producer: Producer, sync_redis: Any) -> None:
+    keys = queue_keys()
+    heard = sync_redis.pubsub()
+    heard.subscribe(keys.handoff("w1"))
+    park(sync_redis, "w1", free=5)
+    sync_redis.zadd(keys.key(DELAYED), {"a-retry": 1})  # due since 1970: the next claim takes it first
+    job_id = await producer.submit("after the retry")
+    assert sync_redis.zscore(keys.key(LEASES), job_id) is None and sync_redis.exists(keys.key(LEVELS)) == 1
+    heard.close()
+
+
+async def test_a_handoff_takes_no_slot_a_claim_on_its_way_may_fill(
+    producer: Producer, worker_config: WorkerConfig, sync_redis: Any
+) -> None:
+    """A claim sent for every free slot, and a handoff heard before its answer: the handed job is
+    given back and the parking ended, rather than the job run past the worker's slots."""
+    keys = queue_keys()
+    worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
+    try:
+        while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
+            await asyncio.sleep(0.01)
+        worker._claiming = (worker._free_slots(), worker.ctx["promptq.config"].max_jobs)  # as mid-claim
+        await worker.handed(keys, b"1 0 not-run-here\n{}")
+        assert keys.arq_id("not-run-here") not in worker.tasks and worker.job_counter == 0
+        await asyncio.gather(*worker._unclaiming)
+        assert not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id)  # until its next claim
+        worker._claiming = (0, 0)
+        await worker.handed(keys, b"1 0 run-here\n{}")  # room again: it starts (its record gone: let go of)
+        assert keys.arq_id("run-here") in worker.tasks
+    finally:
+        await stop_worker(worker, main)
+
+
+async def test_a_job_given_back_is_queued_again_and_wakes_the_workers(producer: Producer, sync_redis: Any) -> None:
+    keys = queue_keys()
+    heard = sync_redis.pubsub(ignore_subscribe_messages=True)
+    heard.subscribe(keys.handoff("w1"), keys.key("wake"))
+    park(sync_redis, "w1", free=1)
+    job_id = await producer.submit("handed, then given back")
+    assert next_message(heard)["channel"] == keys.handoff("w1").encode()  # type: ignore[index]
+    await Settle(producer.redis, result_ttl_s=60).unclaim(keys, job_id, 1, back=True)
+    doc = await producer.get(job_id)
+    assert doc is not None and doc.status == "queued" and doc.attempts == 0 and doc.started_at is None
+    assert (
+        sync_redis.zscore(keys.ready(5, "default"), job_id) is not None and sync_redis.get(keys.tries(job_id)) is None
+    )
+    assert next_message(heard)["channel"] == keys.key("wake").encode()  # type: ignore[index]
+    heard.close()
