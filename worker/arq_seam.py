@@ -306,20 +306,21 @@ class PromptqWorker(Worker):
                     return True
                 free = room
             ordinary = min(free, self.ctx[CTX_CONFIG].max_jobs - len(self._ordinary))
-            self._claiming = (free, ordinary)
+            self._claiming = (free, ordinary)  # (until its jobs hold their slots: no handoff takes one)
             try:
                 claimed = await queue.claim(free, ordinary, park=self.allow_pick_jobs and self.state.listening)
+                score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
+                for n, job_id in enumerate(claimed.job_ids):
+                    running = self.tasks.get(job_id)
+                    if running is not None and not running.done():  # still running here (its lease ran
+                        # out in an outage): the lease is ours again; the try the claim counted is not
+                        self._give_back(job_id, back=False, tried=claimed.started[job_id][1])
+                        continue
+                    await self.sem.acquire()  # free while job_counter < max_jobs: no wait
+                    self._started[job_id] = claimed.started[job_id]
+                    self._start(job_id, score, urgent=n < claimed.urgent)
             finally:
                 self._claiming = (0, 0)
-            score = claimed.at_ms  # arq's score: when the job was claimed (and marked running)
-            for n, job_id in enumerate(claimed.job_ids):
-                running = self.tasks.get(job_id)
-                if running is not None and not running.done():  # still running here (its lease ran out
-                    await self._unclaim(job_id, claimed.started[job_id][1], back=False)  # in an outage)
-                    continue  # the lease is ours again; the try the claim counted is not
-                await self.sem.acquire()  # free while job_counter < max_jobs: no wait
-                self._started[job_id] = claimed.started[job_id]
-                self._start(job_id, score, urgent=n < claimed.urgent)
             more = claimed.more
             if len(claimed.job_ids) < free or not claimed.more:
                 break
@@ -467,11 +468,10 @@ class PromptqWorker(Worker):
         """No claim, and no submit hands this worker a job from now on (one handed meanwhile is
         given back)."""
         self.allow_pick_jobs = False
-        if self._state is not None:
-            for queue in self._state.queues:  # (Redis away: its parking runs out by itself)
-                with contextlib.suppress(TimeoutError, *REDIS_TROUBLE):
-                    async with asyncio.timeout(UNPARK_TIMEOUT_S):
-                        await queue.unpark()
+        if self._state is not None:  # every queue at once (Redis away: the parking runs out by itself)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(UNPARK_TIMEOUT_S):
+                    await asyncio.gather(*(q.unpark() for q in self._state.queues), return_exceptions=True)
 
     async def close(self) -> None:
         """arq's close, where a Redis that is away ends nothing: the jobs are let go of (those Redis
@@ -489,6 +489,8 @@ class PromptqWorker(Worker):
             await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
+        while self._unclaiming:  # (one a handoff heard until the listener stopped)
+            await asyncio.gather(*self._unclaiming, return_exceptions=True)
         await self.pool.aclose(close_connection_pool=True)  # (the pool is promptq's own)
         self._pool = None
 

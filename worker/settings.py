@@ -8,7 +8,6 @@ shutdown) and keeps no arq result of its own: the result document is promptq's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import sys
@@ -216,10 +215,7 @@ async def _stop(ctx: dict[str, Any]) -> None:
         await batcher.stop()
     if (deliveries := ctx.get(CTX_DELIVERIES)) is not None:
         await deliveries.stop()
-    if state is not None:
-        for queue in state.queues:  # no job handed to a worker that is gone (a drain did it already)
-            with contextlib.suppress(*REDIS_TROUBLE):
-                await queue.unpark()
+    if state is not None:  # (its parking ended already: PromptqWorker.close, and the listener's end)
         await state.leases.stop()
         await state.wake.stop()
         await state.metrics.close()

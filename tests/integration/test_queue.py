@@ -506,9 +506,13 @@ async def test_unclaim_gives_back_the_claims_try_and_puts_the_job_back_in_line(
     sync_redis.set(keys.tries(job_id), 3)  # a later claim's count is not the one given back
     await settle.unclaim(keys, job_id, 1, back=True)
     assert sync_redis.get(keys.tries(job_id)) == b"3"
-    assert sync_redis.zscore(keys.key(LEASES), job_id) is None  # back in line, at once
+    assert sync_redis.zscore(keys.key(LEASES), job_id) is not None  # that later claim holds it still
+    assert (await queue.claim(1)).job_ids == []
+    sync_redis.set(keys.tries(job_id), 1)  # the claim's own count: given back, and back in line at once
+    await settle.unclaim(keys, job_id, 1, back=True)
+    assert sync_redis.get(keys.tries(job_id)) is None and sync_redis.zscore(keys.key(LEASES), job_id) is None
     again = await queue.claim(1)
-    assert again.job_ids == [arq_id] and again.started[arq_id][1] == 4
+    assert again.job_ids == [arq_id] and again.started[arq_id][1] == 1
 
 
 async def test_a_finish_group_the_script_refuses_finishes_every_job_it_can_alone(
@@ -680,11 +684,21 @@ async def test_a_handed_job_a_worker_cannot_take_goes_back_in_line_with_its_try(
     try:
         while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
             await asyncio.sleep(0.01)
+        handoff_id = worker.state.queues[0].handoff_id
+        heard = sync_redis.pubsub(ignore_subscribe_messages=True)
+        heard.subscribe(keys.handoff(handoff_id))
         worker.allow_pick_jobs = False  # as while draining: parked still, but taking nothing
         job_id = await producer.submit("not here")
+        assert (message := next_message(heard)) is not None and message["data"].split(b"\n")[0].endswith(
+            job_id.encode()
+        )
+        heard.close()
         while sync_redis.zscore(keys.key(LEASES), job_id) is not None or sync_redis.get(keys.tries(job_id)):
             await asyncio.sleep(0.01)
         assert sync_redis.zcard(keys.ready(5, "default")) == 1  # back in line, its try given back
+        assert not sync_redis.hexists(keys.key(PARKED), handoff_id)  # and parked no more
+        doc = await producer.get(job_id)
+        assert doc is not None and doc.status == "queued" and doc.attempts == 0
         worker.allow_pick_jobs = True
         worker.state.wake_event.set()
         result = await producer.wait(job_id, timeout=10)
@@ -716,14 +730,21 @@ async def test_a_job_handed_to_a_worker_that_died_runs_after_its_lease(
         deaf.close()
 
 
-async def test_a_due_retry_is_not_passed_by_a_handoff(producer: Producer, sync_redis: Any) -> None:
+@pytest.mark.parametrize("due", [DELAYED, LEASES])
+async def test_a_due_job_is_not_passed_by_a_handoff(producer: Producer, sync_redis: Any, due: str) -> None:
+    """A retry whose wait is over, or a job whose lease ran out, goes back in line at the next claim:
+    a new job does not pass it by a handoff."""
     keys = queue_keys()
     heard = sync_redis.pubsub()
     heard.subscribe(keys.handoff("w1"))
     park(sync_redis, "w1", free=5)
-    sync_redis.zadd(keys.key(DELAYED), {"a-retry": 1})  # due since 1970: the next claim takes it first
-    job_id = await producer.submit("after the retry")
+    sync_redis.zadd(keys.key(due), {"due-before": 1})  # due since 1970: the next claim takes it first
+    job_id = await producer.submit("after the one due")
     assert sync_redis.zscore(keys.key(LEASES), job_id) is None and sync_redis.exists(keys.key(LEVELS)) == 1
+    sync_redis.delete(keys.key(due), keys.key(LEVELS))
+    sync_redis.delete(*sync_redis.keys(keys.key("ready:*")), *sync_redis.keys(keys.key("active:*")))
+    handed = await producer.submit("nothing due now")
+    assert sync_redis.zscore(keys.key(LEASES), handed) is not None  # (the same parking hands this one)
     heard.close()
 
 

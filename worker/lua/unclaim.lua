@@ -2,7 +2,8 @@
 -- unclaim: a job a claim handed to this worker whose attempt never began. The claim counted its try
 -- (claim.lua): the try is given back, if the counter still holds the claim's count (a later claim's
 -- is left as it is). With `back` '1' (the worker let go of the job before it began: a shutdown), the
--- job also leaves the lease set and goes back in line at its place now, if it is still leased; with
+-- job also leaves the lease set and goes back in line at its place now, if it is still leased and
+-- its try was given back (else a later claim holds it, and it is left to that one); with
 -- '0' (the job was still running here from an earlier claim, whose attempt goes on) only the try.
 -- A job back in line has its document say so again (queued, the try given back, not started) and
 -- wakes the queue's workers (another may have a slot for it now).
@@ -26,7 +27,7 @@ if redis.call('GET', KEYS[1]) == ARGV[2] then
   if try > 0 then redis.call('SET', KEYS[1], try, 'KEEPTTL') else redis.call('DEL', KEYS[1]) end
   given = 1
 end
-if ARGV[3] == '1' and redis.call('ZREM', LEASES, id) == 1 and back_in_line(id) then
+if ARGV[3] == '1' and given == 1 and redis.call('ZREM', LEASES, id) == 1 and back_in_line(id) then
   local raw = redis.call('GET', RESULT_PREFIX .. id)
   if raw and status_of(raw) == 'running' then
     local queued = with_fields(raw, {status = '"queued"', attempts = tostring(tonumber(ARGV[2]) - 1), started_at = 'null'})
