@@ -210,6 +210,8 @@ class PromptqWorker(Worker):
     """The queue the next poll claims from first (``PROMPTQ_QUEUES``, in turn)."""
     _claiming = (0, 0)
     """The slots (all, ordinary) a claim on its way may fill: no handoff takes them meanwhile."""
+    _held: list[tuple[QueueKeys, bytes]]
+    """Handoffs heard while a claim was on its way, in order: taken once it is done."""
     _started: dict[str, tuple[bytes | None, int]]
     """Per claimed job not yet begun: its record and try, as the claim read and counted them
     (:class:`StartTransaction` hands them to arq's ``run_job``)."""
@@ -321,6 +323,7 @@ class PromptqWorker(Worker):
                     self._start(job_id, score, urgent=n < claimed.urgent)
             finally:
                 self._claiming = (0, 0)
+                await self._take_held()
             more = claimed.more
             if len(claimed.job_ids) < free or not claimed.more:
                 break
@@ -329,9 +332,25 @@ class PromptqWorker(Worker):
     async def handed(self, queue: QueueKeys, message: bytes) -> None:
         """A submit handed this parked worker a job (``worker.queue``): leased to it, its try
         counted and its document marked running, as a claim does; it starts here as a claimed job.
-        Without a slot for it (the slots filled since the worker parked, or a claim on its way may
-        fill them), or stopping, the worker gives it back (its try, and its place in line, where
+        One heard while a claim is on its way waits for it (the claim may fill the slots), and the
+        handoffs are taken in the order heard. Without a slot for it (the slots filled since the
+        worker parked), or stopping, the worker gives it back (its try, and its place in line, where
         another worker takes it) and ends its parking in that queue until its next idle claim."""
+        if self._claiming != (0, 0) or self._held:
+            self._held.append((queue, message))
+            return
+        await self._take_handed(queue, message)
+
+    async def _take_held(self) -> None:
+        """The handoffs heard during a claim, now that it is done; then claim again at once, since
+        the claim renewed the parking with the slots it saw before them."""
+        held, self._held = self._held, []
+        for queue, message in held:
+            await self._take_handed(queue, message)
+        if held and self._state is not None:
+            self._state.wake_event.set()
+
+    async def _take_handed(self, queue: QueueKeys, message: bytes) -> None:
         head, _, record = message.partition(b"\n")
         at_ms, urgent, own_id = head.decode().split(" ", 2)
         job_id = queue.arq_id(own_id)
@@ -339,9 +358,8 @@ class PromptqWorker(Worker):
         if running is not None and not running.done():  # (an id run here before, its result expired)
             self._give_back(job_id, back=False)
             return
-        claiming, claiming_ordinary = self._claiming
-        ordinary_room = len(self._ordinary) + claiming_ordinary < self.ctx[CTX_CONFIG].max_jobs
-        room = self._free_slots() - claiming > 0 and (urgent == "1" or ordinary_room) and not self.sem.locked()
+        ordinary_room = len(self._ordinary) < self.ctx[CTX_CONFIG].max_jobs
+        room = self._free_slots() > 0 and (urgent == "1" or ordinary_room) and not self.sem.locked()
         if not (self.allow_pick_jobs and room and self._state is not None):
             self._give_back(job_id, back=True, unpark=queue)
             return
@@ -629,7 +647,7 @@ def _init(self: Worker, *args: Any, **kwargs: Any) -> None:
         self.__class__ = PromptqWorker  # before arq's __init__: its signal handlers bind promptq's handle_sig
     _original_init(self, *args, **kwargs)
     if isinstance(self, PromptqWorker):
-        self._started, self._unclaiming = {}, set()
+        self._started, self._unclaiming, self._held = {}, set(), []
 
 
 class QuietJobLines:

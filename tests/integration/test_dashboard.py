@@ -5,6 +5,7 @@ shown from its creation to its end."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -114,6 +115,11 @@ def test_a_queued_job_is_cancelled_from_its_button(dashboard: tuple[Page, SyncPr
     tab, producer = dashboard
     sim.configure(latency_ms=8000)
     blockers = [producer.submit(f"holds a slot {i}") for i in range(SLOTS)]  # every ordinary slot taken
+    deadline = time.monotonic() + 10
+    while any(getattr(producer.get(b), "status", None) != "running" for b in blockers):  # (handed or claimed)
+        assert time.monotonic() < deadline, "the blockers did not all start"
+        time.sleep(0.02)
+    time.sleep(0.3)  # (a job handed to the worker reads running at once: the worker has heard it since)
     job_id = producer.submit("never runs", priority=9, job_id="dash-queued")
     tab.goto(tab.url.split("#")[0] + f"#/job/{job_id}")
     tab.wait_for_function("document.getElementById('job-status').textContent === 'queued'", timeout=10_000)

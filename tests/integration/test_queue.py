@@ -748,24 +748,26 @@ async def test_a_due_job_is_not_passed_by_a_handoff(producer: Producer, sync_red
     heard.close()
 
 
-async def test_a_handoff_takes_no_slot_a_claim_on_its_way_may_fill(
+async def test_a_handoff_heard_during_a_claim_waits_for_it_and_keeps_its_order(
     producer: Producer, worker_config: WorkerConfig, sync_redis: Any
 ) -> None:
-    """A claim sent for every free slot, and a handoff heard before its answer: the handed job is
-    given back and the parking ended, rather than the job run past the worker's slots."""
+    """A claim sent for every free slot, and handoffs heard before its answer: they wait for the
+    claim (it may fill the slots), are taken in the order heard, and the worker claims again at once
+    (the claim renewed its parking with the slots it saw before them)."""
     keys = queue_keys()
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
     try:
         while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
             await asyncio.sleep(0.01)
         worker._claiming = (worker._free_slots(), worker.ctx["promptq.config"].max_jobs)  # as mid-claim
-        await worker.handed(keys, b"1 0 not-run-here\n{}")
-        assert keys.arq_id("not-run-here") not in worker.tasks and worker.job_counter == 0
-        await asyncio.gather(*worker._unclaiming)
-        assert not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id)  # until its next claim
+        await worker.handed(keys, b"1 0 first\n{}")
         worker._claiming = (0, 0)
-        await worker.handed(keys, b"1 0 run-here\n{}")  # room again: it starts (its record gone: let go of)
-        assert keys.arq_id("run-here") in worker.tasks
+        await worker.handed(keys, b"1 0 second\n{}")  # the first still waits: this one waits behind it
+        assert not worker.tasks and worker.job_counter == 0 and len(worker._held) == 2
+        worker.state.wake_event.clear()
+        await worker._take_held()  # (the claim's end)
+        assert list(worker.tasks) == [keys.arq_id("first"), keys.arq_id("second")]  # (their records gone: let go of)
+        assert worker.state.wake_event.is_set()
     finally:
         await stop_worker(worker, main)
 
