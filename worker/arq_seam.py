@@ -324,6 +324,7 @@ class PromptqWorker(Worker):
             finally:
                 self._claiming = (0, 0)
                 await self._take_held()
+                queue.heard = 0  # (from this claim's answer on; those held, taken just now, came before it)
             more = claimed.more
             if len(claimed.job_ids) < free or not claimed.more:
                 break
@@ -351,6 +352,9 @@ class PromptqWorker(Worker):
             self._state.wake_event.set()
 
     async def _take_handed(self, queue: QueueKeys, message: bytes) -> None:
+        for served in self.state.queues:
+            if served.keys == queue:
+                served.heard += 1  # (its slot no longer held for it by the claim: see claim.lua)
         head, _, record = message.partition(b"\n")
         at_ms, urgent, own_id = head.decode().split(" ", 2)
         job_id = queue.arq_id(own_id)

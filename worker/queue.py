@@ -83,6 +83,10 @@ class JobQueue:
         """The worker's name among the queue's parked ones (``handoff_id``: the same in each queue)."""
         self.park_ms = max(0, round(park_s * 1000))
         """How long an idle claim parks the worker (0: never)."""
+        self.parked_free = 0
+        """The slots the worker's last claim parked it with (0: it did not)."""
+        self.heard = 0
+        """Handoffs the worker has taken since that claim's answer (``worker.arq_seam``)."""
         self.model_json = dumps(default_model)
         self.weights = [str(v) for key, weight in (weights or {}).items() for v in (key, weight)]
         self._claim = WorkerScript(redis, "claim")
@@ -103,13 +107,15 @@ class JobQueue:
             model_json=self.model_json,
             handoff_id=self.handoff_id,
             park_ms=self.park_ms if park else 0,
+            parked_free=self.parked_free,
+            heard=self.heard,
             weights=self.weights,
         )
-        at_ms, recovered, promoted, skipped, more, urgent = (int(n) for n in reply[:6])
+        at_ms, recovered, promoted, skipped, more, urgent, self.parked_free = (int(n) for n in reply[:7])
         tag = self.keys.tag
         job_ids: list[str] = []
         started: dict[str, tuple[bytes | None, int]] = {}
-        for n in range(6, len(reply), 3):
+        for n in range(7, len(reply), 3):
             job_id = tag + as_text(reply[n])
             job_ids.append(job_id)
             record = reply[n + 1]

@@ -43,6 +43,8 @@ local function hand_off()
     redis.call('HDEL', PARKED, worker)
     return false
   end
+  free = tonumber(free)
+  if free < 1 then return false end  -- (its slots on offer all taken: the entry stays, for its claim)
   if #redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, 1) > 0
     or #redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1) > 0 then
     return false
@@ -53,12 +55,7 @@ local function hand_off()
     redis.call('HDEL', PARKED, worker)
     return false
   end
-  free = tonumber(free) - 1
-  if free > 0 then
-    redis.call('HSET', PARKED, worker, until_ms .. ' ' .. free .. ' ' .. lease_ms .. ' ' .. model_json)
-  else
-    redis.call('HDEL', PARKED, worker)
-  end
+  redis.call('HSET', PARKED, worker, until_ms .. ' ' .. (free - 1) .. ' ' .. lease_ms .. ' ' .. model_json)
   redis.call('ZADD', LEASES, now + tonumber(lease_ms), ARGV[1])
   redis.call('SET', TRIES_PREFIX .. ARGV[1], 1, 'EX', TRIES_TTL_S)
   local doc = running(ARGV[3], 1, seconds_text(now), model_json)

@@ -64,10 +64,12 @@ def claim_reply(client: redis.Redis, want: int, ordinary: int, weights: list[str
         model_json='"the-default"',
         handoff_id="plain-client",
         park_ms=0,
+        parked_free=0,
+        heard=0,
         weights=weights,
     )
     reply: Any = client.eval(script("claim").source, len(keys), *keys, *(str(a) for a in args))
-    return [int(n) for n in reply[:6]] + [job_id.decode() for job_id in reply[6::3]]  # (each id, record, try)
+    return [int(n) for n in reply[:6]] + [job_id.decode() for job_id in reply[7::3]]  # (each id, record, try)
 
 
 def test_priorities_are_strict_and_each_key_keeps_its_order(
@@ -630,7 +632,7 @@ async def test_a_submit_hands_its_job_to_a_parked_worker_when_none_is_ready(
     urgent_one = await producer.submit("b", priority=0)
     message = next_message(heard)
     assert message is not None and message["data"].split(b" ")[1] == b"1"  # urgent
-    assert sync_redis.hexists(keys.key(PARKED), "w1") == 0  # its last slot on offer taken
+    assert sync_redis.hget(keys.key(PARKED), "w1").split()[1] == b"0"  # its last slot on offer taken
 
     third = await producer.submit("c")  # no worker parked: in line, and the workers woken
     message = next_message(heard)
@@ -787,3 +789,22 @@ async def test_a_job_given_back_is_queued_again_and_wakes_the_workers(producer: 
     )
     assert next_message(heard)["channel"] == keys.key("wake").encode()  # type: ignore[index]
     heard.close()
+
+
+async def test_a_claim_leaves_the_slots_of_handoffs_its_worker_has_not_heard(
+    producer: Producer, sync_redis: Any
+) -> None:
+    """Its worker parked with 4 slots; 3 jobs were handed to it since, of which it has heard 1: the
+    2 unheard hold their slots, and a claim for 4 takes 2 of the ready jobs."""
+    keys = queue_keys()
+    queue = JobQueue(producer.redis, lease_s=60, handoff_id="w", park_s=60)
+    park(sync_redis, "w", free=1)  # what is left of its parking of 4
+    queue.parked_free, queue.heard = 4, 1
+    ids = await producer.submit_many(["a", "b", "c", "d"])
+    claimed = await queue.claim(4, park=True)
+    assert claimed.job_ids == [keys.arq_id(i) for i in ids[:2]] and claimed.more
+    assert queue.parked_free == 0 and not sync_redis.hexists(keys.key(PARKED), "w")  # jobs left: not parked
+    queue.heard = 0
+    rest = await queue.claim(4, park=True)  # nothing unheard now (its last claim did not park it)
+    assert rest.job_ids == [keys.arq_id(i) for i in ids[2:]]
+    assert queue.parked_free == 2 and sync_redis.hget(keys.key(PARKED), "w").split()[1] == b"2"

@@ -75,9 +75,11 @@ def test_a_call_binds_exactly_the_names_of_the_header() -> None:
         model_json='"m"',
         handoff_id="w",
         park_ms=0,
+        parked_free=0,
+        heard=0,
         weights=["a", "2"],
     )
-    assert bound == ([queue_keys().key(QUEUE_KEYS[k]) for k in claim.keys], [1, 2, 1, 3, '"m"', "w", 0, "a", "2"])
+    assert bound == ([queue_keys().key(QUEUE_KEYS[k]) for k in claim.keys], [1, 2, 1, 3, '"m"', "w", 0, 0, 0, "a", "2"])
     beat = script("beat")
     assert not beat.queued and beat.bind(worker_id="w", entry_json="{}", forget_ms=1)[0] == [
         FLEET_KEYS["WORKERS"],

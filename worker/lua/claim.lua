@@ -29,22 +29,30 @@
 -- ARGV[5] model_json: the worker's default model, as JSON, for documents whose model is null
 -- ARGV[6] handoff_id: the worker's name in PARKED (its handoff channel: HANDOFF .. handoff_id)
 -- ARGV[7] park_ms: how long the worker stays parked when this claim leaves it idle (0: it does not)
--- ARGV[8..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
--- Returns {now_ms, recovered, promoted, skipped, more, urgent, then per job: its id, its record (nil
--- when gone), its try}:
+-- ARGV[8] parked_free: the slots the worker's last claim parked it with (0: it did not park it)
+-- ARGV[9] heard: the handoffs the worker has taken since that claim's answer
+-- ARGV[10..] weights: fairness key, weight, fairness key, weight... (unnamed keys weigh 1)
+-- Returns {now_ms, recovered, promoted, skipped, more, urgent, parked, then per job: its id, its
+-- record (nil when gone), its try}:
 -- `more` is 1 when ready jobs are left, `urgent` how many of the job ids (the first ones) are at
--- priority 0, `skipped` how many jobs were let go of for a terminal document.
+-- priority 0, `skipped` how many jobs were let go of for a terminal document, `parked` the slots
+-- this claim parked the worker with (0: none).
 -- Parking: a claim that leaves no job ready and the worker with ordinary slots free parks the worker
 -- (its entry in PARKED: `{until_ms} {free} {lease_ms} {model_json}`, until now + park_ms), so that
 -- the next submit hands it its job directly; any other claim of the worker ends its parking. The
 -- entry of a worker that died is dropped by the submit that draws it, or with the whole hash.
+-- Handoffs published to the worker that it has not heard yet (its parking's slots taken since, less
+-- those it has heard) hold their slots: this claim takes that many fewer.
 --!include status
 --!include document
 --!include queue
 --!include clock
 local now = now_ms()
-local deadline, want, step = now + tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
-local want_ordinary = math.min(want, tonumber(ARGV[3]))
+local parking = redis.call('HGET', PARKED, ARGV[6])  -- (gone: its parking ended, no handoff pending)
+local left = parking and tonumber(string.match(parking, '^%d+ (%d+) '))
+local unheard = left and math.max(0, tonumber(ARGV[8]) - left - tonumber(ARGV[9])) or 0
+local deadline, want, step = now + tonumber(ARGV[1]), math.max(0, tonumber(ARGV[2]) - unheard), tonumber(ARGV[4])
+local want_ordinary = math.min(want, math.max(0, tonumber(ARGV[3]) - unheard))
 local free, free_ordinary = want, want_ordinary
 local started_at = seconds_text(now)
 
@@ -90,8 +98,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0
 end
 
 local weights = {}
-for i = 8, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local out, claimed, urgent, skipped, empty = {now, recovered, promoted, 0, 0, 0}, 0, 0, 0, false
+for i = 10, #ARGV, 2 do weights[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local out, claimed, urgent, skipped, empty = {now, recovered, promoted, 0, 0, 0, 0}, 0, 0, 0, false
 while claimed < want do
   local level = redis.call('ZRANGE', LEVELS, 0, 0)[1]
   if not level then
@@ -154,6 +162,7 @@ free_ordinary = math.min(free - claimed, free_ordinary - (claimed - urgent))
 if out[5] == 0 and free_ordinary > 0 and tonumber(ARGV[7]) > 0 then
   redis.call('HSET', PARKED, ARGV[6], (now + tonumber(ARGV[7])) .. ' ' .. free_ordinary .. ' ' .. ARGV[1] .. ' ' .. ARGV[5])
   keep_at_least({PARKED}, tonumber(ARGV[7]))  -- (gone once every worker's parking has run out)
+  out[7] = free_ordinary
 else
   redis.call('HDEL', PARKED, ARGV[6])
 end
