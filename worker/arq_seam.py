@@ -352,9 +352,9 @@ class PromptqWorker(Worker):
             self._state.wake_event.set()
 
     async def _take_handed(self, queue: QueueKeys, message: bytes) -> None:
-        for served in self.state.queues:
-            if served.keys == queue:
-                served.heard += 1  # (its slot no longer held for it by the claim: see claim.lua)
+        served = self._served(queue)
+        if served is not None:
+            served.heard += 1  # (its slot no longer held for it by the claim: see claim.lua)
         head, _, record = message.partition(b"\n")
         at_ms, urgent, own_id = head.decode().split(" ", 2)
         job_id = queue.arq_id(own_id)
@@ -365,13 +365,17 @@ class PromptqWorker(Worker):
         ordinary_room = len(self._ordinary) < self.ctx[CTX_CONFIG].max_jobs
         room = self._free_slots() > 0 and (urgent == "1" or ordinary_room) and not self.sem.locked()
         if not (self.allow_pick_jobs and room and self._state is not None):
-            self._give_back(job_id, back=True, unpark=queue)
+            self._give_back(job_id, back=True, unpark=served)
             return
         await self.sem.acquire()  # (not locked, checked above: it returns at once, the listener never waits)
         self._started[job_id] = (record or None, 1)
         self._start(job_id, int(at_ms), urgent=urgent == "1")
 
-    def _give_back(self, job_id: str, *, back: bool, tried: int = 1, unpark: QueueKeys | None = None) -> None:
+    def _served(self, keys: QueueKeys) -> JobQueue | None:
+        """The worker's claims in that queue."""
+        return next((q for q in self._state.queues if q.keys == keys), None) if self._state is not None else None
+
+    def _give_back(self, job_id: str, *, back: bool, tried: int = 1, unpark: JobQueue | None = None) -> None:
         """Give back, in the background, the try ``tried`` counted for a job that does not begin
         here (``_unclaim``: a handoff counts the first); ``unpark``: and end the parking there."""
         giving = self.loop.create_task(self._unclaim(job_id, tried, back=back, unpark=unpark))
@@ -416,13 +420,11 @@ class PromptqWorker(Worker):
         if self._more and self._state is not None:
             self._state.wake_event.set()  # jobs may be waiting: claim again now, not at the next poll
 
-    async def _unclaim(self, job_id: str, tried: int, *, back: bool, unpark: QueueKeys | None = None) -> None:
+    async def _unclaim(self, job_id: str, tried: int, *, back: bool, unpark: JobQueue | None = None) -> None:
         """Give back the try the claim counted for a job whose attempt did not begin here."""
         try:
-            if unpark is not None and self._state is not None:
-                for parked in self._state.queues:
-                    if parked.keys == unpark:
-                        await parked.unpark()
+            if unpark is not None:
+                await unpark.unpark()
             queue, own_id = split_arq_id(job_id)
             await self.state.settle.unclaim(queue_keys(queue), own_id, tried, back=back)
         except REDIS_TROUBLE as e:  # the try stays spent; the job runs again after its lease
@@ -490,7 +492,12 @@ class PromptqWorker(Worker):
         """No claim, and no submit hands this worker a job from now on (one handed meanwhile is
         given back)."""
         self.allow_pick_jobs = False
-        if self._state is not None:  # every queue at once (Redis away: the parking runs out by itself)
+        await self.unpark()
+
+    async def unpark(self) -> None:
+        """End the worker's parking in every queue at once, waiting ``UNPARK_TIMEOUT_S`` at most
+        (Redis away: the parking runs out by itself)."""
+        if self._state is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(UNPARK_TIMEOUT_S):
                     await asyncio.gather(*(q.unpark() for q in self._state.queues), return_exceptions=True)

@@ -124,6 +124,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         on_recovery=on_recovery,
         on_handoff=worker.handed,
         handoff_id=handoff_id,
+        on_deaf=worker.unpark,
     )
     wake.start()
     await wake.started(LISTEN_TIMEOUT_S)  # before the first claim: a cancel published for a job claimed is heard

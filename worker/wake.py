@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from promptq_core.background import REDIS_TROUBLE, Background, repeat
 from promptq_core.connect import pubsub_client
-from promptq_core.contract import BACKENDS_CHANNEL, CANCEL, PARKED, WAKE, QueueKeys
+from promptq_core.contract import BACKENDS_CHANNEL, CANCEL, WAKE, QueueKeys
 from worker.logs import get_logger
 
 __all__ = ["WakeListener"]
@@ -37,7 +37,6 @@ RECONNECT_S = 1.0
 PING_S = 5.0
 """A connection that brings nothing for this long is asked for a pong; one silent for three times
 as long is dropped and made anew (a connection a middlebox dropped without a word hears nothing)."""
-UNPARK_TIMEOUT_S = 2.0
 BACKENDS_BYTES = BACKENDS_CHANNEL.encode()
 
 
@@ -45,7 +44,8 @@ class WakeListener:
     """Sets ``event`` whenever a producer publishes on a queue's wake channel, hands each job
     published on a queue's cancel channel to ``on_cancel`` (as arq's id: ``{queue}job_id``), each
     recoveries count published on ``BACKENDS_CHANNEL`` to ``on_recovery``, and each job handed to
-    this worker (on a queue's handoff channel for ``handoff_id``) to ``on_handoff``, with its queue."""
+    this worker (on a queue's handoff channel for ``handoff_id``) to ``on_handoff``, with its queue;
+    ``on_deaf`` is awaited whenever the channels are lost (the worker's parking ends then)."""
 
     def __init__(
         self,
@@ -55,11 +55,12 @@ class WakeListener:
         on_recovery: Callable[[int], object] | None = None,
         on_handoff: Callable[[QueueKeys, bytes], Awaitable[None]] | None = None,
         handoff_id: str = "",
+        on_deaf: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
         self.on_cancel, self.on_recovery, self.on_handoff = on_cancel, on_recovery, on_handoff
+        self.on_deaf = on_deaf
         self._cancels = {q.key(CANCEL).encode(): q.tag for q in queues}
-        self.handoff_id = handoff_id
         self._handoffs = {q.handoff(handoff_id).encode(): q for q in queues} if on_handoff and handoff_id else {}
         self._channels = [c for q in queues for c in (q.key(WAKE), q.key(CANCEL))] + [BACKENDS_CHANNEL]
         self._channels += [c.decode() for c in self._handoffs]
@@ -99,34 +100,30 @@ class WakeListener:
                     await pubsub.ping()
                     continue
                 heard_at = loop.time()
-                if message.get("type") == "pong":
-                    continue
-                channel = message["channel"]
-                if (tag := self._cancels.get(channel)) is not None:
-                    if self.on_cancel is not None:
-                        self.on_cancel(tag + message["data"].decode())
-                elif (queue := self._handoffs.get(channel)) is not None:
-                    if self.on_handoff is not None:
-                        await self.on_handoff(queue, message["data"])
-                elif channel == BACKENDS_BYTES:
-                    if self.on_recovery is not None and message["data"].isdigit():
-                        self.on_recovery(int(message["data"]))
-                else:
-                    self.event.set()
+                if message.get("type") != "pong":
+                    await self._dispatch(message["channel"], message["data"])
         finally:
             self.listening.clear()  # (no parking until the channels are back)
             with contextlib.suppress(*REDIS_TROUBLE):
                 await pubsub.aclose()
                 if source is not self.redis:
                     await source.aclose()
-            await self._unpark()
+            if self.on_deaf is not None:  # (handoffs would go unheard: the parking ends now, not when it runs out)
+                await self.on_deaf()
 
-    async def _unpark(self) -> None:
-        """The handoffs would go unheard: the parking ends now rather than when it runs out."""
-        for queue in {q.name: q for q in self._handoffs.values()}.values():
-            with contextlib.suppress(TimeoutError, *REDIS_TROUBLE):
-                async with asyncio.timeout(UNPARK_TIMEOUT_S):
-                    await self.redis.hdel(queue.key(PARKED), self.handoff_id)  # type: ignore[misc]
+    async def _dispatch(self, channel: bytes, data: bytes) -> None:
+        """One message, to whom its channel says."""
+        if (tag := self._cancels.get(channel)) is not None:
+            if self.on_cancel is not None:
+                self.on_cancel(tag + data.decode())
+        elif (queue := self._handoffs.get(channel)) is not None:
+            if self.on_handoff is not None:
+                await self.on_handoff(queue, data)
+        elif channel == BACKENDS_BYTES:
+            if self.on_recovery is not None and data.isdigit():
+                self.on_recovery(int(data))
+        else:
+            self.event.set()
 
     @staticmethod
     def _listen_failed(e: BaseException) -> None:

@@ -545,11 +545,7 @@ async def test_a_job_let_go_of_before_it_began_gets_its_try_back_and_a_later_cla
 ) -> None:
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
     try:
-        while worker._state is None:
-            await asyncio.sleep(0.01)
-        parked = worker.state.queues[0]
-        while not sync_redis.hexists(parked.keys.key(PARKED), parked.handoff_id):  # its first poll: parked
-            await asyncio.sleep(0.01)
+        await parked(worker, sync_redis)
         await worker._stop_taking()  # this test hands the job to the worker's slots itself
         job_id = await producer.submit("never began")
         keys, arq_id = queue_keys(), queue_keys().arq_id(job_id)
@@ -607,6 +603,12 @@ def next_message(heard: Any) -> dict[str, Any] | None:
     return None
 
 
+async def parked(worker: arq_seam.PromptqWorker, sync_redis: Any) -> None:
+    """Wait until the worker has started and its first poll has parked it in the default queue."""
+    while worker._state is None or not sync_redis.hexists(queue_keys().key(PARKED), worker.state.queues[0].handoff_id):
+        await asyncio.sleep(0.01)
+
+
 async def test_a_submit_hands_its_job_to_a_parked_worker_when_none_is_ready(
     producer: Producer, sync_redis: Any
 ) -> None:
@@ -660,8 +662,7 @@ async def test_an_idle_worker_parks_runs_a_handed_job_and_unparks_when_it_stops(
     keys = queue_keys()
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
     try:
-        while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
-            await asyncio.sleep(0.01)
+        await parked(worker, sync_redis)
         handoff_id = worker.state.queues[0].handoff_id
         _, free, lease_ms, model = sync_redis.hget(keys.key(PARKED), handoff_id).decode().split(" ", 3)
         assert int(free) == worker.max_jobs - worker.ctx["promptq.config"].urgent_slots  # its ordinary slots
@@ -684,8 +685,7 @@ async def test_a_handed_job_a_worker_cannot_take_goes_back_in_line_with_its_try(
     keys = queue_keys()
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
     try:
-        while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
-            await asyncio.sleep(0.01)
+        await parked(worker, sync_redis)
         handoff_id = worker.state.queues[0].handoff_id
         heard = sync_redis.pubsub(ignore_subscribe_messages=True)
         heard.subscribe(keys.handoff(handoff_id))
@@ -759,8 +759,7 @@ async def test_a_handoff_heard_during_a_claim_waits_for_it_and_keeps_its_order(
     keys = queue_keys()
     worker, main = start_worker(dataclasses.replace(worker_config, poll_delay_s=60))
     try:
-        while worker._state is None or not sync_redis.hexists(keys.key(PARKED), worker.state.queues[0].handoff_id):
-            await asyncio.sleep(0.01)
+        await parked(worker, sync_redis)
         worker._claiming = (worker._free_slots(), worker.ctx["promptq.config"].max_jobs)  # as mid-claim
         await worker.handed(keys, b"1 0 first\n{}")
         worker._claiming = (0, 0)
