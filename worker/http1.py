@@ -1,0 +1,428 @@
+"""HTTP/1.1 under the openai client: promptq's own httpx2 transport (``PROMPTQ_HTTP_CLIENT=http1``,
+the default).
+
+The openai client builds each request (URL, headers, body) and reads each response through httpx2;
+a transport only carries them. This one keeps, per origin (scheme, host, port), the idle keep-alive
+connections (asyncio protocols, plain or TLS), writes a request's head and body in one write, parses
+the response's head itself and hands its body over as it arrives: by ``Content-Length``, chunked, or
+until the server closes (RFC 9112, section 6). The aiohttp transport it replaces builds a session
+request and response of its own around every call: this one costs about 150 µs less of the worker's
+CPU a call here (a call through the openai client: about 380 against 530 µs; docs/benchmarks.md).
+
+What it leaves to others: proxies (httpx2 mounts the openai package's aiohttp transport for the URLs
+the environment's proxy variables name: see ``worker.llm``) and HTTP/2. An idle connection is kept
+``keepalive_expiry`` seconds at most (httpx2's ``Limits``, 5 s as the openai client sets them), and
+dropped as soon as its server closes it. Failures are httpx2's errors, which the openai client turns
+into its own: ``ConnectError``/``ConnectTimeout`` (the request was not sent), ``PoolTimeout``,
+``WriteTimeout``, ``ReadTimeout``, ``WriteError``/``ReadError`` (the connection dropped), and
+``RemoteProtocolError`` (an answer that is not HTTP/1.x, or one cut short).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import httpx2
+
+__all__ = ["Http1Transport"]
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+"""A response's status line and headers, at most."""
+MAX_LINE_BYTES: Final = 8 * 1024
+"""A chunk-size line or a trailer line of a chunked body, at most."""
+CHUNKED: Final = -1
+UNTIL_CLOSE: Final = -2
+"""Body framings other than a length: chunked, or whatever comes until the server closes."""
+
+Origin = tuple[str, str, int]
+
+
+def _time_out(waiter: asyncio.Future[None], error: Exception) -> None:
+    if not waiter.done():
+        waiter.set_exception(error)
+
+
+class Connection(asyncio.Protocol):
+    """One connection: the bytes received and not read yet, whether more can come, and a waiter
+    for the reader."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.ended = False
+        """The server closed its side (or the connection was lost): nothing more arrives."""
+        self.lost: BaseException | None = None
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        """Set while the transport's write buffer is over its high-water mark."""
+
+    # -- asyncio's side --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False  # (the transport closes itself)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.ended = True
+        self.lost = exc
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the transport's side --------------------------------------------------------------------
+    async def receive(self, timeout_s: float | None) -> None:
+        """Wait until more bytes arrive or the connection ends (``ReadTimeout`` after ``timeout_s``)."""
+        if self.ended:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = None
+        if timeout_s is not None:
+            late = httpx2.ReadTimeout(f"no answer from the server within {timeout_s:g} s")
+            timer = loop.call_later(timeout_s, _time_out, waiter, late)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def send(self, data: bytes, timeout_s: float | None) -> None:
+        """Write ``data``; wait, at most ``timeout_s`` (``WriteTimeout``), while the server is slow to take it."""
+        if self.ended or self.transport is None or self.transport.is_closing():
+            raise httpx2.WriteError("the connection was closed before the request was sent") from self.lost
+        self.transport.write(data)
+        writable = self._writable
+        if writable is not None:
+            loop = asyncio.get_running_loop()
+            late = httpx2.WriteTimeout(f"the server took no more of the request within {timeout_s:g} s")
+            timer = None if timeout_s is None else loop.call_later(timeout_s, _time_out, writable, late)
+            try:
+                await writable
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if self.ended:
+                raise httpx2.WriteError("the connection was closed while the request was sent") from self.lost
+
+    def ended_error(self, what: str) -> httpx2.TransportError:
+        """The error for a connection that ended where ``what`` was expected."""
+        if self.lost is not None:
+            return httpx2.ReadError(f"the connection was lost before {what}: {self.lost}")
+        return httpx2.RemoteProtocolError(f"the server closed the connection before {what}")
+
+    def close(self) -> None:
+        self.ended = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Http1Transport(httpx2.AsyncBaseTransport):
+    """The connections of one client, per origin, and each request's exchange on one of them."""
+
+    def __init__(self, tls: ssl.SSLContext, limits: httpx2.Limits) -> None:
+        self._tls = tls
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._keep_s = limits.keepalive_expiry
+        self._max_idle = limits.max_keepalive_connections
+        self._slots = None if limits.max_connections is None else asyncio.Semaphore(limits.max_connections)
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx2.UnsupportedProtocol(f"promptq's HTTP/1.1 transport speaks http and https, not {scheme!r}")
+        origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        await self._take_slot(timeouts.get("pool"))
+        try:
+            conn = self._idle_connection(origin)
+            if conn is None:
+                conn = await self._connect(origin, timeouts.get("connect"), request.extensions.get("sni_hostname"))
+            try:
+                await self._send(conn, request, timeouts.get("write"))
+                version, status, reason, headers = await self._head(conn, timeouts.get("read"))
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            self._free_slot()
+            raise
+        length, keep = _framing(request, version, status, headers)
+        body = Body(self, conn, length, keep, timeouts.get("read"))
+        extensions = {"http_version": version, "reason_phrase": reason}
+        return httpx2.Response(status, headers=headers, stream=body, request=request, extensions=extensions)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+    # -- connections -------------------------------------------------------------------------------
+    async def _take_slot(self, timeout_s: float | None) -> None:
+        if self._slots is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx2.PoolTimeout(f"no connection came free within {timeout_s:g} s") from None
+
+    def _free_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    def _idle_connection(self, origin: Origin) -> Connection | None:
+        """The most recently used idle connection to ``origin`` still open and fresh, if any."""
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.ended and (self._keep_s is None or now - conn.idle_since < self._keep_s):
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, origin: Origin, timeout_s: float | None, sni: str | None) -> Connection:
+        scheme, host, port = origin
+        tls = self._tls if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(origin), host, port, ssl=tls, server_hostname=(sni or host) if tls else None
+                )
+        except TimeoutError:
+            raise httpx2.ConnectTimeout(f"could not connect to {host}:{port} within {timeout_s:g} s") from None
+        except OSError as e:  # (ssl.SSLError among them)
+            raise httpx2.ConnectError(f"could not connect to {host}:{port}: {e}") from e
+        return conn
+
+    def release(self, conn: Connection, reuse: bool) -> None:
+        """A response is over: its connection goes back to the idle ones (``reuse``), or is closed."""
+        self._free_slot()
+        if reuse and not conn.ended and not conn.buffer and not self._closed:
+            idle = self._idle.setdefault(conn.origin, [])
+            if self._max_idle is None or len(idle) < self._max_idle:
+                conn.idle_since = time.monotonic()
+                idle.append(conn)
+                return
+        conn.close()
+
+    # -- one exchange ------------------------------------------------------------------------------
+    @staticmethod
+    async def _send(conn: Connection, request: httpx2.Request, timeout_s: float | None) -> None:
+        """The request's head and body, the body chunked if its headers say so (a stream of unknown length)."""
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+        for name, value in request.headers.raw:
+            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+                raise httpx2.LocalProtocolError("a request header has a line break (or its name a colon)")
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        try:
+            content: bytes | None = request.content
+        except httpx2.RequestNotRead:
+            content = None
+        if content is not None:
+            await conn.send(head + content, timeout_s)
+            return
+        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+        await conn.send(head, timeout_s)
+        stream: Any = request.stream
+        async for piece in stream:
+            if piece:
+                await conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece, timeout_s)
+        if chunked:
+            await conn.send(b"0\r\n\r\n", timeout_s)
+
+    @staticmethod
+    async def _head(conn: Connection, timeout_s: float | None) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+        """The response's version, status, reason and headers (interim 1xx answers skipped)."""
+        while True:
+            scanned = 0
+            while (end := conn.buffer.find(b"\r\n\r\n", scanned)) < 0:
+                if len(conn.buffer) > MAX_HEAD_BYTES:
+                    raise httpx2.RemoteProtocolError(f"the response's head is over {MAX_HEAD_BYTES} bytes")
+                if conn.ended:
+                    raise conn.ended_error("a response" if not conn.buffer else "the end of the response's head")
+                scanned = max(0, len(conn.buffer) - 3)
+                await conn.receive(timeout_s)
+            head = bytes(conn.buffer[:end])
+            del conn.buffer[: end + 4]
+            version, status, reason, headers = _parse_head(head)
+            if not (100 <= status < 200) or status == 101:
+                return version, status, reason, headers
+
+
+def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+    status_line, *lines = head.split(b"\r\n")
+    version, _, rest = status_line.partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        raise httpx2.RemoteProtocolError(f"not an HTTP/1.x status line: {status_line[:100]!r}")
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and headers:  # an obsolete folded line: part of the header before
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip(b" \t"))
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip(b" \t"):
+            raise httpx2.RemoteProtocolError(f"not a header line: {line[:100]!r}")
+        headers.append((name, value.strip(b" \t")))
+    return version, int(code), reason, headers
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _framing(request: httpx2.Request, version: bytes, status: int, headers: Headers) -> tuple[int, bool]:
+    """How the body ends (its length, ``CHUNKED`` or ``UNTIL_CLOSE``), and whether the connection
+    can carry another request after it."""
+    lengths: set[bytes] = set()
+    codings: list[bytes] = []
+    close = version != b"HTTP/1.1"
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths.update(v.strip() for v in value.split(b","))
+        elif lower == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",")]
+        elif lower == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            close = b"close" in tokens or (close and b"keep-alive" not in tokens)
+    if request.headers.get("connection", "").lower() == "close":
+        close = True
+    if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return 0, not close
+    if codings:
+        return (CHUNKED, not close) if codings[-1] == b"chunked" else (UNTIL_CLOSE, False)
+    if lengths:
+        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+            raise httpx2.RemoteProtocolError("the response's Content-Length is not one number")
+        return int(next(iter(lengths))), not close
+    return UNTIL_CLOSE, False
+
+
+class Body(httpx2.AsyncByteStream):
+    """A response's body as it arrives; at its end the connection goes back to the transport."""
+
+    def __init__(
+        self, owner: Http1Transport, conn: Connection, length: int, keep: bool, timeout_s: float | None
+    ) -> None:
+        self._owner = owner
+        self._conn: Connection | None = conn
+        self._length = length
+        self._keep = keep
+        self._timeout_s = timeout_s
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            raise httpx2.StreamClosed()
+        try:
+            if self._length >= 0:
+                pieces = self._sized(conn, self._length)
+            elif self._length == CHUNKED:
+                pieces = self._chunked(conn)
+            else:
+                pieces = self._until_close(conn)
+            async for piece in pieces:
+                yield piece
+        except BaseException:
+            self._done(reuse=False)
+            raise
+        self._done(reuse=self._keep)
+
+    async def aclose(self) -> None:
+        self._done(reuse=False)  # (a body not read to its end leaves its connection unusable)
+
+    def _done(self, *, reuse: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._owner.release(conn, reuse)
+
+    async def _sized(self, conn: Connection, length: int) -> AsyncIterator[bytes]:
+        left = length
+        while left > 0:
+            if not conn.buffer:
+                if conn.ended:
+                    raise conn.ended_error(f"the end of the response's body ({left} of {length} bytes missing)")
+                await conn.receive(self._timeout_s)
+                continue
+            piece = bytes(conn.buffer[:left])
+            del conn.buffer[:left]
+            left -= len(piece)
+            yield piece
+
+    async def _chunked(self, conn: Connection) -> AsyncIterator[bytes]:
+        while True:
+            line = await self._line(conn)
+            size_text = line.partition(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise httpx2.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}") from None
+            if size == 0:
+                while await self._line(conn):  # trailers, up to an empty line
+                    pass
+                return
+            async for piece in self._sized(conn, size):
+                yield piece
+            if await self._line(conn):
+                raise httpx2.RemoteProtocolError("a chunk is longer than its size says")
+
+    async def _line(self, conn: Connection) -> bytes:
+        while (end := conn.buffer.find(b"\r\n")) < 0:
+            if len(conn.buffer) > MAX_LINE_BYTES:
+                raise httpx2.RemoteProtocolError(f"a line of the chunked body is over {MAX_LINE_BYTES} bytes")
+            if conn.ended:
+                raise conn.ended_error("the end of the response's chunked body")
+            await conn.receive(self._timeout_s)
+        line = bytes(conn.buffer[:end])
+        del conn.buffer[: end + 2]
+        return line
+
+    async def _until_close(self, conn: Connection) -> AsyncIterator[bytes]:
+        while True:
+            if conn.buffer:
+                piece = bytes(conn.buffer)
+                conn.buffer.clear()
+                yield piece
+            elif conn.ended:
+                if conn.lost is not None:
+                    raise conn.ended_error("the end of the response's body")
+                return
+            else:
+                await conn.receive(self._timeout_s)
