@@ -1,8 +1,9 @@
 """Push-based waiting: the worker publishes the final document on ``promptq:{queue}:done:{job_id}`` when a
 job ends, so a waiter has it without reading the key again.
 
-A waiter subscribes to the job's channel first and reads the result document second, so a result
-written before the subscription is seen by the read, and one written after it by the message.
+A waiter subscribes to the job's channel first and reads the result document second, once Redis has
+confirmed the subscription (the read goes on another connection, which Redis may serve first), so a
+result written before the subscription is seen by the read, and one written after it by the message.
 One pub/sub connection per ``Producer`` carries every channel its waits watch; waits started
 together subscribe in one SUBSCRIBE and have their documents read in one MGET right after it. When that connection
 fails, every waiter re-reads its document once the subscriptions are back (a message may have been
@@ -22,12 +23,15 @@ from promptq_core.background import REDIS_TROUBLE, Background
 from promptq_core.connect import pubsub_client
 from promptq_core.contract import JobResult, QueueKeys, as_text
 
-__all__ = ["FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
+__all__ = ["CONFIRM_TIMEOUT_S", "FALLBACK_POLL_S", "DoneWatcher", "Signal", "published_result"]
 
 FALLBACK_POLL_S = 15.0
 """How often a waiter re-reads the document even without a message (a safety net only)."""
 RECONNECT_S = 0.5
 """How long a lost subscription waits before it connects again."""
+CONFIRM_TIMEOUT_S = 5.0
+"""How long a subscription's confirmation is waited for at most before the documents are read
+(a connection that fails meanwhile ends the wait at once: every waiter reads again once it is back)."""
 READ_CHUNK = 1_000
 """Documents read in one MGET, at most: after a subscription, and by ``get_many``."""
 UNSUBSCRIBE_DELAY_S = 0.05
@@ -85,6 +89,8 @@ class DoneWatcher:
         """Per done channel, the key of its job's document."""
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
+        self._confirming: dict[str, asyncio.Future[None]] = {}
+        """Per channel whose SUBSCRIBE is on its way, what its confirmation (read by ``_read``) sets."""
         self._reader = Background("promptq-done-watcher")
         self._unsubscriber = Background("promptq-done-unsubscribe")
         self._lock = asyncio.Lock()
@@ -133,16 +139,21 @@ class DoneWatcher:
         async with self._lock:
             if self._pubsub is None:  # (on a Cluster: through one of its nodes)
                 self._source = await pubsub_client(self.client)
-                self._pubsub = self._source.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = self._source.pubsub(ignore_subscribe_messages=False)
             if gone := self._take(self._to_unsubscribe):
                 with contextlib.suppress(*REDIS_TROUBLE):  # best effort: their jobs publish nothing more
                     await self._pubsub.unsubscribe(*gone)
             if wanted := self._take(self._to_subscribe):
+                loop = asyncio.get_running_loop()
+                confirmed = [self._confirming.setdefault(channel, loop.create_future()) for channel in wanted]
                 try:
                     await self._pubsub.subscribe(*wanted)
                 except BaseException:
                     self._to_subscribe.update(channel for channel in wanted if channel in self._events)
+                    self._confirm_all()
                     raise
+                self._reader.start(self._read)
+                await asyncio.wait(confirmed, timeout=CONFIRM_TIMEOUT_S)
                 await self._read_first(wanted)
             if self._events:
                 self._reader.start(self._read)
@@ -175,20 +186,35 @@ class DoneWatcher:
     async def _read(self) -> None:
         while self._events:
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=FALLBACK_POLL_S)
+                message = await self._pubsub.get_message(timeout=FALLBACK_POLL_S)
             except REDIS_TROUBLE:
                 self._resync = True  # messages may be lost until the subscriptions are back
+                self._confirm_all()
                 self._wake_all()
                 await asyncio.sleep(RECONNECT_S)
                 continue
             if self._resync:  # connected and subscribed again: every waiter reads once more
                 self._resync = False
                 self._wake_all()
-            if message and message.get("type") == "message":
+            if not message:
+                continue
+            kind = message.get("type")
+            if kind == "message":
                 channel = as_text(message["channel"])
                 final = published_result(message["data"])  # parsed once for all its waiters
                 for signal in self._events.get(channel, ()):
                     signal.raise_(final)
+            elif kind == "subscribe":
+                confirmed = self._confirming.pop(as_text(message["channel"]), None)
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
+
+    def _confirm_all(self) -> None:
+        """The subscriptions on their way are confirmed, or will not be: stop waiting for them."""
+        confirming, self._confirming = self._confirming, {}
+        for confirmed in confirming.values():
+            if not confirmed.done():
+                confirmed.set_result(None)
 
     def _wake_all(self) -> None:
         for signals in self._events.values():

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 from producer import core, keys
 from producer.core import DEFAULT_WAIT_TIMEOUT_S, Command, Deadline, Op, Script, Step
 from producer.errors import redis_errors
-from producer.notify import published_result
+from producer.notify import CONFIRM_TIMEOUT_S, published_result
 from producer.overview import Overview
 from producer.streams import StreamCursor
 from producer.types import Cancellation, ProducerConfig, QueueDepths, StreamEvent
@@ -91,14 +91,15 @@ class SyncProducer:
         """See :meth:`Producer.wait`."""
         deadline = Deadline(job_id, timeout)
         keys = self._writes.queue(queue)
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
         with redis_errors(self.config.redis_url), contextlib.closing(pubsub) as ps:
-            ps.subscribe(keys.done(job_id))  # before the first read: no result can slip between
+            ps.subscribe(keys.done(job_id))  # confirmed before the first read: no result can slip between
+            _message(ps, CONFIRM_TIMEOUT_S, "subscribe")
             result = self.get(job_id, queue=keys.name)
             while (delay_s := deadline.sleep_s(result)) is not None:
                 message = _message(ps, delay_s)
                 while (more := ps.get_message(timeout=0)) is not None:  # more than one message: drain them
-                    message = more
+                    message = more if more["type"] == "message" else message
                 final = published_result(message["data"]) if message else None
                 result = final or self.get(job_id, queue=keys.name)  # the message carries the document
         assert result is not None
@@ -209,11 +210,11 @@ class SyncProducer:
         return reply, int(acked)
 
 
-def _message(pubsub: Any, timeout_s: float) -> Any:
-    """The next published message within ``timeout_s``, or None. (redis-py's ``get_message`` also
-    returns None at once for the subscription's own confirmation, which would cost a read.)"""
+def _message(pubsub: Any, timeout_s: float, kind: str = "message") -> Any:
+    """The next message of this ``kind`` within ``timeout_s`` (a published one, or the confirmation
+    of the subscription), or None."""
     until = time.monotonic() + timeout_s
     while (left_s := until - time.monotonic()) > 0:
-        if (message := pubsub.get_message(timeout=left_s)) is not None:
+        if (message := pubsub.get_message(timeout=left_s)) is not None and message["type"] == kind:
             return message
     return None

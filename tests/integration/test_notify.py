@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.client import PubSub
 
 from devtools.stack import Simulator
 from producer import JobResult, Producer, SyncProducer
@@ -197,3 +198,29 @@ async def test_a_wait_on_a_job_whose_unsubscription_is_pending_is_still_woken(
     await asyncio.sleep(0.2)  # past the delay: an unsubscription sent now would cut the second wait off
     await _finish(redis_url, job_id, "two")
     assert (await second).content == "two"
+
+
+async def test_a_waiter_reads_the_document_only_once_redis_has_its_subscription(
+    producer: Producer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SUBSCRIBE and the read go on two connections, which Redis may serve in either order; a
+    job that ends between the read and the subscription would reach nobody. Here the SUBSCRIBE
+    reaches Redis 0.3 s late and the job ends meanwhile: the waiter still has it at once."""
+    sent = PubSub.execute_command
+
+    async def late(self: PubSub, *args: Any) -> Any:
+        if args[0] != "SUBSCRIBE":
+            return await sent(self, *args)
+        asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(sent(self, *args)))
+        return None
+
+    warm = await producer.submit("first")  # (the watcher's connection made, as the patched send needs)
+    await _finish(redis_url, warm, "done")
+    await producer.wait(warm, timeout=3)
+    monkeypatch.setattr(PubSub, "execute_command", late)
+    job_id = await producer.submit("raced")
+    waiting = asyncio.create_task(producer.wait(job_id, timeout=30))
+    await asyncio.sleep(0.1)
+    await _finish(redis_url, job_id, "ended before the subscription")
+    result = await asyncio.wait_for(waiting, 2)  # (not the fallback read at the deadline)
+    assert result.content == "ended before the subscription"
