@@ -90,7 +90,8 @@ class DoneWatcher:
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
         self._confirming: dict[str, asyncio.Future[None]] = {}
-        """Per channel whose SUBSCRIBE is on its way, what its confirmation (read by ``_read``) sets."""
+        """Per SUBSCRIBE on its way, by its last channel: what that channel's confirmation (read by
+        ``_read``) sets."""
         self._reader = Background("promptq-done-watcher")
         self._unsubscriber = Background("promptq-done-unsubscribe")
         self._lock = asyncio.Lock()
@@ -144,8 +145,9 @@ class DoneWatcher:
                 with contextlib.suppress(*REDIS_TROUBLE):  # best effort: their jobs publish nothing more
                     await self._pubsub.unsubscribe(*gone)
             if wanted := self._take(self._to_subscribe):
-                loop = asyncio.get_running_loop()
-                confirmed = [self._confirming.setdefault(channel, loop.create_future()) for channel in wanted]
+                # Redis confirms a SUBSCRIBE's channels in their order: the last one's says all are
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirming[wanted[-1]] = confirmed
                 try:
                     await self._pubsub.subscribe(*wanted)
                 except BaseException:
@@ -153,7 +155,7 @@ class DoneWatcher:
                     self._confirm_all()
                     raise
                 self._reader.start(self._read)
-                await asyncio.wait(confirmed, timeout=CONFIRM_TIMEOUT_S)
+                await asyncio.wait([confirmed], timeout=CONFIRM_TIMEOUT_S)
                 await self._read_first(wanted)
             if self._events:
                 self._reader.start(self._read)
