@@ -12,15 +12,22 @@ CPU a call here (a call through the openai client: about 380 against 530 µs; do
 What it leaves to others: proxies (httpx2 mounts the openai package's aiohttp transport for the URLs
 the environment's proxy variables name: see ``worker.llm``) and HTTP/2. An idle connection is kept
 ``keepalive_expiry`` seconds at most (httpx2's ``Limits``, 5 s as the openai client sets them), and
-dropped as soon as its server closes it. Failures are httpx2's errors, which the openai client turns
-into its own: ``ConnectError``/``ConnectTimeout`` (the request was not sent), ``PoolTimeout``,
-``WriteTimeout``, ``ReadTimeout``, ``WriteError``/``ReadError`` (the connection dropped), and
-``RemoteProtocolError`` (an answer that is not HTTP/1.x, or one cut short).
+dropped as soon as its server closes it or sends anything unasked. A connection is used again only
+after a response read to its end, framed by a length or chunks, that did not say ``close``; any other
+is aborted. Failures are httpx2's errors, which the openai client turns into its own:
+``ConnectError``/``ConnectTimeout`` and ``PoolTimeout`` (the request was not sent),
+``LocalProtocolError`` (a request that cannot be written, refused before anything is sent),
+``WriteError``/``WriteTimeout`` (the request was not sent whole), ``ReadTimeout``, ``ReadError``
+(the connection dropped) and ``RemoteProtocolError`` (an answer that is not HTTP/1.x, or cut short).
+A server that answers before it has read the whole request (a 413, say) is heard: its answer is
+returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -34,16 +41,26 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 """A response's status line and headers, at most."""
 MAX_LINE_BYTES: Final = 8 * 1024
 """A chunk-size line or a trailer line of a chunked body, at most."""
+MAX_LINES: Final = 100
+"""Interim (1xx) answers before the final one, or trailer lines after a chunked body, at most."""
+HAPPY_EYEBALLS_S: Final = 0.25
+"""A host with several addresses: the next is tried if the last has not connected after this long."""
 CHUNKED: Final = -1
 UNTIL_CLOSE: Final = -2
 """Body framings other than a length: chunked, or whatever comes until the server closes."""
 
-Origin = tuple[str, str, int]
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A method or a header name (RFC 9110, section 5.6.2)."""
+HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+Origin = tuple[str, str, int, str | None]
+"""Scheme, host, port, and the name the TLS handshake asks for when it is not the host."""
+Headers = list[tuple[bytes, bytes]]
 
 
-def _time_out(waiter: asyncio.Future[None], error: Exception) -> None:
+def _time_out(waiter: asyncio.Future[None], error: type[httpx2.TimeoutException], what: str, timeout_s: float) -> None:
     if not waiter.done():
-        waiter.set_exception(error)
+        waiter.set_exception(error(f"{what} within {timeout_s:g} s"))
 
 
 class Connection(asyncio.Protocol):
@@ -55,9 +72,12 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.ended = False
-        """The server closed its side (or the connection was lost): nothing more arrives."""
+        """The server closed its side, or the connection was lost or dropped: nothing more arrives."""
         self.lost: BaseException | None = None
-        self.idle_since = 0.0
+        self.idle_since: float | None = None
+        """When it went back to the idle ones (None: in use)."""
+        self.reusable = True
+        """False once its exchange went wrong in a way its answer may not show (it is not used again)."""
         self._waiter: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         """Set while the transport's write buffer is over its high-water mark."""
@@ -68,6 +88,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.idle_since is not None:  # nothing was asked: it is not the answer to the next request
+            self.abort()
+            return
         self.buffer += data
         self._wake()
 
@@ -105,8 +128,9 @@ class Connection(asyncio.Protocol):
         self._waiter = waiter = loop.create_future()
         timer = None
         if timeout_s is not None:
-            late = httpx2.ReadTimeout(f"no answer from the server within {timeout_s:g} s")
-            timer = loop.call_later(timeout_s, _time_out, waiter, late)
+            timer = loop.call_later(
+                timeout_s, _time_out, waiter, httpx2.ReadTimeout, "no answer from the server", timeout_s
+            )
         try:
             await waiter
         finally:
@@ -117,20 +141,22 @@ class Connection(asyncio.Protocol):
     async def send(self, data: bytes, timeout_s: float | None) -> None:
         """Write ``data``; wait, at most ``timeout_s`` (``WriteTimeout``), while the server is slow to take it."""
         if self.ended or self.transport is None or self.transport.is_closing():
-            raise httpx2.WriteError("the connection was closed before the request was sent") from self.lost
+            raise httpx2.WriteError("the connection was closed before the request was sent whole") from self.lost
         self.transport.write(data)
         writable = self._writable
         if writable is not None:
             loop = asyncio.get_running_loop()
-            late = httpx2.WriteTimeout(f"the server took no more of the request within {timeout_s:g} s")
-            timer = None if timeout_s is None else loop.call_later(timeout_s, _time_out, writable, late)
+            timer = None
+            if timeout_s is not None:
+                what = "the server took no more of the request"
+                timer = loop.call_later(timeout_s, _time_out, writable, httpx2.WriteTimeout, what, timeout_s)
             try:
                 await writable
             finally:
                 if timer is not None:
                     timer.cancel()
             if self.ended:
-                raise httpx2.WriteError("the connection was closed while the request was sent") from self.lost
+                raise httpx2.WriteError("the connection was closed before the request was sent whole") from self.lost
 
     def ended_error(self, what: str) -> httpx2.TransportError:
         """The error for a connection that ended where ``what`` was expected."""
@@ -138,21 +164,26 @@ class Connection(asyncio.Protocol):
             return httpx2.ReadError(f"the connection was lost before {what}: {self.lost}")
         return httpx2.RemoteProtocolError(f"the server closed the connection before {what}")
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection now (what it still had to write, and TLS's goodbye, are not waited for)."""
         self.ended = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class Http1Transport(httpx2.AsyncBaseTransport):
     """The connections of one client, per origin, and each request's exchange on one of them."""
 
     def __init__(self, tls: ssl.SSLContext, limits: httpx2.Limits) -> None:
+        tls.set_alpn_protocols(["http/1.1"])  # (a context shared with another transport may have asked for h2)
         self._tls = tls
         self._idle: dict[Origin, list[Connection]] = {}
+        self._idle_count = 0
         self._keep_s = limits.keepalive_expiry
         self._max_idle = limits.max_keepalive_connections
-        self._slots = None if limits.max_connections is None else asyncio.Semaphore(limits.max_connections)
+        self._max = limits.max_connections
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -160,41 +191,62 @@ class Http1Transport(httpx2.AsyncBaseTransport):
         scheme = url.scheme
         if scheme not in ("http", "https"):
             raise httpx2.UnsupportedProtocol(f"promptq's HTTP/1.1 transport speaks http and https, not {scheme!r}")
-        origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        head = _request_head(request)  # (a request that cannot be written takes no slot, no connection)
+        sni: str | None = request.extensions.get("sni_hostname")
+        origin = (scheme, url.raw_host.decode("ascii"), url.port or (443 if scheme == "https" else 80), sni)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        self._same_loop()
         await self._take_slot(timeouts.get("pool"))
+        conn = None
         try:
             conn = self._idle_connection(origin)
             if conn is None:
-                conn = await self._connect(origin, timeouts.get("connect"), request.extensions.get("sni_hostname"))
-            try:
-                await self._send(conn, request, timeouts.get("write"))
-                version, status, reason, headers = await self._head(conn, timeouts.get("read"))
-            except BaseException:
-                conn.close()
-                raise
+                conn = await self._connect(origin, timeouts.get("connect"))
+            await self._exchange(conn, request, head, timeouts.get("write"))
+            read_s = timeouts.get("read")
+            version, status, reason, headers = await _head(conn, read_s)
+            length, keep = _framing(request, version, status, headers)
+            body = Body(self, conn, length, keep, read_s)
         except BaseException:
+            if conn is not None:
+                conn.abort()
             self._free_slot()
             raise
-        length, keep = _framing(request, version, status, headers)
-        body = Body(self, conn, length, keep, timeouts.get("read"))
         extensions = {"http_version": version, "reason_phrase": reason}
         return httpx2.Response(status, headers=headers, stream=body, request=request, extensions=extensions)
 
     async def aclose(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
+        self._drop_idle()
 
     # -- connections -------------------------------------------------------------------------------
+    def _same_loop(self) -> None:
+        """Connections and the slots' semaphore belong to one event loop: a transport used from
+        another (a test's next ``asyncio.run``) starts afresh there."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._drop_idle()
+            self._loop = loop
+            self._slots = None if self._max is None else asyncio.Semaphore(self._max)
+
+    def _drop_idle(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                with contextlib.suppress(RuntimeError):  # (its event loop is closed: its socket with it)
+                    conn.abort()
+        self._idle.clear()
+        self._idle_count = 0
+
     async def _take_slot(self, timeout_s: float | None) -> None:
-        if self._slots is None:
+        slots = self._slots
+        if slots is None:
+            return
+        if not slots.locked():
+            await slots.acquire()  # (returns at once)
             return
         try:
             async with asyncio.timeout(timeout_s):
-                await self._slots.acquire()
+                await slots.acquire()
         except TimeoutError:
             raise httpx2.PoolTimeout(f"no connection came free within {timeout_s:g} s") from None
 
@@ -205,106 +257,156 @@ class Http1Transport(httpx2.AsyncBaseTransport):
     def _idle_connection(self, origin: Origin) -> Connection | None:
         """The most recently used idle connection to ``origin`` still open and fresh, if any."""
         idle = self._idle.get(origin)
-        now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.ended and (self._keep_s is None or now - conn.idle_since < self._keep_s):
+            self._idle_count -= 1
+            if self._fresh(conn, time.monotonic()):
+                conn.idle_since = None
                 return conn
-            conn.close()
+            conn.abort()
         return None
 
-    async def _connect(self, origin: Origin, timeout_s: float | None, sni: str | None) -> Connection:
-        scheme, host, port = origin
+    def _fresh(self, conn: Connection, now: float) -> bool:
+        assert conn.idle_since is not None
+        return not conn.ended and (self._keep_s is None or now - conn.idle_since < self._keep_s)
+
+    async def _connect(self, origin: Origin, timeout_s: float | None) -> Connection:
+        scheme, host, port, sni = origin
         tls = self._tls if scheme == "https" else None
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s) as bound:
                 _, conn = await loop.create_connection(
-                    lambda: Connection(origin), host, port, ssl=tls, server_hostname=(sni or host) if tls else None
+                    lambda: Connection(origin),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=(sni or host) if tls else None,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_S,
                 )
-        except TimeoutError:
-            raise httpx2.ConnectTimeout(f"could not connect to {host}:{port} within {timeout_s:g} s") from None
+        except TimeoutError as e:
+            if bound.expired():
+                raise httpx2.ConnectTimeout(f"could not connect to {host}:{port} within {timeout_s:g} s") from None
+            raise httpx2.ConnectError(f"could not connect to {host}:{port}: {e}") from e
         except OSError as e:  # (ssl.SSLError among them)
             raise httpx2.ConnectError(f"could not connect to {host}:{port}: {e}") from e
+        if tls is not None and conn.transport is not None:
+            chosen = conn.transport.get_extra_info("ssl_object").selected_alpn_protocol()
+            if chosen not in (None, "http/1.1"):
+                conn.abort()
+                raise httpx2.ConnectError(f"{host}:{port} chose {chosen!r}, not HTTP/1.1")
         return conn
 
     def release(self, conn: Connection, reuse: bool) -> None:
-        """A response is over: its connection goes back to the idle ones (``reuse``), or is closed."""
+        """A response is over: its connection goes back to the idle ones (``reuse``), or is dropped."""
         self._free_slot()
-        if reuse and not conn.ended and not conn.buffer and not self._closed:
-            idle = self._idle.setdefault(conn.origin, [])
-            if self._max_idle is None or len(idle) < self._max_idle:
-                conn.idle_since = time.monotonic()
-                idle.append(conn)
-                return
-        conn.close()
+        if not (reuse and conn.reusable and not conn.ended and not conn.buffer and not self._closed):
+            conn.abort()
+            return
+        now = time.monotonic()
+        idle = self._idle.setdefault(conn.origin, [])
+        while idle and not self._fresh(idle[0], now):  # (the oldest, not taken since it went stale)
+            idle.pop(0).abort()
+            self._idle_count -= 1
+        if self._max_idle is not None and self._idle_count >= self._max_idle:
+            conn.abort()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+        self._idle_count += 1
 
     # -- one exchange ------------------------------------------------------------------------------
     @staticmethod
-    async def _send(conn: Connection, request: httpx2.Request, timeout_s: float | None) -> None:
-        """The request's head and body, the body chunked if its headers say so (a stream of unknown length)."""
-        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-        for name, value in request.headers.raw:
-            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
-                raise httpx2.LocalProtocolError("a request header has a line break (or its name a colon)")
-            lines.append(b"%s: %s\r\n" % (name, value))
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+    async def _exchange(conn: Connection, request: httpx2.Request, head: bytes, timeout_s: float | None) -> None:
+        """Send the request; a server that answers before it has taken all of it (and closes) is
+        let be heard: the answer is read as any other."""
         try:
-            content: bytes | None = request.content
-        except httpx2.RequestNotRead:
-            content = None
-        if content is not None:
-            await conn.send(head + content, timeout_s)
-            return
-        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
-        await conn.send(head, timeout_s)
-        stream: Any = request.stream
-        async for piece in stream:
-            if piece:
-                await conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece, timeout_s)
-        if chunked:
-            await conn.send(b"0\r\n\r\n", timeout_s)
-
-    @staticmethod
-    async def _head(conn: Connection, timeout_s: float | None) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
-        """The response's version, status, reason and headers (interim 1xx answers skipped)."""
-        while True:
-            scanned = 0
-            while (end := conn.buffer.find(b"\r\n\r\n", scanned)) < 0:
-                if len(conn.buffer) > MAX_HEAD_BYTES:
-                    raise httpx2.RemoteProtocolError(f"the response's head is over {MAX_HEAD_BYTES} bytes")
-                if conn.ended:
-                    raise conn.ended_error("a response" if not conn.buffer else "the end of the response's head")
-                scanned = max(0, len(conn.buffer) - 3)
-                await conn.receive(timeout_s)
-            head = bytes(conn.buffer[:end])
-            del conn.buffer[: end + 4]
-            version, status, reason, headers = _parse_head(head)
-            if not (100 <= status < 200) or status == 101:
-                return version, status, reason, headers
+            await _send(conn, request, head, timeout_s)
+        except httpx2.WriteError:
+            if not conn.buffer:
+                raise
+            conn.reusable = False  # (its answer is read; the connection is not used again)
 
 
-def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+def _request_head(request: httpx2.Request) -> bytes:
+    method = request.method.encode("ascii", "replace")
+    if not TOKEN.fullmatch(method):
+        raise httpx2.LocalProtocolError("the request's method is not a token")
+    lines = [b"%s %s HTTP/1.1\r\n" % (method, request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if not TOKEN.fullmatch(name):
+            raise httpx2.LocalProtocolError("a request header's name is not a token")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines) or b"\x00" in head:
+        raise httpx2.LocalProtocolError("the request's target or a header's value has a line break (or a NUL)")
+    return head
+
+
+async def _send(conn: Connection, request: httpx2.Request, head: bytes, timeout_s: float | None) -> None:
+    """The request's head and body, the body chunked if its headers say so (a stream of unknown
+    length), or checked against its ``Content-Length``."""
+    try:
+        content: bytes | None = request.content
+    except httpx2.RequestNotRead:
+        content = None
+    if content is not None:
+        await conn.send(head + content, timeout_s)
+        return
+    chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+    declared = request.headers.get("content-length")
+    await conn.send(head, timeout_s)
+    sent = 0
+    stream: Any = request.stream
+    async for piece in stream:
+        if piece:
+            sent += len(piece)
+            await conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece, timeout_s)
+    if chunked:
+        await conn.send(b"0\r\n\r\n", timeout_s)
+    elif declared is not None and sent != int(declared):
+        raise httpx2.LocalProtocolError(f"the request's body was {sent} bytes, not the {declared} it declared")
+
+
+async def _head(conn: Connection, timeout_s: float | None) -> tuple[bytes, int, bytes, Headers]:
+    """The response's version, status, reason and headers (interim 1xx answers skipped)."""
+    for _ in range(MAX_LINES):
+        scanned = 0
+        while (end := conn.buffer.find(b"\r\n\r\n", scanned)) < 0:
+            if len(conn.buffer) > MAX_HEAD_BYTES:
+                raise httpx2.RemoteProtocolError(f"the response's head is over {MAX_HEAD_BYTES} bytes")
+            if conn.ended:
+                raise conn.ended_error("a response" if not conn.buffer else "the end of the response's head")
+            scanned = max(0, len(conn.buffer) - 3)
+            await conn.receive(timeout_s)
+        if end > MAX_HEAD_BYTES:
+            raise httpx2.RemoteProtocolError(f"the response's head is over {MAX_HEAD_BYTES} bytes")
+        head = bytes(conn.buffer[:end])
+        del conn.buffer[: end + 4]
+        version, status, reason, headers = _parse_head(head)
+        if not (100 <= status < 200) or status == 101:
+            return version, status, reason, headers
+    raise httpx2.RemoteProtocolError(f"over {MAX_LINES} interim answers")
+
+
+def _parse_head(head: bytes) -> tuple[bytes, int, bytes, Headers]:
     status_line, *lines = head.split(b"\r\n")
     version, _, rest = status_line.partition(b" ")
     code, _, reason = rest.partition(b" ")
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
         raise httpx2.RemoteProtocolError(f"not an HTTP/1.x status line: {status_line[:100]!r}")
-    headers: list[tuple[bytes, bytes]] = []
+    headers: Headers = []
     for line in lines:
         if line[:1] in (b" ", b"\t") and headers:  # an obsolete folded line: part of the header before
             name, value = headers[-1]
             headers[-1] = (name, value + b" " + line.strip(b" \t"))
             continue
         name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip(b" \t"):
+        if not colon or not TOKEN.fullmatch(name):
             raise httpx2.RemoteProtocolError(f"not a header line: {line[:100]!r}")
         headers.append((name, value.strip(b" \t")))
     return version, int(code), reason, headers
-
-
-Headers = list[tuple[bytes, bytes]]
 
 
 def _framing(request: httpx2.Request, version: bytes, status: int, headers: Headers) -> tuple[int, bool]:
@@ -312,7 +414,7 @@ def _framing(request: httpx2.Request, version: bytes, status: int, headers: Head
     can carry another request after it."""
     lengths: set[bytes] = set()
     codings: list[bytes] = []
-    close = version != b"HTTP/1.1"
+    close = keep_alive = False
     for name, value in headers:
         lower = name.lower()
         if lower == b"content-length":
@@ -321,17 +423,23 @@ def _framing(request: httpx2.Request, version: bytes, status: int, headers: Head
             codings += [c.strip().lower() for c in value.split(b",")]
         elif lower == b"connection":
             tokens = {t.strip().lower() for t in value.split(b",")}
-            close = b"close" in tokens or (close and b"keep-alive" not in tokens)
-    if request.headers.get("connection", "").lower() == "close":
-        close = True
+            close = close or b"close" in tokens
+            keep_alive = keep_alive or b"keep-alive" in tokens
+    keep = not close and (version == b"HTTP/1.1" or keep_alive)
+    if request.headers.get("connection", "").lower() == "close" or status == 101:
+        keep = False
     if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return 0, not close
+        return 0, keep
     if codings:
-        return (CHUNKED, not close) if codings[-1] == b"chunked" else (UNTIL_CLOSE, False)
+        if codings != [b"chunked"]:
+            raise httpx2.RemoteProtocolError(f"a transfer coding other than chunked: {b', '.join(codings)[:100]!r}")
+        # (with a Content-Length too, or from HTTP/1.0, the answer is suspect: read, then let go)
+        return CHUNKED, keep and not lengths and version == b"HTTP/1.1"
     if lengths:
-        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+        length = next(iter(lengths))
+        if len(lengths) != 1 or not length.isdigit():
             raise httpx2.RemoteProtocolError("the response's Content-Length is not one number")
-        return int(next(iter(lengths))), not close
+        return int(length), keep
     return UNTIL_CLOSE, False
 
 
@@ -388,16 +496,15 @@ class Body(httpx2.AsyncByteStream):
 
     async def _chunked(self, conn: Connection) -> AsyncIterator[bytes]:
         while True:
-            line = await self._line(conn)
-            size_text = line.partition(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise httpx2.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}") from None
+            size_text = (await self._line(conn)).partition(b";")[0].strip(b" \t")
+            if not HEX.fullmatch(size_text):
+                raise httpx2.RemoteProtocolError(f"not a chunk size: {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
-                while await self._line(conn):  # trailers, up to an empty line
-                    pass
-                return
+                for _ in range(MAX_LINES):  # trailers, up to an empty line
+                    if not await self._line(conn):
+                        return
+                raise httpx2.RemoteProtocolError(f"over {MAX_LINES} trailer lines")
             async for piece in self._sized(conn, size):
                 yield piece
             if await self._line(conn):

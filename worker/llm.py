@@ -333,10 +333,13 @@ def _chain(e: BaseException) -> list[BaseException]:
 
 
 def _timed_out(e: openai.APITimeoutError) -> bool:
-    """Whether a timeout the client reports was one: the aiohttp transport reports every failure to
-    connect or to keep the connection (refused, reset, closed by the server) as a connect timeout,
-    which would count as a request the API may have processed (``worker.circuit.PROCESSED_MAYBE``)."""
+    """Whether a timeout the client reports was one the API may have processed the request in
+    (``worker.circuit.PROCESSED_MAYBE``): not one to connect, to get a connection from the pool or to
+    send the request, which never reached it whole; and not what the aiohttp transport reports
+    every failure to connect or to keep the connection as (refused, reset, closed by the server)."""
     chain = _chain(e)
+    if any(isinstance(c, httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.WriteTimeout) for c in chain):
+        return False
     if not any(type(c).__module__.startswith("aiohttp") for c in chain):
         return True
     return any(isinstance(c, TimeoutError) for c in chain)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 
 from devtools.stack import Simulator
@@ -59,30 +60,33 @@ class Scripted:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        conn = self.connections
         task = asyncio.current_task()
         assert task is not None
         self._serving.add(task)
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return
-                body = await _read_body(reader, head)
-                self.requests.append((conn, head + body))
-                out = self.answer(len(self.requests), head + body)
-                if out is None:
-                    return
-                if out == b"HOLD":
-                    await self.hold.wait()
-                    return
-                writer.write(out.removeprefix(b"CLOSE"))
-                await writer.drain()
-                if out.startswith(b"CLOSE"):
-                    return
+            await self.serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
         finally:
             writer.close()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: each request read, then answered as the test says."""
+        conn = self.connections
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            body = await _read_body(reader, head)
+            self.requests.append((conn, head + body))
+            out = self.answer(len(self.requests), head + body)
+            if out is None:
+                return
+            if out == b"HOLD":
+                await self.hold.wait()
+                return
+            writer.write(out.removeprefix(b"CLOSE"))
+            await writer.drain()
+            if out.startswith(b"CLOSE"):
+                return
 
 
 async def _read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
@@ -150,8 +154,7 @@ async def test_a_body_split_into_single_bytes_arrives_whole() -> None:
     answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n2\r\nef\r\n0\r\n\r\n"
 
     class Trickle(Scripted):
-        async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
+        async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
             for n in range(len(answer)):
                 writer.write(answer[n : n + 1])
@@ -168,6 +171,8 @@ async def test_a_body_split_into_single_bytes_arrives_whole() -> None:
     [
         b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
         b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     ],
 )
 async def test_a_connection_the_server_closes_is_not_used_again(answer: bytes) -> None:
@@ -379,3 +384,103 @@ def test_a_url_the_environment_sends_through_a_proxy_keeps_the_aiohttp_transport
     http = llm._Http1Client(verify=True, timeout=5)
     assert isinstance(http._transport_for_url(httpx2.URL("https://api.openai.com/v1")), AiohttpTransport)
     assert isinstance(http._transport_for_url(httpx2.URL("http://127.0.0.1:8000/v1")), Http1Transport)
+
+
+async def test_an_answer_with_a_bad_head_gives_back_its_connection_slot() -> None:
+    answers = [
+        b"CLOSEHTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+        b"CLOSEHTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+    ]
+
+    def answer(n: int, _: bytes) -> bytes:
+        return answers[n - 1] if n <= len(answers) else ok()
+
+    async with Scripted(answer) as server, client(max_connections=1) as http:
+        for _ in answers:
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await http.get(server.url)
+        response = await http.get(server.url, timeout=httpx2.Timeout(5.0, pool=1.0))
+        assert response.status_code == 200  # (not a PoolTimeout: the slot came back each time)
+
+
+async def test_bytes_a_server_sends_on_an_idle_connection_are_not_the_next_answer() -> None:
+    def answer(n: int, _: bytes) -> bytes:
+        return ok(b"answer %d" % n) + (
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 5\r\n\r\nstale" if n == 1 else b""
+        )
+
+    async with Scripted(answer) as server, client() as http:
+        assert (await http.get(server.url)).content == b"answer 1"
+        await asyncio.sleep(0.05)  # (the unasked answer arrives while the connection is idle)
+        assert (await http.get(server.url)).content == b"answer 2"
+        assert (await http.get(server.url)).content == b"answer 3"
+
+
+async def test_an_answer_before_the_whole_request_is_read_is_returned() -> None:
+    big = b"x" * 20_000_000
+
+    class Refusing(Scripted):
+        async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo long")
+            await writer.drain()
+            writer.close()
+
+    async with Refusing(lambda n, _: None) as server, client() as http:
+        response = await http.post(server.url, content=big)
+        assert (response.status_code, response.content) == (413, b"too long")
+
+
+async def test_a_large_body_to_a_slow_reader_without_a_write_timeout() -> None:
+    big = b"y" * 8_000_000
+
+    class Slow(Scripted):
+        async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.3)  # (the client's writes pause meanwhile)
+            body = await _read_body(reader, head)
+            writer.write(ok(b"%d" % len(body)))
+            await writer.drain()
+
+    async with Slow(lambda n, _: None) as server, client() as http:
+        response = await http.post(server.url, content=big, timeout=httpx2.Timeout(None))
+        assert response.content == b"%d" % len(big)
+
+
+def test_a_transport_used_from_one_event_loop_then_another() -> None:
+    transport = Http1Transport(httpx2.create_ssl_context(), httpx2.Limits(max_connections=2, keepalive_expiry=5.0))
+
+    async def twice() -> None:
+        async with Scripted(lambda n, _: ok(b"%d" % n)) as server:
+            http = httpx2.AsyncClient(transport=transport)
+            assert (await http.get(server.url)).content == b"1"
+            assert (await http.get(server.url, timeout=httpx2.Timeout(2.0))).content == b"2"
+
+    asyncio.run(twice())
+    asyncio.run(twice())  # (its idle connection and its slots belonged to the first loop)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (httpx2.ConnectTimeout("no"), "connection_error"),
+        (httpx2.PoolTimeout("no"), "connection_error"),
+        (httpx2.WriteTimeout("no"), "connection_error"),
+        (httpx2.ReadTimeout("no"), "timeout"),
+    ],
+)
+async def test_a_timeout_before_the_request_was_sent_whole_is_not_one_the_api_may_have_processed(
+    error: Exception, kind: str
+) -> None:
+    from promptq_core.validation import PromptJob
+
+    def fail(request: httpx2.Request) -> httpx2.Response:
+        raise error
+
+    http = llm._Http1Client(transport=httpx2.MockTransport(fail))
+    api = openai.AsyncOpenAI(api_key="sk-t", base_url="http://127.0.0.1:9/v1", http_client=http, max_retries=0)
+    job = PromptJob.from_payload("j1", {"messages": [{"role": "user", "content": "x"}], "model": "m"}, 100_000)
+    with pytest.raises(llm.LLMError) as failed:
+        await llm.complete(api, job, "m")
+    assert failed.value.type == kind and failed.value.retryable
+    await api.close()
