@@ -48,6 +48,8 @@ HAPPY_EYEBALLS_S: Final = 0.25
 CHUNKED: Final = -1
 UNTIL_CLOSE: Final = -2
 """Body framings other than a length: chunked, or whatever comes until the server closes."""
+LAST_CHUNK: Final = b"\r\n0\r\n\r\n"
+"""What ends a chunked body after its last chunk's data (without trailers)."""
 
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A method or a header name (RFC 9110, section 5.6.2)."""
@@ -454,6 +456,8 @@ class Body(httpx2.AsyncByteStream):
         self._length = length
         self._keep = keep
         self._timeout_s = timeout_s
+        self._rest = -1
+        """Bytes of the current chunk (or of a sized body) not yet handed over; -1 before the first."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -474,7 +478,14 @@ class Body(httpx2.AsyncByteStream):
         self._done(reuse=self._keep)
 
     async def aclose(self) -> None:
-        self._done(reuse=False)  # (a body not read to its end leaves its connection unusable)
+        """A body not read to its end leaves its connection unusable, unless all that is left of it
+        is the end of a chunked one, arrived already (the openai client closes a stream once it has
+        read its last event, before that end)."""
+        conn = self._conn
+        if conn is not None and self._length == CHUNKED and self._rest == 0 and conn.buffer == LAST_CHUNK:
+            conn.buffer.clear()
+            self._done(reuse=self._keep)
+        self._done(reuse=False)
 
     def _done(self, *, reuse: bool) -> None:
         conn, self._conn = self._conn, None
@@ -492,6 +503,7 @@ class Body(httpx2.AsyncByteStream):
             piece = bytes(conn.buffer[:left])
             del conn.buffer[:left]
             left -= len(piece)
+            self._rest = left
             yield piece
 
     async def _chunked(self, conn: Connection) -> AsyncIterator[bytes]:

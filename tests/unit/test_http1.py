@@ -484,3 +484,17 @@ async def test_a_timeout_before_the_request_was_sent_whole_is_not_one_the_api_ma
         await llm.complete(api, job, "m")
     assert failed.value.type == kind and failed.value.retryable
     await api.close()
+
+
+async def test_a_stream_closed_after_its_last_chunk_leaves_its_connection_for_the_next() -> None:
+    """As the openai client does: it reads events up to ``[DONE]`` and closes the stream, before the
+    chunked body's end, which arrived with it."""
+    events = b"data: 1\n\ndata: [DONE]\n\n"
+    answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(events), events)
+    async with Scripted(lambda n, _: answer) as server, client() as http:
+        for _ in range(2):
+            async with http.stream("GET", server.url) as response:
+                async for piece in response.aiter_raw():
+                    if b"[DONE]" in piece:
+                        break
+        assert server.connections == 1
