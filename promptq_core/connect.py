@@ -190,12 +190,14 @@ def async_client(url: str, **kwargs: Any) -> redis.asyncio.Redis:
             "redis.asyncio.Redis",
             redis.asyncio.RedisCluster(startup_nodes=nodes, **cluster.client_kwargs(), **kwargs),
         )
+    from promptq_core.pool import Pool, SentinelPool
+
     target = parse_sentinel(url)
     client: redis.asyncio.Redis
     if target is None:
-        client = redis.asyncio.Redis.from_url(url, **kwargs)
+        client = redis.asyncio.Redis.from_pool(Pool.from_url(url, **kwargs))
     else:
-        client = async_sentinel(target, **kwargs).master_for(target.service)
+        client = async_sentinel(target, **kwargs).master_for(target.service, connection_pool_class=SentinelPool)
     return client
 
 

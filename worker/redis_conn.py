@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from arq.connections import RedisSettings
-from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import AbstractBackoff, ExponentialBackoff, NoBackoff
@@ -40,6 +40,7 @@ from promptq_core.guard import (
     read_facts_sync,
     version_problem,
 )
+from promptq_core.pool import QuickCheck
 from worker.logs import get_logger
 
 __all__ = [
@@ -177,7 +178,7 @@ def redis_settings(url: str, outage_s: float = REDIS_OUTAGE_S) -> RedisSettings:
     )
 
 
-class _Bounded(ConnectionPool):
+class _Bounded(QuickCheck):
     """redis-py's pool, with a task waiting for a connection while ``max_connections`` are in use
     (a semaphore: redis-py's ``BlockingConnectionPool`` takes a lock and a timeout on every get and
     release, which cost about 15 % of a worker's jobs/s at 100 slots and 100 ms calls)."""
