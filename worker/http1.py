@@ -14,7 +14,12 @@ the environment's proxy variables name: see ``worker.llm``) and HTTP/2. An idle 
 ``keepalive_expiry`` seconds at most (httpx2's ``Limits``, 5 s as the openai client sets them), and
 dropped as soon as its server closes it or sends anything unasked. A connection is used again only
 after a response read to its end, framed by a length or chunks, that did not say ``close``; any other
-is aborted. Failures are httpx2's errors, which the openai client turns into its own:
+is aborted, except one closed when all that is left of its body is the chunked end, which is
+waited for in the background (a second at most) and the connection kept. A reader that stops early
+leaves the rest of the body to the next (the openai client drains a stream it has read up to
+``[DONE]`` by iterating it anew), which goes on where it stopped.
+Tried against the simulator, uvicorn (the server under vLLM's API) and a scripted server of each
+framing. Failures are httpx2's errors, which the openai client turns into its own:
 ``ConnectError``/``ConnectTimeout`` and ``PoolTimeout`` (the request was not sent),
 ``LocalProtocolError`` (a request that cannot be written, refused before anything is sent),
 ``WriteError``/``WriteTimeout`` (the request was not sent whole), ``ReadTimeout``, ``ReadError``
@@ -50,6 +55,8 @@ UNTIL_CLOSE: Final = -2
 """Body framings other than a length: chunked, or whatever comes until the server closes."""
 LAST_CHUNK: Final = b"\r\n0\r\n\r\n"
 """What ends a chunked body after its last chunk's data (without trailers)."""
+END_WAIT_S: Final = 1.0
+"""How long a connection whose stream was closed just before its end waits for that end, at most."""
 
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A method or a header name (RFC 9110, section 5.6.2)."""
@@ -187,6 +194,8 @@ class Http1Transport(httpx2.AsyncBaseTransport):
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._ending: set[asyncio.Task[None]] = set()
+        """Connections waiting in the background for the end of a stream closed just before it."""
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
@@ -219,6 +228,9 @@ class Http1Transport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
+        for ending in list(self._ending):
+            ending.cancel()
+        await asyncio.gather(*self._ending, return_exceptions=True)
         self._drop_idle()
 
     # -- connections -------------------------------------------------------------------------------
@@ -298,6 +310,27 @@ class Http1Transport(httpx2.AsyncBaseTransport):
                 conn.abort()
                 raise httpx2.ConnectError(f"{host}:{port} chose {chosen!r}, not HTTP/1.1")
         return conn
+
+    def keep_after_end(self, conn: Connection, read_s: float | None) -> None:
+        """Wait in the background for the end of a chunked body closed just before it, then keep
+        the connection (anything else, or nothing within ``END_WAIT_S``: drop it)."""
+        ending = asyncio.get_running_loop().create_task(self._end_then_release(conn, read_s))
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+
+    async def _end_then_release(self, conn: Connection, read_s: float | None) -> None:
+        reuse = False
+        try:
+            async with asyncio.timeout(min(END_WAIT_S, read_s or END_WAIT_S)):
+                while LAST_CHUNK.startswith(conn.buffer) and conn.buffer != LAST_CHUNK and not conn.ended:
+                    await conn.receive(None)
+            if conn.buffer == LAST_CHUNK:
+                conn.buffer.clear()
+                reuse = True
+        except (TimeoutError, httpx2.TransportError):
+            pass
+        finally:
+            self.release(conn, reuse)
 
     def release(self, conn: Connection, reuse: bool) -> None:
         """A response is over: its connection goes back to the idle ones (``reuse``), or is dropped."""
@@ -458,20 +491,32 @@ class Body(httpx2.AsyncByteStream):
         self._timeout_s = timeout_s
         self._rest = -1
         """Bytes of the current chunk (or of a sized body) not yet handed over; -1 before the first."""
+        self._pieces: AsyncIterator[bytes] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """The body's pieces. A reader that stops early leaves the rest to a later one (the openai
+        client drains a stream it has read up to ``[DONE]`` by iterating it anew), which goes on
+        where it stopped; ``aclose`` ends it."""
         conn = self._conn
         if conn is None:
             raise httpx2.StreamClosed()
-        try:
+        if self._pieces is None:
             if self._length >= 0:
-                pieces = self._sized(conn, self._length)
+                self._pieces = self._sized(conn, self._length)
             elif self._length == CHUNKED:
-                pieces = self._chunked(conn)
+                self._pieces = self._chunked(conn)
             else:
-                pieces = self._until_close(conn)
-            async for piece in pieces:
+                self._pieces = self._until_close(conn)
+        pieces = self._pieces
+        try:
+            while True:
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    break
                 yield piece
+        except GeneratorExit:  # (this reader stopped: the body stays for another, or for aclose)
+            return
         except BaseException:
             self._done(reuse=False)
             raise
@@ -479,12 +524,19 @@ class Body(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         """A body not read to its end leaves its connection unusable, unless all that is left of it
-        is the end of a chunked one, arrived already (the openai client closes a stream once it has
-        read its last event, before that end)."""
+        is the end of a chunked one (the openai client closes a stream once it has read its last
+        event, before that end): arrived already, the connection is kept; on its way, it is waited
+        for in the background (``END_WAIT_S`` at most) while the caller goes on."""
         conn = self._conn
-        if conn is not None and self._length == CHUNKED and self._rest == 0 and conn.buffer == LAST_CHUNK:
-            conn.buffer.clear()
-            self._done(reuse=self._keep)
+        if conn is not None and self._length == CHUNKED and self._rest == 0 and LAST_CHUNK.startswith(conn.buffer):
+            if conn.buffer == LAST_CHUNK:
+                conn.buffer.clear()
+                self._done(reuse=self._keep)
+                return
+            if self._keep:
+                self._conn = None
+                self._owner.keep_after_end(conn, self._timeout_s)
+                return
         self._done(reuse=False)
 
     def _done(self, *, reuse: bool) -> None:

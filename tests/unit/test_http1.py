@@ -498,3 +498,27 @@ async def test_a_stream_closed_after_its_last_chunk_leaves_its_connection_for_th
                     if b"[DONE]" in piece:
                         break
         assert server.connections == 1
+
+
+async def test_a_stream_closed_before_its_end_arrives_waits_for_it_in_the_background() -> None:
+    events = b"data: [DONE]\n\n"
+
+    class LateEnd(Scripted):
+        async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append((self.connections, head))
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%s" % (len(events), events))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b"\r\n0\r\n\r\n")
+                await writer.drain()
+
+    async with LateEnd(lambda n, _: None) as server, client() as http:
+        for _ in range(2):
+            async with http.stream("GET", server.url) as response:
+                async for piece in response.aiter_raw():
+                    if b"[DONE]" in piece:
+                        break
+            await asyncio.sleep(0.3)  # (the end arrives; the connection goes back to the idle ones)
+        assert server.connections == 1 and len(server.requests) == 2
