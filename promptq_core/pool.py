@@ -11,7 +11,7 @@ and :class:`QuickCheck` skips it. Anything else (bytes or an end already receive
 hiredis's, a connection not yet made) takes redis-py's own check, which reconnects as before.
 
 The stream's buffer and the parser's reader are redis-py's and asyncio's own attributes (redis-py
-is pinned below 6 by arq); ``tests/unit/test_pool.py`` checks they are where this module looks.
+is pinned below 6 by arq); ``tests/integration/test_pool.py`` checks they are where this module looks.
 """
 
 from __future__ import annotations

@@ -67,6 +67,20 @@ Origin = tuple[str, str, int, str | None]
 Headers = list[tuple[bytes, bytes]]
 
 
+async def _bounded(
+    waiter: asyncio.Future[None], timeout_s: float | None, error: type[httpx2.TimeoutException], what: str
+) -> None:
+    """Wait for ``waiter``; ``error`` (saying ``what`` did not happen) after ``timeout_s``."""
+    timer = None
+    if timeout_s is not None:
+        timer = asyncio.get_running_loop().call_later(timeout_s, _time_out, waiter, error, what, timeout_s)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 def _time_out(waiter: asyncio.Future[None], error: type[httpx2.TimeoutException], what: str, timeout_s: float) -> None:
     if not waiter.done():
         waiter.set_exception(error(f"{what} within {timeout_s:g} s"))
@@ -133,19 +147,11 @@ class Connection(asyncio.Protocol):
         """Wait until more bytes arrive or the connection ends (``ReadTimeout`` after ``timeout_s``)."""
         if self.ended:
             return
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = None
-        if timeout_s is not None:
-            timer = loop.call_later(
-                timeout_s, _time_out, waiter, httpx2.ReadTimeout, "no answer from the server", timeout_s
-            )
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await _bounded(waiter, timeout_s, httpx2.ReadTimeout, "no answer from the server")
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     async def send(self, data: bytes, timeout_s: float | None) -> None:
         """Write ``data``; wait, at most ``timeout_s`` (``WriteTimeout``), while the server is slow to take it."""
@@ -154,16 +160,7 @@ class Connection(asyncio.Protocol):
         self.transport.write(data)
         writable = self._writable
         if writable is not None:
-            loop = asyncio.get_running_loop()
-            timer = None
-            if timeout_s is not None:
-                what = "the server took no more of the request"
-                timer = loop.call_later(timeout_s, _time_out, writable, httpx2.WriteTimeout, what, timeout_s)
-            try:
-                await writable
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            await _bounded(writable, timeout_s, httpx2.WriteTimeout, "the server took no more of the request")
             if self.ended:
                 raise httpx2.WriteError("the connection was closed before the request was sent whole") from self.lost
 

@@ -486,6 +486,14 @@ async def test_a_timeout_before_the_request_was_sent_whole_is_not_one_the_api_ma
     await api.close()
 
 
+async def read_up_to_done(http: httpx2.AsyncClient, url: str) -> None:
+    """Read a stream up to its ``[DONE]`` event, then close it (as the openai client stops reading)."""
+    async with http.stream("GET", url) as response:
+        async for piece in response.aiter_raw():
+            if b"[DONE]" in piece:
+                break
+
+
 async def test_a_stream_closed_after_its_last_chunk_leaves_its_connection_for_the_next() -> None:
     """As the openai client does: it reads events up to ``[DONE]`` and closes the stream, before the
     chunked body's end, which arrived with it."""
@@ -493,10 +501,7 @@ async def test_a_stream_closed_after_its_last_chunk_leaves_its_connection_for_th
     answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(events), events)
     async with Scripted(lambda n, _: answer) as server, client() as http:
         for _ in range(2):
-            async with http.stream("GET", server.url) as response:
-                async for piece in response.aiter_raw():
-                    if b"[DONE]" in piece:
-                        break
+            await read_up_to_done(http, server.url)
         assert server.connections == 1
 
 
@@ -516,9 +521,6 @@ async def test_a_stream_closed_before_its_end_arrives_waits_for_it_in_the_backgr
 
     async with LateEnd(lambda n, _: None) as server, client() as http:
         for _ in range(2):
-            async with http.stream("GET", server.url) as response:
-                async for piece in response.aiter_raw():
-                    if b"[DONE]" in piece:
-                        break
+            await read_up_to_done(http, server.url)
             await asyncio.sleep(0.3)  # (the end arrives; the connection goes back to the idle ones)
         assert server.connections == 1 and len(server.requests) == 2
